@@ -1,0 +1,39 @@
+# probml set-up. `make demo` and `make test` create .venv on first use.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo demo-full test test-fast lint bench gpu-check clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install "$(TORCH)"
+	$(BIN)/python -m pip install -e ".[dev,data]"
+	touch $(STAMP)
+
+$(VENV): $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/probml demo
+
+demo-full: $(STAMP)
+	$(BIN)/probml demo --full
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check probml tests examples benchmarks
+
+bench: $(STAMP)
+	@set -e; for f in benchmarks/*.py; do \
+	  case $$f in */_*) continue;; esac; \
+	  echo "== $$f (quick)"; $(BIN)/python $$f --quick; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from probml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Synthetic generators with known ground truth and loaders of data shipped inside packages."""

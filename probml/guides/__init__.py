@@ -1,0 +1,1 @@
+"""Guides and proposal/generator networks a user can reuse with their own models."""

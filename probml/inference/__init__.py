@@ -1,0 +1,1 @@
+"""Inference routines: importance sampling, SMC, estimators, planners, OT, DP."""

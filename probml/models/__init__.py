@@ -1,0 +1,1 @@
+"""Generative models: Pyro models, PyroModules, simulators, layers."""

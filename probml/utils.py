@@ -1,0 +1,122 @@
+"""Small shared utilities: seeding, device resolution, progress bars, validation.
+
+Everything random in probml takes a ``seed`` (int) or a :class:`torch.Generator`;
+:func:`set_seed` seeds every generator a routine may touch (``random``, NumPy, torch and
+Pyro's parameter store RNG) so that the same seed gives the same result.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+__all__ = [
+    "set_seed",
+    "make_generator",
+    "resolve_device",
+    "progress",
+    "check_finite",
+    "check_positive",
+]
+
+
+def set_seed(seed: int) -> None:
+    """Seed ``random``, NumPy, torch (CPU and CUDA) and Pyro with one integer.
+
+    Args:
+        seed: a non-negative integer.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - user code may use the legacy global RNG
+    torch.manual_seed(seed)
+    try:  # pyro is a hard dependency, but keep utils importable on its own
+        import pyro
+
+        pyro.set_rng_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def make_generator(
+    seed: int | torch.Generator | None, device: torch.device | str | None = None
+) -> torch.Generator:
+    """Return a :class:`torch.Generator` on ``device`` seeded by ``seed``.
+
+    A generator passed in is returned unchanged; ``None`` draws a fresh seed from torch's
+    global RNG (so :func:`set_seed` still makes the result reproducible).
+    """
+    if isinstance(seed, torch.Generator):
+        return seed
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    gen = torch.Generator(device=dev)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    elif not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int or a torch.Generator, got {seed!r}")
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """Turn ``None``/``"auto"``/``"cpu"``/``"cuda"``/``"cuda:N"`` into a :class:`torch.device`.
+
+    ``None`` and ``"auto"`` give CUDA when available, else CPU. Asking for CUDA on a machine
+    without it is an error rather than a silent fallback.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} requested but CUDA is not available")
+    return dev
+
+
+def progress(
+    iterable: Iterable[T],
+    *,
+    verbose: bool = True,
+    desc: str | None = None,
+    total: int | None = None,
+    leave: bool = False,
+) -> Iterator[T]:
+    """Wrap ``iterable`` in a tqdm bar when ``verbose`` and stderr is a terminal.
+
+    Quiet otherwise (tests, CI, logs), and always quiet when ``PROBML_QUIET=1``.
+    """
+    show = verbose and sys.stderr.isatty() and os.environ.get("PROBML_QUIET", "") != "1"
+    if not show:
+        return iter(iterable)
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True))
+
+
+def check_finite(name: str, x: torch.Tensor | np.ndarray) -> None:
+    """Raise ``ValueError`` naming ``name`` if ``x`` has a NaN or infinite entry."""
+    t = torch.as_tensor(x)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        n_bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} must be finite; it has {n_bad} NaN/inf entries")
+
+
+def check_positive(name: str, value: float, *, strict: bool = True) -> float:
+    """Return ``float(value)`` after checking ``value > 0`` (or ``>= 0`` when not strict)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
+    if not np.isfinite(v) or (v <= 0 if strict else v < 0):
+        bound = "> 0" if strict else ">= 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+    return v

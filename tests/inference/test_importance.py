@@ -1,0 +1,71 @@
+import pyro.distributions as dist
+import pytest
+import torch
+
+from probml.inference.importance import importance_sample
+from probml.models.linear import (
+    bayesian_linear_regression,
+    linear_regression_posterior,
+    simulate_linear_data,
+)
+from probml.utils import set_seed
+
+
+def _data():
+    X, y, _ = simulate_linear_data(12, 3, generator=torch.Generator().manual_seed(0))
+    return X, y
+
+
+def _mean_error(n, reps=8):
+    X, y = _data()
+    mean, _ = linear_regression_posterior(X, y)
+    errs = []
+    for r in range(reps):
+        set_seed(100 + r)
+        ws = importance_sample(bayesian_linear_regression, None, X, y, num_particles=n)
+        errs.append(float((ws.mean("w").double() - mean).norm()))
+    return sum(errs) / reps
+
+
+def test_posterior_mean_error_falls_with_particles():
+    e_small, e_large = _mean_error(200), _mean_error(20000)
+    # error ~ 1/sqrt(ESS): 100x the particles should give far more than a 3x drop
+    assert e_large < e_small / 3, (e_small, e_large)
+    assert e_large < 0.05
+
+
+def test_covariance_matches_exact_at_large_n():
+    X, y = _data()
+    mean, cov = linear_regression_posterior(X, y)
+    set_seed(0)
+    ws = importance_sample(bayesian_linear_regression, None, X, y, num_particles=200_000)
+    assert torch.allclose(ws.covariance("w").double(), cov, atol=0.02)
+    assert ws.ess > 1000
+    draws = ws.resample(scheme="systematic", generator=1)["w"]
+    assert draws.shape == (200_000, 3)
+    assert torch.allclose(draws.double().mean(0), mean, atol=0.03)
+
+
+def test_log_evidence_matches_closed_form():
+    X, y = _data()
+    # marginal likelihood of the conjugate model: y ~ N(0, X X^T + I)
+    cov_y = X.double() @ X.double().T + torch.eye(12, dtype=torch.float64)
+    exact = torch.distributions.MultivariateNormal(torch.zeros(12, dtype=torch.float64), cov_y)
+    set_seed(3)
+    ws = importance_sample(bayesian_linear_regression, None, X, y, num_particles=200_000)
+    assert ws.log_evidence == pytest.approx(exact.log_prob(y.double()).item(), abs=0.05)
+
+
+def test_user_prior_and_seed_reproducible():
+    X, y = _data()
+    prior = dist.StudentT(3.0, torch.zeros(3), torch.ones(3)).to_event(1)
+    set_seed(7)
+    a = importance_sample(bayesian_linear_regression, None, X, y, prior=prior, num_particles=500)
+    set_seed(7)
+    b = importance_sample(bayesian_linear_regression, None, X, y, prior=prior, num_particles=500)
+    assert torch.equal(a.samples["w"], b.samples["w"])
+    assert torch.equal(a.log_weights, b.log_weights)
+    with pytest.raises(ValueError, match="num_particles"):
+        importance_sample(bayesian_linear_regression, None, X, y, num_particles=0)
+    with pytest.raises(ValueError, match="event_shape"):
+        bayesian_linear_regression(X, y, prior=dist.Normal(0.0, 1.0))

@@ -1,0 +1,104 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from probml.cli import main
+from probml.registry import Example, ExampleResult, Registry, run_demo
+
+
+def _ok(fast, seed, device, out_dir):
+    x = torch.randn(3, generator=torch.Generator().manual_seed(seed))
+    return ExampleResult(headline=f"x0={x[0]:.4f}", table=[{"seed": seed, "x0": float(x[0])}])
+
+
+def _boom(fast, seed, device, out_dir):
+    raise RuntimeError("deliberate failure")
+
+
+def test_list_prints_registered_examples(capsys):
+    reg = Registry([Example("alpha", "first example", _ok), Example("beta", "second", _ok)])
+    assert main(["list"], registry=reg) == 0
+    out = capsys.readouterr().out
+    assert "alpha" in out and "first example" in out and "beta" in out
+
+
+def test_run_unknown_name_lists_valid_names(capsys):
+    reg = Registry([Example("alpha", "first", _ok)])
+    assert main(["run", "nope"], registry=reg) == 2
+    err = capsys.readouterr().err
+    assert "unknown example 'nope'" in err and "alpha" in err
+
+
+def test_run_writes_table_and_is_seeded(tmp_path, capsys):
+    reg = Registry([Example("alpha", "first", _ok)])
+    assert (
+        main(["run", "alpha", "--fast", "--seed", "4", "--out", str(tmp_path / "a")], registry=reg)
+        == 0
+    )
+    assert (
+        main(["run", "alpha", "--fast", "--seed", "4", "--out", str(tmp_path / "b")], registry=reg)
+        == 0
+    )
+    a = (tmp_path / "a" / "results.json").read_text()
+    b = (tmp_path / "b" / "results.json").read_text()
+    assert a == b and '"seed": 4' in a
+    assert (tmp_path / "a" / "results.md").read_text().startswith("| seed | x0 |")
+
+
+def test_demo_reports_failures_and_exit_code(tmp_path):
+    reg = Registry([Example("good", "ok", _ok), Example("bad", "fails", _boom)])
+    summary, report = run_demo(reg, out_root=tmp_path, echo=lambda s: None)
+    status = {r["example"]: r["status"] for r in summary}
+    assert status == {"bad": "FAILED", "good": "ok"}
+    text = report.read_text()
+    assert "deliberate failure" in text and "| good | ok |" in text
+    assert main(["demo", "--out", str(tmp_path / "d")], registry=reg) == 1
+    ok_reg = Registry([Example("good", "ok", _ok)])
+    assert main(["demo", "--out", str(tmp_path / "e")], registry=ok_reg) == 0
+    assert (tmp_path / "e" / "report.md").exists()
+
+
+def test_registry_loads_example_files(tmp_path):
+    (tmp_path / "one.py").write_text(
+        "from probml.registry import ExampleResult\nDESCRIPTION = 'one file'\n"
+        "def run(fast, seed, device, out_dir):\n    return ExampleResult(headline='hi')\n"
+    )
+    (tmp_path / "_private.py").write_text("raise SystemExit('must not be loaded')\n")
+    reg = Registry(directory=tmp_path)
+    assert reg.names() == ["one"]
+    assert reg.describe() == [("one", "one file")]
+
+
+def test_default_registry_has_the_examples():
+    names = Registry().names()
+    assert "importance_sampling" in names
+
+
+@pytest.mark.skipif(
+    shutil.which("probml") is None and not (Path(sys.executable).parent / "probml").exists(),
+    reason="console script not installed",
+)
+def test_console_script(tmp_path):
+    exe = shutil.which("probml") or str(Path(sys.executable).parent / "probml")
+    assert (
+        "run" in subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    )
+    assert (
+        "importance_sampling"
+        in subprocess.run([exe, "list"], capture_output=True, text=True, check=True).stdout
+    )
+    r = subprocess.run(
+        [exe, "run", "importance_sampling", "--fast", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "results.json").exists() and (tmp_path / "is_error.png").exists()
+    r = subprocess.run(
+        [sys.executable, "-m", "probml", "run", "zzz"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "valid names" in r.stderr

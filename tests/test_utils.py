@@ -1,0 +1,51 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from probml.metrics import relative_error
+from probml.results import markdown_table, mean_se, write_table
+from probml.utils import check_finite, check_positive, make_generator, resolve_device, set_seed
+
+
+def test_set_seed_reproduces_all_generators():
+    set_seed(11)
+    a = (torch.rand(3), np.random.rand(3))  # noqa: NPY002
+    set_seed(11)
+    b = (torch.rand(3), np.random.rand(3))  # noqa: NPY002
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match="seed"):
+        set_seed(-1)
+
+
+def test_make_generator_and_device():
+    g = make_generator(5)
+    assert torch.equal(torch.rand(2, generator=g), torch.rand(2, generator=make_generator(5)))
+    assert make_generator(g) is g
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+
+
+def test_validation_helpers():
+    with pytest.raises(ValueError, match="x must be finite"):
+        check_finite("x", torch.tensor([1.0, float("nan")]))
+    assert check_positive("rho", 2) == 2.0
+    with pytest.raises(ValueError, match="rho"):
+        check_positive("rho", 0)
+    with pytest.raises(TypeError, match="rho"):
+        check_positive("rho", "a")
+
+
+def test_results_writer(tmp_path):
+    rows = [{"a": 1, "b": 0.123456789}, {"a": 2, "c": "x"}]
+    md = markdown_table(rows)
+    assert md.splitlines()[0] == "| a | b | c |" and "0.1235" in md
+    md_p, js_p = write_table(tmp_path, "t", rows, meta={"cmd": "x"})
+    data = json.loads(js_p.read_text())
+    assert data["rows"][0]["b"] == 0.123456789 and data["meta"]["cmd"] == "x"
+    m, se = mean_se([1.0, 3.0])
+    assert m == 2.0 and se == pytest.approx(1.0)
+    assert relative_error(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])) == 1.0
