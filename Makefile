@@ -28,7 +28,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check probml tests examples benchmarks
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	@set -e; for f in benchmarks/*.py; do \
