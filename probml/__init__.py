@@ -7,4 +7,23 @@ re-exported here as they land.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from probml.inference.importance import importance_sample  # noqa: E402
+from probml.inference.metalearners import (  # noqa: E402
+    BayesianQLearner,
+    DRRatioLearner,
+    QDRLearner,
+    QLearner,
+    SRatioLearner,
+    TRatioLearner,
+)
+
+__all__ = [
+    "__version__",
+    "importance_sample",
+    "QLearner",
+    "SRatioLearner",
+    "TRatioLearner",
+    "DRRatioLearner",
+    "QDRLearner",
+    "BayesianQLearner",
+]

