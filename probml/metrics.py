@@ -10,6 +10,7 @@ __all__ = [
     "qini_coefficient",
     "multiplicative_calibration_error",
     "log_tau_mse",
+    "gaussian_kl",
 ]
 
 
@@ -124,3 +125,17 @@ def log_tau_mse(tau_pred, tau_true) -> float:
     if (a <= 0).any() or (b <= 0).any():
         raise ValueError("ratios must be positive")
     return float(np.mean((np.log(a) - np.log(b)) ** 2))
+
+
+def gaussian_kl(Sigma: torch.Tensor, Sigma_hat: torch.Tensor) -> float:
+    r""":math:`\mathrm{KL}(N(0,\Sigma) \,\|\, N(0,\hat\Sigma)) = \frac12[\mathrm{tr}(\hat\Sigma^{-1}\Sigma)
+    - d + \log\det\hat\Sigma - \log\det\Sigma]` (float64; both ``d x d`` positive definite)."""
+    S, H = Sigma.double(), Sigma_hat.double()
+    if S.shape != H.shape or S.dim() != 2 or S.shape[0] != S.shape[1]:
+        raise ValueError(f"need two d x d matrices, got {tuple(S.shape)} and {tuple(H.shape)}")
+    Lh = torch.linalg.cholesky(H)
+    Ls = torch.linalg.cholesky(S)
+    tr = torch.cholesky_solve(S, Lh).diagonal().sum()
+    logdet_h = 2 * Lh.diagonal().log().sum()
+    logdet_s = 2 * Ls.diagonal().log().sum()
+    return float(0.5 * (tr - S.shape[0] + logdet_h - logdet_s))

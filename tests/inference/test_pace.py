@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from probml.datasets.gaussian import load_covariance_dataset, make_sparse_precision, sample_gaussian
+from probml.inference.maxent import CompletionError, exact_completion, maxent_completion
+from probml.inference.pace import (
+    PACEGGM,
+    GaussianMechanismCovariance,
+    PerEntryGaussianCovariance,
+    covariance_posterior,
+    entry_sensitivities,
+)
+from probml.metrics import gaussian_kl, relative_error
+
+
+def _support(K):
+    d = K.shape[0]
+    return [(i, j) for i in range(d) for j in range(i, d) if abs(K[i, j]) > 1e-12]
+
+
+def test_exact_completion_recovers_sigma_on_true_support():
+    S, K = make_sparse_precision(30, seed=3)
+    E = _support(K)
+    W, P = exact_completion(E, [S[i, j] for i, j in E], 30)
+    assert (W - S).abs().max() / S.abs().max() < 1e-8
+    mask = K.abs() > 1e-12
+    assert P[~mask].abs().max() == 0.0
+    assert torch.allclose(P, K, rtol=1e-6, atol=1e-8 * K.abs().max())
+
+
+def test_completion_errors_and_relaxed_form_is_pd():
+    # |rho| > 1 on a measured pair: no PD completion exists
+    with pytest.raises(CompletionError):
+        exact_completion([(0, 0), (1, 1), (0, 1)], [1.0, 1.0, 1.5], 2)
+    Sig, P = maxent_completion([(0, 0), (1, 1), (0, 1)], [1.0, 1.0, 1.5], 2, noise_scales=[0.1, 0.1, 0.5])
+    assert torch.linalg.eigvalsh(Sig).min() > 0 and torch.allclose(Sig, Sig.T)
+    with pytest.raises(ValueError, match="diagonal"):
+        exact_completion([(0, 0), (0, 1)], [1.0, 0.1], 2)
+
+
+def test_sensitivity_formulas_bound_brute_force():
+    rng = np.random.default_rng(0)
+    d, n = 4, 7
+    b = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
+    for rel in ("replace", "add_remove"):
+        D = entry_sensitivities(b, n, rel)
+        worst = torch.zeros(d, d, dtype=torch.float64)
+        worst_diag, worst_full = 0.0, 0.0
+        for _ in range(3000):
+            X = torch.as_tensor(rng.uniform(-1, 1, (n, d))) * b
+            corner = torch.as_tensor(rng.choice([-1.0, 0.0, 1.0], size=d)) * b
+            if rel == "replace":
+                X2 = X.clone()
+                X2[rng.integers(n)] = corner
+                diff = (X.T @ X - X2.T @ X2) / n
+            else:  # add one row, same public n
+                diff = torch.outer(corner, corner) / n
+            worst = torch.maximum(worst, diff.abs())
+            worst_diag = max(worst_diag, float(diff.diagonal().norm()))
+            iu = torch.triu_indices(d, d)
+            worst_full = max(worst_full, float(diff[iu[0], iu[1]].norm()))
+        assert torch.all(worst <= D + 1e-12), rel
+        assert worst_diag <= float(torch.sqrt((b**4).sum()) / n) + 1e-12
+        iu = torch.triu_indices(d, d)
+        assert worst_full <= float(D[iu[0], iu[1]].norm()) + 1e-12
+
+
+@settings(max_examples=12, deadline=None)
+@given(eps=st.floats(0.05, 5.0), log_delta=st.floats(-9, -3), d=st.integers(2, 6),
+       rounds=st.integers(0, 6), seed=st.integers(0, 1000),
+       selection=st.sampled_from(["exponential", "permute_and_flip"]),
+       center=st.booleans())
+def test_privacy_spent_never_exceeds_budget_and_output_is_pd(eps, log_delta, d, rounds, seed,
+                                                             selection, center):
+    rounds = min(rounds, d * (d - 1) // 2)
+    X = np.random.default_rng(seed).normal(size=(50, d))
+    for est in (PACEGGM(eps, 10**log_delta, bounds=2.0, rounds=rounds, selection=selection,
+                        center=center, random_state=seed),
+                GaussianMechanismCovariance(eps, 10**log_delta, bounds=2.0, center=center),
+                PerEntryGaussianCovariance(eps, 10**log_delta, bounds=2.0, center=center)):
+        est.fit(X)
+        spent_eps, delta = est.privacy_spent_
+        assert spent_eps <= eps and est.rho_spent_ <= est.budget_.rho
+        assert spent_eps == pytest.approx(eps, rel=1e-6)  # the whole budget is used
+        C = est.covariance_
+        assert torch.allclose(C, C.T) and torch.linalg.eigvalsh(C).min() > 0
+
+
+def test_pace_measures_in_order_and_error_falls_with_budget():
+    S, _ = make_sparse_precision(8, n_extra_edges=2, scale_range=(0.5, 2.0), seed=1)
+    X = sample_gaussian(S, 5000, seed=2).numpy()
+    b = (3 * S.diagonal().sqrt()).numpy()
+    sample_err = relative_error(torch.as_tensor(np.clip(X, -b, b).T @ np.clip(X, -b, b) / 5000), S)
+    errs = []
+    for eps in (0.1, 1.0, 1e4):
+        e = np.mean([relative_error(PACEGGM(eps, 1e-5, b, rounds=28, random_state=s).fit(X).covariance_, S)
+                     for s in range(3)])
+        errs.append(e)
+    assert errs[0] > errs[1] > errs[2]
+    # essentially no noise and every entry measured: the non-private sampling error
+    assert errs[2] == pytest.approx(sample_err, rel=0.05, abs=1e-3)
+    est = PACEGGM(1.0, 1e-5, b, rounds=5).fit(X)
+    assert len(est.measured_) == 5 and len(set(est.measured_)) == 5
+    assert all(i < j for i, j in est.measured_)
+
+
+def test_pace_beats_whole_matrix_gaussian_in_high_dimension():
+    S, _ = make_sparse_precision(30, seed=0)
+    X = sample_gaussian(S, 10_000, seed=1).numpy()
+    b = (3 * S.diagonal().sqrt()).numpy()
+    pace = np.mean([relative_error(PACEGGM(1.0, 1e-5, b, random_state=s).fit(X).covariance_, S) for s in range(2)])
+    gm = np.mean([relative_error(GaussianMechanismCovariance(1.0, 1e-5, b, random_state=s).fit(X).covariance_, S)
+                  for s in range(2)])
+    assert pace < 0.7 * gm, (pace, gm)
+
+
+@pytest.mark.parametrize(
+    "kwargs, X, match",
+    [
+        ({"epsilon": 0.0}, None, "epsilon"),
+        ({"delta": 1.0}, None, "delta"),
+        ({"bounds": [1.0, 1.0]}, None, "bounds must have length 3"),
+        ({"bounds": [1.0, -1.0, 1.0]}, None, "bounds"),
+        ({}, np.array([[1.0, np.nan, 0.0]] * 5), "finite"),
+        ({"selection": "greedy"}, None, "selection"),
+        ({"rounds": 10}, None, "rounds"),
+    ],
+)
+def test_bad_input_raises_before_noise(kwargs, X, match, monkeypatch):
+    import probml.inference.pace as pace_mod
+
+    calls = []
+    monkeypatch.setattr(pace_mod, "gaussian_mechanism",
+                        lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+    X = np.random.default_rng(0).normal(size=(20, 3)) if X is None else X
+    with pytest.raises(ValueError, match=match):
+        PACEGGM(**{"epsilon": 1.0, "delta": 1e-5, "bounds": 1.0, **kwargs}).fit(X)
+    assert calls == []
+
+
+def test_bayesian_posterior_post_processing():
+    S, _ = make_sparse_precision(3, n_extra_edges=0, scale_range=(0.5, 2.0), seed=0)
+    X = sample_gaussian(S, 3000, seed=1).numpy()
+    est = PACEGGM(2.0, 1e-5, (3 * S.diagonal().sqrt()).numpy(), rounds=3).fit(X)
+    draws = covariance_posterior(est, method="svi", num_samples=200, svi_steps=600)
+    assert draws.shape == (200, 3, 3)
+    assert torch.linalg.eigvalsh(draws).min() > 0
+    assert relative_error(draws.mean(0), S) < 0.3
+    nuts = covariance_posterior(est, method="nuts", num_samples=30, warmup_steps=30)
+    assert nuts.shape == (30, 3, 3)
+
+
+def test_bundled_dataset_and_kl():
+    X, b, note = load_covariance_dataset("digits")
+    assert X.shape[0] == 1797 and np.all(b == 16.0) and "16" in note
+    est = PACEGGM(1.0, 1e-5, b, center=True, rounds=20).fit(X)
+    assert est.covariance_.shape == (X.shape[1], X.shape[1])
+    emp = torch.as_tensor(np.cov(X.T, bias=True))
+    assert gaussian_kl(emp, emp) == pytest.approx(0.0, abs=1e-8)

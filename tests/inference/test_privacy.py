@@ -1,0 +1,99 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opacus.accountants.analysis import rdp as opacus_rdp
+
+from probml.inference.privacy import (
+    PrivacyBudget,
+    PrivacyBudgetExceeded,
+    dp_to_zcdp,
+    exponential_mechanism,
+    gaussian_mechanism,
+    permute_and_flip,
+    selection_cost,
+    zcdp_to_dp,
+)
+
+ORDERS = np.concatenate([np.linspace(1.01, 10, 900), np.linspace(10.1, 500, 3000)])
+
+
+@pytest.mark.parametrize("eps, delta", [(0.1, 1e-6), (1.0, 1e-5), (4.0, 1e-5), (10.0, 1e-8)])
+def test_conversion_round_trip_and_opacus_agreement(eps, delta):
+    rho = dp_to_zcdp(eps, delta)
+    assert zcdp_to_dp(rho, delta) <= eps
+    assert zcdp_to_dp(rho, delta) == pytest.approx(eps, rel=1e-9)
+    # Opacus on a fine grid of orders with the zCDP curve rdp(alpha) = alpha * rho
+    eps_opacus, _ = opacus_rdp.get_privacy_spent(orders=ORDERS, rdp=ORDERS * rho, delta=delta)
+    assert eps_opacus == pytest.approx(eps, rel=0.01)
+    assert eps <= eps_opacus * (1 + 1e-9)  # continuous alpha is never looser than a grid
+
+
+def test_composition_matches_opacus_accountant():
+    # T Gaussian releases (Opacus computes their RDP) + T exponential-mechanism selections
+    # (RDP alpha * eps0^2 / 8 added by hand) == the total zCDP charged, converted
+    delta, T = 1e-5, 20
+    budget = PrivacyBudget.from_dp(2.0, delta)
+    rho_meas, rho_sel = 0.9 * budget.rho / T, 0.1 * budget.rho / T
+    eps0 = math.sqrt(8 * rho_sel)
+    z = 1.0 / math.sqrt(2 * rho_meas)  # noise multiplier sigma / Delta
+    for t in range(T):
+        gaussian_mechanism(torch.zeros(3), 1.0, rho_meas, budget, generator=t)
+        exponential_mechanism(np.arange(4.0), eps0, 1.0, budget, generator=t)
+    gauss = np.asarray(opacus_rdp.compute_rdp(q=1.0, noise_multiplier=z, steps=T, orders=ORDERS))
+    total_rdp = gauss + T * ORDERS * eps0**2 / 8
+    eps_opacus, _ = opacus_rdp.get_privacy_spent(orders=ORDERS, rdp=total_rdp, delta=delta)
+    assert budget.spent == pytest.approx(budget.rho, rel=1e-12)
+    assert budget.epsilon(delta) == pytest.approx(eps_opacus, rel=0.01)
+    assert budget.epsilon(delta) <= 2.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(total=st.floats(1e-4, 10.0), charges=st.lists(st.floats(1e-6, 5.0), min_size=1, max_size=30))
+def test_budget_is_never_exceeded(total, charges):
+    b = PrivacyBudget(total)
+    for c in charges:
+        before = list(b.charges)
+        try:
+            b.charge(c, "x")
+        except PrivacyBudgetExceeded:
+            assert b.charges == before  # nothing recorded
+        assert b.spent <= b.rho
+
+
+def test_gaussian_mechanism_charges_before_noise_and_has_right_scale():
+    b = PrivacyBudget(0.5)
+    x = torch.zeros(200_000, dtype=torch.float64)
+    noisy, sigma = gaussian_mechanism(x, 2.0, 0.5, b, generator=0)
+    assert sigma == pytest.approx(2.0 / math.sqrt(1.0))
+    assert noisy.std().item() == pytest.approx(sigma, rel=0.01)
+    with pytest.raises(PrivacyBudgetExceeded):
+        gaussian_mechanism(x, 2.0, 1e-9, b, generator=0)
+    a, _ = gaussian_mechanism(torch.zeros(3), 1.0, 1.0, generator=5)
+    c, _ = gaussian_mechanism(torch.zeros(3), 1.0, 1.0, generator=5)
+    assert torch.equal(a, c)
+
+
+def test_selection_mechanisms_follow_their_distributions():
+    q = np.array([0.0, 1.0, 2.0, 4.0])
+    eps = 1.5
+    rng = np.random.default_rng(0)
+    draws = np.array([exponential_mechanism(q, eps, generator=rng) for _ in range(20000)])
+    p = np.exp(eps * q / 2)
+    p /= p.sum()
+    freq = np.bincount(draws, minlength=4) / len(draws)
+    assert np.allclose(freq, p, atol=0.015)
+    # permute-and-flip: never worse than the exponential mechanism in expected score
+    pf = np.array([permute_and_flip(q, eps, generator=rng) for _ in range(20000)])
+    assert q[pf].mean() >= (p * q).sum() - 0.02
+    assert selection_cost(eps) == eps**2 / 8 and selection_cost(eps, "permute_and_flip") == eps**2 / 2
+
+
+@pytest.mark.parametrize("bad, match", [((0.0, 1e-5), "epsilon"), ((1.0, 0.0), "delta"),
+                                        ((1.0, 1.0), "delta"), ((-1.0, 1e-5), "epsilon")])
+def test_bad_privacy_parameters(bad, match):
+    with pytest.raises(ValueError, match=match):
+        PrivacyBudget.from_dp(*bad)
