@@ -11,11 +11,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["make_sparse_precision", "sample_gaussian", "load_covariance_dataset", "COVARIANCE_DATASETS"]
+__all__ = [
+    "make_sparse_precision",
+    "sample_gaussian",
+    "load_covariance_dataset",
+    "COVARIANCE_DATASETS",
+]
 
 
 def make_sparse_precision(
-    d: int, n_extra_edges: int = 10, scale_range: tuple[float, float] = (0.1, 10.0),
+    d: int,
+    n_extra_edges: int = 10,
+    scale_range: tuple[float, float] = (0.1, 10.0),
     seed: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(Sigma, precision)`` (``d x d`` float64) with a chain + random-edge graph.

@@ -16,7 +16,8 @@ Noisy :math:`y_E` may have no positive-definite completion. :func:`relaxed_compl
 
 whose stationarity condition :math:`\lambda\Sigma^{-1} = G` with :math:`G` supported on
 :math:`E` makes the optimum a GGM on :math:`E` too. It is optimised over a Cholesky factor
-(positive definite by construction, warm-startable), then cleaned with one exact completion of
+(positive definite by construction, warm-startable; L-BFGS with the analytic gradient),
+then cleaned with one exact completion of
 its own entries so the returned precision is exactly zero off :math:`E`.
 :func:`maxent_completion` picks the exact solver when ``noise_scales`` is ``None``.
 All computations are float64.
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from scipy.optimize import minimize
 
 __all__ = ["CompletionError", "exact_completion", "relaxed_completion", "maxent_completion"]
 
@@ -83,6 +86,7 @@ def exact_completion(
         dim: ``d``.
         tol: stop when the largest change of ``W`` in a sweep is below ``tol`` (relative to
             the largest diagonal value).
+        max_sweeps: a :class:`CompletionError` is raised if not converged by then.
         init: optional warm start for ``W`` (``d x d``).
 
     Returns:
@@ -110,9 +114,15 @@ def exact_completion(
                 try:
                     beta[nb] = torch.linalg.solve(W[nb][:, nb], S[nb, j])
                 except RuntimeError as exc:  # singular system
-                    raise CompletionError("no positive-definite completion (singular sweep)") from exc
+                    raise CompletionError(
+                        "no positive-definite completion (singular sweep)"
+                    ) from exc
             # w_12 <- W_11 beta (beta is zero at j, so W @ beta is W_11 beta off the j-th entry)
             w = W @ beta
+            if float(S[j, j] - w @ beta) <= 0.0:  # Schur complement: W would not be PD
+                raise CompletionError(
+                    "no positive-definite completion (non-positive Schur complement)"
+                )
             w[j] = W[j, j]
             delta = max(delta, float((W[:, j] - w).abs().max()))
             W[:, j] = w
@@ -122,6 +132,10 @@ def exact_completion(
             raise CompletionError("sweeps diverged: no positive-definite completion")
         if delta <= tol * scale:
             break
+    else:
+        raise CompletionError(
+            f"sweeps did not converge in {max_sweeps} sweeps (last change {delta:.3g})"
+        )
     # precision from the final regressions: theta_jj = 1/(s_jj - w_12^T beta), theta_12 = -beta theta_jj
     denom = S.diagonal() - (W * betas).sum(1)  # w_12^T beta = sum_k W[j,k] beta_j[k]
     if bool((denom <= 0).any()):
@@ -146,7 +160,7 @@ def relaxed_completion(
     noise_scales: Sequence[float] | torch.Tensor,
     lam: float = 1.0,
     init: torch.Tensor | None = None,
-    max_iter: int = 300,
+    max_iter: int = 2000,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Relaxed max-entropy fit to noisy entries (see the module docstring).
 
@@ -172,38 +186,39 @@ def relaxed_completion(
     if init is None:
         diag = y.diagonal().clamp_min(1e-8 * float(y.diagonal().abs().max()) + 1e-300)
         init = torch.diag(diag)
-    L0 = torch.linalg.cholesky(0.5 * (init + init.T).to(torch.float64))
-    tril = torch.tril_indices(dim, dim)
-    diag_pos = tril[0] == tril[1]
-    theta0 = L0[tril[0], tril[1]].clone()
-    theta0[diag_pos] = theta0[diag_pos].log()
-    theta = theta0.requires_grad_(True)
+    L0 = torch.linalg.cholesky(0.5 * (init + init.T).to(torch.float64)).cpu().numpy()
+    Wn, yn = wmat.cpu().numpy(), y.cpu().numpy()
+    tril = np.tril_indices(dim)
+    on_diag = tril[0] == tril[1]
 
-    def build(t):
-        L = torch.zeros(dim, dim, dtype=torch.float64)
-        vals = torch.where(diag_pos, t.exp(), t)
-        return L.index_put((tril[0], tril[1]), vals)
+    def unpack(theta: np.ndarray) -> np.ndarray:
+        L = np.zeros((dim, dim))
+        L[tril] = np.where(
+            on_diag, np.exp(theta), theta
+        )  # positive diagonal: L is a Cholesky factor
+        return L
 
-    def objective(t):
-        L = build(t)
-        Sigma = L @ L.T
-        fit = 0.5 * (wmat * (Sigma - y) ** 2).sum()
-        logdet = 2.0 * torch.where(diag_pos, t, torch.zeros_like(t)).sum()
-        return fit - lam * logdet
+    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        # f = 1/2 sum W (L L^T - y)^2 - 2 lam sum log L_ii ;  df/dL = 2 (W o R) L - 2 lam diag(1/L_ii)
+        L = unpack(theta)
+        R = Wn * (L @ L.T - yn)
+        f = 0.5 * float((R * (L @ L.T - yn)).sum()) - 2.0 * lam * float(theta[on_diag].sum())
+        G = 2.0 * R @ L
+        g = G[tril]
+        g = np.where(on_diag, g * np.exp(theta) - 2.0 * lam, g)  # chain rule through exp
+        return f, g
 
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
-                            tolerance_change=1e-12, history_size=50, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        f = objective(theta)
-        f.backward()
-        return f
-
-    opt.step(closure)
-    with torch.no_grad():
-        L = build(theta)
-        Sigma = L @ L.T
+    theta0 = L0[tril].copy()
+    theta0[on_diag] = np.log(theta0[on_diag])
+    res = minimize(
+        fun,
+        theta0,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-10},
+    )
+    L = torch.as_tensor(unpack(res.x), dtype=torch.float64, device=y.device)
+    Sigma = L @ L.T
     # clean-up: the exact completion of the fitted entries (they have a PD completion: Sigma)
     fitted = Sigma[idx[:, 0], idx[:, 1]]
     try:

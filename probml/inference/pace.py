@@ -61,7 +61,9 @@ __all__ = [
 _SAFETY = 1.0 - 1e-9
 
 
-def entry_sensitivities(bounds: torch.Tensor, n: int, neighbouring: str = "replace") -> torch.Tensor:
+def entry_sensitivities(
+    bounds: torch.Tensor, n: int, neighbouring: str = "replace"
+) -> torch.Tensor:
     r"""Per-entry sensitivities :math:`\Delta_{ij}` of :math:`S = \frac1n \sum x x^\top`
     (``d x d``) for data clipped to :math:`[-b_i, b_i]`."""
     if neighbouring not in ("replace", "add_remove"):
@@ -96,24 +98,36 @@ class _PrivateCovariance(BaseEstimator):
         if X.dim() != 2 or X.shape[0] < 2:
             raise ValueError(f"X must be 2-D with at least 2 rows, got shape {tuple(X.shape)}")
         if not bool(torch.isfinite(X).all()):
-            raise ValueError(f"X must be finite; it has {int((~torch.isfinite(X)).sum())} NaN/inf entries")
+            raise ValueError(
+                f"X must be finite; it has {int((~torch.isfinite(X)).sum())} NaN/inf entries"
+            )
         b = torch.as_tensor(np.asarray(self.bounds, dtype=float), dtype=torch.float64).reshape(-1)
         if b.numel() == 1:
             b = b.expand(X.shape[1]).clone()
         if b.numel() != X.shape[1]:
-            raise ValueError(f"bounds must have length {X.shape[1]} (one per column), got {b.numel()}")
+            raise ValueError(
+                f"bounds must have length {X.shape[1]} (one per column), got {b.numel()}"
+            )
         if not bool((b > 0).all()) or not bool(torch.isfinite(b).all()):
             raise ValueError("bounds must be finite and > 0")
         if self.neighbouring not in ("replace", "add_remove"):
-            raise ValueError(f"neighbouring must be 'replace' or 'add_remove', got {self.neighbouring!r}")
+            raise ValueError(
+                f"neighbouring must be 'replace' or 'add_remove', got {self.neighbouring!r}"
+            )
         budget = PrivacyBudget.from_dp(epsilon, float(self.delta))
         n = X.shape[0]
         X = torch.maximum(torch.minimum(X, b), -b)  # clip each coordinate to [-b_i, b_i]
         if self.center:
             # private mean (L2 sensitivity 2||b||/n replace, ||b||/n add/remove), then re-clip
             sens = (2.0 if self.neighbouring == "replace" else 1.0) * float(b.norm()) / n
-            mu, _ = gaussian_mechanism(X.mean(0), sens, self.mean_fraction * budget.rho * _SAFETY,
-                                       budget, generator=self._gen(), label="mean")
+            mu, _ = gaussian_mechanism(
+                X.mean(0),
+                sens,
+                self.mean_fraction * budget.rho * _SAFETY,
+                budget,
+                generator=self._gen(),
+                label="mean",
+            )
             X = torch.maximum(torch.minimum(X - mu, b), -b)
             self.mean_ = mu
         else:
@@ -168,10 +182,20 @@ class PACEGGM(_PrivateCovariance):
     """
     )
 
-    def __init__(self, epsilon: float = 1.0, delta: float = 1e-5, bounds=1.0,
-                 rounds: int | None = None, selection: str = "exponential",
-                 neighbouring: str = "replace", center: bool = False, mean_fraction: float = 0.05,
-                 lam: float = 1.0, random_state: int | None = 0, verbose: bool = False):
+    def __init__(
+        self,
+        epsilon: float = 1.0,
+        delta: float = 1e-5,
+        bounds=1.0,
+        rounds: int | None = None,
+        selection: str = "exponential",
+        neighbouring: str = "replace",
+        center: bool = False,
+        mean_fraction: float = 0.05,
+        lam: float = 1.0,
+        random_state: int | None = 0,
+        verbose: bool = False,
+    ):
         self.epsilon = epsilon
         self.delta = delta
         self.bounds = bounds
@@ -186,7 +210,9 @@ class PACEGGM(_PrivateCovariance):
 
     def fit(self, X, y=None) -> PACEGGM:
         if self.selection not in ("exponential", "permute_and_flip"):
-            raise ValueError(f"selection must be 'exponential' or 'permute_and_flip', got {self.selection!r}")
+            raise ValueError(
+                f"selection must be 'exponential' or 'permute_and_flip', got {self.selection!r}"
+            )
         X, b, budget = self._prepare(X)
         n, d = X.shape
         T = d if self.rounds is None else int(self.rounds)
@@ -205,8 +231,9 @@ class PACEGGM(_PrivateCovariance):
         Delta = entry_sensitivities(b, n, self.neighbouring)
         # 1. the diagonal as one Gaussian vector
         diag_sens = float(torch.sqrt((b**4).sum()) / n)
-        y_diag, s_diag = gaussian_mechanism(S.diagonal().clone(), diag_sens, rho_meas, budget,
-                                            generator=gen, label="diagonal")
+        y_diag, s_diag = gaussian_mechanism(
+            S.diagonal().clone(), diag_sens, rho_meas, budget, generator=gen, label="diagonal"
+        )
         y_diag = y_diag.clamp_min(s_diag)  # post-processing: a variance is positive
         entries = [(i, i) for i in range(d)]
         values = y_diag.tolist()
@@ -220,12 +247,20 @@ class PACEGGM(_PrivateCovariance):
         for t in progress(range(T), verbose=self.verbose, desc="PACE-GGM rounds", total=T):
             cand = ~measured[iu[0], iu[1]]
             ci, cj = iu[0][cand], iu[1][cand]
-            q = ((S[ci, cj] - Sigma[ci, cj]).abs() - math.sqrt(2 / math.pi) * sigma_mat[ci, cj]) / Delta[ci, cj]
+            q = (
+                (S[ci, cj] - Sigma[ci, cj]).abs() - math.sqrt(2 / math.pi) * sigma_mat[ci, cj]
+            ) / Delta[ci, cj]
             pick = exponential_mechanism if self.selection == "exponential" else permute_and_flip
             k = pick(q.numpy(), eps0, 1.0, budget, generator=rng, label=f"select {t}")
             i, j = int(ci[k]), int(cj[k])
-            yij, sij = gaussian_mechanism(S[i, j].reshape(1), float(Delta[i, j]), rho_meas, budget,
-                                          generator=gen, label=f"measure ({i},{j})")
+            yij, sij = gaussian_mechanism(
+                S[i, j].reshape(1),
+                float(Delta[i, j]),
+                rho_meas,
+                budget,
+                generator=gen,
+                label=f"measure ({i},{j})",
+            )
             measured[i, j] = measured[j, i] = True
             self.measured_.append((i, j))
             entries.append((i, j))
@@ -245,7 +280,9 @@ class PACEGGM(_PrivateCovariance):
         """Exact completion of the noisy entries when one exists, else the relaxed form."""
         try:
             # scoring only needs an approximate Sigma_hat: a loose tolerance inside the rounds
-            return exact_completion(entries, values, d, init=init, tol=tol, max_sweeps=200)[0], False
+            return exact_completion(entries, values, d, init=init, tol=tol, max_sweeps=100)[
+                0
+            ], False
         except CompletionError:
             return relaxed_completion(entries, values, d, scales, lam=self.lam, init=init)[0], True
 
@@ -261,9 +298,16 @@ class GaussianMechanismCovariance(_PrivateCovariance):
         + _COMMON_DOC
     )
 
-    def __init__(self, epsilon: float = 1.0, delta: float = 1e-5, bounds=1.0,
-                 neighbouring: str = "replace", center: bool = False, mean_fraction: float = 0.05,
-                 random_state: int | None = 0):
+    def __init__(
+        self,
+        epsilon: float = 1.0,
+        delta: float = 1e-5,
+        bounds=1.0,
+        neighbouring: str = "replace",
+        center: bool = False,
+        mean_fraction: float = 0.05,
+        random_state: int | None = 0,
+    ):
         self.epsilon = epsilon
         self.delta = delta
         self.bounds = bounds
@@ -292,7 +336,9 @@ class GaussianMechanismCovariance(_PrivateCovariance):
 
     def _release(self, values, deltas, rho, budget):
         l2 = float(torch.sqrt((deltas**2).sum()))
-        out, _ = gaussian_mechanism(values, l2, rho, budget, generator=self._gen(), label="all entries")
+        out, _ = gaussian_mechanism(
+            values, l2, rho, budget, generator=self._gen(), label="all entries"
+        )
         return out
 
 
@@ -330,8 +376,9 @@ def covariance_posterior(
     Args:
         estimator: a fitted PACEGGM (its ``measurements_`` are the only data used).
         method: ``"nuts"``, ``"svi"`` (AutoMultivariateNormal) or ``"auto"`` (NUTS for d <= 20).
-        scale_prior: HalfNormal scales of the marginal sds (default: the public bounds / 2).
-        prior: a user prior over ``Sigma`` (event shape ``(d, d)``).
+        scale_prior: HalfNormal scales of the marginal sds (default: the public bounds / 2), or
+            a distribution over the ``d`` scales.
+        prior: a user prior over the Cholesky factor of ``Sigma`` (support ``lower_cholesky``).
 
     Returns:
         ``num_samples x d x d`` posterior draws.
@@ -354,24 +401,31 @@ def covariance_posterior(
         entries=torch.as_tensor(entries, dtype=torch.long),
         values=torch.as_tensor(values, dtype=torch.float64),
         noise_scales=torch.as_tensor(scales, dtype=torch.float64),
-        dim=d, n=estimator.n_samples_,
+        dim=d,
+        n=estimator.n_samples_,
         scale_prior=estimator.bounds_ / 2.0 if scale_prior is None else scale_prior,
         prior=prior,
     )
     pyro.set_rng_seed(seed)
     pyro.clear_param_store()
     if method == "nuts":
-        mcmc = MCMC(NUTS(private_covariance_model, init_strategy=init_to_median),
-                    num_samples=num_samples, warmup_steps=warmup_steps, disable_progbar=True)
+        mcmc = MCMC(
+            NUTS(private_covariance_model, init_strategy=init_to_median),
+            num_samples=num_samples,
+            warmup_steps=warmup_steps,
+            disable_progbar=True,
+        )
         mcmc.run(**kw)
-        pred = Predictive(private_covariance_model, posterior_samples=mcmc.get_samples(),
-                          return_sites=["Sigma"])
+        pred = Predictive(
+            private_covariance_model, posterior_samples=mcmc.get_samples(), return_sites=["Sigma"]
+        )
     else:
         guide = AutoMultivariateNormal(private_covariance_model, init_loc_fn=init_to_median)
         svi = SVI(private_covariance_model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
         for _ in range(svi_steps):
             svi.step(**kw)
-        pred = Predictive(private_covariance_model, guide=guide, num_samples=num_samples,
-                          return_sites=["Sigma"])
+        pred = Predictive(
+            private_covariance_model, guide=guide, num_samples=num_samples, return_sites=["Sigma"]
+        )
     draws = pred(**kw)["Sigma"].detach()
     return draws.reshape(-1, d, d)

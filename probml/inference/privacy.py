@@ -65,8 +65,9 @@ def zcdp_to_dp(rho: float, delta: float) -> float:
 
     # eps(alpha) is unimodal on (1, inf); bracket the minimiser near 1 + sqrt(log(1/delta)/rho)
     guess = 1.0 + math.sqrt(log_inv_delta / rho)
-    res = minimize_scalar(eps, bounds=(1.0 + 1e-9, max(4.0 * guess, 10.0)), method="bounded",
-                          options={"xatol": 1e-10})
+    res = minimize_scalar(
+        eps, bounds=(1.0 + 1e-9, max(4.0 * guess, 10.0)), method="bounded", options={"xatol": 1e-10}
+    )
     return float(min(res.fun, eps(guess)))
 
 
@@ -176,8 +177,12 @@ def _scores(scores) -> np.ndarray:
 
 
 def exponential_mechanism(
-    scores, epsilon: float, sensitivity: float = 1.0, budget: PrivacyBudget | None = None,
-    generator: np.random.Generator | int | None = None, label: str = "exponential",
+    scores,
+    epsilon: float,
+    sensitivity: float = 1.0,
+    budget: PrivacyBudget | None = None,
+    generator: np.random.Generator | int | None = None,
+    label: str = "exponential",
 ) -> int:
     r"""Pick index :math:`i` with probability :math:`\propto \exp(\varepsilon q_i / (2\Delta))`.
 
@@ -194,8 +199,12 @@ def exponential_mechanism(
 
 
 def permute_and_flip(
-    scores, epsilon: float, sensitivity: float = 1.0, budget: PrivacyBudget | None = None,
-    generator: np.random.Generator | int | None = None, label: str = "permute_and_flip",
+    scores,
+    epsilon: float,
+    sensitivity: float = 1.0,
+    budget: PrivacyBudget | None = None,
+    generator: np.random.Generator | int | None = None,
+    label: str = "permute_and_flip",
 ) -> int:
     r"""Permute-and-flip (McKenna & Sheldon 2020): visit candidates in random order, accept
     :math:`i` with probability :math:`\exp(\varepsilon (q_i - q_{max}) / (2\Delta))`.

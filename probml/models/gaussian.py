@@ -8,8 +8,9 @@ r"""Bayesian model of private covariance measurements (free post-processing in p
     v_{ij}(\Sigma) = (\Sigma_{ii}\Sigma_{jj} + \Sigma_{ij}^2) / n,
 
 where :math:`\sigma_e` is the privacy noise of measurement :math:`e` and :math:`v_e` the
-sampling variance of a Gaussian second moment. Any prior over :math:`\Sigma` can replace the
-default (pass ``prior`` with event shape ``(d, d)``).
+sampling variance of a Gaussian second moment. User priors: any positive distribution over
+the ``d`` scales (``scale_prior``), or a prior over the Cholesky factor of :math:`\Sigma`
+itself (``prior``, support ``lower_cholesky``) replacing the LKJ x scales default.
 """
 
 from __future__ import annotations
@@ -39,23 +40,28 @@ def private_covariance_model(
         noise_scales: ``m`` privacy-noise standard deviations.
         dim: ``d``; n: number of data rows (public).
         scale_prior: HalfNormal scale(s) ``kappa`` of the marginal standard deviations
-            (``d`` or a number).
+            (``d`` or a number), or any distribution over the ``d`` positive scales
+            (event shape ``(d,)``), e.g. ``HalfCauchy(...).to_event(1)``.
         eta: LKJ concentration.
-        prior: optional user prior over ``Sigma`` (event shape ``(d, d)``), replacing the
-            LKJ x HalfNormal default; its samples must be positive definite.
+        prior: optional user prior over the Cholesky factor of ``Sigma`` (event shape
+            ``(d, d)``, support ``lower_cholesky``), replacing the LKJ x scales default.
 
     Returns:
         ``Sigma`` (``d x d``), also recorded as the deterministic site ``"Sigma"``.
     """
     dtype = noise_scales.dtype
     if prior is None:
-        kappa = torch.as_tensor(scale_prior, dtype=dtype).expand(dim)
+        if isinstance(scale_prior, dist.Distribution):
+            scale_dist = scale_prior
+        else:
+            kappa = torch.as_tensor(scale_prior, dtype=dtype).expand(dim)
+            scale_dist = dist.HalfNormal(kappa).to_event(1)
         L = pyro.sample("L_omega", dist.LKJCholesky(dim, torch.tensor(eta, dtype=dtype)))
-        s = pyro.sample("scales", dist.HalfNormal(kappa).to_event(1))
+        s = pyro.sample("scales", scale_dist)
         Lc = s.unsqueeze(-1) * L
-        Sigma = pyro.deterministic("Sigma", Lc @ Lc.transpose(-1, -2))
     else:
-        Sigma = pyro.deterministic("Sigma", pyro.sample("Sigma_raw", prior))
+        Lc = pyro.sample("L_sigma", prior)
+    Sigma = pyro.deterministic("Sigma", Lc @ Lc.transpose(-1, -2))
     i, j = entries[:, 0], entries[:, 1]
     mean = Sigma[..., i, j]
     samp_var = (Sigma[..., i, i] * Sigma[..., j, j] + mean**2) / n

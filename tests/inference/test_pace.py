@@ -35,7 +35,9 @@ def test_completion_errors_and_relaxed_form_is_pd():
     # |rho| > 1 on a measured pair: no PD completion exists
     with pytest.raises(CompletionError):
         exact_completion([(0, 0), (1, 1), (0, 1)], [1.0, 1.0, 1.5], 2)
-    Sig, P = maxent_completion([(0, 0), (1, 1), (0, 1)], [1.0, 1.0, 1.5], 2, noise_scales=[0.1, 0.1, 0.5])
+    Sig, P = maxent_completion(
+        [(0, 0), (1, 1), (0, 1)], [1.0, 1.0, 1.5], 2, noise_scales=[0.1, 0.1, 0.5]
+    )
     assert torch.linalg.eigvalsh(Sig).min() > 0 and torch.allclose(Sig, Sig.T)
     with pytest.raises(ValueError, match="diagonal"):
         exact_completion([(0, 0), (0, 1)], [1.0, 0.1], 2)
@@ -69,18 +71,33 @@ def test_sensitivity_formulas_bound_brute_force():
 
 
 @settings(max_examples=12, deadline=None)
-@given(eps=st.floats(0.05, 5.0), log_delta=st.floats(-9, -3), d=st.integers(2, 6),
-       rounds=st.integers(0, 6), seed=st.integers(0, 1000),
-       selection=st.sampled_from(["exponential", "permute_and_flip"]),
-       center=st.booleans())
-def test_privacy_spent_never_exceeds_budget_and_output_is_pd(eps, log_delta, d, rounds, seed,
-                                                             selection, center):
+@given(
+    eps=st.floats(0.05, 5.0),
+    log_delta=st.floats(-9, -3),
+    d=st.integers(2, 6),
+    rounds=st.integers(0, 6),
+    seed=st.integers(0, 1000),
+    selection=st.sampled_from(["exponential", "permute_and_flip"]),
+    center=st.booleans(),
+)
+def test_privacy_spent_never_exceeds_budget_and_output_is_pd(
+    eps, log_delta, d, rounds, seed, selection, center
+):
     rounds = min(rounds, d * (d - 1) // 2)
     X = np.random.default_rng(seed).normal(size=(50, d))
-    for est in (PACEGGM(eps, 10**log_delta, bounds=2.0, rounds=rounds, selection=selection,
-                        center=center, random_state=seed),
-                GaussianMechanismCovariance(eps, 10**log_delta, bounds=2.0, center=center),
-                PerEntryGaussianCovariance(eps, 10**log_delta, bounds=2.0, center=center)):
+    for est in (
+        PACEGGM(
+            eps,
+            10**log_delta,
+            bounds=2.0,
+            rounds=rounds,
+            selection=selection,
+            center=center,
+            random_state=seed,
+        ),
+        GaussianMechanismCovariance(eps, 10**log_delta, bounds=2.0, center=center),
+        PerEntryGaussianCovariance(eps, 10**log_delta, bounds=2.0, center=center),
+    ):
         est.fit(X)
         spent_eps, delta = est.privacy_spent_
         assert spent_eps <= eps and est.rho_spent_ <= est.budget_.rho
@@ -96,8 +113,14 @@ def test_pace_measures_in_order_and_error_falls_with_budget():
     sample_err = relative_error(torch.as_tensor(np.clip(X, -b, b).T @ np.clip(X, -b, b) / 5000), S)
     errs = []
     for eps in (0.1, 1.0, 1e4):
-        e = np.mean([relative_error(PACEGGM(eps, 1e-5, b, rounds=28, random_state=s).fit(X).covariance_, S)
-                     for s in range(3)])
+        e = np.mean(
+            [
+                relative_error(
+                    PACEGGM(eps, 1e-5, b, rounds=28, random_state=s).fit(X).covariance_, S
+                )
+                for s in range(3)
+            ]
+        )
         errs.append(e)
     assert errs[0] > errs[1] > errs[2]
     # essentially no noise and every entry measured: the non-private sampling error
@@ -111,9 +134,20 @@ def test_pace_beats_whole_matrix_gaussian_in_high_dimension():
     S, _ = make_sparse_precision(30, seed=0)
     X = sample_gaussian(S, 10_000, seed=1).numpy()
     b = (3 * S.diagonal().sqrt()).numpy()
-    pace = np.mean([relative_error(PACEGGM(1.0, 1e-5, b, random_state=s).fit(X).covariance_, S) for s in range(2)])
-    gm = np.mean([relative_error(GaussianMechanismCovariance(1.0, 1e-5, b, random_state=s).fit(X).covariance_, S)
-                  for s in range(2)])
+    pace = np.mean(
+        [
+            relative_error(PACEGGM(1.0, 1e-5, b, random_state=s).fit(X).covariance_, S)
+            for s in range(2)
+        ]
+    )
+    gm = np.mean(
+        [
+            relative_error(
+                GaussianMechanismCovariance(1.0, 1e-5, b, random_state=s).fit(X).covariance_, S
+            )
+            for s in range(2)
+        ]
+    )
     assert pace < 0.7 * gm, (pace, gm)
 
 
@@ -133,8 +167,11 @@ def test_bad_input_raises_before_noise(kwargs, X, match, monkeypatch):
     import probml.inference.pace as pace_mod
 
     calls = []
-    monkeypatch.setattr(pace_mod, "gaussian_mechanism",
-                        lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(
+        pace_mod,
+        "gaussian_mechanism",
+        lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(AssertionError),
+    )
     X = np.random.default_rng(0).normal(size=(20, 3)) if X is None else X
     with pytest.raises(ValueError, match=match):
         PACEGGM(**{"epsilon": 1.0, "delta": 1e-5, "bounds": 1.0, **kwargs}).fit(X)

@@ -89,11 +89,20 @@ def test_selection_mechanisms_follow_their_distributions():
     # permute-and-flip: never worse than the exponential mechanism in expected score
     pf = np.array([permute_and_flip(q, eps, generator=rng) for _ in range(20000)])
     assert q[pf].mean() >= (p * q).sum() - 0.02
-    assert selection_cost(eps) == eps**2 / 8 and selection_cost(eps, "permute_and_flip") == eps**2 / 2
+    assert (
+        selection_cost(eps) == eps**2 / 8 and selection_cost(eps, "permute_and_flip") == eps**2 / 2
+    )
 
 
-@pytest.mark.parametrize("bad, match", [((0.0, 1e-5), "epsilon"), ((1.0, 0.0), "delta"),
-                                        ((1.0, 1.0), "delta"), ((-1.0, 1e-5), "epsilon")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ((0.0, 1e-5), "epsilon"),
+        ((1.0, 0.0), "delta"),
+        ((1.0, 1.0), "delta"),
+        ((-1.0, 1e-5), "epsilon"),
+    ],
+)
 def test_bad_privacy_parameters(bad, match):
     with pytest.raises(ValueError, match=match):
         PrivacyBudget.from_dp(*bad)
