@@ -1,0 +1,233 @@
+r"""Advantage estimators for critic-free RL with verifiable (binary) rewards.
+
+Every estimator is a pure tensor function: rewards in, advantages out, so it plugs into any RL
+loop. Shapes: ``B`` prompts; single-rollout estimators take ``rewards`` of shape ``B``; group
+estimators take ``B x G``.
+
+**BASIS** ([paper]: offline initial values, a batch-wise leave-one-out baseline with BLUE
+weights, online calibration of the KL temperature on a grid, an active set; [design]: the
+exact formulas below, from the spec)::
+
+    offline:    p0_i = (k_i + 1/2) / (K + 1)                      (k_i of K reference samples)
+    V_i(beta) = p0_i e^{1/beta} / (p0_i e^{1/beta} + 1 - p0_i)     (KL-optimal policy's value)
+    active:     A = {i : eps < V_i < 1 - eps}
+    BLUE LOO:   b_i(beta) = V_i sum_{j in A\i} r_j/(1-V_j) / sum_{j in A\i} V_j/(1-V_j)
+    calibrate:  beta_i = argmin_beta sum_{j in A\i} (r_j - b_j^{(-i)}(beta))^2
+    advantage:  A_i = r_i - b_i(beta_i) on A; A_i = r_i off A (zero baseline)
+
+The calibration is itself leave-one-out (``b_j^{(-i)}`` also excludes prompt ``i``), so the
+baseline of prompt ``i`` is a function of the other prompts' rewards only and the policy
+gradient stays exactly unbiased. The ``"linearised"`` form
+``b_i = V_i + s_i^2 sum_{j != i}(r_j - V_j) / sum_{j != i} s_j^2`` with ``s^2 = V(1-V)`` is the
+alternative the spec allows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "offline_values",
+    "kl_optimal_values",
+    "basis_advantages",
+    "reinforce_pp_advantages",
+    "grpo_advantages",
+    "rloo_advantages",
+    "offline_advantages",
+    "astar_po_values",
+    "SPOTracker",
+    "DEFAULT_BETA_GRID",
+]
+
+DEFAULT_BETA_GRID = (0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 5.0, 10.0, float("inf"))
+
+
+def _check_rewards(rewards: torch.Tensor, name: str = "rewards", binary: bool = False) -> torch.Tensor:
+    if not isinstance(rewards, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(rewards).__name__}")
+    r = rewards if rewards.is_floating_point() else rewards.double()
+    if not bool(torch.isfinite(r).all()):
+        raise ValueError(f"{name} must be finite")
+    if binary and bool(((r < 0) | (r > 1)).any()):
+        raise ValueError(f"{name} must lie in [0, 1] for the binary-reward form; got range "
+                         f"[{float(r.min()):.3g}, {float(r.max()):.3g}]")
+    return r
+
+
+def offline_values(k: torch.Tensor, K: int) -> torch.Tensor:
+    """Smoothed offline success rates ``(k + 1/2) / (K + 1)`` from ``k`` of ``K`` reference samples."""
+    if K < 1:
+        raise ValueError(f"K must be >= 1, got {K}")
+    k = torch.as_tensor(k)
+    if bool(((k < 0) | (k > K)).any()):
+        raise ValueError(f"k must lie in [0, K={K}]")
+    return (k.double() + 0.5) / (K + 1)
+
+
+def kl_optimal_values(p0: torch.Tensor, beta: torch.Tensor | float) -> torch.Tensor:
+    r"""Value of the KL-regularised optimal policy for binary reward at temperature ``beta``:
+    :math:`V = p_0 e^{1/\beta} / (p_0 e^{1/\beta} + 1 - p_0)`, i.e.
+    :math:`\mathrm{logit}\,V = \mathrm{logit}\,p_0 + 1/\beta` (``beta = inf`` gives ``p0``).
+
+    ``p0``: ``B``; ``beta``: scalar or ``G`` (then the result is ``G x B``)."""
+    beta = torch.as_tensor(beta, dtype=p0.dtype, device=p0.device)
+    shift = torch.where(torch.isinf(beta), torch.zeros_like(beta), 1.0 / beta)
+    logit = torch.logit(p0) + shift.reshape(*shift.shape, *([1] * p0.dim()))
+    return torch.sigmoid(logit)
+
+
+def basis_advantages(
+    rewards: torch.Tensor,
+    prior_values: torch.Tensor,
+    beta_grid: tuple[float, ...] | torch.Tensor = DEFAULT_BETA_GRID,
+    eps: float = 0.02,
+    form: str = "blue",
+    whiten: bool = False,
+) -> tuple[torch.Tensor, dict]:
+    """BASIS advantages for one rollout per prompt.
+
+    Args:
+        rewards: ``B`` binary rewards in ``[0, 1]``.
+        prior_values: ``B`` offline values ``p0_i`` in ``(0, 1)`` (see :func:`offline_values`).
+        beta_grid: candidate KL temperatures (``inf`` = no drift from the reference).
+        eps: active-set margin: prompts with ``V_i`` within ``eps`` of 0 or 1 get a zero
+            baseline.
+        form: ``"blue"`` (the BLUE-weighted leave-one-out) or ``"linearised"``.
+        whiten: divide the advantages by their standard deviation (the scale is not
+            data-independent, as in REINFORCE++; off by default).
+
+    Returns:
+        ``(advantages, diagnostics)``: advantages ``B``; diagnostics has ``beta`` (``B``, the
+        temperature chosen for each prompt), ``active`` (``B`` bool), ``baseline`` (``B``) and
+        ``fallback`` (True when fewer than two prompts are active: every baseline is zero).
+    """
+    r = _check_rewards(rewards, binary=True).double()
+    p0 = torch.as_tensor(prior_values, dtype=torch.float64, device=r.device)
+    if r.dim() != 1 or p0.shape != r.shape:
+        raise ValueError(f"rewards and prior_values must both have shape (B,); got "
+                         f"{tuple(r.shape)} and {tuple(p0.shape)}")
+    if bool(((p0 <= 0) | (p0 >= 1)).any()):
+        raise ValueError("prior_values must lie strictly inside (0, 1); use offline_values(k, K)")
+    if form not in ("blue", "linearised"):
+        raise ValueError(f"form must be 'blue' or 'linearised', got {form!r}")
+    if not 0 <= eps < 0.5:
+        raise ValueError(f"eps must be in [0, 0.5), got {eps}")
+    grid = torch.as_tensor(beta_grid, dtype=torch.float64, device=r.device).reshape(-1)
+    if grid.numel() == 0 or bool((grid <= 0).any()):
+        raise ValueError("beta_grid must be a non-empty set of positive temperatures")
+    B = r.numel()
+    V = kl_optimal_values(p0, grid)  # G x B
+    active = (p0 > eps) & (p0 < 1 - eps)  # uses the offline values only: independent of r
+    a = active.double()
+    if form == "blue":
+        w_num, w_den = a / (1 - V), a * V / (1 - V)  # G x B per-prompt terms
+        num_tot = (w_num * r).sum(-1, keepdim=True)
+        den_tot = w_den.sum(-1, keepdim=True)
+
+        def loo_baseline(num, den):  # b = V * num / den, 0 where den == 0
+            return torch.where(den > 0, V * num / den.clamp_min(1e-300), torch.zeros_like(V))
+
+        b_loo = loo_baseline(num_tot - w_num * r, den_tot - w_den)  # G x B, excludes i
+        # leave-two-out: b_j^{(-i)} for the calibration of prompt i: G x B(i) x B(j)
+        num2 = num_tot[..., None] - (w_num * r)[:, :, None] - (w_num * r)[:, None, :]
+        den2 = den_tot[..., None] - w_den[:, :, None] - w_den[:, None, :]
+        b2 = torch.where(den2 > 0, V[:, None, :] * num2 / den2.clamp_min(1e-300), torch.zeros_like(num2))
+    else:
+        s2 = a * V * (1 - V)
+        res = a * (r - V)
+        s_tot, r_tot = s2.sum(-1, keepdim=True), res.sum(-1, keepdim=True)
+        den = s_tot - s2
+        b_loo = V + s2 * torch.where(den > 0, (r_tot - res) / den.clamp_min(1e-300), torch.zeros_like(den))
+        den2 = s_tot[..., None] - s2[:, :, None] - s2[:, None, :]
+        num2 = r_tot[..., None] - res[:, :, None] - res[:, None, :]
+        b2 = V[:, None, :] + s2[:, None, :] * torch.where(den2 > 0, num2 / den2.clamp_min(1e-300),
+                                                          torch.zeros_like(den2))
+    # calibration loss of prompt i: sum over active j != i of (r_j - b_j^{(-i)})^2
+    mask = (a[None, :] * a[:, None]) * (1 - torch.eye(B, dtype=torch.float64, device=r.device))
+    loss = (mask * (r[None, None, :] - b2) ** 2).sum(-1)  # G x B
+    best = loss.argmin(0)  # B: grid index chosen for each prompt
+    baseline = b_loo.gather(0, best[None]).squeeze(0)
+    fallback = int(active.sum()) < 2
+    baseline = torch.where(active & (not fallback), baseline, torch.zeros_like(baseline))
+    adv = r - baseline
+    if whiten:
+        adv = adv / adv.std().clamp_min(1e-8)
+    diag = {"beta": grid[best], "active": active, "baseline": baseline, "fallback": fallback}
+    return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float64), diag
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, whiten: bool = True) -> torch.Tensor:
+    """REINFORCE++ with one rollout per prompt: ``r - mean(r)`` over the batch, then
+    divided by the batch standard deviation (global whitening) when ``whiten``."""
+    r = _check_rewards(rewards)
+    adv = r - r.mean()
+    return adv / adv.std().clamp_min(1e-8) if whiten and r.numel() > 1 else adv
+
+
+def grpo_advantages(rewards: torch.Tensor, scale_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO: ``B x G`` rewards; advantage ``(r - group mean) / (group std + eps)`` (or without
+    the std scaling)."""
+    r = _check_rewards(rewards)
+    if r.dim() != 2 or r.shape[1] < 2:
+        raise ValueError(f"grpo_advantages needs B x G rewards with G >= 2, got {tuple(r.shape)}")
+    adv = r - r.mean(1, keepdim=True)
+    return adv / (r.std(1, keepdim=True) + eps) if scale_std else adv
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """RLOO: ``B x G`` rewards; ``r_ig - mean_{g' != g} r_ig'``."""
+    r = _check_rewards(rewards)
+    if r.dim() != 2 or r.shape[1] < 2:
+        raise ValueError(f"rloo_advantages needs B x G rewards with G >= 2, got {tuple(r.shape)}")
+    G = r.shape[1]
+    return r - (r.sum(1, keepdim=True) - r) / (G - 1)
+
+
+def offline_advantages(rewards: torch.Tensor, prior_values: torch.Tensor) -> torch.Tensor:
+    """Offline-values-only baseline: ``r_i - p0_i``."""
+    r = _check_rewards(rewards)
+    p0 = torch.as_tensor(prior_values, dtype=r.dtype, device=r.device)
+    if p0.shape != r.shape:
+        raise ValueError(f"prior_values shape {tuple(p0.shape)} != rewards shape {tuple(r.shape)}")
+    return r - p0
+
+
+def astar_po_values(reference_rewards: torch.Tensor, beta: float) -> torch.Tensor:
+    r"""A*-PO's offline optimal soft value :math:`V^* = \beta \log \frac1K \sum_k e^{r_k/\beta}`
+    from ``B x K`` reference rewards."""
+    r = _check_rewards(reference_rewards, "reference_rewards")
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    return beta * (torch.logsumexp(r / beta, dim=-1) - math.log(r.shape[-1]))
+
+
+class SPOTracker:
+    """SPO-style per-prompt Beta tracker: the baseline of prompt ``i`` is ``a_i / (a_i + b_i)``;
+    after a reward, ``(a, b) <- (rho a + r, rho b + 1 - r)`` (discount ``rho``).
+
+    Args:
+        prior_values: ``N`` initial means (e.g. offline values); num_prompts = ``N``.
+        strength: prior pseudo-count ``a + b``.
+        discount: forgetting factor ``rho`` in (0, 1].
+    """
+
+    def __init__(self, prior_values: torch.Tensor, strength: float = 4.0, discount: float = 0.9):
+        p = torch.as_tensor(prior_values, dtype=torch.float64)
+        if not 0 < discount <= 1:
+            raise ValueError(f"discount must be in (0, 1], got {discount}")
+        self.a = strength * p
+        self.b = strength * (1 - p)
+        self.discount = discount
+
+    def baseline(self, prompts: torch.Tensor) -> torch.Tensor:
+        return self.a[prompts] / (self.a[prompts] + self.b[prompts])
+
+    def advantages(self, prompts: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        """Advantages for ``prompts`` (``B`` indices) with the pre-update baseline, then update."""
+        r = _check_rewards(rewards, binary=True).double()
+        adv = r - self.baseline(prompts)
+        self.a[prompts] = self.discount * self.a[prompts] + r
+        self.b[prompts] = self.discount * self.b[prompts] + (1 - r)
+        return adv

@@ -1,0 +1,138 @@
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+from probml.inference.advantage import (
+    SPOTracker,
+    astar_po_values,
+    basis_advantages,
+    grpo_advantages,
+    kl_optimal_values,
+    offline_advantages,
+    offline_values,
+    reinforce_pp_advantages,
+    rloo_advantages,
+)
+from probml.inference.basis_rl import run_bandit_rl
+from probml.models.rollouts import LinearBandit, bayesian_loo_baseline, logit_shift_model
+
+
+@pytest.mark.parametrize("form", ["blue", "linearised"])
+def test_equal_values_give_the_leave_one_out_mean(form):
+    r = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+    _, d = basis_advantages(r, torch.full((7,), 0.3), form=form)
+    loo = (r.sum() - r) / 6
+    assert torch.allclose(d["baseline"].float(), loo, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["blue", "linearised"])
+def test_baseline_of_prompt_i_ignores_r_i(form):
+    g = torch.Generator().manual_seed(0)
+    p0 = torch.rand(12, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    r = (torch.rand(12, generator=g) < 0.5).double()
+    _, d = basis_advantages(r, p0, form=form)
+    for i in range(12):
+        r2 = r.clone()
+        r2[i] = 1 - r2[i]
+        _, d2 = basis_advantages(r2, p0, form=form)
+        # a function of r_{-i} only (up to float rounding of the leave-out sums)
+        assert abs(float(d2["baseline"][i] - d["baseline"][i])) < 1e-12
+        assert not torch.equal(d2["baseline"], d["baseline"])  # but the others see r_i
+
+
+def test_inactive_prompts_get_zero_baseline_and_fallback():
+    p0 = torch.tensor([0.005, 0.5, 0.4, 0.995, 0.6])
+    r = torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0])
+    adv, d = basis_advantages(r, p0, eps=0.02)
+    assert d["active"].tolist() == [False, True, True, False, True]
+    assert d["baseline"][0] == 0 and d["baseline"][3] == 0
+    assert adv[3] == 1.0
+    _, d1 = basis_advantages(r[:2], p0[:2], eps=0.02)  # one active prompt: documented fallback
+    assert d1["fallback"] and torch.all(d1["baseline"] == 0)
+
+
+def test_basis_policy_gradient_is_unbiased_on_a_tiny_bandit():
+    bandit = LinearBandit(num_prompts=6, num_answers=4, dim=3, seed=1)
+    theta = torch.tensor([0.3, -0.5, 0.2], dtype=torch.float64, requires_grad=True)
+    prompts = torch.arange(6)
+    exact = torch.autograd.grad(bandit.values(theta, prompts).mean(), theta)[0]
+    p0 = torch.tensor([0.2, 0.5, 0.7, 0.4, 0.6, 0.3], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    reps, grads = 6000, []
+    th = theta.detach()
+    for _ in range(reps):
+        a, r = bandit.sample(th, prompts, 1, g)
+        adv, _ = basis_advantages(r[:, 0], p0)
+        grads.append((adv[:, None] * bandit.score_function(th, prompts, a)[:, 0]).mean(0))
+    G = torch.stack(grads)
+    se = G.std(0) / math.sqrt(reps)
+    assert torch.all((G.mean(0) - exact).abs() < 4 * se + 1e-4), (G.mean(0), exact, se)
+
+
+def test_textbook_estimators_on_hand_computed_cases():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    adv = reinforce_pp_advantages(r)
+    assert torch.allclose(adv, (r - 0.5) / torch.tensor([0.5, -0.5, -0.5, 0.5]).std())
+    assert torch.allclose(reinforce_pp_advantages(r, whiten=False), r - 0.5)
+    R = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
+    assert torch.allclose(grpo_advantages(R, scale_std=False), R - torch.tensor([[0.75], [0.25]]))
+    std = torch.tensor([[0.5], [0.5]])
+    assert torch.allclose(grpo_advantages(R), (R - torch.tensor([[0.75], [0.25]])) / (std + 1e-6))
+    loo = torch.tensor([[1 - 2 / 3, 0 - 1.0, 1 - 2 / 3, 1 - 2 / 3], [0 - 1 / 3, 0 - 1 / 3, 0 - 1 / 3, 1.0]])
+    assert torch.allclose(rloo_advantages(R), loo)
+    assert torch.allclose(offline_advantages(r, torch.full((4,), 0.25)), r - 0.25)
+    assert torch.allclose(offline_values(torch.tensor([0, 16]), 16), torch.tensor([0.5 / 17, 16.5 / 17]).double())
+    assert astar_po_values(torch.tensor([[0.0, 1.0]]), 1e-3).item() == pytest.approx(1.0, abs=1e-2)
+    assert astar_po_values(torch.tensor([[0.0, 1.0]]), 1e3).item() == pytest.approx(0.5, abs=1e-3)
+    p = torch.tensor([0.2, 0.5], dtype=torch.float64)
+    assert torch.allclose(kl_optimal_values(p, float("inf")), p)
+    assert torch.allclose(torch.logit(kl_optimal_values(p, 0.5)), torch.logit(p) + 2.0)
+    spo = SPOTracker(torch.tensor([0.5, 0.5]), strength=2.0, discount=1.0)
+    a = spo.advantages(torch.tensor([0]), torch.tensor([1.0]))
+    assert a.item() == 0.5 and spo.baseline(torch.tensor([0])).item() == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: basis_advantages(torch.tensor([0.0, 2.0]), torch.tensor([0.5, 0.5])), r"\[0, 1\]"),
+        (lambda: basis_advantages(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5, 0.5])), "shape"),
+        (lambda: basis_advantages(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.5])), "inside"),
+        (lambda: basis_advantages(torch.tensor([0.0, 1.0]), torch.tensor([0.4, 0.5]), form="x"), "form"),
+        (lambda: grpo_advantages(torch.tensor([1.0, 0.0])), "B x G"),
+        (lambda: rloo_advantages(torch.ones(3, 1)), "G >= 2"),
+        (lambda: offline_values(torch.tensor([5]), 4), "k must"),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_bayesian_loo_baseline_matches_direct_enumeration_and_ignores_r_i():
+    g = torch.Generator().manual_seed(3)
+    p0 = torch.rand(9, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    r = (torch.rand(9, generator=g) < 0.6).double()
+    grid = torch.linspace(0, 2, 5, dtype=torch.float64)
+    b = bayesian_loo_baseline(r, p0, grid)
+    pred = torch.sigmoid(torch.logit(p0)[None] + grid[:, None])  # G x B
+    ll = r * pred.log() + (1 - r) * (1 - pred).log()
+    for i in range(9):
+        w = torch.softmax(ll.sum(1) - ll[:, i], 0)
+        assert b[i].item() == pytest.approx(float((w * pred[:, i]).sum()), rel=1e-10)
+    r2 = r.clone()
+    r2[4] = 1 - r2[4]
+    assert abs(float(bayesian_loo_baseline(r2, p0, grid)[4] - b[4])) < 1e-12
+    pyro.set_rng_seed(0)
+    assert logit_shift_model(p0, tau=0.3).shape == (9,)
+
+
+def test_bandit_value_mse_ordering_small_scale():
+    bandit = LinearBandit(num_prompts=1024, seed=0)
+    mse = {e: np.mean(run_bandit_rl(bandit, e, steps=100, batch_size=128, K=32, lr=0.005, seed=1).value_mse)
+           for e in ["basis", "grpo", "offline", "reinforce++"]}
+    assert mse["basis"] < 0.5 * mse["reinforce++"] and mse["basis"] < 0.5 * mse["offline"], mse
+    assert mse["basis"] < mse["grpo"], mse  # one rollout vs eight
