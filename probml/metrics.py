@@ -11,6 +11,8 @@ __all__ = [
     "multiplicative_calibration_error",
     "log_tau_mse",
     "gaussian_kl",
+    "unfairness",
+    "pareto_front",
 ]
 
 
@@ -139,3 +141,60 @@ def gaussian_kl(Sigma: torch.Tensor, Sigma_hat: torch.Tensor) -> float:
     logdet_h = 2 * Lh.diagonal().log().sum()
     logdet_s = 2 * Ls.diagonal().log().sum()
     return float(0.5 * (tr - S.shape[0] + logdet_h - logdet_s))
+
+
+# ----------------------------------------------------------------------------- fairness
+def unfairness(pred, sensitive, kind: str = "w2", decimals: int = 8) -> float:
+    r"""Demographic-parity unfairness of predictions between groups.
+
+    * ``"w2"``: squared 2-Wasserstein distance between the two groups' prediction
+      distributions (for more groups: the largest pairwise value); POT's 1-D solver.
+    * ``"ks"``: Kolmogorov-Smirnov distance (largest pairwise).
+    * ``"tv"``: total variation between the empirical distributions of predictions rounded to
+      ``decimals`` (meaningful where predictions are pooled onto shared values).
+    """
+    import itertools
+
+    import numpy as np
+    import ot
+    from scipy.stats import ks_2samp
+
+    pred = np.asarray(pred, float).reshape(-1)
+    s = np.asarray(sensitive).reshape(-1)
+    if len(s) != len(pred):
+        raise ValueError(f"sensitive must have length {len(pred)}, got {len(s)}")
+    groups = np.unique(s)
+    if len(groups) < 2:
+        raise ValueError("need at least two groups")
+    if kind not in ("w2", "ks", "tv"):
+        raise ValueError(f"kind must be 'w2', 'ks' or 'tv', got {kind!r}")
+    vals = []
+    for g, h in itertools.combinations(groups, 2):
+        a, b = pred[s == g], pred[s == h]
+        if kind == "w2":
+            vals.append(float(ot.wasserstein_1d(a, b, p=2)))
+        elif kind == "ks":
+            vals.append(float(ks_2samp(a, b).statistic))
+        else:
+            ra, rb = np.round(a, decimals), np.round(b, decimals)
+            support = np.union1d(ra, rb)
+            pa = np.searchsorted(support, ra)
+            pb = np.searchsorted(support, rb)
+            ha = np.bincount(pa, minlength=len(support)) / len(a)
+            hb = np.bincount(pb, minlength=len(support)) / len(b)
+            vals.append(float(0.5 * np.abs(ha - hb).sum()))
+    return max(vals)
+
+
+def pareto_front(risk, unfair) -> list[int]:
+    """Indices of the points not dominated in (risk, unfairness), sorted by unfairness."""
+    import numpy as np
+
+    risk, unfair = np.asarray(risk, float), np.asarray(unfair, float)
+    order = np.lexsort((risk, unfair))
+    front, best = [], np.inf
+    for i in order:
+        if risk[i] < best:
+            front.append(int(i))
+            best = risk[i]
+    return front

@@ -15,6 +15,9 @@ exact formulas below, from the spec)::
     calibrate:  beta_i = argmin_beta sum_{j in A\i} (r_j - b_j^{(-i)}(beta))^2
     advantage:  A_i = r_i - b_i(beta_i) on A; A_i = r_i off A (zero baseline)
 
+(``b_i`` is clamped to [0, 1], the range of a binary reward's value; with small batches the
+BLUE ratio can leave it.)
+
 The calibration is itself leave-one-out (``b_j^{(-i)}`` also excludes prompt ``i``), so the
 baseline of prompt ``i`` is a function of the other prompts' rewards only and the policy
 gradient stays exactly unbiased. The ``"linearised"`` form
@@ -41,18 +44,37 @@ __all__ = [
     "DEFAULT_BETA_GRID",
 ]
 
-DEFAULT_BETA_GRID = (0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 5.0, 10.0, float("inf"))
+DEFAULT_BETA_GRID = (
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.35,
+    0.5,
+    0.7,
+    1.0,
+    1.4,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    float("inf"),
+)
 
 
-def _check_rewards(rewards: torch.Tensor, name: str = "rewards", binary: bool = False) -> torch.Tensor:
+def _check_rewards(
+    rewards: torch.Tensor, name: str = "rewards", binary: bool = False
+) -> torch.Tensor:
     if not isinstance(rewards, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(rewards).__name__}")
     r = rewards if rewards.is_floating_point() else rewards.double()
     if not bool(torch.isfinite(r).all()):
         raise ValueError(f"{name} must be finite")
     if binary and bool(((r < 0) | (r > 1)).any()):
-        raise ValueError(f"{name} must lie in [0, 1] for the binary-reward form; got range "
-                         f"[{float(r.min()):.3g}, {float(r.max()):.3g}]")
+        raise ValueError(
+            f"{name} must lie in [0, 1] for the binary-reward form; got range "
+            f"[{float(r.min()):.3g}, {float(r.max()):.3g}]"
+        )
     return r
 
 
@@ -106,8 +128,10 @@ def basis_advantages(
     r = _check_rewards(rewards, binary=True).double()
     p0 = torch.as_tensor(prior_values, dtype=torch.float64, device=r.device)
     if r.dim() != 1 or p0.shape != r.shape:
-        raise ValueError(f"rewards and prior_values must both have shape (B,); got "
-                         f"{tuple(r.shape)} and {tuple(p0.shape)}")
+        raise ValueError(
+            f"rewards and prior_values must both have shape (B,); got "
+            f"{tuple(r.shape)} and {tuple(p0.shape)}"
+        )
     if bool(((p0 <= 0) | (p0 >= 1)).any()):
         raise ValueError("prior_values must lie strictly inside (0, 1); use offline_values(k, K)")
     if form not in ("blue", "linearised"):
@@ -133,22 +157,28 @@ def basis_advantages(
         # leave-two-out: b_j^{(-i)} for the calibration of prompt i: G x B(i) x B(j)
         num2 = num_tot[..., None] - (w_num * r)[:, :, None] - (w_num * r)[:, None, :]
         den2 = den_tot[..., None] - w_den[:, :, None] - w_den[:, None, :]
-        b2 = torch.where(den2 > 0, V[:, None, :] * num2 / den2.clamp_min(1e-300), torch.zeros_like(num2))
+        b2 = torch.where(
+            den2 > 0, V[:, None, :] * num2 / den2.clamp_min(1e-300), torch.zeros_like(num2)
+        )
     else:
         s2 = a * V * (1 - V)
         res = a * (r - V)
         s_tot, r_tot = s2.sum(-1, keepdim=True), res.sum(-1, keepdim=True)
         den = s_tot - s2
-        b_loo = V + s2 * torch.where(den > 0, (r_tot - res) / den.clamp_min(1e-300), torch.zeros_like(den))
+        b_loo = V + s2 * torch.where(
+            den > 0, (r_tot - res) / den.clamp_min(1e-300), torch.zeros_like(den)
+        )
         den2 = s_tot[..., None] - s2[:, :, None] - s2[:, None, :]
         num2 = r_tot[..., None] - res[:, :, None] - res[:, None, :]
-        b2 = V[:, None, :] + s2[:, None, :] * torch.where(den2 > 0, num2 / den2.clamp_min(1e-300),
-                                                          torch.zeros_like(den2))
+        b2 = V[:, None, :] + s2[:, None, :] * torch.where(
+            den2 > 0, num2 / den2.clamp_min(1e-300), torch.zeros_like(den2)
+        )
     # calibration loss of prompt i: sum over active j != i of (r_j - b_j^{(-i)})^2
     mask = (a[None, :] * a[:, None]) * (1 - torch.eye(B, dtype=torch.float64, device=r.device))
     loss = (mask * (r[None, None, :] - b2) ** 2).sum(-1)  # G x B
     best = loss.argmin(0)  # B: grid index chosen for each prompt
-    baseline = b_loo.gather(0, best[None]).squeeze(0)
+    # a value of a binary reward lies in [0, 1]; clamping keeps b_i a function of r_{-i} only
+    baseline = b_loo.gather(0, best[None]).squeeze(0).clamp(0.0, 1.0)
     fallback = int(active.sum()) < 2
     baseline = torch.where(active & (not fallback), baseline, torch.zeros_like(baseline))
     adv = r - baseline
@@ -166,7 +196,9 @@ def reinforce_pp_advantages(rewards: torch.Tensor, whiten: bool = True) -> torch
     return adv / adv.std().clamp_min(1e-8) if whiten and r.numel() > 1 else adv
 
 
-def grpo_advantages(rewards: torch.Tensor, scale_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def grpo_advantages(
+    rewards: torch.Tensor, scale_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
     """GRPO: ``B x G`` rewards; advantage ``(r - group mean) / (group std + eps)`` (or without
     the std scaling)."""
     r = _check_rewards(rewards)

@@ -62,7 +62,9 @@ def logit_shift_model(
 
 
 def bayesian_loo_baseline(
-    rewards: torch.Tensor, p0: torch.Tensor, c_grid: torch.Tensor | None = None,
+    rewards: torch.Tensor,
+    p0: torch.Tensor,
+    c_grid: torch.Tensor | None = None,
     c_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Leave-one-out posterior predictive :math:`P(r_i = 1 \mid r_{-i})` under
@@ -101,8 +103,14 @@ class LinearBandit:
         features: ``N x A x d``; correct: ``N x A`` in {0, 1}.
     """
 
-    def __init__(self, num_prompts: int = 4096, num_answers: int = 8, dim: int = 16, seed: int = 0,
-                 device: torch.device | str | None = None):
+    def __init__(
+        self,
+        num_prompts: int = 4096,
+        num_answers: int = 8,
+        dim: int = 16,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ):
         g = torch.Generator().manual_seed(seed)
         self.features = torch.randn(num_prompts, num_answers, dim, generator=g, dtype=torch.float64)
         w = torch.randn(dim, generator=g, dtype=torch.float64)
@@ -127,14 +135,17 @@ class LinearBandit:
         c = self.correct if prompts is None else self.correct[prompts]
         return (self.policy(theta, prompts) * c).sum(-1)
 
-    def sample(self, theta: torch.Tensor, prompts: torch.Tensor, num: int,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, theta: torch.Tensor, prompts: torch.Tensor, num: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``num`` answers per prompt: ``(answers B x num, rewards B x num)``."""
         pi = self.policy(theta, prompts)
         a = torch.multinomial(pi, num, replacement=True, generator=generator)
         return a, self.correct[prompts].gather(1, a)
 
-    def score_function(self, theta: torch.Tensor, prompts: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    def score_function(
+        self, theta: torch.Tensor, prompts: torch.Tensor, answers: torch.Tensor
+    ) -> torch.Tensor:
         r""":math:`\nabla_\theta \log\pi_\theta(a|i) = \phi(i,a) - \mathbb E_\pi\phi(i,\cdot)`:
         ``B x num x d`` for ``answers`` ``B x num``."""
         f = self.features[prompts]  # B x A x d

@@ -81,10 +81,14 @@ def test_textbook_estimators_on_hand_computed_cases():
     assert torch.allclose(grpo_advantages(R, scale_std=False), R - torch.tensor([[0.75], [0.25]]))
     std = torch.tensor([[0.5], [0.5]])
     assert torch.allclose(grpo_advantages(R), (R - torch.tensor([[0.75], [0.25]])) / (std + 1e-6))
-    loo = torch.tensor([[1 - 2 / 3, 0 - 1.0, 1 - 2 / 3, 1 - 2 / 3], [0 - 1 / 3, 0 - 1 / 3, 0 - 1 / 3, 1.0]])
+    loo = torch.tensor(
+        [[1 - 2 / 3, 0 - 1.0, 1 - 2 / 3, 1 - 2 / 3], [0 - 1 / 3, 0 - 1 / 3, 0 - 1 / 3, 1.0]]
+    )
     assert torch.allclose(rloo_advantages(R), loo)
     assert torch.allclose(offline_advantages(r, torch.full((4,), 0.25)), r - 0.25)
-    assert torch.allclose(offline_values(torch.tensor([0, 16]), 16), torch.tensor([0.5 / 17, 16.5 / 17]).double())
+    assert torch.allclose(
+        offline_values(torch.tensor([0, 16]), 16), torch.tensor([0.5 / 17, 16.5 / 17]).double()
+    )
     assert astar_po_values(torch.tensor([[0.0, 1.0]]), 1e-3).item() == pytest.approx(1.0, abs=1e-2)
     assert astar_po_values(torch.tensor([[0.0, 1.0]]), 1e3).item() == pytest.approx(0.5, abs=1e-3)
     p = torch.tensor([0.2, 0.5], dtype=torch.float64)
@@ -99,9 +103,15 @@ def test_textbook_estimators_on_hand_computed_cases():
     "call, match",
     [
         (lambda: basis_advantages(torch.tensor([0.0, 2.0]), torch.tensor([0.5, 0.5])), r"\[0, 1\]"),
-        (lambda: basis_advantages(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5, 0.5])), "shape"),
+        (
+            lambda: basis_advantages(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5, 0.5])),
+            "shape",
+        ),
         (lambda: basis_advantages(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.5])), "inside"),
-        (lambda: basis_advantages(torch.tensor([0.0, 1.0]), torch.tensor([0.4, 0.5]), form="x"), "form"),
+        (
+            lambda: basis_advantages(torch.tensor([0.0, 1.0]), torch.tensor([0.4, 0.5]), form="x"),
+            "form",
+        ),
         (lambda: grpo_advantages(torch.tensor([1.0, 0.0])), "B x G"),
         (lambda: rloo_advantages(torch.ones(3, 1)), "G >= 2"),
         (lambda: offline_values(torch.tensor([5]), 4), "k must"),
@@ -132,7 +142,11 @@ def test_bayesian_loo_baseline_matches_direct_enumeration_and_ignores_r_i():
 
 def test_bandit_value_mse_ordering_small_scale():
     bandit = LinearBandit(num_prompts=1024, seed=0)
-    mse = {e: np.mean(run_bandit_rl(bandit, e, steps=100, batch_size=128, K=32, lr=0.005, seed=1).value_mse)
-           for e in ["basis", "grpo", "offline", "reinforce++"]}
+    mse = {
+        e: np.mean(
+            run_bandit_rl(bandit, e, steps=100, batch_size=128, K=32, lr=0.005, seed=1).value_mse
+        )
+        for e in ["basis", "grpo", "offline", "reinforce++"]
+    }
     assert mse["basis"] < 0.5 * mse["reinforce++"] and mse["basis"] < 0.5 * mse["offline"], mse
     assert mse["basis"] < mse["grpo"], mse  # one rollout vs eight

@@ -20,9 +20,13 @@ def test_private_covariance_model_likelihood_and_priors():
     assert torch.allclose(y.stddev, (scales**2 + samp_var).sqrt())
     # a user prior on the scales, and one on the Cholesky factor of Sigma
     hc = dist.HalfCauchy(torch.ones(3, dtype=torch.float64)).to_event(1)
-    tr2 = poutine.trace(private_covariance_model).get_trace(entries, None, scales, 3, 100, scale_prior=hc)
+    tr2 = poutine.trace(private_covariance_model).get_trace(
+        entries, None, scales, 3, 100, scale_prior=hc
+    )
     assert tr2.nodes["scales"]["fn"] is hc
     L = torch.tensor([[1.0, 0, 0], [0.5, 1.0, 0], [0.0, 0.2, 2.0]], dtype=torch.float64)
     delta_prior = dist.Delta(L, event_dim=2)
-    tr3 = poutine.trace(private_covariance_model).get_trace(entries, None, scales, 3, 100, prior=delta_prior)
+    tr3 = poutine.trace(private_covariance_model).get_trace(
+        entries, None, scales, 3, 100, prior=delta_prior
+    )
     assert torch.allclose(tr3.nodes["Sigma"]["value"], L @ L.T)

@@ -1,0 +1,46 @@
+r"""Bayesian outcome model for fair regression (Pyro).
+
+.. math:: \beta \sim \mathcal N(0, s_\beta^2 I),\ \sigma \sim \mathrm{HalfNormal}(s_\sigma),\
+          Y_i \mid X_i, S_i \sim \mathcal N(\beta^\top z_i, \sigma^2),
+
+with :math:`z = (1, x, \text{one-hot}(s))` (aware) or :math:`(1, x)` (unaware). Each posterior
+draw of :math:`\eta` is post-processed by the same OT maps as the point estimate
+(:func:`probml.inference.transport.posterior_fair_predictions`), giving posterior bands on the
+fair predictions and on their unfairness. Custom priors: ``coef_prior`` (event shape ``(p,)``).
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+__all__ = ["linear_outcome_model"]
+
+
+def linear_outcome_model(
+    Z: torch.Tensor,
+    y: torch.Tensor | None = None,
+    coef_scale: float = 5.0,
+    noise_scale: float = 2.0,
+    coef_prior: dist.Distribution | None = None,
+    Z_new: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Args:
+    Z: ``n x p`` design (intercept and, when aware, the one-hot sensitive columns included).
+    y: ``n`` outcomes; coef_prior: optional prior over the ``p`` coefficients.
+    Z_new: ``m x p`` rows at which ``"eta"`` (the regression function) is recorded.
+    """
+    p = Z.shape[-1]
+    prior = (
+        coef_prior
+        if coef_prior is not None
+        else dist.Normal(torch.zeros(p, dtype=Z.dtype), coef_scale).to_event(1)
+    )
+    beta = pyro.sample("beta", prior)
+    sigma = pyro.sample("sigma", dist.HalfNormal(torch.tensor(noise_scale, dtype=Z.dtype)))
+    with pyro.plate("data", Z.shape[0]):
+        out = pyro.sample("y", dist.Normal(Z @ beta, sigma), obs=y)
+    if Z_new is not None:
+        pyro.deterministic("eta", Z_new @ beta)
+    return out
