@@ -141,7 +141,7 @@ def main():
             False: [p for (pen, aw), v in mine.items() if not aw for p in v],
         }
         for key, pts in mine.items():
-            for lam, (u, r, t) in zip(STRENGTHS, pts):
+            for lam, (u, r, _) in zip(STRENGTHS, pts):
                 our_rows.setdefault((key, lam), []).append((u, r))
             time_rows.setdefault(
                 f"ours {key[0].upper()} {'aware' if key[1] else 'unaware'}", []
