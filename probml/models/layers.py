@@ -1,0 +1,419 @@
+r"""Transformer building blocks shared by the MoA and scale-vector work.
+
+**Activations and FFNs** (Mixture of Activations, [paper] + [design] in ``docs/moa.md``):
+
+* Type I FFN :math:`W_2\,\sigma(W_1x)`; Type II (SwiGLU-style) :math:`W_3(\sigma(W_1x) \odot W_2x)`.
+* :class:`LearnableActivationFFN` (LA): :math:`\sigma_{LA}(z) = \sum_k \alpha_k\sigma_k(z)`,
+  :math:`\alpha_k = 1` at init; Type II variants ``one_sided``, ``bi_sided``, ``quadratic``.
+* :class:`MixtureOfActivationsFFN` (MoA): token-adaptive mixing weights, one scalar per token
+  per activation, :math:`\pi_k(x) = \alpha_k\, 2\sigma(u_k^\top x + b_k)` with :math:`u=b=0`
+  at init (so MoA equals LA at init), or the literal bias-free gate
+  :math:`\sigma(u_k^\top x)` (``gate="literal"``).
+
+**Scale vectors** ([paper] + [design] in ``docs/scale_vectors.md``):
+
+* :class:`ScaleVector` with a ``role``: ``"input"`` (its output feeds a linear map: weight
+  decay applies) or ``"output"`` (applied to a linear map's output: no weight decay), and the
+  magnitude-direction reparameterisation :math:`\gamma = \beta\alpha`.
+* :class:`Norm`: RMSNorm / LayerNorm, with or without a scale vector.
+
+Shapes: inputs ``... x d``; everything follows the input's dtype and device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "ACTIVATIONS",
+    "ScaleVector",
+    "Norm",
+    "ScaledLinear",
+    "GELUFFN",
+    "SwiGLUFFN",
+    "LearnableActivationFFN",
+    "MixtureOfActivationsFFN",
+    "ShallowNet",
+    "ffn_factory",
+]
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda z: z,
+    "relu": F.relu,
+    "relu2": lambda z: F.relu(z) ** 2,
+    "leaky_relu": lambda z: F.leaky_relu(z, 0.01),
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+}
+DEFAULT_DICTIONARY = ("identity", "relu", "relu2", "leaky_relu", "gelu", "silu", "tanh")
+
+
+def _check_dictionary(dictionary: Sequence[str]) -> tuple[str, ...]:
+    dictionary = tuple(dictionary)
+    if not dictionary:
+        raise ValueError("the activation dictionary must not be empty")
+    unknown = [a for a in dictionary if a not in ACTIVATIONS]
+    if unknown:
+        raise ValueError(f"unknown activations {unknown}; available: {sorted(ACTIVATIONS)}")
+    return dictionary
+
+
+def _stack_activations(z: torch.Tensor, dictionary: Sequence[str]) -> torch.Tensor:
+    """``K x ... x h``: every dictionary activation applied to ``z``."""
+    return torch.stack([ACTIVATIONS[a](z) for a in dictionary])
+
+
+# ----------------------------------------------------------------------------- scale vectors
+class ScaleVector(nn.Module):
+    r"""Elementwise learnable scale :math:`\gamma \odot x` (``gamma = 1`` at init).
+
+    Args:
+        dim: size of the last dimension.
+        role: ``"input"`` (feeds a linear map; decayed under the role rule) or ``"output"``.
+        reparam: ``None`` or ``"magnitude_direction"``: :math:`\gamma = \beta\alpha` with a
+            scalar :math:`\beta` and a vector :math:`\alpha` (both 1 at init).
+    """
+
+    def __init__(self, dim: int, role: str = "input", reparam: str | None = None):
+        super().__init__()
+        if role not in ("input", "output"):
+            raise ValueError(f"role must be 'input' or 'output', got {role!r}")
+        if reparam not in (None, "magnitude_direction"):
+            raise ValueError(f"reparam must be None or 'magnitude_direction', got {reparam!r}")
+        self.role, self.reparam = role, reparam
+        self.alpha = nn.Parameter(torch.ones(dim))
+        self.beta = nn.Parameter(torch.ones(())) if reparam == "magnitude_direction" else None
+
+    @property
+    def gamma(self) -> torch.Tensor:
+        return self.alpha if self.beta is None else self.beta * self.alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+    def extra_repr(self) -> str:
+        return f"dim={self.alpha.numel()}, role={self.role}, reparam={self.reparam}"
+
+
+class Norm(nn.Module):
+    """RMSNorm or LayerNorm (no affine of its own) followed by an optional :class:`ScaleVector`.
+
+    Args:
+        dim: feature size; kind: ``"rms"`` or ``"layer"``; scale: add a scale vector;
+        role: the scale's role; reparam: the scale's reparameterisation; eps: stabiliser.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "rms",
+        scale: bool = True,
+        role: str = "input",
+        reparam: str | None = None,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        if kind not in ("rms", "layer"):
+            raise ValueError(f"kind must be 'rms' or 'layer', got {kind!r}")
+        self.kind, self.eps, self.dim = kind, eps, dim
+        self.scale = ScaleVector(dim, role, reparam) if scale else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "rms":
+            y = F.rms_norm(x, (self.dim,), eps=self.eps)
+        else:
+            y = F.layer_norm(x, (self.dim,), eps=self.eps)
+        return self.scale(y) if self.scale is not None else y
+
+
+class ScaledLinear(nn.Module):
+    r"""A linear map with scales on either side and optional intermediate normalisation.
+
+    ``placement="dp"``: :math:`y = \gamma_{out} \odot W(\gamma_{in} \odot x)`;
+    ``"dnp"``: :math:`y = \gamma_{out} \odot \mathrm{Norm}(W(\gamma_{in} \odot \mathrm{Norm}(x)))`;
+    ``"none"``: :math:`y = Wx`.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        placement: str = "none",
+        norm: str = "rms",
+        reparam: str | None = None,
+        bias: bool = False,
+    ):
+        super().__init__()
+        if placement not in ("none", "dp", "dnp"):
+            raise ValueError(f"placement must be 'none', 'dp' or 'dnp', got {placement!r}")
+        self.placement = placement
+        self.linear = nn.Linear(d_in, d_out, bias=bias)
+        if placement == "none":
+            self.pre = self.post = None
+        elif placement == "dp":
+            self.pre = ScaleVector(d_in, "input", reparam)
+            self.post = ScaleVector(d_out, "output", reparam)
+        else:
+            self.pre = Norm(d_in, norm, scale=True, role="input", reparam=reparam)
+            self.post = Norm(d_out, norm, scale=True, role="output", reparam=reparam)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre is not None:
+            x = self.pre(x)
+        y = self.linear(x)
+        return self.post(y) if self.post is not None else y
+
+
+# ----------------------------------------------------------------------------- FFNs
+class GELUFFN(nn.Module):
+    """Type I baseline: ``W_2 gelu(W_1 x)``."""
+
+    def __init__(self, d_model: int, d_ff: int, down: nn.Module | None = None):
+        super().__init__()
+        self.up = nn.Linear(d_model, d_ff, bias=False)
+        self.down = down if down is not None else nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class SwiGLUFFN(nn.Module):
+    """Type II baseline: ``W_3(silu(W_1 x) * W_2 x)``. ``gate_scale``/``up_scale``: optional
+    branch-specific input scale vectors (applied to the FFN input of each branch)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        down: nn.Module | None = None,
+        branch_scales: bool = False,
+        reparam: str | None = None,
+    ):
+        super().__init__()
+        self.gate = nn.Linear(d_model, d_ff, bias=False)
+        self.up = nn.Linear(d_model, d_ff, bias=False)
+        self.down = down if down is not None else nn.Linear(d_ff, d_model, bias=False)
+        self.gate_scale = ScaleVector(d_model, "input", reparam) if branch_scales else None
+        self.up_scale = ScaleVector(d_model, "input", reparam) if branch_scales else None
+
+    def forward(self, x):
+        xg = self.gate_scale(x) if self.gate_scale is not None else x
+        xu = self.up_scale(x) if self.up_scale is not None else x
+        return self.down(F.silu(self.gate(xg)) * self.up(xu))
+
+
+class LearnableActivationFFN(nn.Module):
+    r"""LA FFN: fixed dictionary, input-independent coefficients :math:`\alpha` (1 at init).
+
+    Args:
+        d_model, d_ff: sizes. ffn_type: ``"I"`` or ``"II"``.
+        variant: Type II only: ``"one_sided"`` (mix the :math:`W_1` branch), ``"bi_sided"``
+            (mix both branches), ``"quadratic"`` (:math:`\sum_{kl}\alpha_{kl}\sigma_k(W_1x)\sigma_l(W_2x)`).
+        dictionary: activation names (see :data:`ACTIVATIONS`).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        ffn_type: str = "II",
+        variant: str = "bi_sided",
+        dictionary: Sequence[str] = DEFAULT_DICTIONARY,
+        checkpointing: bool = False,
+    ):
+        super().__init__()
+        if ffn_type not in ("I", "II"):
+            raise ValueError(f"ffn_type must be 'I' or 'II', got {ffn_type!r}")
+        if variant not in ("one_sided", "bi_sided", "quadratic"):
+            raise ValueError(f"variant must be one_sided, bi_sided or quadratic, got {variant!r}")
+        self.dictionary = _check_dictionary(dictionary)
+        self.ffn_type, self.variant, self.checkpointing = ffn_type, variant, checkpointing
+        K = len(self.dictionary)
+        self.w1 = nn.Linear(d_model, d_ff, bias=False)
+        self.w2 = nn.Linear(d_model, d_ff, bias=False) if ffn_type == "II" else None
+        self.w3 = nn.Linear(d_ff, d_model, bias=False)
+        self.alpha = nn.Parameter(
+            torch.ones(K, K) if variant == "quadratic" and ffn_type == "II" else torch.ones(K)
+        )
+        self.alpha2 = (
+            nn.Parameter(torch.ones(K)) if ffn_type == "II" and variant == "bi_sided" else None
+        )
+
+    def _mix(self, z: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        acts = _stack_activations(z, self.dictionary)  # K x ... x h
+        return torch.einsum("k,k...->...", coef.to(z.dtype), acts)
+
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
+        z1 = self.w1(x)
+        if self.ffn_type == "I":
+            return self._mix(z1, self.alpha)
+        z2 = self.w2(x)
+        if self.variant == "one_sided":
+            return self._mix(z1, self.alpha) * z2
+        if self.variant == "bi_sided":
+            return self._mix(z1, self.alpha) * self._mix(z2, self.alpha2)
+        a1, a2 = _stack_activations(z1, self.dictionary), _stack_activations(z2, self.dictionary)
+        return torch.einsum("kl,k...,l...->...", self.alpha.to(z1.dtype), a1, a2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = (
+            checkpoint(self._hidden, x, use_reentrant=False)
+            if self.checkpointing and self.training
+            else self._hidden(x)
+        )
+        return self.w3(h)
+
+
+class MixtureOfActivationsFFN(nn.Module):
+    r"""MoA FFN: token-adaptive mixing of a dictionary of activations.
+
+    For each token and activation :math:`k`, a scalar gate shared across hidden units:
+    ``gate="gated"`` (default) :math:`\pi_k(x) = \alpha_k\,2\sigma(u_k^\top x + b_k)`, with
+    :math:`u = b = 0` and :math:`\alpha = 1` at init (equal to LA at init);
+    ``gate="literal"`` :math:`\pi_k(x) = \sigma(u_k^\top x)` (bias-free, the paper's literal form).
+    Type II ``bi_sided`` (the best variant reported):
+    :math:`W_3[\sum_k\rho_k(x)\sigma_k(W_1x)] \odot [\sum_l\pi_l(x)\sigma_l(W_2x)]`.
+    ``checkpointing`` recomputes the activation stack in the backward pass (flat memory).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        ffn_type: str = "II",
+        variant: str = "bi_sided",
+        dictionary: Sequence[str] = DEFAULT_DICTIONARY,
+        gate: str = "gated",
+        checkpointing: bool = False,
+    ):
+        super().__init__()
+        if ffn_type not in ("I", "II"):
+            raise ValueError(f"ffn_type must be 'I' or 'II', got {ffn_type!r}")
+        if variant not in ("one_sided", "bi_sided"):
+            raise ValueError(f"variant must be one_sided or bi_sided for MoA, got {variant!r}")
+        if gate not in ("gated", "literal"):
+            raise ValueError(f"gate must be 'gated' or 'literal', got {gate!r}")
+        self.dictionary = _check_dictionary(dictionary)
+        self.ffn_type, self.variant, self.gate_kind, self.checkpointing = (
+            ffn_type,
+            variant,
+            gate,
+            checkpointing,
+        )
+        K = len(self.dictionary)
+        self.w1 = nn.Linear(d_model, d_ff, bias=False)
+        self.w2 = nn.Linear(d_model, d_ff, bias=False) if ffn_type == "II" else None
+        self.w3 = nn.Linear(d_ff, d_model, bias=False)
+        n_gates = 2 if (ffn_type == "II" and variant == "bi_sided") else 1
+        self.gate_proj = nn.Linear(d_model, n_gates * K, bias=(gate == "gated"))
+        nn.init.zeros_(self.gate_proj.weight)
+        if gate == "gated":
+            nn.init.zeros_(self.gate_proj.bias)
+            self.alpha = nn.Parameter(torch.ones(n_gates * K))
+        else:
+            self.alpha = None
+        self.K, self.n_gates = K, n_gates
+
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        """``... x n_gates x K`` mixing weights for each token."""
+        logits = self.gate_proj(x)
+        g = (
+            2.0 * torch.sigmoid(logits) * self.alpha
+            if self.gate_kind == "gated"
+            else torch.sigmoid(logits)
+        )
+        return g.unflatten(-1, (self.n_gates, self.K))
+
+    @staticmethod
+    def _mix(z: torch.Tensor, g: torch.Tensor, dictionary) -> torch.Tensor:
+        # sum_k g_k(x) sigma_k(z): g is ... x K (per token), z is ... x h
+        out = torch.zeros_like(z)
+        for k, name in enumerate(dictionary):  # K is small; avoids storing a K x ... x h stack
+            out = out + g[..., k : k + 1] * ACTIVATIONS[name](z)
+        return out
+
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.gates(x)
+        z1 = self.w1(x)
+        if self.ffn_type == "I":
+            return self._mix(z1, g[..., 0, :], self.dictionary)
+        z2 = self.w2(x)
+        if self.variant == "one_sided":
+            return self._mix(z1, g[..., 0, :], self.dictionary) * z2
+        return self._mix(z1, g[..., 0, :], self.dictionary) * self._mix(
+            z2, g[..., 1, :], self.dictionary
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = (
+            checkpoint(self._hidden, x, use_reentrant=False)
+            if self.checkpointing and self.training
+            else self._hidden(x)
+        )
+        return self.w3(h)
+
+
+class ShallowNet(nn.Module):
+    r"""One hidden layer of width ``width`` with biases, for the expressivity checks:
+    ``fixed``: :math:`W_2\sigma(W_1x+b_1)+b_2`; ``la``: :math:`\sigma \to \sum_k\alpha_k\sigma_k`;
+    ``moa``: :math:`\sigma \to \sum_k\pi_k(x)\sigma_k` with the gated (or literal) gate."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        width: int,
+        kind: str = "fixed",
+        dictionary: Sequence[str] = ("relu",),
+        gate: str = "gated",
+    ):
+        super().__init__()
+        if kind not in ("fixed", "la", "moa"):
+            raise ValueError(f"kind must be fixed, la or moa, got {kind!r}")
+        self.kind, self.dictionary, self.gate_kind = kind, _check_dictionary(dictionary), gate
+        K = len(self.dictionary)
+        if kind == "fixed" and K != 1:
+            raise ValueError("a fixed network takes a dictionary of exactly one activation")
+        self.l1 = nn.Linear(in_dim, width)
+        self.l2 = nn.Linear(width, 1)
+        self.alpha = nn.Parameter(torch.ones(K)) if kind != "fixed" else None
+        if kind == "moa":
+            self.gate = nn.Linear(in_dim, K, bias=(gate == "gated"))
+            nn.init.zeros_(self.gate.weight)
+            if gate == "gated":
+                nn.init.zeros_(self.gate.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.l1(x)
+        if self.kind == "fixed":
+            h = ACTIVATIONS[self.dictionary[0]](z)
+        elif self.kind == "la":
+            h = sum(a * ACTIVATIONS[n](z) for a, n in zip(self.alpha, self.dictionary))
+        else:
+            g = self.gate(x)
+            g = self.alpha * 2 * torch.sigmoid(g) if self.gate_kind == "gated" else torch.sigmoid(g)
+            h = sum(g[..., k : k + 1] * ACTIVATIONS[n](z) for k, n in enumerate(self.dictionary))
+        return self.l2(h).squeeze(-1)
+
+
+def ffn_factory(kind: str = "swiglu", **kwargs) -> Callable[[int, int], nn.Module]:
+    """A ``(d_model, d_ff) -> FFN`` factory for :class:`probml.models.lm.TinyLM`.
+
+    ``kind``: ``"swiglu"``, ``"gelu"``, ``"la"`` (:class:`LearnableActivationFFN`) or ``"moa"``
+    (:class:`MixtureOfActivationsFFN`); ``kwargs`` go to the module."""
+    table = {
+        "swiglu": SwiGLUFFN,
+        "gelu": GELUFFN,
+        "la": LearnableActivationFFN,
+        "moa": MixtureOfActivationsFFN,
+    }
+    if kind not in table:
+        raise ValueError(f"kind must be one of {sorted(table)}, got {kind!r}")
+    cls = table[kind]
+    return lambda d_model, d_ff: cls(d_model, d_ff, **kwargs)

@@ -1,0 +1,150 @@
+import pytest
+import torch
+
+from probml.models.layers import (
+    LearnableActivationFFN,
+    MixtureOfActivationsFFN,
+    Norm,
+    ScaledLinear,
+    ScaleVector,
+    ShallowNet,
+    ffn_factory,
+)
+
+
+def _fit_lbfgs(net, X, y, restarts=4, iters=300, seed=0):
+    best = float("inf")
+    for r in range(restarts):
+        torch.manual_seed(seed + r)
+        for name, p in net.named_parameters():  # random restarts; gates keep their zero init
+            if name.startswith("gate"):
+                torch.nn.init.zeros_(p)
+            else:
+                torch.nn.init.normal_(p, std=1.0)
+        opt = torch.optim.LBFGS(
+            net.parameters(),
+            lr=1.0,
+            max_iter=iters,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-14,
+            tolerance_change=1e-16,
+        )
+
+        def closure():
+            opt.zero_grad()
+            loss = ((net(X) - y) ** 2).mean()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            best = min(best, float(((net(X) - y) ** 2).mean()))
+    return best
+
+
+def test_la_width_one_represents_relu_plus_relu2_exactly():
+    x = torch.linspace(-2, 2, 401, dtype=torch.float64)[:, None]
+    y = torch.relu(x[:, 0]) + torch.relu(x[:, 0]) ** 2
+    net = ShallowNet(1, 1, "la", ("relu", "relu2")).double()
+    assert _fit_lbfgs(net, x, y, restarts=12) < 1e-8
+
+
+def test_moa_width_one_fits_a_gated_product_that_la_cannot():
+    g = torch.linspace(-2, 2, 41, dtype=torch.float64)
+    X = torch.cartesian_prod(g, g)
+    y = torch.sigmoid(3 * X[:, 0]) * torch.relu(X[:, 1])
+    moa = ShallowNet(2, 1, "moa", ("relu",)).double()
+    la = ShallowNet(2, 1, "la", ("relu",)).double()
+    assert _fit_lbfgs(moa, X, y, restarts=12, iters=500) < 1e-4
+    assert _fit_lbfgs(la, X, y, restarts=12, iters=500) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "ffn_type, variant", [("I", "bi_sided"), ("II", "one_sided"), ("II", "bi_sided")]
+)
+def test_moa_equals_la_at_initialisation(ffn_type, variant):
+    torch.manual_seed(0)
+    la = LearnableActivationFFN(16, 32, ffn_type, variant)
+    moa = MixtureOfActivationsFFN(16, 32, ffn_type, variant)
+    shared = {k: v for k, v in la.state_dict().items() if k.startswith("w")}
+    moa.load_state_dict(shared, strict=False)  # same projections
+    x = torch.randn(3, 5, 16)
+    assert torch.allclose(moa(x), la(x), atol=1e-6)
+    literal = MixtureOfActivationsFFN(16, 32, ffn_type, variant, gate="literal")
+    literal.load_state_dict(shared, strict=False)
+    assert not torch.allclose(literal(x), la(x))  # the bias-free gate holds 1/2, not alpha
+
+
+@pytest.mark.parametrize("kind", ["swiglu", "gelu", "la", "moa"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ffn_shapes_dtype_and_checkpointing(kind, dtype):
+    ffn = ffn_factory(kind)(8, 24).to(dtype)
+    x = torch.randn(2, 7, 8, dtype=dtype, requires_grad=True)
+    y = ffn(x)
+    assert y.shape == x.shape and y.dtype == dtype
+    if kind in ("la", "moa"):
+        ck = ffn_factory(kind, checkpointing=True)(8, 24).to(dtype)
+        ck.load_state_dict(ffn.state_dict())
+        y2 = ck(x)
+        g1 = torch.autograd.grad(y.sum(), x)[0]
+        g2 = torch.autograd.grad(y2.sum(), x)[0]
+        assert torch.allclose(y, y2) and torch.allclose(g1, g2)
+    with pytest.raises(ValueError):
+        ffn_factory("nope")
+
+
+def test_bad_dictionary_and_options():
+    with pytest.raises(ValueError, match="unknown activations"):
+        LearnableActivationFFN(4, 8, dictionary=("relu", "swish9"))
+    with pytest.raises(ValueError, match="role"):
+        ScaleVector(4, role="middle")
+    with pytest.raises(ValueError, match="placement"):
+        ScaledLinear(4, 4, placement="both")
+
+
+def test_prenorm_scale_is_absorbable_into_the_next_linear():
+    torch.manual_seed(0)
+    norm = Norm(6, "rms", scale=True)
+    with torch.no_grad():
+        norm.scale.alpha.copy_(torch.rand(6) + 0.5)
+    lin = torch.nn.Linear(6, 3, bias=False)
+    folded = torch.nn.Linear(6, 3, bias=False)
+    with torch.no_grad():
+        folded.weight.copy_(lin.weight * norm.scale.gamma)  # W diag(gamma)
+    bare = Norm(6, "rms", scale=False)
+    x = torch.randn(10, 6)
+    assert torch.allclose(lin(norm(x)), folded(bare(x)), atol=1e-6)
+
+
+def test_magnitude_direction_represents_the_same_function():
+    plain = ScaleVector(5)
+    md = ScaleVector(5, reparam="magnitude_direction")
+    gamma = torch.tensor([0.5, 2.0, -1.0, 3.0, 0.1])
+    with torch.no_grad():
+        plain.alpha.copy_(gamma)
+        md.beta.fill_(2.0)
+        md.alpha.copy_(gamma / 2.0)
+    x = torch.randn(4, 5)
+    assert torch.allclose(plain(x), md(x))
+
+
+def test_gradient_flow_conserves_gamma_squared_minus_column_norm():
+    # y = W diag(gamma) xhat: under gradient flow d/dt gamma_j^2 = d/dt ||w_j||^2
+    torch.manual_seed(0)
+    X = torch.randn(64, 4, dtype=torch.float64)
+    Y = X @ torch.randn(4, 3, dtype=torch.float64) * 2.0
+    W = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    gamma = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    inv0 = (gamma**2 - (W**2).sum(0)).detach()
+    lr = 1e-4
+    g0 = gamma.detach().clone()
+    for _ in range(3000):
+        loss = ((X * gamma) @ W.T - Y).pow(2).mean()
+        gW, gg = torch.autograd.grad(loss, (W, gamma))
+        with torch.no_grad():
+            W -= lr * gW
+            gamma -= lr * gg
+    inv = (gamma**2 - (W**2).sum(0)).detach()
+    moved = (gamma.detach() ** 2 - g0**2).abs()
+    assert moved.max() > 0.05  # gamma really moved
+    assert (inv - inv0).abs().max() < 0.02 * moved.max()  # invariant up to O(lr) drift
