@@ -30,7 +30,7 @@ def _fit_lbfgs(net, X, y, restarts=4, iters=300, seed=0):
             tolerance_change=1e-16,
         )
 
-        def closure():
+        def closure(opt=opt):
             opt.zero_grad()
             loss = ((net(X) - y) ** 2).mean()
             loss.backward()
