@@ -22,6 +22,7 @@ Shapes: inputs ``... x d``; everything follows the input's dtype and device.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -40,6 +41,8 @@ __all__ = [
     "MixtureOfActivationsFFN",
     "ShallowNet",
     "ffn_factory",
+    "scale_vector_priors",
+    "StochasticGates",
 ]
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -247,8 +250,11 @@ class LearnableActivationFFN(nn.Module):
         )
 
     def _mix(self, z: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        acts = _stack_activations(z, self.dictionary)  # K x ... x h
-        return torch.einsum("k,k...->...", coef.to(z.dtype), acts)
+        # sum_k alpha_k sigma_k(z), accumulated without storing a K x ... x h stack
+        out = torch.zeros_like(z)
+        for k, name in enumerate(self.dictionary):
+            out = out + coef[k].to(z.dtype) * ACTIVATIONS[name](z)
+        return out
 
     def _hidden(self, x: torch.Tensor) -> torch.Tensor:
         z1 = self.w1(x)
@@ -417,3 +423,95 @@ def ffn_factory(kind: str = "swiglu", **kwargs) -> Callable[[int, int], nn.Modul
         raise ValueError(f"kind must be one of {sorted(table)}, got {kind!r}")
     cls = table[kind]
     return lambda d_model, d_ff: cls(d_model, d_ff, **kwargs)
+
+
+# ----------------------------------------------------------------------------- Pyro views
+def scale_vector_priors(model: nn.Module, weight_decay: float) -> nn.Module:
+    r"""The Pyro view of role-aware weight decay (in place; returns ``model``).
+
+    Every Input-Norm scale (``role="input"``) becomes a latent site with a Gaussian prior
+    :math:`\gamma \sim \mathcal N(0, 1/\lambda)`, so :math:`-\log p(\gamma) = \frac\lambda2\|\gamma\|^2 +`
+    const and MAP estimation adds exactly the L2 penalty of the weight-decay rule; Output-Norm
+    scales stay plain parameters (a flat prior: no decay). The module tree is converted with
+    :func:`pyro.nn.module.to_pyro_module_`; sites are named by module path. Use with a likelihood
+    such as ``pyro.factor("lm", -n_tokens * loss)`` and an ``AutoDelta`` guide for MAP.
+    """
+    import pyro.distributions as dist
+    from pyro.nn import PyroSample
+    from pyro.nn.module import to_pyro_module_
+
+    if weight_decay <= 0:
+        raise ValueError(f"weight_decay must be > 0 for a Gaussian prior, got {weight_decay}")
+    to_pyro_module_(model)
+    scale = 1.0 / math.sqrt(weight_decay)
+    for m in model.modules():
+        if isinstance(m, ScaleVector) and m.role == "input":
+            dim = m.alpha.numel()
+            m.alpha = PyroSample(dist.Normal(torch.zeros(dim), scale).to_event(1))
+            if m.beta is not None:
+                m.beta = PyroSample(dist.Normal(torch.zeros(()), scale))
+    return model
+
+
+class StochasticGates:
+    r"""The Pyro view of MoA gates as per-token inclusion variables.
+
+    For a :class:`MixtureOfActivationsFFN` with the gated form, write
+    :math:`\pi_k(x) = 2\alpha_k q_k(x)` with :math:`q_k(x) = \sigma(u_k^\top x + b_k)`. The
+    model has inclusion variables :math:`z_{tk} \sim \mathrm{Bernoulli}(1/2)` and output
+    :math:`W_3[\sum_k 2\alpha_k z_{tk}\sigma_k(\cdot)]`; the amortised guide is
+    :math:`z_{tk} \sim \mathrm{RelaxedBernoulliStraightThrough}(T, q_k(x))`. Since
+    :math:`\mathbb E_q[2\alpha_k z_{tk}] = \pi_k(x)` and the two branches' gates are independent,
+    the deterministic MoA layer is the mean-field plug-in of this model.
+
+    Args:
+        layer: a gated :class:`MixtureOfActivationsFFN`.
+        noise: observation noise of the regression likelihood ``y ~ N(layer(x; z), noise^2)``.
+        temperature: relaxation temperature of the guide.
+    """
+
+    def __init__(self, layer: MixtureOfActivationsFFN, noise: float = 0.1, temperature: float = 0.5):
+        if layer.gate_kind != "gated":
+            raise ValueError("StochasticGates needs the gated form (gate='gated')")
+        self.layer, self.noise, self.temperature = layer, noise, temperature
+
+    def _output(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        lay = self.layer
+        g = (2.0 * lay.alpha * z).unflatten(-1, (lay.n_gates, lay.K))
+        z1 = lay.w1(x)
+        if lay.ffn_type == "I":
+            h = lay._mix(z1, g[..., 0, :], lay.dictionary)
+        elif lay.variant == "one_sided":
+            h = lay._mix(z1, g[..., 0, :], lay.dictionary) * lay.w2(x)
+        else:
+            h = lay._mix(z1, g[..., 0, :], lay.dictionary) * lay._mix(lay.w2(x), g[..., 1, :], lay.dictionary)
+        return lay.w3(h)
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: ``N x d`` tokens; ``y``: ``N x d`` targets (or ``None``)."""
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("moa_layer", self.layer)
+        n_gate = self.layer.n_gates * self.layer.K
+        with pyro.plate("tokens", x.shape[0]):
+            z = pyro.sample("z", dist.Bernoulli(x.new_full((x.shape[0], n_gate), 0.5)).to_event(1))
+            out = self._output(x, z)
+            pyro.sample("y", dist.Normal(out, self.noise).to_event(1), obs=y)
+        return out
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("moa_layer", self.layer)
+        q = torch.sigmoid(self.layer.gate_proj(x))
+        with pyro.plate("tokens", x.shape[0]):
+            pyro.sample("z", dist.RelaxedBernoulliStraightThrough(
+                torch.tensor(self.temperature, dtype=x.dtype), probs=q).to_event(1))
+
+    def mean_output(self, x: torch.Tensor, num_samples: int = 2000) -> torch.Tensor:
+        """Monte Carlo mean of the output under the guide (equals ``layer(x)`` in expectation)."""
+        q = torch.sigmoid(self.layer.gate_proj(x))
+        z = torch.bernoulli(q.expand(num_samples, *q.shape))
+        return self._output(x.expand(num_samples, *x.shape), z).mean(0)

@@ -148,3 +148,52 @@ def test_gradient_flow_conserves_gamma_squared_minus_column_norm():
     moved = (gamma.detach() ** 2 - g0**2).abs()
     assert moved.max() > 0.05  # gamma really moved
     assert (inv - inv0).abs().max() < 0.02 * moved.max()  # invariant up to O(lr) drift
+
+
+def test_scale_vector_priors_make_map_equal_to_role_aware_decay():
+    import pyro
+    from pyro import poutine
+
+    from probml.models.layers import scale_vector_priors
+    from probml.models.lm import TinyLM, TinyLMConfig
+
+    pyro.clear_param_store()
+    m = TinyLM(TinyLMConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, context=8, qk_norm=True))
+    scale_vector_priors(m, weight_decay=0.5)
+    x = torch.randint(0, 11, (2, 8))
+    tr = poutine.trace(lambda: m(x)).get_trace()
+    sites = {n for n, s in tr.nodes.items() if s["type"] == "sample"}
+    # Input-Norm scales are latent (Gaussian prior); QK-norm (Output-Norm) scales are not
+    assert "norm_f.scale.alpha" in sites and "blocks.0.norm1.scale.alpha" in sites
+    assert not any("q_norm" in s or "k_norm" in s for s in sites)
+    site = tr.nodes["norm_f.scale.alpha"]
+    g = site["value"]
+    expected = -0.5 * 0.5 * (g**2).sum()  # -(lambda/2)||gamma||^2 up to a constant
+    const = site["fn"].log_prob(torch.zeros_like(g))
+    assert torch.allclose(site["fn"].log_prob(g) - const, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="weight_decay"):
+        scale_vector_priors(m, 0.0)
+
+
+def test_stochastic_gates_mean_field_is_the_moa_layer_and_svi_runs():
+    import pyro
+    from pyro.infer import SVI, Trace_ELBO
+
+    from probml.models.layers import StochasticGates
+
+    torch.manual_seed(0)
+    layer = MixtureOfActivationsFFN(6, 12, "II", "bi_sided", dictionary=("relu", "tanh"))
+    with torch.no_grad():
+        layer.gate_proj.weight.normal_(std=0.5)
+        layer.gate_proj.bias.normal_(std=0.5)
+    x = torch.randn(4, 6)
+    sg = StochasticGates(layer)
+    mc = sg.mean_output(x, num_samples=20000)
+    assert torch.allclose(mc, layer(x), atol=0.02 * layer(x).abs().max().item() + 1e-3)
+    pyro.clear_param_store()
+    svi = SVI(sg.model, sg.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    y = torch.randn(4, 6)
+    losses = [svi.step(x, y) for _ in range(5)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    with pytest.raises(ValueError, match="gated"):
+        StochasticGates(MixtureOfActivationsFFN(6, 12, gate="literal"))
