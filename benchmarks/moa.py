@@ -36,22 +36,43 @@ def main():
     seeds = list(range(args.seeds or (2 if args.quick else 5)))
     steps = 20 if args.quick else 200
     corpus = pydoc_corpus()
-    factories = {name: (lambda ffn=ffn: TinyLM(TinyLMConfig(vocab_size=corpus.vocab_size, ffn=ffn)))
-                 for name, ffn in ARMS.items()}
+    factories = {
+        name: (lambda ffn=ffn: TinyLM(TinyLMConfig(vocab_size=corpus.vocab_size, ffn=ffn)))
+        for name, ffn in ARMS.items()
+    }
     lrs = [1e-3, 2e-3, 4e-3]
-    rows, raw = paired_comparison(factories, corpus, seeds, lrs, steps=steps, batch_size=16,
-                                  warmup=max(2, steps // 10), eval_batches=20)
+    rows, raw = paired_comparison(
+        factories,
+        corpus,
+        seeds,
+        lrs,
+        steps=steps,
+        batch_size=16,
+        warmup=max(2, steps // 10),
+        eval_batches=20,
+    )
     x = torch.randint(0, corpus.vocab_size, (16, 128))
     mem = {name: activation_bytes(f(), x) for name, f in factories.items()}
     for r in rows:
         r["time ratio"] = r["seconds/run"] / rows[0]["seconds/run"]
         r["activation memory ratio"] = mem[r["arm"]] / mem["SwiGLU"]
         r["params"] = factories[r["arm"]]().num_parameters()
-    print(f"## paired-seed pretraining (pydoc corpus, {len(seeds)} seeds, {steps} steps, lrs {lrs})")
+    print(
+        f"## paired-seed pretraining (pydoc corpus, {len(seeds)} seeds, {steps} steps, lrs {lrs})"
+    )
     print(f"machine: {machine()}\n")
     print(markdown_table(rows))
-    path = save("moa", args.out, {"rows": rows, "seeds": seeds, "steps": steps, "lrs": lrs,
-                                  "all": {f"{k[0]}|{k[1]}|{k[2]}": v.val_loss for k, v in raw.items()}})
+    path = save(
+        "moa",
+        args.out,
+        {
+            "rows": rows,
+            "seeds": seeds,
+            "steps": steps,
+            "lrs": lrs,
+            "all": {f"{k[0]}|{k[1]}|{k[2]}": v.val_loss for k, v in raw.items()},
+        },
+    )
     print(f"\nwrote {path}")
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, parse_args, save  # noqa: E402
 
@@ -34,8 +32,10 @@ ARMS = {
     "HG (branch-specific scales)": ({"branch_scales": True}, "ndim"),
     "DNP (two-sided + norms)": ({"placement": "dnp"}, "ndim"),
     "MD (magnitude-direction)": ({"scale_reparam": "magnitude_direction"}, "ndim"),
-    "unified (HG + DNP + MD + IWD)": ({"branch_scales": True, "placement": "dnp",
-                                      "scale_reparam": "magnitude_direction"}, "role"),
+    "unified (HG + DNP + MD + IWD)": (
+        {"branch_scales": True, "placement": "dnp", "scale_reparam": "magnitude_direction"},
+        "role",
+    ),
 }
 
 
@@ -45,8 +45,10 @@ def main():
     steps = 20 if args.quick else 200
     lr, wd = 2e-3, 0.1
     corpus = pydoc_corpus()
-    factories = {name: (lambda kw=kw: TinyLM(TinyLMConfig(vocab_size=corpus.vocab_size, **kw)))
-                 for name, (kw, _) in ARMS.items()}
+    factories = {
+        name: (lambda kw=kw: TinyLM(TinyLMConfig(vocab_size=corpus.vocab_size, **kw)))
+        for name, (kw, _) in ARMS.items()
+    }
     val = {name: [] for name in ARMS}
     secs = {name: [] for name in ARMS}
     for seed in seeds:
@@ -60,8 +62,18 @@ def main():
                     if isinstance(mod, ScaleVector):
                         mod.role = "input"
                 rule = "role"
-            r = train_lm(m, corpus, steps=steps, batch_size=16, lr=lr, warmup=max(2, steps // 10),
-                         weight_decay=wd, rule=rule, batch_seed=seed, eval_batches=20)
+            r = train_lm(
+                m,
+                corpus,
+                steps=steps,
+                batch_size=16,
+                lr=lr,
+                warmup=max(2, steps // 10),
+                weight_decay=wd,
+                rule=rule,
+                batch_seed=seed,
+                eval_batches=20,
+            )
             val[name].append(r.val_loss)
             secs[name].append(r.seconds)
     base = "Pre-Norm baseline"
@@ -69,13 +81,22 @@ def main():
     for name in ARMS:
         d = [v - b for v, b in zip(val[name], val[base])]
         m, se = mean_se(d)
-        rows.append({"arm": name, "val loss": mean_se(val[name])[0], "paired diff vs baseline": m,
-                     "se": se, "time ratio": sum(secs[name]) / sum(secs[base]),
-                     "params": factories[name]().num_parameters()})
+        rows.append(
+            {
+                "arm": name,
+                "val loss": mean_se(val[name])[0],
+                "paired diff vs baseline": m,
+                "se": se,
+                "time ratio": sum(secs[name]) / sum(secs[base]),
+                "params": factories[name]().num_parameters(),
+            }
+        )
     print(f"## scale vectors (pydoc corpus, {len(seeds)} seeds, {steps} steps, lr {lr}, wd {wd})")
     print(f"machine: {machine()}\n")
     print(markdown_table(rows))
-    path = save("scale_vectors", args.out, {"rows": rows, "val": val, "seeds": seeds, "steps": steps})
+    path = save(
+        "scale_vectors", args.out, {"rows": rows, "val": val, "seeds": seeds, "steps": steps}
+    )
     print(f"\nwrote {path}")
 
 

@@ -28,8 +28,13 @@ def _fit(kind: str, dictionary, X, y, restarts: int) -> tuple[float, ShallowNet]
         net = ShallowNet(X.shape[1], 1, kind, dictionary).double()
         for name, p in net.named_parameters():
             torch.nn.init.zeros_(p) if name.startswith("gate") else torch.nn.init.normal_(p)
-        opt = torch.optim.LBFGS(net.parameters(), max_iter=500, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-14, tolerance_change=1e-16)
+        opt = torch.optim.LBFGS(
+            net.parameters(),
+            max_iter=500,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-14,
+            tolerance_change=1e-16,
+        )
 
         def closure(opt=opt, net=net):
             opt.zero_grad()
@@ -50,27 +55,68 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
     X = torch.cartesian_prod(g, g)
     y = torch.sigmoid(3 * X[:, 0]) * torch.relu(X[:, 1])
     rows, nets = [], {}
-    for kind, dic in [("fixed", ("relu",)), ("la", ("relu", "relu2", "sigmoid")), ("moa", ("relu",))]:
+    for kind, dic in [
+        ("fixed", ("relu",)),
+        ("la", ("relu", "relu2", "sigmoid")),
+        ("moa", ("relu",)),
+    ]:
         mse, net = _fit(kind, dic, X, y, restarts=12)
         nets[kind] = net
-        rows.append({"part": "expressivity (width 1)", "model": f"{kind} {'+'.join(dic)}", "value": mse,
-                     "metric": "MSE on sigmoid(3x1)ReLU(x2)"})
+        rows.append(
+            {
+                "part": "expressivity (width 1)",
+                "model": f"{kind} {'+'.join(dic)}",
+                "value": mse,
+                "metric": "MSE on sigmoid(3x1)ReLU(x2)",
+            }
+        )
     corpus = pydoc_corpus(max_chars=60_000 if fast else None)
-    arms = {name: (lambda ffn=ffn: TinyLM(TinyLMConfig(vocab_size=corpus.vocab_size, d_model=64, n_layers=2,
-                                                       n_heads=4, context=64, ffn=ffn)))
-            for name, ffn in [("SwiGLU", {"kind": "swiglu"}), ("LA", {"kind": "la"}), ("bi-MoA", {"kind": "moa"})]}
-    lm_rows, _ = paired_comparison(arms, corpus, seeds=[seed, seed + 1] if fast else list(range(seed, seed + 3)),
-                                   lrs=[3e-3], steps=30 if fast else 300, batch_size=8 if fast else 16,
-                                   warmup=5, eval_batches=4 if fast else 20, device=device)
+    arms = {
+        name: (
+            lambda ffn=ffn: TinyLM(
+                TinyLMConfig(
+                    vocab_size=corpus.vocab_size,
+                    d_model=64,
+                    n_layers=2,
+                    n_heads=4,
+                    context=64,
+                    ffn=ffn,
+                )
+            )
+        )
+        for name, ffn in [
+            ("SwiGLU", {"kind": "swiglu"}),
+            ("LA", {"kind": "la"}),
+            ("bi-MoA", {"kind": "moa"}),
+        ]
+    }
+    lm_rows, _ = paired_comparison(
+        arms,
+        corpus,
+        seeds=[seed, seed + 1] if fast else list(range(seed, seed + 3)),
+        lrs=[3e-3],
+        steps=30 if fast else 300,
+        batch_size=8 if fast else 16,
+        warmup=5,
+        eval_batches=4 if fast else 20,
+        device=device,
+    )
     for r in lm_rows:
-        rows.append({"part": "paired LM (2 layers, d=64)", "model": r["arm"], "value": r["paired diff vs SwiGLU"],
-                     "metric": f"val loss {r['val loss']:.3f}; paired diff (se {r['se']:.3g})"})
+        rows.append(
+            {
+                "part": "paired LM (2 layers, d=64)",
+                "model": r["arm"],
+                "value": r["paired diff vs SwiGLU"],
+                "metric": f"val loss {r['val loss']:.3f}; paired diff (se {r['se']:.3g})",
+            }
+        )
     fig = out_dir / "moa_expressivity.png"
     _plot(nets, X, y, fig)
     exp = {r["model"].split()[0]: r["value"] for r in rows if r["part"].startswith("expr")}
     return ExampleResult(
         headline=f"width-1 MSE: fixed {exp['fixed']:.2g}, LA {exp['la']:.2g}, MoA {exp['moa']:.2g}",
-        table=rows, figures=[fig],
+        table=rows,
+        figures=[fig],
     )
 
 

@@ -37,33 +37,73 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
             hist_inv.append((gamma**2 - (W**2).sum(0)).clone())
     drift = float((hist_inv[-1] - hist_inv[0]).abs().max())
     growth = float(hist_g[-1].max())
-    rows = [{"part": "invariant", "arm": "one-layer GD", "value": drift,
-             "note": f"max |change of gamma^2 - ||w||^2|| (gamma grew to {growth:.2f})"}]
+    rows = [
+        {
+            "part": "invariant",
+            "arm": "one-layer GD",
+            "value": drift,
+            "note": f"max |change of gamma^2 - ||w||^2|| (gamma grew to {growth:.2f})",
+        }
+    ]
     corpus = pydoc_corpus(max_chars=60_000 if fast else None)
     arms = {
         "Pre-Norm baseline": ({}, "ndim"),
         "no gamma": ({"norm_scale": False}, "ndim"),
-        "unified": ({"branch_scales": True, "placement": "dnp", "scale_reparam": "magnitude_direction"}, "role"),
+        "unified": (
+            {"branch_scales": True, "placement": "dnp", "scale_reparam": "magnitude_direction"},
+            "role",
+        ),
     }
-    factories = {k: (lambda kw=kw: TinyLM(TinyLMConfig(vocab_size=corpus.vocab_size, d_model=64, n_layers=2,
-                                                       n_heads=4, context=64, **kw)))
-                 for k, (kw, _) in arms.items()}
+    factories = {
+        k: (
+            lambda kw=kw: TinyLM(
+                TinyLMConfig(
+                    vocab_size=corpus.vocab_size,
+                    d_model=64,
+                    n_layers=2,
+                    n_heads=4,
+                    context=64,
+                    **kw,
+                )
+            )
+        )
+        for k, (kw, _) in arms.items()
+    }
     seeds = [seed, seed + 1] if fast else list(range(seed, seed + 3))
     vals = {k: [] for k in arms}
     for s in seeds:
         models = paired_models(factories, s)
         for k, (_, rule) in arms.items():
-            r = train_lm(models[k], corpus, steps=30 if fast else 300, batch_size=8 if fast else 16, lr=3e-3,
-                         warmup=5, rule=rule, batch_seed=s, eval_batches=4 if fast else 20, device=device)
+            r = train_lm(
+                models[k],
+                corpus,
+                steps=30 if fast else 300,
+                batch_size=8 if fast else 16,
+                lr=3e-3,
+                warmup=5,
+                rule=rule,
+                batch_seed=s,
+                eval_batches=4 if fast else 20,
+                device=device,
+            )
             vals[k].append(r.val_loss)
     for k in arms:
         m, se = mean_se([v - b for v, b in zip(vals[k], vals["Pre-Norm baseline"])])
-        rows.append({"part": "paired LM (2 layers, d=64)", "arm": k, "value": m,
-                     "note": f"paired diff vs baseline (se {se:.3g}); val loss {mean_se(vals[k])[0]:.3f}"})
+        rows.append(
+            {
+                "part": "paired LM (2 layers, d=64)",
+                "arm": k,
+                "value": m,
+                "note": f"paired diff vs baseline (se {se:.3g}); val loss {mean_se(vals[k])[0]:.3f}",
+            }
+        )
     fig = out_dir / "scale_invariant.png"
     _plot(hist_g, hist_inv, fig)
-    return ExampleResult(headline=f"invariant drift {drift:.2e} while gamma grew to {growth:.2f}",
-                         table=rows, figures=[fig])
+    return ExampleResult(
+        headline=f"invariant drift {drift:.2e} while gamma grew to {growth:.2f}",
+        table=rows,
+        figures=[fig],
+    )
 
 
 def _plot(hist_g, hist_inv, path: Path) -> None:

@@ -470,7 +470,9 @@ class StochasticGates:
         temperature: relaxation temperature of the guide.
     """
 
-    def __init__(self, layer: MixtureOfActivationsFFN, noise: float = 0.1, temperature: float = 0.5):
+    def __init__(
+        self, layer: MixtureOfActivationsFFN, noise: float = 0.1, temperature: float = 0.5
+    ):
         if layer.gate_kind != "gated":
             raise ValueError("StochasticGates needs the gated form (gate='gated')")
         self.layer, self.noise, self.temperature = layer, noise, temperature
@@ -484,7 +486,9 @@ class StochasticGates:
         elif lay.variant == "one_sided":
             h = lay._mix(z1, g[..., 0, :], lay.dictionary) * lay.w2(x)
         else:
-            h = lay._mix(z1, g[..., 0, :], lay.dictionary) * lay._mix(lay.w2(x), g[..., 1, :], lay.dictionary)
+            h = lay._mix(z1, g[..., 0, :], lay.dictionary) * lay._mix(
+                lay.w2(x), g[..., 1, :], lay.dictionary
+            )
         return lay.w3(h)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -507,8 +511,12 @@ class StochasticGates:
         pyro.module("moa_layer", self.layer)
         q = torch.sigmoid(self.layer.gate_proj(x))
         with pyro.plate("tokens", x.shape[0]):
-            pyro.sample("z", dist.RelaxedBernoulliStraightThrough(
-                torch.tensor(self.temperature, dtype=x.dtype), probs=q).to_event(1))
+            pyro.sample(
+                "z",
+                dist.RelaxedBernoulliStraightThrough(
+                    torch.tensor(self.temperature, dtype=x.dtype), probs=q
+                ).to_event(1),
+            )
 
     def mean_output(self, x: torch.Tensor, num_samples: int = 2000) -> torch.Tensor:
         """Monte Carlo mean of the output under the guide (equals ``layer(x)`` in expectation)."""

@@ -158,7 +158,9 @@ def test_scale_vector_priors_make_map_equal_to_role_aware_decay():
     from probml.models.lm import TinyLM, TinyLMConfig
 
     pyro.clear_param_store()
-    m = TinyLM(TinyLMConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, context=8, qk_norm=True))
+    m = TinyLM(
+        TinyLMConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, context=8, qk_norm=True)
+    )
     scale_vector_priors(m, weight_decay=0.5)
     x = torch.randint(0, 11, (2, 8))
     tr = poutine.trace(lambda: m(x)).get_trace()

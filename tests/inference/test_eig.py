@@ -1,0 +1,70 @@
+import math
+
+import pyro
+import pytest
+import torch
+from pyro.contrib.oed.eig import nmc_eig as pyro_nmc_eig
+
+from probml.inference.eig import history_bounds, nmc_eig, sample_histories
+from probml.models.experiments import LinearGaussianExperiment, LocationFinding
+
+SIGMA = torch.tensor([[1.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 0.5]], dtype=torch.float64)
+
+
+def test_nmc_eig_matches_the_linear_gaussian_closed_form():
+    ex = LinearGaussianExperiment(SIGMA, noise_scale=0.5)
+    xi = torch.tensor(
+        [[1.0, -0.5, 0.8], [0.1, 0.2, 0.0]], dtype=torch.float64
+    )  # two designs at once
+    exact = torch.stack([ex.eig(x[None]) for x in xi])
+    assert torch.allclose(exact[0], 0.5 * torch.log1p(xi[0] @ SIGMA @ xi[0] / 0.25))
+    pyro.set_rng_seed(0)
+    est = nmc_eig(ex, xi, "y", "theta", N=4000, M=2000, chunk_size=500)
+    assert est.shape == (2,)
+    assert torch.allclose(est, exact, atol=0.03)
+
+
+def test_history_bounds_bracket_and_converge():
+    ex = LinearGaussianExperiment(SIGMA, noise_scale=0.5)
+    designs = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = float(ex.eig(designs))
+    th0, ys = sample_histories(ex, designs, 1000, generator=1)
+    lo_s, hi_s = history_bounds(ex, designs, ys, th0, L=20, generator=2)
+    lo_b, hi_b = history_bounds(
+        ex, designs, ys, th0, L=20_000, chunk_size=5_000, generator=2, per_history=True
+    )
+    se = float(lo_b.std() / math.sqrt(len(lo_b)))
+    assert float(lo_s) < exact - 4 * se and float(hi_s) > exact + 4 * se  # small L: a clear bracket
+    assert float(lo_s) <= float(lo_b.mean()) and float(hi_b.mean()) <= float(hi_s)  # tightening
+    assert (
+        abs(float(lo_b.mean()) - exact) < 4 * se + 0.02
+        and abs(float(hi_b.mean()) - exact) < 4 * se + 0.05
+    )
+    # sPCE can never exceed log(L + 1)
+    assert float(lo_s) <= math.log(21)
+
+
+def test_our_nmc_agrees_with_pyro_on_location_finding():
+    lf = LocationFinding()
+    d = torch.tensor([[0.3, 0.7], [0.9, 0.1]], dtype=torch.float64)
+    pyro.set_rng_seed(0)
+    ours = nmc_eig(lf, d, "y", "theta", N=3000, M=1000)
+    pyro.set_rng_seed(1)
+    ref = pyro_nmc_eig(lf, d, "y", "theta", N=3000, M=1000)
+    assert torch.allclose(ours, ref, atol=0.05), (ours, ref)
+
+
+def test_location_finding_model_and_priors():
+    lf = LocationFinding(num_sources=2, dim=2)
+    pyro.set_rng_seed(0)
+    tr = pyro.poutine.trace(lf).get_trace(torch.rand(5, 2, dtype=torch.float64))
+    assert tr.nodes["theta"]["value"].shape == (5, 2, 2) and tr.nodes["y"]["value"].shape == (5,)
+    theta = lf.sample_prior(7, generator=torch.Generator().manual_seed(0))
+    y = lf.sample_y(theta, torch.zeros(7, 2, dtype=torch.float64))
+    assert lf.log_likelihood(theta, torch.zeros(7, 2, dtype=torch.float64), y).shape == (7,)
+    with pytest.raises(ValueError, match="event shape"):
+        LocationFinding(prior=pyro.distributions.Normal(0.0, 1.0))
+    custom = pyro.distributions.Normal(torch.full((1, 2), 0.5, dtype=torch.float64), 0.1).to_event(
+        2
+    )
+    assert LocationFinding(prior=custom).sample_prior(4).shape == (4, 1, 2)
