@@ -13,41 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probml.inference.expressivity import fit_shallow_net
 from probml.inference.pretrain import paired_comparison, pydoc_corpus
-from probml.models.layers import ShallowNet
 from probml.models.lm import TinyLM, TinyLMConfig
 from probml.registry import ExampleResult, script_main
 
 DESCRIPTION = "Mixture of Activations: expressivity separation + paired-seed TinyLM pretraining"
-
-
-def _fit(kind: str, dictionary, X, y, restarts: int) -> tuple[float, ShallowNet]:
-    best, best_net = float("inf"), None
-    for r in range(restarts):
-        torch.manual_seed(r)
-        net = ShallowNet(X.shape[1], 1, kind, dictionary).double()
-        for name, p in net.named_parameters():
-            torch.nn.init.zeros_(p) if name.startswith("gate") else torch.nn.init.normal_(p)
-        opt = torch.optim.LBFGS(
-            net.parameters(),
-            max_iter=500,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-14,
-            tolerance_change=1e-16,
-        )
-
-        def closure(opt=opt, net=net):
-            opt.zero_grad()
-            loss = ((net(X) - y) ** 2).mean()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            mse = float(((net(X) - y) ** 2).mean())
-        if mse < best:
-            best, best_net = mse, net
-    return best, best_net
 
 
 def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleResult:
@@ -60,7 +31,7 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
         ("la", ("relu", "relu2", "sigmoid")),
         ("moa", ("relu",)),
     ]:
-        mse, net = _fit(kind, dic, X, y, restarts=12)
+        mse, net = fit_shallow_net(kind, dic, X, y, restarts=12)
         nets[kind] = net
         rows.append(
             {

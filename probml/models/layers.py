@@ -212,7 +212,25 @@ class SwiGLUFFN(nn.Module):
         return self.down(F.silu(self.gate(xg)) * self.up(xu))
 
 
-class LearnableActivationFFN(nn.Module):
+class _MixedFFN(nn.Module):
+    """Shared forward of the LA and MoA FFNs: ``w3(hidden(x))``, the hidden layer optionally
+    recomputed in the backward pass (activation checkpointing keeps memory flat)."""
+
+    checkpointing: bool = False
+
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = (
+            checkpoint(self._hidden, x, use_reentrant=False)
+            if self.checkpointing and self.training
+            else self._hidden(x)
+        )
+        return self.w3(h)
+
+
+class LearnableActivationFFN(_MixedFFN):
     r"""LA FFN: fixed dictionary, input-independent coefficients :math:`\alpha` (1 at init).
 
     Args:
@@ -268,16 +286,8 @@ class LearnableActivationFFN(nn.Module):
         a1, a2 = _stack_activations(z1, self.dictionary), _stack_activations(z2, self.dictionary)
         return torch.einsum("kl,k...,l...->...", self.alpha.to(z1.dtype), a1, a2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = (
-            checkpoint(self._hidden, x, use_reentrant=False)
-            if self.checkpointing and self.training
-            else self._hidden(x)
-        )
-        return self.w3(h)
 
-
-class MixtureOfActivationsFFN(nn.Module):
+class MixtureOfActivationsFFN(_MixedFFN):
     r"""MoA FFN: token-adaptive mixing of a dictionary of activations.
 
     For each token and activation :math:`k`, a scalar gate shared across hidden units:
@@ -356,14 +366,6 @@ class MixtureOfActivationsFFN(nn.Module):
         return self._mix(z1, g[..., 0, :], self.dictionary) * self._mix(
             z2, g[..., 1, :], self.dictionary
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = (
-            checkpoint(self._hidden, x, use_reentrant=False)
-            if self.checkpointing and self.training
-            else self._hidden(x)
-        )
-        return self.w3(h)
 
 
 class ShallowNet(nn.Module):

@@ -1,62 +1,29 @@
 import pytest
 import torch
 
+from probml.inference.expressivity import fit_shallow_net
 from probml.models.layers import (
     LearnableActivationFFN,
     MixtureOfActivationsFFN,
     Norm,
     ScaledLinear,
     ScaleVector,
-    ShallowNet,
     ffn_factory,
 )
-
-
-def _fit_lbfgs(net, X, y, restarts=4, iters=300, seed=0):
-    best = float("inf")
-    for r in range(restarts):
-        torch.manual_seed(seed + r)
-        for name, p in net.named_parameters():  # random restarts; gates keep their zero init
-            if name.startswith("gate"):
-                torch.nn.init.zeros_(p)
-            else:
-                torch.nn.init.normal_(p, std=1.0)
-        opt = torch.optim.LBFGS(
-            net.parameters(),
-            lr=1.0,
-            max_iter=iters,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-14,
-            tolerance_change=1e-16,
-        )
-
-        def closure(opt=opt):
-            opt.zero_grad()
-            loss = ((net(X) - y) ** 2).mean()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            best = min(best, float(((net(X) - y) ** 2).mean()))
-    return best
 
 
 def test_la_width_one_represents_relu_plus_relu2_exactly():
     x = torch.linspace(-2, 2, 401, dtype=torch.float64)[:, None]
     y = torch.relu(x[:, 0]) + torch.relu(x[:, 0]) ** 2
-    net = ShallowNet(1, 1, "la", ("relu", "relu2")).double()
-    assert _fit_lbfgs(net, x, y, restarts=12) < 1e-8
+    assert fit_shallow_net("la", ("relu", "relu2"), x, y, restarts=12)[0] < 1e-8
 
 
 def test_moa_width_one_fits_a_gated_product_that_la_cannot():
     g = torch.linspace(-2, 2, 41, dtype=torch.float64)
     X = torch.cartesian_prod(g, g)
     y = torch.sigmoid(3 * X[:, 0]) * torch.relu(X[:, 1])
-    moa = ShallowNet(2, 1, "moa", ("relu",)).double()
-    la = ShallowNet(2, 1, "la", ("relu",)).double()
-    assert _fit_lbfgs(moa, X, y, restarts=12, iters=500) < 1e-4
-    assert _fit_lbfgs(la, X, y, restarts=12, iters=500) > 1e-3
+    assert fit_shallow_net("moa", ("relu",), X, y, restarts=12)[0] < 1e-4
+    assert fit_shallow_net("la", ("relu",), X, y, restarts=12)[0] > 1e-3
 
 
 @pytest.mark.parametrize(
