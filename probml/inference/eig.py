@@ -1,8 +1,9 @@
 r"""Expected-information-gain estimators, vectorised over designs, outer and inner samples.
 
-* :func:`nmc_eig`: nested Monte Carlo EIG of a design for any Pyro model (the argument names
-  of :func:`pyro.contrib.oed.eig.nmc_eig`, so the same model works with both), with the inner
-  expectation chunked to bound memory:
+* :func:`nmc_eig`: nested Monte Carlo EIG of a design for any Pyro model. It is the estimator
+  of :func:`pyro.contrib.oed.eig.nmc_eig` (same argument names, same draws under the same
+  seed: the ``M`` inner prior draws are shared by the ``N`` outer samples) with one addition:
+  the inner expectation is processed in chunks of ``chunk_size`` draws to bound memory:
 
   .. math:: \widehat{\mathrm{EIG}} = \frac1N\sum_n \Big[\log p(y_n|\theta_n,\xi)
             - \log\frac1M\sum_m p(y_n|\theta_m,\xi)\Big].
@@ -71,7 +72,8 @@ def nmc_eig(
     for start in range(0, M, chunk):
         m = min(chunk, M - start)
         cond_model = pyro.condition(model, data={lab: _lexpand(v, m) for lab, v in y.items()})
-        tr = poutine.trace(cond_model).get_trace(_lexpand(design, m, N))
+        # m prior draws shared by all N outer samples (design m x 1 x batch broadcasts to y)
+        tr = poutine.trace(cond_model).get_trace(_lexpand(design, m, 1))
         tr.compute_log_prob()
         parts.append(sum(tr.nodes[lab]["log_prob"] for lab in observation_labels))  # m x N x batch
     inner = torch.cat(parts, 0)

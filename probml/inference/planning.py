@@ -169,7 +169,12 @@ class ScenarioTreePlanner:
 
     Args:
         depth: lookahead depth ``D`` (0 is greedy); branching: fantasised outcomes per node;
-        discount: ``gamma``; num_candidates: candidates per node; num_outer: NMC outer samples.
+        discount: ``gamma``; num_candidates: candidates per inner node; num_outer: NMC outer
+        samples; root_candidates: candidates at the root (default 64, as many as
+        :class:`GreedyPlanner`, so lookahead never searches the executed design more coarsely);
+        expand_top: only the ``expand_top`` candidates with the highest immediate EIG at a node
+        are expanded into subtrees (a beam: the tree costs ``O((k b)^D)`` instead of
+        ``O((C b)^D)`` EIG evaluations).
     """
 
     def __init__(
@@ -179,21 +184,26 @@ class ScenarioTreePlanner:
         discount: float = 0.6,
         num_candidates: int = 16,
         num_outer: int = 32,
+        root_candidates: int = 64,
+        expand_top: int = 4,
     ):
         if depth < 0 or branching < 1:
             raise ValueError("depth must be >= 0 and branching >= 1")
         self.depth, self.branching, self.discount = depth, branching, discount
         self.num_candidates, self.num_outer = num_candidates, num_outer
+        self.root_candidates, self.expand_top = root_candidates, expand_top
 
-    def _value(self, posterior, prev, step, budget, remaining, depth, generator):
-        cand = _feasible_candidates(prev, step, budget, remaining, self.num_candidates, generator)
+    def _value(self, posterior, prev, step, budget, remaining, depth, generator, n_cand=None):
+        n_cand = self.num_candidates if n_cand is None else n_cand
+        cand = _feasible_candidates(prev, step, budget, remaining, n_cand, generator)
         eig = next_design_eig(posterior, cand, self.num_outer, generator)
         if depth == 0:
             best = int(eig.argmax())
             return float(eig[best]), cand[best]
-        values = eig.clone()
+        # expand only the top-k candidates by immediate EIG (beam); the others are not chosen
+        values = torch.full_like(eig, -math.inf)
         ex = posterior.experiment
-        for c in range(cand.shape[0]):
+        for c in eig.argsort(descending=True)[: self.expand_top].tolist():
             xi = cand[c]
             cost = float(budget.edge_cost(prev, xi)) if budget is not None else 0.0
             theta0 = posterior.sample(self.branching, generator=generator)
@@ -215,7 +225,16 @@ class ScenarioTreePlanner:
         return float(values[best]), cand[best]
 
     def plan(self, posterior, prev, step, budget, remaining, generator) -> torch.Tensor:
-        return self._value(posterior, prev, step, budget, remaining, self.depth, generator)[1]
+        return self._value(
+            posterior,
+            prev,
+            step,
+            budget,
+            remaining,
+            self.depth,
+            generator,
+            n_cand=self.root_candidates,
+        )[1]
 
 
 @dataclass
