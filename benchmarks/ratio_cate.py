@@ -7,7 +7,8 @@
 3. Real data shipped in packages: Qini coefficient and multiplicative calibration on
    held-out halves.
 4. Fit time of each learner as a ratio to the Q-Learner's, same run; EconML's T/S/DR learners
-   side by side when `econml` is installed (`.venv/bin/pip install econml`; not a dependency).
+   and CausalML's T/S classifiers side by side when installed
+   (`.venv/bin/pip install econml causalml`; not dependencies).
 
 Run: `python benchmarks/ratio_cate.py` (10 seeds) or `--quick` (3 seeds, smaller n).
 """
@@ -66,6 +67,25 @@ def econml_learners():
     }
 
 
+def causalml_learners():
+    try:
+        from causalml.inference.meta import BaseSClassifier, BaseTClassifier
+    except ImportError:
+        return {}
+    clf = LogisticRegression(C=1e4, max_iter=2000)
+    return {
+        "CausalML T (ratio)": BaseTClassifier(learner=clf),
+        "CausalML S (ratio)": BaseSClassifier(learner=clf),
+    }
+
+
+def causalml_ratio(est, X):
+    """CausalML's meta-learners return per-arm outcome predictions as components."""
+    _, yc, yt = est.predict(X, return_components=True, verbose=False)
+    key = next(iter(yt))
+    return np.maximum(yt[key], 1e-6) / np.maximum(yc[key], 1e-6)
+
+
 def econml_ratio(name, est, X):
     """EconML's T/S learners predict differences; their fitted outcome models give the ratio."""
     if name.startswith("EconML T"):
@@ -101,6 +121,10 @@ def synthetic(scenario: str, seeds: int, n: int, rows: list, timings: dict):
             _, t = timed(est.fit, d.X[tr], d.w[tr], d.y[tr], propensity=prop)
             mse.setdefault(name, []).append(log_tau_mse(est.effect(d.X[te]), d.tau[te]))
             timings.setdefault(name, []).append(t)
+        for name, est in causalml_learners().items():
+            _, t = timed(est.fit, d.X[tr], treatment=d.w[tr], y=d.y[tr])
+            timings.setdefault(name, []).append(t)
+            mse.setdefault(name, []).append(log_tau_mse(causalml_ratio(est, d.X[te]), d.tau[te]))
         for name, est in econml_learners().items():
             _, t = timed(est.fit, d.y[tr], d.w[tr], X=d.X[tr])
             timings.setdefault(name, []).append(t)
