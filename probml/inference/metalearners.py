@@ -161,14 +161,14 @@ def _default_final_regressor():
     # pseudo-outcomes are noisy (inverse-propensity terms): a shallow, strongly regularised
     # boosting model; a flexible one overfits and the ratio of two such fits is unstable
     return HistGradientBoostingRegressor(
-        max_iter=50, learning_rate=0.05, max_depth=3, min_samples_leaf=500
+        max_iter=50, learning_rate=0.05, max_depth=3, min_samples_leaf=500, random_state=0
     )
 
 
 def _default_outcome_model(y: np.ndarray):
     if np.isin(y, (0.0, 1.0)).all():
         return _default_classifier()
-    return HistGradientBoostingRegressor(loss="poisson", max_iter=200)
+    return HistGradientBoostingRegressor(loss="poisson", max_iter=200, random_state=0)
 
 
 class _RatioLearner(BaseEstimator):
