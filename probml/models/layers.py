@@ -218,6 +218,20 @@ class _MixedFFN(nn.Module):
 
     checkpointing: bool = False
 
+    def _setup(self, d_model, d_ff, ffn_type, variant, variants, dictionary, checkpointing) -> None:
+        """Validate the options and build the projections ``w1`` (``w2`` for Type II), ``w3``."""
+        if ffn_type not in ("I", "II"):
+            raise ValueError(f"ffn_type must be 'I' or 'II', got {ffn_type!r}")
+        if variant not in variants:
+            raise ValueError(
+                f"variant must be one of {variants} for {type(self).__name__}, got {variant!r}"
+            )
+        self.dictionary = _check_dictionary(dictionary)
+        self.ffn_type, self.variant, self.checkpointing = ffn_type, variant, checkpointing
+        self.w1 = nn.Linear(d_model, d_ff, bias=False)
+        self.w2 = nn.Linear(d_model, d_ff, bias=False) if ffn_type == "II" else None
+        self.w3 = nn.Linear(d_ff, d_model, bias=False)
+
     def _hidden(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -250,16 +264,16 @@ class LearnableActivationFFN(_MixedFFN):
         checkpointing: bool = False,
     ):
         super().__init__()
-        if ffn_type not in ("I", "II"):
-            raise ValueError(f"ffn_type must be 'I' or 'II', got {ffn_type!r}")
-        if variant not in ("one_sided", "bi_sided", "quadratic"):
-            raise ValueError(f"variant must be one_sided, bi_sided or quadratic, got {variant!r}")
-        self.dictionary = _check_dictionary(dictionary)
-        self.ffn_type, self.variant, self.checkpointing = ffn_type, variant, checkpointing
+        self._setup(
+            d_model,
+            d_ff,
+            ffn_type,
+            variant,
+            ("one_sided", "bi_sided", "quadratic"),
+            dictionary,
+            checkpointing,
+        )
         K = len(self.dictionary)
-        self.w1 = nn.Linear(d_model, d_ff, bias=False)
-        self.w2 = nn.Linear(d_model, d_ff, bias=False) if ffn_type == "II" else None
-        self.w3 = nn.Linear(d_ff, d_model, bias=False)
         self.alpha = nn.Parameter(
             torch.ones(K, K) if variant == "quadratic" and ffn_type == "II" else torch.ones(K)
         )
@@ -310,23 +324,13 @@ class MixtureOfActivationsFFN(_MixedFFN):
         checkpointing: bool = False,
     ):
         super().__init__()
-        if ffn_type not in ("I", "II"):
-            raise ValueError(f"ffn_type must be 'I' or 'II', got {ffn_type!r}")
-        if variant not in ("one_sided", "bi_sided"):
-            raise ValueError(f"variant must be one_sided or bi_sided for MoA, got {variant!r}")
         if gate not in ("gated", "literal"):
             raise ValueError(f"gate must be 'gated' or 'literal', got {gate!r}")
-        self.dictionary = _check_dictionary(dictionary)
-        self.ffn_type, self.variant, self.gate_kind, self.checkpointing = (
-            ffn_type,
-            variant,
-            gate,
-            checkpointing,
+        self._setup(
+            d_model, d_ff, ffn_type, variant, ("one_sided", "bi_sided"), dictionary, checkpointing
         )
+        self.gate_kind = gate
         K = len(self.dictionary)
-        self.w1 = nn.Linear(d_model, d_ff, bias=False)
-        self.w2 = nn.Linear(d_model, d_ff, bias=False) if ffn_type == "II" else None
-        self.w3 = nn.Linear(d_ff, d_model, bias=False)
         n_gates = 2 if (ffn_type == "II" and variant == "bi_sided") else 1
         self.gate_proj = nn.Linear(d_model, n_gates * K, bias=(gate == "gated"))
         nn.init.zeros_(self.gate_proj.weight)
