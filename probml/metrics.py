@@ -13,6 +13,7 @@ __all__ = [
     "gaussian_kl",
     "unfairness",
     "pareto_front",
+    "crps_ensemble",
 ]
 
 
@@ -198,3 +199,47 @@ def pareto_front(risk, unfair) -> list[int]:
             front.append(int(i))
             best = risk[i]
     return front
+
+
+# ----------------------------------------------------------------------------- forecasting
+def crps_ensemble(
+    particles: torch.Tensor, truth: torch.Tensor, log_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""Continuous ranked probability score of a (weighted) ensemble, per coordinate.
+
+    :math:`\mathrm{CRPS}(F, x) = \mathbb E|X - x| - \tfrac12 \mathbb E|X - X'|` for
+    :math:`X, X' \sim F = \sum_i w_i \delta_{x_i}`; the second term in
+    :math:`O(N \log N)` from sorted members:
+    :math:`\mathbb E|X - X'| = 2 \sum_i w_i x_{(i)} (2 F_i - w_i - 1)`, :math:`F_i` the
+    cumulative weight. Lower is better; equals the absolute error for a point mass.
+
+    Args:
+        particles: ``... x N x d`` ensemble members.
+        truth: ``... x d``.
+        log_weights: ``... x N`` (``None``: equal weights).
+
+    Returns:
+        ``... x d`` CRPS values (average them for a summary).
+    """
+    if particles.shape[:-2] + particles.shape[-1:] != truth.shape:
+        raise ValueError(
+            f"truth must have shape {tuple(particles.shape[:-2] + particles.shape[-1:])}, "
+            f"got {tuple(truth.shape)}"
+        )
+    n = particles.shape[-2]
+    if log_weights is None:
+        w = particles.new_full(particles.shape[:-1], 1.0 / n)
+    else:
+        if log_weights.shape != particles.shape[:-1]:
+            raise ValueError(
+                f"log_weights must have shape {tuple(particles.shape[:-1])}, "
+                f"got {tuple(log_weights.shape)}"
+            )
+        w = torch.softmax(log_weights, dim=-1).to(particles)
+    w = w.unsqueeze(-1).expand_as(particles)
+    term1 = (w * (particles - truth.unsqueeze(-2)).abs()).sum(-2)
+    xs, order = particles.sort(dim=-2)
+    ws = torch.gather(w, -2, order)
+    cdf = ws.cumsum(-2)
+    term2 = 2 * (ws * xs * (2 * cdf - ws - 1)).sum(-2)
+    return term1 - 0.5 * term2

@@ -1,0 +1,176 @@
+"""SURGE against the exact Kalman answer on the linear-Gaussian model with the exact score."""
+
+import math
+
+import pytest
+import torch
+
+from probml.guides.diffusion import GuidedReverseProposal
+from probml.inference.particles import ParticleDegeneracyError
+from probml.inference.smc import (
+    SURGE,
+    BootstrapPF,
+    EnKF,
+    GuidedDiffusionFilter,
+    kalman_filter,
+    weighted_moments,
+)
+from probml.models.diffusion import LinearGaussianDiffusion
+from probml.models.dynamics import GaussianObservation, LinearGaussianSSM, Lorenz63
+
+K, B, D = 50, 20, 10
+
+
+@pytest.fixture(scope="module")
+def lg_problem():
+    """d = 10, every other coordinate observed, R = 0.25^2 I, 20 replicates of one step."""
+    ssm = LinearGaussianSSM.random(dim=D, obs_every=2, obs_noise=0.25)
+    tr = LinearGaussianDiffusion(ssm.A, ssm.Q)
+    xs, ys = ssm.simulate(1, B, generator=1)
+    m0, P0 = xs[0], 0.25 * torch.eye(D, dtype=torch.float64)
+    Ak, Qk = tr.effective_transition(K)
+
+    def reference(A, Q):
+        H = ssm.observation.H
+        out = [kalman_filter(A, Q, H, 0.25**2, ys[:, b], m0[b], P0) for b in range(B)]
+        return torch.stack([o[0][0] for o in out]), out[0][1][0], torch.stack([o[2] for o in out])
+
+    return {
+        "ssm": ssm,
+        "tr": tr,
+        "ys": ys,
+        "m0": m0,
+        "surrogate": reference(Ak, Qk),  # exact posterior under the K-level surrogate
+        "true": reference(ssm.A, ssm.Q),  # exact posterior under the true model
+    }
+
+
+def _prior_particles(m0, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return m0[:, None] + 0.5 * torch.randn(B, n, D, dtype=torch.float64, generator=g)
+
+
+def _run(cls, p, n, **kw):
+    f = cls(p["tr"], p["ssm"].observation, n, K, seed=0, verbose=False, **kw)
+    return f.filter(p["ys"], particles=_prior_particles(p["m0"], n, n))
+
+
+def _maha(mean, ref_mean, ref_cov):
+    Li = torch.linalg.inv(torch.linalg.cholesky(ref_cov))
+    return float(((mean - ref_mean) @ Li.T).norm(dim=-1).mean())
+
+
+def test_surge_is_consistent_and_guidance_alone_is_biased(lg_problem):
+    m_ref, P_ref, _ = lg_problem["surrogate"]
+    err, err_guided, var_ratio = {}, {}, {}
+    for n in (1000, 4000):
+        res = _run(SURGE, lg_problem, n)
+        err[n] = _maha(res.means[0], m_ref, P_ref)
+        var_ratio[n] = float((res.stds[0] ** 2).sum(-1).mean() / P_ref.diagonal().sum())
+        err_guided[n] = _maha(_run(GuidedDiffusionFilter, lg_problem, n).means[0], m_ref, P_ref)
+    # Monte Carlo error in posterior-sd units is ~ sqrt(d / ESS): 0.2 at N = 1000
+    assert err[1000] < 0.3, err
+    assert err[4000] < 0.8 * err[1000], err
+    # guidance without the SMC correction: a bias that does not shrink with N
+    assert err_guided[1000] > 3 * err[1000]
+    assert err_guided[4000] > 0.9 * err_guided[1000], err_guided
+    assert 0.9 < var_ratio[1000] < 1.1 and 0.9 < var_ratio[4000] < 1.1, var_ratio
+    # against the true model's Kalman filter (K = 50 discretisation gap included)
+    m_true, P_true, _ = lg_problem["true"]
+    res = _run(SURGE, lg_problem, 4000)
+    ratio_true = float((res.stds[0] ** 2).sum(-1).mean() / P_true.diagonal().sum())
+    assert 0.8 < ratio_true < 1.2
+    assert _maha(res.means[0], m_true, P_true) < 0.3
+
+
+def test_surge_log_evidence_matches_kalman(lg_problem):
+    res = _run(SURGE, lg_problem, 4000)
+    _, _, ll = lg_problem["surrogate"]
+    # ll includes the prior x_0 ~ N(m0, 0.25 I); the particles were drawn from it
+    assert float((res.log_evidence - ll).abs().mean()) < 0.1
+
+
+def test_dps_twist_degenerates(lg_problem):
+    res_dps = _run(SURGE, lg_problem, 1000, twist="dps")
+    res_inf = _run(SURGE, lg_problem, 1000)
+    assert float(res_dps.diffusion_ess.min()) < 0.05 * 1000
+    assert float(res_inf.diffusion_ess.min()) > 0.2 * 1000
+    assert res_dps.num_resamples > res_inf.num_resamples
+
+
+def test_bootstrap_pf_and_enkf_on_linear_gaussian():
+    ssm = LinearGaussianSSM.random(dim=4, obs_every=1, obs_noise=0.5)
+    xs, ys = ssm.simulate(5, num_trajectories=8, generator=3)
+    m, P, _ = ssm.kalman_filter(ys, init_loc=torch.zeros(8, 4, dtype=torch.float64))
+    x0 = torch.randn(8, 4000, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    pf = BootstrapPF(ssm, ssm.observation, 4000, seed=1, verbose=False).filter(ys, x0)
+    enkf = EnKF(ssm, ssm.observation, 4000, seed=1, verbose=False).filter(ys, x0)
+    for res in (pf, enkf):  # both are consistent on linear-Gaussian models
+        assert res.means.shape == (5, 8, 4)
+        assert float((res.means - m).abs().max()) < 0.15
+        assert torch.allclose(res.stds[-1].pow(2).mean(0), P[-1].diagonal(), rtol=0.15)
+    assert pf.log_evidence.shape == (8,) and enkf.log_evidence is None
+
+
+def test_unbatched_interface_and_seed():
+    ssm = LinearGaussianSSM.random(dim=4)
+    tr = LinearGaussianDiffusion(ssm.A, ssm.Q)
+    _, ys = ssm.simulate(3, generator=0)
+    x0 = torch.zeros(64, 4, dtype=torch.float64)
+    f = SURGE(tr, ssm.observation, 64, 10, seed=5, verbose=False, keep_particles=True)
+    r1 = f.filter(ys[:, 0], x0)
+    r2 = f.filter(ys[:, 0], x0)
+    assert r1.means.shape == (3, 4) and r1.particles.shape == (3, 64, 4)
+    assert r1.diffusion_ess.shape == (3, 10)
+    assert torch.equal(r1.means, r2.means)
+    f.init(x0)
+    parts, lw = f.step(ys[0, 0])
+    assert parts.shape == (64, 4) and math.isclose(float(lw.exp().sum()), 1.0, rel_tol=1e-9)
+    m, s = weighted_moments(parts, lw)
+    assert m.shape == (4,) and bool((s > 0).all())
+
+
+def test_nonlinear_observation_guidance_runs():
+    l63 = Lorenz63()
+    A = torch.eye(3)
+    tr = LinearGaussianDiffusion(A, 0.01 * torch.eye(3))  # a random-walk surrogate
+    xs, ys = l63.simulate(2, generator=0)
+    f = SURGE(tr, l63.observation, 128, 8, seed=0, verbose=False)
+    res = f.filter(ys[:, 0], xs[0, 0].expand(128, 3).clone())
+    assert bool(torch.isfinite(res.means).all())
+
+
+def test_bad_input_raises_clear_errors(lg_problem):
+    ssm, tr = lg_problem["ssm"], lg_problem["tr"]
+    f = SURGE(tr, ssm.observation, 16, 5, seed=0, verbose=False)
+    with pytest.raises(RuntimeError, match="init"):
+        f.step(torch.zeros(5))
+    f.init(torch.zeros(16, D, dtype=torch.float64))
+    with pytest.raises(ValueError, match="shape"):
+        f.step(torch.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        f.step(torch.tensor([0.0, float("nan"), 0.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="num_particles"):
+        f.init(torch.zeros(8, D))
+    with pytest.raises(ValueError, match="noise_scale"):
+        GaussianObservation(torch.eye(2), -1.0)
+    with pytest.raises(ValueError, match="twist"):
+        GuidedReverseProposal(tr, ssm.observation, 5, twist="bogus")
+    with pytest.raises(TypeError, match="DiffusionTransition"):
+        SURGE(ssm, ssm.observation, 16, 5)
+
+
+def test_all_weights_zero_raises_named_error():
+    # an observation map that puts every particle infinitely far away: all weights are 0
+    ssm = LinearGaussianSSM.random(dim=2, obs_every=1)
+    tr = LinearGaussianDiffusion(ssm.A, ssm.Q)
+    obs = GaussianObservation(lambda x: x + float("inf"), 0.1, obs_dim=2)
+    f = SURGE(tr, obs, 16, 4, seed=0, verbose=False)
+    f.init(torch.zeros(16, 2, dtype=torch.float64))
+    with pytest.raises(ParticleDegeneracyError):
+        f.step(torch.zeros(2, dtype=torch.float64))
+    pf = BootstrapPF(ssm, obs, 16, seed=0, verbose=False)
+    pf.init(torch.zeros(16, 2, dtype=torch.float64))
+    pf.step(torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(ParticleDegeneracyError):
+        pf.step(torch.zeros(2, dtype=torch.float64))

@@ -1,0 +1,145 @@
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from probml.models.diffusion import (
+    LinearGaussianDiffusion,
+    NeuralDiffusionTransition,
+    VPSchedule,
+    train_transition_model,
+)
+from probml.models.dynamics import (
+    GaussianObservation,
+    LinearGaussianSSM,
+    Lorenz63,
+    Lorenz96,
+    kalman_filter,
+)
+
+
+def test_simulate_shapes_and_seed():
+    ssm = LinearGaussianSSM.random(dim=6)
+    xs, ys = ssm.simulate(5, num_trajectories=3, generator=4)
+    assert xs.shape == (6, 3, 6) and ys.shape == (5, 3, 3)
+    xs2, ys2 = ssm.simulate(5, num_trajectories=3, generator=4)
+    assert torch.equal(xs, xs2) and torch.equal(ys, ys2)
+
+
+def test_pyro_model_sites_and_log_prob_match_transition():
+    ssm = LinearGaussianSSM.random(dim=4)
+    _, ys = ssm.simulate(3, generator=0)
+    tr = poutine.trace(ssm.model).get_trace(3, ys[:, 0])
+    assert {"x_0", "x_1", "x_2", "x_3", "y_1", "y_3"} <= set(tr.nodes)
+    x1, x2 = tr.nodes["x_1"]["value"], tr.nodes["x_2"]["value"]
+    lp = tr.nodes["x_2"]["fn"].log_prob(x2)
+    ref = torch.distributions.MultivariateNormal(ssm.A @ x1, ssm.Q).log_prob(x2)
+    assert torch.allclose(lp, ref)
+
+
+def test_kalman_matches_brute_force_gaussian_conditioning():
+    # one step: x1 = A x0 + e, y = H x1 + v; joint Gaussian conditioning by hand
+    ssm = LinearGaussianSSM.random(dim=4, obs_every=2)
+    _, ys = ssm.simulate(1, generator=2)
+    m, P, ll = ssm.kalman_filter(ys[:, 0])
+    A, Q, H = ssm.A, ssm.Q, ssm.observation.H
+    Px = A @ A.T + Q
+    S = H @ Px @ H.T + 0.25**2 * torch.eye(2, dtype=torch.float64)
+    mean = Px @ H.T @ torch.linalg.solve(S, ys[0, 0])
+    cov = Px - Px @ H.T @ torch.linalg.solve(S, H @ Px)
+    assert torch.allclose(m[0], mean) and torch.allclose(P[0], cov)
+    ref = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64), S)
+    assert torch.allclose(ll, ref.log_prob(ys[0, 0]))
+
+
+def test_kalman_batched_over_trajectories():
+    ssm = LinearGaussianSSM.random(dim=4)
+    _, ys = ssm.simulate(4, num_trajectories=3, generator=2)
+    m, _, ll = ssm.kalman_filter(ys)
+    m1, _, ll1 = ssm.kalman_filter(ys[:, 1])
+    assert m.shape == (4, 3, 4) and torch.allclose(m[:, 1], m1) and torch.allclose(ll[1], ll1)
+
+
+def test_lorenz_models_step_and_observe():
+    l63 = Lorenz63()
+    xs, ys = l63.simulate(10, num_trajectories=2, generator=0)
+    assert xs.shape == (11, 2, 3) and ys.shape == (10, 2, 1)
+    assert bool((ys.abs() < 2.6).all())  # atan(x1) + small noise
+    l96 = Lorenz96(dim=8)
+    xs, ys = l96.simulate(3, num_trajectories=2, generator=0)
+    assert xs.shape == (4, 2, 8) and ys.shape == (3, 2, 4)
+    # a fixed point of Lorenz-96: x_i = F everywhere
+    x = torch.full((8,), 8.0)
+    assert torch.allclose(l96.drift(x), x, atol=1e-5)
+
+
+def test_observation_validation():
+    with pytest.raises(ValueError, match="noise_scale"):
+        GaussianObservation(torch.eye(2), 0.0)
+    with pytest.raises(ValueError, match="obs_dim"):
+        GaussianObservation(torch.sin, 0.1)
+    obs = GaussianObservation(torch.eye(2), 0.1)
+    with pytest.raises(ValueError, match="shape"):
+        obs.check_y(torch.zeros(3))
+    with pytest.raises(ValueError, match="NaN"):
+        obs.check_y(torch.tensor([0.0, float("nan")]))
+
+
+def test_exact_score_and_effective_transition():
+    ssm = LinearGaussianSSM.random(dim=5)
+    tr = LinearGaussianDiffusion(ssm.A, ssm.Q)
+    # the exact noise predictor equals -sigma * grad log N(z; alpha A c, alpha^2 Q + sigma^2 I)
+    s = torch.tensor(0.4, dtype=torch.float64)
+    al, sg = tr.schedule.alpha(s), tr.schedule.sigma(s)
+    c = torch.randn(5, dtype=torch.float64)
+    z = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    cov = al**2 * ssm.Q + sg**2 * torch.eye(5, dtype=torch.float64)
+    lp = torch.distributions.MultivariateNormal(al * ssm.A @ c, cov).log_prob(z)
+    (score,) = torch.autograd.grad(lp, z)
+    assert torch.allclose(tr.eps(z.detach(), s, c), -sg * score)
+    # many levels: the sampler converges to the true transition
+    A200, Q200 = tr.effective_transition(200)
+    assert torch.allclose(A200, ssm.A, atol=1e-3)
+    assert (Q200 - ssm.Q).norm() / ssm.Q.norm() < 0.05
+    # the sampler's draws have the effective transition's moments
+    A50, Q50 = tr.effective_transition(50)
+    cond = c.expand(20000, 5)
+    x = tr.sample(cond, 50, generator=1)
+    assert torch.allclose(x.mean(0), A50 @ c, atol=0.03)
+    assert (torch.cov(x.T) - Q50).norm() / Q50.norm() < 0.05
+
+
+def test_schedule_levels_and_validation():
+    sch = VPSchedule()
+    s = sch.levels(10)
+    assert s.shape == (11,) and float(s[-1]) == 1.0 and bool((s.diff() > 0).all())
+    al, sg = sch.alpha(s), sch.sigma(s)
+    assert torch.allclose(al**2 + sg**2, torch.ones_like(s))
+    with pytest.raises(ValueError, match="num_diffusion_steps"):
+        sch.levels(0)
+
+
+def test_train_transition_model_learns_and_round_trips(tmp_path):
+    # tiny: x_t = 0.5 x_{t-1} + N(0, 0.3^2); the learned sampler gets the slope and scale
+    g = torch.Generator().manual_seed(0)
+    xp = torch.randn(4000, 1, generator=g)
+    xn = 0.5 * xp + 0.3 * torch.randn(4000, 1, generator=g)
+    model, info = train_transition_model(xp, xn, hidden=32, depth=2, num_iters=600, verbose=False)
+    assert info["loss"][-1] < info["loss"][0]
+    c = torch.tensor([[1.0]]).expand(4000, 1)
+    x = model.sample(c, 30, generator=0)
+    assert abs(float(x.mean()) - 0.5) < 0.08 and abs(float(x.std()) - 0.3) < 0.08
+    path = tmp_path / "tr.pt"
+    model.save(path)
+    again = NeuralDiffusionTransition.load(path)
+    assert torch.equal(again.sample(c[:5], 10, generator=3), model.sample(c[:5], 10, generator=3))
+    with pytest.raises(ValueError, match="x_prev"):
+        train_transition_model(xp, xn[:10], verbose=False)
+
+
+def test_kalman_filter_function_accepts_matrix_noise():
+    ssm = LinearGaussianSSM.random(dim=3, obs_every=1)
+    _, ys = ssm.simulate(2, generator=0)
+    R = 0.25**2 * torch.eye(3, dtype=torch.float64)
+    a = kalman_filter(ssm.A, ssm.Q, ssm.observation.H, R, ys[:, 0], ssm.init_loc, torch.eye(3))
+    b = ssm.kalman_filter(ys[:, 0])
+    assert torch.allclose(a[0], b[0])

@@ -1,0 +1,24 @@
+import torch
+
+from probml.metrics import crps_ensemble
+
+
+def test_crps_matches_pairwise_definition_and_point_mass():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 50, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    lw = torch.randn(3, 50, generator=g, dtype=torch.float64)
+    w = torch.softmax(lw, -1)[..., None]
+    t1 = (w * (x - y[:, None]).abs()).sum(1)
+    pair = (x[:, :, None] - x[:, None]).abs()  # 3 x N x N x d
+    t2 = (w[:, :, None] * w[:, None] * pair).sum((1, 2))
+    assert torch.allclose(crps_ensemble(x, y, lw), t1 - 0.5 * t2)
+    # point mass: CRPS is the absolute error
+    pm = torch.zeros(1, 4, 1, dtype=torch.float64)
+    assert torch.allclose(
+        crps_ensemble(pm, torch.ones(1, 1, dtype=torch.float64)), torch.ones(1, 1).double()
+    )
+    # Gaussian closed form: CRPS(N(0,1), 0) = 2 phi(0) - 1/sqrt(pi)
+    big = torch.randn(200000, 1, generator=g, dtype=torch.float64)
+    ref = 2 / (2 * torch.pi) ** 0.5 - 1 / torch.pi**0.5
+    assert abs(float(crps_ensemble(big, torch.zeros(1, dtype=torch.float64))) - ref) < 5e-3
