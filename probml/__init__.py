@@ -16,6 +16,8 @@ from probml.inference.metalearners import (  # noqa: E402
     SRatioLearner,
     TRatioLearner,
 )
+from probml.inference.minimax import DRUM  # noqa: E402
+from probml.inference.smc import SURGE  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -26,4 +28,6 @@ __all__ = [
     "DRRatioLearner",
     "QDRLearner",
     "BayesianQLearner",
+    "SURGE",
+    "DRUM",
 ]

@@ -1,0 +1,198 @@
+import math
+
+import numpy as np
+import pyro.distributions as pyro_dist
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from probml.guides.generators import (
+    ConditionalBernoulli,
+    ConditionalFlow,
+    TransportPerturbation,
+    fit_source_conditional,
+)
+from probml.inference.minimax import (
+    DRUM,
+    ERMOnX,
+    ImputationBaseline,
+    bernoulli_kl_interval,
+    binary_brier_minimax,
+)
+from probml.models.transfer import (
+    BinaryShiftProblem,
+    ContinuousShiftSimulation,
+    brier_risk,
+    tilted_model,
+    transfer_model,
+)
+
+
+def _known_g0(p: float) -> ConditionalBernoulli:
+    return ConditionalBernoulli.constant(p)
+
+
+def test_closed_forms_of_the_spec():
+    lo, hi = bernoulli_kl_interval(0.15, 0.1)
+    assert abs(lo - 0.0196) < 1e-4 and abs(hi - 0.3293) < 1e-4
+    f, _, wc = binary_brier_minimax(0.15, 0.1, (0.2, 0.7))
+    assert abs(f - 0.3646) < 1e-4
+    # brute force: minimax over a grid of f and the two endpoints of the interval
+    fs = np.linspace(0, 1, 100001)
+    risk = np.maximum(
+        *(q * ((fs - 0.7) ** 2 + 0.21) + (1 - q) * ((fs - 0.2) ** 2 + 0.16) for q in (lo, hi))
+    )
+    assert abs(fs[risk.argmin()] - f) < 1e-4 and abs(risk.min() - wc) < 1e-8
+    assert bernoulli_kl_interval(0.3, 0.0) == pytest.approx((0.3, 0.3), abs=1e-9)
+
+
+def test_drum_matches_the_binary_minimax_with_known_nuisances():
+    prob = BinaryShiftProblem()
+    Xs, As, ys, Xt = prob.sample(2000, 0)
+    g0 = _known_g0(0.15)
+    kw = dict(outcome_model=prob.outcome, source_conditional=g0, predictor="constant")
+    est = DRUM(rho=0.1, verbose=False, **kw).fit(Xs, As, ys, Xt)
+    f_star, (_, q_hi), wc = binary_brier_minimax(0.15, 0.1, (0.2, 0.7))
+    p = est.predict_proba(Xt[:5])[:, 1]
+    assert np.abs(p - f_star).max() < 0.01, p
+    assert abs(est.worst_case_risk(Xt) - wc) < 2e-3
+    assert abs(float(est.adversary_.prob(Xt[:1]).detach()) - q_hi) < 0.01
+    assert abs(est.divergence_ - 0.1) < 0.01  # the constraint binds
+    plug = DRUM(rho=0.0, verbose=False, **kw).fit(Xs, As, ys, Xt)
+    assert np.abs(plug.predict_proba(Xt[:5])[:, 1] - 0.275).max() < 0.005
+
+
+def test_penalised_form_reaches_the_tilted_fixed_point():
+    # with penalty lambda: q = p e^{r1/lam} / Z, f = q mu1 + (1 - q) mu0 (fixed point)
+    prob, lam, p = BinaryShiftProblem(), 0.05, 0.15
+    Xs, As, ys, Xt = prob.sample(1000, 1)
+    est = DRUM(
+        penalty=lam, outcome_model=prob.outcome, source_conditional=_known_g0(p),
+        predictor="constant", verbose=False, num_iters=600,
+    ).fit(Xs, As, ys, Xt)  # fmt: skip
+    from scipy.optimize import brentq
+
+    def gap(f):  # E_q(f)[mu] - f is decreasing in f; its root is the saddle point
+        r1, r0 = (f - 0.7) ** 2 + 0.21, (f - 0.2) ** 2 + 0.16
+        q = 1 / (1 + (1 - p) / p * math.exp((r0 - r1) / lam))
+        return q * 0.7 + (1 - q) * 0.2 - f
+
+    f = brentq(gap, 0.2, 0.7)
+    assert abs(float(est.predict_proba(Xt[:1])[0, 1]) - f) < 0.01
+
+
+def test_drum_with_fitted_nuisances_is_close_to_the_closed_form():
+    prob = BinaryShiftProblem()
+    Xs, As, ys, Xt = prob.sample(20000, 3)
+    est = DRUM(rho=0.1, predictor="constant", verbose=False, num_iters=300).fit(Xs, As, ys, Xt)
+    assert abs(float(est.predict_proba(Xt[:1])[0, 1]) - 0.3646) < 0.03
+
+
+def test_tilted_and_transfer_models_are_pyro_models():
+    x = torch.randn(5, 1)
+    g0 = _known_g0(0.3)
+    tr = poutine.trace(tilted_model).get_trace(
+        x, lambda z: pyro_dist.Bernoulli(logits=g0.logits(z)),
+        lambda z, a: a * 2.0, 0.5,
+    )  # fmt: skip
+    a = tr.nodes["a"]["value"]
+    lp = tr.log_prob_sum()
+    ref = torch.distributions.Bernoulli(0.3).log_prob(a).sum() + (a * 2.0 / 0.5).sum()
+    assert torch.allclose(lp, ref, atol=1e-5)
+    tr2 = poutine.trace(transfer_model).get_trace(
+        x, x, lambda z: pyro_dist.Bernoulli(probs=torch.full(z.shape[:1], 0.3)),
+        lambda z: pyro_dist.Bernoulli(probs=torch.full(z.shape[:1], 0.6)),
+        lambda z, a: 0.2 + 0.5 * a,
+    )  # fmt: skip
+    assert {"a_source", "y_source", "a_target"} <= set(tr2.nodes)
+
+
+def test_generators_density_and_transport():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(3000, 2, generator=g)
+    A = X @ torch.tensor([[0.8, 0.3], [0.0, 0.6]]) + torch.randn(3000, 2, generator=g)
+    flow = fit_source_conditional(A, X, num_iters=400, verbose=False)
+    assert isinstance(flow, ConditionalFlow)
+    # the fitted flow's density is close to the true Gaussian conditional on average
+    true = torch.distributions.MultivariateNormal(
+        X @ torch.tensor([[0.8, 0.3], [0.0, 0.6]]), torch.eye(2)
+    )
+    with torch.no_grad():
+        gap = float((flow.log_prob(A, X) - true.log_prob(A)).mean())
+    assert abs(gap) < 0.1
+    tp = TransportPerturbation(flow)
+    z = torch.randn(10, 2)
+    a, cost = tp(X[:10], z)
+    assert torch.allclose(a, flow.sample_with_noise(X[:10], z), atol=1e-5)  # starts at G0
+    assert float(cost.abs().max()) == 0.0
+
+
+def test_continuous_claim_small_scale():
+    """DRUM's worst-case target Brier over the shift grid beats ERM, imputation and plug-in."""
+    sim = ContinuousShiftSimulation()
+    Xs, As, ys = sim.sample_source(3000, 0)
+    Xt = sim.sample_target_x(3000, 100)
+    wc = {}
+    for name, est in {
+        "erm": ERMOnX(),
+        "impute": ImputationBaseline(),
+        "plugin": DRUM(rho=0.0, verbose=False),
+        "drum": DRUM(rho=0.3, verbose=False, num_iters=200, inner_steps=2),
+    }.items():
+        est.fit(Xs, As, ys, Xt)
+        wc[name] = sim.worst_case_risk(
+            lambda x, e=est: torch.as_tensor(e.predict_proba(x)[:, 1]), n=5000
+        )[0]
+    assert wc["drum"] < min(wc["erm"], wc["impute"], wc["plugin"]) - 0.003, wc
+
+
+def test_bias_correction_reduces_error_with_misspecified_outcome():
+    sim = ContinuousShiftSimulation()
+    Xs, As, ys = sim.sample_source(3000, 1)
+    Xt = sim.sample_target_x(3000, 101)
+    errs = []
+    for bc in (False, True):
+        est = DRUM(
+            rho=0.3, outcome_model="linear", bias_correction=bc, verbose=False, num_iters=150,
+            inner_steps=2, seed=1,
+        ).fit(Xs, As, ys, Xt)  # fmt: skip
+        x = Xt[:1000]
+        with torch.no_grad():  # the Brier-optimal response to the fitted adversary
+            a = est.adversary_.rsample(x.expand(64, *x.shape))
+            oracle = sim.outcome(x.expand_as(a), a).mean(0)
+        f = torch.as_tensor(est.predict_proba(x)[:, 1])
+        errs.append(float((f - oracle).pow(2).mean().sqrt()))
+    assert errs[1] < 0.75 * errs[0], errs
+
+
+def test_brier_risk_is_the_expected_squared_error():
+    mu = torch.tensor([0.2, 0.7])
+    f = torch.tensor([0.4, 0.4])
+    direct = mu * (f - 1) ** 2 + (1 - mu) * f**2
+    assert torch.allclose(brier_risk(f, mu), direct)
+
+
+def test_bad_input():
+    prob = BinaryShiftProblem()
+    Xs, As, ys, Xt = prob.sample(200, 0)
+    fast = dict(verbose=False, num_iters=2)
+    with pytest.raises(ValueError, match="same number of rows"):
+        DRUM(**fast).fit(Xs, As[:-1], ys, Xt)
+    with pytest.raises(ValueError, match="rho"):
+        DRUM(rho=-0.1, **fast).fit(Xs, As, ys, Xt)
+    Xn = Xs.clone()
+    Xn[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="X_source"):
+        DRUM(**fast).fit(Xn, As, ys, Xt)
+    with pytest.raises(ValueError, match="binary"):
+        DRUM(**fast).fit(Xs, As, ys * 2, Xt)
+    with pytest.raises(ValueError, match="bias_correction"):
+        DRUM(divergence="transport", bias_correction=True, **fast).fit(Xs, As, ys, Xt)
+    est = DRUM(rho=0.0, **fast)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        est.predict_proba(Xt)
+    est.fit(Xs, As, ys, Xt)
+    with pytest.raises(ValueError, match="A is not available at prediction"):
+        est.predict_proba(torch.cat((Xt, As[:, None]), 1))
+    with pytest.raises(ValueError, match="X_target"):
+        DRUM(**fast).fit(Xs, As, ys, torch.randn(5, 3))
