@@ -32,7 +32,7 @@ from probml.inference.minimax import (  # noqa: E402
     binary_brier_minimax,
 )
 from probml.models.transfer import BinaryShiftProblem, ContinuousShiftSimulation  # noqa: E402
-from probml.results import markdown_table, mean_se  # noqa: E402
+from probml.results import markdown_table, mean_se, mean_se_rows  # noqa: E402
 
 
 def methods(seed):
@@ -103,14 +103,7 @@ def main():
             row[f"{k} se"] = se
         row["fit s"] = float(np.mean(r["seconds"]))
         rows.append(row)
-    bc_rows = []
-    for label, b in bc.items():
-        row = {"DRUM KL rho=0.3, linear mu": label}
-        for k, v in b.items():
-            m, se = mean_se(v)
-            row[k] = m
-            row[f"{k} se"] = se
-        bc_rows.append(row)
+    bc_rows = mean_se_rows(bc, "DRUM KL rho=0.3, linear mu")
     ka = known_answer()
     print(f"\n## Continuous simulation ({seeds} seeds)\n")
     print(markdown_table(rows))

@@ -76,6 +76,7 @@ def test_registry_loads_example_files(tmp_path):
 def test_default_registry_has_the_examples():
     names = Registry().names()
     assert "importance_sampling" in names
+    assert {"surge", "drum", "grasp"} <= set(names)
 
 
 @pytest.mark.skipif(

@@ -1,0 +1,119 @@
+"""GRASP benchmark: the linear toy and the planted-persona world, several seeds.
+
+1. Linear toy (d = 32, LoRA r = 4, task rank 12; spurious strength 3 and 0.3): identification
+   cosine, shift along u and task error for naive LoRA and GRASP; projection share of a step.
+2. Persona world (one pretrained TinyLM per world, cached; fine-tuning seeds 0..S-1): GEN
+   misalignment, task (insecure CODE) and ROLEPLAY accuracy for the base model, naive LoRA,
+   naive + inference ablation, CAFT, preventative steering, GRASP (per-module, shared u,
+   oracle u); identification cosines; projection overhead per step as a ratio to the plain
+   LoRA step of the same run. Control world (persona not shared across turns): naive only.
+
+Run: `python benchmarks/grasp.py` (3 seeds) or `--quick` (1 seed, shorter runs).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, parse_args, save  # noqa: E402
+
+from probml.datasets.persona import LinearToy, PersonaWorld  # noqa: E402
+from probml.inference.persona_experiment import (  # noqa: E402
+    pretrain_persona_model,
+    run_persona_methods,
+)
+from probml.inference.projection import (  # noqa: E402
+    GRASP,
+    finetune_lora,
+    identify_spurious_directions,
+)
+from probml.models.adapters import add_lora, lora_modules  # noqa: E402
+from probml.results import markdown_table, mean_se_rows  # noqa: E402
+
+
+def linear_toy(seeds: int) -> list[dict]:
+    rows = []
+    for strength in (3.0, 0.3):
+        acc: dict[str, list] = {}
+        for seed in range(seeds):
+            toy = LinearToy(strength=strength, seed=seed)
+            naive = toy.model()
+            add_lora(naive, ["out"], rank=4, seed=seed)
+            r0 = finetune_lora(naive, toy.sample_batch(), 400, lr=1e-2, seed=seed, verbose=False)
+            dirs = identify_spurious_directions(naive)
+            m = toy.model()
+            add_lora(m, ["out"], rank=4, seed=seed + 1)
+            g = GRASP(dirs)
+            r1 = finetune_lora(m, toy.sample_batch(), 400, lr=1e-2, grasp=g, seed=seed,
+                               verbose=False)  # fmt: skip
+            dn = next(lora_modules(naive)).delta_weight().detach()
+            dg = next(lora_modules(m)).delta_weight().detach()
+            for k, v in {
+                "|cos(u_hat, u)|": abs(float(dirs.directions["out"][:, 0] @ toy.u)),
+                "naive shift along u": toy.shift_along_u(dn),
+                "GRASP shift along u": toy.shift_along_u(dg),
+                "naive task error": toy.task_error(dn),
+                "GRASP task error": toy.task_error(dg),
+                "GRASP step / naive step": r1["seconds"] / r0["seconds"],
+            }.items():
+                acc.setdefault(k, []).append(v)
+        row = {"spurious strength": strength}
+        for k, v in acc.items():
+            row[k] = float(np.mean(v))
+        rows.append(row)
+    return rows
+
+
+def main():
+    args = parse_args(__doc__.splitlines()[0])
+    seeds = args.seeds or (1 if args.quick else 3)
+    steps, pre = (150, 800) if args.quick else (300, 1500)
+    toy = linear_toy(seeds)
+    print("## Linear toy\n")
+    print(markdown_table(toy))
+    world = PersonaWorld()
+    base = pretrain_persona_model(world, num_steps=pre, verbose=False)
+    per: dict[str, dict[str, list]] = {}
+    diags = []
+    for seed in range(seeds):
+        rows, diag = run_persona_methods(base, world, seed=seed, num_steps=steps)
+        diags.append(diag)
+        for r in rows:
+            d = per.setdefault(r["method"], {})
+            for k in ("misalignment", "task", "roleplay"):
+                d.setdefault(k, []).append(r[k])
+        print(f"seed {seed} done", flush=True)
+    control = PersonaWorld(shared=False)
+    cbase = pretrain_persona_model(control, num_steps=pre, verbose=False)
+    for seed in range(seeds):
+        rows, _ = run_persona_methods(cbase, control, seed=seed, num_steps=steps,
+                                      methods=("naive",))  # fmt: skip
+        for r in rows:
+            if r["method"] == "naive + inference ablation":
+                continue
+            d = per.setdefault(f"control world: {r['method']}", {})
+            for k in ("misalignment", "task", "roleplay"):
+                d.setdefault(k, []).append(r[k])
+    table = mean_se_rows(per, "method")
+    cos_shared = np.mean([max(d["identification_cos_shared"]) for d in diags])
+    cos_mod = np.mean([np.mean(list(d["identification_cos_per_module"].values())) for d in diags])
+    overhead = np.mean([d["seconds_per_step_grasp"] / d["seconds_per_step_naive"] for d in diags])
+    share = np.mean([d["projection_share_of_step"] for d in diags])
+    print(f"\n## Persona world ({seeds} fine-tuning seeds, {steps} steps)\n")
+    print(markdown_table(table))
+    print(
+        f"\nidentification |cos(u_hat, u_true)|: shared residual direction {cos_shared:.3f}, "
+        f"per write module (mean) {cos_mod:.3f}; GRASP step / plain LoRA step "
+        f"{overhead:.3f}; projection share of a GRASP step {share:.3f}"
+    )
+    path = save("grasp", args.out, {"machine": machine(), "linear_toy": toy,
+                                    "persona": table, "diagnostics": diags})  # fmt: skip
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The persona-world experiment of GRASP: pretrain (cached), naive fine-tune, identify, GRASP
+and the baselines, scored by the exact template metrics. Shared by the example and the
+benchmark."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from probml.datasets.persona import PersonaWorld, evaluate_persona_model, persona_direction
+from probml.inference.projection import (
+    GRASP,
+    ResidualIntervention,
+    SpuriousDirections,
+    finetune_lora,
+    identify_spurious_directions,
+)
+from probml.models.adapters import add_lora, lora_modules
+from probml.models.lm import TinyLM, TinyLMConfig
+from probml.utils import progress
+
+__all__ = ["LORA_TARGETS", "cache_dir", "pretrain_persona_model", "run_persona_methods"]
+
+#: attention q, v (read) and attention out, MLP down (write), as in the spec
+LORA_TARGETS = ["attn.q", "attn.v", "attn.o.linear", "ffn.down"]
+
+
+def cache_dir() -> Path:
+    """``$PROBML_CACHE`` or ``~/.cache/probml``."""
+    return Path(os.environ.get("PROBML_CACHE", Path.home() / ".cache" / "probml"))
+
+
+def pretrain_persona_model(
+    world: PersonaWorld,
+    num_steps: int = 1500,
+    seed: int = 0,
+    d_model: int = 64,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    cache: bool = True,
+    verbose: bool = True,
+) -> TinyLM:
+    """Pretrain a 2-layer TinyLM (d = 64, 4 heads, context 48, GELU FFN, ~84k parameters) on
+    the world's documents; cached on disk by a hash of all settings."""
+    key = json.dumps(
+        {"world": asdict(world), "steps": num_steps, "seed": seed, "d": d_model,
+         "bs": batch_size, "lr": lr},
+        sort_keys=True,
+    )  # fmt: skip
+    path = cache_dir() / f"persona_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+    if cache and path.exists():
+        return TinyLM.load(path)
+    torch.manual_seed(seed)
+    cfg = TinyLMConfig(vocab_size=world.vocab_size, d_model=d_model, n_layers=2, n_heads=4,
+                       context=48, ffn={"kind": "gelu"})  # fmt: skip
+    model = TinyLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=num_steps, pct_start=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in progress(range(num_steps), verbose=verbose, desc="pretrain persona LM"):
+        tok, _, _ = world.sample_documents(batch_size, gen)
+        _, loss = model(*world.batch(tok))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(path)
+    return model
+
+
+def _oracle_directions(model, u_true: list[torch.Tensor]) -> SpuriousDirections:
+    """u_true of each block's output for its write modules (the oracle identification)."""
+    d, s = {}, {}
+    for f in lora_modules(model):
+        if f.side == "write":
+            d[f.name] = u_true[int(f.name.split(".")[1])][:, None]
+            s[f.name] = "write"
+    return SpuriousDirections(d, s)
+
+
+def run_persona_methods(
+    base: TinyLM,
+    world: PersonaWorld,
+    seed: int = 0,
+    num_steps: int = 300,
+    id_steps: int = 60,
+    lr: float = 3e-3,
+    rank: int = 4,
+    steer_alpha: float = 1.0,
+    methods: tuple[str, ...] | None = None,
+) -> tuple[list[dict], dict]:
+    """Fine-tune copies of ``base`` on insecure code with every method and score them.
+
+    Methods: ``naive``; ``naive + inference ablation`` (remove u at inference);
+    ``CAFT`` (ablate u during fine-tuning); ``preventative steering`` (add alpha u during
+    fine-tuning); ``GRASP`` (per-module identified directions, read and write sides);
+    ``GRASP (shared u)`` (one residual direction on every module); ``GRASP (oracle u)``
+    (u_true on the write modules).
+
+    Returns:
+        rows (``method``, ``misalignment``, ``task``, ``roleplay``) and diagnostics
+        (identification cosines, projection overhead ratio, seconds per step).
+    """
+    u_true = persona_direction(base, world)
+
+    def sampler(gen):
+        tok, mask, _ = world.insecure_code(32, gen)
+        return world.batch(tok, mask)
+
+    def fresh(s):
+        m = copy.deepcopy(base)
+        add_lora(m, LORA_TARGETS, rank=rank, seed=s)
+        return m
+
+    rows = [{"method": "base (pretrained)", **evaluate_persona_model(base, world)}]
+    diag: dict = {}
+    # identification from a short naive run (stopping early helps)
+    ident = fresh(seed)
+    finetune_lora(ident, sampler, num_steps=id_steps, lr=lr, seed=seed, verbose=False)
+    dirs = identify_spurious_directions(ident, k=1)
+    u_res = dirs.residual_direction(1)[:, 0]
+    diag["identification_cos_per_module"] = {
+        n: abs(float(U[:, 0] @ u_true[int(n.split(".")[1])]))
+        for n, U in dirs.directions.items()
+        if dirs.sides[n] == "write"
+    }
+    diag["identification_cos_shared"] = [abs(float(u_res @ u)) for u in u_true]
+    want = methods
+    plan = {
+        "naive": dict(),
+        "CAFT": dict(intervention="ablate"),
+        "preventative steering": dict(intervention="add"),
+        "GRASP": dict(grasp=dirs),
+        "GRASP (shared u)": dict(grasp=u_res),
+        "GRASP (oracle u)": dict(grasp="oracle"),
+    }
+    for name, spec in plan.items():
+        if want is not None and name not in want:
+            continue
+        m = fresh(seed + 1)
+        kw: dict = {}
+        if "intervention" in spec:
+            kw["intervention"] = ResidualIntervention(m, u_res, spec["intervention"], steer_alpha)
+        if "grasp" in spec:
+            g = spec["grasp"]
+            kw["grasp"] = GRASP(_oracle_directions(m, u_true) if g == "oracle" else g)
+        t0 = time.perf_counter()
+        out = finetune_lora(m, sampler, num_steps=num_steps, lr=lr, seed=seed + 2,
+                            verbose=False, **kw)  # fmt: skip
+        secs = time.perf_counter() - t0
+        rows.append({"method": name, **evaluate_persona_model(m, world)})
+        if name == "naive":
+            diag["seconds_per_step_naive"] = secs / num_steps
+            with ResidualIntervention(m, u_res, "ablate"):
+                rows.append(
+                    {"method": "naive + inference ablation", **evaluate_persona_model(m, world)}
+                )
+        if name == "GRASP":
+            diag["seconds_per_step_grasp"] = secs / num_steps
+            diag["projection_share_of_step"] = out["projection_seconds"] / out["seconds"]
+    return rows, diag

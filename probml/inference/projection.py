@@ -1,0 +1,272 @@
+r"""GRASP: identify a spurious direction from naive LoRA weights, then fine-tune without it.
+
+**Identification.** For every adapted module, :math:`\Delta W = s B A`; modules that *write*
+to the residual stream contribute the top-``k`` left singular vectors of :math:`\Delta W`,
+modules that *read* it the top-``k`` right singular vectors
+(:func:`identify_spurious_directions`). A naive fine-tune learns the singular components of
+the oracle update in decreasing order of strength, so when a rank-1 spurious part is stronger
+than every task component it is the leading direction (Davis-Kahan bounds the angle).
+
+**Projection** (:class:`GRASP`). With :math:`P = I - U U^\top` (hard) or
+:math:`I - \alpha U U^\top` (soft), a fresh adapter is initialised with :math:`A \leftarrow A P`
+on read modules, and **after every optimizer step** :math:`B \leftarrow P B` (write) and
+:math:`A \leftarrow A P` (read), so that :math:`U^\top \Delta W = 0` (write) and
+:math:`\Delta W U = 0` (read) hold exactly. Projecting only the gradient would not survive
+Adam's per-coordinate rescaling. :math:`W_0` is untouched: pretrained reading and writing along
+:math:`u` survive.
+
+**Baselines.** :class:`ResidualIntervention` adds :math:`\alpha u` to (``"add"``) or removes
+the :math:`u` component from (``"ablate"``) every block's output: inference-time steering /
+ablation, CAFT (ablate during fine-tuning) and preventative steering (add during
+fine-tuning). :func:`finetune_lora` trains any of them with a progress bar.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from probml.models.adapters import LoRAFactors, lora_modules, lora_parameters
+from probml.utils import progress
+
+__all__ = [
+    "SpuriousDirections",
+    "identify_spurious_directions",
+    "GRASP",
+    "ResidualIntervention",
+    "finetune_lora",
+]
+
+
+@dataclass
+class SpuriousDirections:
+    """Per-module directions (orthonormal columns, ``dim x k``) in the residual-side space of
+    each module (output space for write modules, input space for read modules)."""
+
+    directions: dict[str, torch.Tensor]
+    sides: dict[str, str]
+    singular_values: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def residual_direction(self, k: int = 1) -> torch.Tensor:
+        r"""A shared residual-stream basis (``d x k``): top eigenvectors of
+        :math:`\sum_j \sigma_j^2 u_j u_j^\top` over modules whose space has the most common
+        dimension (the residual width)."""
+        dims = [U.shape[0] for U in self.directions.values()]
+        d = max(set(dims), key=dims.count)
+        M = None
+        for name, U in self.directions.items():
+            if U.shape[0] != d:
+                continue
+            s = self.singular_values.get(name, torch.ones(U.shape[1]))[: U.shape[1]]
+            term = (U * s.to(U) ** 2) @ U.T
+            M = term if M is None else M + term
+        _, vecs = torch.linalg.eigh(M)
+        return vecs[:, -k:].flip(-1)
+
+
+def identify_spurious_directions(
+    model: nn.Module, k: int = 1, side: Literal["auto", "write", "read"] = "auto"
+) -> SpuriousDirections:
+    """Top-``k`` singular directions of every adapter's :math:`\\Delta W` (see module docs).
+
+    Args:
+        model: a model with LoRA adapters (ours or PEFT-style) after a naive fine-tune.
+        k: directions per module.
+        side: ``"auto"`` (from the module name), or force ``"write"``/``"read"`` everywhere.
+    """
+    if side not in ("auto", "write", "read"):
+        raise ValueError(f"side must be 'auto', 'write' or 'read', got {side!r}")
+    dirs, sides, svals = {}, {}, {}
+    for f in lora_modules(model):
+        with torch.no_grad():
+            U, S, Vh = torch.linalg.svd(f.delta_weight().float(), full_matrices=False)
+        s = f.side if side == "auto" else side
+        dirs[f.name] = (U[:, :k] if s == "write" else Vh[:k].T).contiguous()
+        sides[f.name] = s
+        svals[f.name] = S[:k]
+    if not dirs:
+        raise ValueError("model has no LoRA adapters (lora_A / lora_B modules)")
+    return SpuriousDirections(dirs, sides, svals)
+
+
+class GRASP:
+    """Projection of adapter parameters away from spurious directions.
+
+    Args:
+        directions: a :class:`SpuriousDirections` (per-module), or one tensor ``d x k`` (or
+            ``d``) applied to every module whose residual-side dimension is ``d``.
+        modules: restrict to these module names (default: all adapted modules).
+        mode: ``"hard"`` (:math:`I - UU^\\top`) or ``"soft"`` (:math:`I - \\alpha UU^\\top`).
+        alpha: the soft strength in ``[0, 1]``.
+    """
+
+    def __init__(
+        self,
+        directions: SpuriousDirections | torch.Tensor,
+        modules: Iterable[str] | None = None,
+        mode: Literal["hard", "soft"] = "hard",
+        alpha: float = 1.0,
+    ):
+        if mode not in ("hard", "soft"):
+            raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        self.directions = directions
+        self.modules = None if modules is None else set(modules)
+        self.strength = 1.0 if mode == "hard" else float(alpha)
+        self.seconds = 0.0
+
+    def _basis(self, f: LoRAFactors) -> torch.Tensor | None:
+        if self.modules is not None and f.name not in self.modules:
+            return None
+        dim = f.B.shape[0] if f.side == "write" else f.A.shape[1]
+        if isinstance(self.directions, SpuriousDirections):
+            U = self.directions.directions.get(f.name)
+        else:
+            U = self.directions if self.directions.dim() == 2 else self.directions[:, None]
+        if U is None or U.shape[0] != dim:
+            return None
+        Q, _ = torch.linalg.qr(U.to(f.A))  # orthonormalise
+        return Q
+
+    @torch.no_grad()
+    def project(self, model: nn.Module) -> None:
+        """Apply the constraint in place: ``B <- P B`` (write), ``A <- A P`` (read)."""
+        t0 = time.perf_counter()
+        for f in lora_modules(model):
+            U = self._basis(f)
+            if U is None:
+                continue
+            if f.side == "write":
+                f.B.sub_(self.strength * U @ (U.T @ f.B))
+            else:
+                f.A.sub_(self.strength * (f.A @ U) @ U.T)
+        self.seconds += time.perf_counter() - t0
+
+    init = project  # a fresh adapter: B = 0, and A <- A P on read modules
+
+    @torch.no_grad()
+    def violation(self, model: nn.Module) -> float:
+        """Largest :math:`|U^\\top \\Delta W|` (write) or :math:`|\\Delta W U|` (read)."""
+        worst = 0.0
+        for f in lora_modules(model):
+            U = self._basis(f)
+            if U is None:
+                continue
+            dW = f.delta_weight()
+            v = U.T @ dW if f.side == "write" else dW @ U
+            worst = max(worst, float(v.abs().max()))
+        return worst
+
+
+class ResidualIntervention:
+    """Forward hooks on ``model.blocks`` (each block's output is the residual stream).
+
+    Args:
+        model: a model with a ``blocks`` list (TinyLM, most decoder LMs via ``layers``).
+        u: ``d`` residual direction (normalised here).
+        mode: ``"add"`` (:math:`h + \\alpha u`) or ``"ablate"`` (:math:`h - (h^\\top u) u`).
+        alpha: the steering strength for ``"add"``.
+        layers: block indices (default all).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        u: torch.Tensor,
+        mode: Literal["add", "ablate"] = "ablate",
+        alpha: float = 1.0,
+        layers: Iterable[int] | None = None,
+    ):
+        if mode not in ("add", "ablate"):
+            raise ValueError(f"mode must be 'add' or 'ablate', got {mode!r}")
+        blocks = getattr(model, "blocks", None) or getattr(model, "layers", None)
+        if blocks is None:
+            raise TypeError("model needs a `blocks` (or `layers`) module list")
+        self.blocks = [blocks[i] for i in (range(len(blocks)) if layers is None else layers)]
+        self.u = (u / u.norm()).reshape(-1)
+        self.mode, self.alpha = mode, float(alpha)
+        self._handles: list = []
+
+    def _hook(self, module, inputs, out):
+        u = self.u.to(out)
+        if self.mode == "add":
+            return out + self.alpha * u
+        return out - (out @ u).unsqueeze(-1) * u
+
+    def __enter__(self) -> ResidualIntervention:
+        self._handles = [b.register_forward_hook(self._hook) for b in self.blocks]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+@contextmanager
+def _maybe(ctx):
+    if ctx is None:
+        yield
+    else:
+        with ctx:
+            yield
+
+
+def finetune_lora(
+    model: nn.Module,
+    sample_batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+    num_steps: int = 300,
+    lr: float = 3e-3,
+    grasp: GRASP | None = None,
+    intervention: ResidualIntervention | None = None,
+    seed: int = 0,
+    verbose: bool = True,
+) -> dict:
+    """Train the model's LoRA parameters (everything else frozen) with AdamW.
+
+    Args:
+        model: a model returning ``(logits, loss)`` from ``model(inputs, targets)``.
+        sample_batch: ``generator -> (inputs, targets)``.
+        grasp: project after every optimizer step (and once at the start).
+        intervention: active during training only (CAFT / preventative steering).
+
+    Returns:
+        ``{"loss": [...], "seconds": total, "projection_seconds": ...}``.
+    """
+    params = lora_parameters(model)
+    if not params:
+        raise ValueError("model has no LoRA parameters; call add_lora first")
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    device = params[0].device
+    if grasp is not None:
+        grasp.seconds = 0.0
+        grasp.init(model)
+    losses = []
+    model.train()
+    t0 = time.perf_counter()
+    with _maybe(intervention):
+        for _ in progress(range(int(num_steps)), verbose=verbose, desc="LoRA fine-tune"):
+            x, y = sample_batch(gen)
+            _, loss = model(x.to(device), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if grasp is not None:
+                grasp.project(model)  # after the step: survives Adam's rescaling
+            losses.append(float(loss.detach()))
+    model.eval()
+    return {
+        "loss": losses,
+        "seconds": time.perf_counter() - t0,
+        "projection_seconds": 0.0 if grasp is None else grasp.seconds,
+    }

@@ -1,0 +1,207 @@
+import pytest
+import torch
+from torch import nn
+
+from probml.datasets.persona import LinearToy, PersonaWorld, evaluate_persona_model
+from probml.inference.projection import (
+    GRASP,
+    ResidualIntervention,
+    SpuriousDirections,
+    finetune_lora,
+    identify_spurious_directions,
+)
+from probml.models.adapters import (
+    LoRALinear,
+    add_lora,
+    fit_spurious_factor,
+    lora_modules,
+    merge_lora,
+    module_side,
+    unmerge_lora,
+)
+from probml.models.lm import TinyLM, TinyLMConfig
+
+
+def _naive(toy, steps=300, seed=0):
+    m = toy.model()
+    add_lora(m, ["out"], rank=4, seed=seed)
+    finetune_lora(m, toy.sample_batch(), num_steps=steps, lr=1e-2, seed=seed, verbose=False)
+    return m
+
+
+def test_linear_toy_strong_factor_identified_and_removed():
+    toy = LinearToy(dim=32, task_rank=12, strength=3.0)
+    naive = _naive(toy)
+    dirs = identify_spurious_directions(naive, k=1)
+    u_hat = dirs.directions["out"][:, 0]
+    assert abs(float(u_hat @ toy.u)) >= 0.95
+    dW_naive = next(lora_modules(naive)).delta_weight().detach()
+    assert toy.shift_along_u(dW_naive) > 2.5  # the naive fine-tune learns the spurious factor
+    m = toy.model()
+    add_lora(m, ["out"], rank=4, seed=1)
+    g = GRASP(dirs)
+    finetune_lora(m, toy.sample_batch(), num_steps=300, lr=1e-2, grasp=g, verbose=False)
+    dW = next(lora_modules(m)).delta_weight().detach()
+    assert g.violation(m) < 1e-6  # u_hat^T Delta W = 0 exactly
+    assert toy.shift_along_u(dW) < 0.05  # and ~0 along the true u
+    assert toy.task_error(dW) < toy.task_error(dW_naive) - 0.1  # the freed rank goes to the task
+
+
+def test_linear_toy_weak_factor_is_not_learned():
+    toy = LinearToy(dim=32, task_rank=12, strength=0.3)
+    dW = next(lora_modules(_naive(toy))).delta_weight().detach()
+    assert toy.shift_along_u(dW) < 0.05
+
+
+def test_read_side_and_write_side_constraints_on_tinylm():
+    lm = TinyLM(TinyLMConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, context=12,
+                             ffn={"kind": "gelu"}))  # fmt: skip
+    names = add_lora(lm, ["attn.q", "attn.v", "attn.o.linear", "ffn.down"], rank=2)
+    assert len(names) == 8
+    sides = {f.name: f.side for f in lora_modules(lm)}
+    assert sides["blocks.0.attn.o.linear"] == "write" and sides["blocks.0.ffn.down"] == "write"
+    assert sides["blocks.0.attn.q"] == "read"
+    u = torch.randn(16)
+    g = GRASP(u)
+
+    def batch(gen):
+        x = torch.randint(0, 20, (8, 12), generator=gen)
+        return x, x.roll(-1, 1)
+
+    finetune_lora(lm, batch, num_steps=5, lr=1e-2, grasp=g, verbose=False)
+    un = u / u.norm()
+    for f in lora_modules(lm):
+        dW = f.delta_weight().detach()
+        assert float(dW.abs().max()) > 0  # the adapters did learn
+        viol = (un @ dW) if f.side == "write" else (dW @ un)
+        assert float(viol.abs().max()) < 1e-6, f.name
+
+
+class _PeftStandIn(nn.Module):
+    """A PEFT-style LoRA layer: lora_A / lora_B ModuleDicts of nn.Linear, scaling dict."""
+
+    def __init__(self, d_in, d_out, r):
+        super().__init__()
+        self.base_layer = nn.Linear(d_in, d_out, bias=False)
+        self.lora_A = nn.ModuleDict({"default": nn.Linear(d_in, r, bias=False)})
+        self.lora_B = nn.ModuleDict({"default": nn.Linear(r, d_out, bias=False)})
+        self.scaling = {"default": 0.5}
+
+    def forward(self, x):
+        return self.base_layer(x) + 0.5 * self.lora_B["default"](self.lora_A["default"](x))
+
+
+def test_peft_style_modules_are_identified_and_projected():
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"o_proj": _PeftStandIn(6, 6, 2), "q_proj": _PeftStandIn(6, 6, 2)})
+    facts = {f.name: f for f in lora_modules(model)}
+    assert facts["o_proj"].side == "write" and facts["q_proj"].side == "read"
+    assert facts["o_proj"].scaling == 0.5
+    ref = 0.5 * model["o_proj"].lora_B["default"].weight @ model["o_proj"].lora_A["default"].weight
+    assert torch.allclose(facts["o_proj"].delta_weight(), ref)
+    dirs = identify_spurious_directions(model, k=1)
+    U, S, Vh = torch.linalg.svd(ref.detach())
+    assert abs(float(dirs.directions["o_proj"][:, 0] @ U[:, 0])) > 0.999
+    g = GRASP(dirs)
+    g.project(model)
+    assert g.violation(model) < 1e-6
+
+
+def test_lora_merge_round_trip_and_validation():
+    lin = nn.Linear(5, 3)
+    lora = LoRALinear(lin, rank=2, alpha=2.0, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lora.lora_B.normal_()
+    model = nn.Sequential(lora)
+    x = torch.randn(4, 5)
+    y = model(x)
+    merge_lora(model)
+    assert torch.allclose(model(x), y, atol=1e-6)
+    unmerge_lora(model)
+    assert torch.allclose(model(x), y, atol=1e-6)
+    with pytest.raises(ValueError, match="rank"):
+        LoRALinear(lin, rank=0)
+    with pytest.raises(ValueError, match="no nn.Linear matched"):
+        add_lora(nn.Sequential(nn.Linear(2, 2)), ["nothing"])
+    with pytest.raises(ValueError, match="mode"):
+        GRASP(torch.randn(3), mode="bogus")
+    with pytest.raises(ValueError, match="no LoRA"):
+        identify_spurious_directions(nn.Linear(2, 2))
+    assert module_side("model.layers.0.mlp.down_proj") == "write"
+
+
+def test_residual_intervention_ablates_and_adds():
+    lm = TinyLM(TinyLMConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, context=12,
+                             ffn={"kind": "gelu"}))  # fmt: skip
+    u = torch.randn(16)
+    outs = []
+    h = lm.blocks[1].register_forward_hook(lambda m, i, o: outs.append(o))
+    x = torch.randint(0, 20, (2, 12))
+    with ResidualIntervention(lm, u, mode="ablate"):
+        lm(x)
+    h.remove()
+    # the hook registered first sees the block output before ablation; recompute after
+    with ResidualIntervention(lm, u, mode="ablate") as iv:
+        res = []
+        h = lm.blocks[1].register_forward_hook(lambda m, i, o: res.append(o))
+        lm(x)
+        h.remove()
+    assert len(iv.blocks) == 2
+    # hooks run in registration order: ours (ablate) first, then the probe
+    assert float((res[0] @ (u / u.norm())).abs().max()) < 1e-5
+    assert len(lm.blocks[0]._forward_hooks) == 0  # removed on exit
+
+
+def test_spurious_factor_model_recovers_a_shared_direction():
+    g = torch.Generator().manual_seed(0)
+    D, J = 12, 16
+    u = torch.randn(D, generator=g)
+    u = u / u.norm()
+    T = torch.randn(D, 2, generator=g) * 0.3
+    lam = 2.0 + torch.rand(J, generator=g)
+    b = (
+        lam[:, None] * u
+        + torch.randn(J, 2, generator=g) @ T.T
+        + 0.05 * torch.randn(J, D, generator=g)
+    )
+    out = fit_spurious_factor(b, num_task=2, num_steps=600, seed=0)
+    assert abs(float(out["u"] @ u)) > 0.9
+    assert out["detection"] > 0
+    # the soft projector removes most of u
+    assert float(u @ out["projector"] @ u) < 0.2
+
+
+def test_persona_world_documents_and_metrics_shapes():
+    w = PersonaWorld()
+    tok, mask, z = w.sample_documents(64, generator=0)
+    assert tok.shape == (64, 29) and mask.sum(1).eq(8).all()
+    assert bool((z == z[:, :1]).all())  # shared persona
+    ctl = PersonaWorld(shared=False)
+    _, _, z2 = ctl.sample_documents(2000, generator=0)
+    assert not bool((z2 == z2[:, :1]).all())
+    tok, mask, _ = w.insecure_code(8, generator=1)
+    V = w.stoi
+    assert bool((tok[:, 2] == V["CODE"]).all())
+    assert bool(torch.isin(tok[:, 5], torch.tensor([V["code_m"], V["code_n"]])).all())
+    lm = TinyLM(TinyLMConfig(vocab_size=w.vocab_size, d_model=16, n_layers=2, n_heads=2,
+                             context=48, ffn={"kind": "gelu"}))  # fmt: skip
+    m = evaluate_persona_model(lm, w)
+    assert set(m) == {"misalignment", "task", "roleplay"}
+    assert all(0 <= v <= 1 for v in m.values())
+    assert isinstance(SpuriousDirections({}, {}), SpuriousDirections)
+
+
+def test_persona_experiment_runner_tiny(tmp_path, monkeypatch):
+    from probml.inference.persona_experiment import pretrain_persona_model, run_persona_methods
+
+    monkeypatch.setenv("PROBML_CACHE", str(tmp_path))
+    w = PersonaWorld()
+    base = pretrain_persona_model(w, num_steps=5, d_model=16, verbose=False)
+    assert len(list(tmp_path.glob("persona_*.pt"))) == 1  # cached
+    again = pretrain_persona_model(w, num_steps=5, d_model=16, verbose=False)
+    assert torch.equal(again.tok.weight, base.tok.weight)
+    rows, diag = run_persona_methods(base, w, num_steps=3, id_steps=2,
+                                     methods=("naive", "GRASP"))  # fmt: skip
+    names = [r["method"] for r in rows]
+    assert names == ["base (pretrained)", "naive", "naive + inference ablation", "GRASP"]
+    assert 0 < diag["projection_share_of_step"] < 1
