@@ -17,6 +17,7 @@ import torch
 from probml.datasets.persona import PersonaWorld, evaluate_persona_model, persona_direction
 from probml.inference.projection import (
     GRASP,
+    TINYLM_THROUGH,
     ResidualIntervention,
     SpuriousDirections,
     finetune_lora,
@@ -79,10 +80,11 @@ def pretrain_persona_model(
 
 
 def _oracle_directions(model, u_true: list[torch.Tensor]) -> SpuriousDirections:
-    """u_true of each block's output for its write modules (the oracle identification)."""
+    """u_true of each block's output for its write modules and its value projection (which
+    writes through the attention output): the oracle identification."""
     d, s = {}, {}
     for f in lora_modules(model):
-        if f.side == "write":
+        if f.side == "write" or f.name.endswith("attn.v"):
             d[f.name] = u_true[int(f.name.split(".")[1])][:, None]
             s[f.name] = "write"
     return SpuriousDirections(d, s)
@@ -127,12 +129,12 @@ def run_persona_methods(
     # identification from a short naive run (stopping early helps)
     ident = fresh(seed)
     finetune_lora(ident, sampler, num_steps=id_steps, lr=lr, seed=seed, verbose=False)
-    dirs = identify_spurious_directions(ident, k=1)
+    dirs = identify_spurious_directions(ident, k=1, through=TINYLM_THROUGH)
     u_res = dirs.residual_direction(1)[:, 0]
     diag["identification_cos_per_module"] = {
         n: abs(float(U[:, 0] @ u_true[int(n.split(".")[1])]))
         for n, U in dirs.directions.items()
-        if dirs.sides[n] == "write"
+        if dirs.sides[n] in ("write", "through")
     }
     diag["identification_cos_shared"] = [abs(float(u_res @ u)) for u in u_true]
     want = methods
@@ -153,7 +155,8 @@ def run_persona_methods(
             kw["intervention"] = ResidualIntervention(m, u_res, spec["intervention"], steer_alpha)
         if "grasp" in spec:
             g = spec["grasp"]
-            kw["grasp"] = GRASP(_oracle_directions(m, u_true) if g == "oracle" else g)
+            g = _oracle_directions(m, u_true) if g == "oracle" else g
+            kw["grasp"] = GRASP(g, through=TINYLM_THROUGH)
         t0 = time.perf_counter()
         out = finetune_lora(m, sampler, num_steps=num_steps, lr=lr, seed=seed + 2,
                             verbose=False, **kw)  # fmt: skip

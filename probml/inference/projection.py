@@ -37,11 +37,29 @@ from probml.utils import progress
 
 __all__ = [
     "SpuriousDirections",
+    "TINYLM_THROUGH",
+    "HF_THROUGH",
     "identify_spurious_directions",
     "GRASP",
     "ResidualIntervention",
     "finetune_lora",
 ]
+
+
+#: modules whose output reaches the residual stream through a frozen linear of the same block
+#: (TinyLM: the value projection through the attention output; Hugging Face: v_proj -> o_proj)
+TINYLM_THROUGH = {"attn.v": "attn.o.linear"}
+HF_THROUGH = {"v_proj": "o_proj"}
+
+
+def _through_weight(model: nn.Module, name: str, through: dict[str, str] | None):
+    """The frozen weight ``W`` (``d x out``) through which module ``name`` writes, or None."""
+    for src, dst in (through or {}).items():
+        if name == src or name.endswith("." + src):
+            target = model.get_submodule(name[: len(name) - len(src)] + dst)
+            base = getattr(target, "base", None) or getattr(target, "base_layer", None) or target
+            return base.weight
+    return None
 
 
 @dataclass
@@ -71,7 +89,10 @@ class SpuriousDirections:
 
 
 def identify_spurious_directions(
-    model: nn.Module, k: int = 1, side: Literal["auto", "write", "read"] = "auto"
+    model: nn.Module,
+    k: int = 1,
+    side: Literal["auto", "write", "read"] = "auto",
+    through: dict[str, str] | None = None,
 ) -> SpuriousDirections:
     """Top-``k`` singular directions of every adapter's :math:`\\Delta W` (see module docs).
 
@@ -79,15 +100,22 @@ def identify_spurious_directions(
         model: a model with LoRA adapters (ours or PEFT-style) after a naive fine-tune.
         k: directions per module.
         side: ``"auto"`` (from the module name), or force ``"write"``/``"read"`` everywhere.
+        through: ``{module suffix: frozen-linear suffix}`` for modules that write to the
+            residual through a frozen linear (e.g. :data:`TINYLM_THROUGH`): their effective
+            residual update :math:`W \\Delta W` is analysed as a write (side ``"through"``).
     """
     if side not in ("auto", "write", "read"):
         raise ValueError(f"side must be 'auto', 'write' or 'read', got {side!r}")
     dirs, sides, svals = {}, {}, {}
     for f in lora_modules(model):
+        W = _through_weight(model, f.name, through)
         with torch.no_grad():
-            U, S, Vh = torch.linalg.svd(f.delta_weight().float(), full_matrices=False)
-        s = f.side if side == "auto" else side
-        dirs[f.name] = (U[:, :k] if s == "write" else Vh[:k].T).contiguous()
+            dW = f.delta_weight().float()
+            if W is not None:
+                dW = W.float() @ dW  # the update's effect on the residual stream
+            U, S, Vh = torch.linalg.svd(dW, full_matrices=False)
+        s = "through" if W is not None else (f.side if side == "auto" else side)
+        dirs[f.name] = (U[:, :k] if s in ("write", "through") else Vh[:k].T).contiguous()
         sides[f.name] = s
         svals[f.name] = S[:k]
     if not dirs:
@@ -104,6 +132,10 @@ class GRASP:
         modules: restrict to these module names (default: all adapted modules).
         mode: ``"hard"`` (:math:`I - UU^\\top`) or ``"soft"`` (:math:`I - \\alpha UU^\\top`).
         alpha: the soft strength in ``[0, 1]``.
+        through: ``{module suffix: frozen-linear suffix}`` (e.g. :data:`TINYLM_THROUGH`): such a
+            module's ``B`` is projected against the pulled-back basis :math:`W^\\top U`, so
+            that :math:`U^\\top W \\Delta W = 0`: without it a value adapter can still write
+            along ``u`` through the frozen attention output.
     """
 
     def __init__(
@@ -112,6 +144,7 @@ class GRASP:
         modules: Iterable[str] | None = None,
         mode: Literal["hard", "soft"] = "hard",
         alpha: float = 1.0,
+        through: dict[str, str] | None = None,
     ):
         if mode not in ("hard", "soft"):
             raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
@@ -120,30 +153,41 @@ class GRASP:
         self.directions = directions
         self.modules = None if modules is None else set(modules)
         self.strength = 1.0 if mode == "hard" else float(alpha)
+        self.through = through
         self.seconds = 0.0
+        self._cache: dict[str, tuple[str, torch.Tensor | None]] = {}
 
-    def _basis(self, f: LoRAFactors) -> torch.Tensor | None:
-        if self.modules is not None and f.name not in self.modules:
-            return None
-        dim = f.B.shape[0] if f.side == "write" else f.A.shape[1]
-        if isinstance(self.directions, SpuriousDirections):
-            U = self.directions.directions.get(f.name)
-        else:
-            U = self.directions if self.directions.dim() == 2 else self.directions[:, None]
-        if U is None or U.shape[0] != dim:
-            return None
-        Q, _ = torch.linalg.qr(U.to(f.A))  # orthonormalise
-        return Q
+    def _side_basis(self, model: nn.Module, f: LoRAFactors) -> tuple[str, torch.Tensor | None]:
+        """``(side, orthonormal basis)`` for module ``f`` (cached: W_0 and U are fixed)."""
+        if f.name in self._cache:
+            return self._cache[f.name]
+        out: tuple[str, torch.Tensor | None] = (f.side, None)
+        if self.modules is None or f.name in self.modules:
+            W = _through_weight(model, f.name, self.through)
+            side = "through" if W is not None else f.side
+            if isinstance(self.directions, SpuriousDirections):
+                U = self.directions.directions.get(f.name)
+            else:
+                U = self.directions if self.directions.dim() == 2 else self.directions[:, None]
+            if U is not None:
+                U = U.to(f.A)
+                if side == "through" and U.shape[0] == W.shape[0]:
+                    U = W.detach().to(f.A).T @ U  # pull back: u^T W dW = (W^T u)^T dW
+                dim = f.A.shape[1] if side == "read" else f.B.shape[0]
+                if U.shape[0] == dim:
+                    out = (side, torch.linalg.qr(U)[0])  # orthonormalise
+        self._cache[f.name] = out
+        return out
 
     @torch.no_grad()
     def project(self, model: nn.Module) -> None:
         """Apply the constraint in place: ``B <- P B`` (write), ``A <- A P`` (read)."""
         t0 = time.perf_counter()
         for f in lora_modules(model):
-            U = self._basis(f)
+            side, U = self._side_basis(model, f)
             if U is None:
                 continue
-            if f.side == "write":
+            if side in ("write", "through"):
                 f.B.sub_(self.strength * U @ (U.T @ f.B))
             else:
                 f.A.sub_(self.strength * (f.A @ U) @ U.T)
@@ -156,11 +200,11 @@ class GRASP:
         """Largest :math:`|U^\\top \\Delta W|` (write) or :math:`|\\Delta W U|` (read)."""
         worst = 0.0
         for f in lora_modules(model):
-            U = self._basis(f)
+            side, U = self._side_basis(model, f)
             if U is None:
                 continue
             dW = f.delta_weight()
-            v = U.T @ dW if f.side == "write" else dW @ U
+            v = dW @ U if side == "read" else U.T @ dW
             worst = max(worst, float(v.abs().max()))
         return worst
 

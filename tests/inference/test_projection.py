@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -5,6 +7,7 @@ from torch import nn
 from probml.datasets.persona import LinearToy, PersonaWorld, evaluate_persona_model
 from probml.inference.projection import (
     GRASP,
+    TINYLM_THROUGH,
     ResidualIntervention,
     SpuriousDirections,
     finetune_lora,
@@ -205,3 +208,33 @@ def test_persona_experiment_runner_tiny(tmp_path, monkeypatch):
     names = [r["method"] for r in rows]
     assert names == ["base (pretrained)", "naive", "naive + inference ablation", "GRASP"]
     assert 0 < diag["projection_share_of_step"] < 1
+
+
+def test_value_adapter_cannot_write_along_u_through_the_attention_output():
+    torch.manual_seed(0)
+    lm = TinyLM(TinyLMConfig(vocab_size=20, d_model=16, n_layers=1, n_heads=2, context=12,
+                             ffn={"kind": "gelu"}))  # fmt: skip
+    add_lora(lm, ["attn.v", "attn.o.linear"], rank=2)
+    u = torch.randn(16)
+    un = u / u.norm()
+
+    def batch(gen):
+        x = torch.randint(0, 20, (8, 12), generator=gen)
+        return x, x.roll(-1, 1)
+
+    Wo = lm.blocks[0].attn.o.linear.base.weight
+    facts = {}
+    for through in (None, TINYLM_THROUGH):
+        m = copy.deepcopy(lm)
+        g = GRASP(u, through=through)
+        finetune_lora(m, batch, num_steps=5, lr=1e-2, grasp=g, verbose=False)
+        facts[through is None] = {f.name: f for f in lora_modules(m)}
+        assert g.violation(m) < 1e-6
+    dv_plain = facts[True]["blocks.0.attn.v"].delta_weight().detach()
+    dv_thru = facts[False]["blocks.0.attn.v"].delta_weight().detach()
+    # read-side only: the value adapter still writes along u through W_o
+    assert float((un @ Wo @ dv_plain).abs().max()) > 1e-3
+    # with `through`: u^T W_o dW_v = 0, so the whole attention branch is blocked along u
+    assert float((un @ Wo @ dv_thru).abs().max()) < 1e-6
+    dirs = identify_spurious_directions(lm, through=TINYLM_THROUGH)
+    assert dirs.sides["blocks.0.attn.v"] == "through"
