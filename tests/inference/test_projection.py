@@ -151,7 +151,7 @@ def test_residual_intervention_ablates_and_adds():
         h.remove()
     assert len(iv.blocks) == 2
     # hooks run in registration order: ours (ablate) first, then the probe
-    assert float((res[0] @ (u / u.norm())).abs().max()) < 1e-5
+    assert float((res[0] @ (u / u.norm())).detach().abs().max()) < 1e-5
     assert len(lm.blocks[0]._forward_hooks) == 0  # removed on exit
 
 
