@@ -14,6 +14,8 @@ __all__ = [
     "unfairness",
     "pareto_front",
     "crps_ensemble",
+    "calibration_slope_intercept",
+    "expected_calibration_error",
 ]
 
 
@@ -243,3 +245,41 @@ def crps_ensemble(
     cdf = ws.cumsum(-2)
     term2 = 2 * (ws * xs * (2 * cdf - ws - 1)).sum(-2)
     return term1 - 0.5 * term2
+
+
+# ----------------------------------------------------------------------------- calibration
+def calibration_slope_intercept(p, y) -> tuple[float, float]:
+    """Logistic recalibration :math:`\\mathrm{logit}\\, P(Y=1) = a + b\\, \\mathrm{logit}(p)`
+    by maximum likelihood: returns ``(b, a)``; a calibrated model has slope 1, intercept 0."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    p = np.clip(np.asarray(p, float).reshape(-1), 1e-6, 1 - 1e-6)
+    y = np.asarray(y, float).reshape(-1)
+    if p.shape != y.shape:
+        raise ValueError(f"p and y must have the same length, got {p.size} and {y.size}")
+    z = np.log(p / (1 - p))
+
+    def nll(theta):
+        eta = theta[0] + theta[1] * z
+        return float(np.sum(np.logaddexp(0, eta) - y * eta))
+
+    res = minimize(nll, x0=np.array([0.0, 1.0]), method="BFGS")
+    return float(res.x[1]), float(res.x[0])
+
+
+def expected_calibration_error(p, y, n_bins: int = 10) -> float:
+    """:math:`\\sum_b \\frac{n_b}{n} |\\bar y_b - \\bar p_b|` over equal-width bins of ``p``."""
+    import numpy as np
+
+    p = np.asarray(p, float).reshape(-1)
+    y = np.asarray(y, float).reshape(-1)
+    if p.shape != y.shape:
+        raise ValueError(f"p and y must have the same length, got {p.size} and {y.size}")
+    idx = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(y[m].mean() - p[m].mean())
+    return float(ece)

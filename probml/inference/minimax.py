@@ -230,15 +230,16 @@ class _Validated:
 
 
 class ERMOnX(_Validated):
-    """Baseline: a logistic MLP of ``Y`` on ``X`` only, fitted on the source."""
+    """Baseline: a logistic MLP (or ``linear=True``: logistic regression) of ``Y`` on ``X``
+    only, fitted on the source."""
 
-    def __init__(self, hidden: int = 32, num_iters: int = 500, seed: int = 0):
-        self.hidden, self.num_iters, self.seed = hidden, num_iters, seed
+    def __init__(self, hidden: int = 32, num_iters: int = 500, seed: int = 0, linear: bool = False):
+        self.hidden, self.num_iters, self.seed, self.linear = hidden, num_iters, seed, linear
 
     def fit(self, X_source, A_source, y_source, X_target=None):
         X_target = X_source if X_target is None else X_target
         Xs, _, ys, _ = self._check_fit(X_source, A_source, y_source, X_target)
-        self.net_ = _fit_logistic_net(Xs, ys, False, self.hidden, self.num_iters, self.seed)
+        self.net_ = _fit_logistic_net(Xs, ys, self.linear, self.hidden, self.num_iters, self.seed)
         return self
 
     def _predict(self, X):
@@ -283,8 +284,8 @@ class DRUM(_Validated):
         loss: ``"brier"`` or ``"log"``.
         bias_correction: apply the cross-fitted correction (``divergence="kl"`` only).
         n_folds: cross-fitting folds of the correction.
-        predictor: ``"mlp"`` (default), ``"constant"`` or an ``nn.Module`` mapping ``n x d_x``
-            to logits ``n``.
+        predictor: ``"mlp"`` (default), ``"linear"`` (logistic), ``"constant"`` or an
+            ``nn.Module`` mapping ``n x d_x`` to logits ``n``.
         outcome_model: ``"mlp"``, ``"linear"`` or a callable ``mu(x, a)`` (then treated as
             known).
         source_conditional: a fitted generator from
@@ -372,13 +373,17 @@ class DRUM(_Validated):
             return self.predictor
         if self.predictor == "constant":
             net: nn.Module = _ConstantLogit()
-        elif self.predictor == "mlp":
-            net = _MLP(self.x_dim_, 32)
+        elif self.predictor in ("mlp", "linear"):
+            net = _MLP(self.x_dim_, 32, linear=self.predictor == "linear")
         else:
             raise ValueError(
-                f"predictor must be 'mlp', 'constant' or an nn.Module, got {self.predictor!r}"
+                "predictor must be 'mlp', 'linear', 'constant' or an nn.Module, "
+                f"got {self.predictor!r}"
             )
-        last = net.bias if isinstance(net, _ConstantLogit) else net.net[-1].bias
+        if isinstance(net, _ConstantLogit):
+            last = net.bias
+        else:
+            last = net.net.bias if isinstance(net.net, nn.Linear) else net.net[-1].bias
         with torch.no_grad():
             ybar = float(ys.mean().clamp(1e-3, 1 - 1e-3))
             last.fill_(math.log(ybar / (1 - ybar)))

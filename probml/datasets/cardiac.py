@@ -1,0 +1,58 @@
+"""WHAS500 (Worcester Heart Attack Study) as a DRUM transfer problem, read from the data file
+that ships inside scikit-survival (the ``survival`` extra; nothing is downloaded).
+
+Outcome ``Y``: death within ``horizon`` days of admission (patients censored alive before the
+horizon are dropped: their 1-year status is unknown). Shared covariates ``X``: age, gender,
+heart rate, systolic and diastolic blood pressure, BMI (standardised on the source). The
+structurally missing covariate ``A``: one acute in-hospital complication (default ``chf``,
+congestive heart failure), recorded in the source only. Split by age: source below
+``threshold``, target at or above it (the target's labels are returned for evaluation only).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["load_whas500_transfer", "SHARED_COVARIATES", "ACUTE_VARIABLES"]
+
+SHARED_COVARIATES = ("age", "gender", "hr", "sysbp", "diasbp", "bmi")
+ACUTE_VARIABLES = ("chf", "sho", "afb", "cvd", "av3", "miord", "mitype")
+
+
+def load_whas500_transfer(
+    acute: str = "chf", threshold: float = 70.0, horizon: float = 365.0
+) -> dict[str, torch.Tensor | list[str]]:
+    """Source ``(X, A, y)`` and target ``X`` (plus the held-out target ``y``).
+
+    Returns:
+        ``X_source``, ``A_source``, ``y_source``, ``X_target``, ``y_target`` (float tensors)
+        and ``x_names``.
+    """
+    if acute not in ACUTE_VARIABLES:
+        raise ValueError(f"acute must be one of {ACUTE_VARIABLES}, got {acute!r}")
+    try:
+        from sksurv.datasets import load_whas500
+    except ImportError as exc:
+        raise ImportError(
+            "the WHAS500 benchmark needs scikit-survival: pip install 'probml[survival]'"
+        ) from exc
+    df, surv = load_whas500()
+    died = surv["fstat"] & (surv["lenfol"] <= horizon)
+    known = died | (surv["lenfol"] > horizon)
+    df = df[known].copy()
+    y = died[known].astype(float)
+    X = np.column_stack([df[c].astype(float).to_numpy() for c in SHARED_COVARIATES])
+    A = df[acute].astype(float).to_numpy()
+    src = X[:, 0] < threshold
+    mu, sd = X[src].mean(0), X[src].std(0) + 1e-9
+    Xs = (X - mu) / sd
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    return {
+        "X_source": t(Xs[src]),
+        "A_source": t(A[src]),
+        "y_source": t(y[src]),
+        "X_target": t(Xs[~src]),
+        "y_target": t(y[~src]),
+        "x_names": list(SHARED_COVARIATES),
+    }
