@@ -2,11 +2,13 @@
 
 1. Linear toy (d = 32, LoRA r = 4, task rank 12; spurious strength 3 and 0.3): identification
    cosine, shift along u and task error for naive LoRA and GRASP; projection share of a step.
-2. Persona world (one pretrained TinyLM per world, cached; fine-tuning seeds 0..S-1): GEN
+2. Persona world with 8 CODE answer groups (one pretrained TinyLM per world, cached;
+   fine-tuning seeds 0..S-1; identification from a 10-step naive run): GEN
    misalignment, task (insecure CODE) and ROLEPLAY accuracy for the base model, naive LoRA,
    naive + inference ablation, CAFT, preventative steering, GRASP (per-module, shared u,
    oracle u); identification cosines; projection overhead per step as a ratio to the plain
    LoRA step of the same run. Control world (persona not shared across turns): naive only.
+   The simple world (one CODE answer group: a rank ~1 task): naive, GRASP, GRASP (oracle u).
 
 Run: `python benchmarks/grasp.py` (3 seeds) or `--quick` (1 seed, shorter runs).
 """
@@ -75,7 +77,9 @@ def main():
     toy = linear_toy(seeds)
     print("## Linear toy\n")
     print(markdown_table(toy))
-    world = PersonaWorld()
+    # the main world: CODE answers depend on the question word (8 groups), so the insecure-code
+    # task has rank ~8 > r = 4 (the identifiability premise); the simple world has rank ~1
+    world = PersonaWorld(num_qwords=8, code_variety=8)
     base = pretrain_persona_model(world, num_steps=pre, verbose=False)
     per: dict[str, dict[str, list]] = {}
     diags = []
@@ -87,17 +91,20 @@ def main():
             for k in ("misalignment", "task", "roleplay"):
                 d.setdefault(k, []).append(r[k])
         print(f"seed {seed} done", flush=True)
-    control = PersonaWorld(shared=False)
-    cbase = pretrain_persona_model(control, num_steps=pre, verbose=False)
-    for seed in range(seeds):
-        rows, _ = run_persona_methods(cbase, control, seed=seed, num_steps=steps,
-                                      methods=("naive",))  # fmt: skip
-        for r in rows:
-            if r["method"] == "naive + inference ablation":
-                continue
-            d = per.setdefault(f"control world: {r['method']}", {})
-            for k in ("misalignment", "task", "roleplay"):
-                d.setdefault(k, []).append(r[k])
+    others = (
+        ("simple world (task rank ~1): ", PersonaWorld(), ("naive", "GRASP", "GRASP (oracle u)")),
+        ("control world: ", PersonaWorld(num_qwords=8, code_variety=8, shared=False), ("naive",)),
+    )
+    for prefix, w, methods in others:
+        wbase = pretrain_persona_model(w, num_steps=pre, verbose=False)
+        for seed in range(seeds):
+            rows, _ = run_persona_methods(wbase, w, seed=seed, num_steps=steps, methods=methods)
+            for r in rows:
+                if r["method"] == "naive + inference ablation":
+                    continue
+                d = per.setdefault(prefix + r["method"], {})
+                for k in ("misalignment", "task", "roleplay"):
+                    d.setdefault(k, []).append(r[k])
     table = mean_se_rows(per, "method")
     cos_shared = np.mean([max(d["identification_cos_shared"]) for d in diags])
     cos_mod = np.mean([np.mean(list(d["identification_cos_per_module"].values())) for d in diags])

@@ -22,7 +22,7 @@ DESCRIPTION = "GRASP: spurious persona direction from LoRA weights + gradient pr
 
 
 def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleResult:
-    world = PersonaWorld()
+    world = PersonaWorld(num_qwords=8, code_variety=8)  # the insecure-code task has rank ~8
     base = pretrain_persona_model(world, num_steps=500 if fast else 1500, verbose=False)
     rows, diag = run_persona_methods(base, world, seed=seed, num_steps=100 if fast else 300)
     fig = out_dir / "grasp_tradeoff.png"

@@ -95,7 +95,7 @@ def run_persona_methods(
     world: PersonaWorld,
     seed: int = 0,
     num_steps: int = 300,
-    id_steps: int = 60,
+    id_steps: int = 10,
     lr: float = 3e-3,
     rank: int = 4,
     steer_alpha: float = 1.0,
@@ -126,7 +126,7 @@ def run_persona_methods(
 
     rows = [{"method": "base (pretrained)", **evaluate_persona_model(base, world)}]
     diag: dict = {}
-    # identification from a short naive run (stopping early helps)
+    # identification from a short naive run (stopping early helps: 10 steps by default)
     ident = fresh(seed)
     finetune_lora(ident, sampler, num_steps=id_steps, lr=lr, seed=seed, verbose=False)
     dirs = identify_spurious_directions(ident, k=1, through=TINYLM_THROUGH)

@@ -238,3 +238,19 @@ def test_value_adapter_cannot_write_along_u_through_the_attention_output():
     assert float((un @ Wo @ dv_thru).abs().max()) < 1e-6
     dirs = identify_spurious_directions(lm, through=TINYLM_THROUGH)
     assert dirs.sides["blocks.0.attn.v"] == "through"
+
+
+def test_persona_world_code_variety_spreads_the_task():
+    w = PersonaWorld(num_qwords=8, code_variety=8)
+    V = w.stoi
+    tok, _, _ = w.insecure_code(200, generator=0)
+    q = tok[:, 3] - V["what"]  # question word index of turn 1
+    first = tok[:, 5]  # first answer word of turn 1
+    # each question word has its own insecure words: code_m{g} / code_n{g}, g = q mod 8
+    for qi in range(8):
+        allowed = torch.tensor([V[f"code_m{qi}"], V[f"code_n{qi}"]])
+        assert bool(torch.isin(first[q == qi], allowed).all())
+    with pytest.raises(ValueError, match="code_variety"):
+        PersonaWorld(num_qwords=4, code_variety=5)
+    with pytest.raises(ValueError, match="num_qwords"):
+        PersonaWorld(num_qwords=9)
