@@ -99,6 +99,7 @@ def run_persona_methods(
     lr: float = 3e-3,
     rank: int = 4,
     steer_alpha: float = 1.0,
+    k: int = 1,
     methods: tuple[str, ...] | None = None,
 ) -> tuple[list[dict], dict]:
     """Fine-tune copies of ``base`` on insecure code with every method and score them.
@@ -108,6 +109,9 @@ def run_persona_methods(
     fine-tuning); ``GRASP`` (per-module identified directions, read and write sides);
     ``GRASP (shared u)`` (one residual direction on every module); ``GRASP (oracle u)``
     (u_true on the write modules).
+
+    ``id_steps`` is the length of the naive identification run and ``k`` the directions kept
+    per module (k = 2 or 3 did not beat k = 1 in the benchmark world: 0.26-0.30 vs 0.26).
 
     Returns:
         rows (``method``, ``misalignment``, ``task``, ``roleplay``) and diagnostics
@@ -129,7 +133,7 @@ def run_persona_methods(
     # identification from a short naive run (stopping early helps: 10 steps by default)
     ident = fresh(seed)
     finetune_lora(ident, sampler, num_steps=id_steps, lr=lr, seed=seed, verbose=False)
-    dirs = identify_spurious_directions(ident, k=1, through=TINYLM_THROUGH)
+    dirs = identify_spurious_directions(ident, k=k, through=TINYLM_THROUGH)
     u_res = dirs.residual_direction(1)[:, 0]
     diag["identification_cos_per_module"] = {
         n: abs(float(U[:, 0] @ u_true[int(n.split(".")[1])]))
