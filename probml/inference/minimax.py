@@ -184,6 +184,11 @@ def _as_tensor(name: str, v, ndim: tuple[int, ...]) -> torch.Tensor:
     return t
 
 
+def _is_binary(A: torch.Tensor) -> bool:
+    """A single 0/1 column: handled by the exact tilted-Bernoulli adversary."""
+    return A.dim() == 1 and bool(((A == 0) | (A == 1)).all())
+
+
 class _Validated:
     """Shared input validation and prediction plumbing for DRUM and its baselines."""
 
@@ -256,7 +261,7 @@ class ImputationBaseline(_Validated):
     def fit(self, X_source, A_source, y_source, X_target=None):
         X_target = X_source if X_target is None else X_target
         Xs, As, ys, _ = self._check_fit(X_source, A_source, y_source, X_target)
-        binary = bool(((As == 0) | (As == 1)).all()) and As.dim() == 1
+        binary = _is_binary(As)
         self.mu_ = (
             self.outcome_model
             if callable(self.outcome_model)
@@ -424,7 +429,7 @@ class DRUM(_Validated):
         self._check_params()
         Xs, As, ys, Xt = self._check_fit(X_source, A_source, y_source, X_target)
         torch.manual_seed(self.seed)
-        binary = As.dim() == 1 and bool(((As == 0) | (As == 1)).all())
+        binary = _is_binary(As)
         if binary and self.divergence == "transport":
             raise ValueError("divergence='transport' needs a continuous A")
         self.binary_ = binary

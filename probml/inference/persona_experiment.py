@@ -111,7 +111,7 @@ def run_persona_methods(
     (u_true on the write modules).
 
     ``id_steps`` is the length of the naive identification run and ``k`` the directions kept
-    per module (k = 2 or 3 did not beat k = 1 in the benchmark world: 0.26-0.30 vs 0.26).
+    per module (in development runs k = 2 or 3 did not beat k = 1).
 
     Returns:
         rows (``method``, ``misalignment``, ``task``, ``roleplay``) and diagnostics

@@ -37,6 +37,7 @@ from probml.guides.diffusion import GuidedReverseProposal
 from probml.inference.particles import (
     effective_sample_size,
     gather_particles,
+    normalize_log_weights,
     resample,
 )
 from probml.models.diffusion import DiffusionTransition
@@ -60,7 +61,7 @@ def weighted_moments(
     particles: torch.Tensor, log_w: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted mean and standard deviation (``batch x d``) of ``batch x N x d`` particles."""
-    w = torch.softmax(log_w, dim=-1).unsqueeze(-1).to(particles)
+    w = normalize_log_weights(log_w).exp().unsqueeze(-1).to(particles)
     mean = (w * particles).sum(-2)
     var = (w * (particles - mean.unsqueeze(-2)).pow(2)).sum(-2)
     return mean, var.clamp_min(0).sqrt()

@@ -284,7 +284,7 @@ def fit_spurious_factor(
             post = Predictive(model, guide=guide, num_samples=num_samples, return_sites=["u"])()
             us = post["u"].reshape(num_samples, -1)
             uu = (us.unsqueeze(-1) * us.unsqueeze(-2)).mean(0)
-            evals, evecs = torch.linalg.eigh(uu)
+            _, evecs = torch.linalg.eigh(uu)
             u_mean = evecs[:, -1]
     tail = min(100, num_steps)
     detection = -(sum(out[True][-tail:]) - sum(out[False][-tail:])) / tail

@@ -69,8 +69,8 @@ class VPSchedule:
 
     def levels(self, num_steps: int, dtype=torch.float64, device=None) -> torch.Tensor:
         """Diffusion times ``s_0 < ... < s_K`` (``K + 1`` values, ``s_K = 1``), quadratically
-        spaced (``s_k = s_min + (1 - s_min) (k/K)^2``): finer steps at low noise,
-        which roughly halves the DDPM discretisation error of uniform spacing."""
+        spaced (``s_k = s_min + (1 - s_min) (k/K)^2``): finer steps at low noise, where
+        the DDPM kernel's discretisation error concentrates."""
         if int(num_steps) < 1:
             raise ValueError(f"num_diffusion_steps must be >= 1, got {num_steps!r}")
         u = torch.linspace(0.0, 1.0, int(num_steps) + 1, dtype=dtype, device=device)

@@ -9,7 +9,6 @@ from probml.inference.projection import (
     GRASP,
     TINYLM_THROUGH,
     ResidualIntervention,
-    SpuriousDirections,
     finetune_lora,
     identify_spurious_directions,
 )
@@ -137,22 +136,36 @@ def test_residual_intervention_ablates_and_adds():
     lm = TinyLM(TinyLMConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, context=12,
                              ffn={"kind": "gelu"}))  # fmt: skip
     u = torch.randn(16)
-    outs = []
-    h = lm.blocks[1].register_forward_hook(lambda m, i, o: outs.append(o))
+    un = u / u.norm()
     x = torch.randint(0, 20, (2, 12))
-    with ResidualIntervention(lm, u, mode="ablate"):
-        lm(x)
-    h.remove()
-    # the hook registered first sees the block output before ablation; recompute after
-    with ResidualIntervention(lm, u, mode="ablate") as iv:
+
+    def block_output(mode=None, alpha=1.0):
         res = []
-        h = lm.blocks[1].register_forward_hook(lambda m, i, o: res.append(o))
-        lm(x)
-        h.remove()
-    assert len(iv.blocks) == 2
-    # hooks run in registration order: ours (ablate) first, then the probe
-    assert float((res[0] @ (u / u.norm())).detach().abs().max()) < 1e-5
-    assert len(lm.blocks[0]._forward_hooks) == 0  # removed on exit
+        ctx = ResidualIntervention(lm, u, mode=mode, alpha=alpha) if mode else None
+        if ctx:
+            ctx.__enter__()
+        # registered after the intervention's hook, so it sees the edited output
+        h = lm.blocks[1].register_forward_hook(lambda m, i, o: res.append(o.detach()))
+        try:
+            with torch.no_grad():
+                lm(x)
+        finally:
+            h.remove()
+            if ctx:
+                ctx.__exit__(None, None, None)
+        return res[0]
+
+    ablated = block_output("ablate")
+    assert float((ablated @ un).abs().max()) < 1e-5
+    # steering only the last block: its output is exactly the plain output + alpha u
+    with ResidualIntervention(lm, u, mode="add", alpha=2.0, layers=[1]) as iv:
+        assert len(iv.blocks) == 1
+        steered = block_output()
+    plain = block_output()
+    assert torch.allclose(steered - plain, 2.0 * un.expand_as(plain), atol=1e-5)
+    assert len(lm.blocks[1]._forward_hooks) == 0  # removed on exit
+    with pytest.raises(ValueError, match="mode"):
+        ResidualIntervention(lm, u, mode="bogus")
 
 
 def test_spurious_factor_model_recovers_a_shared_direction():
@@ -191,7 +204,6 @@ def test_persona_world_documents_and_metrics_shapes():
     m = evaluate_persona_model(lm, w)
     assert set(m) == {"misalignment", "task", "roleplay"}
     assert all(0 <= v <= 1 for v in m.values())
-    assert isinstance(SpuriousDirections({}, {}), SpuriousDirections)
 
 
 def test_persona_experiment_runner_tiny(tmp_path, monkeypatch):
