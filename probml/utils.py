@@ -25,6 +25,7 @@ __all__ = [
     "progress",
     "check_finite",
     "check_positive",
+    "SavableModule",
 ]
 
 
@@ -120,3 +121,20 @@ def check_positive(name: str, value: float, *, strict: bool = True) -> float:
         bound = "> 0" if strict else ">= 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
     return v
+
+
+class SavableModule(torch.nn.Module):
+    """An ``nn.Module`` that stores its constructor arguments in ``self.config`` and saves /
+    loads them together with its weights through ``torch.save`` (``weights_only`` loading)."""
+
+    config: dict
+
+    def save(self, path) -> None:
+        torch.save({"config": self.config, "state_dict": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path, map_location=None):
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+        model = cls(**blob["config"])
+        model.load_state_dict(blob["state_dict"])
+        return model

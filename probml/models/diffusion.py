@@ -35,12 +35,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from probml.utils import check_finite, check_positive, make_generator, progress
+from probml.utils import SavableModule, check_finite, check_positive, make_generator, progress
 
 __all__ = [
     "VPSchedule",
@@ -217,7 +216,7 @@ class NoiseMLP(nn.Module):
         return self.net(torch.cat((z, cond, emb), dim=-1))
 
 
-class NeuralDiffusionTransition(DiffusionTransition):
+class NeuralDiffusionTransition(DiffusionTransition, SavableModule):
     r"""A learned conditional diffusion transition in standardised residual coordinates
     :math:`z = (x_t - c - m) / v` (``m``, ``v`` the mean and scale of the increments), with
     the condition standardised as :math:`(c - \mu_c)/\sigma_c`."""
@@ -251,18 +250,6 @@ class NeuralDiffusionTransition(DiffusionTransition):
 
     def decode_scale(self) -> torch.Tensor:
         return self.inc_scale
-
-    def save(self, path: str | Path) -> None:
-        torch.save({"config": self.config, "state_dict": self.state_dict()}, Path(path))
-
-    @classmethod
-    def load(
-        cls, path: str | Path, map_location: str | torch.device | None = None
-    ) -> NeuralDiffusionTransition:
-        blob = torch.load(Path(path), map_location=map_location, weights_only=True)
-        model = cls(**blob["config"])
-        model.load_state_dict(blob["state_dict"])
-        return model
 
 
 def train_transition_model(

@@ -21,7 +21,16 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-__all__ = ["LinearGaussianExperiment", "LocationFinding"]
+__all__ = [
+    "LinearGaussianExperiment",
+    "LocationFinding",
+    "CES",
+    "CensoredSigmoidNormal",
+    "constant_cost",
+    "quadratic_cost",
+    "terrain_cost",
+    "path_cost",
+]
 
 
 class LinearGaussianExperiment:
@@ -30,11 +39,19 @@ class LinearGaussianExperiment:
     Args:
         prior_cov: ``P x P`` prior covariance of ``theta`` (zero mean).
         noise_scale: observation noise ``s``.
+        design_bounds: the box ``[low, high]^P`` that designs live in (used by planners).
     """
 
-    def __init__(self, prior_cov: torch.Tensor, noise_scale: float = 1.0):
+    def __init__(
+        self,
+        prior_cov: torch.Tensor,
+        noise_scale: float = 1.0,
+        design_bounds: tuple[float, float] = (-1.0, 1.0),
+    ):
         self.prior_cov = torch.as_tensor(prior_cov, dtype=torch.float64)
         self.noise_scale = float(noise_scale)
+        self.D = self.prior_cov.shape[0]
+        self.design_bounds = (float(design_bounds[0]), float(design_bounds[1]))
         self.prior = dist.MultivariateNormal(
             torch.zeros(self.prior_cov.shape[0], dtype=torch.float64),
             covariance_matrix=self.prior_cov,
@@ -55,6 +72,10 @@ class LinearGaussianExperiment:
         return mean + self.noise_scale * torch.randn(
             mean.shape, dtype=mean.dtype, generator=generator
         )
+
+    def rsample_y(self, theta: torch.Tensor, design: torch.Tensor, eps: torch.Tensor):
+        """Reparameterised outcome ``xi^T theta + s eps`` (differentiable in ``design``)."""
+        return (design * theta).sum(-1) + self.noise_scale * eps
 
     def log_likelihood(
         self, theta: torch.Tensor, design: torch.Tensor, y: torch.Tensor
@@ -91,7 +112,13 @@ class LocationFinding:
         max_signal: float = 1e-4,
     ):
         self.K, self.D, self.noise_scale = int(num_sources), int(dim), float(noise_scale)
+        if self.K < 1 or self.D < 1 or self.noise_scale <= 0:
+            raise ValueError(
+                f"num_sources and dim must be >= 1 and noise_scale > 0, got {num_sources}, "
+                f"{dim}, {noise_scale}"
+            )
         self.base_signal, self.max_signal = base_signal, max_signal
+        self.design_bounds = (0.0, 1.0)
         if prior is None:
             prior = dist.Uniform(
                 torch.zeros(self.K, self.D, dtype=torch.float64),
@@ -128,6 +155,10 @@ class LocationFinding:
         m = self.mean(theta, design)
         return m + self.noise_scale * torch.randn(m.shape, dtype=m.dtype, generator=generator)
 
+    def rsample_y(self, theta: torch.Tensor, design: torch.Tensor, eps: torch.Tensor):
+        """Reparameterised outcome ``mean(theta, xi) + s eps`` (differentiable in ``design``)."""
+        return self.mean(theta, design) + self.noise_scale * eps
+
     def log_likelihood(
         self, theta: torch.Tensor, design: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
@@ -137,3 +168,182 @@ class LocationFinding:
             - math.log(self.noise_scale)
             - 0.5 * math.log(2 * math.pi)
         )
+
+
+class CensoredSigmoidNormal(dist.TorchDistribution):
+    r"""``y = clip(sigmoid(eta), eps, 1 - eps)`` with ``eta ~ N(loc, scale^2)``.
+
+    The density is the logit-normal one inside ``(eps, 1 - eps)`` and a point mass
+    :math:`\Phi((\mathrm{logit}\,\epsilon - \mu)/\sigma)` (resp. the upper tail) at each end,
+    as in the CES task of Foster et al. (2020).
+    """
+
+    arg_constraints = {
+        "loc": dist.constraints.real,
+        "scale": dist.constraints.positive,
+    }
+    has_rsample = False
+
+    def __init__(self, loc, scale, eps: float = 2.0**-22, validate_args=None):
+        self.loc, self.scale = torch.broadcast_tensors(
+            torch.as_tensor(loc), torch.as_tensor(scale, dtype=torch.as_tensor(loc).dtype)
+        )
+        self.eps = float(eps)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    @property
+    def support(self):
+        return dist.constraints.interval(self.eps, 1 - self.eps)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return CensoredSigmoidNormal(
+            self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.eps
+        )
+
+    def sample(self, sample_shape=()):
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            eta = self.loc.expand(shape) + self.scale.expand(shape) * torch.randn(
+                shape, dtype=self.loc.dtype, device=self.loc.device
+            )
+            return torch.sigmoid(eta).clamp(self.eps, 1 - self.eps)
+
+    def log_prob(self, value):
+        lo, hi = math.log(self.eps / (1 - self.eps)), math.log((1 - self.eps) / self.eps)
+        v = value.clamp(self.eps, 1 - self.eps)
+        logit = torch.log(v) - torch.log1p(-v)
+        z = (logit - self.loc) / self.scale
+        inner = (
+            -0.5 * z**2
+            - torch.log(self.scale)
+            - 0.5 * math.log(2 * math.pi)
+            - torch.log(v)
+            - torch.log1p(-v)
+        )
+        lower = torch.special.log_ndtr((lo - self.loc) / self.scale)
+        upper = torch.special.log_ndtr(-(hi - self.loc) / self.scale)
+        tol = self.eps * 1e-3
+        return torch.where(
+            value <= self.eps + tol, lower, torch.where(value >= 1 - self.eps - tol, upper, inner)
+        )
+
+
+class CES:
+    r"""Constant elasticity of substitution (Foster et al. 2020; the spec's second task).
+
+    ``theta = (rho, alpha_1..3, log u)`` (5-D), :math:`\rho\sim\mathrm{Beta}(1,1)`,
+    :math:`\alpha\sim\mathrm{Dir}(1,1,1)`, :math:`\log u\sim N(1, 3^2)`. A design is two baskets
+    ``xi = (x, x')`` in ``[0, 100]^6``; utility :math:`U(x) = (\sum_i \alpha_i x_i^\rho)^{1/\rho}`,
+    :math:`\eta \sim N(u (U(x) - U(x')),\ (\nu u (1 + \|x - x'\|))^2)`, and
+    ``y = clip(sigmoid(eta), eps, 1 - eps)`` (:class:`CensoredSigmoidNormal`).
+
+    The Pyro model has sites ``rho``, ``alpha``, ``u`` and ``y``; the estimators use the packed
+    ``... x 5`` parameter of :meth:`sample_prior`.
+    """
+
+    def __init__(self, nu: float = 0.005, eps: float = 2.0**-22, log_u_scale: float = 3.0):
+        if nu <= 0 or not 0 < eps < 0.5 or log_u_scale <= 0:
+            raise ValueError("nu > 0, 0 < eps < 0.5 and log_u_scale > 0 are required")
+        self.nu, self.eps, self.log_u_scale = float(nu), float(eps), float(log_u_scale)
+        self.D = 6
+        self.design_bounds = (0.0, 100.0)
+        one = torch.ones((), dtype=torch.float64)
+        self.rho_prior = dist.Beta(one, one)
+        self.alpha_prior = dist.Dirichlet(torch.ones(3, dtype=torch.float64))
+        self.log_u_prior = dist.Normal(one, self.log_u_scale * one)
+
+    @staticmethod
+    def utility(rho: torch.Tensor, alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``(sum_i alpha_i x_i^rho)^(1/rho)``; ``rho``: ``...``, ``alpha``, ``x``: ``... x 3``."""
+        r = rho.unsqueeze(-1)
+        return ((x.clamp(min=1e-10) ** r) * alpha).sum(-1).clamp(min=1e-300) ** (1.0 / rho)
+
+    def _eta(self, rho, alpha, u, design):
+        x, xp = design[..., :3], design[..., 3:]
+        mu = u * (self.utility(rho, alpha, x) - self.utility(rho, alpha, xp))
+        sigma = self.nu * u * (1 + (x - xp).norm(dim=-1))
+        return mu, sigma
+
+    def _unpack(self, theta):
+        return theta[..., 0], theta[..., 1:4], theta[..., 4].exp()
+
+    def __call__(self, design: torch.Tensor) -> torch.Tensor:
+        """Pyro model: ``design`` is ``batch x 6``."""
+        with pyro.plate_stack("designs", design.shape[:-1]):
+            rho = pyro.sample("rho", self.rho_prior)
+            alpha = pyro.sample("alpha", self.alpha_prior)
+            u = pyro.sample("u", dist.LogNormal(1.0, self.log_u_scale))
+            mu, sigma = self._eta(rho, alpha, u, design)
+            return pyro.sample("y", CensoredSigmoidNormal(mu, sigma, self.eps))
+
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n x 5`` packed draws ``(rho, alpha, log u)``."""
+        g = generator
+        rho = torch.rand(n, dtype=torch.float64, generator=g)
+        e = -torch.log(torch.rand(n, 3, dtype=torch.float64, generator=g))  # Dir(1,1,1)
+        alpha = e / e.sum(-1, keepdim=True)
+        log_u = 1.0 + self.log_u_scale * torch.randn(n, dtype=torch.float64, generator=g)
+        return torch.cat([rho[:, None], alpha, log_u[:, None]], -1)
+
+    def sample_y(self, theta: torch.Tensor, design: torch.Tensor, generator=None) -> torch.Tensor:
+        mu, sigma = self._eta(*self._unpack(theta), design)
+        eps = torch.randn(mu.shape, dtype=mu.dtype, generator=generator)
+        return self.rsample_y(theta, design, eps).detach()
+
+    def rsample_y(self, theta: torch.Tensor, design: torch.Tensor, eps: torch.Tensor):
+        mu, sigma = self._eta(*self._unpack(theta), design)
+        return torch.sigmoid(mu + sigma * eps).clamp(self.eps, 1 - self.eps)
+
+    def log_likelihood(
+        self, theta: torch.Tensor, design: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        mu, sigma = self._eta(*self._unpack(theta), design)
+        return CensoredSigmoidNormal(mu, sigma, self.eps).log_prob(y)
+
+
+# ---------------------------------------------------------------------------------------------
+# cost maps: c(x) >= 0 over the design space; an edge's cost integrates c along the segment
+
+
+def constant_cost(x: torch.Tensor) -> torch.Tensor:
+    """``c(x) = 1``: the edge cost is the path length."""
+    return torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)
+
+
+def quadratic_cost(x: torch.Tensor, scale: float = 4.5, floor: float = 0.05) -> torch.Tensor:
+    r"""The spec's map :math:`c(x) = 0.05 + \exp(-\|x\|^2 / 4.5)`."""
+    return floor + torch.exp(-(x**2).sum(-1) / scale)
+
+
+def terrain_cost(
+    x: torch.Tensor,
+    centers: torch.Tensor | None = None,
+    heights: torch.Tensor | float = 2.0,
+    width: float = 0.15,
+    floor: float = 0.2,
+) -> torch.Tensor:
+    r"""A bump ("terrain") map :math:`c(x) = c_0 + \sum_j h_j \exp(-\|x - m_j\|^2 / 2w^2)`;
+    default: two hills in the unit square."""
+    if centers is None:
+        centers = torch.tensor([[0.3, 0.7], [0.7, 0.3]], dtype=x.dtype, device=x.device)
+    sq = ((x.unsqueeze(-2) - centers) ** 2).sum(-1)
+    h = torch.as_tensor(heights, dtype=x.dtype, device=x.device)
+    return floor + (h * torch.exp(-sq / (2 * width**2))).sum(-1)
+
+
+def path_cost(cost_map=constant_cost, num_points: int = 8):
+    r"""Turn a cost map into an edge cost for :class:`~probml.inference.planning.TravelBudget`:
+    :math:`c(\xi_{t-1}, \xi_t) = \|\xi_t - \xi_{t-1}\| \cdot \frac1P\sum_p c(x_p)` with
+    ``x_p`` the midpoints of ``P = num_points`` equal pieces of the segment (midpoint rule;
+    exact for the constant map). Vectorised over leading dimensions."""
+    if num_points < 1:
+        raise ValueError(f"num_points must be >= 1, got {num_points}")
+
+    def edge_cost(prev: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        s = (torch.arange(num_points, dtype=xi.dtype, device=xi.device) + 0.5) / num_points
+        d = xi - prev
+        pts = prev.unsqueeze(-2) + s[:, None] * d.unsqueeze(-2)  # ... x P x D
+        return d.norm(dim=-1) * cost_map(pts).mean(-1)
+
+    return edge_cost

@@ -68,3 +68,61 @@ def test_location_finding_model_and_priors():
         2
     )
     assert LocationFinding(prior=custom).sample_prior(4).shape == (4, 1, 2)
+
+
+def test_ces_model_works_with_both_nmc_estimators_and_its_censored_likelihood_normalises():
+    from pyro.contrib.oed.eig import nmc_eig as pyro_nmc
+
+    from probml.models.experiments import CES, CensoredSigmoidNormal
+
+    ces = CES()
+    d = torch.tensor([[10.0, 50, 30, 60, 20, 40], [90.0, 5, 5, 5, 90, 5]], dtype=torch.float64)
+    targets = ["rho", "alpha", "u"]
+    pyro.set_rng_seed(0)
+    ours = nmc_eig(ces, d, "y", targets, N=2000, M=500, chunk_size=100)
+    pyro.set_rng_seed(1)
+    ref = pyro_nmc(ces, d, "y", targets, N=2000, M=500)
+    assert torch.allclose(ours, ref, atol=0.08), (ours, ref)
+    assert bool((ours > 0).all())
+    # packed-theta likelihood agrees with the Pyro model's log-density
+    tr = pyro.poutine.trace(ces).get_trace(d)
+    tr.compute_log_prob()
+    theta = torch.cat(
+        [
+            tr.nodes["rho"]["value"][:, None],
+            tr.nodes["alpha"]["value"],
+            tr.nodes["u"]["value"].log()[:, None],
+        ],
+        -1,
+    )
+    assert torch.allclose(
+        ces.log_likelihood(theta, d, tr.nodes["y"]["value"]), tr.nodes["y"]["log_prob"]
+    )
+    # interior density integrates to one minus the two censored masses
+    cs = CensoredSigmoidNormal(
+        torch.tensor(0.3, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64), eps=0.01
+    )
+    grid = torch.linspace(0.01, 0.99, 100_001, dtype=torch.float64)[1:-1]
+    ends = torch.tensor([0.01, 0.99], dtype=torch.float64)
+    total = torch.trapezoid(cs.log_prob(grid).exp(), grid) + cs.log_prob(ends).exp().sum()
+    assert abs(float(total) - 1.0) < 1e-3
+
+
+def test_cost_maps_and_path_costs():
+    from probml.models.experiments import (
+        constant_cost,
+        path_cost,
+        quadratic_cost,
+        terrain_cost,
+    )
+
+    prev = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    xi = torch.rand(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(path_cost(constant_cost)(prev, xi), (xi - prev).norm(dim=-1))
+    fine = path_cost(quadratic_cost, num_points=2000)(prev, xi)
+    assert torch.allclose(path_cost(quadratic_cost, 16)(prev, xi), fine, rtol=1e-3)
+    x = torch.rand(100, 2, dtype=torch.float64)
+    assert bool((terrain_cost(x) >= 0.2).all())
+    assert float(quadratic_cost(torch.zeros(2, dtype=torch.float64))) == pytest.approx(1.05)
+    with pytest.raises(ValueError, match="num_points"):
+        path_cost(constant_cost, 0)

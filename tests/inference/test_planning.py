@@ -3,45 +3,65 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probml.guides.amortized import ParticlePosterior
+from probml.guides.amortized import DesignPolicy, ParticlePosterior
 from probml.inference.planning import (
+    Constraints,
     ConstraintViolation,
     GreedyPlanner,
+    MaskedPolicyPlanner,
     RandomFeasiblePlanner,
     ScenarioTreePlanner,
+    SoftCost,
     StepBound,
     TravelBudget,
     next_design_eig,
+    refine_designs,
     run_experiment,
 )
-from probml.models.experiments import LinearGaussianExperiment, LocationFinding
+from probml.models.experiments import (
+    CES,
+    LinearGaussianExperiment,
+    LocationFinding,
+    path_cost,
+    terrain_cost,
+)
+
+_POLICY = DesignPolicy(DesignPolicy.grid_offsets(0.1, 2, 5), horizon=8, hidden=16)  # untrained
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     delta=st.floats(0.02, 0.5),
     norm=st.sampled_from(["inf", "2"]),
     budget=st.floats(0.05, 2.0),
     seed=st.integers(0, 10_000),
-    planner=st.sampled_from(["random", "greedy"]),
+    planner=st.sampled_from(["random", "greedy", "greedy-slsqp", "policy"]),
+    terrain=st.booleans(),
 )
-def test_executed_designs_respect_step_bound_and_budget(delta, norm, budget, seed, planner):
+def test_executed_designs_respect_step_bound_and_budget(
+    delta, norm, budget, seed, planner, terrain
+):
     lf = LocationFinding()
     theta = torch.rand(1, 1, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))[
         0
     ]
-    pl = (
-        RandomFeasiblePlanner()
-        if planner == "random"
-        else GreedyPlanner(num_candidates=16, num_outer=16)
-    )
-    step, tb = StepBound(delta, norm), TravelBudget(budget)
-    r = run_experiment(lf, pl, theta, 8, step, tb, num_particles=256, seed=seed)
+    pl = {
+        "random": lambda: RandomFeasiblePlanner(),
+        "greedy": lambda: GreedyPlanner(num_candidates=16, num_outer=16),
+        "greedy-slsqp": lambda: GreedyPlanner(
+            16, 16, refine="slsqp", num_restarts=2, refine_outer=32
+        ),
+        "policy": lambda: MaskedPolicyPlanner(_POLICY, greedy=False),
+    }[planner]()
+    cost = path_cost(terrain_cost) if terrain else None
+    step, tb = StepBound(delta, norm), TravelBudget(budget, cost=cost)
+    r = run_experiment(lf, pl, theta, 8, [step, tb], num_particles=256, seed=seed)
     path = torch.cat([torch.full((1, 2), 0.5, dtype=torch.float64), r.designs])
-    assert bool(step.feasible(path[:-1], path[1:]).all())
+    assert bool((step.distance(path[:-1], path[1:]) <= delta * (1 + 1e-9)).all())
+    assert bool(((r.designs >= 0) & (r.designs <= 1)).all())
     assert sum(r.costs) <= budget + 1e-9
     assert torch.allclose(
-        torch.tensor(r.costs, dtype=torch.float64), (path[1:] - path[:-1]).norm(dim=-1)
+        torch.tensor(r.costs, dtype=torch.float64), tb.edge_cost(path[:-1], path[1:])
     )
 
 
@@ -50,14 +70,24 @@ def test_infeasible_start_and_spent_budget_are_clear_errors():
     theta = torch.tensor([[0.3, 0.3]], dtype=torch.float64)
     with pytest.raises(ConstraintViolation, match="outside"):
         run_experiment(
-            lf, RandomFeasiblePlanner(), theta, 3, StepBound(0.1), start=torch.tensor([1.5, 0.5])
+            lf, RandomFeasiblePlanner(), theta, 3, [StepBound(0.1)], start=torch.tensor([1.5, 0.5])
         )
     tiny = TravelBudget(1e-6, cost=lambda prev, xi: torch.ones(xi.shape[:-1], dtype=xi.dtype))
-    # every move costs 1 > budget: the planner may only stay put (cost counted as 1 too) -> none executable
+    # every move costs 1 > budget, staying put included: nothing is executable
     with pytest.raises(ConstraintViolation):
-        run_experiment(lf, GreedyPlanner(8, 8), theta, 3, StepBound(0.1), tiny)
+        run_experiment(lf, GreedyPlanner(8, 8), theta, 3, [StepBound(0.1), tiny])
+    with pytest.raises(ConstraintViolation):
+        run_experiment(lf, MaskedPolicyPlanner(_POLICY), theta, 3, [StepBound(0.1), tiny])
     with pytest.raises(ValueError, match="delta"):
         StepBound(0.0)
+    with pytest.raises(ValueError, match="at most one StepBound"):
+        Constraints([StepBound(0.1), StepBound(0.2)])
+    with pytest.raises(TypeError, match="constraints must be"):
+        Constraints([0.1])
+    with pytest.raises(ValueError, match="lam"):
+        SoftCost(-1.0)
+    with pytest.raises(ValueError, match="start must have shape"):
+        run_experiment(lf, RandomFeasiblePlanner(), theta, 3, start=torch.zeros(3))
 
 
 def test_particle_posterior_and_next_design_eig_linear_gaussian():
@@ -71,15 +101,77 @@ def test_particle_posterior_and_next_design_eig_linear_gaussian():
     # after observing along the first axis, the posterior mean moves and the ESS falls
     p2 = post.condition(designs[0], torch.tensor(1.5, dtype=torch.float64))
     assert p2.ess < post.ess and float(p2.mean()[0]) > 0.5
+    assert p2.history[0].shape == (1, 2) and float(p2.history[1][0]) == 1.5
 
 
-def test_tree_planner_returns_a_feasible_design():
+def test_tree_planner_returns_a_feasible_design_with_warm_starts_and_refinement():
     lf = LocationFinding()
     post = ParticlePosterior(lf, 512, generator=0)
     prev = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    step = StepBound(0.1)
+    cons = Constraints([StepBound(0.1, "2"), TravelBudget(0.05)], lf.design_bounds)
     g = torch.Generator().manual_seed(0)
-    xi = ScenarioTreePlanner(depth=1, branching=2, num_candidates=6, num_outer=8).plan(
-        post, prev, step, None, float("inf"), g
+    pl = ScenarioTreePlanner(
+        depth=1,
+        branching=2,
+        num_candidates=6,
+        num_outer=8,
+        refine="slsqp",
+        num_restarts=2,
+        refine_outer=32,
+        policy=_POLICY,
     )
-    assert bool(step.feasible(prev, xi))
+    xi = pl.plan(post, prev, cons, 0.05, g)
+    assert bool(cons.feasible(prev, xi, 0.05))
+    with pytest.raises(ValueError, match="refine"):
+        GreedyPlanner(refine="botorch-ish")
+
+
+def test_refinement_is_feasible_and_raises_the_eig():
+    lf = LocationFinding()
+    prev = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    post = ParticlePosterior(lf, 1024, generator=0).condition(
+        prev, torch.tensor(1.0, dtype=torch.float64)
+    )
+    cons = Constraints([StepBound(0.3, "2"), TravelBudget(1.0)], lf.design_bounds)
+    starts = cons.sample(prev, 6, 1.0, torch.Generator().manual_seed(1))
+    refined, values = refine_designs(post, starts, prev, cons, 1.0, 256, generator=3)
+    assert bool(cons.feasible(prev, refined, 1.0).all())
+    # judged by an independent, much larger estimate, refinement raises the EIG on average
+    big = next_design_eig(post, torch.cat([starts, refined]), num_outer=4000, generator=99)
+    n = starts.shape[0]
+    gain = big[n:] - big[:n]
+    assert float(gain.mean()) > 0.1 and float(gain.min()) > -0.02
+    # a tight budget: the refined designs stay affordable
+    tight = Constraints([StepBound(0.3, "2"), TravelBudget(0.05)], lf.design_bounds)
+    r2, _ = refine_designs(post, starts * 0 + prev, prev, tight, 0.05, 32, generator=3)
+    assert bool(tight.feasible(prev, r2, 0.05).all())
+
+
+def test_soft_cost_trades_information_for_movement():
+    lf = LocationFinding()
+    theta = torch.tensor([[0.9, 0.9]], dtype=torch.float64)
+    free = run_experiment(lf, GreedyPlanner(16, 16), theta, 5, [StepBound(0.1)], seed=0)
+    heavy = run_experiment(
+        lf, GreedyPlanner(16, 16), theta, 5, [StepBound(0.1), SoftCost(1e6)], seed=0
+    )
+    assert sum(free.soft_costs) == 0.0 and sum(r for r in free.costs) == 0.0  # no budget
+    moved = (free.designs - 0.5).abs().sum()
+    assert float(moved) > 0.1
+    assert float((heavy.designs - 0.5).abs().max()) == 0.0  # staying put is free
+    assert len(heavy.soft_costs) == 5
+
+
+def test_ces_runs_under_a_travel_budget():
+    ces = CES()
+    theta = ces.sample_prior(1, generator=torch.Generator().manual_seed(0))[0]
+    r = run_experiment(
+        ces,
+        GreedyPlanner(32, 16),
+        theta,
+        4,
+        [TravelBudget(200.0)],
+        num_particles=512,
+        seed=0,
+    )
+    assert r.designs.shape == (4, 6) and sum(r.costs) <= 200 + 1e-9
+    assert bool(((r.designs >= 0) & (r.designs <= 100)).all())
