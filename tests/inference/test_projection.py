@@ -55,15 +55,17 @@ def test_linear_toy_weak_factor_is_not_learned():
     assert toy.shift_along_u(dW) < 0.05
 
 
-def test_read_side_and_write_side_constraints_on_tinylm():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_read_side_and_write_side_constraints_on_tinylm(device):
     lm = TinyLM(TinyLMConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, context=12,
                              ffn={"kind": "gelu"}))  # fmt: skip
     names = add_lora(lm, ["attn.q", "attn.v", "attn.o.linear", "ffn.down"], rank=2)
     assert len(names) == 8
+    lm = lm.to(device)
     sides = {f.name: f.side for f in lora_modules(lm)}
     assert sides["blocks.0.attn.o.linear"] == "write" and sides["blocks.0.ffn.down"] == "write"
     assert sides["blocks.0.attn.q"] == "read"
-    u = torch.randn(16)
+    u = torch.randn(16, device=device)
     g = GRASP(u)
 
     def batch(gen):
@@ -74,7 +76,7 @@ def test_read_side_and_write_side_constraints_on_tinylm():
     un = u / u.norm()
     for f in lora_modules(lm):
         dW = f.delta_weight().detach()
-        assert float(dW.abs().max()) > 0  # the adapters did learn
+        assert dW.device.type == device and float(dW.abs().max()) > 0  # the adapters did learn
         viol = (un @ dW) if f.side == "write" else (dW @ un)
         assert float(viol.abs().max()) < 1e-6, f.name
 

@@ -1,0 +1,147 @@
+"""CUDA vs CPU timings of the heavy paths, side by side in one run on the same machine, plus a
+GPU-sized MoA pretraining comparison.
+
+Paths timed (median of 5 after 2 warm-ups, `torch.cuda.synchronize` around CUDA timings):
+TinyLM training step (d = 256, 6 layers, context 256, batch 32) with SwiGLU and bi-MoA FFNs;
+one SURGE assimilation step (linear-Gaussian, d = 10, 8 filters x 8192 particles, 50 diffusion
+levels); `basis_advantages` on a batch of 1024 prompts. Then (CUDA only) SwiGLU vs bi-MoA vs LA
+TinyLM pretraining on the pydoc corpus, d = 256, 6 layers, 3 paired seeds, 600 steps of 32 x 256
+tokens at lr 2e-3.
+
+Run: `python benchmarks/gpu_timing.py [--quick] [--out DIR]` on a machine with CUDA.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, parse_args, save  # noqa: E402
+
+from probml.inference.advantage import basis_advantages  # noqa: E402
+from probml.inference.pretrain import paired_comparison, pydoc_corpus  # noqa: E402
+from probml.inference.smc import SURGE  # noqa: E402
+from probml.models.diffusion import LinearGaussianDiffusion  # noqa: E402
+from probml.models.dynamics import LinearGaussianSSM  # noqa: E402
+from probml.models.lm import TinyLM, TinyLMConfig  # noqa: E402
+from probml.results import markdown_table  # noqa: E402
+
+
+def _time(fn, device: str, reps: int = 5, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def lm_step(device: str, ffn: dict, quick: bool):
+    torch.manual_seed(0)
+    d, L, T, B = (128, 2, 128, 8) if quick else (256, 6, 256, 32)
+    m = TinyLM(TinyLMConfig(vocab_size=128, d_model=d, n_layers=L, context=T, ffn=ffn)).to(device)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    x = torch.randint(0, 128, (B, T), device=device)
+
+    def step():
+        _, loss = m(x, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def surge_step(device: str, quick: bool):
+    ssm = LinearGaussianSSM.random(dim=10, obs_every=2, obs_noise=0.25)
+    tr = LinearGaussianDiffusion(ssm.A, ssm.Q).to(device)
+    n = 1024 if quick else 8192
+    _, ys = ssm.simulate(1, 8, generator=1)
+    parts = torch.randn(8, n, 10, dtype=torch.float64, device=device)
+    f = SURGE(tr, ssm.observation, n, 50, seed=0, verbose=False)
+    y = ys.to(device)
+    return lambda: f.filter(y, particles=parts)
+
+
+def basis_call(device: str):
+    g = torch.Generator().manual_seed(0)
+    r = (torch.rand(1024, generator=g) < 0.3).double().to(device)
+    p0 = (0.1 + 0.8 * torch.rand(1024, generator=g, dtype=torch.float64)).to(device)
+    return lambda: basis_advantages(r, p0)
+
+
+def main():
+    args = parse_args(__doc__.splitlines()[0])
+    if not torch.cuda.is_available():
+        raise SystemExit("needs CUDA")
+    name = torch.cuda.get_device_name()
+    torch.set_num_threads(min(16, torch.get_num_threads()))
+    paths = {
+        "TinyLM step, SwiGLU": lambda dev: lm_step(dev, {"kind": "swiglu"}, args.quick),
+        "TinyLM step, bi-MoA": lambda dev: lm_step(
+            dev, {"kind": "moa", "variant": "bi_sided"}, args.quick
+        ),
+        "SURGE step (8 x 8192 particles, 50 levels)": lambda dev: surge_step(dev, args.quick),
+        "basis_advantages (B = 1024)": basis_call,
+    }
+    rows = []
+    for label, make in paths.items():
+        t = {dev: _time(make(dev), dev) for dev in ("cpu", "cuda")}
+        rows.append(
+            {
+                "path": label,
+                "cpu ms": 1e3 * t["cpu"],
+                "cuda ms": 1e3 * t["cuda"],
+                "speed-up cpu/cuda": t["cpu"] / t["cuda"],
+            }
+        )
+        print(rows[-1], flush=True)
+    corpus = pydoc_corpus()
+    arms = {
+        "SwiGLU": {"kind": "swiglu"},
+        "LA (bi-sided)": {"kind": "la", "variant": "bi_sided"},
+        "bi-MoA (gated)": {"kind": "moa", "variant": "bi_sided"},
+    }
+    d, L, T = (128, 2, 128) if args.quick else (256, 6, 256)
+    factories = {
+        a: (
+            lambda ffn=ffn: TinyLM(
+                TinyLMConfig(
+                    vocab_size=corpus.vocab_size, d_model=d, n_layers=L, context=T, ffn=ffn
+                )
+            )
+        )
+        for a, ffn in arms.items()
+    }
+    steps = 50 if args.quick else 600
+    moa_rows, _ = paired_comparison(
+        factories,
+        corpus,
+        [0, 1, 2],
+        [2e-3],
+        steps=steps,
+        batch_size=32,
+        warmup=steps // 10,
+        eval_batches=20,
+        device="cuda",
+    )
+    header = f"{name}; {machine()}"
+    print(f"## CUDA vs CPU ({header})\n" + markdown_table(rows))
+    print(f"\n## MoA at GPU scale, d = {d}, {L} layers, {steps} steps\n" + markdown_table(moa_rows))
+    path = save("gpu_timing", args.out, {"device": name, "paths": rows, "moa": moa_rows})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

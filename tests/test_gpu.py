@@ -1,0 +1,92 @@
+"""Device-agnostic heavy paths, run on the CPU everywhere and on CUDA where one exists.
+
+Each test runs the same code on ``device`` and checks a real property (agreement with the CPU
+result, or a closed form); the ``cuda`` cases carry the ``gpu`` marker and are skipped without
+a GPU (tests/conftest.py). ``benchmarks/gpu_check.sh`` runs every ``gpu``-marked test (these and
+the CUDA case of GRASP's constraint test in tests/inference/test_projection.py).
+"""
+
+import pytest
+import torch
+
+from probml.inference.advantage import basis_advantages, grpo_advantages
+from probml.inference.particles import effective_sample_size, resample
+from probml.inference.smc import SURGE, kalman_filter
+from probml.models.diffusion import LinearGaussianDiffusion
+from probml.models.dynamics import LinearGaussianSSM
+from probml.models.lm import TinyLM, TinyLMConfig
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "kw", [{}, {"ffn": {"kind": "moa"}}, {"placement": "dnp", "branch_scales": True}]
+)
+def test_tinylm_matches_the_cpu_and_trains(device, kw):
+    torch.manual_seed(0)
+    cfg = TinyLMConfig(vocab_size=50, d_model=64, n_layers=2, n_heads=4, context=32, **kw)
+    cpu = TinyLM(cfg)
+    dev = TinyLM(cfg).to(device)
+    dev.load_state_dict(cpu.state_dict())
+    x = torch.randint(0, 50, (4, 32), generator=torch.Generator().manual_seed(1))
+    ref, _ = cpu(x, x)
+    out, loss = dev(x.to(device), x.to(device))
+    assert out.device.type == device
+    assert torch.allclose(out.cpu(), ref, atol=2e-3, rtol=1e-3)
+    opt = torch.optim.AdamW(dev.parameters(), lr=3e-3)
+    first = float(loss)
+    for _ in range(20):
+        _, loss = dev(x.to(device), x.roll(-1, 1).to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < first
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_particle_toolkit_on_device(device):
+    g = torch.Generator(device=device).manual_seed(0)
+    log_w = torch.randn(8, 1000, generator=g, device=device, dtype=torch.float64)
+    ess = effective_sample_size(log_w)
+    assert torch.allclose(ess.cpu(), effective_sample_size(log_w.cpu()))
+    idx = resample(log_w, 1000, scheme="systematic", generator=g)
+    assert idx.device.type == device and idx.shape == (8, 1000)
+    # systematic resampling: each count is within one of N w_i
+    w = torch.softmax(log_w, -1)
+    counts = torch.zeros_like(w).scatter_add_(-1, idx, torch.ones_like(w))
+    assert float((counts - 1000 * w).abs().max()) < 1.0 + 1e-9
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_surge_on_device_matches_the_kalman_posterior(device):
+    ssm = LinearGaussianSSM.random(dim=6, obs_every=2, obs_noise=0.25)
+    tr = LinearGaussianDiffusion(ssm.A, ssm.Q)
+    xs, ys = ssm.simulate(1, 4, generator=1)
+    m0, P0 = xs[0], 0.25 * torch.eye(6, dtype=torch.float64)
+    Ak, Qk = tr.effective_transition(30)
+    g = torch.Generator().manual_seed(0)
+    parts = m0[:, None] + 0.5 * torch.randn(4, 4000, 6, dtype=torch.float64, generator=g)
+    f = SURGE(tr.to(device), ssm.observation, 4000, 30, seed=0, verbose=False)
+    res = f.filter(ys.to(device), particles=parts.to(device))
+    H = ssm.observation.H
+    for b in range(4):
+        m, P, _ = kalman_filter(Ak, Qk, H, 0.25**2, ys[:, b], m0[b], P0)
+        L = torch.linalg.cholesky(P[0])
+        z = torch.linalg.solve_triangular(
+            L, (res.means[0, b].cpu() - m[0]).unsqueeze(-1), upper=False
+        )
+        assert float(z.norm()) < 0.5  # Monte Carlo error ~ sqrt(d / ESS)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_advantages_agree_across_devices(device):
+    g = torch.Generator().manual_seed(0)
+    r = (torch.rand(256, generator=g) < 0.4).double()
+    p0 = torch.rand(256, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    a_cpu, diag_cpu = basis_advantages(r, p0)
+    a_dev, diag_dev = basis_advantages(r.to(device), p0.to(device))
+    assert a_dev.device.type == device
+    assert torch.allclose(a_dev.cpu(), a_cpu, atol=1e-10)
+    rg = (torch.rand(32, 8, generator=g) < 0.5).double()
+    assert torch.allclose(grpo_advantages(rg.to(device)).cpu(), grpo_advantages(rg), atol=1e-12)
