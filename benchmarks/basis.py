@@ -5,14 +5,17 @@
    offline-only values, REINFORCE++'s batch mean and an SPO-style tracker.
 2. Learning curves: final mean reward of BASIS (1 rollout) vs GRPO-8 (8 rollouts).
 3. Drift sweep (static, from the logit-shift model): where prompt-specific drift erases the
-   gain over GRPO-8.
+   gain over GRPO-8; and a sweep with drift that is a smooth function of prompt features,
+   where GP-BASIS (a gpytorch GP over the features) is compared with BASIS.
 4. Cost of computing the advantages, as a ratio to GRPO's, same run.
 
-Run: `python benchmarks/basis.py` (5 seeds) or `--quick` (2 seeds, 100 steps).
+Run: `python benchmarks/basis.py` (5 seeds) or `--quick` (2 seeds, 100 steps);
+`python benchmarks/basis.py --drift-only` runs the two static drift sweeps alone.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -24,41 +27,76 @@ from _common import parse_args, save, timed  # noqa: E402
 
 from probml.inference.advantage import basis_advantages, grpo_advantages, offline_values  # noqa: E402
 from probml.inference.basis_rl import run_bandit_rl  # noqa: E402
-from probml.models.rollouts import LinearBandit  # noqa: E402
+from probml.models.rollouts import LinearBandit, gp_loo_baseline  # noqa: E402
 from probml.results import markdown_table, mean_se  # noqa: E402
 
 ESTIMATORS = ["basis", "basis-linearised", "bayes-basis", "grpo", "offline", "reinforce++", "spo"]
 
 
-def drift_sweep(seeds: int, B: int = 128, K: int = 16, c: float = 1.0):
+def _iid_drift(tau, B, K, g):
+    p = torch.rand(B, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    k = torch.binomial(torch.full((B,), float(K), dtype=torch.float64), p, generator=g)
+    return None, p, k, tau * torch.randn(B, generator=g, dtype=torch.float64)
+
+
+def _feature_drift(tau, B, K, g):
+    """eta_i = tau sqrt(2) cos(w^T x_i + b) of prompt features x_i ~ N(0, I_4)."""
+    x = torch.randn(B, 4, generator=g, dtype=torch.float64)
+    w = torch.randn(4, generator=g, dtype=torch.float64)
+    b = 2 * math.pi * float(torch.rand(1, generator=g))
+    eta = tau * math.sqrt(2) * torch.cos(x @ w + b)
+    p = torch.rand(B, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    k = torch.binomial(torch.full((B,), float(K), dtype=torch.float64), p, generator=g)
+    return x, p, k, eta
+
+
+def drift_sweep(seeds: int, kind: str = "iid", B: int = 128, K: int = 16, c: float = 1.0):
+    """Static value MSE under drift: iid prompt-specific (50 batches per seed) or a smooth
+    function of prompt features (10 batches per seed, GP-BASIS added)."""
+    draw, taus, batches, base = {
+        "iid": (_iid_drift, [0.0, 0.25, 0.5, 1.0, 2.0], 50, 1000),
+        "feature": (_feature_drift, [0.0, 0.5, 1.0, 2.0], 10, 2000),
+    }[kind]
+    label = "prompt drift tau" if kind == "iid" else "feature drift tau"
     rows = []
-    for tau in [0.0, 0.25, 0.5, 1.0, 2.0]:
+    for tau in taus:
         res = {"BASIS": [], "GRPO-8 group mean": [], "offline-only": []}
+        if kind == "feature":
+            res = {"BASIS": [], "GP-BASIS": [], **res}
         for s in range(seeds):
-            g = torch.Generator().manual_seed(1000 + s)
-            for _ in range(50):  # 50 batches per seed
-                p = torch.rand(B, generator=g, dtype=torch.float64) * 0.8 + 0.1
-                p0 = offline_values(
-                    torch.binomial(torch.full((B,), float(K), dtype=torch.float64), p, generator=g),
-                    K,
-                )
-                eta = tau * torch.randn(B, generator=g, dtype=torch.float64)
+            g = torch.Generator().manual_seed(base + s)
+            for _ in range(batches):
+                x, p, k, eta = draw(tau, B, K, g)
+                p0 = offline_values(k, K)
                 v = torch.sigmoid(torch.logit(p) + c + eta)
                 r = torch.bernoulli(v, generator=g)
                 _, d = basis_advantages(r, p0)
+                if x is not None:
+                    res["GP-BASIS"].append(float(((gp_loo_baseline(r, p0, x)[0] - v) ** 2).mean()))
                 r8 = torch.bernoulli(v[:, None].expand(B, 8), generator=g)
                 res["BASIS"].append(float(((d["baseline"] - v) ** 2).mean()))
                 res["GRPO-8 group mean"].append(float(((r8.mean(1) - v) ** 2).mean()))
                 res["offline-only"].append(float(((p0 - v) ** 2).mean()))
-        for k, vals in res.items():
+        for name, vals in res.items():
             m, se = mean_se(vals)
-            rows.append({"prompt drift tau": tau, "estimator": k, "value MSE": m, "se": se})
+            rows.append({label: tau, "estimator": name, "value MSE": m, "se": se})
     return rows
 
 
 def main():
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], flags=("--drift-only",))
     seeds = args.seeds or (2 if args.quick else 5)
+    if args.drift_only:
+        drift_rows, fdrift_rows = drift_sweep(seeds), drift_sweep(seeds, "feature")
+        print(
+            "## drift sweep (logit-shift model, c = 1, K = 16, B = 128)\n"
+            + markdown_table(drift_rows)
+            + "\n\n## feature-correlated drift (c = 1, K = 16, B = 128, 10 batches x seeds)\n"
+            + markdown_table(fdrift_rows)
+        )
+        path = save("basis_drift", args.out, {"drift": drift_rows, "feature_drift": fdrift_rows})
+        print(f"\nwrote {path}")
+        return
     steps = 100 if args.quick else 300
     bandit = LinearBandit(num_prompts=4096, seed=0)
     mse_rows, curve_rows = [], []
@@ -95,6 +133,7 @@ def main():
             )
     ratio = np.mean(finals[16, "basis"]) / np.mean(finals[16, "grpo"])
     drift_rows = drift_sweep(seeds)
+    fdrift_rows = drift_sweep(seeds, "feature")
     g = torch.Generator().manual_seed(0)
     r1 = (torch.rand(128, generator=g) < 0.5).double()
     p0 = torch.rand(128, generator=g, dtype=torch.float64) * 0.8 + 0.1
@@ -112,6 +151,10 @@ def main():
         + markdown_table(drift_rows)
     )
     print(
+        "\n## feature-correlated drift (c = 1, K = 16, B = 128, 10 batches x seeds)\n"
+        + markdown_table(fdrift_rows)
+    )
+    print(
         f"\nadvantage computation at B = 128: BASIS {1e3 * t_basis:.3f} ms, GRPO-8 {1e3 * t_grpo:.3f} ms "
         f"(ratio {t_basis / t_grpo:.1f})"
     )
@@ -123,6 +166,7 @@ def main():
             "final": curve_rows,
             "ratio": ratio,
             "drift": drift_rows,
+            "feature_drift": fdrift_rows,
             "t_basis": t_basis,
             "t_grpo": t_grpo,
         },

@@ -22,13 +22,80 @@ from probml.inference.advantage import (
     reinforce_pp_advantages,
     rloo_advantages,
 )
-from probml.models.rollouts import LinearBandit, bayesian_loo_baseline
+from probml.models.rollouts import LinearBandit, bayesian_loo_baseline, gp_loo_baseline
 from probml.utils import progress
 
-__all__ = ["BanditRLResult", "run_bandit_rl", "SINGLE_ROLLOUT", "GROUP"]
+__all__ = [
+    "BanditRLResult",
+    "run_bandit_rl",
+    "advantages_and_values",
+    "check_estimator",
+    "SINGLE_ROLLOUT",
+    "GROUP",
+]
 
-SINGLE_ROLLOUT = ("basis", "basis-linearised", "bayes-basis", "reinforce++", "offline", "spo")
+SINGLE_ROLLOUT = (
+    "basis",
+    "basis-linearised",
+    "bayes-basis",
+    "gp-basis",
+    "reinforce++",
+    "offline",
+    "spo",
+)
 GROUP = ("grpo", "rloo")
+
+
+def check_estimator(estimator: str) -> None:
+    if estimator not in SINGLE_ROLLOUT + GROUP:
+        raise ValueError(f"estimator must be one of {SINGLE_ROLLOUT + GROUP}, got {estimator!r}")
+
+
+def advantages_and_values(
+    estimator: str,
+    rewards: torch.Tensor,
+    p0: torch.Tensor,
+    prompts: torch.Tensor,
+    spo: SPOTracker | None = None,
+    features: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """One estimator's advantages (``B x G``) and the value estimate it uses (``B``; for group
+    estimators the group mean) from rewards ``B x G`` (``G = 1`` for single-rollout ones).
+
+    Returns ``(advantages, values, chosen beta or None)``; ``p0`` are the batch's offline
+    values, ``prompts`` their indices (for the SPO tracker), ``features`` the batch's prompt
+    features (``B x F``, for ``"gp-basis"``)."""
+    if estimator == "grpo":
+        return grpo_advantages(rewards), rewards.mean(1), None
+    if estimator == "rloo":
+        return rloo_advantages(rewards), rewards.mean(1), None
+    r = rewards[:, 0]
+    beta = None
+    if estimator in ("basis", "basis-linearised"):
+        form = "blue" if estimator == "basis" else "linearised"
+        a, diag = basis_advantages(r, p0, form=form)
+        value = diag["baseline"]
+        beta = float(diag["beta"].median())
+    elif estimator == "bayes-basis":
+        value = bayesian_loo_baseline(r, p0)
+        a = r - value
+    elif estimator == "gp-basis":
+        if features is None:
+            raise ValueError("estimator 'gp-basis' needs prompt features")
+        value, _ = gp_loo_baseline(r, p0, features, fit_steps=20)
+        a = r - value
+    elif estimator == "reinforce++":
+        a = reinforce_pp_advantages(r)
+        value = r.mean().expand_as(r)
+    elif estimator == "offline":
+        a = offline_advantages(r, p0)
+        value = p0
+    elif estimator == "spo":
+        value = spo.baseline(prompts)
+        a = spo.advantages(prompts, r)
+    else:
+        check_estimator(estimator)
+    return a.unsqueeze(1), value, beta
 
 
 @dataclass
@@ -63,8 +130,7 @@ def run_bandit_rl(
         lr: Adam step size.
         seed: seed of prompts, rollouts and the offline samples.
     """
-    if estimator not in SINGLE_ROLLOUT + GROUP:
-        raise ValueError(f"estimator must be one of {SINGLE_ROLLOUT + GROUP}, got {estimator!r}")
+    check_estimator(estimator)
     if batch_size < 2 or batch_size > bandit.num_prompts:
         raise ValueError(f"batch_size must be in [2, {bandit.num_prompts}], got {batch_size}")
     dev = bandit.features.device
@@ -83,32 +149,12 @@ def run_bandit_rl(
             v_true = bandit.values(theta, prompts)
             n_roll = group_size if estimator in GROUP else 1
             answers, rewards = bandit.sample(theta, prompts, n_roll, g)
-            if estimator == "grpo":
-                adv = grpo_advantages(rewards)
-                value = rewards.mean(1)
-            elif estimator == "rloo":
-                adv = rloo_advantages(rewards)
-                value = rewards.mean(1)
-            else:
-                r = rewards[:, 0]
-                if estimator in ("basis", "basis-linearised"):
-                    form = "blue" if estimator == "basis" else "linearised"
-                    a, diag = basis_advantages(r, p0[prompts], form=form)
-                    value = diag["baseline"]
-                    out.chosen_beta.append(float(diag["beta"].median()))
-                elif estimator == "bayes-basis":
-                    value = bayesian_loo_baseline(r, p0[prompts])
-                    a = r - value
-                elif estimator == "reinforce++":
-                    a = reinforce_pp_advantages(r)
-                    value = r.mean().expand_as(r)
-                elif estimator == "offline":
-                    a = offline_advantages(r, p0[prompts])
-                    value = p0[prompts]
-                else:  # spo
-                    value = spo.baseline(prompts)
-                    a = spo.advantages(prompts, r)
-                adv = a.unsqueeze(1)
+            feats = bandit.features[prompts].mean(1) if estimator == "gp-basis" else None
+            adv, value, beta = advantages_and_values(
+                estimator, rewards, p0[prompts], prompts, spo, feats
+            )
+            if beta is not None:
+                out.chosen_beta.append(beta)
             score = bandit.score_function(theta, prompts, answers)  # B x G x d
             grad = (adv.unsqueeze(-1) * score).mean((0, 1))
         opt.zero_grad()

@@ -150,3 +150,66 @@ def test_bandit_value_mse_ordering_small_scale():
     }
     assert mse["basis"] < 0.5 * mse["reinforce++"] and mse["basis"] < 0.5 * mse["offline"], mse
     assert mse["basis"] < mse["grpo"], mse  # one rollout vs eight
+
+
+def _feature_drift_batch(seed, B=128, K=16, tau=2.0):
+    from probml.inference.advantage import offline_values
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 4, generator=g, dtype=torch.float64)
+    w = torch.randn(4, generator=g, dtype=torch.float64)
+    eta = tau * math.sqrt(2) * torch.cos(x @ w + 1.0)
+    p = torch.rand(B, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    k = torch.binomial(torch.full((B,), float(K), dtype=torch.float64), p, generator=g)
+    v = torch.sigmoid(torch.logit(p) + 1.0 + eta)
+    return x, offline_values(k, K), v, torch.bernoulli(v, generator=g)
+
+
+def test_gp_loo_baseline_is_exact_leave_one_out_and_ignores_r_i():
+    from probml.models.rollouts import gp_loo_baseline
+
+    x, p0, v, r = _feature_drift_batch(0, B=40)
+    base, hp = gp_loo_baseline(r, p0, x, fit_steps=30)
+    # brute force: the GP posterior mean at x_i from the other 39 points, same hyperparameters
+    e = r - p0
+
+    def k(a, b):
+        d2 = ((a[:, None] - b[None]) ** 2).sum(-1)
+        return hp["outputscale"] * torch.exp(-0.5 * d2 / hp["lengthscale"] ** 2)
+
+    for i in (0, 7, 39):
+        keep = torch.arange(40) != i
+        Kmm = k(x[keep], x[keep]) + hp["noise"] * torch.eye(39, dtype=torch.float64)
+        mu = hp["mean"] + k(x[i : i + 1], x[keep]) @ torch.linalg.solve(Kmm, e[keep] - hp["mean"])
+        assert float((p0[i] + mu).clamp(0, 1)) == pytest.approx(float(base[i]), abs=1e-8)
+    # with fixed hyperparameters the baseline of i is a function of the other rewards only
+    flipped = r.clone()
+    flipped[5] = 1 - flipped[5]
+    b2, _ = gp_loo_baseline(flipped, p0, x, hyperparameters=hp)
+    assert float(b2[5]) == pytest.approx(float(base[5]), abs=1e-7)  # softplus round trip
+    assert float((b2 - base).abs().max()) > 1e-4  # the others do see r_5
+    with pytest.raises(ValueError, match="features"):
+        gp_loo_baseline(r, p0, x[:5])
+
+
+def test_gp_basis_beats_basis_under_feature_correlated_drift():
+    from probml.models.rollouts import gp_loo_baseline
+
+    mse_basis, mse_gp = [], []
+    for s in range(8):
+        x, p0, v, r = _feature_drift_batch(s)
+        _, d = basis_advantages(r, p0)
+        b, _ = gp_loo_baseline(r, p0, x)
+        mse_basis.append(float(((d["baseline"] - v) ** 2).mean()))
+        mse_gp.append(float(((b - v) ** 2).mean()))
+    assert np.mean(mse_gp) < 0.8 * np.mean(mse_basis), (np.mean(mse_gp), np.mean(mse_basis))
+
+
+def test_gp_basis_runs_in_the_bandit_loop_and_needs_features():
+    from probml.inference.basis_rl import advantages_and_values
+
+    res = run_bandit_rl(LinearBandit(num_prompts=256, seed=0), "gp-basis", steps=3, batch_size=32)
+    assert len(res.value_mse) == 3 and all(np.isfinite(res.value_mse))
+    r = torch.tensor([[1.0], [0.0], [1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="features"):
+        advantages_and_values("gp-basis", r, torch.full((3,), 0.5), torch.arange(3))

@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from probml.inference.sequence_rl import (
+    AdditionTask,
+    addition_policy,
+    answer_log_prob,
+    offline_counts,
+    run_sequence_rl,
+    sample_answers,
+    supervised_warmup,
+)
+
+
+def test_task_tokens_and_exact_match_reward():
+    task = AdditionTask(64, seed=0)
+    a = task.prompts[:, 0] * 10 + task.prompts[:, 1]
+    b = task.prompts[:, 3] * 10 + task.prompts[:, 4]
+    s = task.answers[:, 0] * 100 + task.answers[:, 1] * 10 + task.answers[:, 2]
+    assert torch.equal(a + b, s) and bool((task.prompts[:, 2] == 10).all())
+    assert torch.equal(task.carries, (a % 10 + b % 10) >= 10)
+    idx = torch.arange(4)
+    right = task.answers[idx].unsqueeze(1)
+    wrong = right.clone()
+    wrong[:, :, 2] = (wrong[:, :, 2] + 1) % 10
+    r = task.rewards(idx, torch.cat([right, wrong], 1))
+    assert torch.equal(r, torch.tensor([[1.0, 0.0]] * 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="num_prompts"):
+        AdditionTask(1)
+
+
+def test_answer_log_prob_is_a_normalised_distribution_matching_sampling():
+    torch.manual_seed(0)
+    m = addition_policy(d_model=32, n_layers=1).eval()
+    task = AdditionTask(8, seed=0)
+    p = task.prompts[:1]
+    every = torch.cartesian_prod(*[torch.arange(10)] * 3).unsqueeze(0)  # 1 x 1000 x 3
+    with torch.no_grad():
+        lp = answer_log_prob(m, p, every)[0]
+    # the 3 digits range over 10 of the 12 tokens: the digit answers carry mass < 1
+    total = float(torch.logsumexp(lp, 0).exp())
+    assert 0 < total <= 1 + 1e-5
+    samples = sample_answers(m, p, 4000, torch.Generator().manual_seed(1))[0]
+    digits = (samples < 10).all(-1)
+    assert abs(float(digits.double().mean()) - total) < 0.03
+    # the first digit's empirical frequencies match the model's marginal
+    first = torch.logsumexp(lp.reshape(10, 100), 1).exp()
+    emp = torch.bincount(samples[digits][:, 0], minlength=10).double() / len(samples)
+    assert float((emp - first).abs().max()) < 0.03
+
+
+def test_warmup_offline_counts_and_one_rl_run():
+    task = AdditionTask(256, seed=0)
+    torch.manual_seed(0)
+    m = addition_policy(d_model=32, n_layers=2)
+    hist = supervised_warmup(m, task, 0.15, max_steps=1500, batch_size=64, lr=3e-3, seed=0)
+    assert hist[-1][1] >= 0.15
+    k = offline_counts(m, task, 8, torch.Generator().manual_seed(0), "cpu")
+    assert k.shape == (256,) and int(k.min()) >= 0 and int(k.max()) <= 8
+    res = run_sequence_rl(
+        m, task, "basis", steps=3, batch_size=32, mc_rollouts=8, eval_every=3, offline=k, K=8
+    )
+    assert len(res.value_mse) == 3 and res.rollouts == [32, 32, 32]
+    g8 = run_sequence_rl(m, task, "grpo", steps=2, batch_size=16, mc_rollouts=4, offline=k, K=8)
+    gp = run_sequence_rl(m, task, "gp-basis", steps=2, batch_size=16, mc_rollouts=4, offline=k, K=8)
+    assert len(gp.value_mse) == 2
+    assert g8.rollouts == [128, 128]
+    with pytest.raises(ValueError, match="estimator"):
+        run_sequence_rl(m, task, "ppo", steps=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        run_sequence_rl(m, task, "basis", steps=1, batch_size=1000)
+    with pytest.raises(ValueError, match="carry_weight"):
+        supervised_warmup(m, task, 0.4, carry_weight=0)
