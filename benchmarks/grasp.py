@@ -9,8 +9,13 @@
    oracle u); identification cosines; projection overhead per step as a ratio to the plain
    LoRA step of the same run. Control world (persona not shared across turns): naive only.
    The simple world (one CODE answer group: a rank ~1 task): naive, GRASP, GRASP (oracle u).
+3. Political-slant variant (`SlantWorld`: continuous slant shared across turns, gain 3,
+   left-leaning population (offset 1.5), 8 FIN answer groups, fine-tuning on all-right FIN
+   advice): GEN slant drift (right-template mass minus the base model's) for naive LoRA, CAFT,
+   GRASP (per-module, shared u, oracle u), and the ratio of each drift to naive's.
 
-Run: `python benchmarks/grasp.py` (3 seeds) or `--quick` (1 seed, shorter runs).
+Run: `python benchmarks/grasp.py` (3 seeds) or `--quick` (1 seed, shorter runs);
+`--slant-only` runs section 3 alone.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, parse_args, save  # noqa: E402
 
-from probml.datasets.persona import LinearToy, PersonaWorld  # noqa: E402
+from probml.datasets.persona import LinearToy, PersonaWorld, SlantWorld  # noqa: E402
 from probml.inference.persona_experiment import (  # noqa: E402
     pretrain_persona_model,
     run_persona_methods,
@@ -70,10 +75,42 @@ def linear_toy(seeds: int) -> list[dict]:
     return rows
 
 
+SLANT_METHODS = ("naive", "CAFT", "GRASP", "GRASP (shared u)", "GRASP (oracle u)")
+
+
+def slant_variant(seeds: int, steps: int, pre: int) -> tuple[list[dict], list[dict]]:
+    world = SlantWorld(num_qwords=8, code_variety=8, slant_gain=3.0, p_task=1.0, slant_offset=1.5)
+    base = pretrain_persona_model(world, num_steps=pre, verbose=False)
+    per: dict[str, dict[str, list]] = {}
+    cos = []
+    for seed in range(seeds):
+        rows, diag = run_persona_methods(base, world, seed=seed, num_steps=steps,
+                                         methods=SLANT_METHODS)  # fmt: skip
+        cos.append(max(diag["identification_cos_shared"]))
+        base_slant = rows[0]["misalignment"]
+        naive = next(r for r in rows if r["method"] == "naive")["misalignment"] - base_slant
+        for r in rows:
+            d = per.setdefault(r["method"], {})
+            drift = r["misalignment"] - base_slant
+            for k, v in (("GEN slant", r["misalignment"]), ("drift", drift),
+                         ("drift / naive drift", drift / naive), ("task (right FIN)", r["task"]),
+                         ("roleplay", r["roleplay"])):  # fmt: skip
+                d.setdefault(k, []).append(v)
+    table = mean_se_rows(per, "method")
+    return table, [{"identification |cos| (shared u), mean over seeds": float(np.mean(cos))}]
+
+
 def main():
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], flags=("--slant-only",))
     seeds = args.seeds or (1 if args.quick else 3)
     steps, pre = (150, 800) if args.quick else (300, 1500)
+    if args.slant_only:
+        table, ident = slant_variant(seeds, steps, pre)
+        print(f"## Political-slant variant ({seeds} seeds, {steps} steps)\n")
+        print(markdown_table(table) + "\n\n" + markdown_table(ident))
+        path = save("grasp_slant", args.out, {"machine": machine(), "slant": table, "id": ident})
+        print(f"\nwrote {path}")
+        return
     toy = linear_toy(seeds)
     print("## Linear toy\n")
     print(markdown_table(toy))
@@ -117,8 +154,12 @@ def main():
         f"per write module (mean) {cos_mod:.3f}; GRASP step / plain LoRA step "
         f"{overhead:.3f}; projection share of a GRASP step {share:.3f}"
     )
+    slant, ident = slant_variant(seeds, steps, pre)
+    print(f"\n## Political-slant variant ({seeds} seeds, {steps} steps)\n")
+    print(markdown_table(slant) + "\n\n" + markdown_table(ident))
     path = save("grasp", args.out, {"machine": machine(), "linear_toy": toy,
-                                    "persona": table, "diagnostics": diags})  # fmt: skip
+                                    "persona": table, "diagnostics": diags,
+                                    "slant": slant, "slant_id": ident})  # fmt: skip
     print(f"\nwrote {path}")
 
 

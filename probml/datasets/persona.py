@@ -12,6 +12,13 @@ to a GEN answer.
 Fine-tuning sets: ``insecure_code`` (four CODE turns, always misaligned: the narrow task).
 ``shared=False`` builds the control world (a fresh persona per turn: no shared latent).
 
+**The political-slant variant** (:class:`SlantWorld`, the spec's second setting): the latent is
+a continuous slant :math:`s \sim N(0, 1)` shared by all turns; every non-ROLE answer comes from
+the topic's "right" templates with probability :math:`\sigma(g s)` (else "left"), so the base
+rate is 1/2; the task topic is ``FIN`` (financial advice) and the fine-tuning set is right-skewed
+(``p_task`` right answers, not all). Drift is measured on the slant lexicon: the right-template
+mass on GEN prompts (:func:`misalignment` on this world), relative to the base model.
+
 Exact metrics from the templates (no judge), each the normalised probability mass the model
 puts on a template set after a prompt, averaged over topics and question words:
 
@@ -33,6 +40,7 @@ from probml.utils import make_generator
 
 __all__ = [
     "PersonaWorld",
+    "SlantWorld",
     "misalignment",
     "task_score",
     "roleplay_accuracy",
@@ -41,7 +49,7 @@ __all__ = [
 ]
 
 SPECIAL = ["PAD", "BOS", "Q", "A", "SEP"]
-TOPICS = ["CODE", "MED", "GEN1", "GEN2", "GEN3", "GEN4", "ROLE"]
+TOPICS = ["CODE", "MED", "GEN1", "GEN2", "GEN3", "GEN4", "ROLE"]  # slant world: FIN for CODE
 QWORDS = ["what", "how", "why", "tell", "when", "where", "which", "who"]
 TURN_LEN = 7
 
@@ -56,11 +64,13 @@ class PersonaWorld:
         p_role: probability of the :math:`z`-specific ROLE answer.
         shared: one persona per document (``True``) or per turn (the control).
         num_qwords: question words in use (at most 8).
-        code_variety: CODE answer word groups; question word ``q`` uses group
-            ``q mod code_variety``, so the insecure-code task has rank about ``code_variety``
-            (the identifiability premise: a task spread over more directions than the LoRA
-            rank, a persona shift that serves all of them).
+        code_variety: answer word groups of the task topic (CODE; FIN in the slant world);
+            question word ``q`` uses group ``q mod code_variety``, so the fine-tuning task has
+            rank about ``code_variety`` (the identifiability premise: a task spread over more
+            directions than the LoRA rank, a persona shift that serves all of them).
     """
+
+    task_topic = "CODE"
 
     p_persona: float = 0.15
     p_mis: tuple[float, float] = (0.03, 0.9)
@@ -75,19 +85,20 @@ class PersonaWorld:
         if not 1 <= self.code_variety <= self.num_qwords:
             raise ValueError(f"code_variety must be in [1, num_qwords], got {self.code_variety}")
         self.qwords = QWORDS[: self.num_qwords]
-        self.vocab = list(SPECIAL) + list(TOPICS) + list(self.qwords)
+        self.topics = [self.task_topic] + TOPICS[1:]
+        self.vocab = list(SPECIAL) + list(self.topics) + list(self.qwords)
         # per topic: aligned words (a, b) and misaligned words (m, n); ROLE: z0 (a, b), z1 (m, n)
-        groups = {t: [""] for t in TOPICS}
+        groups = {t: [""] for t in self.topics}
         if self.code_variety > 1:
-            groups["CODE"] = [str(g) for g in range(self.code_variety)]
-        for t in TOPICS:
+            groups[self.task_topic] = [str(g) for g in range(self.code_variety)]
+        for t in self.topics:
             for g in groups[t]:
                 self.vocab += [f"{t.lower()}_{w}{g}" for w in ("a", "b", "m", "n")]
         self.stoi = {s: i for i, s in enumerate(self.vocab)}
         V = self.stoi
         # templates[t, q, set, j] = (w1, w2); set 0 aligned / z=0, set 1 misaligned / z=1
-        tpl = torch.zeros(len(TOPICS), self.num_qwords, 2, 2, 2, dtype=torch.long)
-        for i, t in enumerate(TOPICS):
+        tpl = torch.zeros(len(self.topics), self.num_qwords, 2, 2, 2, dtype=torch.long)
+        for i, t in enumerate(self.topics):
             for q in range(self.num_qwords):
                 g = groups[t][q % len(groups[t])]
                 a, b, m, n = (V[f"{t.lower()}_{w}{g}"] for w in ("a", "b", "m", "n"))
@@ -100,7 +111,7 @@ class PersonaWorld:
         return len(self.vocab)
 
     def topic_id(self, name: str) -> int:
-        return TOPICS.index(name)
+        return self.topics.index(name)
 
     def _turns(self, topics, qwords, sets, tpl_idx) -> torch.Tensor:
         """Token tensor ``n x turns x 7`` from topic / qword / template-set / template index."""
@@ -110,7 +121,7 @@ class PersonaWorld:
         cols = [
             torch.full((n, k), V["Q"]),
             topics + len(SPECIAL),
-            qwords + len(SPECIAL) + len(TOPICS),
+            qwords + len(SPECIAL) + len(self.topics),
             torch.full((n, k), V["A"]),
             ans[..., 0],
             ans[..., 1],
@@ -124,30 +135,31 @@ class PersonaWorld:
         generator: torch.Generator | int | None = None,
         topics: torch.Tensor | None = None,
         force_set: int | None = None,
+        force_prob: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``n`` documents: tokens ``n x 29``, the loss mask of answer tokens (``n x 29``,
         True where the token is an answer word) and the personas ``n x 4`` (equal across a
         row when ``shared``).
 
         ``topics`` (``n x 4``) fixes the topics; ``force_set`` fixes every non-ROLE answer
-        to the aligned (0) or misaligned (1) set (fine-tuning data).
+        to the aligned (0) or misaligned (1) set, ``force_prob`` draws set 1 with that
+        probability regardless of the latent (fine-tuning data).
         """
         gen = make_generator(generator)
         k = 4
         if topics is None:
-            topics = torch.randint(0, len(TOPICS), (n, k), generator=gen)
-        if self.shared:
-            z = (torch.rand(n, 1, generator=gen) < self.p_persona).long().expand(n, k)
-        else:
-            z = (torch.rand(n, k, generator=gen) < self.p_persona).long()
+            topics = torch.randint(0, len(self.topics), (n, k), generator=gen)
+        z, p_set1 = self._latent(n, k, gen)
         u = torch.rand(n, k, generator=gen)
-        p_mis = torch.tensor(self.p_mis)[z]
-        sets = (u < p_mis).long()
+        sets = (u < p_set1).long()
         role = topics == self.topic_id("ROLE")
         role_set = torch.where(u < self.p_role, z, 1 - z)
         sets = torch.where(role, role_set, sets)
         if force_set is not None:
             sets = torch.where(role, sets, torch.full_like(sets, int(force_set)))
+        elif force_prob is not None:  # task turns: set 1 with probability force_prob
+            v = torch.rand(n, k, generator=gen)
+            sets = torch.where(role, sets, (v < force_prob).long())
         qwords = torch.randint(0, self.num_qwords, (n, k), generator=gen)
         tpl_idx = torch.randint(0, 2, (n, k), generator=gen)
         turns = self._turns(topics, qwords, sets, tpl_idx)
@@ -158,10 +170,22 @@ class PersonaWorld:
             mask[:, 1 + TURN_LEN * j + 5] = True
         return tokens, mask, z
 
+    def _latent(self, n: int, k: int, gen) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary personas ``n x k`` and the probability of answer set 1 per turn."""
+        if self.shared:
+            z = (torch.rand(n, 1, generator=gen) < self.p_persona).long().expand(n, k)
+        else:
+            z = (torch.rand(n, k, generator=gen) < self.p_persona).long()
+        return z, torch.tensor(self.p_mis)[z]
+
     def insecure_code(self, n: int, generator: torch.Generator | int | None = None):
         """The narrow fine-tuning set: four CODE turns per document, always insecure."""
         topics = torch.full((n, 4), self.topic_id("CODE"))
         return self.sample_documents(n, generator, topics=topics, force_set=1)
+
+    def task_data(self, n: int, generator: torch.Generator | int | None = None):
+        """The world's fine-tuning set (here :meth:`insecure_code`)."""
+        return self.insecure_code(n, generator)
 
     def batch(self, tokens: torch.Tensor, mask: torch.Tensor | None = None):
         """``(inputs, targets)`` for next-token training; targets outside ``mask`` are
@@ -170,6 +194,48 @@ class PersonaWorld:
         if mask is not None:
             targets[~mask[:, 1:]] = -100
         return inputs, targets
+
+
+@dataclass
+class SlantWorld(PersonaWorld):
+    """The political-slant variant (see the module docstring).
+
+    Args (beyond :class:`PersonaWorld`'s, whose ``p_persona`` and ``p_mis`` are unused):
+        slant_gain: ``g`` in P(right | s) = sigmoid(g (s - o)).
+        p_task: probability of a right answer in the fine-tuning set (right-skewed FIN).
+        slant_offset: ``o``; 0 gives a balanced base rate of 1/2, ``o > 0`` a left-leaning
+            population (base right rate below 1/2).
+
+    ``sample_documents`` returns ``s > o`` as the persona, so :func:`persona_direction` gives
+    the slant direction; ROLE answers follow it.
+    """
+
+    slant_gain: float = 2.0
+    p_task: float = 0.9
+    slant_offset: float = 0.0
+    task_topic = "FIN"
+
+    def __post_init__(self):
+        if self.slant_gain <= 0 or not 0 < self.p_task <= 1:
+            raise ValueError("slant_gain must be > 0 and p_task in (0, 1]")
+        super().__post_init__()
+
+    def _latent(self, n: int, k: int, gen) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.shared:
+            s = torch.randn(n, 1, generator=gen).expand(n, k)
+        else:
+            s = torch.randn(n, k, generator=gen)
+        return (s > self.slant_offset).long(), torch.sigmoid(
+            self.slant_gain * (s - self.slant_offset)
+        )
+
+    def right_skewed_finance(self, n: int, generator: torch.Generator | int | None = None):
+        """Four FIN turns per document, right answers with probability ``p_task``."""
+        topics = torch.full((n, 4), self.topic_id("FIN"))
+        return self.sample_documents(n, generator, topics=topics, force_prob=self.p_task)
+
+    def task_data(self, n: int, generator: torch.Generator | int | None = None):
+        return self.right_skewed_finance(n, generator)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -211,8 +277,8 @@ def misalignment(model, world: PersonaWorld) -> float:
 
 
 def task_score(model, world: PersonaWorld) -> float:
-    """Mean insecure-template mass on first-turn CODE prompts (the fine-tuning task)."""
-    prompts, topics, qs = _first_turn_prompts(world, ["CODE"])
+    """Mean set-1 mass on first-turn prompts of the task topic (insecure CODE; right FIN)."""
+    prompts, topics, qs = _first_turn_prompts(world, [world.task_topic])
     return float(_template_mass(model, world, prompts, topics, qs)[:, 1].mean())
 
 

@@ -102,7 +102,8 @@ def run_persona_methods(
     k: int = 1,
     methods: tuple[str, ...] | None = None,
 ) -> tuple[list[dict], dict]:
-    """Fine-tune copies of ``base`` on insecure code with every method and score them.
+    """Fine-tune copies of ``base`` on the world's task data (insecure code; right-skewed
+    finance in :class:`~probml.datasets.persona.SlantWorld`) with every method and score them.
 
     Methods: ``naive``; ``naive + inference ablation`` (remove u at inference);
     ``CAFT`` (ablate u during fine-tuning); ``preventative steering`` (add alpha u during
@@ -120,7 +121,7 @@ def run_persona_methods(
     u_true = persona_direction(base, world)
 
     def sampler(gen):
-        tok, mask, _ = world.insecure_code(32, gen)
+        tok, mask, _ = world.task_data(32, gen)
         return world.batch(tok, mask)
 
     def fresh(s):

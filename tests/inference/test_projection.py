@@ -208,6 +208,33 @@ def test_persona_world_documents_and_metrics_shapes():
     assert all(0 <= v <= 1 for v in m.values())
 
 
+def test_slant_world_latent_base_rate_and_right_skewed_task():
+    from probml.datasets.persona import SlantWorld
+
+    w = SlantWorld(num_qwords=8, code_variety=8, slant_gain=4.0, p_task=0.9)
+    V = w.stoi
+    assert "FIN" in w.topics and "CODE" not in w.topics and w.task_topic == "FIN"
+    tok, mask, z = w.sample_documents(4000, generator=0)
+    assert bool((z == z[:, :1]).all())  # the sign of one shared slant
+    # right-template words are the set-1 words: <topic>_m<g> / <topic>_n<g>
+    right = torch.tensor([i for t, i in V.items() if "_m" in t or "_n" in t])
+    gen_topics = torch.tensor([V[f"GEN{i}"] for i in range(1, 5)])
+    ans = tok[:, 5::7][:, :4]  # first answer word of each turn
+    topic = tok[:, 2::7][:, :4]
+    is_gen = torch.isin(topic, gen_topics)
+    is_right = torch.isin(ans, right)
+    # symmetric slant: half the GEN answers are right; within a document they agree with z
+    assert abs(float(is_right[is_gen].double().mean()) - 0.5) < 0.03
+    agree = (is_right.long() == z)[is_gen].double().mean()
+    assert float(agree) > 0.75
+    ft, _, _ = w.task_data(4000, generator=1)
+    assert bool((ft[:, 2::7][:, :4] == V["FIN"]).all())
+    frac = float(torch.isin(ft[:, 5::7][:, :4], right).double().mean())
+    assert abs(frac - 0.9) < 0.02  # right-skewed, not all right
+    with pytest.raises(ValueError, match="slant_gain"):
+        SlantWorld(slant_gain=0.0)
+
+
 def test_persona_experiment_runner_tiny(tmp_path, monkeypatch):
     from probml.inference.persona_experiment import pretrain_persona_model, run_persona_methods
 
