@@ -52,13 +52,7 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
         "random": RandomFeasiblePlanner(),
         "masked policy": MaskedPolicyPlanner(policy),
         "greedy": GreedyPlanner(num_candidates=32, num_outer=32),
-        "tree": ScenarioTreePlanner(
-            depth=1 if fast else 2,
-            branching=2 if fast else 3,
-            num_candidates=8 if fast else 16,
-            root_candidates=32,
-            policy=policy,
-        ),
+        "tree": ScenarioTreePlanner(depth=2, branching=3, num_outer=16, policy=policy),
     }
     rows, results = [], {}
     for name, pl in planners.items():
