@@ -290,13 +290,21 @@ class AmortizedPosterior:
 
     @torch.no_grad()
     def sample(self, n: int, generator=None) -> torch.Tensor:
-        """``n x batch x theta_shape`` draws (the generator seeds torch's global RNG, which
-        ``torch.distributions`` uses)."""
+        """``n x batch x theta_shape`` draws from the mixture, with ``generator`` only (the
+        global RNG is untouched)."""
         gen = make_generator(generator)
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-        z = self._q().sample((n,))
-        theta = self.net.theta_mean + self.net.theta_scale * z
-        return theta.to(torch.float64).reshape(*z.shape[:-1], *self._theta_shape)
+        q = self._q()
+        probs = q.mixture_distribution.probs  # batch x C
+        comp = q.component_distribution.base_dist  # loc, scale: batch x C x P
+        batch, C = probs.shape[:-1], probs.shape[-1]
+        idx = torch.multinomial(probs.reshape(-1, C).cpu(), n, replacement=True, generator=gen)
+        idx = idx.T.reshape(n, *batch).to(probs.device)  # n x batch
+        pick = idx[..., None, None].expand(n, *batch, 1, comp.loc.shape[-1])
+        loc = comp.loc.expand(n, *comp.loc.shape).gather(-2, pick).squeeze(-2)
+        scale = comp.scale.expand(n, *comp.scale.shape).gather(-2, pick).squeeze(-2)
+        eps = torch.randn(loc.shape, generator=gen, dtype=loc.dtype).to(loc.device)
+        theta = self.net.theta_mean + self.net.theta_scale * (loc + scale * eps)
+        return theta.to(torch.float64).reshape(n, *batch, *self._theta_shape)
 
     @torch.no_grad()
     def log_prob(self, theta: torch.Tensor) -> torch.Tensor:
@@ -305,8 +313,15 @@ class AmortizedPosterior:
         flat = theta.reshape(*theta.shape[: theta.dim() - len(self._theta_shape)], -1)
         return self.net.log_prob_flat(self._q(), flat).to(torch.float64)
 
+    @torch.no_grad()
     def mean(self) -> torch.Tensor:
-        return self.sample(4096, generator=0).mean(0)
+        """The mixture mean (exact): ``batch x theta_shape``."""
+        q = self._q()
+        z = (
+            q.mixture_distribution.probs.unsqueeze(-1) * q.component_distribution.base_dist.loc
+        ).sum(-2)
+        theta = self.net.theta_mean + self.net.theta_scale * z
+        return theta.to(torch.float64).reshape(*z.shape[:-1], *self._theta_shape)
 
 
 def random_walk_designs(

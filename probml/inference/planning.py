@@ -221,12 +221,12 @@ class Constraints:
         return self._shrink_to_budget(prev, xi, remaining)
 
 
-def _inner_particles(posterior) -> tuple[torch.Tensor, torch.Tensor]:
+def _inner_particles(posterior, generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted particles for the inner (marginal) expectation: a particle posterior's own, or
     4096 equally weighted draws from any other posterior."""
     if isinstance(posterior, ParticlePosterior):
         return posterior.particles, posterior.normalized_log_weights()
-    th = posterior.sample(4096, generator=0)
+    th = posterior.sample(4096, generator=generator)
     return th, torch.full((th.shape[0],), -math.log(th.shape[0]), dtype=torch.float64)
 
 
@@ -243,7 +243,7 @@ class _EIGDraws:
 def _draws(posterior, num_outer: int, generator: torch.Generator) -> _EIGDraws:
     theta_n = posterior.sample(num_outer, generator=generator)
     eps = torch.randn(num_outer, dtype=torch.float64, generator=generator)
-    return _EIGDraws(theta_n, eps, *_inner_particles(posterior))
+    return _EIGDraws(theta_n, eps, *_inner_particles(posterior, generator))
 
 
 def _eig_given(experiment, draws: _EIGDraws, designs: torch.Tensor) -> torch.Tensor:

@@ -105,7 +105,8 @@ def sample_answers(
     seq = prompts.repeat_interleave(num, 0)
     for _ in range(ANSWER_LEN):
         probs = torch.softmax(model(seq)[:, -1].float(), -1)
-        nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(seq.device)
+        nxt = torch.multinomial(probs.to(generator.device), 1, generator=generator)
+        nxt = nxt.to(seq.device)  # no copy when the generator lives on the model's device
         seq = torch.cat([seq, nxt], 1)
     return seq[:, PROMPT_LEN:].reshape(B, num, ANSWER_LEN)
 

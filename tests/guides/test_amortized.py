@@ -106,3 +106,17 @@ def test_policy_training_learns_the_informative_designs():
     assert sum(hist[-10:]) > sum(hist[:10])
     with pytest.raises(ValueError, match="hidden"):
         train_design_policy(DesignPolicy(cand, hidden=8), net, ex, num_iters=1)
+
+
+def test_amortized_sampling_uses_only_its_generator_and_the_mean_is_exact():
+    ex = LinearGaussianExperiment(SIGMA, noise_scale=0.5)
+    net = train_posterior_net(ex, horizon=3, num_steps=20, hidden=16, seed=0)
+    post = AmortizedPosterior(net, ex).condition(torch.tensor([1.0, 0.5]), torch.tensor(0.7))
+    state = torch.get_rng_state()
+    a = post.sample(20_000, generator=3)
+    assert torch.equal(torch.get_rng_state(), state)  # global RNG untouched
+    assert torch.equal(a, post.sample(20_000, generator=3))  # reproducible
+    assert torch.allclose(a.mean(0), post.mean(), atol=0.03)
+    # the draws have the mixture's total variance (in the original coordinates)
+    var = float((net.theta_scale**2 * post._q().variance).sum())
+    assert float(a.var(0).sum()) == pytest.approx(var, rel=0.05)
