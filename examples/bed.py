@@ -5,7 +5,8 @@ the total L2 travel is capped. Offline, a posterior network and a REINFORCE desi
 trained on simulated histories; online, four planners run: random feasible walk, the policy
 masked to the feasible set, greedy one-step EIG and the scenario-tree planner (warm-started by
 the policy). The sPCE lower bound of each executed history is reported and the paths are
-plotted over the final particle posterior, with the amortized posterior's estimate.
+plotted over the final particle posterior; the table also gives the error of the amortized
+posterior's mean.
 """
 
 from __future__ import annotations
