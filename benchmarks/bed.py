@@ -9,7 +9,12 @@ planner (the offline training of the posterior net and the policy is timed separ
 `nmc_eig` vs Pyro's `nmc_eig` on the same model and sample sizes (median of 3 alternating timed
 runs after one warm-up each; time ratio, same run).
 
-Run: `python benchmarks/bed.py` or `--quick` (3 thetas x 1 seed, T = 8, short training).
+CES (`--ces`): 6-D designs in [0, 100], L2 travel budget 200, T = 10, 10 true thetas x 1 seed:
+sPCE / sNMC with L = 1e6 (the bounds saturate at log(L + 1), so CES needs a large L) for the
+random walk, greedy one-step EIG and a depth-1 scenario tree.
+
+Run: `python benchmarks/bed.py` or `--quick` (3 thetas x 1 seed, T = 8, short training);
+`python benchmarks/bed.py --ces` for the CES section alone.
 """
 
 from __future__ import annotations
@@ -35,12 +40,65 @@ from probml.inference.planning import (  # noqa: E402
     fit_amortized,
     run_experiment,
 )
-from probml.models.experiments import LocationFinding  # noqa: E402
+from probml.models.experiments import CES, LocationFinding  # noqa: E402
 from probml.results import markdown_table, mean_se  # noqa: E402
 
 
+def _score(experiment, planners, thetas, T, constraints, L, particles, n_seed=1):
+    """Run every planner on every theta and seed; sPCE / sNMC rows with time per decision."""
+    rows = []
+    for name, make in planners.items():
+        designs, ys, th0, secs = [], [], [], []
+        for i in range(len(thetas)):
+            for seed in range(n_seed):
+                r = run_experiment(experiment, make(), thetas[i], T, constraints,
+                                   num_particles=particles, seed=1000 * i + seed)  # fmt: skip
+                assert len(r.ys) == T, "budget exhausted early"
+                designs.append(r.designs)
+                ys.append(r.ys)
+                th0.append(thetas[i])
+                secs += r.decision_seconds
+        lo, hi = history_bounds(experiment, torch.stack(designs), torch.stack(ys),
+                                torch.stack(th0), L=L, chunk_size=10_000, generator=7,
+                                per_history=True)  # fmt: skip
+        m, se = mean_se(lo.numpy())
+        rows.append(
+            {
+                "planner": name,
+                "sPCE": m,
+                "se": se,
+                "sNMC": float(hi.mean()),
+                "s per decision": sum(secs) / len(secs),
+                "histories": len(designs),
+            }
+        )
+        print(f"{name}: sPCE {m:.2f} +- {se:.2f}", flush=True)
+    return rows
+
+
+def ces_section(args):
+    ces = CES()
+    n = 3 if args.quick else 10
+    thetas = ces.sample_prior(n, generator=torch.Generator().manual_seed(5))
+    planners = {
+        "scenario tree (D=1, f=3)": lambda: ScenarioTreePlanner(depth=1, branching=3, num_outer=32),
+        "greedy (one-step EIG)": lambda: GreedyPlanner(num_candidates=64, num_outer=32),
+        "random feasible walk": lambda: RandomFeasiblePlanner(),
+    }
+    L = 10_000 if args.quick else 1_000_000
+    rows = _score(ces, planners, thetas, 10, [TravelBudget(200.0)], L, 2048)
+    print(
+        f"## CES, L2 budget 200, T = 10, {n} thetas, L = {L:.0e} ({machine()})\n"
+        + markdown_table(rows)
+    )
+    path = save("bed_ces", args.out, {"planners": rows, "L": L, "machine": machine()})
+    print(f"\nwrote {path}")
+
+
 def main():
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], flags=("--ces",))
+    if args.ces:
+        return ces_section(args)
     n_theta, n_seed, T = (3, 1, 8) if args.quick else (10, 2, 20)
     net_steps, policy_iters = (200, 100) if args.quick else (600, 1200)
     lf = LocationFinding()
@@ -67,41 +125,7 @@ def main():
         "masked amortized policy": lambda: MaskedPolicyPlanner(policy),
         "random feasible walk": lambda: RandomFeasiblePlanner(),
     }
-    rows = []
-    for name, make in planners.items():
-        designs, ys, th0, secs = [], [], [], []
-        for i in range(n_theta):
-            for seed in range(n_seed):
-                r = run_experiment(
-                    lf, make(), thetas[i], T, constraints, num_particles=1024, seed=1000 * i + seed
-                )
-                assert len(r.ys) == T, "budget exhausted early"
-                designs.append(r.designs)
-                ys.append(r.ys)
-                th0.append(thetas[i])
-                secs += r.decision_seconds
-        lo, hi = history_bounds(
-            lf,
-            torch.stack(designs),
-            torch.stack(ys),
-            torch.stack(th0),
-            L=100_000,
-            chunk_size=10_000,
-            generator=7,
-            per_history=True,
-        )
-        m, se = mean_se(lo.numpy())
-        rows.append(
-            {
-                "planner": name,
-                "sPCE": m,
-                "se": se,
-                "sNMC": float(hi.mean()),
-                "s per decision": sum(secs) / len(secs),
-                "histories": len(designs),
-            }
-        )
-        print(f"{name}: sPCE {m:.2f} +- {se:.2f}", flush=True)
+    rows = _score(lf, planners, thetas, T, constraints, 100_000, 1024, n_seed)
     d = torch.rand(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     times = {"ours": [], "pyro": []}
     fns = {"ours": nmc_eig, "pyro": pyro_nmc_eig}
