@@ -8,7 +8,11 @@ levels); `basis_advantages` on a batch of 1024 prompts. Then (CUDA only) SwiGLU 
 TinyLM pretraining on the pydoc corpus, d = 256, 6 layers, 3 paired seeds, 600 steps of 32 x 256
 tokens at lr 2e-3.
 
-Run: `python benchmarks/gpu_timing.py [--quick] [--out DIR]` on a machine with CUDA.
+`--moa-sweep` runs only the MoA comparison, over lr in {1e-3, 2e-3, 4e-3} with 2 paired seeds,
+writing one JSON per learning rate as it goes (so a run cut short keeps what it finished).
+
+Run: `python benchmarks/gpu_timing.py [--quick] [--moa-sweep] [--out DIR]` on a machine with
+CUDA.
 """
 
 from __future__ import annotations
@@ -81,11 +85,47 @@ def basis_call(device: str):
     return lambda: basis_advantages(r, p0)
 
 
+MOA_ARMS = {
+    "SwiGLU": {"kind": "swiglu"},
+    "LA (bi-sided)": {"kind": "la", "variant": "bi_sided"},
+    "bi-MoA (gated)": {"kind": "moa", "variant": "bi_sided"},
+}
+
+
+def _moa_factories(corpus, quick: bool):
+    d, L, T = (128, 2, 128) if quick else (256, 6, 256)
+    return {
+        a: (
+            lambda ffn=ffn: TinyLM(
+                TinyLMConfig(
+                    vocab_size=corpus.vocab_size, d_model=d, n_layers=L, context=T, ffn=ffn
+                )
+            )
+        )
+        for a, ffn in MOA_ARMS.items()
+    }, (d, L, T)
+
+
+def moa_sweep(args, name: str) -> None:
+    corpus = pydoc_corpus()
+    factories, (d, L, T) = _moa_factories(corpus, args.quick)
+    steps = 50 if args.quick else 600
+    for lr in (4e-3, 1e-3, 2e-3):  # the new rates first: a cut-short run keeps them
+        rows, raw = paired_comparison(factories, corpus, [0, 1], [lr], steps=steps,
+                                      batch_size=32, warmup=steps // 10, eval_batches=20,
+                                      device="cuda")  # fmt: skip
+        per_seed = {f"{a}|{s}": r.val_loss for (a, _, s), r in raw.items()}
+        print(f"## lr {lr} ({name}; d = {d}, {L} layers, {steps} steps)\n" + markdown_table(rows))
+        save(f"moa_sweep_lr{lr:g}", args.out, {"device": name, "rows": rows, "val": per_seed})
+
+
 def main():
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], flags=("--moa-sweep",))
     if not torch.cuda.is_available():
         raise SystemExit("needs CUDA")
     name = torch.cuda.get_device_name()
+    if args.moa_sweep:
+        return moa_sweep(args, name)
     torch.set_num_threads(min(16, torch.get_num_threads()))
     paths = {
         "TinyLM step, SwiGLU": lambda dev: lm_step(dev, {"kind": "swiglu"}, args.quick),
@@ -108,22 +148,7 @@ def main():
         )
         print(rows[-1], flush=True)
     corpus = pydoc_corpus()
-    arms = {
-        "SwiGLU": {"kind": "swiglu"},
-        "LA (bi-sided)": {"kind": "la", "variant": "bi_sided"},
-        "bi-MoA (gated)": {"kind": "moa", "variant": "bi_sided"},
-    }
-    d, L, T = (128, 2, 128) if args.quick else (256, 6, 256)
-    factories = {
-        a: (
-            lambda ffn=ffn: TinyLM(
-                TinyLMConfig(
-                    vocab_size=corpus.vocab_size, d_model=d, n_layers=L, context=T, ffn=ffn
-                )
-            )
-        )
-        for a, ffn in arms.items()
-    }
+    factories, (d, L, T) = _moa_factories(corpus, args.quick)
     steps = 50 if args.quick else 600
     moa_rows, _ = paired_comparison(
         factories,
