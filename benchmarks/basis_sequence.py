@@ -6,7 +6,8 @@ out, and a uniform warm-up as the contrast), offline values from K = 32 referenc
 prompt, then 60 policy-gradient steps (Adam 1e-4, B = 128) for BASIS, its Bayesian version,
 offline-only values and REINFORCE++ (one rollout per prompt) and GRPO-8 (8 rollouts). Value MSE
 against 16 fresh rollouts per batch prompt at every step (noise-corrected, see
-`probml.inference.sequence_rl`); held-out success (256 prompts x 4 samples) at the end.
+`probml.inference.sequence_rl`); success on a fixed probe set of 256 of the task's prompts (4 samples each; the
+prompts also appear in training batches) at the end.
 
 Run: `python benchmarks/basis_sequence.py` (5 seeds) or `--quick` (1 seed, 10 steps).
 """

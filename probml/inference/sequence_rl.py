@@ -184,7 +184,7 @@ def supervised_warmup(
 
 @dataclass
 class SequenceRLResult:
-    """Per-step curves: held-out mean success, value MSE (noise-corrected) and rollouts."""
+    """Per-step curves: mean success on a fixed probe set of prompts, value MSE (noise-corrected) and rollouts."""
 
     estimator: str
     mean_reward: list[float] = field(default_factory=list)
@@ -218,7 +218,7 @@ def run_sequence_rl(
         K: reference samples per prompt for the offline values (ignored when ``offline`` is
             given: precomputed ``N`` counts ``k_i`` out of ``K``).
         mc_rollouts: rollouts per batch prompt for the true value at every step.
-        eval_every, eval_prompts: held-out success rate (4 samples per prompt) every
+        eval_every, eval_prompts: success rate (4 samples per prompt) every
             ``eval_every`` steps on ``eval_prompts`` fixed prompts.
     """
     import copy
@@ -231,6 +231,13 @@ def run_sequence_rl(
     dev = resolve_device(device)
     g = make_generator(seed)
     reference = reference.to(dev).eval()
+    if offline is not None and (
+        offline.shape != (task.num_prompts,) or bool((offline < 0).any() | (offline > K).any())
+    ):
+        raise ValueError(
+            f"offline must hold {task.num_prompts} counts in [0, K={K}], got shape "
+            f"{tuple(offline.shape)}"
+        )
     k = offline_counts(reference, task, K, g, dev) if offline is None else offline
     p0 = offline_values(k.double(), K)
     policy = copy.deepcopy(reference).train()

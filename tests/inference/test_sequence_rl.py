@@ -69,5 +69,9 @@ def test_warmup_offline_counts_and_one_rl_run():
         run_sequence_rl(m, task, "ppo", steps=1)
     with pytest.raises(ValueError, match="batch_size"):
         run_sequence_rl(m, task, "basis", steps=1, batch_size=1000)
+    with pytest.raises(ValueError, match="offline"):
+        run_sequence_rl(m, task, "basis", steps=1, offline=k[:10], K=8)
+    with pytest.raises(ValueError, match="offline"):
+        run_sequence_rl(m, task, "basis", steps=1, offline=k + 100, K=8)
     with pytest.raises(ValueError, match="carry_weight"):
         supervised_warmup(m, task, 0.4, carry_weight=0)
