@@ -358,7 +358,9 @@ def train_posterior_net(
     r"""Fit a :class:`PosteriorNet` by minimising :math:`-\frac{1}{T+1}\sum_{t=0}^{T}
     \log q(\theta \mid h_{1:t})` on simulated histories: ``theta`` from the prior, designs from
     ``design_sampler(B, T, generator)`` (default uniform in the design box), outcomes from the
-    likelihood; fresh histories every step (no overfitting to a fixed set)."""
+    likelihood; fresh histories every step (no overfitting to a fixed set). ``seed`` seeds
+    the simulation generator and torch's global RNG (for the initial weights, like
+    :func:`probml.utils.set_seed`)."""
     if horizon < 1 or num_steps < 1 or batch_size < 2:
         raise ValueError("horizon >= 1, num_steps >= 1 and batch_size >= 2 are required")
     gen = make_generator(seed)

@@ -548,7 +548,6 @@ def train_design_policy(
     cons = Constraints(constraints, experiment.design_bounds)
     T = policy.horizon if horizon is None else int(horizon)
     gen = make_generator(seed)
-    torch.manual_seed(seed)
     D = int(experiment.D)
     start = (
         torch.full((D,), 0.5 * (cons.low + cons.high), dtype=torch.float64)
