@@ -359,12 +359,10 @@ def train_posterior_net(
     \log q(\theta \mid h_{1:t})` on simulated histories: ``theta`` from the prior, designs from
     ``design_sampler(B, T, generator)`` (default uniform in the design box), outcomes from the
     likelihood; fresh histories every step (no overfitting to a fixed set). ``seed`` seeds
-    the simulation generator and torch's global RNG (for the initial weights, like
-    :func:`probml.utils.set_seed`)."""
+    the simulation generator and the initial weights (torch's global RNG is left as it was)."""
     if horizon < 1 or num_steps < 1 or batch_size < 2:
         raise ValueError("horizon >= 1, num_steps >= 1 and batch_size >= 2 are required")
     gen = make_generator(seed)
-    torch.manual_seed(seed)
     lo, hi = experiment.design_bounds
     D = int(experiment.D)
     if design_sampler is None:
@@ -379,7 +377,9 @@ def train_posterior_net(
         return theta.reshape(B, -1), designs, ys
 
     theta0, d0, y0 = simulate(4096)
-    net = PosteriorNet(D, theta0.shape[-1], hidden, components)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
+        torch.manual_seed(seed)
+        net = PosteriorNet(D, theta0.shape[-1], hidden, components)
     net.fit_scaling((lo, hi), y0)
     net.theta_mean.copy_(theta0.mean(0))
     net.theta_scale.copy_(theta0.std(0).clamp(min=1e-6))

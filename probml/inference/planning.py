@@ -637,7 +637,8 @@ def fit_amortized(
 ) -> tuple[PosteriorNet, DesignPolicy]:
     """The offline stage for a step-bounded task: a posterior net trained on random walks
     under the step bound, then a relative-move policy (a ``grid_points^D`` grid of moves)
-    trained by :func:`train_design_policy` under the constraints."""
+    trained by :func:`train_design_policy` under the constraints. Reproducible from ``seed``
+    alone (torch's global RNG is neither used nor changed)."""
     cons = Constraints(constraints, experiment.design_bounds)
     if cons.step is None:
         raise ValueError("fit_amortized needs a StepBound (the policy's moves are relative)")
@@ -651,9 +652,13 @@ def fit_amortized(
     net = train_posterior_net(
         experiment, walk, horizon, net_steps, hidden=hidden, seed=seed, verbose=verbose
     )
-    policy = DesignPolicy(
-        DesignPolicy.grid_offsets(cons.step.delta, D, grid_points), horizon=horizon, hidden=hidden
-    )
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
+        torch.manual_seed(seed + 1)
+        policy = DesignPolicy(
+            DesignPolicy.grid_offsets(cons.step.delta, D, grid_points),
+            horizon=horizon,
+            hidden=hidden,
+        )
     train_design_policy(
         policy,
         net,
