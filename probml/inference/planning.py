@@ -26,6 +26,7 @@ details ours):
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -146,6 +147,12 @@ class Constraints:
         self.low, self.high = float(design_bounds[0]), float(design_bounds[1])
         if not self.low < self.high:
             raise ValueError(f"design_bounds must have low < high, got {design_bounds}")
+
+    def start_position(self, start, dim: int) -> torch.Tensor:
+        """``start`` as a float64 tensor, or the centre of the box when it is ``None``."""
+        if start is None:
+            return torch.full((dim,), 0.5 * (self.low + self.high), dtype=torch.float64)
+        return torch.as_tensor(start, dtype=torch.float64)
 
     def edge_cost(self, prev: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         """Budget cost of the move (zero without a budget)."""
@@ -549,11 +556,7 @@ def train_design_policy(
     T = policy.horizon if horizon is None else int(horizon)
     gen = make_generator(seed)
     D = int(experiment.D)
-    start = (
-        torch.full((D,), 0.5 * (cons.low + cons.high), dtype=torch.float64)
-        if start is None
-        else torch.as_tensor(start, dtype=torch.float64)
-    )
+    start = cons.start_position(start, D)
     if policy.hidden != posterior_net.hidden:
         raise ValueError(
             f"policy.hidden ({policy.hidden}) must equal posterior_net.hidden "
@@ -643,11 +646,7 @@ def fit_amortized(
     if cons.step is None:
         raise ValueError("fit_amortized needs a StepBound (the policy's moves are relative)")
     D = int(experiment.D)
-    start = (
-        torch.full((D,), 0.5 * (cons.low + cons.high), dtype=torch.float64)
-        if start is None
-        else torch.as_tensor(start, dtype=torch.float64)
-    )
+    start = cons.start_position(start, D)
     walk = random_walk_designs(start, cons.step.delta, cons.low, cons.high)
     net = train_posterior_net(
         experiment, walk, horizon, net_steps, hidden=hidden, seed=seed, verbose=verbose
@@ -715,18 +714,12 @@ def run_experiment(
     constraints before it is executed; an infeasible start or a spent budget is a
     :class:`ConstraintViolation`.
     """
-    import time
-
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     cons = Constraints(constraints, experiment.design_bounds)
     gen = make_generator(seed)
     D = int(experiment.D)
-    prev = (
-        torch.full((D,), 0.5 * (cons.low + cons.high), dtype=torch.float64)
-        if start is None
-        else torch.as_tensor(start, dtype=torch.float64)
-    )
+    prev = cons.start_position(start, D)
     if prev.shape != (D,):
         raise ValueError(f"start must have shape ({D},), got {tuple(prev.shape)}")
     if not bool(((prev >= cons.low) & (prev <= cons.high)).all()):
