@@ -79,9 +79,10 @@ def test_sensitivity_formulas_bound_brute_force():
     seed=st.integers(0, 1000),
     selection=st.sampled_from(["exponential", "permute_and_flip"]),
     center=st.booleans(),
+    diagonal=st.sampled_from(["scaled", "isotropic"]),
 )
 def test_privacy_spent_never_exceeds_budget_and_output_is_pd(
-    eps, log_delta, d, rounds, seed, selection, center
+    eps, log_delta, d, rounds, seed, selection, center, diagonal
 ):
     rounds = min(rounds, d * (d - 1) // 2)
     X = np.random.default_rng(seed).normal(size=(50, d))
@@ -93,6 +94,7 @@ def test_privacy_spent_never_exceeds_budget_and_output_is_pd(
             rounds=rounds,
             selection=selection,
             center=center,
+            diagonal=diagonal,
             random_state=seed,
         ),
         GaussianMechanismCovariance(eps, 10**log_delta, bounds=2.0, center=center),
@@ -130,6 +132,26 @@ def test_pace_measures_in_order_and_error_falls_with_budget():
     assert all(i < j for i, j in est.measured_)
 
 
+def test_scaled_diagonal_noise_follows_each_bound_and_keeps_kl_small():
+    # marginal sds from 0.1 to 10: one isotropic noise level for the d variances swamps the
+    # small ones (KL is scale-free); the scaled release gives variance i noise ~ b_i^2
+    S, _ = make_sparse_precision(20, seed=5)
+    X = sample_gaussian(S, 10_000, seed=6).numpy()
+    b = (3 * S.diagonal().sqrt()).numpy()
+    kl = {}
+    for diagonal in ("scaled", "isotropic"):
+        ests = [PACEGGM(1.0, 1e-5, b, diagonal=diagonal, random_state=s).fit(X) for s in range(2)]
+        kl[diagonal] = np.mean([gaussian_kl(S, e.covariance_) for e in ests])
+        assert ests[0].privacy_spent_[0] == pytest.approx(1.0, rel=1e-6)
+        diag_scales = torch.tensor(ests[0].measurements_[2][:20])
+        if diagonal == "scaled":
+            ratio = diag_scales / torch.as_tensor(b**2)
+            assert torch.allclose(ratio, ratio[0].expand(20), rtol=1e-12)
+        else:
+            assert torch.allclose(diag_scales, diag_scales[0].expand(20), rtol=1e-12)
+    assert kl["scaled"] < 0.1 * kl["isotropic"], kl
+
+
 def test_pace_beats_whole_matrix_gaussian_in_high_dimension():
     S, _ = make_sparse_precision(30, seed=0)
     X = sample_gaussian(S, 10_000, seed=1).numpy()
@@ -161,6 +183,7 @@ def test_pace_beats_whole_matrix_gaussian_in_high_dimension():
         ({}, np.array([[1.0, np.nan, 0.0]] * 5), "finite"),
         ({"selection": "greedy"}, None, "selection"),
         ({"rounds": 10}, None, "rounds"),
+        ({"diagonal": "whole"}, None, "diagonal"),
     ],
 )
 def test_bad_input_raises_before_noise(kwargs, X, match, monkeypatch):
