@@ -80,16 +80,17 @@ def nmc_eig(
     y = {lab: trace.nodes[lab]["value"] for lab in observation_labels}
     conditional = sum(trace.nodes[lab]["log_prob"] for lab in observation_labels)  # N x batch
     chunk = M if chunk_size is None else int(chunk_size)
-    parts = []
+    log_sum = None  # running log-sum-exp over the inner draws: memory m x N x batch per chunk
     for start in range(0, M, chunk):
         m = min(chunk, M - start)
         cond_model = pyro.condition(model, data={lab: _lexpand(v, m) for lab, v in y.items()})
         # m prior draws shared by all N outer samples (design m x 1 x batch broadcasts to y)
         tr = poutine.trace(cond_model).get_trace(_lexpand(design, m, 1))
         tr.compute_log_prob()
-        parts.append(sum(tr.nodes[lab]["log_prob"] for lab in observation_labels))  # m x N x batch
-    inner = torch.cat(parts, 0)
-    marginal = torch.logsumexp(inner, 0) - math.log(M)
+        inner = sum(tr.nodes[lab]["log_prob"] for lab in observation_labels)  # m x N x batch
+        part = torch.logsumexp(inner, 0)
+        log_sum = part if log_sum is None else torch.logaddexp(log_sum, part)
+    marginal = log_sum - math.log(M)
     return (conditional - marginal).mean(0)
 
 
