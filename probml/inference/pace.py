@@ -14,10 +14,9 @@ maximum entropy (a Gaussian graphical model on the measured entries).
 * Budget :math:`\rho` (zCDP, from :math:`(\varepsilon, \delta)`): 90% to measurements in
   :math:`d + T` equal per-entry shares (the diagonal, one Gaussian vector of :math:`d`
   entries, takes :math:`d` shares; each round's entry one), 10% to the :math:`T` selections
-  (exponential
-  mechanism at :math:`\varepsilon_0 = \sqrt{8 \rho_{sel}}`, or permute-and-flip at
-  :math:`\sqrt{2\rho_{sel}}`). A relative safety margin of :math:`10^{-9}` keeps rounding from
-  ever overspending.
+  (exponential mechanism at :math:`\varepsilon_0 = \sqrt{8 \rho_{sel}}`, or permute-and-flip
+  at :math:`\sqrt{2\rho_{sel}}`). A relative safety margin of :math:`10^{-9}` keeps rounding
+  from ever overspending.
 * The diagonal release. ``diagonal="scaled"`` (default) releases :math:`S_{ii}/\Delta_{ii}`
   (every coordinate moves by at most 1, so the L2 sensitivity is :math:`\sqrt d`) and rescales,
   so variance :math:`i` gets noise sd :math:`\Delta_{ii}/\sqrt{2\rho_{entry}}`, in
@@ -27,8 +26,8 @@ maximum entropy (a Gaussian graphical model on the measured entries).
   orders of magnitude it swamps the small variances (the estimate of a variance of 0.01 is
   clamped up to the noise sd) and the KL error grows by two orders of magnitude (measured in
   ``docs/results.md``). Both cost the same :math:`d\,\rho_{entry}`. **[ours]**: the spec
-  splits the measurement budget per round, which left the :math:`d` variances, the entries
-  KL and the spectral error depend on most, noisier than any single measured covariance.
+  splits the measurement budget per round, which left the :math:`d` variances (the entries
+  that KL and the spectral error depend on most) noisier than any single measured covariance.
 * Score of an unmeasured :math:`(i,j)`:
   :math:`q_{ij} = (|S_{ij} - \hat\Sigma_{ij}| - \sqrt{2/\pi}\,\sigma_{ij}) / \Delta_{ij}`
   (sensitivity 1).

@@ -50,7 +50,7 @@ def test_sensitivity_formulas_bound_brute_force():
     for rel in ("replace", "add_remove"):
         D = entry_sensitivities(b, n, rel)
         worst = torch.zeros(d, d, dtype=torch.float64)
-        worst_diag, worst_full = 0.0, 0.0
+        worst_diag, worst_full, worst_scaled = 0.0, 0.0, 0.0
         for _ in range(3000):
             X = torch.as_tensor(rng.uniform(-1, 1, (n, d))) * b
             corner = torch.as_tensor(rng.choice([-1.0, 0.0, 1.0], size=d)) * b
@@ -62,10 +62,13 @@ def test_sensitivity_formulas_bound_brute_force():
                 diff = torch.outer(corner, corner) / n
             worst = torch.maximum(worst, diff.abs())
             worst_diag = max(worst_diag, float(diff.diagonal().norm()))
+            # the scaled diagonal release: S_ii / Delta_ii has L2 sensitivity sqrt(d)
+            worst_scaled = max(worst_scaled, float((diff.diagonal() / D.diagonal()).norm()))
             iu = torch.triu_indices(d, d)
             worst_full = max(worst_full, float(diff[iu[0], iu[1]].norm()))
         assert torch.all(worst <= D + 1e-12), rel
         assert worst_diag <= float(torch.sqrt((b**4).sum()) / n) + 1e-12
+        assert worst_scaled <= d**0.5 + 1e-12
         iu = torch.triu_indices(d, d)
         assert worst_full <= float(D[iu[0], iu[1]].norm()) + 1e-12
 
