@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 
 from probml.inference.expressivity import fit_shallow_net
 from probml.inference.pretrain import paired_comparison, pydoc_corpus
-from probml.models.lm import TinyLM, TinyLMConfig
+from probml.models.lm import tinylm_factory
 from probml.registry import ExampleResult, script_main
 
 DESCRIPTION = "Mixture of Activations: expressivity separation + paired-seed TinyLM pretraining"
@@ -42,19 +43,9 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
             }
         )
     corpus = pydoc_corpus(max_chars=60_000 if fast else None)
+    small = dict(d_model=64, n_layers=2, n_heads=4, context=64)
     arms = {
-        name: (
-            lambda ffn=ffn: TinyLM(
-                TinyLMConfig(
-                    vocab_size=corpus.vocab_size,
-                    d_model=64,
-                    n_layers=2,
-                    n_heads=4,
-                    context=64,
-                    ffn=ffn,
-                )
-            )
-        )
+        name: partial(tinylm_factory(**small, ffn=ffn), corpus.vocab_size)
         for name, ffn in [
             ("SwiGLU", {"kind": "swiglu"}),
             ("LA", {"kind": "la"}),

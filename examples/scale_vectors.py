@@ -8,12 +8,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from probml.inference.pretrain import paired_models, pydoc_corpus, train_lm
-from probml.models.lm import TinyLM, TinyLMConfig
+from probml.models.lm import tinylm_factory
 from probml.registry import ExampleResult, script_main
 from probml.results import mean_se
 
@@ -54,20 +55,9 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
             "role",
         ),
     }
+    small = dict(d_model=64, n_layers=2, n_heads=4, context=64)
     factories = {
-        k: (
-            lambda kw=kw: TinyLM(
-                TinyLMConfig(
-                    vocab_size=corpus.vocab_size,
-                    d_model=64,
-                    n_layers=2,
-                    n_heads=4,
-                    context=64,
-                    **kw,
-                )
-            )
-        )
-        for k, (kw, _) in arms.items()
+        k: partial(tinylm_factory(**small, **kw), corpus.vocab_size) for k, (kw, _) in arms.items()
     }
     seeds = [seed, seed + 1] if fast else list(range(seed, seed + 3))
     vals = {k: [] for k in arms}
