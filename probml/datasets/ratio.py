@@ -54,6 +54,7 @@ def make_ratio_data(
     confounding: float = 0.0,
     zeta: np.ndarray | None = None,
     baseline: str = "linear",
+    propensity_shape: str = "linear",
     seed: int | np.random.Generator | None = 0,
 ) -> RatioData:
     r"""Draw the spec's synthetic data with known ratio effect.
@@ -72,6 +73,11 @@ def make_ratio_data(
             ``"nonlinear"``, which adds :math:`1.5\sin(3x_0) + 2x_1x_2` (needs ``d >= 3``)
             to the control logit: a complex baseline with the same simple :math:`\tau`
             (**[design]**, to probe the Q-Learner's independence from :math:`\mu_0`).
+        propensity_shape: ``"linear"`` (the spec's
+            :math:`\mathrm{clip}(\sigma(\kappa x^\top\zeta), 0.05, 0.95)`) or ``"nonlinear"``,
+            which adds :math:`2x_3x_4 + 1.5\cos(3x_2)` inside the sigmoid (needs ``d >= 5`` and
+            ``confounding > 0``): a propensity a logistic-linear model misspecifies
+            (**[design]**, for the case where both nuisance models are wrong).
         seed: seed or NumPy generator.
     """
     if n < 2 or d < 1:
@@ -86,6 +92,15 @@ def make_ratio_data(
         raise ValueError(f"baseline must be 'linear' or 'nonlinear', got {baseline!r}")
     if baseline == "nonlinear" and d < 3:
         raise ValueError(f"baseline='nonlinear' needs d >= 3, got d={d}")
+    if propensity_shape not in ("linear", "nonlinear"):
+        raise ValueError(
+            f"propensity_shape must be 'linear' or 'nonlinear', got {propensity_shape!r}"
+        )
+    if propensity_shape == "nonlinear" and (d < 5 or confounding == 0.0):
+        raise ValueError(
+            "propensity_shape='nonlinear' needs d >= 5 and confounding > 0, got "
+            f"d={d}, confounding={confounding}"
+        )
     X = rng.uniform(-1.0, 1.0, size=(n, d))
     logit0 = base_logit + X @ alpha
     if baseline == "nonlinear":
@@ -97,7 +112,10 @@ def make_ratio_data(
     if confounding == 0.0:
         e = np.full(n, propensity)
     else:
-        e = np.clip(_sigmoid(confounding * (X @ zeta)), 0.05, 0.95)
+        logit_e = confounding * (X @ zeta)
+        if propensity_shape == "nonlinear":
+            logit_e = logit_e + 2.0 * X[:, 3] * X[:, 4] + 1.5 * np.cos(3.0 * X[:, 2])
+        e = np.clip(_sigmoid(logit_e), 0.05, 0.95)
     w = (rng.uniform(size=n) < e).astype(np.int64)
     y = (rng.uniform(size=n) < np.where(w == 1, mu1, mu0)).astype(np.float64)
     return RatioData(
@@ -114,6 +132,7 @@ def make_ratio_data(
             "conversion_rate": float(y.mean()),
             "capped_fraction": capped,
             "confounding": confounding,
+            "propensity_shape": propensity_shape,
             "gamma": gamma,
             "log_tau_intercept": log_tau_intercept,
         },

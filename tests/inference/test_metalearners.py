@@ -104,6 +104,30 @@ def test_q_learner_beats_s_and_t_when_the_baseline_is_complex():
     assert mse["q"] < 0.75 * min(mse["t"], mse["s"]), mse
 
 
+def test_q_dr_beats_q_and_t_when_both_nuisance_models_are_wrong():
+    # complex baseline (logistic outcome models wrong) and a non-linear propensity (logistic
+    # propensity model wrong): the Q-Learner inherits the propensity error, the T-learner the
+    # outcome error; Q-DR's error is second order in the two
+    mse = {"q": 0.0, "t": 0.0, "qdr": 0.0}
+    for seed in range(4):
+        d = make_ratio_data(
+            50_000, d=5, base_logit=-3.0, baseline="nonlinear", confounding=1.5,
+            propensity_shape="nonlinear", seed=seed,
+        )  # fmt: skip
+        fits = {
+            "q": QLearner(classifier=EXACT),
+            "t": TRatioLearner(model=EXACT),
+            "qdr": QDRLearner(outcome_model=EXACT, propensity_model=EXACT, classifier=EXACT),
+        }
+        for k, m in fits.items():
+            mse[k] += log_tau_mse(m.fit(d.X, d.w, d.y).effect(d.X), d.tau) / 4
+    assert mse["qdr"] < 0.8 * mse["q"] and mse["qdr"] < 0.3 * mse["t"], mse
+    with pytest.raises(ValueError, match="propensity_shape"):
+        make_ratio_data(100, d=3, confounding=1.0, propensity_shape="nonlinear")
+    with pytest.raises(ValueError, match="propensity_shape"):
+        make_ratio_data(100, d=5, confounding=1.0, propensity_shape="quadratic")
+
+
 def test_weighted_q_learner_for_nonnegative_outcomes():
     rng = np.random.default_rng(0)
     d = make_ratio_data(100_000, d=2, base_logit=-1.0, gamma=np.array([0.3, -0.2]), seed=0)
