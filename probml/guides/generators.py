@@ -71,11 +71,14 @@ class ConditionalFlow(nn.Module):
         """The conditional distribution of ``A`` for contexts ``x`` (``... x d_x``)."""
         ctx = (x - self.x_loc) / self.x_scale
         base = dist.Normal(ctx.new_zeros(self.a_dim), 1.0).to_event(1)
-        out = T.AffineTransform(self.a_loc, self.a_scale, event_dim=1)
+        # cache_size=1 throughout: log_prob of a value just drawn from this distribution
+        # object reuses the forward pass instead of inverting the autoregressive layers
+        out = T.AffineTransform(self.a_loc, self.a_scale, event_dim=1, cache_size=1)
         chain: list = []
         for i, layer in enumerate(self.layers):
             if i and self.a_dim >= 2:  # reverse the order between autoregressive blocks
-                chain.append(T.Permute(torch.arange(self.a_dim - 1, -1, -1, device=x.device)))
+                perm = torch.arange(self.a_dim - 1, -1, -1, device=x.device)
+                chain.append(T.Permute(perm, cache_size=1))
             chain.append(layer)
         cond = dist.ConditionalTransformedDistribution(base, [*chain, out])
         return cond.condition(ctx)
@@ -86,6 +89,13 @@ class ConditionalFlow(nn.Module):
 
     def log_prob(self, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.dist(x).log_prob(a)
+
+    def rsample_and_log_prob(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One reparameterised draw per context row and its log-density, from one forward
+        pass (the inverse of the autoregressive layers is read from their cache)."""
+        d = self.dist(x)
+        a = d.rsample(x.shape[:-1])
+        return a, d.log_prob(a)
 
     def sample_with_noise(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Push base noise ``z`` (``... x d_a``) through the flow: the noise-outsourced view."""

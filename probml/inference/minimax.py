@@ -395,7 +395,9 @@ class DRUM(_Validated):
         return net
 
     def _expected_risk(self, adv, f, x, mu, grad_adv: bool):
-        """``(E_Q risk per x, divergence per x)`` for the current adversary."""
+        """``(E_Q risk per x, divergence per x)`` for the current adversary. With
+        ``grad_adv=False`` (the predictor's step and evaluation) a flow adversary's divergence
+        is not needed and is returned as zeros."""
         if isinstance(adv, ConditionalBernoulli):  # exact enumeration over a in {0, 1}
             q = adv.prob(x)
             p0 = self.source_conditional_.prob(x).detach()
@@ -412,10 +414,11 @@ class DRUM(_Validated):
             z = torch.randn(*xs.shape[:-1], self.a_dim_, dtype=x.dtype, device=x.device)
             a, cost = adv(xs, z)
             return self._risk(f, mu(xs, a)).mean(0), cost.mean(0)
-        a = adv.rsample(xs)  # S x n x d_a, reparameterised
         if not grad_adv:
-            a = a.detach()
-        kl = adv.log_prob(a, xs) - self.source_conditional_.log_prob(a, xs)
+            a = adv.rsample(xs).detach()
+            return self._risk(f, mu(xs, a)).mean(0), x.new_zeros(x.shape[:-1])
+        a, log_q = adv.rsample_and_log_prob(xs)  # S x n x d_a, reparameterised
+        kl = log_q - self.source_conditional_.log_prob(a, xs)
         return self._risk(f, mu(xs, a)).mean(0), kl.mean(0)
 
     # ------------------------------------------------------------------ fit

@@ -120,6 +120,13 @@ def test_generators_density_and_transport():
     with torch.no_grad():
         gap = float((flow.log_prob(A, X) - true.log_prob(A)).mean())
     assert abs(gap) < 0.1
+    # one-pass draw + density (cached inverse) equals the density computed afresh, and its
+    # gradient reaches the flow's parameters
+    adv = flow.copy()
+    a, lp = adv.rsample_and_log_prob(X[:50])
+    assert torch.allclose(lp, adv.log_prob(a.detach().clone(), X[:50]), atol=1e-4)
+    lp.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in adv.parameters())
     tp = TransportPerturbation(flow)
     z = torch.randn(10, 2)
     a, cost = tp(X[:10], z)
