@@ -7,12 +7,15 @@
    Q-DR vs plug-in learners.
 3. Real data shipped in packages: Qini coefficient and multiplicative calibration on
    held-out halves.
-4. Fit time of each learner as a ratio to the Q-Learner's, same run; EconML's T/S/DR learners
+4. Sweep of the baseline's non-linearity at a fixed ~0.9% conversion rate (``--sweep-only``):
+   how wrong the logistic outcome models of the S/T learners must be before the Q-Learner,
+   which never models mu_0, beats them; paired per-seed differences.
+5. Fit time of each learner as a ratio to the Q-Learner's, same run; EconML's T/S/DR learners
    and CausalML's T/S classifiers side by side when installed
    (`.venv/bin/pip install econml causalml`; not dependencies).
 
 Run: `python benchmarks/ratio_cate.py` (10 seeds) or `--quick` (3 seeds, smaller n);
-`--both-only` runs the confounded-both scenario alone.
+`--both-only` runs the confounded-both scenario alone, `--sweep-only` the strength sweep alone.
 """
 
 from __future__ import annotations
@@ -139,6 +142,7 @@ def synthetic(scenario: str, seeds: int, n: int, rows: list, timings: dict):
             if tau is not None:
                 mse.setdefault(name, []).append(log_tau_mse(tau, d.tau[te]))
     mse["Q-DR minus Q-Learner (paired)"] = list(np.subtract(mse["Q-DR"], mse["Q-Learner"]))
+    mse["T-ratio minus Q-Learner (paired)"] = list(np.subtract(mse["T-ratio"], mse["Q-Learner"]))
     for name, v in mse.items():
         m, se = mean_se(v)
         rows.append(
@@ -152,6 +156,55 @@ def synthetic(scenario: str, seeds: int, n: int, rows: list, timings: dict):
                 "seeds": seeds,
             }
         )
+
+
+def calibrate_base_logit(target: float, strength: float, lo: float = -20.0, hi: float = 0.0):
+    """``b_0`` whose expected conversion rate (e_0 = 0.5, fixed covariate draw) is ``target``."""
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        d = make_ratio_data(
+            200_000, d=5, base_logit=mid, baseline="nonlinear", baseline_strength=strength, seed=0
+        )
+        rate = float(np.mean(0.5 * d.mu0 + 0.5 * d.mu1))
+        lo, hi = (mid, hi) if rate < target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def strength_sweep(seeds: int, n: int, rows: list, target: float = 0.009):
+    """Q-Learner vs S/T ratio learners as the control logit's non-linear term grows
+    (``baseline_strength`` s), the conversion rate held at ``target``; RCT, known e_0."""
+    for strength in [0.0, 0.5, 1.0, 2.0, 3.0]:
+        b0 = calibrate_base_logit(target, strength)
+        mse: dict[str, list[float]] = {}
+        rate = []
+        for seed in range(seeds):
+            d = make_ratio_data(
+                2 * n, d=5, base_logit=b0, baseline="nonlinear", baseline_strength=strength,
+                seed=seed,
+            )  # fmt: skip
+            rate.append(d.info["conversion_rate"])
+            tr, te = slice(0, n), slice(n, 2 * n)
+            for name, (est, prop) in learners(0.5).items():
+                if name not in ("Q-Learner", "S-ratio", "T-ratio"):
+                    continue
+                est.fit(d.X[tr], d.w[tr], d.y[tr], propensity=prop)
+                mse.setdefault(name, []).append(log_tau_mse(est.effect(d.X[te]), d.tau[te]))
+        mse["T-ratio minus Q-Learner (paired)"] = list(
+            np.subtract(mse["T-ratio"], mse["Q-Learner"])
+        )
+        for name, v in mse.items():
+            m, se = mean_se(v)
+            rows.append(
+                {
+                    "strength s": strength,
+                    "b_0": round(b0, 3),
+                    "conv. rate": float(np.mean(rate)),
+                    "learner": name,
+                    "log-tau MSE": m,
+                    "se": se,
+                    "seeds": seeds,
+                }
+            )
 
 
 def real(seeds: int, rows: list):
@@ -192,7 +245,7 @@ def real(seeds: int, rows: list):
 
 
 def main():
-    args = parse_args(__doc__.splitlines()[0], flags=("--both-only",))
+    args = parse_args(__doc__.splitlines()[0], flags=("--both-only", "--sweep-only"))
     seeds = args.seeds or (3 if args.quick else 10)
     n = 20_000 if args.quick else 100_000
     syn_rows, real_rows, timings = [], [], {}
@@ -202,8 +255,16 @@ def main():
         path = save("ratio_cate_both", args.out, {"synthetic": syn_rows, "seeds": seeds, "n": n})
         print(f"\nwrote {path}")
         return
+    sweep_rows: list = []
+    if args.sweep_only:
+        strength_sweep(seeds, n, sweep_rows)
+        print("## baseline-strength sweep (RCT, ~0.9% conversion)\n" + markdown_table(sweep_rows))
+        path = save("ratio_cate_sweep", args.out, {"sweep": sweep_rows, "seeds": seeds, "n": n})
+        print(f"\nwrote {path}")
+        return
     for sc in ["rct-linear", "rct-complex", "confounded", "confounded-complex", "confounded-both"]:
         synthetic(sc, seeds, n, syn_rows, timings)
+    strength_sweep(seeds, n, sweep_rows)
     real(seeds, real_rows)
     base = float(np.mean(timings["Q-Learner"]))
     time_rows = [
@@ -215,12 +276,20 @@ def main():
         for k, v in timings.items()
     ]
     print("## synthetic (log-tau MSE on a held-out half)\n" + markdown_table(syn_rows))
+    print("\n## baseline-strength sweep (RCT, ~0.9% conversion)\n" + markdown_table(sweep_rows))
     print("\n## real data (held-out halves)\n" + markdown_table(real_rows))
     print("\n## fit time (same run)\n" + markdown_table(time_rows))
     path = save(
         "ratio_cate",
         args.out,
-        {"synthetic": syn_rows, "real": real_rows, "timing": time_rows, "seeds": seeds, "n": n},
+        {
+            "synthetic": syn_rows,
+            "sweep": sweep_rows,
+            "real": real_rows,
+            "timing": time_rows,
+            "seeds": seeds,
+            "n": n,
+        },
     )
     print(f"\nwrote {path}")
 

@@ -54,6 +54,7 @@ def make_ratio_data(
     confounding: float = 0.0,
     zeta: np.ndarray | None = None,
     baseline: str = "linear",
+    baseline_strength: float = 1.0,
     propensity_shape: str = "linear",
     seed: int | np.random.Generator | None = 0,
 ) -> RatioData:
@@ -73,6 +74,9 @@ def make_ratio_data(
             ``"nonlinear"``, which adds :math:`1.5\sin(3x_0) + 2x_1x_2` (needs ``d >= 3``)
             to the control logit: a complex baseline with the same simple :math:`\tau`
             (**[design]**, to probe the Q-Learner's independence from :math:`\mu_0`).
+        baseline_strength: factor ``s`` on that non-linear term (``s = 0`` is the linear
+            baseline; only with ``baseline="nonlinear"``), for sweeps of how wrong a
+            logistic-linear outcome model is.
         propensity_shape: ``"linear"`` (the spec's
             :math:`\mathrm{clip}(\sigma(\kappa x^\top\zeta), 0.05, 0.95)`) or ``"nonlinear"``,
             which adds :math:`2x_3x_4 + 1.5\cos(3x_2)` inside the sigmoid (needs ``d >= 5`` and
@@ -92,6 +96,10 @@ def make_ratio_data(
         raise ValueError(f"baseline must be 'linear' or 'nonlinear', got {baseline!r}")
     if baseline == "nonlinear" and d < 3:
         raise ValueError(f"baseline='nonlinear' needs d >= 3, got d={d}")
+    if not np.isfinite(baseline_strength) or baseline_strength < 0.0:
+        raise ValueError(f"baseline_strength must be finite and >= 0, got {baseline_strength}")
+    if baseline_strength != 1.0 and baseline != "nonlinear":
+        raise ValueError("baseline_strength only applies with baseline='nonlinear'")
     if propensity_shape not in ("linear", "nonlinear"):
         raise ValueError(
             f"propensity_shape must be 'linear' or 'nonlinear', got {propensity_shape!r}"
@@ -104,7 +112,9 @@ def make_ratio_data(
     X = rng.uniform(-1.0, 1.0, size=(n, d))
     logit0 = base_logit + X @ alpha
     if baseline == "nonlinear":
-        logit0 = logit0 + 1.5 * np.sin(3.0 * X[:, 0]) + 2.0 * X[:, 1] * X[:, 2]
+        logit0 = logit0 + baseline_strength * (
+            1.5 * np.sin(3.0 * X[:, 0]) + 2.0 * X[:, 1] * X[:, 2]
+        )
     mu0 = _sigmoid(logit0)
     tau_model = np.exp(log_tau_intercept + X @ gamma)
     mu1 = np.minimum(mu0 * tau_model, 1.0)
@@ -129,6 +139,8 @@ def make_ratio_data(
         feature_names=[f"x{i}" for i in range(d)],
         info={
             "base_logit": base_logit,
+            "baseline": baseline,
+            "baseline_strength": baseline_strength,
             "conversion_rate": float(y.mean()),
             "capped_fraction": capped,
             "confounding": confounding,

@@ -102,6 +102,14 @@ def test_q_learner_beats_s_and_t_when_the_baseline_is_complex():
         for k, m in [("q", q), ("t", t), ("s", s)]:
             mse[k] += log_tau_mse(m.effect(d.X), d.tau) / 3
     assert mse["q"] < 0.75 * min(mse["t"], mse["s"]), mse
+    with pytest.raises(ValueError, match="baseline_strength"):
+        make_ratio_data(100, d=5, baseline="nonlinear", baseline_strength=-1.0)
+    with pytest.raises(ValueError, match="baseline_strength"):
+        make_ratio_data(100, d=5, baseline="linear", baseline_strength=2.0)
+    # s scales the non-linear term: s = 0 gives the linear baseline's mu_0 exactly
+    lin = make_ratio_data(1000, d=5, baseline="linear", seed=3)
+    off = make_ratio_data(1000, d=5, baseline="nonlinear", baseline_strength=0.0, seed=3)
+    np.testing.assert_allclose(off.mu0, lin.mu0)
 
 
 def test_q_dr_beats_q_and_t_when_both_nuisance_models_are_wrong():
