@@ -7,10 +7,14 @@
 3. Drift sweep (static, from the logit-shift model): where prompt-specific drift erases the
    gain over GRPO-8; and a sweep with drift that is a smooth function of prompt features,
    where GP-BASIS (a gpytorch GP over the features) is compared with BASIS.
-4. Cost of computing the advantages, as a ratio to GRPO's, same run.
+4. Policy-movement sweep (``--lr-sweep-only``): the Adam step size sets how far the policy
+   moves from the reference in 300 steps; value MSE of BASIS, GRPO-8, offline-only and
+   REINFORCE++ at each, and whether the spec's ordering holds.
+5. Cost of computing the advantages, as a ratio to GRPO's, same run.
 
 Run: `python benchmarks/basis.py` (5 seeds) or `--quick` (2 seeds, 100 steps);
-`python benchmarks/basis.py --drift-only` runs the two static drift sweeps alone.
+`python benchmarks/basis.py --drift-only` runs the two static drift sweeps alone,
+`--lr-sweep-only` the policy-movement sweep alone.
 """
 
 from __future__ import annotations
@@ -84,8 +88,46 @@ def drift_sweep(seeds: int, kind: str = "iid", B: int = 128, K: int = 16, c: flo
     return rows
 
 
+SWEEP_ESTIMATORS = ["basis", "grpo", "offline", "reinforce++"]
+
+
+def lr_sweep(seeds: int, steps: int = 300, K: int = 16, B: int = 128):
+    """Value MSE as the policy moves further from the reference (larger Adam steps)."""
+    bandit = LinearBandit(num_prompts=4096, seed=0)
+    rows = []
+    for lr in [0.0005, 0.001, 0.002, 0.004]:
+        mse: dict[str, list[float]] = {}
+        gain: list[float] = []
+        final: dict[str, list[float]] = {}
+        for s in range(seeds):
+            for e in SWEEP_ESTIMATORS:
+                r = run_bandit_rl(bandit, e, steps=steps, batch_size=B, K=K, lr=lr, seed=s)
+                mse.setdefault(e, []).append(float(np.mean(r.value_mse)))
+                final.setdefault(e, []).append(r.mean_reward[-1])
+                if e == "basis":
+                    gain.append(r.mean_reward[-1] - r.mean_reward[0])
+        means = {e: float(np.mean(v)) for e, v in mse.items()}
+        order = sorted(means, key=means.get)
+        holds = order == ["basis", "grpo", "offline", "reinforce++"]
+        for e, v in mse.items():
+            m, se = mean_se(v)
+            rows.append(
+                {
+                    "lr": lr,
+                    "BASIS reward gain": float(np.mean(gain)),
+                    "estimator": e + ("-8" if e == "grpo" else ""),
+                    "value MSE": m,
+                    "se": se,
+                    "rank": order.index(e) + 1,
+                    "final reward / GRPO-8's": float(np.mean(final[e]) / np.mean(final["grpo"])),
+                    "spec ordering holds": holds,
+                }
+            )
+    return rows
+
+
 def main():
-    args = parse_args(__doc__.splitlines()[0], flags=("--drift-only",))
+    args = parse_args(__doc__.splitlines()[0], flags=("--drift-only", "--lr-sweep-only"))
     seeds = args.seeds or (2 if args.quick else 5)
     if args.drift_only:
         drift_rows, fdrift_rows = drift_sweep(seeds), drift_sweep(seeds, "feature")
@@ -99,6 +141,13 @@ def main():
         print(f"\nwrote {path}")
         return
     steps = 100 if args.quick else 300
+    lr_title = f"## policy-movement sweep (K = 16, B = 128, {steps} steps, {seeds} seeds)\n"
+    if args.lr_sweep_only:
+        lr_rows = lr_sweep(seeds, steps)
+        print(lr_title + markdown_table(lr_rows))
+        path = save("basis_lr_sweep", args.out, {"lr_sweep": lr_rows, "seeds": seeds})
+        print(f"\nwrote {path}")
+        return
     bandit = LinearBandit(num_prompts=4096, seed=0)
     mse_rows, curve_rows = [], []
     finals: dict[tuple[int, str], list[float]] = {}
@@ -138,6 +187,7 @@ def main():
     ratio = np.mean(finals[16, "basis"]) / np.mean(finals[16, "grpo"])
     drift_rows = drift_sweep(seeds)
     fdrift_rows = drift_sweep(seeds, "feature")
+    lr_rows = lr_sweep(seeds, steps)
     g = torch.Generator().manual_seed(0)
     r1 = (torch.rand(128, generator=g) < 0.5).double()
     p0 = torch.rand(128, generator=g, dtype=torch.float64) * 0.8 + 0.1
@@ -158,6 +208,7 @@ def main():
         "\n## feature-correlated drift (c = 1, K = 16, B = 128, 10 batches x seeds)\n"
         + markdown_table(fdrift_rows)
     )
+    print("\n" + lr_title + markdown_table(lr_rows))
     print(
         f"\nadvantage computation at B = 128: BASIS {1e3 * t_basis:.3f} ms, GRPO-8 {1e3 * t_grpo:.3f} ms "
         f"(ratio {t_basis / t_grpo:.1f})"
@@ -171,6 +222,7 @@ def main():
             "ratio": ratio,
             "drift": drift_rows,
             "feature_drift": fdrift_rows,
+            "lr_sweep": lr_rows,
             "t_basis": t_basis,
             "t_grpo": t_grpo,
         },
