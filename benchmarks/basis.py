@@ -1,7 +1,8 @@
 """BASIS benchmark on the exact bandit (N = 4096 prompts x 8 answers, theta in R^16).
 
 1. Value MSE over 300 steps (and over the first 50, before the policy has drifted far) with
-   B = 128 and one rollout per prompt (K offline samples in {16, 32}) for BASIS (BLUE and linearised), its Bayesian version, GRPO-8's group mean,
+   B = 128 and one rollout per prompt (K offline samples in {16, 32}) for BASIS (BLUE, linearised
+   and calibrated-only forms), its Bayesian version, GRPO-8's group mean,
    offline-only values, REINFORCE++'s batch mean and an SPO-style tracker.
 2. Learning curves: final mean reward of BASIS (1 rollout) vs GRPO-8 (8 rollouts).
 3. Drift sweep (static, from the logit-shift model): where prompt-specific drift erases the
@@ -35,7 +36,16 @@ from probml.models.rollouts import LinearBandit, gp_loo_baseline  # noqa: E402
 from probml.results import markdown_table, mean_se  # noqa: E402
 
 EARLY = 50  # steps in the early-window column of the value-MSE table
-ESTIMATORS = ["basis", "basis-linearised", "bayes-basis", "grpo", "offline", "reinforce++", "spo"]
+ESTIMATORS = [
+    "basis",
+    "basis-linearised",
+    "basis-calibrated",
+    "bayes-basis",
+    "grpo",
+    "offline",
+    "reinforce++",
+    "spo",
+]
 
 
 def _iid_drift(tau, B, K, g):

@@ -9,7 +9,10 @@ against 16 fresh rollouts per batch prompt at every step (noise-corrected, see
 `probml.inference.sequence_rl`); success on a fixed probe set of 256 of the task's prompts (4 samples each; the
 prompts also appear in training batches) at the end.
 
-Run: `python benchmarks/basis_sequence.py` (5 seeds) or `--quick` (1 seed, 10 steps).
+Run: `python benchmarks/basis_sequence.py` (5 seeds) or `--quick` (1 seed, 10 steps);
+`--lr-sweep-only` (3 seeds by default) repeats the carry-down-weighted runs of BASIS, GRPO-8,
+offline-only and REINFORCE++ at Adam step sizes 3e-5, 1e-4 and 3e-4: how far the policy moves
+decides how stale the offline values get.
 """
 
 from __future__ import annotations
@@ -45,11 +48,67 @@ RUNS = [  # (warm-up, K, estimator)
 ]
 
 
+SWEEP = ["basis", "grpo", "offline", "reinforce++"]
+
+
+def carry_down_reference(task: AdditionTask, s: int):
+    """The carry-down-weighted warm-up of seed ``s`` and its K = 32 offline counts."""
+    torch.manual_seed(s)
+    m = addition_policy()
+    supervised_warmup(m, task, 0.4, seed=s, carry_weight=0.05)
+    return m, offline_counts(m, task, 32, torch.Generator().manual_seed(100 + s), "cpu")
+
+
+def lr_sweep(task: AdditionTask, seeds: int, steps: int) -> list[dict]:
+    mse: dict[tuple[float, str], list[float]] = {}
+    gain: dict[tuple[float, str], list[float]] = {}
+    lrs = [3e-5, 1e-4, 3e-4]
+    for s in range(seeds):
+        m, k32 = carry_down_reference(task, s)
+        for lr in lrs:
+            for e in SWEEP:
+                r = run_sequence_rl(
+                    m, task, e, steps=steps, batch_size=128, K=32, lr=lr, mc_rollouts=16,
+                    eval_every=steps, seed=1000 + s, offline=k32,
+                )  # fmt: skip
+                mse.setdefault((lr, e), []).append(float(np.mean(r.value_mse)))
+                gain.setdefault((lr, e), []).append(r.mean_reward[-1] - r.mean_reward[0])
+                print((lr, e), mse[lr, e][-1], flush=True)
+    rows = []
+    for lr in lrs:
+        means = {e: float(np.mean(mse[lr, e])) for e in SWEEP}
+        order = sorted(means, key=means.get)
+        for e in SWEEP:
+            m, se = mean_se(mse[lr, e])
+            rows.append(
+                {
+                    "lr": lr,
+                    "estimator": e + ("-8" if e == "grpo" else ""),
+                    "value MSE": m,
+                    "se": se,
+                    "rank": order.index(e) + 1,
+                    "probe success gain": float(np.mean(gain[lr, e])),
+                    "spec ordering holds": order == SWEEP,
+                }
+            )
+    return rows
+
+
 def main():
-    args = parse_args(__doc__.splitlines()[0])
-    seeds = args.seeds or (1 if args.quick else 5)
+    args = parse_args(__doc__.splitlines()[0], flags=("--lr-sweep-only",))
     steps = 10 if args.quick else 60
     task = AdditionTask(2048, seed=0)
+    if args.lr_sweep_only:
+        seeds = args.seeds or (1 if args.quick else 3)
+        rows = lr_sweep(task, seeds, steps)
+        print(
+            f"## policy-movement sweep, carry-down-weighted, K = 32, B = 128, {steps} steps, "
+            f"{seeds} seeds ({machine()})\n" + markdown_table(rows)
+        )
+        path = save("basis_sequence_lr", args.out, {"rows": rows, "steps": steps, "seeds": seeds})
+        print(f"\nwrote {path}")
+        return
+    seeds = args.seeds or (1 if args.quick else 5)
     mse, early, final, spread = {}, {}, {}, {}
     for s in range(seeds):
         refs = {}

@@ -37,6 +37,7 @@ __all__ = [
 SINGLE_ROLLOUT = (
     "basis",
     "basis-linearised",
+    "basis-calibrated",
     "bayes-basis",
     "gp-basis",
     "reinforce++",
@@ -71,8 +72,8 @@ def advantages_and_values(
         return rloo_advantages(rewards), rewards.mean(1), None
     r = rewards[:, 0]
     beta = None
-    if estimator in ("basis", "basis-linearised"):
-        form = "blue" if estimator == "basis" else "linearised"
+    if estimator in ("basis", "basis-linearised", "basis-calibrated"):
+        form = "blue" if estimator == "basis" else estimator.removeprefix("basis-")
         a, diag = basis_advantages(r, p0, form=form)
         value = diag["baseline"]
         beta = float(diag["beta"].median())

@@ -28,7 +28,7 @@ def test_equal_values_give_the_leave_one_out_mean(form):
     assert torch.allclose(d["baseline"].float(), loo, atol=1e-6)
 
 
-@pytest.mark.parametrize("form", ["blue", "linearised"])
+@pytest.mark.parametrize("form", ["blue", "linearised", "calibrated"])
 def test_baseline_of_prompt_i_ignores_r_i(form):
     g = torch.Generator().manual_seed(0)
     p0 = torch.rand(12, generator=g, dtype=torch.float64) * 0.8 + 0.1
@@ -41,6 +41,24 @@ def test_baseline_of_prompt_i_ignores_r_i(form):
         # a function of r_{-i} only (up to float rounding of the leave-out sums)
         assert abs(float(d2["baseline"][i] - d["baseline"][i])) < 1e-12
         assert not torch.equal(d2["baseline"], d["baseline"])  # but the others see r_i
+
+
+def test_calibrated_form_is_the_closed_form_value_at_the_loo_temperature():
+    # rewards drawn at a logit shift c = 1 (beta = 1, on the grid): with B = 20000 every
+    # prompt's leave-one-out calibration picks beta = 1, and the baseline is V_i(1) exactly
+    g = torch.Generator().manual_seed(1)
+    p0 = torch.rand(20_000, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    r = torch.bernoulli(kl_optimal_values(p0, 1.0), generator=g)
+    _, d = basis_advantages(r, p0, form="calibrated")
+    assert torch.all(d["beta"] == 1.0)
+    torch.testing.assert_close(d["baseline"], kl_optimal_values(p0, 1.0))
+    # no drift: the calibration picks beta = inf (c = 0) and the baseline is p0
+    r0 = torch.bernoulli(p0, generator=g)
+    _, d0 = basis_advantages(r0, p0, form="calibrated")
+    assert torch.all(torch.isinf(d0["beta"]))
+    torch.testing.assert_close(d0["baseline"], p0)
+    with pytest.raises(ValueError, match="form"):
+        basis_advantages(r0, p0, form="ratio")
 
 
 def test_inactive_prompts_get_zero_baseline_and_fallback():
