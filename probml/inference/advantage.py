@@ -44,6 +44,8 @@ __all__ = [
     "DEFAULT_BETA_GRID",
 ]
 
+_TWO_OUT_ELEMENTS = 2**24  # elements per chunk of the G x chunk x B leave-two-out tensor
+
 DEFAULT_BETA_GRID = (
     0.1,
     0.15,
@@ -107,6 +109,7 @@ def basis_advantages(
     eps: float = 0.02,
     form: str = "blue",
     whiten: bool = False,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict]:
     r"""BASIS advantages for one rollout per prompt.
 
@@ -124,6 +127,9 @@ def basis_advantages(
             estimates the batch-wide drift once instead of twice, so it is less noisy.
         whiten: divide the advantages by their standard deviation (the scale is not
             data-independent, as in REINFORCE++; off by default).
+        chunk_size: prompts per chunk of the leave-two-out calibration (a ``G x chunk x B``
+            tensor); ``None`` picks the largest chunk within about 2**24 elements (128 MiB in
+            float64), so memory stays bounded at any ``B``; the result does not depend on it.
 
     Returns:
         ``(advantages, diagnostics)``: advantages ``B``; diagnostics has ``beta`` (``B``, the
@@ -143,6 +149,8 @@ def basis_advantages(
         raise ValueError(f"form must be 'blue', 'linearised' or 'calibrated', got {form!r}")
     if not 0 <= eps < 0.5:
         raise ValueError(f"eps must be in [0, 0.5), got {eps}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     grid = torch.as_tensor(beta_grid, dtype=torch.float64, device=r.device).reshape(-1)
     if grid.numel() == 0 or bool((grid <= 0).any()):
         raise ValueError("beta_grid must be a non-empty set of positive temperatures")
@@ -152,23 +160,23 @@ def basis_advantages(
     a = active.double()
     if form == "blue":
         w_num, w_den = a / (1 - V), a * V / (1 - V)  # G x B per-prompt terms
-        num_tot = (w_num * r).sum(-1, keepdim=True)
-        den_tot = w_den.sum(-1, keepdim=True)
-
-        def loo_baseline(num, den):  # b = V * num / den, 0 where den == 0
-            return torch.where(den > 0, V * num / den.clamp_min(1e-300), torch.zeros_like(V))
-
-        b_loo = loo_baseline(num_tot - w_num * r, den_tot - w_den)  # G x B, excludes i
-        # leave-two-out: b_j^{(-i)} for the calibration of prompt i: G x B(i) x B(j)
-        num2 = num_tot[..., None] - (w_num * r)[:, :, None] - (w_num * r)[:, None, :]
-        den2 = den_tot[..., None] - w_den[:, :, None] - w_den[:, None, :]
-        b2 = torch.where(
-            den2 > 0, V[:, None, :] * num2 / den2.clamp_min(1e-300), torch.zeros_like(num2)
+        wr = w_num * r
+        num_tot, den_tot = wr.sum(-1, keepdim=True), w_den.sum(-1, keepdim=True)
+        den1 = den_tot - w_den  # b = V * num / den, 0 where den == 0; excludes i
+        b_loo = torch.where(
+            den1 > 0, V * (num_tot - wr) / den1.clamp_min(1e-300), torch.zeros_like(V)
         )
+
+        def two_out(sl: slice) -> torch.Tensor:  # b_j^{(-i)}, i in sl: G x c x B
+            num2 = num_tot[..., None] - wr[:, sl, None] - wr[:, None, :]
+            den2 = den_tot[..., None] - w_den[:, sl, None] - w_den[:, None, :]
+            return torch.where(
+                den2 > 0, V[:, None, :] * num2 / den2.clamp_min(1e-300), torch.zeros_like(num2)
+            )
+
     elif form == "calibrated":
         # b_i = V_i(beta_hat_i): no second, per-batch correction on top of the temperature
-        b_loo = V
-        b2 = None
+        b_loo, two_out = V, None
     else:
         s2 = a * V * (1 - V)
         res = a * (r - V)
@@ -177,18 +185,26 @@ def basis_advantages(
         b_loo = V + s2 * torch.where(
             den > 0, (r_tot - res) / den.clamp_min(1e-300), torch.zeros_like(den)
         )
-        den2 = s_tot[..., None] - s2[:, :, None] - s2[:, None, :]
-        num2 = r_tot[..., None] - res[:, :, None] - res[:, None, :]
-        b2 = V[:, None, :] + s2[:, None, :] * torch.where(
-            den2 > 0, num2 / den2.clamp_min(1e-300), torch.zeros_like(den2)
-        )
+
+        def two_out(sl: slice) -> torch.Tensor:
+            den2 = s_tot[..., None] - s2[:, sl, None] - s2[:, None, :]
+            num2 = r_tot[..., None] - res[:, sl, None] - res[:, None, :]
+            return V[:, None, :] + s2[:, None, :] * torch.where(
+                den2 > 0, num2 / den2.clamp_min(1e-300), torch.zeros_like(den2)
+            )
+
     # calibration loss of prompt i: sum over active j != i of (r_j - b_j^{(-i)})^2
-    if b2 is None:  # b_j does not depend on r_i: the total minus prompt i's own term
+    if two_out is None:  # b_j does not depend on r_i: the total minus prompt i's own term
         own = a * (r - V) ** 2  # G x B
         loss = own.sum(-1, keepdim=True) - own
-    else:
-        mask = (a[None, :] * a[:, None]) * (1 - torch.eye(B, dtype=torch.float64, device=r.device))
-        loss = (mask * (r[None, None, :] - b2) ** 2).sum(-1)  # G x B
+    else:  # leave-two-out baselines, G x c x B per chunk of c prompts i
+        rows = chunk_size or max(1, _TWO_OUT_ELEMENTS // (grid.numel() * B))
+        loss = torch.empty_like(V)
+        for start in range(0, B, rows):
+            sl = slice(start, min(start + rows, B))
+            mask = a[None, :] * a[sl, None]
+            mask[torch.arange(sl.stop - sl.start), torch.arange(sl.start, sl.stop)] = 0.0
+            loss[:, sl] = (mask * (r[None, None, :] - two_out(sl)) ** 2).sum(-1)
     best = loss.argmin(0)  # B: grid index chosen for each prompt
     # a value of a binary reward lies in [0, 1]; clamping keeps b_i a function of r_{-i} only
     baseline = b_loo.gather(0, best[None]).squeeze(0).clamp(0.0, 1.0)

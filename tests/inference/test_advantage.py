@@ -43,6 +43,20 @@ def test_baseline_of_prompt_i_ignores_r_i(form):
         assert not torch.equal(d2["baseline"], d["baseline"])  # but the others see r_i
 
 
+@pytest.mark.parametrize("form", ["blue", "linearised"])
+def test_chunked_calibration_equals_one_chunk(form):
+    # the G x chunk x B leave-two-out tensor is built in chunks of prompts: same result
+    g = torch.Generator().manual_seed(3)
+    p0 = torch.rand(37, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    r = (torch.rand(37, generator=g) < 0.5).double()
+    a_one, d_one = basis_advantages(r, p0, form=form)
+    for chunk in (1, 5, 36):
+        a, d = basis_advantages(r, p0, form=form, chunk_size=chunk)
+        assert torch.equal(d["beta"], d_one["beta"]) and torch.equal(a, a_one)
+    with pytest.raises(ValueError, match="chunk_size"):
+        basis_advantages(r, p0, chunk_size=0)
+
+
 def test_calibrated_form_is_the_closed_form_value_at_the_loo_temperature():
     # rewards drawn at a logit shift c = 1 (beta = 1, on the grid): with B = 20000 every
     # prompt's leave-one-out calibration picks beta = 1, and the baseline is V_i(1) exactly
