@@ -203,7 +203,8 @@ def basis_advantages(
         for start in range(0, B, rows):
             sl = slice(start, min(start + rows, B))
             mask = a[None, :] * a[sl, None]
-            mask[torch.arange(sl.stop - sl.start), torch.arange(sl.start, sl.stop)] = 0.0
+            ii = torch.arange(sl.start, sl.stop, device=r.device)
+            mask[ii - sl.start, ii] = 0.0  # j != i
             loss[:, sl] = (mask * (r[None, None, :] - two_out(sl)) ** 2).sum(-1)
     best = loss.argmin(0)  # B: grid index chosen for each prompt
     # a value of a binary reward lies in [0, 1]; clamping keeps b_i a function of r_{-i} only
