@@ -7,9 +7,10 @@
    Q-DR vs plug-in learners.
 3. Real data shipped in packages: Qini coefficient and multiplicative calibration on
    held-out halves.
-4. Sweep of the baseline's non-linearity at a fixed ~0.9% conversion rate (``--sweep-only``):
-   how wrong the logistic outcome models of the S/T learners must be before the Q-Learner,
-   which never models mu_0, beats them; paired per-seed differences.
+4. Sweep of the baseline's non-linearity at a fixed ~0.9% conversion rate (``--sweep-only``),
+   at n and 10 n training units: how wrong the logistic outcome models of the S/T learners
+   must be, and how large the sample, before the Q-Learner, which never models mu_0, beats
+   them; paired per-seed differences.
 5. Fit time of each learner as a ratio to the Q-Learner's, same run; EconML's T/S/DR learners
    and CausalML's T/S classifiers side by side when installed
    (`.venv/bin/pip install econml causalml`; not dependencies).
@@ -20,6 +21,7 @@ Run: `python benchmarks/ratio_cate.py` (10 seeds) or `--quick` (3 seeds, smaller
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -172,18 +174,19 @@ def calibrate_base_logit(target: float, strength: float, lo: float = -20.0, hi: 
 
 def strength_sweep(seeds: int, n: int, rows: list, target: float = 0.009):
     """Q-Learner vs S/T ratio learners as the control logit's non-linear term grows
-    (``baseline_strength`` s), the conversion rate held at ``target``; RCT, known e_0."""
-    for strength in [0.0, 0.5, 1.0, 2.0, 3.0]:
+    (``baseline_strength`` s), the conversion rate held at ``target``; RCT, known e_0; at
+    ``n`` and ``10 n`` training units (evaluated on ``n`` held-out units)."""
+    for n_train, strength in itertools.product([n, 10 * n], [0.0, 0.5, 1.0, 2.0, 3.0]):
         b0 = calibrate_base_logit(target, strength)
         mse: dict[str, list[float]] = {}
         rate = []
         for seed in range(seeds):
             d = make_ratio_data(
-                2 * n, d=5, base_logit=b0, baseline="nonlinear", baseline_strength=strength,
-                seed=seed,
+                n_train + n, d=5, base_logit=b0, baseline="nonlinear",
+                baseline_strength=strength, seed=seed,
             )  # fmt: skip
             rate.append(d.info["conversion_rate"])
-            tr, te = slice(0, n), slice(n, 2 * n)
+            tr, te = slice(0, n_train), slice(n_train, n_train + n)
             for name, (est, prop) in learners(0.5).items():
                 if name not in ("Q-Learner", "S-ratio", "T-ratio"):
                     continue
@@ -196,6 +199,7 @@ def strength_sweep(seeds: int, n: int, rows: list, target: float = 0.009):
             m, se = mean_se(v)
             rows.append(
                 {
+                    "n_train": n_train,
                     "strength s": strength,
                     "b_0": round(b0, 3),
                     "conv. rate": float(np.mean(rate)),

@@ -112,6 +112,20 @@ def test_q_learner_beats_s_and_t_when_the_baseline_is_complex():
     np.testing.assert_allclose(off.mu0, lin.mu0)
 
 
+def test_q_learner_beats_t_at_one_percent_conversion_once_variance_is_small():
+    # at ~1% conversion with a strongly non-linear baseline (s = 3), 10^6 units (~9 000
+    # converters): the T-learner's logistic models leave a bias the Q-Learner, exactly
+    # specified whatever mu_0 is, does not have
+    d = make_ratio_data(
+        1_000_000, d=5, base_logit=-9.94, baseline="nonlinear", baseline_strength=3.0, seed=0
+    )
+    assert 0.007 < d.info["conversion_rate"] < 0.011
+    q = QLearner(classifier=EXACT).fit(d.X, d.w, d.y, propensity=0.5)
+    t = TRatioLearner(model=EXACT).fit(d.X, d.w, d.y)
+    mse_q, mse_t = log_tau_mse(q.effect(d.X), d.tau), log_tau_mse(t.effect(d.X), d.tau)
+    assert mse_q < 0.3 * mse_t, (mse_q, mse_t)
+
+
 def test_q_dr_beats_q_and_t_when_both_nuisance_models_are_wrong():
     # complex baseline (logistic outcome models wrong) and a non-linear propensity (logistic
     # propensity model wrong): the Q-Learner inherits the propensity error, the T-learner the
