@@ -187,9 +187,9 @@ def strength_sweep(seeds: int, n: int, rows: list, target: float = 0.009):
             )  # fmt: skip
             rate.append(d.info["conversion_rate"])
             tr, te = slice(0, n_train), slice(n_train, n_train + n)
-            for name, (est, prop) in learners(0.5).items():
-                if name not in ("Q-Learner", "S-ratio", "T-ratio"):
-                    continue
+            fits = learners(0.5)
+            for name in ("Q-Learner", "S-ratio", "T-ratio"):
+                est, prop = fits[name]
                 est.fit(d.X[tr], d.w[tr], d.y[tr], propensity=prop)
                 mse.setdefault(name, []).append(log_tau_mse(est.effect(d.X[te]), d.tau[te]))
         mse["T-ratio minus Q-Learner (paired)"] = list(
