@@ -10,7 +10,9 @@
    where GP-BASIS (a gpytorch GP over the features) is compared with BASIS.
 4. Policy-movement sweep (``--lr-sweep-only``): the Adam step size sets how far the policy
    moves from the reference in 300 steps; value MSE of BASIS, GRPO-8, offline-only and
-   REINFORCE++ at each, and whether the spec's ordering holds.
+   REINFORCE++ at each, whether the spec's ordering holds, and the batch-wide floor: the
+   best value MSE any shared logit shift and scale of the offline values reaches on the same
+   batches (an oracle fitted to the exact values; `advantage.batch_wide_floor`).
 5. Cost of computing the advantages, as a ratio to GRPO's, same run.
 
 Run: `python benchmarks/basis.py` (5 seeds) or `--quick` (2 seeds, 100 steps);
@@ -109,10 +111,12 @@ def lr_sweep(seeds: int, steps: int = 300, K: int = 16, B: int = 128):
         mse: dict[str, list[float]] = {}
         gain: list[float] = []
         final: dict[str, list[float]] = {}
+        floor: dict[str, list[float]] = {}
         for s in range(seeds):
             for e in SWEEP_ESTIMATORS:
                 r = run_bandit_rl(bandit, e, steps=steps, batch_size=B, K=K, lr=lr, seed=s)
                 mse.setdefault(e, []).append(float(np.mean(r.value_mse)))
+                floor.setdefault(e, []).append(float(np.mean(r.floor_mse)))
                 final.setdefault(e, []).append(r.mean_reward[-1])
                 if e == "basis":
                     gain.append(r.mean_reward[-1] - r.mean_reward[0])
@@ -129,6 +133,7 @@ def lr_sweep(seeds: int, steps: int = 300, K: int = 16, B: int = 128):
                     "value MSE": m,
                     "se": se,
                     "rank": order.index(e) + 1,
+                    "batch-wide floor (oracle)": float(np.mean(floor[e])),
                     "final reward / GRPO-8's": float(np.mean(final[e]) / np.mean(final["grpo"])),
                     "spec ordering holds": holds,
                 }

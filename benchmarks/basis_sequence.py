@@ -12,7 +12,9 @@ prompts also appear in training batches) at the end.
 Run: `python benchmarks/basis_sequence.py` (5 seeds) or `--quick` (1 seed, 10 steps);
 `--lr-sweep-only` (3 seeds by default) repeats the carry-down-weighted runs of BASIS, GRPO-8,
 offline-only and REINFORCE++ at Adam step sizes 3e-5, 1e-4 and 3e-4: how far the policy moves
-decides how stale the offline values get.
+decides how stale the offline values get. Both tables report the batch-wide floor: the best
+value MSE any shared logit shift and scale of the offline values reaches on each run's batches
+(an oracle fitted to the Monte Carlo values; `advantage.batch_wide_floor`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def carry_down_reference(task: AdditionTask, s: int):
 def lr_sweep(task: AdditionTask, seeds: int, steps: int) -> list[dict]:
     mse: dict[tuple[float, str], list[float]] = {}
     gain: dict[tuple[float, str], list[float]] = {}
+    floor: dict[tuple[float, str], list[float]] = {}
     lrs = [3e-5, 1e-4, 3e-4]
     for s in range(seeds):
         m, k32 = carry_down_reference(task, s)
@@ -72,6 +75,7 @@ def lr_sweep(task: AdditionTask, seeds: int, steps: int) -> list[dict]:
                     eval_every=steps, seed=1000 + s, offline=k32,
                 )  # fmt: skip
                 mse.setdefault((lr, e), []).append(float(np.mean(r.value_mse)))
+                floor.setdefault((lr, e), []).append(float(np.mean(r.floor_mse)))
                 gain.setdefault((lr, e), []).append(r.mean_reward[-1] - r.mean_reward[0])
                 print((lr, e), mse[lr, e][-1], flush=True)
     rows = []
@@ -87,6 +91,7 @@ def lr_sweep(task: AdditionTask, seeds: int, steps: int) -> list[dict]:
                     "value MSE": m,
                     "se": se,
                     "rank": order.index(e) + 1,
+                    "batch-wide floor (oracle)": float(np.mean(floor[lr, e])),
                     "probe success gain": float(np.mean(gain[lr, e])),
                     "spec ordering holds": order == SWEEP,
                 }
@@ -109,7 +114,7 @@ def main():
         print(f"\nwrote {path}")
         return
     seeds = args.seeds or (1 if args.quick else 5)
-    mse, early, final, spread = {}, {}, {}, {}
+    mse, early, final, spread, floor = {}, {}, {}, {}, {}
     for s in range(seeds):
         refs = {}
         for warm, cw in (("carry-down-weighted", 0.05), ("uniform", 1.0)):
@@ -138,6 +143,7 @@ def main():
             key = (warm, K, e)
             mse.setdefault(key, []).append(float(np.mean(r.value_mse)))
             early.setdefault(key, []).append(float(np.mean(r.value_mse[:10])))
+            floor.setdefault(key, []).append(float(np.mean(r.floor_mse)))
             final.setdefault(key, []).append(r.mean_reward[-1])
             print(key, mse[key][-1], final[key][-1], flush=True)
     rows = []
@@ -156,6 +162,7 @@ def main():
                 "se": se,
                 "% below REINFORCE++": 100 * (1 - m / ref),
                 "MSE, first 10 steps": float(np.mean(early[key])),
+                "batch-wide floor (oracle)": float(np.mean(floor[key])),
                 "final success": fm,
                 "final se": fse,
             }

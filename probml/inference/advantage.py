@@ -34,6 +34,7 @@ import torch
 __all__ = [
     "offline_values",
     "kl_optimal_values",
+    "batch_wide_floor",
     "basis_advantages",
     "reinforce_pp_advantages",
     "grpo_advantages",
@@ -80,6 +81,20 @@ def _check_rewards(
     return r
 
 
+def _check_prior_values(prior_values, like: torch.Tensor, name: str) -> torch.Tensor:
+    """``prior_values`` as float64 on ``like``'s device: shape ``(B,)`` like ``like``, inside
+    (0, 1)."""
+    p0 = torch.as_tensor(prior_values, dtype=torch.float64, device=like.device)
+    if like.dim() != 1 or p0.shape != like.shape:
+        raise ValueError(
+            f"{name} and prior_values must both have shape (B,); got "
+            f"{tuple(like.shape)} and {tuple(p0.shape)}"
+        )
+    if bool(((p0 <= 0) | (p0 >= 1)).any()):
+        raise ValueError("prior_values must lie strictly inside (0, 1); use offline_values(k, K)")
+    return p0
+
+
 def offline_values(k: torch.Tensor, K: int) -> torch.Tensor:
     """Smoothed offline success rates ``(k + 1/2) / (K + 1)`` from ``k`` of ``K`` reference samples."""
     if K < 1:
@@ -100,6 +115,50 @@ def kl_optimal_values(p0: torch.Tensor, beta: torch.Tensor | float) -> torch.Ten
     shift = torch.where(torch.isinf(beta), torch.zeros_like(beta), 1.0 / beta)
     logit = torch.logit(p0) + shift.reshape(*shift.shape, *([1] * p0.dim()))
     return torch.sigmoid(logit)
+
+
+def batch_wide_floor(
+    values: torch.Tensor,
+    prior_values: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    shifts: torch.Tensor | None = None,
+) -> tuple[float, float, float]:
+    r"""The smallest value MSE a batch-wide correction of the offline values can reach (an
+    oracle diagnostic, not an estimator: it is fitted to the true values).
+
+    The family is :math:`\hat v_i(a, c) = a\,\sigma(\mathrm{logit}\,p_{0,i} + c)`: one shared
+    logit shift ``c`` (the KL temperature, ``c = 1/beta``) and one shared scale ``a`` (the BLUE
+    ratio); ``a = 1`` is the calibrated-only form. The floor is
+
+    .. math:: \min_{a, c}\ \frac1B\sum_i \big(\hat v_i(a, c) - V_i\big)^2 - \frac1B\sum_i n_i,
+
+    with ``c`` on a grid (``shifts``, default -4..4 in steps of 0.01) and ``a`` in closed form.
+    The BLUE and calibrated-only baselines belong to this family up to their clamp to [0, 1],
+    the active set's zero baselines and the small differences between their leave-one-out
+    (per-prompt) temperatures, so the floor is, to that approximation, a lower bound on their
+    value MSE whatever temperature they choose. When it exceeds another estimator's value
+    MSE, the drift from the reference is mostly prompt-specific: no batch-wide temperature
+    can follow it.
+
+    Args:
+        values: ``B`` true values (or unbiased Monte Carlo estimates of them).
+        prior_values: ``B`` offline values ``p0`` in ``(0, 1)``.
+        noise: optional ``B`` variances of ``values`` (subtracted, as in the loops' value MSE).
+        shifts: the grid of logit shifts (``S``).
+
+    Returns:
+        ``(floor, a, c)``: the floor and its minimisers.
+    """
+    v = torch.as_tensor(values).double()
+    p0 = _check_prior_values(prior_values, v, "values")
+    c = torch.linspace(-4, 4, 801, dtype=v.dtype, device=v.device) if shifts is None else shifts
+    c = torch.as_tensor(c, dtype=v.dtype, device=v.device)
+    q = torch.sigmoid(torch.logit(p0) + c[:, None])  # S x B
+    a = (q @ v) / (q * q).sum(1).clamp_min(1e-300)  # least-squares scale per shift
+    mse = ((a[:, None] * q - v) ** 2).mean(1)
+    best = int(mse.argmin())
+    n = 0.0 if noise is None else float(torch.as_tensor(noise).double().mean())
+    return float(mse[best]) - n, float(a[best]), float(c[best])
 
 
 def basis_advantages(
@@ -137,14 +196,7 @@ def basis_advantages(
         ``fallback`` (True when fewer than two prompts are active: every baseline is zero).
     """
     r = _check_rewards(rewards, binary=True).double()
-    p0 = torch.as_tensor(prior_values, dtype=torch.float64, device=r.device)
-    if r.dim() != 1 or p0.shape != r.shape:
-        raise ValueError(
-            f"rewards and prior_values must both have shape (B,); got "
-            f"{tuple(r.shape)} and {tuple(p0.shape)}"
-        )
-    if bool(((p0 <= 0) | (p0 >= 1)).any()):
-        raise ValueError("prior_values must lie strictly inside (0, 1); use offline_values(k, K)")
+    p0 = _check_prior_values(prior_values, r, "rewards")
     if form not in ("blue", "linearised", "calibrated"):
         raise ValueError(f"form must be 'blue', 'linearised' or 'calibrated', got {form!r}")
     if not 0 <= eps < 0.5:

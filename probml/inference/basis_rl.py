@@ -16,6 +16,7 @@ import torch
 from probml.inference.advantage import (
     SPOTracker,
     basis_advantages,
+    batch_wide_floor,
     grpo_advantages,
     offline_advantages,
     offline_values,
@@ -108,6 +109,9 @@ class BanditRLResult:
     value_mse: list[float] = field(default_factory=list)
     rollouts: list[int] = field(default_factory=list)
     chosen_beta: list[float] = field(default_factory=list)
+    #: per step, the best value MSE of any batch-wide shift and scale of the offline values
+    #: (:func:`~probml.inference.advantage.batch_wide_floor`, fitted to the exact values)
+    floor_mse: list[float] = field(default_factory=list)
 
 
 def run_bandit_rl(
@@ -164,5 +168,6 @@ def run_bandit_rl(
         with torch.no_grad():
             out.mean_reward.append(float(bandit.values(theta).mean()))
             out.value_mse.append(float(((value - v_true) ** 2).mean()))
+            out.floor_mse.append(batch_wide_floor(v_true, p0[prompts])[0])
             out.rollouts.append(batch_size * n_roll)
     return out

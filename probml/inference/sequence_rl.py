@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from probml.inference.advantage import SPOTracker, offline_values
+from probml.inference.advantage import SPOTracker, batch_wide_floor, offline_values
 from probml.inference.basis_rl import GROUP, advantages_and_values, check_estimator
 from probml.models.lm import TinyLM, TinyLMConfig
 from probml.utils import make_generator, progress, resolve_device
@@ -191,6 +191,9 @@ class SequenceRLResult:
     value_mse: list[float] = field(default_factory=list)
     rollouts: list[int] = field(default_factory=list)
     eval_steps: list[int] = field(default_factory=list)
+    #: per step, the best value MSE of any batch-wide shift and scale of the offline values
+    #: (:func:`~probml.inference.advantage.batch_wide_floor`, noise-corrected like value_mse)
+    floor_mse: list[float] = field(default_factory=list)
 
 
 def run_sequence_rl(
@@ -262,6 +265,7 @@ def run_sequence_rl(
             adv, value, _ = advantages_and_values(estimator, rewards, p0[idx], idx, spo, feats)
         noise = v_mc * (1 - v_mc) / (mc_rollouts - 1)
         out.value_mse.append(float(((value - v_mc) ** 2 - noise).mean()))
+        out.floor_mse.append(batch_wide_floor(v_mc, p0[idx], noise)[0])
         out.rollouts.append(batch_size * n_roll)
         policy.train()
         lp = answer_log_prob(policy, prompts, answers)

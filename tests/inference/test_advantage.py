@@ -9,6 +9,7 @@ from probml.inference.advantage import (
     SPOTracker,
     astar_po_values,
     basis_advantages,
+    batch_wide_floor,
     grpo_advantages,
     kl_optimal_values,
     offline_advantages,
@@ -182,6 +183,42 @@ def test_bandit_value_mse_ordering_small_scale():
     }
     assert mse["basis"] < 0.5 * mse["reinforce++"] and mse["basis"] < 0.5 * mse["offline"], mse
     assert mse["basis"] < mse["grpo"], mse  # one rollout vs eight
+
+
+def test_batch_wide_floor_recovers_a_shared_shift_and_sees_prompt_specific_drift():
+    g = torch.Generator().manual_seed(0)
+    p0 = torch.rand(256, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    # a shared logit shift and scale: recovered, floor zero up to the grid
+    v = 0.8 * torch.sigmoid(torch.logit(p0) - 1.3)
+    floor, a, c = batch_wide_floor(v, p0)
+    assert floor < 1e-10 and abs(a - 0.8) < 1e-6 and abs(c + 1.3) < 1e-6
+    # prompt-specific drift: the floor is the residual around the best shared fit, and it
+    # equals the MSE of the fitted member; it never exceeds the offline values' MSE (a=1, c=0)
+    eta = torch.randn(256, generator=g, dtype=torch.float64)
+    floors = []
+    for tau in (0.25, 1.0, 2.0):
+        v = torch.sigmoid(torch.logit(p0) + 0.5 + tau * eta)
+        floor, a, c = batch_wide_floor(v, p0)
+        fit = a * torch.sigmoid(torch.logit(p0) + c)
+        assert math.isclose(floor, float(((fit - v) ** 2).mean()), rel_tol=1e-12)
+        assert floor <= float(((p0 - v) ** 2).mean())
+        floors.append(floor)
+    assert floors[0] < floors[1] < floors[2], floors
+    # noise is subtracted
+    f0, _, _ = batch_wide_floor(v, p0)
+    f1, _, _ = batch_wide_floor(v, p0, noise=torch.full((256,), 0.01, dtype=torch.float64))
+    assert math.isclose(f0 - f1, 0.01, rel_tol=1e-9)
+    with pytest.raises(ValueError, match="prior_values"):
+        batch_wide_floor(v, torch.ones(256))
+    with pytest.raises(ValueError, match="shape"):
+        batch_wide_floor(v, p0[:10])
+
+
+def test_bandit_loop_records_the_batch_wide_floor():
+    bandit = LinearBandit(num_prompts=256, seed=0)
+    off = run_bandit_rl(bandit, "offline", steps=20, batch_size=64, K=16, lr=0.01, seed=0)
+    assert len(off.floor_mse) == 20
+    assert all(f <= v + 1e-12 for f, v in zip(off.floor_mse, off.value_mse))
 
 
 def _feature_drift_batch(seed, B=128, K=16, tau=2.0):

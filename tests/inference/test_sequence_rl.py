@@ -61,6 +61,12 @@ def test_warmup_offline_counts_and_one_rl_run():
         m, task, "basis", steps=3, batch_size=32, mc_rollouts=8, eval_every=3, offline=k, K=8
     )
     assert len(res.value_mse) == 3 and res.rollouts == [32, 32, 32]
+    off = run_sequence_rl(
+        m, task, "offline", steps=3, batch_size=32, mc_rollouts=8, eval_every=3, offline=k, K=8
+    )
+    # the offline values are one member (a = 1, c = 0) of the batch-wide family
+    assert len(off.floor_mse) == 3
+    assert all(f <= v + 1e-12 for f, v in zip(off.floor_mse, off.value_mse)), off
     g8 = run_sequence_rl(m, task, "grpo", steps=2, batch_size=16, mc_rollouts=4, offline=k, K=8)
     gp = run_sequence_rl(m, task, "gp-basis", steps=2, batch_size=16, mc_rollouts=4, offline=k, K=8)
     assert len(gp.value_mse) == 2
