@@ -169,6 +169,7 @@ def basis_advantages(
     form: str = "blue",
     whiten: bool = False,
     chunk_size: int | None = None,
+    inactive: str = "zero",
 ) -> tuple[torch.Tensor, dict]:
     r"""BASIS advantages for one rollout per prompt.
 
@@ -176,8 +177,9 @@ def basis_advantages(
         rewards: ``B`` binary rewards in ``[0, 1]``.
         prior_values: ``B`` offline values ``p0_i`` in ``(0, 1)`` (see :func:`offline_values`).
         beta_grid: candidate KL temperatures (``inf`` = no drift from the reference).
-        eps: active-set margin: prompts with ``V_i`` within ``eps`` of 0 or 1 get a zero
-            baseline.
+        eps: active-set margin: prompts whose offline value ``p0_i`` lies within ``eps`` of 0
+            or 1 are outside the active set (they take no part in the calibration or the
+            BLUE sums).
         form: ``"blue"`` (the BLUE-weighted leave-one-out), ``"linearised"``, or
             ``"calibrated"`` (**[design]**, ours: :math:`b_i = V_i(\hat\beta_i)`, the
             closed-form value at the leave-one-out temperature with no second per-batch
@@ -189,11 +191,18 @@ def basis_advantages(
         chunk_size: prompts per chunk of the leave-two-out calibration (a ``G x chunk x B``
             tensor); ``None`` picks the largest chunk within about 2**24 elements (128 MiB in
             float64), so memory stays bounded at any ``B``; the result does not depend on it.
+        inactive: the baseline of prompts outside the active set: ``"zero"`` (the spec's
+            :math:`A_i = r_i`) or ``"offline"`` (**[design]**, ours: :math:`b_i = p_{0,i}`). The
+            zero baseline suits prompts near 0; for a prompt the reference always solves
+            (``p0`` near 1) it gives :math:`A_i \approx 1` on every draw, pure gradient noise,
+            and a value error near 1. Either choice ignores every reward, so the gradient
+            stays unbiased.
 
     Returns:
         ``(advantages, diagnostics)``: advantages ``B``; diagnostics has ``beta`` (``B``, the
         temperature chosen for each prompt), ``active`` (``B`` bool), ``baseline`` (``B``) and
-        ``fallback`` (True when fewer than two prompts are active: every baseline is zero).
+        ``fallback`` (True when fewer than two prompts are active: every prompt then gets the
+        ``inactive`` baseline).
     """
     r = _check_rewards(rewards, binary=True).double()
     p0 = _check_prior_values(prior_values, r, "rewards")
@@ -201,6 +210,8 @@ def basis_advantages(
         raise ValueError(f"form must be 'blue', 'linearised' or 'calibrated', got {form!r}")
     if not 0 <= eps < 0.5:
         raise ValueError(f"eps must be in [0, 0.5), got {eps}")
+    if inactive not in ("zero", "offline"):
+        raise ValueError(f"inactive must be 'zero' or 'offline', got {inactive!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     grid = torch.as_tensor(beta_grid, dtype=torch.float64, device=r.device).reshape(-1)
@@ -262,7 +273,8 @@ def basis_advantages(
     # a value of a binary reward lies in [0, 1]; clamping keeps b_i a function of r_{-i} only
     baseline = b_loo.gather(0, best[None]).squeeze(0).clamp(0.0, 1.0)
     fallback = int(active.sum()) < 2
-    baseline = torch.where(active & (not fallback), baseline, torch.zeros_like(baseline))
+    off = torch.zeros_like(baseline) if inactive == "zero" else p0
+    baseline = torch.where(active & (not fallback), baseline, off)
     adv = r - baseline
     if whiten:
         adv = adv / adv.std().clamp_min(1e-8)

@@ -39,6 +39,7 @@ SINGLE_ROLLOUT = (
     "basis",
     "basis-linearised",
     "basis-calibrated",
+    "basis-inactive-offline",
     "bayes-basis",
     "gp-basis",
     "reinforce++",
@@ -46,6 +47,7 @@ SINGLE_ROLLOUT = (
     "spo",
 )
 GROUP = ("grpo", "rloo")
+BASIS_FORMS = ("basis-linearised", "basis-calibrated")  # other "basis*" names use the BLUE form
 
 
 def check_estimator(estimator: str) -> None:
@@ -73,9 +75,10 @@ def advantages_and_values(
         return rloo_advantages(rewards), rewards.mean(1), None
     r = rewards[:, 0]
     beta = None
-    if estimator in ("basis", "basis-linearised", "basis-calibrated"):
-        form = "blue" if estimator == "basis" else estimator.removeprefix("basis-")
-        a, diag = basis_advantages(r, p0, form=form)
+    if estimator.startswith("basis"):
+        form = estimator.removeprefix("basis-") if estimator in BASIS_FORMS else "blue"
+        inactive = "offline" if estimator == "basis-inactive-offline" else "zero"
+        a, diag = basis_advantages(r, p0, form=form, inactive=inactive)
         value = diag["baseline"]
         beta = float(diag["beta"].median())
     elif estimator == "bayes-basis":

@@ -85,6 +85,18 @@ def test_inactive_prompts_get_zero_baseline_and_fallback():
     assert adv[3] == 1.0
     _, d1 = basis_advantages(r[:2], p0[:2], eps=0.02)  # one active prompt: documented fallback
     assert d1["fallback"] and torch.all(d1["baseline"] == 0)
+    # our alternative: inactive prompts keep their offline value (A = r - p0), active ones
+    # are unchanged, and the inactive baselines ignore every reward
+    adv_o, d_o = basis_advantages(r, p0, eps=0.02, inactive="offline")
+    assert torch.allclose(d_o["baseline"][[0, 3]], p0[[0, 3]].double())
+    assert torch.equal(d_o["baseline"][d["active"]], d["baseline"][d["active"]])
+    assert adv_o[3] == pytest.approx(1 - 0.995)
+    _, d_f = basis_advantages(1 - r, p0, eps=0.02, inactive="offline")
+    assert torch.equal(d_f["baseline"][[0, 3]], d_o["baseline"][[0, 3]])
+    _, d1o = basis_advantages(r[:2], p0[:2], eps=0.02, inactive="offline")
+    assert d1o["fallback"] and torch.allclose(d1o["baseline"], p0[:2].double())
+    with pytest.raises(ValueError, match="inactive"):
+        basis_advantages(r, p0, inactive="drop")
 
 
 def test_basis_policy_gradient_is_unbiased_on_a_tiny_bandit():
