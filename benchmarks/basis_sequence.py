@@ -11,7 +11,7 @@ against 16 fresh rollouts per batch prompt at every step (noise-corrected, see
 prompts also appear in training batches) at the end.
 
 Run: `python benchmarks/basis_sequence.py` (5 seeds) or `--quick` (1 seed, 10 steps);
-`--lr-sweep-only` (3 seeds by default) repeats the carry-down-weighted runs of both BASIS
+`--lr-sweep-only` (3 seeds by default; `--seeds 5` for the table in docs/results.md) repeats the carry-down-weighted runs of both BASIS
 variants, GRPO-8, offline-only and REINFORCE++ at Adam step sizes 3e-5, 1e-4 and 3e-4: how far the policy moves
 decides how stale the offline values get. Both tables report the batch-wide floor: the best
 value MSE any shared logit shift and scale of the offline values reaches on each run's batches
@@ -95,6 +95,8 @@ def lr_sweep(task: AdditionTask, seeds: int, steps: int) -> list[dict]:
         for e in SWEEP:
             m, se = mean_se(mse[lr, e])
             holds = spec_order_holds(means, e) if e in BASIS_VARIANTS else "-"
+            # paired over seeds (same reference policy and offline values)
+            d, dse = mean_se(np.subtract(mse[lr, e], mse[lr, "grpo"]))
             rows.append(
                 {
                     "lr": lr,
@@ -102,6 +104,8 @@ def lr_sweep(task: AdditionTask, seeds: int, steps: int) -> list[dict]:
                     "value MSE": m,
                     "se": se,
                     "rank": order.index(e) + 1,
+                    "minus GRPO-8 (paired)": d if e != "grpo" else "-",
+                    "paired se": dse if e != "grpo" else "-",
                     "batch-wide floor (oracle)": float(np.mean(floor[lr, e])),
                     "probe success gain": float(np.mean(gain[lr, e])),
                     "spec ordering holds (this BASIS)": holds,
