@@ -5,17 +5,18 @@ reference policy; carry prompts down-weighted 20x in the warm-up so prompt diffi
 out, and a uniform warm-up as the contrast), offline values from K = 32 reference samples per
 prompt, then 60 policy-gradient steps (Adam 1e-4, B = 128) for BASIS, BASIS with the offline
 value as the baseline of prompts outside the active set (`basis-inactive-offline`, ours), its
-Bayesian version, offline-only values and REINFORCE++ (one rollout per prompt) and GRPO-8 (8 rollouts). Value MSE
-against 16 fresh rollouts per batch prompt at every step (noise-corrected, see
-`probml.inference.sequence_rl`); success on a fixed probe set of 256 of the task's prompts (4 samples each; the
-prompts also appear in training batches) at the end.
+Bayesian version, offline-only values and REINFORCE++ (one rollout per prompt) and GRPO-8
+(8 rollouts). Value MSE against 16 fresh rollouts per batch prompt at every step
+(noise-corrected, see `probml.inference.sequence_rl`); success on a fixed probe set of 256 of
+the task's prompts (4 samples each; the prompts also appear in training batches) at the end.
 
 Run: `python benchmarks/basis_sequence.py` (5 seeds) or `--quick` (1 seed, 10 steps);
-`--lr-sweep-only` (3 seeds by default; `--seeds 5` for the table in docs/results.md) repeats the carry-down-weighted runs of both BASIS
-variants, GRPO-8, offline-only and REINFORCE++ at Adam step sizes 3e-5, 1e-4 and 3e-4: how far the policy moves
-decides how stale the offline values get. Both tables report the batch-wide floor: the best
-value MSE any shared logit shift and scale of the offline values reaches on each run's batches
-(an oracle fitted to the Monte Carlo values; `advantage.batch_wide_floor`).
+`--lr-sweep-only` (3 seeds by default; `--seeds 5` for the table in docs/results.md) repeats
+the carry-down-weighted runs of both BASIS variants, GRPO-8, offline-only and REINFORCE++ at
+Adam step sizes 3e-5, 1e-4 and 3e-4: how far the policy moves decides how stale the offline
+values get. Both tables report the batch-wide floor: the best value MSE any shared logit shift
+and scale of the offline values reaches on each run's batches (an oracle fitted to the Monte
+Carlo values; `advantage.batch_wide_floor`).
 """
 
 from __future__ import annotations

@@ -153,6 +153,15 @@ def batch_wide_floor(
     p0 = _check_prior_values(prior_values, v, "values")
     c = torch.linspace(-4, 4, 801, dtype=v.dtype, device=v.device) if shifts is None else shifts
     c = torch.as_tensor(c, dtype=v.dtype, device=v.device)
+    if c.dim() != 1 or c.numel() == 0 or not bool(torch.isfinite(c).all()):
+        raise ValueError(
+            f"shifts must be a non-empty 1-D grid of finite values, got {tuple(c.shape)}"
+        )
+    if noise is not None and torch.as_tensor(noise).shape != v.shape:
+        raise ValueError(
+            f"noise must have the shape of values {tuple(v.shape)}, got "
+            f"{tuple(torch.as_tensor(noise).shape)}"
+        )
     q = torch.sigmoid(torch.logit(p0) + c[:, None])  # S x B
     a = (q @ v) / (q * q).sum(1).clamp_min(1e-300)  # least-squares scale per shift
     mse = ((a[:, None] * q - v) ** 2).mean(1)

@@ -224,6 +224,10 @@ def test_batch_wide_floor_recovers_a_shared_shift_and_sees_prompt_specific_drift
         batch_wide_floor(v, torch.ones(256))
     with pytest.raises(ValueError, match="shape"):
         batch_wide_floor(v, p0[:10])
+    with pytest.raises(ValueError, match="shifts"):
+        batch_wide_floor(v, p0, shifts=torch.tensor([]))
+    with pytest.raises(ValueError, match="noise"):
+        batch_wide_floor(v, p0, noise=torch.ones(3))
 
 
 def test_bandit_loop_records_the_batch_wide_floor():
