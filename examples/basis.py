@@ -1,6 +1,7 @@
 """BASIS on the exact bandit: value-estimation error and learning curves vs the baselines.
 
-One rollout per prompt with batch-shared values (BASIS and its Bayesian version) against
+One rollout per prompt with batch-shared values (BASIS, its Bayesian version per batch and
+filtered across steps with the spec's random walk on the drift) against
 GRPO with 8 rollouts, REINFORCE++, offline-only values and an SPO-style tracker; the exact
 values of the softmax-linear policy make the value error exact.
 """
@@ -18,7 +19,7 @@ from probml.registry import ExampleResult, script_main
 
 DESCRIPTION = "BASIS single-rollout advantages vs GRPO-8 / REINFORCE++ on an exact bandit"
 
-ESTIMATORS = ["basis", "bayes-basis", "grpo", "offline", "reinforce++", "spo"]
+ESTIMATORS = ["basis", "bayes-basis", "bayes-basis-rw", "grpo", "offline", "reinforce++", "spo"]
 
 
 def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleResult:

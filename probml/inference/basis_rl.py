@@ -23,7 +23,12 @@ from probml.inference.advantage import (
     reinforce_pp_advantages,
     rloo_advantages,
 )
-from probml.models.rollouts import LinearBandit, bayesian_loo_baseline, gp_loo_baseline
+from probml.models.rollouts import (
+    DriftFilter,
+    LinearBandit,
+    bayesian_loo_baseline,
+    gp_loo_baseline,
+)
 from probml.utils import progress
 
 __all__ = [
@@ -31,6 +36,7 @@ __all__ = [
     "run_bandit_rl",
     "advantages_and_values",
     "check_estimator",
+    "make_tracker",
     "SINGLE_ROLLOUT",
     "GROUP",
 ]
@@ -41,6 +47,7 @@ SINGLE_ROLLOUT = (
     "basis-calibrated",
     "basis-inactive-offline",
     "bayes-basis",
+    "bayes-basis-rw",
     "gp-basis",
     "reinforce++",
     "offline",
@@ -55,20 +62,31 @@ def check_estimator(estimator: str) -> None:
         raise ValueError(f"estimator must be one of {SINGLE_ROLLOUT + GROUP}, got {estimator!r}")
 
 
+def make_tracker(estimator: str, p0: torch.Tensor) -> SPOTracker | DriftFilter | None:
+    """The state an estimator carries across steps (``None`` for stateless ones); ``p0`` are
+    the offline values of all prompts."""
+    if estimator == "spo":
+        return SPOTracker(p0)
+    if estimator == "bayes-basis-rw":
+        return DriftFilter().to(p0.device)
+    return None
+
+
 def advantages_and_values(
     estimator: str,
     rewards: torch.Tensor,
     p0: torch.Tensor,
     prompts: torch.Tensor,
-    spo: SPOTracker | None = None,
+    tracker: SPOTracker | DriftFilter | None = None,
     features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
     """One estimator's advantages (``B x G``) and the value estimate it uses (``B``; for group
     estimators the group mean) from rewards ``B x G`` (``G = 1`` for single-rollout ones).
 
     Returns ``(advantages, values, chosen beta or None)``; ``p0`` are the batch's offline
-    values, ``prompts`` their indices (for the SPO tracker), ``features`` the batch's prompt
-    features (``B x F``, for ``"gp-basis"``)."""
+    values, ``prompts`` their indices (for the SPO tracker), ``tracker`` the estimator's state
+    across steps (:func:`make_tracker`; ``"spo"`` and ``"bayes-basis-rw"``), ``features`` the
+    batch's prompt features (``B x F``, for ``"gp-basis"``)."""
     if estimator == "grpo":
         return grpo_advantages(rewards), rewards.mean(1), None
     if estimator == "rloo":
@@ -84,6 +102,11 @@ def advantages_and_values(
     elif estimator == "bayes-basis":
         value = bayesian_loo_baseline(r, p0)
         a = r - value
+    elif estimator == "bayes-basis-rw":
+        if not isinstance(tracker, DriftFilter):
+            raise ValueError("estimator 'bayes-basis-rw' needs a DriftFilter tracker")
+        value = tracker.loo_baseline(r, p0)
+        a = r - value
     elif estimator == "gp-basis":
         if features is None:
             raise ValueError("estimator 'gp-basis' needs prompt features")
@@ -96,8 +119,10 @@ def advantages_and_values(
         a = offline_advantages(r, p0)
         value = p0
     elif estimator == "spo":
-        value = spo.baseline(prompts)
-        a = spo.advantages(prompts, r)
+        if not isinstance(tracker, SPOTracker):
+            raise ValueError("estimator 'spo' needs an SPOTracker tracker")
+        value = tracker.baseline(prompts)
+        a = tracker.advantages(prompts, r)
     else:
         check_estimator(estimator)
     return a.unsqueeze(1), value, beta
@@ -128,7 +153,8 @@ def run_bandit_rl(
     seed: int = 0,
     verbose: bool = False,
 ) -> BanditRLResult:
-    """Train the softmax-linear policy from ``theta = 0`` (the reference policy).
+    """Train the softmax-linear policy from the reference policy ``bandit.reference_theta``
+    (``theta = 0`` unless the bandit was built with ``reference_scale > 0``).
 
     Args:
         bandit: the environment.
@@ -143,13 +169,13 @@ def run_bandit_rl(
         raise ValueError(f"batch_size must be in [2, {bandit.num_prompts}], got {batch_size}")
     dev = bandit.features.device
     g = torch.Generator(device=dev).manual_seed(seed)
-    theta = torch.zeros(bandit.dim, dtype=torch.float64, device=dev, requires_grad=True)
+    theta = bandit.reference_theta.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
     with torch.no_grad():
         v_ref = bandit.values(theta)
         k = torch.binomial(torch.full_like(v_ref, float(K)), v_ref, generator=g)
     p0 = offline_values(k, K)
-    spo = SPOTracker(p0) if estimator == "spo" else None
+    tracker = make_tracker(estimator, p0)
     out = BanditRLResult(estimator)
     for _ in progress(range(steps), verbose=verbose, desc=f"bandit RL ({estimator})"):
         prompts = torch.randperm(bandit.num_prompts, generator=g, device=dev)[:batch_size]
@@ -159,7 +185,7 @@ def run_bandit_rl(
             answers, rewards = bandit.sample(theta, prompts, n_roll, g)
             feats = bandit.features[prompts].mean(1) if estimator == "gp-basis" else None
             adv, value, beta = advantages_and_values(
-                estimator, rewards, p0[prompts], prompts, spo, feats
+                estimator, rewards, p0[prompts], prompts, tracker, feats
             )
             if beta is not None:
                 out.chosen_beta.append(beta)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from probml.inference.advantage import SPOTracker, batch_wide_floor, offline_values
-from probml.inference.basis_rl import GROUP, advantages_and_values, check_estimator
+from probml.inference.advantage import batch_wide_floor, offline_values
+from probml.inference.basis_rl import GROUP, advantages_and_values, check_estimator, make_tracker
 from probml.models.lm import TinyLM, TinyLMConfig
 from probml.utils import make_generator, progress, resolve_device
 
@@ -245,7 +245,7 @@ def run_sequence_rl(
     p0 = offline_values(k.double(), K)
     policy = copy.deepcopy(reference).train()
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    spo = SPOTracker(p0) if estimator == "spo" else None
+    tracker = make_tracker(estimator, p0)
     probe = torch.randperm(task.num_prompts, generator=g)[:eval_prompts]
     out = SequenceRLResult(estimator)
     n_roll = group_size if estimator in GROUP else 1
@@ -262,7 +262,7 @@ def run_sequence_rl(
             answers = sample_answers(policy, prompts, n_roll, g)
             rewards = task.rewards(idx, answers).cpu()
             feats = task.features[idx] if estimator == "gp-basis" else None
-            adv, value, _ = advantages_and_values(estimator, rewards, p0[idx], idx, spo, feats)
+            adv, value, _ = advantages_and_values(estimator, rewards, p0[idx], idx, tracker, feats)
         noise = v_mc * (1 - v_mc) / (mc_rollouts - 1)
         out.value_mse.append(float(((value - v_mc) ** 2 - noise).mean()))
         out.floor_mse.append(batch_wide_floor(v_mc, p0[idx], noise)[0])

@@ -18,13 +18,21 @@ r"""Generative models of per-prompt success for single-rollout RL (BASIS).
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
 
-__all__ = ["logit_shift_model", "bayesian_loo_baseline", "gp_loo_baseline", "LinearBandit"]
+__all__ = [
+    "logit_shift_model",
+    "bayesian_loo_baseline",
+    "DriftFilter",
+    "gp_loo_baseline",
+    "LinearBandit",
+]
 
 
 @config_enumerate
@@ -66,7 +74,8 @@ def bayesian_loo_baseline(
     p0: torch.Tensor,
     c_grid: torch.Tensor | None = None,
     c_probs: torch.Tensor | None = None,
-) -> torch.Tensor:
+    return_posterior: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Leave-one-out posterior predictive :math:`P(r_i = 1 \mid r_{-i})` under
     :func:`logit_shift_model` with ``tau = 0``, by enumerating the drift ``c``.
 
@@ -74,8 +83,12 @@ def bayesian_loo_baseline(
     ``G x B``); the posterior of ``c`` without prompt ``i`` is proportional to the prior times
     the other prompts' likelihoods, so the baseline of ``i`` never sees ``r_i``.
 
+    Args:
+        return_posterior: also return the ``G`` posterior of ``c`` given the whole batch
+            (what a filter carries to the next step; :class:`DriftFilter`).
+
     Returns:
-        ``B`` baselines.
+        ``B`` baselines (and the ``G`` posterior).
     """
     p0 = p0.double()
     rewards = rewards.double()
@@ -89,7 +102,88 @@ def bayesian_loo_baseline(
     log_post_loo = log_prior + total - loglik  # G x B: excludes prompt i
     post = torch.softmax(log_post_loo, dim=0)
     pred = torch.sigmoid(torch.logit(p0)[None, :] + grid[:, None])  # G x B
-    return (post * pred).sum(0)
+    baseline = (post * pred).sum(0)
+    if return_posterior:
+        return baseline, torch.softmax((log_prior + total).reshape(-1), dim=0)
+    return baseline
+
+
+class DriftFilter:
+    r"""Bayes-BASIS with the spec's random walk on the drift: a grid filter over
+    :math:`c_t = 1/\beta_t` across RL steps.
+
+    The spec's Pyro view puts a random walk on ``c_t``; :func:`bayesian_loo_baseline` alone
+    starts every batch from a flat prior, so it re-estimates the drift from ``B`` single
+    rewards each step. This filter carries the posterior instead:
+
+    .. math::
+
+        \pi_t(c) \propto \sum_{\sigma}\sum_{c'} \pi_{t-1}(\sigma, c')\,
+            \mathcal N(c - c'; 0, \sigma^2), \qquad
+        b_i = \sum_{\sigma, c} \pi_t(\sigma, c \mid r_{t,-i})\,
+            \mathrm{sigmoid}(\mathrm{logit}\,p_{0,i} + c),
+
+    then :math:`\pi_t(\sigma, c \mid r_t)` by Bayes' rule. **[design]** The random-walk
+    scale :math:`\sigma` is not fixed: each value in ``step_sds`` is a hypothesis with a
+    uniform prior, weighted by its marginal likelihood as the run goes (a joint grid over
+    ``(sigma, c)``). The baseline of prompt ``i`` depends on past batches and on ``r_{t,-i}``,
+    never on ``r_{t,i}``, so the policy gradient stays unbiased (tested).
+
+    Args:
+        c_grid: ``G`` drift values (default ``0 .. 4`` in steps of 0.05).
+        step_sds: random-walk standard deviations per step (each ``> 0``).
+    """
+
+    def __init__(
+        self,
+        c_grid: torch.Tensor | None = None,
+        step_sds: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3),
+    ):
+        grid = torch.linspace(0.0, 4.0, 81, dtype=torch.float64) if c_grid is None else c_grid
+        grid = torch.as_tensor(grid, dtype=torch.float64)
+        if grid.dim() != 1 or grid.numel() < 2:
+            raise ValueError(
+                f"c_grid must be a vector of >= 2 values, got shape {tuple(grid.shape)}"
+            )
+        sds = torch.as_tensor(step_sds, dtype=torch.float64)
+        if sds.dim() != 1 or sds.numel() == 0 or not bool((sds > 0).all()):
+            raise ValueError(
+                f"step_sds must be a non-empty list of positive values, got {step_sds}"
+            )
+        self.c_grid, self.step_sds = grid, sds
+        # S x G x G transition kernels, rows normalised on the grid
+        diff = grid[None, :, None] - grid[None, None, :]
+        kern = torch.exp(-0.5 * (diff / sds[:, None, None]) ** 2)
+        self.transition = kern / kern.sum(-1, keepdim=True)
+        S, G = sds.numel(), grid.numel()
+        self.posterior = torch.full((S, G), 1.0 / (S * G), dtype=torch.float64)
+
+    def to(self, device: torch.device | str) -> DriftFilter:
+        self.c_grid, self.step_sds = self.c_grid.to(device), self.step_sds.to(device)
+        self.transition, self.posterior = self.transition.to(device), self.posterior.to(device)
+        return self
+
+    def predictive_prior(self) -> torch.Tensor:
+        """``S x G`` prior of ``(sigma, c)`` for the next batch (one random-walk step)."""
+        return torch.einsum("sg,sgh->sh", self.posterior, self.transition)
+
+    def loo_baseline(
+        self, rewards: torch.Tensor, p0: torch.Tensor, update: bool = True
+    ) -> torch.Tensor:
+        """Predict one step and return the ``B`` leave-one-out baselines of the batch
+        (``rewards``, ``p0``: ``B``); then, if ``update``, condition the filter on the batch."""
+        prior = self.predictive_prior()
+        S, G = prior.shape
+        baseline, post = bayesian_loo_baseline(
+            rewards, p0, self.c_grid.repeat(S), prior.reshape(-1), return_posterior=True
+        )
+        if update:
+            self.posterior = post.reshape(S, G)
+        return baseline
+
+    def mean_drift(self) -> float:
+        """Posterior mean of ``c`` after the last update."""
+        return float((self.posterior.sum(0) * self.c_grid).sum())
 
 
 class LinearBandit:
@@ -97,10 +191,18 @@ class LinearBandit:
 
     Args:
         num_prompts: ``N``; num_answers: ``A``; dim: feature dimension ``d``.
-        seed: seed of the features, the hidden rule and the per-prompt thresholds.
+        seed: seed of the features, the hidden rule, the per-prompt thresholds and the
+            reference policy's direction.
+        reference_scale: ``s >= 0``. **[design]** The reference policy is
+            ``theta_ref = s z`` with ``z ~ N(0, I_d)`` drawn independently of the hidden rule:
+            ``s = 0`` (default) is the uniform policy, so ``V_i(theta_ref) = m_i / A``; a
+            larger ``s`` makes the reference peaked on answers unrelated to correctness, which
+            spreads the prompt values towards 0 and 1 (as a pretrained model's are). The spec
+            fixes neither; ``benchmarks/basis.py --calibrate`` picks ``s`` (and the step size)
+            from the spec's reference statistics of the baselines.
 
     Attributes:
-        features: ``N x A x d``; correct: ``N x A`` in {0, 1}.
+        features: ``N x A x d``; correct: ``N x A`` in {0, 1}; reference_theta: ``d``.
     """
 
     def __init__(
@@ -110,7 +212,10 @@ class LinearBandit:
         dim: int = 16,
         seed: int = 0,
         device: torch.device | str | None = None,
+        reference_scale: float = 0.0,
     ):
+        if not (reference_scale >= 0 and math.isfinite(reference_scale)):
+            raise ValueError(f"reference_scale must be finite and >= 0, got {reference_scale}")
         g = torch.Generator().manual_seed(seed)
         self.features = torch.randn(num_prompts, num_answers, dim, generator=g, dtype=torch.float64)
         w = torch.randn(dim, generator=g, dtype=torch.float64)
@@ -121,8 +226,11 @@ class LinearBandit:
         rank = score.argsort(1).argsort(1)  # 0 = lowest score
         self.correct = (rank >= num_answers - m).double()
         self.hidden_rule = w
+        # drawn last, so the default world (s = 0) is unchanged by the option
+        self.reference_theta = reference_scale * torch.randn(dim, generator=g, dtype=torch.float64)
         if device is not None:
             self.features, self.correct = self.features.to(device), self.correct.to(device)
+            self.reference_theta = self.reference_theta.to(device)
         self.num_prompts, self.num_answers, self.dim = num_prompts, num_answers, dim
 
     def policy(self, theta: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:

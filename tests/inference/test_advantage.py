@@ -18,7 +18,12 @@ from probml.inference.advantage import (
     rloo_advantages,
 )
 from probml.inference.basis_rl import run_bandit_rl
-from probml.models.rollouts import LinearBandit, bayesian_loo_baseline, logit_shift_model
+from probml.models.rollouts import (
+    DriftFilter,
+    LinearBandit,
+    bayesian_loo_baseline,
+    logit_shift_model,
+)
 
 
 @pytest.mark.parametrize("form", ["blue", "linearised"])
@@ -99,7 +104,8 @@ def test_inactive_prompts_get_zero_baseline_and_fallback():
         basis_advantages(r, p0, inactive="drop")
 
 
-def test_basis_policy_gradient_is_unbiased_on_a_tiny_bandit():
+@pytest.mark.parametrize("estimator", ["basis", "bayes-basis-rw"])
+def test_basis_policy_gradient_is_unbiased_on_a_tiny_bandit(estimator):
     bandit = LinearBandit(num_prompts=6, num_answers=4, dim=3, seed=1)
     theta = torch.tensor([0.3, -0.5, 0.2], dtype=torch.float64, requires_grad=True)
     prompts = torch.arange(6)
@@ -108,9 +114,15 @@ def test_basis_policy_gradient_is_unbiased_on_a_tiny_bandit():
     g = torch.Generator().manual_seed(0)
     reps, grads = 6000, []
     th = theta.detach()
+    filt = DriftFilter(torch.linspace(0, 2, 9, dtype=torch.float64), step_sds=(0.1, 0.5))
+    for _ in range(5):  # a filter state that has seen past batches
+        filt.loo_baseline(bandit.sample(th, prompts, 1, g)[1][:, 0], p0)
     for _ in range(reps):
         a, r = bandit.sample(th, prompts, 1, g)
-        adv, _ = basis_advantages(r[:, 0], p0)
+        if estimator == "basis":
+            adv, _ = basis_advantages(r[:, 0], p0)
+        else:  # the filter's state is fixed; only r_{-i} of the current batch enters b_i
+            adv = r[:, 0] - filt.loo_baseline(r[:, 0], p0, update=False)
         grads.append((adv[:, None] * bandit.score_function(th, prompts, a)[:, 0]).mean(0))
     G = torch.stack(grads)
     se = G.std(0) / math.sqrt(reps)
@@ -185,16 +197,72 @@ def test_bayesian_loo_baseline_matches_direct_enumeration_and_ignores_r_i():
     assert logit_shift_model(p0, tau=0.3).shape == (9,)
 
 
+def _shared_drift_batches(seed, T=60, B=64):
+    """Batches of the logit-shift model whose drift c_t rises from 0.5 to 2 over T steps."""
+    g = torch.Generator().manual_seed(seed)
+    for t in range(T):
+        p0 = torch.rand(B, generator=g, dtype=torch.float64) * 0.8 + 0.1
+        v = torch.sigmoid(torch.logit(p0) + 0.5 + 1.5 * t / (T - 1))
+        yield p0, v, torch.bernoulli(v, generator=g)
+
+
+def test_drift_filter_is_exact_enumeration_and_ignores_r_i():
+    grid = torch.linspace(0, 2, 9, dtype=torch.float64)
+    filt = DriftFilter(grid, step_sds=(0.05, 0.3))
+    batches = list(_shared_drift_batches(0, T=4, B=12))
+    for p0, _, r in batches[:3]:
+        filt.loo_baseline(r, p0)
+    p0, _, r = batches[3]
+    # by hand: joint (sigma, c) prior after one random-walk step, then leave-one-out Bayes
+    kern = torch.exp(
+        -0.5 * ((grid[:, None] - grid[None]) / torch.tensor([0.05, 0.3])[:, None, None]) ** 2
+    )
+    prior = torch.einsum("sg,sgh->sh", filt.posterior, kern / kern.sum(-1, keepdim=True))
+    pred = torch.sigmoid(torch.logit(p0)[None] + grid[:, None])  # G x B
+    ll = r * pred.log() + (1 - r) * (1 - pred).log()
+    b = filt.loo_baseline(r, p0, update=False)
+    for i in range(12):
+        w = prior * torch.exp(ll.sum(1) - ll[:, i])[None]
+        # rel 1e-6: torch's Categorical clamps prior probabilities below 2e-16
+        assert b[i].item() == pytest.approx(
+            float((w.sum(0) * pred[:, i]).sum() / w.sum()), rel=1e-6
+        )
+    r2 = r.clone()
+    r2[5] = 1 - r2[5]
+    b2 = filt.loo_baseline(r2, p0, update=False)
+    assert abs(float(b2[5] - b[5])) < 1e-12 and float((b2 - b).abs().max()) > 1e-6
+    post = prior * torch.exp(ll.sum(1))[None]
+    filt.loo_baseline(r, p0)
+    assert torch.allclose(filt.posterior, post / post.sum(), rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match="step_sds"):
+        DriftFilter(step_sds=(0.1, -1.0))
+    with pytest.raises(ValueError, match="c_grid"):
+        DriftFilter(c_grid=torch.zeros(1))
+
+
+def test_drift_filter_tracks_a_moving_drift_better_than_per_batch_bayes():
+    filt, err_rw, err_batch = DriftFilter(), [], []
+    for t, (p0, v, r) in enumerate(_shared_drift_batches(1)):
+        b_rw, b_batch = filt.loo_baseline(r, p0), bayesian_loo_baseline(r, p0)
+        if t >= 10:
+            err_rw.append(float(((b_rw - v) ** 2).mean()))
+            err_batch.append(float(((b_batch - v) ** 2).mean()))
+    assert filt.mean_drift() == pytest.approx(2.0, abs=0.3)
+    assert np.mean(err_rw) < 0.5 * np.mean(err_batch), (np.mean(err_rw), np.mean(err_batch))
+
+
 def test_bandit_value_mse_ordering_small_scale():
     bandit = LinearBandit(num_prompts=1024, seed=0)
     mse = {
         e: np.mean(
             run_bandit_rl(bandit, e, steps=100, batch_size=128, K=32, lr=0.005, seed=1).value_mse
         )
-        for e in ["basis", "grpo", "offline", "reinforce++"]
+        for e in ["basis", "bayes-basis", "bayes-basis-rw", "grpo", "offline", "reinforce++"]
     }
     assert mse["basis"] < 0.5 * mse["reinforce++"] and mse["basis"] < 0.5 * mse["offline"], mse
     assert mse["basis"] < mse["grpo"], mse  # one rollout vs eight
+    # the random-walk filter carries the drift across steps: below the per-batch posterior
+    assert mse["bayes-basis-rw"] < 0.97 * mse["bayes-basis"] < 0.97 * mse["grpo"], mse
 
 
 def test_batch_wide_floor_recovers_a_shared_shift_and_sees_prompt_specific_drift():
@@ -235,6 +303,23 @@ def test_bandit_loop_records_the_batch_wide_floor():
     off = run_bandit_rl(bandit, "offline", steps=20, batch_size=64, K=16, lr=0.01, seed=0)
     assert len(off.floor_mse) == 20
     assert all(f <= v + 1e-12 for f, v in zip(off.floor_mse, off.value_mse))
+
+
+def test_bandit_reference_policy_option():
+    base = LinearBandit(num_prompts=512, seed=3)
+    peaked = LinearBandit(num_prompts=512, seed=3, reference_scale=1.0)
+    # the default world is unchanged by the option: same features and answers, uniform reference
+    assert torch.equal(base.features, peaked.features) and torch.equal(base.correct, peaked.correct)
+    assert torch.equal(base.reference_theta, torch.zeros(16, dtype=torch.float64))
+    assert torch.allclose(base.values(base.reference_theta), base.correct.mean(1))
+    # a peaked reference unrelated to correctness spreads the values towards 0 and 1
+    v0, v1 = base.values(base.reference_theta), peaked.values(peaked.reference_theta)
+    assert float(v1.var()) > 2 * float(v0.var())
+    # the RL loop starts from the reference: with lr = 0 the mean reward stays at its value
+    res = run_bandit_rl(peaked, "offline", steps=2, batch_size=32, lr=0.0, seed=0)
+    assert res.mean_reward[-1] == pytest.approx(float(v1.mean()), abs=1e-12)
+    with pytest.raises(ValueError, match="reference_scale"):
+        LinearBandit(num_prompts=8, reference_scale=-1.0)
 
 
 def _feature_drift_batch(seed, B=128, K=16, tau=2.0):

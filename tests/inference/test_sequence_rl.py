@@ -70,6 +70,10 @@ def test_warmup_offline_counts_and_one_rl_run():
     g8 = run_sequence_rl(m, task, "grpo", steps=2, batch_size=16, mc_rollouts=4, offline=k, K=8)
     gp = run_sequence_rl(m, task, "gp-basis", steps=2, batch_size=16, mc_rollouts=4, offline=k, K=8)
     assert len(gp.value_mse) == 2
+    rw = run_sequence_rl(
+        m, task, "bayes-basis-rw", steps=2, batch_size=16, mc_rollouts=4, offline=k, K=8
+    )  # the drift filter is carried across steps by the loop
+    assert len(rw.value_mse) == 2 and all(abs(v) < 1 for v in rw.value_mse)  # noise-corrected
     assert g8.rollouts == [128, 128]
     with pytest.raises(ValueError, match="estimator"):
         run_sequence_rl(m, task, "ppo", steps=1)
