@@ -15,11 +15,16 @@ import torch
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def parse_args(description: str, flags: tuple[str, ...] = ()) -> argparse.Namespace:
-    """Common options; ``flags`` adds boolean switches (e.g. ``"--drift-only"``)."""
+def parse_args(
+    description: str, flags: tuple[str, ...] = (), options: dict[str, str] | None = None
+) -> argparse.Namespace:
+    """Common options; ``flags`` adds boolean switches (e.g. ``"--drift-only"``), ``options``
+    string options (name -> help text; default ``None``)."""
     p = argparse.ArgumentParser(description=description)
     for f in flags:
         p.add_argument(f, action="store_true")
+    for name, text in (options or {}).items():
+        p.add_argument(name, default=None, help=text)
     p.add_argument("--quick", action="store_true", help="fewer seeds, smaller problems")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides mode)")
     p.add_argument("--out", default=str(OUT), help="folder for the JSON output")

@@ -5,14 +5,17 @@ reference policy; carry prompts down-weighted 20x in the warm-up so prompt diffi
 out, and a uniform warm-up as the contrast), offline values from K = 32 reference samples per
 prompt, then 60 policy-gradient steps (Adam 1e-4, B = 128) for BASIS, BASIS with the offline
 value as the baseline of prompts outside the active set (`basis-inactive-offline`, ours), its
-Bayesian version, offline-only values and REINFORCE++ (one rollout per prompt) and GRPO-8
+Bayesian version (per batch, and filtered across steps with the spec's random walk on the
+drift: `bayes-basis-rw`), offline-only values and REINFORCE++ (one rollout per prompt) and GRPO-8
 (8 rollouts). Value MSE against 16 fresh rollouts per batch prompt at every step
 (noise-corrected, see `probml.inference.sequence_rl`); success on a fixed probe set of 256 of
 the task's prompts (4 samples each; the prompts also appear in training batches) at the end.
 
 Run: `python benchmarks/basis_sequence.py` (5 seeds) or `--quick` (1 seed, 10 steps);
+`--estimators grpo,bayes-basis-rw` runs a subset (every run is seeded, so a subset reproduces
+the full run's rows);
 `--lr-sweep-only` (3 seeds by default; `--seeds 5` for the table in docs/results.md) repeats
-the carry-down-weighted runs of both BASIS variants, GRPO-8, offline-only and REINFORCE++ at
+the carry-down-weighted runs of the three BASIS variants, GRPO-8, offline-only and REINFORCE++ at
 Adam step sizes 3e-5, 1e-4 and 3e-4: how far the policy moves decides how stale the offline
 values get. Both tables report the batch-wide floor: the best value MSE any shared logit shift
 and scale of the offline values reaches on each run's batches (an oracle fitted to the Monte
@@ -43,6 +46,7 @@ RUNS = [  # (warm-up, K, estimator)
     ("carry-down-weighted", 32, "basis"),
     ("carry-down-weighted", 32, "basis-inactive-offline"),
     ("carry-down-weighted", 32, "bayes-basis"),
+    ("carry-down-weighted", 32, "bayes-basis-rw"),
     ("carry-down-weighted", 32, "offline"),
     ("carry-down-weighted", 32, "grpo"),
     ("carry-down-weighted", 32, "reinforce++"),
@@ -54,8 +58,8 @@ RUNS = [  # (warm-up, K, estimator)
 ]
 
 
-SWEEP = ["basis", "basis-inactive-offline", "grpo", "offline", "reinforce++"]
-BASIS_VARIANTS = ["basis", "basis-inactive-offline"]
+SWEEP = ["basis", "basis-inactive-offline", "bayes-basis-rw", "grpo", "offline", "reinforce++"]
+BASIS_VARIANTS = ["basis", "basis-inactive-offline", "bayes-basis-rw"]
 
 
 def spec_order_holds(means: dict[str, float], variant: str) -> bool:
@@ -72,7 +76,7 @@ def carry_down_reference(task: AdditionTask, s: int):
     return m, offline_counts(m, task, 32, torch.Generator().manual_seed(100 + s), "cpu")
 
 
-def lr_sweep(task: AdditionTask, seeds: int, steps: int) -> list[dict]:
+def lr_sweep(task: AdditionTask, seeds: int, steps: int, sweep=SWEEP) -> list[dict]:
     mse: dict[tuple[float, str], list[float]] = {}
     gain: dict[tuple[float, str], list[float]] = {}
     floor: dict[tuple[float, str], list[float]] = {}
@@ -80,7 +84,7 @@ def lr_sweep(task: AdditionTask, seeds: int, steps: int) -> list[dict]:
     for s in range(seeds):
         m, k32 = carry_down_reference(task, s)
         for lr in lrs:
-            for e in SWEEP:
+            for e in sweep:
                 r = run_sequence_rl(
                     m, task, e, steps=steps, batch_size=128, K=32, lr=lr, mc_rollouts=16,
                     eval_every=steps, seed=1000 + s, offline=k32,
@@ -91,13 +95,16 @@ def lr_sweep(task: AdditionTask, seeds: int, steps: int) -> list[dict]:
                 print((lr, e), mse[lr, e][-1], flush=True)
     rows = []
     for lr in lrs:
-        means = {e: float(np.mean(mse[lr, e])) for e in SWEEP}
+        means = {e: float(np.mean(mse[lr, e])) for e in sweep}
         order = sorted(means, key=means.get)
-        for e in SWEEP:
+        complete = {"grpo", "offline", "reinforce++"} <= set(sweep)
+        for e in sweep:
             m, se = mean_se(mse[lr, e])
-            holds = spec_order_holds(means, e) if e in BASIS_VARIANTS else "-"
+            holds = spec_order_holds(means, e) if e in BASIS_VARIANTS and complete else "-"
             # paired over seeds (same reference policy and offline values)
-            d, dse = mean_se(np.subtract(mse[lr, e], mse[lr, "grpo"]))
+            d, dse = (
+                mean_se(np.subtract(mse[lr, e], mse[lr, "grpo"])) if "grpo" in sweep else (0, 0)
+            )
             rows.append(
                 {
                     "lr": lr,
@@ -116,12 +123,22 @@ def lr_sweep(task: AdditionTask, seeds: int, steps: int) -> list[dict]:
 
 
 def main():
-    args = parse_args(__doc__.splitlines()[0], flags=("--lr-sweep-only",))
+    args = parse_args(
+        __doc__.splitlines()[0],
+        flags=("--lr-sweep-only",),
+        options={"--estimators": "comma-separated subset of the estimators to run"},
+    )
+    only = None if args.estimators is None else args.estimators.split(",")
+    known = set(SWEEP) | {e for _, _, e in RUNS}
+    if only is not None and not set(only) <= known:
+        raise SystemExit(
+            f"--estimators: unknown {sorted(set(only) - known)}; known {sorted(known)}"
+        )
     steps = 10 if args.quick else 60
     task = AdditionTask(2048, seed=0)
     if args.lr_sweep_only:
         seeds = args.seeds or (1 if args.quick else 3)
-        rows = lr_sweep(task, seeds, steps)
+        rows = lr_sweep(task, seeds, steps, [e for e in SWEEP if only is None or e in only])
         print(
             f"## policy-movement sweep, carry-down-weighted, K = 32, B = 128, {steps} steps, "
             f"{seeds} seeds ({machine()})\n" + markdown_table(rows)
@@ -142,6 +159,8 @@ def main():
             refs[warm] = (m, {32: k32})
             spread.setdefault(warm, []).append(float((k32.double() / 32).var()))
         for warm, K, e in RUNS:
+            if only is not None and e not in only:
+                continue
             m, ks = refs[warm]
             r = run_sequence_rl(
                 m,
@@ -167,7 +186,7 @@ def main():
         warm, K, e = key
         m, se = mean_se(mse[key])
         fm, fse = mean_se(final[key])
-        ref = np.mean(mse[warm, 32, "reinforce++"])
+        ref = np.mean(mse.get((warm, 32, "reinforce++"), np.nan))
         rows.append(
             {
                 "warm-up": warm,
@@ -183,8 +202,9 @@ def main():
                 "final se": fse,
             }
         )
-    ratio = np.mean(final["carry-down-weighted", 32, "basis"]) / np.mean(
-        final["carry-down-weighted", 32, "grpo"]
+    cd = "carry-down-weighted"
+    ratio = np.mean(final.get((cd, 32, "basis"), np.nan)) / np.mean(
+        final.get((cd, 32, "grpo"), np.nan)
     )
     sp = {w: float(np.mean(v)) for w, v in spread.items()}
     print(
