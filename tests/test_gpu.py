@@ -90,3 +90,22 @@ def test_advantages_agree_across_devices(device):
     assert torch.allclose(a_dev.cpu(), a_cpu, atol=1e-10)
     rg = (torch.rand(32, 8, generator=g) < 0.5).double()
     assert torch.allclose(grpo_advantages(rg.to(device)).cpu(), grpo_advantages(rg), atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bayesian_baselines_agree_across_devices(device):
+    from probml.models.rollouts import DriftFilter, bayesian_loo_baseline
+
+    g = torch.Generator().manual_seed(1)
+    p0 = torch.rand(3, 64, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    r = (torch.rand(3, 64, generator=g, dtype=torch.float64) < p0).double()
+    b_cpu = bayesian_loo_baseline(r[0], p0[0])
+    b_dev = bayesian_loo_baseline(r[0].to(device), p0[0].to(device))
+    assert b_dev.device.type == device and torch.allclose(b_dev.cpu(), b_cpu, atol=1e-10)
+    f_cpu, f_dev = DriftFilter(), DriftFilter().to(device)
+    for t in range(3):
+        x, y = (
+            f_cpu.loo_baseline(r[t], p0[t]),
+            f_dev.loo_baseline(r[t].to(device), p0[t].to(device)),
+        )
+        assert y.device.type == device and torch.allclose(y.cpu(), x, atol=1e-10)

@@ -97,7 +97,11 @@ def bayesian_loo_baseline(
     tr.compute_log_prob()
     loglik = tr.nodes["r"]["log_prob"]  # G x B (c enumerated on dim -2)
     log_prior = tr.nodes["c_index"]["log_prob"].reshape(-1, 1)  # G x 1
-    grid = torch.linspace(0.0, 4.0, 17, dtype=p0.dtype) if c_grid is None else c_grid.double()
+    grid = (
+        torch.linspace(0.0, 4.0, 17, dtype=p0.dtype, device=p0.device)
+        if c_grid is None
+        else c_grid.double()
+    )
     total = loglik.sum(-1, keepdim=True)
     log_post_loo = log_prior + total - loglik  # G x B: excludes prompt i
     post = torch.softmax(log_post_loo, dim=0)
