@@ -35,6 +35,21 @@ __all__ = [
 ]
 
 
+def _check_batch(rewards: torch.Tensor, p0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rewards, p0)`` as float64 ``B`` vectors: binary rewards, offline values in (0, 1)."""
+    r = torch.as_tensor(rewards).double()
+    p = torch.as_tensor(p0, device=r.device).double()
+    if r.dim() != 1 or p.shape != r.shape:
+        raise ValueError(
+            f"rewards and p0 must both have shape (B,); got {tuple(r.shape)} and {tuple(p.shape)}"
+        )
+    if not bool(((r == 0) | (r == 1)).all()):
+        raise ValueError("rewards must be binary (0 or 1) for the logit-shift model")
+    if not bool(((p > 0) & (p < 1)).all()):
+        raise ValueError("p0 must lie strictly inside (0, 1) (use offline_values to smooth counts)")
+    return r, p
+
+
 @config_enumerate
 def logit_shift_model(
     p0: torch.Tensor,
@@ -90,8 +105,7 @@ def bayesian_loo_baseline(
     Returns:
         ``B`` baselines (and the ``G`` posterior).
     """
-    p0 = p0.double()
-    rewards = rewards.double()
+    rewards, p0 = _check_batch(rewards, p0)
     enum_model = poutine.enum(logit_shift_model, first_available_dim=-2)
     tr = poutine.trace(enum_model).get_trace(p0, rewards, c_grid, c_probs)
     tr.compute_log_prob()
@@ -122,10 +136,12 @@ class DriftFilter:
 
     .. math::
 
-        \pi_t(c) \propto \sum_{\sigma}\sum_{c'} \pi_{t-1}(\sigma, c')\,
-            \mathcal N(c - c'; 0, \sigma^2), \qquad
+        \pi_t(\sigma, c) = \sum_{c'} \pi_{t-1}(\sigma, c')\, K_\sigma(c', c), \qquad
         b_i = \sum_{\sigma, c} \pi_t(\sigma, c \mid r_{t,-i})\,
             \mathrm{sigmoid}(\mathrm{logit}\,p_{0,i} + c),
+
+    with :math:`K_\sigma(c', \cdot) \propto \mathcal N(\cdot - c'; 0, \sigma^2)` normalised on
+    the grid,
 
     then :math:`\pi_t(\sigma, c \mid r_t)` by Bayes' rule. **[design]** The random-walk
     scale :math:`\sigma` is not fixed: each value in ``step_sds`` is a hypothesis with a
@@ -145,9 +161,9 @@ class DriftFilter:
     ):
         grid = torch.linspace(0.0, 4.0, 81, dtype=torch.float64) if c_grid is None else c_grid
         grid = torch.as_tensor(grid, dtype=torch.float64)
-        if grid.dim() != 1 or grid.numel() < 2:
+        if grid.dim() != 1 or grid.numel() < 2 or not bool(torch.isfinite(grid).all()):
             raise ValueError(
-                f"c_grid must be a vector of >= 2 values, got shape {tuple(grid.shape)}"
+                f"c_grid must be a vector of >= 2 finite values, got shape {tuple(grid.shape)}"
             )
         sds = torch.as_tensor(step_sds, dtype=torch.float64)
         if sds.dim() != 1 or sds.numel() == 0 or not bool((sds > 0).all()):

@@ -234,6 +234,12 @@ def test_drift_filter_is_exact_enumeration_and_ignores_r_i():
     post = prior * torch.exp(ll.sum(1))[None]
     filt.loo_baseline(r, p0)
     assert torch.allclose(filt.posterior, post / post.sum(), rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match="binary"):
+        filt.loo_baseline(r * 0.5, p0)
+    with pytest.raises(ValueError, match="shape"):
+        filt.loo_baseline(r, p0[:5])
+    with pytest.raises(ValueError, match="p0"):
+        bayesian_loo_baseline(r, torch.ones_like(p0))
     with pytest.raises(ValueError, match="step_sds"):
         DriftFilter(step_sds=(0.1, -1.0))
     with pytest.raises(ValueError, match="c_grid"):
