@@ -21,7 +21,8 @@
    reference policy's scale and the step size are chosen on a grid so that the three
    baselines (GRPO-8, offline-only, REINFORCE++; never BASIS) match the spec's reference
    value MSEs at B = 256, K = 32 on a calibration seed; then the value-MSE table at
-   (B, K) = (128, 16), (128, 32) and (256, 32) on the evaluation seeds.
+   (B, K) = (128, 16), (128, 32) and (256, 32) on the evaluation seeds, and the
+   policy-movement sweep at half, once and twice the chosen step size.
 
 Run: `python benchmarks/basis.py` (5 seeds) or `--quick` (2 seeds, 100 steps);
 `python benchmarks/basis.py --drift-only` runs the two static drift sweeps alone,
@@ -114,11 +115,18 @@ SWEEP_ESTIMATORS = ["basis", "bayes-basis-rw", "grpo", "offline", "reinforce++"]
 BASELINES = ["grpo", "offline", "reinforce++"]  # the spec's ordering after BASIS
 
 
-def lr_sweep(seeds: int, steps: int = 300, K: int = 16, B: int = 128):
+def lr_sweep(
+    seeds: int,
+    steps: int = 300,
+    K: int = 16,
+    B: int = 128,
+    lrs=(0.0005, 0.001, 0.002, 0.004),
+    bandit: LinearBandit | None = None,
+):
     """Value MSE as the policy moves further from the reference (larger Adam steps)."""
-    bandit = LinearBandit(num_prompts=4096, seed=0)
+    bandit = LinearBandit(num_prompts=4096, seed=0) if bandit is None else bandit
     rows = []
-    for lr in [0.0005, 0.001, 0.002, 0.004]:
+    for lr in lrs:
         mse: dict[str, list[float]] = {}
         gain: list[float] = []
         final: dict[str, list[float]] = {}
@@ -314,11 +322,23 @@ def main():
         )
         curve_rows = final_reward_rows(finals)
         ratio = np.mean(finals[128, 16, "basis"]) / np.mean(finals[128, 16, "grpo"])
+        # half and double the chosen step size: is the ordering a knife-edge?
+        cal_lr_rows = lr_sweep(seeds, steps, lrs=(lr / 2, lr, 2 * lr), bandit=bandit)
         print(f"\n## value MSE in the calibrated bandit ({steps} steps, {seeds} seeds)")
         print(markdown_table(mse_rows))
         print("\n## final mean reward (B = 128, K = 16)\n" + markdown_table(curve_rows))
         print(f"\nBASIS final reward / GRPO-8 final reward = {ratio:.3f} at 1/8 of the rollouts")
-        payload = {"calibration": cal_rows, "scale": scale, "lr": lr, "value_mse": mse_rows}
+        print(
+            f"\n## policy-movement sweep in the calibrated bandit (K = 16, B = 128, lr = "
+            f"{lr / 2}, {lr}, {2 * lr})\n" + markdown_table(cal_lr_rows)
+        )
+        payload = {
+            "calibration": cal_rows,
+            "scale": scale,
+            "lr": lr,
+            "value_mse": mse_rows,
+            "lr_sweep": cal_lr_rows,
+        }
         path = save("basis_calibrated", args.out, {**payload, "final": curve_rows, "ratio": ratio})
         print(f"\nwrote {path}")
         return

@@ -103,7 +103,7 @@ def lr_sweep(task: AdditionTask, seeds: int, steps: int, sweep=SWEEP) -> list[di
             holds = spec_order_holds(means, e) if e in BASIS_VARIANTS and complete else "-"
             # paired over seeds (same reference policy and offline values)
             d, dse = (
-                mean_se(np.subtract(mse[lr, e], mse[lr, "grpo"])) if "grpo" in sweep else (0, 0)
+                mean_se(np.subtract(mse[lr, e], mse[lr, "grpo"])) if "grpo" in sweep else ("-", "-")
             )
             rows.append(
                 {
