@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from probml.inference.basis_rl import advantages_and_values
 from probml.inference.sequence_rl import (
     AdditionTask,
     addition_policy,
@@ -72,8 +73,13 @@ def test_warmup_offline_counts_and_one_rl_run():
     assert len(gp.value_mse) == 2
     rw = run_sequence_rl(
         m, task, "bayes-basis-rw", steps=2, batch_size=16, mc_rollouts=4, offline=k, K=8
-    )  # the drift filter is carried across steps by the loop
-    assert len(rw.value_mse) == 2 and all(abs(v) < 1 for v in rw.value_mse)  # noise-corrected
+    )  # the loop builds the drift filter (make_tracker) and carries it across steps
+    assert len(rw.value_mse) == 2 and rw.rollouts == [16, 16]
+    # stateful estimators refuse to run without their state
+    r16, p16 = torch.ones(16, 1), torch.full((16,), 0.5, dtype=torch.float64)
+    for name in ("bayes-basis-rw", "spo"):
+        with pytest.raises(ValueError, match="tracker"):
+            advantages_and_values(name, r16, p16, torch.arange(16))
     assert g8.rollouts == [128, 128]
     with pytest.raises(ValueError, match="estimator"):
         run_sequence_rl(m, task, "ppo", steps=1)
