@@ -123,6 +123,22 @@ def check_positive(name: str, value: float, *, strict: bool = True) -> float:
     return v
 
 
+def check_batch_probabilities(
+    name: str, values, like: torch.Tensor, like_name: str, hint: str = ""
+) -> torch.Tensor:
+    """``values`` as a float64 tensor on ``like``'s device, after checking that both have shape
+    ``(B,)`` and that every entry lies strictly inside (0, 1); errors name both arguments."""
+    p = torch.as_tensor(values, dtype=torch.float64, device=like.device)
+    if like.dim() != 1 or p.shape != like.shape:
+        raise ValueError(
+            f"{like_name} and {name} must both have shape (B,); got "
+            f"{tuple(like.shape)} and {tuple(p.shape)}"
+        )
+    if not bool(((p > 0) & (p < 1)).all()):
+        raise ValueError(f"{name} must lie strictly inside (0, 1){hint}")
+    return p
+
+
 class SavableModule(torch.nn.Module):
     """An ``nn.Module`` that stores its constructor arguments in ``self.config`` and saves /
     loads them together with its weights through ``torch.save`` (``weights_only`` loading)."""

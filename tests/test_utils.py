@@ -6,7 +6,14 @@ import torch
 
 from probml.metrics import relative_error
 from probml.results import markdown_table, mean_se, write_table
-from probml.utils import check_finite, check_positive, make_generator, resolve_device, set_seed
+from probml.utils import (
+    check_batch_probabilities,
+    check_finite,
+    check_positive,
+    make_generator,
+    resolve_device,
+    set_seed,
+)
 
 
 def test_set_seed_reproduces_all_generators():
@@ -37,6 +44,13 @@ def test_validation_helpers():
         check_positive("rho", 0)
     with pytest.raises(TypeError, match="rho"):
         check_positive("rho", "a")
+    like = torch.zeros(3)
+    p = check_batch_probabilities("p0", [0.2, 0.5, 0.9], like, "rewards")
+    assert p.dtype == torch.float64 and p.tolist() == [0.2, 0.5, 0.9]
+    with pytest.raises(ValueError, match=r"rewards and p0 must both have shape \(B,\)"):
+        check_batch_probabilities("p0", [0.2, 0.5], like, "rewards")
+    with pytest.raises(ValueError, match="p0 must lie strictly inside"):
+        check_batch_probabilities("p0", [0.2, 1.0, 0.5], like, "rewards")
 
 
 def test_results_writer(tmp_path):

@@ -31,6 +31,8 @@ import math
 
 import torch
 
+from probml.utils import check_batch_probabilities
+
 __all__ = [
     "offline_values",
     "kl_optimal_values",
@@ -84,15 +86,9 @@ def _check_rewards(
 def _check_prior_values(prior_values, like: torch.Tensor, name: str) -> torch.Tensor:
     """``prior_values`` as float64 on ``like``'s device: shape ``(B,)`` like ``like``, inside
     (0, 1)."""
-    p0 = torch.as_tensor(prior_values, dtype=torch.float64, device=like.device)
-    if like.dim() != 1 or p0.shape != like.shape:
-        raise ValueError(
-            f"{name} and prior_values must both have shape (B,); got "
-            f"{tuple(like.shape)} and {tuple(p0.shape)}"
-        )
-    if bool(((p0 <= 0) | (p0 >= 1)).any()):
-        raise ValueError("prior_values must lie strictly inside (0, 1); use offline_values(k, K)")
-    return p0
+    return check_batch_probabilities(
+        "prior_values", prior_values, like, name, hint="; use offline_values(k, K)"
+    )
 
 
 def offline_values(k: torch.Tensor, K: int) -> torch.Tensor:

@@ -26,6 +26,8 @@ import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
 
+from probml.utils import check_batch_probabilities
+
 __all__ = [
     "logit_shift_model",
     "bayesian_loo_baseline",
@@ -38,15 +40,11 @@ __all__ = [
 def _check_batch(rewards: torch.Tensor, p0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rewards, p0)`` as float64 ``B`` vectors: binary rewards, offline values in (0, 1)."""
     r = torch.as_tensor(rewards).double()
-    p = torch.as_tensor(p0, device=r.device).double()
-    if r.dim() != 1 or p.shape != r.shape:
-        raise ValueError(
-            f"rewards and p0 must both have shape (B,); got {tuple(r.shape)} and {tuple(p.shape)}"
-        )
+    p = check_batch_probabilities(
+        "p0", p0, r, "rewards", hint=" (use offline_values to smooth counts)"
+    )
     if not bool(((r == 0) | (r == 1)).all()):
         raise ValueError("rewards must be binary (0 or 1) for the logit-shift model")
-    if not bool(((p > 0) & (p < 1)).all()):
-        raise ValueError("p0 must lie strictly inside (0, 1) (use offline_values to smooth counts)")
     return r, p
 
 
