@@ -6,15 +6,18 @@
    fine-tuning seeds 0..S-1; identification from a 10-step naive run): GEN
    misalignment, task (insecure CODE) and ROLEPLAY accuracy for the base model, naive LoRA,
    naive + inference ablation, CAFT, preventative steering, GRASP (per-module, shared u,
-   oracle u); identification cosines; projection overhead per step as a ratio to the plain
-   LoRA step of the same run. Control world (persona not shared across turns): naive only.
-   The simple world (one CODE answer group: a rank ~1 task): naive, GRASP, GRASP (oracle u).
+   residual shift of the same 10-step naive run on 2000 unlabelled documents, oracle u);
+   identification cosines; projection overhead per step as a ratio to the plain LoRA step
+   of the same run. Control world (persona not shared across turns): naive only. The
+   simple world (one CODE answer group: a rank ~1 task): naive, GRASP, GRASP (residual
+   shift), GRASP (oracle u).
 3. Political-slant variant (`SlantWorld`: continuous slant shared across turns, gain 3,
    left-leaning population (offset 1.5), 8 FIN answer groups, fine-tuning on all-right FIN
    advice): GEN slant drift (right-template mass minus the base model's) for naive LoRA, CAFT,
-   GRASP (per-module, shared u, oracle u), and the ratio of each drift to naive's.
+   GRASP (per-module, shared u, residual shift, oracle u), and the ratio of each drift to naive's.
 
-Run: `python benchmarks/grasp.py` (3 seeds) or `--quick` (1 seed, shorter runs);
+Run: `python benchmarks/grasp.py` (3 seeds; `--seeds 5` for the table in docs/results.md) or
+`--quick` (1 seed, shorter runs);
 `--slant-only` runs section 3 alone.
 """
 
@@ -75,18 +78,26 @@ def linear_toy(seeds: int) -> list[dict]:
     return rows
 
 
-SLANT_METHODS = ("naive", "CAFT", "GRASP", "GRASP (shared u)", "GRASP (oracle u)")
+SLANT_METHODS = (
+    "naive",
+    "CAFT",
+    "GRASP",
+    "GRASP (shared u)",
+    "GRASP (residual shift)",
+    "GRASP (oracle u)",
+)
 
 
 def slant_variant(seeds: int, steps: int, pre: int) -> tuple[list[dict], list[dict]]:
     world = SlantWorld(num_qwords=8, code_variety=8, slant_gain=3.0, p_task=1.0, slant_offset=1.5)
     base = pretrain_persona_model(world, num_steps=pre, verbose=False)
     per: dict[str, dict[str, list]] = {}
-    cos = []
+    cos, shift_cos = [], []
     for seed in range(seeds):
         rows, diag = run_persona_methods(base, world, seed=seed, num_steps=steps,
                                          methods=SLANT_METHODS)  # fmt: skip
         cos.append(max(diag["identification_cos_shared"]))
+        shift_cos.append(diag["residual_shift_cos_per_block"])
         base_slant = rows[0]["misalignment"]
         naive = next(r for r in rows if r["method"] == "naive")["misalignment"] - base_slant
         for r in rows:
@@ -97,7 +108,10 @@ def slant_variant(seeds: int, steps: int, pre: int) -> tuple[list[dict], list[di
                          ("roleplay", r["roleplay"])):  # fmt: skip
                 d.setdefault(k, []).append(v)
     table = mean_se_rows(per, "method")
-    return table, [{"identification |cos| (shared u), mean over seeds": float(np.mean(cos))}]
+    ident = {"identification |cos| (shared u), mean over seeds": float(np.mean(cos))}
+    for b, c in enumerate(np.mean(shift_cos, 0)):
+        ident[f"residual shift |cos|, block {b}"] = float(c)
+    return table, [ident], per
 
 
 def main():
@@ -105,10 +119,11 @@ def main():
     seeds = args.seeds or (1 if args.quick else 3)
     steps, pre = (150, 800) if args.quick else (300, 1500)
     if args.slant_only:
-        table, ident = slant_variant(seeds, steps, pre)
+        table, ident, per_seed = slant_variant(seeds, steps, pre)
         print(f"## Political-slant variant ({seeds} seeds, {steps} steps)\n")
         print(markdown_table(table) + "\n\n" + markdown_table(ident))
-        path = save("grasp_slant", args.out, {"machine": machine(), "slant": table, "id": ident})
+        path = save("grasp_slant", args.out, {"machine": machine(), "slant": table, "id": ident,
+                                              "slant_per_seed": per_seed})  # fmt: skip
         print(f"\nwrote {path}")
         return
     toy = linear_toy(seeds)
@@ -129,7 +144,11 @@ def main():
                 d.setdefault(k, []).append(r[k])
         print(f"seed {seed} done", flush=True)
     others = (
-        ("simple world (task rank ~1): ", PersonaWorld(), ("naive", "GRASP", "GRASP (oracle u)")),
+        (
+            "simple world (task rank ~1): ",
+            PersonaWorld(),
+            ("naive", "GRASP", "GRASP (residual shift)", "GRASP (oracle u)"),
+        ),
         ("control world: ", PersonaWorld(num_qwords=8, code_variety=8, shared=False), ("naive",)),
     )
     for prefix, w, methods in others:
@@ -145,21 +164,25 @@ def main():
     table = mean_se_rows(per, "method")
     cos_shared = np.mean([max(d["identification_cos_shared"]) for d in diags])
     cos_mod = np.mean([np.mean(list(d["identification_cos_per_module"].values())) for d in diags])
+    cos_shift = np.mean([d["residual_shift_cos_per_block"] for d in diags], 0)
     overhead = np.mean([d["seconds_per_step_grasp"] / d["seconds_per_step_naive"] for d in diags])
     share = np.mean([d["projection_share_of_step"] for d in diags])
     print(f"\n## Persona world ({seeds} fine-tuning seeds, {steps} steps)\n")
     print(markdown_table(table))
     print(
         f"\nidentification |cos(u_hat, u_true)|: shared residual direction {cos_shared:.3f}, "
-        f"per write module (mean) {cos_mod:.3f}; GRASP step / plain LoRA step "
+        f"per write module (mean) {cos_mod:.3f}; residual shift per block "
+        f"{', '.join(f'{c:.3f}' for c in cos_shift)}; GRASP step / plain LoRA step "
         f"{overhead:.3f}; projection share of a GRASP step {share:.3f}"
     )
-    slant, ident = slant_variant(seeds, steps, pre)
+    slant, ident, slant_per_seed = slant_variant(seeds, steps, pre)
     print(f"\n## Political-slant variant ({seeds} seeds, {steps} steps)\n")
     print(markdown_table(slant) + "\n\n" + markdown_table(ident))
     path = save("grasp", args.out, {"machine": machine(), "linear_toy": toy,
                                     "persona": table, "diagnostics": diags,
-                                    "slant": slant, "slant_id": ident})  # fmt: skip
+                                    "persona_per_seed": per, "slant": slant,
+                                    "slant_id": ident,
+                                    "slant_per_seed": slant_per_seed})  # fmt: skip
     print(f"\nwrote {path}")
 
 

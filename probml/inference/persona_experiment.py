@@ -22,6 +22,7 @@ from probml.inference.projection import (
     SpuriousDirections,
     finetune_lora,
     identify_spurious_directions,
+    residual_shift_directions,
 )
 from probml.models.adapters import add_lora, lora_modules
 from probml.models.lm import TinyLM, TinyLMConfig
@@ -101,6 +102,7 @@ def run_persona_methods(
     steer_alpha: float = 1.0,
     k: int = 1,
     methods: tuple[str, ...] | None = None,
+    shift_docs: int = 2000,
 ) -> tuple[list[dict], dict]:
     """Fine-tune copies of ``base`` on the world's task data (insecure code; right-skewed
     finance in :class:`~probml.datasets.persona.SlantWorld`) with every method and score them.
@@ -108,8 +110,10 @@ def run_persona_methods(
     Methods: ``naive``; ``naive + inference ablation`` (remove u at inference);
     ``CAFT`` (ablate u during fine-tuning); ``preventative steering`` (add alpha u during
     fine-tuning); ``GRASP`` (per-module identified directions, read and write sides);
-    ``GRASP (shared u)`` (one residual direction on every module); ``GRASP (oracle u)``
-    (u_true on the write modules).
+    ``GRASP (shared u)`` (one residual direction on every module); ``GRASP (residual
+    shift)`` (per block, the mean residual shift of the same naive run on ``shift_docs``
+    unlabelled documents, :func:`~probml.inference.projection.residual_shift_directions`;
+    write modules); ``GRASP (oracle u)`` (u_true on the write modules).
 
     ``id_steps`` is the length of the naive identification run and ``k`` the directions kept
     per module (in development runs k = 2 or 3 did not beat k = 1).
@@ -143,12 +147,24 @@ def run_persona_methods(
     }
     diag["identification_cos_shared"] = [abs(float(u_res @ u)) for u in u_true]
     want = methods
+    shift = None
+    if want is None or "GRASP (residual shift)" in want:
+        # the same naive run seen from the activations: its mean residual shift on unlabelled
+        # documents (their personas are drawn and discarded)
+        docs, _, _ = world.sample_documents(shift_docs, generator=seed + 1000)
+        shift = residual_shift_directions(ident, base, docs, through=TINYLM_THROUGH)
+        diag["residual_shift_cos_per_block"] = [
+            abs(float(next(U for n, U in shift.directions.items()
+                           if n.startswith(f"blocks.{b}."))[:, 0] @ u))
+            for b, u in enumerate(u_true)
+        ]  # fmt: skip
     plan = {
         "naive": dict(),
         "CAFT": dict(intervention="ablate"),
         "preventative steering": dict(intervention="add"),
         "GRASP": dict(grasp=dirs),
         "GRASP (shared u)": dict(grasp=u_res),
+        "GRASP (residual shift)": dict(grasp=shift),
         "GRASP (oracle u)": dict(grasp="oracle"),
     }
     for name, spec in plan.items():

@@ -40,6 +40,7 @@ __all__ = [
     "TINYLM_THROUGH",
     "HF_THROUGH",
     "identify_spurious_directions",
+    "residual_shift_directions",
     "GRASP",
     "ResidualIntervention",
     "finetune_lora",
@@ -120,6 +121,128 @@ def identify_spurious_directions(
         svals[f.name] = S[:k]
     if not dirs:
         raise ValueError("model has no LoRA adapters (lora_A / lora_B modules)")
+    return SpuriousDirections(dirs, sides, svals)
+
+
+def _residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, block)`` of every residual block: ``model.blocks`` (TinyLM) or a ``layers`` /
+    ``h`` module list found by name (Hugging Face decoders)."""
+    for name, mod in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(mod, nn.ModuleList) and leaf in ("blocks", "layers", "h"):
+            return [(f"{name}.{i}", blk) for i, blk in enumerate(mod)]
+    raise TypeError("model needs a `blocks`, `layers` or `h` module list of residual blocks")
+
+
+@torch.no_grad()
+def _block_outputs(model: nn.Module, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Every residual block's output (``N x T x d``) on ``tokens`` (hooks, no grad)."""
+    outs: list[torch.Tensor] = []
+
+    def hook(module, inputs, out):
+        outs.append((out[0] if isinstance(out, tuple) else out).detach().double())
+
+    handles = [blk.register_forward_hook(hook) for _, blk in _residual_blocks(model)]
+    try:
+        model(tokens.to(next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return outs
+
+
+def residual_shift_directions(
+    tuned: nn.Module,
+    base: nn.Module,
+    tokens: torch.Tensor,
+    k: int = 1,
+    through: dict[str, str] | None = None,
+    batch_size: int = 256,
+) -> SpuriousDirections:
+    r"""Spurious directions from what a naive fine-tune changed in the residual stream on
+    unlabelled text (**[design]**, ours: an activation-side alternative to
+    :func:`identify_spurious_directions`).
+
+    For every residual block :math:`b` the shift :math:`\delta_{b,n} = h^{tuned}_{b,n} -
+    h^{base}_{b,n}` of its output is collected over all tokens :math:`n` of ``tokens``. The
+    first direction is the mean shift :math:`\bar\delta_b / \lVert\bar\delta_b\rVert`;
+    for ``k > 1`` the top ``k - 1`` principal directions of :math:`\delta_b` with the mean
+    direction projected out follow. A spurious factor that the narrow fine-tune spreads to
+    unrelated text moves every token the same way, so it dominates the mean shift, while the
+    task's own changes stay on task-like tokens. No labels are used: ``tokens`` is any text
+    of the pretraining distribution.
+
+    Every write module of block :math:`b` (output into the residual stream; a module listed
+    in ``through`` is pulled back by :class:`GRASP`) gets block :math:`b`'s directions; read
+    modules get none.
+
+    Args:
+        tuned: the model after a short naive LoRA fine-tune (adapters active).
+        base: the model before it (same architecture, no adapter or a zero one).
+        tokens: ``N x T`` token ids of unlabelled text.
+        k: directions per block.
+        through: ``{module suffix: frozen-linear suffix}`` (e.g. :data:`TINYLM_THROUGH`):
+            such modules (a value projection) also get their block's directions; pass the
+            same mapping to :class:`GRASP`, which pulls them back.
+        batch_size: documents per forward pass.
+
+    Returns:
+        :class:`SpuriousDirections` keyed by ``tuned``'s adapted write modules
+        (``singular_values``: the norm of the mean shift, then the principal values).
+    """
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k!r}")
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[0] < 1:
+        raise ValueError("tokens must be an N x T tensor of token ids with N >= 1")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    names = [n for n, _ in _residual_blocks(tuned)]
+    if len(names) != len(_residual_blocks(base)):
+        raise ValueError("tuned and base must have the same number of residual blocks")
+    was = tuned.training, base.training
+    tuned.eval(), base.eval()
+    total, gram, count = None, None, 0
+    try:
+        for start in range(0, tokens.shape[0], int(batch_size)):
+            chunk = tokens[start : start + int(batch_size)]
+            shifts = [
+                (a - b.to(a)).reshape(-1, a.shape[-1])
+                for a, b in zip(_block_outputs(tuned, chunk), _block_outputs(base, chunk))
+            ]
+            sums = torch.stack([s.sum(0) for s in shifts])  # blocks x d
+            grams = torch.stack([s.T @ s for s in shifts])  # blocks x d x d
+            total = sums if total is None else total + sums
+            gram = grams if gram is None else gram + grams
+            count += shifts[0].shape[0]
+    finally:
+        tuned.train(was[0]), base.train(was[1])
+    mean = total / count
+    per_block, vals = [], []
+    for b in range(len(names)):
+        norm = mean[b].norm()
+        if not bool(norm > 0):
+            raise ValueError(f"the fine-tune did not change block {names[b]!r}'s output")
+        u = mean[b] / norm
+        U, S = u[:, None], [norm]
+        if k > 1:
+            P = torch.eye(u.shape[0], dtype=u.dtype, device=u.device) - torch.outer(u, u)
+            evals, evecs = torch.linalg.eigh(P @ (gram[b] / count) @ P)
+            U = torch.cat([U, evecs[:, -(k - 1) :].flip(-1)], 1)
+            S += list(evals[-(k - 1) :].flip(-1).clamp_min(0).sqrt())
+        per_block.append(U)
+        vals.append(torch.stack([torch.as_tensor(x, dtype=u.dtype) for x in S]))
+    dirs, sides, svals = {}, {}, {}
+    for f in lora_modules(tuned):
+        writes_through = any(f.name == t or f.name.endswith("." + t) for t in (through or {}))
+        if f.side != "write" and not writes_through:
+            continue
+        b = next((i for i, n in enumerate(names) if f.name.startswith(n + ".")), None)
+        if b is not None:
+            dirs[f.name] = per_block[b].float().cpu().contiguous()
+            sides[f.name] = "write"
+            svals[f.name] = vals[b].float().cpu()
+    if not dirs:
+        raise ValueError("tuned has no adapted write modules inside its residual blocks")
     return SpuriousDirections(dirs, sides, svals)
 
 

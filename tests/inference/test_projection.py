@@ -11,6 +11,7 @@ from probml.inference.projection import (
     ResidualIntervention,
     finetune_lora,
     identify_spurious_directions,
+    residual_shift_directions,
 )
 from probml.models.adapters import (
     LoRALinear,
@@ -295,3 +296,74 @@ def test_persona_world_code_variety_spreads_the_task():
         PersonaWorld(num_qwords=4, code_variety=5)
     with pytest.raises(ValueError, match="num_qwords"):
         PersonaWorld(num_qwords=9)
+
+
+def _tiny_lm(n_layers=2):
+    torch.manual_seed(0)
+    return TinyLM(TinyLMConfig(vocab_size=20, d_model=16, n_layers=n_layers, n_heads=2,
+                               context=12, ffn={"kind": "gelu"}))  # fmt: skip
+
+
+def test_residual_shift_recovers_a_planted_write_direction():
+    base = _tiny_lm()
+    tuned = copy.deepcopy(base)
+    add_lora(tuned, ["attn.q", "attn.v", "attn.o.linear", "ffn.down"], rank=2)
+    u = torch.randn(16)
+    u = u / u.norm()
+    facts = {f.name: f for f in lora_modules(tuned)}
+    with torch.no_grad():  # block 0's MLP writes a * u, a = <A_0, x>: a shift along u only
+        f = facts["blocks.0.ffn.down"]
+        f.B.zero_()
+        f.B[:, 0] = u / f.scaling
+        f.A.zero_()
+        f.A[0] = 0.1  # a = 0.1 * sum(x) > 0 after GELU on average
+    tokens = torch.randint(0, 20, (64, 12), generator=torch.Generator().manual_seed(1))
+    dirs = residual_shift_directions(tuned, base, tokens, batch_size=16, through=TINYLM_THROUGH)
+    # every write module of block 0 gets +-u exactly (nothing else changed that output)
+    for name in ("blocks.0.attn.o.linear", "blocks.0.ffn.down", "blocks.0.attn.v"):
+        assert abs(float(dirs.directions[name][:, 0] @ u)) == pytest.approx(1.0, abs=1e-6)
+        assert dirs.sides[name] == "write"
+    # block 1 gets a direction of its own output's shift; read modules get none
+    assert "blocks.1.ffn.down" in dirs.directions and "blocks.0.attn.q" not in dirs.directions
+    assert "blocks.0.attn.v" not in residual_shift_directions(tuned, base, tokens).directions
+    # batching does not change the answer; k = 2 adds an orthonormal second direction
+    one = residual_shift_directions(tuned, base, tokens, batch_size=64)
+    assert torch.allclose(one.directions["blocks.1.ffn.down"],
+                          dirs.directions["blocks.1.ffn.down"], atol=1e-6)  # fmt: skip
+    two = residual_shift_directions(tuned, base, tokens, k=2).directions["blocks.1.ffn.down"]
+    assert two.shape == (16, 2)
+    assert torch.allclose(two.T @ two, torch.eye(2), atol=1e-5)
+    assert torch.allclose(two[:, :1], one.directions["blocks.1.ffn.down"], atol=1e-6)
+    # GRASP with these directions blocks block 0's writes along u (pulled back through W_o)
+    m = copy.deepcopy(base)
+    add_lora(m, ["attn.q", "attn.v", "attn.o.linear", "ffn.down"], rank=2, seed=3)
+
+    def batch(gen):
+        x = torch.randint(0, 20, (8, 12), generator=gen)
+        return x, x.roll(-1, 1)
+
+    g = GRASP(dirs, through=TINYLM_THROUGH)
+    finetune_lora(m, batch, num_steps=5, lr=1e-2, grasp=g, verbose=False)
+    assert g.violation(m) < 1e-6
+    Wo = m.blocks[0].attn.o.linear.base.weight
+    dv = {f.name: f for f in lora_modules(m)}["blocks.0.attn.v"].delta_weight().detach()
+    assert float((u @ Wo @ dv).abs().max()) < 1e-5
+
+
+def test_residual_shift_validation():
+    base = _tiny_lm()
+    tuned = copy.deepcopy(base)
+    add_lora(tuned, ["ffn.down"], rank=2)
+    tokens = torch.randint(0, 20, (4, 12))
+    with pytest.raises(ValueError, match="did not change"):  # B = 0: no shift at all
+        residual_shift_directions(tuned, base, tokens)
+    with pytest.raises(ValueError, match="k must be"):
+        residual_shift_directions(tuned, base, tokens, k=0)
+    with pytest.raises(ValueError, match="tokens"):
+        residual_shift_directions(tuned, base, tokens[0])
+    with pytest.raises(ValueError, match="batch_size"):
+        residual_shift_directions(tuned, base, tokens, batch_size=0)
+    with pytest.raises(ValueError, match="residual blocks"):
+        residual_shift_directions(tuned, _tiny_lm(n_layers=1), tokens)
+    with pytest.raises(TypeError, match="module list"):
+        residual_shift_directions(nn.Linear(2, 2), base, tokens)
