@@ -333,10 +333,11 @@ class GRASP:
 
 
 class ResidualIntervention:
-    """Forward hooks on ``model.blocks`` (each block's output is the residual stream).
+    """Forward hooks on every residual block (each block's output is the residual stream).
 
     Args:
-        model: a model with a ``blocks`` list (TinyLM, most decoder LMs via ``layers``).
+        model: a model with a ``blocks`` module list (TinyLM), or ``layers`` / ``h`` (most
+            Hugging Face decoders), found by name anywhere in the model.
         u: ``d`` residual direction (normalised here).
         mode: ``"add"`` (:math:`h + \\alpha u`) or ``"ablate"`` (:math:`h - (h^\\top u) u`).
         alpha: the steering strength for ``"add"``.
@@ -353,19 +354,17 @@ class ResidualIntervention:
     ):
         if mode not in ("add", "ablate"):
             raise ValueError(f"mode must be 'add' or 'ablate', got {mode!r}")
-        blocks = getattr(model, "blocks", None) or getattr(model, "layers", None)
-        if blocks is None:
-            raise TypeError("model needs a `blocks` (or `layers`) module list")
+        blocks = [blk for _, blk in _residual_blocks(model)]
         self.blocks = [blocks[i] for i in (range(len(blocks)) if layers is None else layers)]
         self.u = (u / u.norm()).reshape(-1)
         self.mode, self.alpha = mode, float(alpha)
         self._handles: list = []
 
     def _hook(self, module, inputs, out):
-        u = self.u.to(out)
-        if self.mode == "add":
-            return out + self.alpha * u
-        return out - (out @ u).unsqueeze(-1) * u
+        h = out[0] if isinstance(out, tuple) else out  # Hugging Face layers return tuples
+        u = self.u.to(h)
+        h = h + self.alpha * u if self.mode == "add" else h - (h @ u).unsqueeze(-1) * u
+        return (h, *out[1:]) if isinstance(out, tuple) else h
 
     def __enter__(self) -> ResidualIntervention:
         self._handles = [b.register_forward_hook(self._hook) for b in self.blocks]

@@ -367,3 +367,61 @@ def test_residual_shift_validation():
         residual_shift_directions(tuned, _tiny_lm(n_layers=1), tokens)
     with pytest.raises(TypeError, match="module list"):
         residual_shift_directions(nn.Linear(2, 2), base, tokens)
+
+
+class _TupleLayer(nn.Module):
+    """A stand-in Hugging Face decoder layer: residual MLP, output as a tuple."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.up_proj = nn.Linear(d, 2 * d)
+        self.down_proj = nn.Linear(2 * d, d)
+
+    def forward(self, h):
+        return (h + self.down_proj(torch.tanh(self.up_proj(h))), None)
+
+
+class _HFStandIn(nn.Module):
+    def __init__(self, vocab=12, d=8, n=2):
+        super().__init__()
+        self.model = nn.Module()
+        self.model.embed = nn.Embedding(vocab, d)
+        self.model.layers = nn.ModuleList(_TupleLayer(d) for _ in range(n))
+
+    def forward(self, input_ids):
+        h = self.model.embed(input_ids)
+        for layer in self.model.layers:
+            h = layer(h)[0]
+        return h
+
+
+def test_hugging_face_style_layers_for_residual_shift_and_steering():
+    torch.manual_seed(0)
+    base = _HFStandIn()
+    tuned = copy.deepcopy(base)
+    add_lora(tuned, ["up_proj", "down_proj"], rank=2)
+    u = torch.randn(8)
+    u = u / u.norm()
+    f = {f.name: f for f in lora_modules(tuned)}["model.layers.0.down_proj"]
+    with torch.no_grad():  # layer 0 writes c * u for a constant input direction c
+        f.B.zero_()
+        f.B[:, 0] = u / f.scaling
+        f.A.zero_()
+        f.A[0] = 1.0
+    tokens = torch.randint(0, 12, (32, 6))
+    dirs = residual_shift_directions(tuned, base, tokens)
+    assert set(dirs.directions) == {"model.layers.0.down_proj", "model.layers.1.down_proj"}
+    assert abs(float(dirs.directions["model.layers.0.down_proj"][:, 0] @ u)) == pytest.approx(
+        1.0, abs=1e-6
+    )
+    # ablation along u removes it from every layer's output (tuple outputs kept as tuples);
+    # the recording hooks run after the intervention's, so they see its result
+    outs = []
+    with ResidualIntervention(base, u, "ablate"), torch.no_grad():
+        hooks = [layer.register_forward_hook(lambda m, i, o: outs.append(o)) for layer in
+                 base.model.layers]  # fmt: skip
+        base(tokens)
+    for h in hooks:
+        h.remove()
+    assert len(outs) == 2 and all(isinstance(o, tuple) for o in outs)
+    assert max(float((o[0] @ u).abs().max()) for o in outs) < 1e-5
