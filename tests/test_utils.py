@@ -49,8 +49,9 @@ def test_validation_helpers():
     assert p.dtype == torch.float64 and p.tolist() == [0.2, 0.5, 0.9]
     with pytest.raises(ValueError, match=r"rewards and p0 must both have shape \(B,\)"):
         check_batch_probabilities("p0", [0.2, 0.5], like, "rewards")
-    with pytest.raises(ValueError, match="p0 must lie strictly inside"):
-        check_batch_probabilities("p0", [0.2, 1.0, 0.5], like, "rewards")
+    for bad in (1.0, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="p0 must lie strictly inside"):
+            check_batch_probabilities("p0", [0.2, bad, 0.5], like, "rewards")
 
 
 def test_results_writer(tmp_path):
