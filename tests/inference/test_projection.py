@@ -304,11 +304,12 @@ def _tiny_lm(n_layers=2):
                                context=12, ffn={"kind": "gelu"}))  # fmt: skip
 
 
-def test_residual_shift_recovers_a_planted_write_direction():
-    base = _tiny_lm()
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_residual_shift_recovers_a_planted_write_direction(device):
+    base = _tiny_lm().to(device)
     tuned = copy.deepcopy(base)
     add_lora(tuned, ["attn.q", "attn.v", "attn.o.linear", "ffn.down"], rank=2)
-    u = torch.randn(16)
+    u = torch.randn(16, device=device)
     u = u / u.norm()
     facts = {f.name: f for f in lora_modules(tuned)}
     with torch.no_grad():  # block 0's MLP writes a * u, a = <A_0, x>: a shift along u only
@@ -321,7 +322,7 @@ def test_residual_shift_recovers_a_planted_write_direction():
     dirs = residual_shift_directions(tuned, base, tokens, batch_size=16, through=TINYLM_THROUGH)
     # every write module of block 0 gets +-u exactly (nothing else changed that output)
     for name in ("blocks.0.attn.o.linear", "blocks.0.ffn.down", "blocks.0.attn.v"):
-        assert abs(float(dirs.directions[name][:, 0] @ u)) == pytest.approx(1.0, abs=1e-6)
+        assert abs(float(dirs.directions[name][:, 0] @ u.cpu())) == pytest.approx(1.0, abs=1e-6)
         assert dirs.sides[name] == "write"
     # block 1 gets a direction of its own output's shift; read modules get none
     assert "blocks.1.ffn.down" in dirs.directions and "blocks.0.attn.q" not in dirs.directions
@@ -347,6 +348,7 @@ def test_residual_shift_recovers_a_planted_write_direction():
     assert g.violation(m) < 1e-6
     Wo = m.blocks[0].attn.o.linear.base.weight
     dv = {f.name: f for f in lora_modules(m)}["blocks.0.attn.v"].delta_weight().detach()
+    assert dv.device.type == device and float(dv.abs().max()) > 0  # it did learn
     assert float((u @ Wo @ dv).abs().max()) < 1e-5
 
 
