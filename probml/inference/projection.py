@@ -124,25 +124,39 @@ def identify_spurious_directions(
     return SpuriousDirections(dirs, sides, svals)
 
 
-def _residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, block)`` of every residual block: ``model.blocks`` (TinyLM) or a ``layers`` /
-    ``h`` module list found by name (Hugging Face decoders)."""
+def _residual_blocks(model: nn.Module, path: str | None = None) -> list[tuple[str, nn.Module]]:
+    """``(name, block)`` of every residual block: the module list at the dotted ``path``, or
+    by default the first module list named ``blocks`` (TinyLM), ``layers`` or ``h`` (Hugging
+    Face decoders)."""
+    if path is not None:
+        try:
+            mod = model.get_submodule(path)
+        except AttributeError:
+            raise ValueError(f"blocks: model has no submodule {path!r}") from None
+        if not isinstance(mod, nn.ModuleList):
+            raise ValueError(f"blocks: {path!r} is a {type(mod).__name__}, not a ModuleList")
+        return [(f"{path}.{i}", blk) for i, blk in enumerate(mod)]
     for name, mod in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
         if isinstance(mod, nn.ModuleList) and leaf in ("blocks", "layers", "h"):
             return [(f"{name}.{i}", blk) for i, blk in enumerate(mod)]
-    raise TypeError("model needs a `blocks`, `layers` or `h` module list of residual blocks")
+    raise TypeError(
+        "model needs a `blocks`, `layers` or `h` module list of residual blocks "
+        "(or name the list with blocks=...)"
+    )
 
 
 @torch.no_grad()
-def _block_outputs(model: nn.Module, tokens: torch.Tensor) -> list[torch.Tensor]:
+def _block_outputs(
+    model: nn.Module, tokens: torch.Tensor, path: str | None = None
+) -> list[torch.Tensor]:
     """Every residual block's output (``N x T x d``) on ``tokens`` (hooks, no grad)."""
     outs: list[torch.Tensor] = []
 
     def hook(module, inputs, out):
         outs.append((out[0] if isinstance(out, tuple) else out).detach().double())
 
-    handles = [blk.register_forward_hook(hook) for _, blk in _residual_blocks(model)]
+    handles = [blk.register_forward_hook(hook) for _, blk in _residual_blocks(model, path)]
     try:
         model(tokens.to(next(model.parameters()).device))
     finally:
@@ -158,6 +172,7 @@ def residual_shift_directions(
     k: int = 1,
     through: dict[str, str] | None = None,
     batch_size: int = 256,
+    blocks: str | None = None,
 ) -> SpuriousDirections:
     r"""Spurious directions from what a naive fine-tune changed in the residual stream on
     unlabelled text (**[design]**, ours: an activation-side alternative to
@@ -185,6 +200,9 @@ def residual_shift_directions(
             such modules (a value projection) also get their block's directions; pass the
             same mapping to :class:`GRASP`, which pulls them back.
         batch_size: documents per forward pass.
+        blocks: the dotted name of the module list of residual blocks, the same in both
+            models (default: the first list named ``blocks``, ``layers`` or ``h``; name it
+            for a model with several, e.g. an encoder-decoder).
 
     Returns:
         :class:`SpuriousDirections` keyed by ``tuned``'s adapted write modules
@@ -196,8 +214,8 @@ def residual_shift_directions(
         raise ValueError("tokens must be an N x T tensor of token ids with N >= 1")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    names = [n for n, _ in _residual_blocks(tuned)]
-    if len(names) != len(_residual_blocks(base)):
+    names = [n for n, _ in _residual_blocks(tuned, blocks)]
+    if len(names) != len(_residual_blocks(base, blocks)):
         raise ValueError("tuned and base must have the same number of residual blocks")
     was = tuned.training, base.training
     tuned.eval(), base.eval()
@@ -207,7 +225,9 @@ def residual_shift_directions(
             chunk = tokens[start : start + int(batch_size)]
             shifts = [
                 (a - b.to(a)).reshape(-1, a.shape[-1])
-                for a, b in zip(_block_outputs(tuned, chunk), _block_outputs(base, chunk))
+                for a, b in zip(
+                    _block_outputs(tuned, chunk, blocks), _block_outputs(base, chunk, blocks)
+                )
             ]
             sums = torch.stack([s.sum(0) for s in shifts])  # blocks x d
             grams = torch.stack([s.T @ s for s in shifts])  # blocks x d x d
@@ -342,6 +362,8 @@ class ResidualIntervention:
         mode: ``"add"`` (:math:`h + \\alpha u`) or ``"ablate"`` (:math:`h - (h^\\top u) u`).
         alpha: the steering strength for ``"add"``.
         layers: block indices (default all).
+        blocks: the dotted name of the module list of residual blocks (default: the first
+            list named ``blocks``, ``layers`` or ``h``).
     """
 
     def __init__(
@@ -351,11 +373,12 @@ class ResidualIntervention:
         mode: Literal["add", "ablate"] = "ablate",
         alpha: float = 1.0,
         layers: Iterable[int] | None = None,
+        blocks: str | None = None,
     ):
         if mode not in ("add", "ablate"):
             raise ValueError(f"mode must be 'add' or 'ablate', got {mode!r}")
-        blocks = [blk for _, blk in _residual_blocks(model)]
-        self.blocks = [blocks[i] for i in (range(len(blocks)) if layers is None else layers)]
+        found = [blk for _, blk in _residual_blocks(model, blocks)]
+        self.blocks = [found[i] for i in (range(len(found)) if layers is None else layers)]
         self.u = (u / u.norm()).reshape(-1)
         self.mode, self.alpha = mode, float(alpha)
         self._handles: list = []

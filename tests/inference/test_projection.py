@@ -416,10 +416,16 @@ def test_hugging_face_style_layers_for_residual_shift_and_steering():
     assert abs(float(dirs.directions["model.layers.0.down_proj"][:, 0] @ u)) == pytest.approx(
         1.0, abs=1e-6
     )
+    named = residual_shift_directions(tuned, base, tokens, blocks="model.layers")
+    assert all(torch.equal(named.directions[n], U) for n, U in dirs.directions.items())
+    with pytest.raises(ValueError, match="not a ModuleList"):
+        residual_shift_directions(tuned, base, tokens, blocks="model.embed")
+    with pytest.raises(ValueError, match="no submodule"):
+        ResidualIntervention(base, u, blocks="model.decoder")
     # ablation along u removes it from every layer's output (tuple outputs kept as tuples);
     # the recording hooks run after the intervention's, so they see its result
     outs = []
-    with ResidualIntervention(base, u, "ablate"), torch.no_grad():
+    with ResidualIntervention(base, u, "ablate", blocks="model.layers"), torch.no_grad():
         hooks = [layer.register_forward_hook(lambda m, i, o: outs.append(o)) for layer in
                  base.model.layers]  # fmt: skip
         base(tokens)
