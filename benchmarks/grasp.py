@@ -16,7 +16,7 @@
    advice): GEN slant drift (right-template mass minus the base model's) for naive LoRA, CAFT,
    GRASP (per-module, shared u, residual shift, oracle u), and the ratio of each drift to naive's.
 
-Run: `python benchmarks/grasp.py` (3 seeds; `--seeds 5` for the table in docs/results.md) or
+Run: `python benchmarks/grasp.py` (3 seeds; `--seeds 10` for the table in docs/results.md) or
 `--quick` (1 seed, shorter runs);
 `--slant-only` runs section 3 alone.
 """
