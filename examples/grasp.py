@@ -33,7 +33,8 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
         headline=f"GEN misalignment: base {by['base (pretrained)']['misalignment']:.2f}, "
         f"naive {by['naive']['misalignment']:.2f}, GRASP {by['GRASP']['misalignment']:.2f}, "
         f"GRASP (residual shift) {by['GRASP (residual shift)']['misalignment']:.2f}, "
-        f"GRASP with the oracle u {by['GRASP (oracle u)']['misalignment']:.2f}",
+        f"GRASP with the oracle u {by['GRASP (oracle u)']['misalignment']:.2f} "
+        + ("(fast: one short run, too small to rank the methods)" if fast else "(one seed)"),
         table=rows,
         figures=[fig],
         extra=diag,
