@@ -199,7 +199,8 @@ def residual_shift_directions(
         through: ``{module suffix: frozen-linear suffix}`` (e.g. :data:`TINYLM_THROUGH`):
             such modules (a value projection) also get their block's directions; pass the
             same mapping to :class:`GRASP`, which pulls them back.
-        batch_size: documents per forward pass.
+        batch_size: documents per forward pass. Memory: the block outputs of one batch, plus
+            a ``d x d`` second-moment matrix per block when ``k > 1``.
         blocks: the dotted name of the module list of residual blocks, the same in both
             models (default: the first list named ``blocks``, ``layers`` or ``h``; name it
             for a model with several, e.g. an encoder-decoder).
@@ -210,6 +211,7 @@ def residual_shift_directions(
     """
     if int(k) < 1:
         raise ValueError(f"k must be >= 1, got {k!r}")
+    k = int(k)
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[0] < 1:
         raise ValueError("tokens must be an N x T tensor of token ids with N >= 1")
     if int(batch_size) < 1:
@@ -230,9 +232,10 @@ def residual_shift_directions(
                 )
             ]
             sums = torch.stack([s.sum(0) for s in shifts])  # blocks x d
-            grams = torch.stack([s.T @ s for s in shifts])  # blocks x d x d
             total = sums if total is None else total + sums
-            gram = grams if gram is None else gram + grams
+            if k > 1:  # second moments only when principal directions are asked for
+                grams = torch.stack([s.T @ s for s in shifts])  # blocks x d x d
+                gram = grams if gram is None else gram + grams
             count += shifts[0].shape[0]
     finally:
         tuned.train(was[0]), base.train(was[1])
