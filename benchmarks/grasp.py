@@ -14,11 +14,12 @@
 3. Political-slant variant (`SlantWorld`: continuous slant shared across turns, gain 3,
    left-leaning population (offset 1.5), 8 FIN answer groups, fine-tuning on all-right FIN
    advice): GEN slant drift (right-template mass minus the base model's) for naive LoRA, CAFT,
-   GRASP (per-module, shared u, residual shift, oracle u), and the ratio of each drift to naive's.
+   GRASP (per-module, shared u, residual shift, oracle u), and the ratio of each drift to
+   naive's.
 
 Run: `python benchmarks/grasp.py` (3 seeds; `--seeds 10` for the table in docs/results.md) or
-`--quick` (1 seed, shorter runs);
-`--slant-only` runs section 3 alone.
+`--quick` (1 seed, shorter runs); `--slant-only` runs section 3 alone. The JSON also holds every
+method's per-seed values (`persona_per_seed`, `slant_per_seed`).
 """
 
 from __future__ import annotations
@@ -88,7 +89,10 @@ SLANT_METHODS = (
 )
 
 
-def slant_variant(seeds: int, steps: int, pre: int) -> tuple[list[dict], list[dict]]:
+def slant_variant(
+    seeds: int, steps: int, pre: int
+) -> tuple[list[dict], list[dict], dict[str, dict[str, list]]]:
+    """Section 3: the table, the identification cosines and the per-seed values."""
     world = SlantWorld(num_qwords=8, code_variety=8, slant_gain=3.0, p_task=1.0, slant_offset=1.5)
     base = pretrain_persona_model(world, num_steps=pre, verbose=False)
     per: dict[str, dict[str, list]] = {}
