@@ -16,8 +16,8 @@ Run: `python benchmarks/basis_sequence.py` (5 seeds) or `--quick` (1 seed, 10 st
 the full run's rows);
 `--lr-sweep-only` (3 seeds by default; `--seeds 5` for the table in docs/results.md) repeats
 the carry-down-weighted runs of the three BASIS variants, GRPO-8, offline-only and REINFORCE++ at
-Adam step sizes 3e-5, 1e-4 and 3e-4: how far the policy moves decides how stale the offline
-values get. Both tables report the batch-wide floor: the best value MSE any shared logit shift
+Adam step sizes 3e-5, 1e-4 and 3e-4 (`--lrs 3e-5` runs a subset; the JSON holds the per-seed
+value MSEs): how far the policy moves decides how stale the offline values get. Both tables report the batch-wide floor: the best value MSE any shared logit shift
 and scale of the offline values reaches on each run's batches (an oracle fitted to the Monte
 Carlo values; `advantage.batch_wide_floor`).
 """
@@ -76,11 +76,16 @@ def carry_down_reference(task: AdditionTask, s: int):
     return m, offline_counts(m, task, 32, torch.Generator().manual_seed(100 + s), "cpu")
 
 
-def lr_sweep(task: AdditionTask, seeds: int, steps: int, sweep=SWEEP) -> list[dict]:
+LRS = (3e-5, 1e-4, 3e-4)
+
+
+def lr_sweep(
+    task: AdditionTask, seeds: int, steps: int, sweep=SWEEP, lrs=LRS
+) -> tuple[list[dict], dict[str, list[float]]]:
+    """The policy-movement sweep's rows and the per-seed value MSEs (``"lr|estimator"``)."""
     mse: dict[tuple[float, str], list[float]] = {}
     gain: dict[tuple[float, str], list[float]] = {}
     floor: dict[tuple[float, str], list[float]] = {}
-    lrs = [3e-5, 1e-4, 3e-4]
     for s in range(seeds):
         m, k32 = carry_down_reference(task, s)
         for lr in lrs:
@@ -119,14 +124,17 @@ def lr_sweep(task: AdditionTask, seeds: int, steps: int, sweep=SWEEP) -> list[di
                     "spec ordering holds (this BASIS)": holds,
                 }
             )
-    return rows
+    return rows, {f"{lr}|{e}": v for (lr, e), v in mse.items()}
 
 
 def main():
     args = parse_args(
         __doc__.splitlines()[0],
         flags=("--lr-sweep-only",),
-        options={"--estimators": "comma-separated subset of the estimators to run"},
+        options={
+            "--estimators": "comma-separated subset of the estimators to run",
+            "--lrs": "comma-separated subset of the sweep's step sizes (with --lr-sweep-only)",
+        },
     )
     only = None if args.estimators is None else args.estimators.split(",")
     known = set(SWEEP) | {e for _, _, e in RUNS}
@@ -134,16 +142,24 @@ def main():
         raise SystemExit(
             f"--estimators: unknown {sorted(set(only) - known)}; known {sorted(known)}"
         )
+    lrs = LRS if args.lrs is None else tuple(float(x) for x in args.lrs.split(","))
+    if not all(x > 0 for x in lrs):
+        raise SystemExit(f"--lrs: step sizes must be positive, got {args.lrs}")
     steps = 10 if args.quick else 60
     task = AdditionTask(2048, seed=0)
     if args.lr_sweep_only:
         seeds = args.seeds or (1 if args.quick else 3)
-        rows = lr_sweep(task, seeds, steps, [e for e in SWEEP if only is None or e in only])
+        sweep = [e for e in SWEEP if only is None or e in only]
+        rows, per_seed = lr_sweep(task, seeds, steps, sweep, lrs)
         print(
             f"## policy-movement sweep, carry-down-weighted, K = 32, B = 128, {steps} steps, "
             f"{seeds} seeds ({machine()})\n" + markdown_table(rows)
         )
-        path = save("basis_sequence_lr", args.out, {"rows": rows, "steps": steps, "seeds": seeds})
+        path = save(
+            "basis_sequence_lr",
+            args.out,
+            {"rows": rows, "steps": steps, "seeds": seeds, "per_seed": per_seed},
+        )
         print(f"\nwrote {path}")
         return
     seeds = args.seeds or (1 if args.quick else 5)
