@@ -17,7 +17,12 @@ the full run's rows);
 `--lr-sweep-only` (3 seeds by default; `--seeds 5` for the table in docs/results.md) repeats
 the carry-down-weighted runs of the three BASIS variants, GRPO-8, offline-only and REINFORCE++ at
 Adam step sizes 3e-5, 1e-4 and 3e-4 (`--lrs 3e-5` runs a subset; the JSON holds the per-seed
-value MSEs): how far the policy moves decides how stale the offline values get. Both tables report the batch-wide floor: the best value MSE any shared logit shift
+value MSEs): how far the policy moves decides how stale the offline values get.
+`--side-by-side-only` (10 seeds by default; `--lrs` as above) measures every estimator's value
+MSE on the same batches of one trajectory, driven once by GRPO-8 and once by BASIS with offline
+inactive baselines (`run_sequence_rl(..., side_by_side=...)`): the estimators then differ only
+in their estimates, not in the policy states they are measured at, so the paired differences
+are free of the trajectories' own spread. Both tables report the batch-wide floor: the best value MSE any shared logit shift
 and scale of the offline values reaches on each run's batches (an oracle fitted to the Monte
 Carlo values; `advantage.batch_wide_floor`).
 """
@@ -127,10 +132,58 @@ def lr_sweep(
     return rows, {f"{lr}|{e}": v for (lr, e), v in mse.items()}
 
 
+DRIVERS = ("grpo", "basis-inactive-offline")
+
+
+def side_by_side(
+    task: AdditionTask, seeds: int, steps: int, lrs=LRS, drivers=DRIVERS, sweep=SWEEP
+) -> tuple[list[dict], dict[str, list[float]]]:
+    """Every estimator's value MSE on the same batches of one trajectory per driver
+    (``run_sequence_rl(..., side_by_side=...)``): rows and per-seed values
+    (``"lr|driver|estimator"``)."""
+    mse: dict[tuple[float, str, str], list[float]] = {}
+    for s in range(seeds):
+        m, k32 = carry_down_reference(task, s)
+        for lr in lrs:
+            for drv in drivers:
+                r = run_sequence_rl(
+                    m, task, drv, steps=steps, batch_size=128, K=32, lr=lr, mc_rollouts=16,
+                    eval_every=steps, seed=1000 + s, offline=k32, side_by_side=tuple(sweep),
+                )  # fmt: skip
+                curves = {drv: r.value_mse, **r.side_value_mse}
+                for e in sweep:
+                    mse.setdefault((lr, drv, e), []).append(float(np.mean(curves[e])))
+                print((lr, drv), {e: round(mse[lr, drv, e][-1], 5) for e in sweep}, flush=True)
+    rows = []
+    for lr in lrs:
+        for drv in drivers:
+            means = {e: float(np.mean(mse[lr, drv, e])) for e in sweep}
+            order = sorted(means, key=means.get)
+            for e in sweep:
+                m, se = mean_se(mse[lr, drv, e])
+                d, dse = mean_se(np.subtract(mse[lr, drv, e], mse[lr, drv, "grpo"]))
+                rows.append(
+                    {
+                        "lr": lr,
+                        "trajectory of": drv + ("-8" if drv == "grpo" else ""),
+                        "estimator": e + ("-8" if e == "grpo" else ""),
+                        "value MSE": m,
+                        "se": se,
+                        "rank": order.index(e) + 1,
+                        "minus GRPO-8 (paired)": d if e != "grpo" else "-",
+                        "paired se": dse if e != "grpo" else "-",
+                        "spec ordering holds (this BASIS)": (
+                            spec_order_holds(means, e) if e in BASIS_VARIANTS else "-"
+                        ),
+                    }
+                )
+    return rows, {f"{lr}|{d}|{e}": v for (lr, d, e), v in mse.items()}
+
+
 def main():
     args = parse_args(
         __doc__.splitlines()[0],
-        flags=("--lr-sweep-only",),
+        flags=("--lr-sweep-only", "--side-by-side-only"),
         options={
             "--estimators": "comma-separated subset of the estimators to run",
             "--lrs": "comma-separated subset of the sweep's step sizes (with --lr-sweep-only)",
@@ -147,6 +200,20 @@ def main():
         raise SystemExit(f"--lrs: step sizes must be positive, got {args.lrs}")
     steps = 10 if args.quick else 60
     task = AdditionTask(2048, seed=0)
+    if args.side_by_side_only:
+        seeds = args.seeds or (1 if args.quick else 10)
+        rows, per_seed = side_by_side(task, seeds, steps, lrs)
+        print(
+            f"## value MSE side by side on common batches, carry-down-weighted, K = 32, B = 128, "
+            f"{steps} steps, {seeds} seeds ({machine()})\n" + markdown_table(rows)
+        )
+        path = save(
+            "basis_sequence_side",
+            args.out,
+            {"rows": rows, "steps": steps, "seeds": seeds, "per_seed": per_seed},
+        )
+        print(f"\nwrote {path}")
+        return
     if args.lr_sweep_only:
         seeds = args.seeds or (1 if args.quick else 3)
         sweep = [e for e in SWEEP if only is None or e in only]

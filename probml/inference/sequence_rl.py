@@ -194,6 +194,8 @@ class SequenceRLResult:
     #: per step, the best value MSE of any batch-wide shift and scale of the offline values
     #: (:func:`~probml.inference.advantage.batch_wide_floor`, noise-corrected like value_mse)
     floor_mse: list[float] = field(default_factory=list)
+    #: per step, the value MSE of each ``side_by_side`` estimator on the same batches
+    side_value_mse: dict[str, list[float]] = field(default_factory=dict)
 
 
 def run_sequence_rl(
@@ -212,6 +214,7 @@ def run_sequence_rl(
     device: str | torch.device | None = "cpu",
     offline: torch.Tensor | None = None,
     verbose: bool = False,
+    side_by_side: tuple[str, ...] = (),
 ) -> SequenceRLResult:
     """Policy-gradient training of a copy of ``reference`` with one estimator.
 
@@ -223,10 +226,25 @@ def run_sequence_rl(
         mc_rollouts: rollouts per batch prompt for the true value at every step.
         eval_every, eval_prompts: success rate (4 samples per prompt) every
             ``eval_every`` steps on ``eval_prompts`` fixed prompts.
+        side_by_side: further estimators whose value estimates are recorded on the same
+            batches of the same trajectory (``side_value_mse``), each with its own state
+            across steps; they never touch the policy. Every step then draws the largest
+            number of rollouts any of them needs (``group_size`` if one is a group
+            estimator); single-rollout estimators, the driving ``estimator`` included, see
+            only the first rollout of each prompt, and ``rollouts`` counts all drawn. A
+            paired comparison of value estimation: the estimators differ only in their
+            estimates, not in the policy states they are measured at.
     """
     import copy
 
     check_estimator(estimator)
+    if isinstance(side_by_side, str):
+        raise ValueError(
+            f"side_by_side must be a sequence of estimator names, got {side_by_side!r}"
+        )
+    side = tuple(dict.fromkeys(e for e in side_by_side if e != estimator))
+    for e in side:
+        check_estimator(e)
     if batch_size < 2 or batch_size > task.num_prompts:
         raise ValueError(f"batch_size must be in [2, {task.num_prompts}], got {batch_size}")
     if mc_rollouts < 2:
@@ -246,9 +264,11 @@ def run_sequence_rl(
     policy = copy.deepcopy(reference).train()
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     tracker = make_tracker(estimator, p0)
+    side_trackers = {e: make_tracker(e, p0) for e in side}
     probe = torch.randperm(task.num_prompts, generator=g)[:eval_prompts]
-    out = SequenceRLResult(estimator)
-    n_roll = group_size if estimator in GROUP else 1
+    out = SequenceRLResult(estimator, side_value_mse={e: [] for e in side})
+    n_own = group_size if estimator in GROUP else 1
+    n_roll = max(group_size if e in GROUP else 1 for e in (estimator, *side))
     for step in progress(range(steps), verbose=verbose, desc=f"sequence RL ({estimator})"):
         if step % eval_every == 0:
             policy.eval()
@@ -261,14 +281,17 @@ def run_sequence_rl(
             v_mc = _mean_success(policy, task, idx, mc_rollouts, g, dev).cpu()
             answers = sample_answers(policy, prompts, n_roll, g)
             rewards = task.rewards(idx, answers).cpu()
-            feats = task.features[idx] if estimator == "gp-basis" else None
-            adv, value, _ = advantages_and_values(estimator, rewards, p0[idx], idx, tracker, feats)
+            batch = (rewards, p0[idx], idx, task.features[idx], group_size)
+            adv, value = _estimate(estimator, tracker, *batch)
+            side_values = {e: _estimate(e, side_trackers[e], *batch)[1] for e in side}
         noise = v_mc * (1 - v_mc) / (mc_rollouts - 1)
         out.value_mse.append(float(((value - v_mc) ** 2 - noise).mean()))
+        for e, v in side_values.items():
+            out.side_value_mse[e].append(float(((v - v_mc) ** 2 - noise).mean()))
         out.floor_mse.append(batch_wide_floor(v_mc, p0[idx], noise)[0])
         out.rollouts.append(batch_size * n_roll)
         policy.train()
-        lp = answer_log_prob(policy, prompts, answers)
+        lp = answer_log_prob(policy, prompts, answers[:, :n_own])
         loss = -(adv.to(dev).float() * lp).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -277,6 +300,15 @@ def run_sequence_rl(
     out.mean_reward.append(float(_mean_success(policy, task, probe, 4, g, dev).mean()))
     out.eval_steps.append(steps)
     return out
+
+
+def _estimate(estimator, state, rewards, p0, idx, features, group_size):
+    """One estimator's advantages and values from the first rollout of each prompt (the
+    first ``group_size`` for group estimators) of ``rewards`` (``B x n``)."""
+    r = rewards[:, : group_size if estimator in GROUP else 1]
+    f = features if estimator == "gp-basis" else None
+    adv, value, _ = advantages_and_values(estimator, r, p0, idx, state, f)
+    return adv, value
 
 
 @torch.no_grad()

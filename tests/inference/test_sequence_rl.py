@@ -81,6 +81,24 @@ def test_warmup_offline_counts_and_one_rl_run():
         with pytest.raises(ValueError, match="tracker"):
             advantages_and_values(name, r16, p16, torch.arange(16))
     assert g8.rollouts == [128, 128]
+    # side by side: the driver's trajectory and errors are those of its own run when no extra
+    # rollouts are drawn, each side estimator keeps its own state, and they do not interact
+    kw = dict(steps=2, batch_size=16, mc_rollouts=4, offline=k, K=8)
+    both = run_sequence_rl(m, task, "grpo", side_by_side=("bayes-basis-rw", "offline"), **kw)
+    alone = run_sequence_rl(m, task, "grpo", side_by_side=("offline", "grpo"), **kw)
+    assert both.value_mse == g8.value_mse and both.floor_mse == g8.floor_mse
+    assert both.mean_reward == g8.mean_reward and both.rollouts == g8.rollouts
+    assert both.side_value_mse["offline"] == alone.side_value_mse["offline"]
+    assert set(alone.side_value_mse) == {"offline"}  # the driver is not repeated
+    assert len(both.side_value_mse["bayes-basis-rw"]) == 2
+    # a single-rollout driver with a group estimator beside it: 8 rollouts drawn per prompt,
+    # the driver learns from the first only
+    one = run_sequence_rl(m, task, "basis", side_by_side=("grpo",), **kw)
+    assert one.rollouts == [128, 128] and len(one.side_value_mse["grpo"]) == 2
+    with pytest.raises(ValueError, match="side_by_side"):
+        run_sequence_rl(m, task, "basis", side_by_side="grpo", **kw)
+    with pytest.raises(ValueError, match="estimator"):
+        run_sequence_rl(m, task, "basis", side_by_side=("ppo",), **kw)
     with pytest.raises(ValueError, match="estimator"):
         run_sequence_rl(m, task, "ppo", steps=1)
     with pytest.raises(ValueError, match="batch_size"):
