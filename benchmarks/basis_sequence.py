@@ -200,34 +200,24 @@ def main():
         raise SystemExit(f"--lrs: step sizes must be positive, got {args.lrs}")
     steps = 10 if args.quick else 60
     task = AdditionTask(2048, seed=0)
-    if args.side_by_side_only:
-        seeds = args.seeds or (1 if args.quick else 10)
-        rows, per_seed = side_by_side(task, seeds, steps, lrs)
+    if args.side_by_side_only and only is not None:
+        raise SystemExit("--estimators does not apply to --side-by-side-only (all run at once)")
+    if args.side_by_side_only or args.lr_sweep_only:
+        if args.side_by_side_only:
+            seeds = args.seeds or (1 if args.quick else 10)
+            rows, per_seed = side_by_side(task, seeds, steps, lrs)
+            title, name = "value MSE side by side on common batches", "basis_sequence_side"
+        else:
+            seeds = args.seeds or (1 if args.quick else 3)
+            sweep = [e for e in SWEEP if only is None or e in only]
+            rows, per_seed = lr_sweep(task, seeds, steps, sweep, lrs)
+            title, name = "policy-movement sweep", "basis_sequence_lr"
         print(
-            f"## value MSE side by side on common batches, carry-down-weighted, K = 32, B = 128, "
-            f"{steps} steps, {seeds} seeds ({machine()})\n" + markdown_table(rows)
+            f"## {title}, carry-down-weighted, K = 32, B = 128, {steps} steps, {seeds} seeds "
+            f"({machine()})\n" + markdown_table(rows)
         )
-        path = save(
-            "basis_sequence_side",
-            args.out,
-            {"rows": rows, "steps": steps, "seeds": seeds, "per_seed": per_seed},
-        )
-        print(f"\nwrote {path}")
-        return
-    if args.lr_sweep_only:
-        seeds = args.seeds or (1 if args.quick else 3)
-        sweep = [e for e in SWEEP if only is None or e in only]
-        rows, per_seed = lr_sweep(task, seeds, steps, sweep, lrs)
-        print(
-            f"## policy-movement sweep, carry-down-weighted, K = 32, B = 128, {steps} steps, "
-            f"{seeds} seeds ({machine()})\n" + markdown_table(rows)
-        )
-        path = save(
-            "basis_sequence_lr",
-            args.out,
-            {"rows": rows, "steps": steps, "seeds": seeds, "per_seed": per_seed},
-        )
-        print(f"\nwrote {path}")
+        payload = {"rows": rows, "steps": steps, "seeds": seeds, "per_seed": per_seed}
+        print(f"\nwrote {save(name, args.out, payload)}")
         return
     seeds = args.seeds or (1 if args.quick else 5)
     mse, early, final, spread, floor = {}, {}, {}, {}, {}
