@@ -21,10 +21,10 @@ value MSEs): how far the policy moves decides how stale the offline values get.
 `--side-by-side-only` (10 seeds by default; `--lrs` as above) measures every estimator's value
 MSE on the same batches of one trajectory, driven once by GRPO-8 and once by BASIS with offline
 inactive baselines (`run_sequence_rl(..., side_by_side=...)`): the estimators then differ only
-in their estimates, not in the policy states they are measured at, so the paired differences
-are free of the trajectories' own spread. Both tables report the batch-wide floor: the best value MSE any shared logit shift
-and scale of the offline values reaches on each run's batches (an oracle fitted to the Monte
-Carlo values; `advantage.batch_wide_floor`).
+in their estimates, not in the policy states they are measured at. The main table and the sweep
+report the batch-wide floor: the best value MSE any shared logit shift and scale of the offline
+values reaches on each run's batches (an oracle fitted to the Monte Carlo values;
+`advantage.batch_wide_floor`).
 """
 
 from __future__ import annotations
@@ -84,6 +84,14 @@ def carry_down_reference(task: AdditionTask, s: int):
 LRS = (3e-5, 1e-4, 3e-4)
 
 
+def _run(reference, task: AdditionTask, estimator: str, steps: int, lr: float, s: int, k32, **kw):
+    """One carry-down-weighted run of seed ``s`` at the sweeps' settings."""
+    return run_sequence_rl(
+        reference, task, estimator, steps=steps, batch_size=128, K=32, lr=lr, mc_rollouts=16,
+        eval_every=steps, seed=1000 + s, offline=k32, **kw,
+    )  # fmt: skip
+
+
 def lr_sweep(
     task: AdditionTask, seeds: int, steps: int, sweep=SWEEP, lrs=LRS
 ) -> tuple[list[dict], dict[str, list[float]]]:
@@ -95,10 +103,7 @@ def lr_sweep(
         m, k32 = carry_down_reference(task, s)
         for lr in lrs:
             for e in sweep:
-                r = run_sequence_rl(
-                    m, task, e, steps=steps, batch_size=128, K=32, lr=lr, mc_rollouts=16,
-                    eval_every=steps, seed=1000 + s, offline=k32,
-                )  # fmt: skip
+                r = _run(m, task, e, steps, lr, s, k32)
                 mse.setdefault((lr, e), []).append(float(np.mean(r.value_mse)))
                 floor.setdefault((lr, e), []).append(float(np.mean(r.floor_mse)))
                 gain.setdefault((lr, e), []).append(r.mean_reward[-1] - r.mean_reward[0])
@@ -146,10 +151,7 @@ def side_by_side(
         m, k32 = carry_down_reference(task, s)
         for lr in lrs:
             for drv in drivers:
-                r = run_sequence_rl(
-                    m, task, drv, steps=steps, batch_size=128, K=32, lr=lr, mc_rollouts=16,
-                    eval_every=steps, seed=1000 + s, offline=k32, side_by_side=tuple(sweep),
-                )  # fmt: skip
+                r = _run(m, task, drv, steps, lr, s, k32, side_by_side=tuple(sweep))
                 curves = {drv: r.value_mse, **r.side_value_mse}
                 for e in sweep:
                     mse.setdefault((lr, drv, e), []).append(float(np.mean(curves[e])))
@@ -186,7 +188,7 @@ def main():
         flags=("--lr-sweep-only", "--side-by-side-only"),
         options={
             "--estimators": "comma-separated subset of the estimators to run",
-            "--lrs": "comma-separated subset of the sweep's step sizes (with --lr-sweep-only)",
+            "--lrs": "comma-separated step sizes (--lr-sweep-only, --side-by-side-only)",
         },
     )
     only = None if args.estimators is None else args.estimators.split(",")

@@ -267,7 +267,6 @@ def run_sequence_rl(
     side_trackers = {e: make_tracker(e, p0) for e in side}
     probe = torch.randperm(task.num_prompts, generator=g)[:eval_prompts]
     out = SequenceRLResult(estimator, side_value_mse={e: [] for e in side})
-    n_own = group_size if estimator in GROUP else 1
     n_roll = max(group_size if e in GROUP else 1 for e in (estimator, *side))
     for step in progress(range(steps), verbose=verbose, desc=f"sequence RL ({estimator})"):
         if step % eval_every == 0:
@@ -291,7 +290,8 @@ def run_sequence_rl(
         out.floor_mse.append(batch_wide_floor(v_mc, p0[idx], noise)[0])
         out.rollouts.append(batch_size * n_roll)
         policy.train()
-        lp = answer_log_prob(policy, prompts, answers[:, :n_own])
+        # the driver learns from the rollouts its advantages cover (the first, or the group)
+        lp = answer_log_prob(policy, prompts, answers[:, : adv.shape[1]])
         loss = -(adv.to(dev).float() * lp).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

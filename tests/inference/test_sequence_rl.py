@@ -91,8 +91,7 @@ def test_warmup_offline_counts_and_one_rl_run():
     assert both.side_value_mse["offline"] == alone.side_value_mse["offline"]
     assert set(alone.side_value_mse) == {"offline"}  # the driver is not repeated
     assert len(both.side_value_mse["bayes-basis-rw"]) == 2
-    # a single-rollout driver with a group estimator beside it: 8 rollouts drawn per prompt,
-    # the driver learns from the first only
+    # a single-rollout driver with a group estimator beside it: 8 rollouts drawn per prompt
     one = run_sequence_rl(m, task, "basis", side_by_side=("grpo",), **kw)
     assert one.rollouts == [128, 128] and len(one.side_value_mse["grpo"]) == 2
     with pytest.raises(ValueError, match="side_by_side"):
