@@ -84,6 +84,26 @@ def carry_down_reference(task: AdditionTask, s: int):
 LRS = (3e-5, 1e-4, 3e-4)
 
 
+def _row(lead: dict, e: str, vals, grpo_vals, means: dict, holds, extra=None) -> dict:
+    """One estimator's table row: mean and standard error over seeds, rank among ``means``,
+    the paired difference to GRPO-8 over seeds (same reference policy and offline values;
+    ``grpo_vals`` None when GRPO-8 did not run), ``extra`` columns, whether the ordering
+    holds."""
+    m, se = mean_se(vals)
+    d, dse = mean_se(np.subtract(vals, grpo_vals)) if grpo_vals is not None else ("-", "-")
+    return {
+        **lead,
+        "estimator": e + ("-8" if e == "grpo" else ""),
+        "value MSE": m,
+        "se": se,
+        "rank": sorted(means, key=means.get).index(e) + 1,
+        "minus GRPO-8 (paired)": d if e != "grpo" else "-",
+        "paired se": dse if e != "grpo" else "-",
+        **(extra or {}),
+        "spec ordering holds (this BASIS)": holds,
+    }
+
+
 def _run(reference, task: AdditionTask, estimator: str, steps: int, lr: float, s: int, k32, **kw):
     """One carry-down-weighted run of seed ``s`` at the sweeps' settings."""
     return run_sequence_rl(
@@ -111,29 +131,15 @@ def lr_sweep(
     rows = []
     for lr in lrs:
         means = {e: float(np.mean(mse[lr, e])) for e in sweep}
-        order = sorted(means, key=means.get)
         complete = {"grpo", "offline", "reinforce++"} <= set(sweep)
         for e in sweep:
-            m, se = mean_se(mse[lr, e])
             holds = spec_order_holds(means, e) if e in BASIS_VARIANTS and complete else "-"
-            # paired over seeds (same reference policy and offline values)
-            d, dse = (
-                mean_se(np.subtract(mse[lr, e], mse[lr, "grpo"])) if "grpo" in sweep else ("-", "-")
-            )
-            rows.append(
-                {
-                    "lr": lr,
-                    "estimator": e + ("-8" if e == "grpo" else ""),
-                    "value MSE": m,
-                    "se": se,
-                    "rank": order.index(e) + 1,
-                    "minus GRPO-8 (paired)": d if e != "grpo" else "-",
-                    "paired se": dse if e != "grpo" else "-",
-                    "batch-wide floor (oracle)": float(np.mean(floor[lr, e])),
-                    "probe success gain": float(np.mean(gain[lr, e])),
-                    "spec ordering holds (this BASIS)": holds,
-                }
-            )
+            extra = {
+                "batch-wide floor (oracle)": float(np.mean(floor[lr, e])),
+                "probe success gain": float(np.mean(gain[lr, e])),
+            }
+            grpo = mse[lr, "grpo"] if "grpo" in sweep else None
+            rows.append(_row({"lr": lr}, e, mse[lr, e], grpo, means, holds, extra))
     return rows, {f"{lr}|{e}": v for (lr, e), v in mse.items()}
 
 
@@ -160,25 +166,11 @@ def side_by_side(
     for lr in lrs:
         for drv in drivers:
             means = {e: float(np.mean(mse[lr, drv, e])) for e in sweep}
-            order = sorted(means, key=means.get)
             for e in sweep:
-                m, se = mean_se(mse[lr, drv, e])
-                d, dse = mean_se(np.subtract(mse[lr, drv, e], mse[lr, drv, "grpo"]))
-                rows.append(
-                    {
-                        "lr": lr,
-                        "trajectory of": drv + ("-8" if drv == "grpo" else ""),
-                        "estimator": e + ("-8" if e == "grpo" else ""),
-                        "value MSE": m,
-                        "se": se,
-                        "rank": order.index(e) + 1,
-                        "minus GRPO-8 (paired)": d if e != "grpo" else "-",
-                        "paired se": dse if e != "grpo" else "-",
-                        "spec ordering holds (this BASIS)": (
-                            spec_order_holds(means, e) if e in BASIS_VARIANTS else "-"
-                        ),
-                    }
-                )
+                holds = spec_order_holds(means, e) if e in BASIS_VARIANTS else "-"
+                lead = {"lr": lr, "trajectory of": drv + ("-8" if drv == "grpo" else "")}
+                grpo = mse[lr, drv, "grpo"]
+                rows.append(_row(lead, e, mse[lr, drv, e], grpo, means, holds))
     return rows, {f"{lr}|{d}|{e}": v for (lr, d, e), v in mse.items()}
 
 
