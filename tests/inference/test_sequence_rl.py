@@ -90,6 +90,9 @@ def test_warmup_offline_counts_and_one_rl_run():
     assert both.mean_reward == g8.mean_reward and both.rollouts == g8.rollouts
     assert both.side_value_mse["offline"] == alone.side_value_mse["offline"]
     assert set(alone.side_value_mse) == {"offline"}  # the driver is not repeated
+    # a side estimator is scored against the driver's Monte Carlo values: the offline values
+    # are one member of the batch-wide family whose best member is the floor
+    assert all(f <= v + 1e-12 for f, v in zip(both.floor_mse, both.side_value_mse["offline"]))
     assert len(both.side_value_mse["bayes-basis-rw"]) == 2
     # a single-rollout driver with a group estimator beside it: 8 rollouts drawn per prompt
     one = run_sequence_rl(m, task, "basis", side_by_side=("grpo",), **kw)
