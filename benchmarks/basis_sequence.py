@@ -63,8 +63,16 @@ RUNS = [  # (warm-up, K, estimator)
 ]
 
 
-SWEEP = ["basis", "basis-inactive-offline", "bayes-basis-rw", "grpo", "offline", "reinforce++"]
-BASIS_VARIANTS = ["basis", "basis-inactive-offline", "bayes-basis-rw"]
+SWEEP = [
+    "basis",
+    "basis-inactive-offline",
+    "bayes-basis-rw",
+    "bayes-basis-rw-eta",
+    "grpo",
+    "offline",
+    "reinforce++",
+]
+BASIS_VARIANTS = ["basis", "basis-inactive-offline", "bayes-basis-rw", "bayes-basis-rw-eta"]
 
 
 def spec_order_holds(means: dict[str, float], variant: str) -> bool:
@@ -113,13 +121,14 @@ def _run(reference, task: AdditionTask, estimator: str, steps: int, lr: float, s
 
 
 def lr_sweep(
-    task: AdditionTask, seeds: int, steps: int, sweep=SWEEP, lrs=LRS
+    task: AdditionTask, seeds, steps: int, sweep=SWEEP, lrs=LRS
 ) -> tuple[list[dict], dict[str, list[float]]]:
-    """The policy-movement sweep's rows and the per-seed value MSEs (``"lr|estimator"``)."""
+    """The policy-movement sweep's rows over the seeds ``seeds`` and the per-seed value MSEs
+    (``"lr|estimator"``)."""
     mse: dict[tuple[float, str], list[float]] = {}
     gain: dict[tuple[float, str], list[float]] = {}
     floor: dict[tuple[float, str], list[float]] = {}
-    for s in range(seeds):
+    for s in seeds:
         m, k32 = carry_down_reference(task, s)
         for lr in lrs:
             for e in sweep:
@@ -147,13 +156,13 @@ DRIVERS = ("grpo", "basis-inactive-offline")
 
 
 def side_by_side(
-    task: AdditionTask, seeds: int, steps: int, lrs=LRS, drivers=DRIVERS, sweep=SWEEP
+    task: AdditionTask, seeds, steps: int, lrs=LRS, drivers=DRIVERS, sweep=SWEEP
 ) -> tuple[list[dict], dict[str, list[float]]]:
     """Every estimator's value MSE on the same batches of one trajectory per driver
-    (``run_sequence_rl(..., side_by_side=...)``): rows and per-seed values
-    (``"lr|driver|estimator"``)."""
+    (``run_sequence_rl(..., side_by_side=...)``) over the seeds ``seeds``: rows and per-seed
+    values (``"lr|driver|estimator"``)."""
     mse: dict[tuple[float, str, str], list[float]] = {}
-    for s in range(seeds):
+    for s in seeds:
         m, k32 = carry_down_reference(task, s)
         for lr in lrs:
             for drv in drivers:
@@ -181,6 +190,7 @@ def main():
         options={
             "--estimators": "comma-separated subset of the estimators to run",
             "--lrs": "comma-separated step sizes (--lr-sweep-only, --side-by-side-only)",
+            "--first-seed": "first seed of the sweeps (default 0; seeds first .. first+n-1)",
         },
     )
     only = None if args.estimators is None else args.estimators.split(",")
@@ -193,24 +203,32 @@ def main():
     if not all(x > 0 for x in lrs):
         raise SystemExit(f"--lrs: step sizes must be positive, got {args.lrs}")
     steps = 10 if args.quick else 60
+    first = int(args.first_seed or 0)
+    if first < 0:
+        raise SystemExit(f"--first-seed must be >= 0, got {first}")
     task = AdditionTask(2048, seed=0)
     if args.side_by_side_only and only is not None:
         raise SystemExit("--estimators does not apply to --side-by-side-only (all run at once)")
     if args.side_by_side_only or args.lr_sweep_only:
         if args.side_by_side_only:
             seeds = args.seeds or (1 if args.quick else 10)
-            rows, per_seed = side_by_side(task, seeds, steps, lrs)
+            rows, per_seed = side_by_side(task, range(first, first + seeds), steps, lrs)
             title, name = "value MSE side by side on common batches", "basis_sequence_side"
         else:
             seeds = args.seeds or (1 if args.quick else 3)
             sweep = [e for e in SWEEP if only is None or e in only]
-            rows, per_seed = lr_sweep(task, seeds, steps, sweep, lrs)
+            rows, per_seed = lr_sweep(task, range(first, first + seeds), steps, sweep, lrs)
             title, name = "policy-movement sweep", "basis_sequence_lr"
         print(
-            f"## {title}, carry-down-weighted, K = 32, B = 128, {steps} steps, {seeds} seeds "
-            f"({machine()})\n" + markdown_table(rows)
+            f"## {title}, carry-down-weighted, K = 32, B = 128, {steps} steps, seeds {first}-"
+            f"{first + seeds - 1} ({machine()})\n" + markdown_table(rows)
         )
-        payload = {"rows": rows, "steps": steps, "seeds": seeds, "per_seed": per_seed}
+        payload = {
+            "rows": rows,
+            "steps": steps,
+            "seeds": list(range(first, first + seeds)),
+            "per_seed": per_seed,
+        }
         print(f"\nwrote {save(name, args.out, payload)}")
         return
     seeds = args.seeds or (1 if args.quick else 5)

@@ -94,7 +94,7 @@ def test_advantages_agree_across_devices(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bayesian_baselines_agree_across_devices(device):
-    from probml.models.rollouts import DriftFilter, bayesian_loo_baseline
+    from probml.models.rollouts import DriftFilter, PromptDriftFilter, bayesian_loo_baseline
 
     g = torch.Generator().manual_seed(1)
     p0 = torch.rand(3, 64, generator=g, dtype=torch.float64) * 0.8 + 0.1
@@ -108,4 +108,10 @@ def test_bayesian_baselines_agree_across_devices(device):
             f_cpu.loo_baseline(r[t], p0[t]),
             f_dev.loo_baseline(r[t].to(device), p0[t].to(device)),
         )
+        assert y.device.type == device and torch.allclose(y.cpu(), x, atol=1e-10)
+    e_cpu, e_dev = PromptDriftFilter(80), PromptDriftFilter(80).to(device)
+    idx = torch.randperm(80, generator=g)[:64]
+    for t in range(3):
+        x = e_cpu.loo_baseline(r[t], p0[t], idx)
+        y = e_dev.loo_baseline(r[t].to(device), p0[t].to(device), idx.to(device))
         assert y.device.type == device and torch.allclose(y.cpu(), x, atol=1e-10)

@@ -26,6 +26,7 @@ from probml.inference.advantage import (
 from probml.models.rollouts import (
     DriftFilter,
     LinearBandit,
+    PromptDriftFilter,
     bayesian_loo_baseline,
     gp_loo_baseline,
 )
@@ -48,6 +49,7 @@ SINGLE_ROLLOUT = (
     "basis-inactive-offline",
     "bayes-basis",
     "bayes-basis-rw",
+    "bayes-basis-rw-eta",
     "gp-basis",
     "reinforce++",
     "offline",
@@ -69,6 +71,8 @@ def make_tracker(estimator: str, p0: torch.Tensor) -> SPOTracker | DriftFilter |
         return SPOTracker(p0)
     if estimator == "bayes-basis-rw":
         return DriftFilter().to(p0.device)
+    if estimator == "bayes-basis-rw-eta":
+        return PromptDriftFilter(p0.numel()).to(p0.device)
     return None
 
 
@@ -84,9 +88,10 @@ def advantages_and_values(
     estimators the group mean) from rewards ``B x G`` (``G = 1`` for single-rollout ones).
 
     Returns ``(advantages, values, chosen beta or None)``; ``p0`` are the batch's offline
-    values, ``prompts`` their indices (for the SPO tracker), ``tracker`` the estimator's state
-    across steps (:func:`make_tracker`; ``"spo"`` and ``"bayes-basis-rw"``), ``features`` the
-    batch's prompt features (``B x F``, for ``"gp-basis"``)."""
+    values, ``prompts`` their indices (for the SPO tracker and the prompt-drift filter),
+    ``tracker`` the estimator's state across steps (:func:`make_tracker`; ``"spo"``,
+    ``"bayes-basis-rw"``, ``"bayes-basis-rw-eta"``), ``features`` the batch's prompt features
+    (``B x F``, for ``"gp-basis"``)."""
     if estimator == "grpo":
         return grpo_advantages(rewards), rewards.mean(1), None
     if estimator == "rloo":
@@ -106,6 +111,11 @@ def advantages_and_values(
         if not isinstance(tracker, DriftFilter):
             raise ValueError("estimator 'bayes-basis-rw' needs a DriftFilter tracker")
         value = tracker.loo_baseline(r, p0)
+        a = r - value
+    elif estimator == "bayes-basis-rw-eta":
+        if not isinstance(tracker, PromptDriftFilter):
+            raise ValueError("estimator 'bayes-basis-rw-eta' needs a PromptDriftFilter tracker")
+        value = tracker.loo_baseline(r, p0, prompts)
         a = r - value
     elif estimator == "gp-basis":
         if features is None:

@@ -32,6 +32,7 @@ __all__ = [
     "logit_shift_model",
     "bayesian_loo_baseline",
     "DriftFilter",
+    "PromptDriftFilter",
     "gp_loo_baseline",
     "LinearBandit",
 ]
@@ -202,6 +203,148 @@ class DriftFilter:
     def mean_drift(self) -> float:
         """Posterior mean of ``c`` after the last update."""
         return float((self.posterior.sum(0) * self.c_grid).sum())
+
+
+class PromptDriftFilter(DriftFilter):
+    r""":class:`DriftFilter` plus the spec's prompt-specific drift :math:`\eta_i`, learned from
+    each prompt's own earlier rewards.
+
+    The spec's model is :math:`r_i \sim \mathrm{Bernoulli}(\sigma(\mathrm{logit}\,p_{0,i} +
+    c_t + \eta_i))` with :math:`\eta_i \sim \mathcal N(0, \tau^2)`. Within one batch each
+    prompt has a single reward, so :math:`\eta_i` cannot be told apart from noise; across
+    steps a prompt recurs, and its earlier rewards say how far its success has moved away from
+    the shared drift. **[design]** The filter keeps, for every prompt and every hypothesis
+    :math:`\tau`, a posterior :math:`q_i(e \mid \tau)` over a grid of :math:`\eta` values
+    (initially the discretised prior; :math:`\tau = 0` is a point mass at 0), and a joint
+    posterior over :math:`(\tau, \sigma, c)`:
+
+    .. math::
+
+        P_i(\tau, c) = \sum_e q_i(e \mid \tau)\, \sigma(\mathrm{logit}\,p_{0,i} + c + e),
+        \qquad
+        b_i = \frac{\sum_{\tau,\sigma,c} \pi_t(\tau,\sigma,c) \prod_{j \ne i}
+            P_j^{r_j}(1-P_j)^{1-r_j}\, P_i}{\sum_{\tau,\sigma,c} \pi_t(\tau,\sigma,c)
+            \prod_{j \ne i} P_j^{r_j}(1-P_j)^{1-r_j}},
+
+    with :math:`\pi_t` the posterior after one random-walk step of ``c`` (as in
+    :class:`DriftFilter`; :math:`\tau` is static, weighted by its marginal likelihood). After
+    the batch, :math:`q_i(e \mid \tau) \propto q_i(e \mid \tau) \sum_c w_{-i}(c \mid \tau)\,
+    p(r_i \mid c, e)` with :math:`w_{-i}` the posterior of ``c`` given the other rewards (an
+    assumed-density step: ``c`` and the :math:`\eta_i` are carried as independent). The
+    baseline of prompt ``i`` depends on earlier batches and on :math:`r_{t,-i}`, never on
+    :math:`r_{t,i}`, so the policy gradient stays unbiased (tested). With ``taus=(0.0,)`` it is
+    :class:`DriftFilter` (tested). :math:`\eta_i` also absorbs the error of the offline value
+    :math:`p_{0,i}` itself.
+
+    Cost per batch: ``O(T S G B + T G B E)`` time and memory (``T`` values of tau, ``E`` grid
+    points of eta); state ``O(N T E)`` for ``N`` prompts.
+
+    Args:
+        num_prompts: ``N``, the number of distinct prompts (indices ``0 .. N-1``).
+        taus: prompt-specific drift scales (each ``>= 0``), hypotheses with a uniform prior.
+        eta_grid: ``E`` values of :math:`\eta` (default ``-4 .. 4`` in steps of 0.2; must
+            contain 0 when a tau is 0).
+        c_grid, step_sds: as :class:`DriftFilter`.
+    """
+
+    def __init__(
+        self,
+        num_prompts: int,
+        taus: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0),
+        eta_grid: torch.Tensor | None = None,
+        c_grid: torch.Tensor | None = None,
+        step_sds: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3),
+    ):
+        super().__init__(c_grid, step_sds)
+        if int(num_prompts) != num_prompts or num_prompts < 1:
+            raise ValueError(f"num_prompts must be a positive integer, got {num_prompts}")
+        t = torch.as_tensor(taus, dtype=torch.float64)
+        if t.dim() != 1 or t.numel() == 0 or not bool((t >= 0).all() & torch.isfinite(t).all()):
+            raise ValueError(f"taus must be a non-empty list of finite values >= 0, got {taus}")
+        e = 0.2 * torch.arange(-20, 21, dtype=torch.float64) if eta_grid is None else eta_grid
+        e = torch.as_tensor(e, dtype=torch.float64)
+        if e.dim() != 1 or e.numel() < 2 or not bool(torch.isfinite(e).all()):
+            raise ValueError(
+                f"eta_grid must be a vector of >= 2 finite values, got shape {tuple(e.shape)}"
+            )
+        if bool((t == 0).any()) and float(e.abs().min()) > 1e-12:
+            raise ValueError("eta_grid must contain 0 when one of the taus is 0")
+        # T x E discretised priors of eta; tau = 0 is a point mass at 0
+        scale = torch.where(t > 0, t, torch.ones_like(t))[:, None]
+        prior = torch.where(
+            (t > 0)[:, None],
+            torch.exp(-0.5 * (e[None] / scale) ** 2),
+            (e.abs() <= 1e-12)[None].double(),
+        )
+        self.taus, self.eta_grid, self.num_prompts = t, e, int(num_prompts)
+        self.log_q = (
+            (prior / prior.sum(-1, keepdim=True)).log()[None].repeat(int(num_prompts), 1, 1)
+        )
+        S, G = self.posterior.shape
+        self.posterior = torch.full(
+            (t.numel(), S, G), 1.0 / (t.numel() * S * G), dtype=torch.float64
+        )
+
+    def to(self, device: torch.device | str) -> PromptDriftFilter:
+        super().to(device)
+        self.taus, self.eta_grid = self.taus.to(device), self.eta_grid.to(device)
+        self.log_q = self.log_q.to(device)
+        return self
+
+    def predictive_prior(self) -> torch.Tensor:
+        """``T x S x G`` prior of ``(tau, sigma, c)`` for the next batch (one random-walk step)."""
+        return torch.einsum("tsg,sgh->tsh", self.posterior, self.transition)
+
+    def loo_baseline(
+        self,
+        rewards: torch.Tensor,
+        p0: torch.Tensor,
+        prompts: torch.Tensor | None = None,
+        update: bool = True,
+    ) -> torch.Tensor:
+        """Predict one step and return the ``B`` leave-one-out baselines of the batch
+        (``rewards``, ``p0``: ``B``; ``prompts``: their ``B`` indices in ``0 .. N-1``); then, if
+        ``update``, condition the drift posterior and the prompts' eta posteriors on it."""
+        r, p0 = _check_batch(rewards, p0)
+        if prompts is None:
+            raise ValueError("prompts (the batch's prompt indices) are required")
+        idx = torch.as_tensor(prompts, device=self.log_q.device).long()
+        if idx.shape != r.shape or bool((idx < 0).any() | (idx >= self.num_prompts).any()):
+            raise ValueError(
+                f"prompts must be {tuple(r.shape)} indices in [0, {self.num_prompts}), got "
+                f"shape {tuple(idx.shape)}"
+            )
+        prior = self.predictive_prior()  # T S G
+        T, S, G = prior.shape
+        q = torch.softmax(self.log_q[idx], -1)  # B T E
+        lin = torch.logit(p0)[None, :, None] + self.c_grid[:, None, None] + self.eta_grid
+        succ = torch.sigmoid(lin)  # G B E
+        P = torch.einsum("bte,gbe->tgb", q, succ).clamp(1e-15, 1 - 1e-15)  # T G B
+        hit = r.bool()
+        ll = torch.where(hit, P.log(), torch.log1p(-P))  # T G B
+        log_joint = prior.clamp_min(1e-300).log() + ll.sum(-1)[:, None, :]  # T S G
+        loo = torch.softmax((log_joint[..., None] - ll[:, None]).reshape(-1, r.numel()), 0)
+        loo = loo.reshape(T, S, G, -1)  # posterior without prompt i, for each i
+        baseline = (loo * P[:, None]).sum((0, 1, 2))
+        if update:
+            self.posterior = torch.softmax(log_joint.reshape(-1), 0).reshape(T, S, G)
+            w = loo.sum(1)  # T G B: (tau, c) given r_{-i}
+            w = w / w.sum(1, keepdim=True).clamp_min(1e-300)  # c given r_{-i} and tau
+            lik = torch.where(hit[None, :, None], succ, 1 - succ)  # G B E
+            msg = torch.einsum("tgb,gbe->bte", w, lik).clamp_min(1e-300).log()  # B T E
+            # index_add_: a prompt drawn twice in one batch gets both messages
+            self.log_q.index_add_(0, idx, msg)
+            rows = idx.unique()
+            self.log_q[rows] -= torch.logsumexp(self.log_q[rows], -1, keepdim=True)
+        return baseline
+
+    def mean_drift(self) -> float:
+        """Posterior mean of ``c`` after the last update."""
+        return float((self.posterior.sum((0, 1)) * self.c_grid).sum())
+
+    def tau_weights(self) -> torch.Tensor:
+        """``T`` posterior weights of the ``taus`` after the last update."""
+        return self.posterior.sum((1, 2))
 
 
 class LinearBandit:

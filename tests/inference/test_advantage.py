@@ -21,6 +21,7 @@ from probml.inference.basis_rl import run_bandit_rl
 from probml.models.rollouts import (
     DriftFilter,
     LinearBandit,
+    PromptDriftFilter,
     bayesian_loo_baseline,
     logit_shift_model,
 )
@@ -104,7 +105,7 @@ def test_inactive_prompts_get_zero_baseline_and_fallback():
         basis_advantages(r, p0, inactive="drop")
 
 
-@pytest.mark.parametrize("estimator", ["basis", "bayes-basis-rw"])
+@pytest.mark.parametrize("estimator", ["basis", "bayes-basis-rw", "bayes-basis-rw-eta"])
 def test_basis_policy_gradient_is_unbiased_on_a_tiny_bandit(estimator):
     bandit = LinearBandit(num_prompts=6, num_answers=4, dim=3, seed=1)
     theta = torch.tensor([0.3, -0.5, 0.2], dtype=torch.float64, requires_grad=True)
@@ -114,15 +115,21 @@ def test_basis_policy_gradient_is_unbiased_on_a_tiny_bandit(estimator):
     g = torch.Generator().manual_seed(0)
     reps, grads = 6000, []
     th = theta.detach()
-    filt = DriftFilter(torch.linspace(0, 2, 9, dtype=torch.float64), step_sds=(0.1, 0.5))
-    for _ in range(5):  # a filter state that has seen past batches
-        filt.loo_baseline(bandit.sample(th, prompts, 1, g)[1][:, 0], p0)
+    grid = torch.linspace(0, 2, 9, dtype=torch.float64)
+    filt = (
+        PromptDriftFilter(6, c_grid=grid, step_sds=(0.1, 0.5))
+        if estimator.endswith("eta")
+        else DriftFilter(grid, step_sds=(0.1, 0.5))
+    )
+    extra = (prompts,) if estimator.endswith("eta") else ()
+    for _ in range(5):  # a filter state that has seen past batches (eta: of these prompts)
+        filt.loo_baseline(bandit.sample(th, prompts, 1, g)[1][:, 0], p0, *extra)
     for _ in range(reps):
         a, r = bandit.sample(th, prompts, 1, g)
         if estimator == "basis":
             adv, _ = basis_advantages(r[:, 0], p0)
         else:  # the filter's state is fixed; only r_{-i} of the current batch enters b_i
-            adv = r[:, 0] - filt.loo_baseline(r[:, 0], p0, update=False)
+            adv = r[:, 0] - filt.loo_baseline(r[:, 0], p0, *extra, update=False)
         grads.append((adv[:, None] * bandit.score_function(th, prompts, a)[:, 0]).mean(0))
     G = torch.stack(grads)
     se = G.std(0) / math.sqrt(reps)
@@ -255,6 +262,66 @@ def test_drift_filter_tracks_a_moving_drift_better_than_per_batch_bayes():
             err_batch.append(float(((b_batch - v) ** 2).mean()))
     assert filt.mean_drift() == pytest.approx(2.0, abs=0.3)
     assert np.mean(err_rw) < 0.5 * np.mean(err_batch), (np.mean(err_rw), np.mean(err_batch))
+
+
+def test_prompt_drift_filter_with_tau_zero_is_the_drift_filter_and_ignores_r_i():
+    grid = torch.linspace(0, 2, 9, dtype=torch.float64)
+    plain = DriftFilter(grid, step_sds=(0.05, 0.3))
+    eta0 = PromptDriftFilter(12, taus=(0.0,), c_grid=grid, step_sds=(0.05, 0.3))
+    idx = torch.arange(12)
+    for p0, _, r in _shared_drift_batches(0, T=4, B=12):
+        b, b0 = plain.loo_baseline(r, p0), eta0.loo_baseline(r, p0, idx)
+        assert torch.allclose(b0, b, rtol=1e-6, atol=1e-12)
+    assert eta0.mean_drift() == pytest.approx(plain.mean_drift(), rel=1e-6)
+    # with prompt-specific drift in play: b_i still ignores r_i, and the others see it
+    filt = PromptDriftFilter(12, c_grid=grid, step_sds=(0.05, 0.3))
+    for p0, _, r in _shared_drift_batches(1, T=4, B=12):
+        filt.loo_baseline(r, p0, idx)
+    b = filt.loo_baseline(r, p0, idx, update=False)
+    r2 = r.clone()
+    r2[5] = 1 - r2[5]
+    b2 = filt.loo_baseline(r2, p0, idx, update=False)
+    assert abs(float(b2[5] - b[5])) < 1e-12 and float((b2 - b).abs().max()) > 1e-6
+    with pytest.raises(ValueError, match="prompts"):
+        filt.loo_baseline(r, p0)
+    with pytest.raises(ValueError, match="prompts"):
+        filt.loo_baseline(r, p0, idx + 1)  # index 12 is out of range
+    with pytest.raises(ValueError, match="taus"):
+        PromptDriftFilter(12, taus=(0.0, -0.5))
+    with pytest.raises(ValueError, match="eta_grid"):
+        PromptDriftFilter(12, eta_grid=torch.tensor([-1.0, 1.0]))
+    with pytest.raises(ValueError, match="num_prompts"):
+        PromptDriftFilter(0)
+
+
+def _prompt_drift_batches(seed, tau, N=48, T=80, B=24):
+    """Batches of the spec's model with a static prompt drift eta_i ~ N(0, tau^2) on N recurring
+    prompts and a shared drift rising from 0.3 to 1.3: (prompts, p0, true values, rewards)."""
+    g = torch.Generator().manual_seed(seed)
+    p0_all = torch.rand(N, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    eta = tau * torch.randn(N, generator=g, dtype=torch.float64)
+    for t in range(T):
+        idx = torch.randperm(N, generator=g)[:B]
+        v = torch.sigmoid(torch.logit(p0_all[idx]) + 0.3 + t / (T - 1) + eta[idx])
+        yield idx, p0_all[idx], v, torch.bernoulli(v, generator=g)
+
+
+@pytest.mark.parametrize("tau", [0.0, 1.0])
+def test_prompt_drift_filter_learns_prompt_drift_only_when_there_is_some(tau):
+    plain, filt = DriftFilter(), PromptDriftFilter(48)
+    err_plain, err_eta = [], []
+    for t, (idx, p0, v, r) in enumerate(_prompt_drift_batches(2, tau)):
+        b_plain, b_eta = plain.loo_baseline(r, p0), filt.loo_baseline(r, p0, idx)
+        if t >= 20:  # after each prompt has been seen about ten times
+            err_plain.append(float(((b_plain - v) ** 2).mean()))
+            err_eta.append(float(((b_eta - v) ** 2).mean()))
+    w = filt.tau_weights()  # over taus (0, 0.25, 0.5, 1)
+    if tau == 0:  # nothing prompt-specific to learn: no harm, small taus favoured
+        assert np.mean(err_eta) < 1.1 * np.mean(err_plain), (err_eta, err_plain)
+        assert float(w[0]) > 0.5, w
+    else:  # the filter learns each prompt's drift from its own past rewards
+        assert np.mean(err_eta) < 0.6 * np.mean(err_plain), (err_eta, err_plain)
+        assert float(w[0]) < 0.01 and float(w[2:].sum()) > 0.9, w
 
 
 def test_bandit_value_mse_ordering_small_scale():

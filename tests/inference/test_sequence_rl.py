@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -75,9 +76,13 @@ def test_warmup_offline_counts_and_one_rl_run():
         m, task, "bayes-basis-rw", steps=2, batch_size=16, mc_rollouts=4, offline=k, K=8
     )  # the loop builds the drift filter (make_tracker) and carries it across steps
     assert len(rw.value_mse) == 2 and rw.rollouts == [16, 16]
+    eta = run_sequence_rl(
+        m, task, "bayes-basis-rw-eta", steps=2, batch_size=16, mc_rollouts=4, offline=k, K=8
+    )  # the prompt-drift filter gets the batch's prompt indices from the loop
+    assert len(eta.value_mse) == 2 and np.isfinite(eta.value_mse).all()
     # stateful estimators refuse to run without their state
     r16, p16 = torch.ones(16, 1), torch.full((16,), 0.5, dtype=torch.float64)
-    for name in ("bayes-basis-rw", "spo"):
+    for name in ("bayes-basis-rw", "bayes-basis-rw-eta", "spo"):
         with pytest.raises(ValueError, match="tracker"):
             advantages_and_values(name, r16, p16, torch.arange(16))
     assert g8.rollouts == [128, 128]
