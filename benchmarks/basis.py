@@ -3,19 +3,20 @@
 1. Value MSE over 300 steps (and over the first 50, before the policy has drifted far) with
    B = 128 and one rollout per prompt (K offline samples in {16, 32}) for BASIS (BLUE, linearised
    and calibrated-only forms), its Bayesian version (per batch, and filtered across steps with
-   the spec's random walk on the drift: ``bayes-basis-rw``), GRPO-8's group mean,
-   offline-only values, REINFORCE++'s batch mean and an SPO-style tracker.
+   the spec's random walk on the drift: ``bayes-basis-rw``; plus each prompt's own drift:
+   ``bayes-basis-rw-eta``), GRPO-8's group mean, offline-only values, REINFORCE++'s batch
+   mean and an SPO-style tracker.
 2. Learning curves: final mean reward of BASIS (1 rollout) vs GRPO-8 (8 rollouts).
 3. Drift sweep (static, from the logit-shift model): where prompt-specific drift erases the
    gain over GRPO-8; and a sweep with drift that is a smooth function of prompt features,
    where GP-BASIS (a gpytorch GP over the features) is compared with BASIS.
 4. Policy-movement sweep (``--lr-sweep-only``): the Adam step size sets how far the policy
-   moves from the reference in 300 steps; value MSE of BASIS, bayes-basis-rw, GRPO-8,
+   moves from the reference in 300 steps; value MSE of BASIS, both drift filters, GRPO-8,
    offline-only and REINFORCE++ at each, whether the spec's ordering holds (with either
    BASIS), and the batch-wide floor: the
    best value MSE any shared logit shift and scale of the offline values reaches on the same
    batches (an oracle fitted to the exact values; `advantage.batch_wide_floor`).
-5. Cost of computing the advantages (BASIS, the drift filter, GRPO-8), as a ratio to GRPO's,
+5. Cost of computing the advantages (BASIS, the drift filters, GRPO-8), as a ratio to GRPO's,
    same run (``--timing-only`` alone).
 6. A bandit calibrated to the spec's reference simulation (``--calibrated-only``): the
    reference policy's scale and the step size are chosen on a grid so that the three
@@ -45,7 +46,12 @@ from _common import parse_args, save, timed  # noqa: E402
 
 from probml.inference.advantage import basis_advantages, grpo_advantages, offline_values  # noqa: E402
 from probml.inference.basis_rl import run_bandit_rl  # noqa: E402
-from probml.models.rollouts import DriftFilter, LinearBandit, gp_loo_baseline  # noqa: E402
+from probml.models.rollouts import (  # noqa: E402
+    DriftFilter,
+    LinearBandit,
+    PromptDriftFilter,
+    gp_loo_baseline,
+)
 from probml.results import markdown_table, mean_se  # noqa: E402
 
 EARLY = 50  # steps in the early-window column of the value-MSE table
@@ -55,6 +61,7 @@ ESTIMATORS = [
     "basis-calibrated",
     "bayes-basis",
     "bayes-basis-rw",
+    "bayes-basis-rw-eta",
     "grpo",
     "offline",
     "reinforce++",
@@ -112,7 +119,14 @@ def drift_sweep(seeds: int, kind: str = "iid", B: int = 128, K: int = 16, c: flo
     return rows
 
 
-SWEEP_ESTIMATORS = ["basis", "bayes-basis-rw", "grpo", "offline", "reinforce++"]
+SWEEP_ESTIMATORS = [
+    "basis",
+    "bayes-basis-rw",
+    "bayes-basis-rw-eta",
+    "grpo",
+    "offline",
+    "reinforce++",
+]
 BASELINES = ["grpo", "offline", "reinforce++"]  # the spec's ordering after BASIS
 
 
@@ -144,7 +158,7 @@ def lr_sweep(
         order = sorted(means, key=means.get)
         holds = {
             b: sorted([b] + BASELINES, key=means.get) == [b] + BASELINES
-            for b in ("basis", "bayes-basis-rw")
+            for b in ("basis", "bayes-basis-rw", "bayes-basis-rw-eta")
         }
         for e, v in mse.items():
             m, se = mean_se(v)
@@ -160,6 +174,7 @@ def lr_sweep(
                     "final reward / GRPO-8's": float(np.mean(final[e]) / np.mean(final["grpo"])),
                     "spec ordering holds (basis)": holds["basis"],
                     "(bayes-basis-rw)": holds["bayes-basis-rw"],
+                    "(bayes-basis-rw-eta)": holds["bayes-basis-rw-eta"],
                 }
             )
     return rows
@@ -264,10 +279,12 @@ def advantage_timing(B: int = 128, reps: int = 50) -> dict[str, float]:
     r1 = (torch.rand(B, generator=g) < 0.5).double()
     p0 = torch.rand(B, generator=g, dtype=torch.float64) * 0.8 + 0.1
     r8 = (torch.rand(B, 8, generator=g) < 0.5).double()
-    filt = DriftFilter()
+    filt, eta = DriftFilter(), PromptDriftFilter(4096)
+    idx = torch.randperm(4096, generator=g)[:B]
     calls = {
         "basis": lambda: basis_advantages(r1, p0),
         "bayes-basis-rw": lambda: filt.loo_baseline(r1, p0),
+        "bayes-basis-rw-eta": lambda: eta.loo_baseline(r1, p0, idx),
         "grpo-8": lambda: grpo_advantages(r8),
     }
     return {k: float(np.median([timed(f)[1] for _ in range(reps)])) for k, f in calls.items()}

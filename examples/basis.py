@@ -22,7 +22,16 @@ from probml.registry import ExampleResult, script_main
 
 DESCRIPTION = "BASIS single-rollout advantages vs GRPO-8 / REINFORCE++ on an exact bandit"
 
-ESTIMATORS = ["basis", "bayes-basis", "bayes-basis-rw", "grpo", "offline", "reinforce++", "spo"]
+ESTIMATORS = [
+    "basis",
+    "bayes-basis",
+    "bayes-basis-rw",
+    "bayes-basis-rw-eta",
+    "grpo",
+    "offline",
+    "reinforce++",
+    "spo",
+]
 #: chosen by ``benchmarks/basis.py --calibrated-only`` (see docs/results.md)
 REFERENCE_SCALE, LR = 0.4, 0.0015
 
@@ -56,7 +65,8 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
     drop = 100 * (1 - mse["basis"] / mse["reinforce++"])
     return ExampleResult(
         headline=f"value MSE: BASIS {mse['basis']:.4f}, Bayes-BASIS (random walk) "
-        f"{mse['bayes-basis-rw']:.4f}, GRPO-8 {mse['grpo-8']:.4f}, offline "
+        f"{mse['bayes-basis-rw']:.4f}, (with prompt drift) {mse['bayes-basis-rw-eta']:.4f}, "
+        f"GRPO-8 {mse['grpo-8']:.4f}, offline "
         f"{mse['offline']:.4f}, REINFORCE++ {mse['reinforce++']:.4f} "
         f"(BASIS {drop:.0f}% below REINFORCE++)",
         table=rows,

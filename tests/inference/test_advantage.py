@@ -294,6 +294,17 @@ def test_prompt_drift_filter_with_tau_zero_is_the_drift_filter_and_ignores_r_i()
         PromptDriftFilter(0)
 
 
+def test_prompt_drift_filter_counts_a_prompt_drawn_twice_in_one_batch_twice():
+    filt = PromptDriftFilter(4, taus=(1.0,))
+    p0 = torch.full((4,), 0.5, dtype=torch.float64)
+    filt.loo_baseline(torch.tensor([1.0, 1.0, 1.0, 0.0]), p0, torch.tensor([0, 0, 1, 2]))
+    q = torch.softmax(filt.log_q[:, 0], -1)  # N x E posteriors of eta
+    mean = (q * filt.eta_grid).sum(-1)
+    assert torch.allclose(q.sum(-1), torch.ones(4, dtype=torch.float64))
+    # prompt 0 (two successes) moved further up than prompt 1 (one); 3 was not drawn
+    assert mean[0] > mean[1] > 0 > mean[2] and abs(float(mean[3])) < 1e-12
+
+
 def _prompt_drift_batches(seed, tau, N=48, T=80, B=24):
     """Batches of the spec's model with a static prompt drift eta_i ~ N(0, tau^2) on N recurring
     prompts and a shared drift rising from 0.3 to 1.3: (prompts, p0, true values, rewards)."""
