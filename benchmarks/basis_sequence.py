@@ -52,6 +52,7 @@ RUNS = [  # (warm-up, K, estimator)
     ("carry-down-weighted", 32, "basis-inactive-offline"),
     ("carry-down-weighted", 32, "bayes-basis"),
     ("carry-down-weighted", 32, "bayes-basis-rw"),
+    ("carry-down-weighted", 32, "bayes-basis-rw-eta"),
     ("carry-down-weighted", 32, "offline"),
     ("carry-down-weighted", 32, "grpo"),
     ("carry-down-weighted", 32, "reinforce++"),
