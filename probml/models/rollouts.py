@@ -308,7 +308,10 @@ class PromptDriftFilter(DriftFilter):
         r, p0 = _check_batch(rewards, p0)
         if prompts is None:
             raise ValueError("prompts (the batch's prompt indices) are required")
-        idx = torch.as_tensor(prompts, device=self.log_q.device).long()
+        idx = torch.as_tensor(prompts, device=self.log_q.device)
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise ValueError(f"prompts must be integer indices, got dtype {idx.dtype}")
+        idx = idx.long()
         if idx.shape != r.shape or bool((idx < 0).any() | (idx >= self.num_prompts).any()):
             raise ValueError(
                 f"prompts must be {tuple(r.shape)} indices in [0, {self.num_prompts}), got "

@@ -286,6 +286,8 @@ def test_prompt_drift_filter_with_tau_zero_is_the_drift_filter_and_ignores_r_i()
         filt.loo_baseline(r, p0)
     with pytest.raises(ValueError, match="prompts"):
         filt.loo_baseline(r, p0, idx + 1)  # index 12 is out of range
+    with pytest.raises(ValueError, match="integer"):
+        filt.loo_baseline(r, p0, idx + 0.5)  # not truncated silently
     with pytest.raises(ValueError, match="taus"):
         PromptDriftFilter(12, taus=(0.0, -0.5))
     with pytest.raises(ValueError, match="eta_grid"):
