@@ -122,18 +122,22 @@ def _run(reference, task: AdditionTask, estimator: str, steps: int, lr: float, s
 
 
 def lr_sweep(
-    task: AdditionTask, seeds, steps: int, sweep=SWEEP, lrs=LRS
+    task: AdditionTask, seeds, steps: int, sweep=SWEEP, lrs=LRS, pool: int | None = None
 ) -> tuple[list[dict], dict[str, list[float]]]:
     """The policy-movement sweep's rows over the seeds ``seeds`` and the per-seed value MSEs
-    (``"lr|estimator"``)."""
+    (``"lr|estimator"``). ``pool``: train on the first ``pool`` prompts of ``task`` only
+    (the reference is still warmed up on all of them, the offline counts are sliced), so a
+    prompt recurs ``128 steps / pool`` times instead of ``128 steps / N``."""
+    rl_task = task if pool is None else AdditionTask(pool, seed=task.seed)
     mse: dict[tuple[float, str], list[float]] = {}
     gain: dict[tuple[float, str], list[float]] = {}
     floor: dict[tuple[float, str], list[float]] = {}
     for s in seeds:
         m, k32 = carry_down_reference(task, s)
+        k32 = k32[: rl_task.num_prompts]
         for lr in lrs:
             for e in sweep:
-                r = _run(m, task, e, steps, lr, s, k32)
+                r = _run(m, rl_task, e, steps, lr, s, k32)
                 mse.setdefault((lr, e), []).append(float(np.mean(r.value_mse)))
                 floor.setdefault((lr, e), []).append(float(np.mean(r.floor_mse)))
                 gain.setdefault((lr, e), []).append(r.mean_reward[-1] - r.mean_reward[0])
@@ -192,6 +196,7 @@ def main():
             "--estimators": "comma-separated subset of the estimators to run",
             "--lrs": "comma-separated step sizes (--lr-sweep-only, --side-by-side-only)",
             "--first-seed": "first seed of the sweeps (default 0; seeds first .. first+n-1)",
+            "--pool": "RL prompt pool of --lr-sweep-only: the first n of the 2048 prompts",
         },
     )
     only = None if args.estimators is None else args.estimators.split(",")
@@ -208,6 +213,12 @@ def main():
     if first < 0:
         raise SystemExit(f"--first-seed must be >= 0, got {first}")
     task = AdditionTask(2048, seed=0)
+    pool = None if args.pool is None else args.pool
+    if pool is not None and not (
+        pool.isdigit() and 128 <= int(pool) <= task.num_prompts and args.lr_sweep_only
+    ):
+        raise SystemExit(f"--pool needs --lr-sweep-only and 128 <= n <= 2048, got {args.pool}")
+    pool = None if pool is None else int(pool)
     if args.side_by_side_only and only is not None:
         raise SystemExit("--estimators does not apply to --side-by-side-only (all run at once)")
     if args.side_by_side_only or args.lr_sweep_only:
@@ -218,14 +229,16 @@ def main():
         else:
             seeds = args.seeds or (1 if args.quick else 3)
             sweep = [e for e in SWEEP if only is None or e in only]
-            rows, per_seed = lr_sweep(task, range(first, first + seeds), steps, sweep, lrs)
+            rows, per_seed = lr_sweep(task, range(first, first + seeds), steps, sweep, lrs, pool)
             title, name = "policy-movement sweep", "basis_sequence_lr"
         print(
             f"## {title}, carry-down-weighted, K = 32, B = 128, {steps} steps, seeds {first}-"
-            f"{first + seeds - 1} ({machine()})\n" + markdown_table(rows)
+            f"{first + seeds - 1}, prompt pool {pool or task.num_prompts} ({machine()})\n"
+            + markdown_table(rows)
         )
         payload = {
             "rows": rows,
+            "pool": pool or task.num_prompts,
             "steps": steps,
             "seeds": list(range(first, first + seeds)),
             "per_seed": per_seed,

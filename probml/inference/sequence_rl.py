@@ -47,6 +47,11 @@ PROMPT_LEN, ANSWER_LEN = 6, 3
 class AdditionTask:
     """``num_prompts`` distinct 2-digit additions (a seeded subset of the 10 000).
 
+    The subset is the first ``num_prompts`` of one seeded permutation, so
+    ``AdditionTask(n, seed)`` holds the first ``n`` prompts of ``AdditionTask(m, seed)`` for
+    ``n <= m``, in the same order: a policy warmed up on the larger task can be trained on a
+    smaller pool of its prompts, with the offline counts sliced to ``[:n]``.
+
     Attributes:
         prompts: ``N x 6`` tokens; answers: ``N x 3`` tokens; carries: ``N`` (units carry);
         features: ``N x 5`` (scaled digits, carry flag); vocab_size: 12.
@@ -71,7 +76,7 @@ class AdditionTask:
         self.features = torch.cat(
             [self.prompts[:, [0, 1, 3, 4]].double() / 9, self.carries.double()[:, None]], 1
         )
-        self.num_prompts = num_prompts
+        self.num_prompts, self.seed = num_prompts, seed
 
     def rewards(self, prompt_idx: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
         """Exact match: ``answers`` ``B x G x 3`` for prompts ``B`` -> ``B x G`` in {0, 1}."""

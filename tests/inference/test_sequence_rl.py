@@ -29,6 +29,10 @@ def test_task_tokens_and_exact_match_reward():
     assert torch.equal(r, torch.tensor([[1.0, 0.0]] * 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="num_prompts"):
         AdditionTask(1)
+    # a smaller task holds the first prompts of a larger one with the same seed, in order
+    small = AdditionTask(16, seed=0)
+    assert torch.equal(small.prompts, task.prompts[:16])
+    assert torch.equal(small.answers, task.answers[:16])
 
 
 def test_answer_log_prob_is_a_normalised_distribution_matching_sampling():
