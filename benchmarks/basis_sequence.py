@@ -17,7 +17,9 @@ the full run's rows);
 `--lr-sweep-only` (3 seeds by default; `--seeds 5` for the table in docs/results.md) repeats
 the carry-down-weighted runs of the three BASIS variants, GRPO-8, offline-only and REINFORCE++ at
 Adam step sizes 3e-5, 1e-4 and 3e-4 (`--lrs 3e-5` runs a subset; the JSON holds the per-seed
-value MSEs): how far the policy moves decides how stale the offline values get.
+value MSEs): how far the policy moves decides how stale the offline values get. `--pool 819`
+trains on the first 819 of the 2048 prompts (same reference policies, offline counts sliced),
+so a prompt recurs about 9.4 times in 60 steps instead of 3.75 (the spec bandit's rate).
 `--side-by-side-only` (10 seeds by default; `--lrs` as above) measures every estimator's value
 MSE on the same batches of one trajectory, driven once by GRPO-8 and once by BASIS with offline
 inactive baselines (`run_sequence_rl(..., side_by_side=...)`): the estimators then differ only
