@@ -215,12 +215,11 @@ def main():
     if first < 0:
         raise SystemExit(f"--first-seed must be >= 0, got {first}")
     task = AdditionTask(2048, seed=0)
-    pool = None if args.pool is None else args.pool
-    if pool is not None and not (
-        pool.isdigit() and 128 <= int(pool) <= task.num_prompts and args.lr_sweep_only
+    if args.pool is not None and not (
+        args.pool.isdigit() and 128 <= int(args.pool) <= task.num_prompts and args.lr_sweep_only
     ):
         raise SystemExit(f"--pool needs --lr-sweep-only and 128 <= n <= 2048, got {args.pool}")
-    pool = None if pool is None else int(pool)
+    pool = None if args.pool is None else int(args.pool)
     if args.side_by_side_only and only is not None:
         raise SystemExit("--estimators does not apply to --side-by-side-only (all run at once)")
     if args.side_by_side_only or args.lr_sweep_only:

@@ -54,7 +54,8 @@ class AdditionTask:
 
     Attributes:
         prompts: ``N x 6`` tokens; answers: ``N x 3`` tokens; carries: ``N`` (units carry);
-        features: ``N x 5`` (scaled digits, carry flag); vocab_size: 12.
+        features: ``N x 5`` (scaled digits, carry flag); vocab_size: 12; num_prompts: ``N``;
+        seed: the permutation's seed.
     """
 
     vocab_size = 12
