@@ -26,7 +26,8 @@ inactive baselines (`run_sequence_rl(..., side_by_side=...)`): the estimators th
 in their estimates, not in the policy states they are measured at. The main table and the sweep
 report the batch-wide floor: the best value MSE any shared logit shift and scale of the offline
 values reaches on each run's batches (an oracle fitted to the Monte Carlo values;
-`advantage.batch_wide_floor`).
+`advantage.batch_wide_floor`). `benchmarks/basis_pool.py` pools the per-seed JSON of several
+`--first-seed` blocks.
 """
 
 from __future__ import annotations

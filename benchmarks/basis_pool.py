@@ -1,0 +1,156 @@
+"""Pool the per-seed JSON of several `basis_sequence.py` sweep or side-by-side runs.
+
+The sequence sweeps run in blocks of seeds (`--first-seed`, `--seeds`), often two blocks side
+by side; each writes the per-seed value MSE of every estimator (`per_seed`, keyed
+``"lr|estimator"`` or ``"lr|driver|estimator"``) and its seeds. This script pools blocks by
+seed and prints, per key: the mean value MSE and its standard error over seeds, the paired
+difference to GRPO-8 (on the same seeds, same trajectory driver), its standard error, and in
+how many seeds the estimator is below GRPO-8; for sweep files also the seed-weighted mean of
+the blocks' batch-wide floors. A seed found in two files must carry the same value (a re-run
+reproduces it exactly) or the script stops.
+
+`--minus C.json,D.json` pools a second set on the same seeds and prints, per key, the paired
+difference between the two sets of each estimator's difference to GRPO-8 (e.g. the effect of
+`--pool 819` against the full pool). `--lr 1e-4` keeps one step size.
+
+Run: `python benchmarks/basis_pool.py A.json B.json [--minus C.json,D.json] [--lr 1e-4]`
+(the JSON files are those `basis_sequence.py --out DIR` writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from probml.results import markdown_table, mean_se  # noqa: E402
+
+FLOOR = "batch-wide floor (oracle)"
+
+
+def _seeds(payload: dict, path: str) -> list[int]:
+    seeds = payload.get("seeds")
+    if isinstance(seeds, int):  # files written before --first-seed existed: seeds 0 .. n-1
+        return list(range(seeds))
+    if not isinstance(seeds, list):
+        raise SystemExit(f"{path}: no 'seeds' entry; not a basis_sequence.py sweep file")
+    return [int(s) for s in seeds]
+
+
+def load(paths: list[str], lr: float | None = None):
+    """``values[key][seed]`` and ``floors[key] = [(n_seeds, floor), ...]`` over ``paths``;
+    keys are ``(lr, *names)`` with the step size as a float."""
+    values: dict[tuple, dict[int, float]] = {}
+    floors: dict[tuple, list[tuple[int, float]]] = {}
+    for path in paths:
+        try:
+            payload = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(f"{path}: cannot read ({err})") from None
+        if "per_seed" not in payload:
+            raise SystemExit(f"{path}: no 'per_seed' entry; not a basis_sequence.py sweep file")
+        seeds = _seeds(payload, path)
+        for key, vals in payload["per_seed"].items():
+            parts = key.split("|")
+            k = (float(parts[0]), *parts[1:])
+            if len(vals) != len(seeds):
+                raise SystemExit(f"{path}: {key} has {len(vals)} values for {len(seeds)} seeds")
+            if lr is not None and k[0] != lr:
+                continue
+            got = values.setdefault(k, {})
+            for s, v in zip(seeds, vals):
+                if s in got and got[s] != v:
+                    raise SystemExit(f"{key}, seed {s}: {got[s]} and {v} in different files")
+                got[s] = float(v)
+        for row in payload.get("rows", []):
+            if FLOOR in row and "trajectory of" not in row:
+                est = row["estimator"].removesuffix("-8")
+                k = (float(row["lr"]), est)
+                if lr is None or k[0] == lr:
+                    floors.setdefault(k, []).append((len(seeds), float(row[FLOOR])))
+    if not values:
+        raise SystemExit("no per-seed values matched")
+    return values, floors
+
+
+def _grpo(key: tuple) -> tuple:
+    return (*key[:-1], "grpo")
+
+
+def _paired(values: dict, key: tuple) -> dict[int, float]:
+    """``value - GRPO-8`` per seed, on the seeds both have."""
+    g = values.get(_grpo(key), {})
+    return {s: v - g[s] for s, v in sorted(values[key].items()) if s in g}
+
+
+def pooled_rows(values: dict, floors: dict) -> list[dict]:
+    rows = []
+    for key in sorted(values, key=lambda k: (k[0], *k[1:-1])):
+        v = np.array(list(values[key].values()))
+        m, se = mean_se(v)
+        d = np.array(list(_paired(values, key).values()))
+        is_grpo = key[-1] == "grpo"
+        row = {"lr": key[0]}
+        if len(key) == 3:
+            row["trajectory of"] = key[1] + ("-8" if key[1] == "grpo" else "")
+        row |= {
+            "estimator": key[-1] + ("-8" if is_grpo else ""),
+            "seeds": len(v),
+            "value MSE": m,
+            "se": se,
+        }
+        if is_grpo or len(d) < 2:
+            row |= {"minus GRPO-8 (paired)": "-", "paired se": "-", "seeds below GRPO-8": "-"}
+        else:
+            dm, dse = mean_se(d)
+            row |= {
+                "minus GRPO-8 (paired)": dm,
+                "paired se": dse,
+                "seeds below GRPO-8": f"{int((d < 0).sum())}/{len(d)}",
+            }
+        if key in floors:
+            n, f = np.array(floors[key]).T
+            row[FLOOR] = float((n * f).sum() / n.sum())
+        rows.append(row)
+    return rows
+
+
+def contrast_rows(a: dict, b: dict) -> list[dict]:
+    """Per key: set A minus set B of the estimator's paired difference to GRPO-8."""
+    rows = []
+    for key in sorted((k for k in a if k in b), key=lambda k: (k[0], *k[1:-1])):
+        if key[-1] == "grpo":
+            continue
+        da, db = _paired(a, key), _paired(b, key)
+        common = sorted(set(da) & set(db))
+        if len(common) < 2:
+            continue
+        diff = np.array([da[s] - db[s] for s in common])
+        m, se = mean_se(diff)
+        rows.append(
+            {"lr": key[0], "estimator": "|".join(key[1:]), "seeds": len(common),
+             "(A - GRPO-8) - (B - GRPO-8)": m, "paired se": se}
+        )  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("files", nargs="+", help="per-seed JSON files of basis_sequence.py")
+    p.add_argument("--minus", default=None, help="comma-separated files of a second set (B)")
+    p.add_argument("--lr", type=float, default=None, help="keep one step size")
+    args = p.parse_args(argv)
+    values, floors = load(args.files, args.lr)
+    print(markdown_table(pooled_rows(values, floors)))
+    if args.minus:
+        other, _ = load(args.minus.split(","), args.lr)
+        print("\nA = the files, B = --minus, paired over the seeds both have:\n")
+        print(markdown_table(contrast_rows(values, other)))
+
+
+if __name__ == "__main__":
+    main()
