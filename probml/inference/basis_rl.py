@@ -37,6 +37,8 @@ __all__ = [
     "run_bandit_rl",
     "advantages_and_values",
     "check_estimator",
+    "side_estimators",
+    "estimate_on_first",
     "make_tracker",
     "SINGLE_ROLLOUT",
     "GROUP",
@@ -62,6 +64,36 @@ BASIS_FORMS = ("basis-linearised", "basis-calibrated")  # other "basis*" names u
 def check_estimator(estimator: str) -> None:
     if estimator not in SINGLE_ROLLOUT + GROUP:
         raise ValueError(f"estimator must be one of {SINGLE_ROLLOUT + GROUP}, got {estimator!r}")
+
+
+def side_estimators(estimator: str, side_by_side) -> tuple[str, ...]:
+    """The validated ``side_by_side`` estimators of a run driven by ``estimator`` (the driver
+    and repeats dropped, order kept)."""
+    if isinstance(side_by_side, str):
+        raise ValueError(
+            f"side_by_side must be a sequence of estimator names, got {side_by_side!r}"
+        )
+    side = tuple(dict.fromkeys(e for e in side_by_side if e != estimator))
+    for e in side:
+        check_estimator(e)
+    return side
+
+
+def estimate_on_first(
+    estimator: str,
+    tracker,
+    rewards: torch.Tensor,
+    p0: torch.Tensor,
+    prompts: torch.Tensor,
+    features: torch.Tensor | None,
+    group_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """:func:`advantages_and_values` from the first rollout of each prompt of ``rewards``
+    (``B x n``), or the first ``group_size`` for group estimators: how a run with
+    ``side_by_side`` estimators feeds each one the rollouts it would have drawn alone."""
+    r = rewards[:, : group_size if estimator in GROUP else 1]
+    f = features if estimator == "gp-basis" else None
+    return advantages_and_values(estimator, r, p0, prompts, tracker, f)
 
 
 def make_tracker(estimator: str, p0: torch.Tensor) -> SPOTracker | DriftFilter | None:
@@ -150,6 +182,8 @@ class BanditRLResult:
     #: per step, the best value MSE of any batch-wide shift and scale of the offline values
     #: (:func:`~probml.inference.advantage.batch_wide_floor`, fitted to the exact values)
     floor_mse: list[float] = field(default_factory=list)
+    #: per step, the value MSE of each ``side_by_side`` estimator on the same batches
+    side_value_mse: dict[str, list[float]] = field(default_factory=dict)
 
 
 def run_bandit_rl(
@@ -162,6 +196,7 @@ def run_bandit_rl(
     lr: float = 0.05,
     seed: int = 0,
     verbose: bool = False,
+    side_by_side: tuple[str, ...] = (),
 ) -> BanditRLResult:
     """Train the softmax-linear policy from the reference policy ``bandit.reference_theta``
     (``theta = 0`` unless the bandit was built with ``reference_scale > 0``).
@@ -173,8 +208,14 @@ def run_bandit_rl(
         K: offline reference samples per prompt (for BASIS, offline-only and SPO priors).
         lr: Adam step size.
         seed: seed of prompts, rollouts and the offline samples.
+        side_by_side: further estimators whose value errors are recorded on the same batches
+            of the same trajectory (``side_value_mse``; exact values), each with its own
+            state; they never touch the policy. Every step then draws the most rollouts any
+            of them needs; single-rollout estimators, the driver included, see the first
+            rollout of each prompt (as in :func:`~probml.inference.sequence_rl.run_sequence_rl`).
     """
     check_estimator(estimator)
+    side = side_estimators(estimator, side_by_side)
     if batch_size < 2 or batch_size > bandit.num_prompts:
         raise ValueError(f"batch_size must be in [2, {bandit.num_prompts}], got {batch_size}")
     dev = bandit.features.device
@@ -186,21 +227,25 @@ def run_bandit_rl(
         k = torch.binomial(torch.full_like(v_ref, float(K)), v_ref, generator=g)
     p0 = offline_values(k, K)
     tracker = make_tracker(estimator, p0)
-    out = BanditRLResult(estimator)
+    side_trackers = {e: make_tracker(e, p0) for e in side}
+    out = BanditRLResult(estimator, side_value_mse={e: [] for e in side})
+    n_roll = max(group_size if e in GROUP else 1 for e in (estimator, *side))
     for _ in progress(range(steps), verbose=verbose, desc=f"bandit RL ({estimator})"):
         prompts = torch.randperm(bandit.num_prompts, generator=g, device=dev)[:batch_size]
         with torch.no_grad():
             v_true = bandit.values(theta, prompts)
-            n_roll = group_size if estimator in GROUP else 1
             answers, rewards = bandit.sample(theta, prompts, n_roll, g)
-            feats = bandit.features[prompts].mean(1) if estimator == "gp-basis" else None
-            adv, value, beta = advantages_and_values(
-                estimator, rewards, p0[prompts], prompts, tracker, feats
-            )
+            feats = bandit.features[prompts].mean(1)  # prompt features, for GP-BASIS
+            batch = (rewards, p0[prompts], prompts, feats, group_size)
+            adv, value, beta = estimate_on_first(estimator, tracker, *batch)
             if beta is not None:
                 out.chosen_beta.append(beta)
-            score = bandit.score_function(theta, prompts, answers)  # B x G x d
-            grad = (adv.unsqueeze(-1) * score).mean((0, 1))
+            for e in side:
+                v = estimate_on_first(e, side_trackers[e], *batch)[1]
+                out.side_value_mse[e].append(float(((v - v_true) ** 2).mean()))
+            # the driver learns from the rollouts its advantages cover (the first, or the group)
+            score = bandit.score_function(theta, prompts, answers[:, : adv.shape[1]])
+            grad = (adv.unsqueeze(-1) * score).mean((0, 1))  # score: B x G x d
         opt.zero_grad()
         theta.grad = -grad  # ascent on expected reward
         opt.step()

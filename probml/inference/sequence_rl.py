@@ -26,7 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from probml.inference.advantage import batch_wide_floor, offline_values
-from probml.inference.basis_rl import GROUP, advantages_and_values, check_estimator, make_tracker
+from probml.inference.basis_rl import (
+    GROUP,
+    check_estimator,
+    estimate_on_first,
+    make_tracker,
+    side_estimators,
+)
 from probml.models.lm import TinyLM, TinyLMConfig
 from probml.utils import make_generator, progress, resolve_device
 
@@ -244,13 +250,7 @@ def run_sequence_rl(
     import copy
 
     check_estimator(estimator)
-    if isinstance(side_by_side, str):
-        raise ValueError(
-            f"side_by_side must be a sequence of estimator names, got {side_by_side!r}"
-        )
-    side = tuple(dict.fromkeys(e for e in side_by_side if e != estimator))
-    for e in side:
-        check_estimator(e)
+    side = side_estimators(estimator, side_by_side)
     if batch_size < 2 or batch_size > task.num_prompts:
         raise ValueError(f"batch_size must be in [2, {task.num_prompts}], got {batch_size}")
     if mc_rollouts < 2:
@@ -287,8 +287,8 @@ def run_sequence_rl(
             answers = sample_answers(policy, prompts, n_roll, g)
             rewards = task.rewards(idx, answers).cpu()
             batch = (rewards, p0[idx], idx, task.features[idx], group_size)
-            adv, value = _estimate(estimator, tracker, *batch)
-            side_values = {e: _estimate(e, side_trackers[e], *batch)[1] for e in side}
+            adv, value, _ = estimate_on_first(estimator, tracker, *batch)
+            side_values = {e: estimate_on_first(e, side_trackers[e], *batch)[1] for e in side}
         noise = v_mc * (1 - v_mc) / (mc_rollouts - 1)
         out.value_mse.append(float(((value - v_mc) ** 2 - noise).mean()))
         for e, v in side_values.items():
@@ -306,15 +306,6 @@ def run_sequence_rl(
     out.mean_reward.append(float(_mean_success(policy, task, probe, 4, g, dev).mean()))
     out.eval_steps.append(steps)
     return out
-
-
-def _estimate(estimator, state, rewards, p0, idx, features, group_size):
-    """One estimator's advantages and values from the first rollout of each prompt (the
-    first ``group_size`` for group estimators) of ``rewards`` (``B x n``)."""
-    r = rewards[:, : group_size if estimator in GROUP else 1]
-    f = features if estimator == "gp-basis" else None
-    adv, value, _ = advantages_and_values(estimator, r, p0, idx, state, f)
-    return adv, value
 
 
 @torch.no_grad()

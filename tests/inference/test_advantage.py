@@ -391,6 +391,36 @@ def test_bandit_loop_records_the_batch_wide_floor():
     assert all(f <= v + 1e-12 for f, v in zip(off.floor_mse, off.value_mse))
 
 
+def test_bandit_loop_side_by_side():
+    bandit = LinearBandit(num_prompts=256, seed=0)
+    kw = dict(steps=6, batch_size=32, K=16, lr=0.01, seed=2)
+    g8 = run_bandit_rl(bandit, "grpo", **kw)
+    # GRPO draws 8 rollouts anyway: beside it the driver's run is unchanged
+    both = run_bandit_rl(bandit, "grpo", side_by_side=("offline", "bayes-basis-rw", "grpo"), **kw)
+    assert both.value_mse == g8.value_mse and both.mean_reward == g8.mean_reward
+    assert both.rollouts == g8.rollouts and set(both.side_value_mse) == {
+        "offline",
+        "bayes-basis-rw",
+    }
+    # the offline values are one member of the batch-wide family whose best member is the floor
+    assert all(f <= v + 1e-12 for f, v in zip(both.floor_mse, both.side_value_mse["offline"]))
+    # side estimators keep their own state and do not interact: the filter's errors are the
+    # same with or without the offline values beside it
+    other = run_bandit_rl(bandit, "grpo", side_by_side=("bayes-basis-rw",), **kw)
+    assert other.side_value_mse["bayes-basis-rw"] == both.side_value_mse["bayes-basis-rw"]
+    # a single-rollout driver beside a group estimator: 8 rollouts drawn, the driver uses one
+    one = run_bandit_rl(bandit, "basis", side_by_side=("grpo",), **kw)
+    assert one.rollouts == [256] * 6 and len(one.side_value_mse["grpo"]) == 6
+    # and with no group estimator beside it, a single-rollout driver is its own run
+    solo = run_bandit_rl(bandit, "basis", **kw)
+    alone = run_bandit_rl(bandit, "basis", side_by_side=("offline",), **kw)
+    assert alone.value_mse == solo.value_mse and alone.mean_reward == solo.mean_reward
+    with pytest.raises(ValueError, match="side_by_side"):
+        run_bandit_rl(bandit, "basis", side_by_side="grpo", **kw)
+    with pytest.raises(ValueError, match="estimator"):
+        run_bandit_rl(bandit, "basis", side_by_side=("ppo",), **kw)
+
+
 def test_bandit_reference_policy_option():
     base = LinearBandit(num_prompts=512, seed=3)
     peaked = LinearBandit(num_prompts=512, seed=3, reference_scale=1.0)
