@@ -9,6 +9,7 @@ estimate (the baseline) each estimator used against the exact ``V_i(theta)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -66,7 +67,7 @@ def check_estimator(estimator: str) -> None:
         raise ValueError(f"estimator must be one of {SINGLE_ROLLOUT + GROUP}, got {estimator!r}")
 
 
-def side_estimators(estimator: str, side_by_side) -> tuple[str, ...]:
+def side_estimators(estimator: str, side_by_side: Sequence[str]) -> tuple[str, ...]:
     """The validated ``side_by_side`` estimators of a run driven by ``estimator`` (the driver
     and repeats dropped, order kept)."""
     if isinstance(side_by_side, str):
@@ -81,7 +82,7 @@ def side_estimators(estimator: str, side_by_side) -> tuple[str, ...]:
 
 def estimate_on_first(
     estimator: str,
-    tracker,
+    tracker: SPOTracker | DriftFilter | None,
     rewards: torch.Tensor,
     p0: torch.Tensor,
     prompts: torch.Tensor,
