@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from probml.results import markdown_table, mean_se  # noqa: E402
+from probml.results import markdown_table, mean_se
 
 FLOOR = "batch-wide floor (oracle)"
 
