@@ -231,12 +231,13 @@ def run_bandit_rl(
     side_trackers = {e: make_tracker(e, p0) for e in side}
     out = BanditRLResult(estimator, side_value_mse={e: [] for e in side})
     n_roll = max(group_size if e in GROUP else 1 for e in (estimator, *side))
+    use_features = "gp-basis" in (estimator, *side)
     for _ in progress(range(steps), verbose=verbose, desc=f"bandit RL ({estimator})"):
         prompts = torch.randperm(bandit.num_prompts, generator=g, device=dev)[:batch_size]
         with torch.no_grad():
             v_true = bandit.values(theta, prompts)
             answers, rewards = bandit.sample(theta, prompts, n_roll, g)
-            feats = bandit.features[prompts].mean(1)  # prompt features, for GP-BASIS
+            feats = bandit.features[prompts].mean(1) if use_features else None  # GP-BASIS
             batch = (rewards, p0[prompts], prompts, feats, group_size)
             adv, value, beta = estimate_on_first(estimator, tracker, *batch)
             if beta is not None:
