@@ -9,11 +9,16 @@ how many seeds the estimator is below GRPO-8; for sweep files also the seed-weig
 the blocks' batch-wide floors. A seed found in two files must carry the same value (a re-run
 reproduces it exactly) or the script stops.
 
+`--log-ratio` adds the paired log ratio ``log(MSE / MSE_GRPO-8)`` per seed, its mean and standard
+error over seeds: a scale-free comparison that weighs every seed equally (the seeds' value
+MSEs differ by a factor of several between reference policies).
+
 `--minus C.json,D.json` pools a second set on the same seeds and prints, per key, the paired
 difference between the two sets of each estimator's difference to GRPO-8 (e.g. the effect of
 `--pool 819` against the full pool). `--lr 1e-4` keeps one step size.
 
-Run: `python benchmarks/basis_pool.py A.json B.json [--minus C.json,D.json] [--lr 1e-4]`
+Run: `python benchmarks/basis_pool.py A.json B.json [--minus C.json,D.json] [--lr 1e-4]
+[--log-ratio]`
 (the JSON files are those `basis_sequence.py --out DIR` writes).
 """
 
@@ -85,7 +90,22 @@ def _paired(values: dict, key: tuple) -> dict[int, float]:
     return {s: v - g[s] for s, v in sorted(values[key].items()) if s in g}
 
 
-def pooled_rows(values: dict, floors: dict) -> list[dict]:
+def _log_ratio(values: dict, key: tuple) -> dict[int, float]:
+    """``log(value / GRPO-8)`` per seed, on the seeds both have (value MSEs must be > 0)."""
+    g = values.get(_grpo(key), {})
+    out = {}
+    for s, v in sorted(values[key].items()):
+        if s in g:
+            if v <= 0 or g[s] <= 0:
+                raise SystemExit(
+                    f"{'|'.join(map(str, key))}, seed {s}: a value MSE <= 0 has no log ratio"
+                )
+            out[s] = float(np.log(v / g[s]))
+    return out
+
+
+def pooled_rows(values: dict, floors: dict, log_ratio: bool = False) -> list[dict]:
+    """One row per key; with ``log_ratio`` also the paired log ratio to GRPO-8."""
     rows = []
     for key in sorted(values, key=lambda k: (k[0], *k[1:-1])):
         v = np.array(list(values[key].values()))
@@ -110,6 +130,13 @@ def pooled_rows(values: dict, floors: dict) -> list[dict]:
                 "paired se": dse,
                 "seeds below GRPO-8": f"{int((d < 0).sum())}/{len(d)}",
             }
+        if log_ratio:
+            lr_ = np.array(list(_log_ratio(values, key).values())) if not is_grpo else []
+            if len(lr_) < 2:
+                row |= {"log ratio to GRPO-8 (paired)": "-", "log ratio se": "-"}
+            else:
+                lm, lse = mean_se(lr_)
+                row |= {"log ratio to GRPO-8 (paired)": lm, "log ratio se": lse}
         if key in floors:
             n, f = np.array(floors[key]).T
             row[FLOOR] = float((n * f).sum() / n.sum())
@@ -141,9 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("files", nargs="+", help="per-seed JSON files of basis_sequence.py")
     p.add_argument("--minus", default=None, help="comma-separated files of a second set (B)")
     p.add_argument("--lr", type=float, default=None, help="keep one step size")
+    p.add_argument(
+        "--log-ratio", action="store_true", help="add the paired log ratio to GRPO-8's value MSE"
+    )
     args = p.parse_args(argv)
     values, floors = load(args.files, args.lr)
-    print(markdown_table(pooled_rows(values, floors)))
+    print(markdown_table(pooled_rows(values, floors, args.log_ratio)))
     if args.minus:
         other, _ = load(args.minus.split(","), args.lr)
         print("\nA = the files, B = --minus, paired over the seeds both have:\n")

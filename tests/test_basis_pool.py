@@ -55,6 +55,27 @@ def test_pooling_by_seed_paired_differences_and_contrast(tmp_path):
     assert row["(A - GRPO-8) - (B - GRPO-8)"] == pytest.approx(want.mean())
 
 
+def test_log_ratio_columns_are_the_paired_log_ratio_to_grpo(tmp_path):
+    a = _write(
+        tmp_path / "a.json",
+        [3, 4, 5],
+        {"0.0001|eta": [0.010, 0.040, 0.012], "0.0001|grpo": [0.020, 0.020, 0.012]},
+    )
+    values, floors = basis_pool.load([a])
+    plain = {r["estimator"]: r for r in basis_pool.pooled_rows(values, floors)}
+    assert "log ratio to GRPO-8 (paired)" not in plain["eta"]  # opt-in: old tables unchanged
+    rows = {r["estimator"]: r for r in basis_pool.pooled_rows(values, floors, log_ratio=True)}
+    want = np.log([0.5, 2.0, 1.0])  # a halving and a doubling cancel; the arithmetic mean does not
+    assert rows["eta"]["log ratio to GRPO-8 (paired)"] == pytest.approx(0.0, abs=1e-12)
+    assert rows["eta"]["log ratio se"] == pytest.approx(want.std(ddof=1) / np.sqrt(3))
+    assert rows["eta"]["minus GRPO-8 (paired)"] == pytest.approx(0.01 / 3)
+    assert rows["grpo-8"]["log ratio to GRPO-8 (paired)"] == "-"
+    bad = _write(tmp_path / "b.json", [0, 1], {"0.0001|eta": [0.0, 0.1], "0.0001|grpo": [0.1, 0.1]})
+    values, floors = basis_pool.load([bad])
+    with pytest.raises(SystemExit, match="seed 0"):
+        basis_pool.pooled_rows(values, floors, log_ratio=True)
+
+
 def test_conflicting_or_malformed_files_stop_with_a_message(tmp_path):
     a = _write(tmp_path / "a.json", [0], {"0.0001|eta": [0.01], "0.0001|grpo": [0.02]})
     same = _write(tmp_path / "s.json", [0], {"0.0001|eta": [0.01]})
