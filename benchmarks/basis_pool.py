@@ -17,8 +17,11 @@ MSEs differ by a factor of several between reference policies).
 difference between the two sets of each estimator's difference to GRPO-8 (e.g. the effect of
 `--pool 819` against the full pool). `--lr 1e-4` keeps one step size.
 
+`--plot FILE.png` draws each estimator's per-seed log ratios to GRPO-8 (one dot per seed, the
+mean with two standard errors): whether an ordering holds in the mean or in every seed.
+
 Run: `python benchmarks/basis_pool.py A.json B.json [--minus C.json,D.json] [--lr 1e-4]
-[--log-ratio]`
+[--log-ratio] [--plot FILE.png]`
 (the JSON files are those `basis_sequence.py --out DIR` writes).
 """
 
@@ -144,6 +147,36 @@ def pooled_rows(values: dict, floors: dict, log_ratio: bool = False) -> list[dic
     return rows
 
 
+def plot_log_ratios(values: dict, path: str) -> None:
+    """Per-seed log ratios to GRPO-8, one column per key (GRPO-8 itself left out), with the
+    mean and two standard errors; saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in sorted(values, key=lambda k: (k[0], *k[1:])) if k[-1] != "grpo"]
+    series = [(k, np.array(list(_log_ratio(values, k).values()))) for k in keys]
+    series = [(k, x) for k, x in series if len(x) >= 2]
+    if not series:
+        raise SystemExit("--plot: no estimator shares two or more seeds with GRPO-8")
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(series), 4))
+    jitter = np.random.default_rng(0)  # fixed: the figure is the same on every run
+    for i, (_, x) in enumerate(series):
+        ax.scatter(i + jitter.uniform(-0.25, 0.25, len(x)), x, s=9, alpha=0.5, color="C0")
+        m, se = mean_se(x)
+        ax.errorbar(i, m, yerr=2 * se, fmt="s", color="C3", capsize=6, ms=6)
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(series)))
+    labels = [f"{'|'.join(k[1:])}\nlr {k[0]:g}, {len(x)} seeds" for k, x in series]
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("log(value MSE / GRPO-8's), per seed")
+    ax.set_title("paired log ratio to GRPO-8 (red: mean +- 2 SE)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def contrast_rows(a: dict, b: dict) -> list[dict]:
     """Per key: set A minus set B of the estimator's paired difference to GRPO-8."""
     rows = []
@@ -171,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--log-ratio", action="store_true", help="add the paired log ratio to GRPO-8's value MSE"
     )
+    p.add_argument("--plot", default=None, help="PNG file for the per-seed log ratios")
     args = p.parse_args(argv)
     values, floors = load(args.files, args.lr)
     print(markdown_table(pooled_rows(values, floors, args.log_ratio)))
@@ -178,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
         other, _ = load(args.minus.split(","), args.lr)
         print("\nA = the files, B = --minus, paired over the seeds both have:\n")
         print(markdown_table(contrast_rows(values, other)))
+    if args.plot:
+        plot_log_ratios(values, args.plot)
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

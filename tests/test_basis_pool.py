@@ -70,6 +70,9 @@ def test_log_ratio_columns_are_the_paired_log_ratio_to_grpo(tmp_path):
     assert rows["eta"]["log ratio se"] == pytest.approx(want.std(ddof=1) / np.sqrt(3))
     assert rows["eta"]["minus GRPO-8 (paired)"] == pytest.approx(0.01 / 3)
     assert rows["grpo-8"]["log ratio to GRPO-8 (paired)"] == "-"
+    png = tmp_path / "lr.png"
+    basis_pool.main([a, "--log-ratio", "--plot", str(png)])
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     bad = _write(tmp_path / "b.json", [0, 1], {"0.0001|eta": [0.0, 0.1], "0.0001|grpo": [0.1, 0.1]})
     values, floors = basis_pool.load([bad])
     with pytest.raises(SystemExit, match="seed 0"):
