@@ -87,22 +87,20 @@ def _grpo(key: tuple) -> tuple:
     return (*key[:-1], "grpo")
 
 
-def _paired(values: dict, key: tuple) -> dict[int, float]:
-    """``value - GRPO-8`` per seed, on the seeds both have."""
-    g = values.get(_grpo(key), {})
-    return {s: v - g[s] for s, v in sorted(values[key].items()) if s in g}
-
-
-def _log_ratio(values: dict, key: tuple) -> dict[int, float]:
-    """``log(value / GRPO-8)`` per seed, on the seeds both have (value MSEs must be > 0)."""
+def _paired(values: dict, key: tuple, log: bool = False) -> dict[int, float]:
+    """``value - GRPO-8`` per seed (``log``: ``log(value / GRPO-8)``, value MSEs must be
+    > 0), on the seeds both have."""
     g = values.get(_grpo(key), {})
     out = {}
     for s, v in sorted(values[key].items()):
-        if s in g:
-            if v <= 0 or g[s] <= 0:
-                raise SystemExit(
-                    f"{'|'.join(map(str, key))}, seed {s}: a value MSE <= 0 has no log ratio"
-                )
+        if s not in g:
+            continue
+        if not log:
+            out[s] = v - g[s]
+        elif v <= 0 or g[s] <= 0:
+            key_name = "|".join(map(str, key))
+            raise SystemExit(f"{key_name}, seed {s}: a value MSE <= 0 has no log ratio")
+        else:
             out[s] = float(np.log(v / g[s]))
     return out
 
@@ -134,7 +132,7 @@ def pooled_rows(values: dict, floors: dict, log_ratio: bool = False) -> list[dic
                 "seeds below GRPO-8": f"{int((d < 0).sum())}/{len(d)}",
             }
         if log_ratio:
-            lr_ = np.array(list(_log_ratio(values, key).values())) if not is_grpo else []
+            lr_ = [] if is_grpo else list(_paired(values, key, log=True).values())
             if len(lr_) < 2:
                 row |= {"log ratio to GRPO-8 (paired)": "-", "log ratio se": "-"}
             else:
@@ -156,7 +154,7 @@ def plot_log_ratios(values: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     keys = [k for k in sorted(values, key=lambda k: (k[0], *k[1:])) if k[-1] != "grpo"]
-    series = [(k, np.array(list(_log_ratio(values, k).values()))) for k in keys]
+    series = [(k, np.array(list(_paired(values, k, log=True).values()))) for k in keys]
     series = [(k, x) for k, x in series if len(x) >= 2]
     if not series:
         raise SystemExit("--plot: no estimator shares two or more seeds with GRPO-8")
