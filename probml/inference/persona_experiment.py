@@ -113,7 +113,9 @@ def run_persona_methods(
     ``GRASP (shared u)`` (one residual direction on every module); ``GRASP (residual
     shift)`` (per block, the mean residual shift of the same naive run on ``shift_docs``
     unlabelled documents, :func:`~probml.inference.projection.residual_shift_directions`;
-    write modules); ``GRASP (oracle u)`` (u_true on the write modules).
+    write modules); ``GRASP (residual shift + pull-back)`` (the same, plus block 0's pull-back
+    of the last block's shift, ``pull_back=True``); ``GRASP (oracle u)`` (u_true on the write
+    modules).
 
     ``id_steps`` is the length of the naive identification run and ``k`` the directions kept
     per module (in development runs k = 2 or 3 did not beat k = 1).
@@ -147,12 +149,15 @@ def run_persona_methods(
     }
     diag["identification_cos_shared"] = [abs(float(u_res @ u)) for u in u_true]
     want = methods
-    shift = None
-    if want is None or "GRASP (residual shift)" in want:
+    shift = pulled = None
+    if want is None or any(m.startswith("GRASP (residual shift") for m in want):
         # the same naive run seen from the activations: its mean residual shift on unlabelled
         # documents (their personas are drawn and discarded)
         docs, _, _ = world.sample_documents(shift_docs, generator=seed + 1000)
         shift = residual_shift_directions(ident, base, docs, through=TINYLM_THROUGH)
+        pulled = residual_shift_directions(
+            ident, base, docs, through=TINYLM_THROUGH, pull_back=True
+        )
         diag["residual_shift_cos_per_block"] = [
             abs(float(next(U for n, U in shift.directions.items()
                            if n.startswith(f"blocks.{b}."))[:, 0] @ u))
@@ -165,6 +170,7 @@ def run_persona_methods(
         "GRASP": dict(grasp=dirs),
         "GRASP (shared u)": dict(grasp=u_res),
         "GRASP (residual shift)": dict(grasp=shift),
+        "GRASP (residual shift + pull-back)": dict(grasp=pulled),
         "GRASP (oracle u)": dict(grasp="oracle"),
     }
     for name, spec in plan.items():

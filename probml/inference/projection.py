@@ -173,6 +173,7 @@ def residual_shift_directions(
     through: dict[str, str] | None = None,
     batch_size: int = 256,
     blocks: str | None = None,
+    pull_back: bool = False,
 ) -> SpuriousDirections:
     r"""Spurious directions from what a naive fine-tune changed in the residual stream on
     unlabelled text (**[design]**, ours: an activation-side alternative to
@@ -186,6 +187,20 @@ def residual_shift_directions(
     unrelated text moves every token the same way, so it dominates the mean shift, while the
     task's own changes stay on task-like tokens. No labels are used: ``tokens`` is any text
     of the pretraining distribution.
+
+    With ``pull_back=True`` every block before the last also gets the last block's mean
+    shift pulled back through the frozen ``base`` network: the direction :math:`g_b` in which a
+    shift added uniformly to every token of block :math:`b`'s output moves the last block's
+    output most along :math:`\bar u_L = \bar\delta_L / \lVert\bar\delta_L\rVert`,
+
+    .. math::
+        g_b \propto \sum_{n} \frac{\partial}{\partial h_{b,n}} \sum_{m}
+        \bar u_L^\top h_{L,m}
+
+    (the gradient at a zero probe added to block :math:`b`'s output). A write in an early block
+    need not lie along that block's own shift to reach the readout: the frozen later blocks can
+    turn it into a write along :math:`\bar u_L`, as the frozen attention output does for a
+    value adapter (``through``). The pull-back closes that route to first order.
 
     Every write module of block :math:`b` (output into the residual stream; a module listed
     in ``through`` is pulled back by :class:`GRASP`) gets block :math:`b`'s directions; read
@@ -204,10 +219,13 @@ def residual_shift_directions(
         blocks: the dotted name of the module list of residual blocks, the same in both
             models (default: the first list named ``blocks``, ``layers`` or ``h``; name it
             for a model with several, e.g. an encoder-decoder).
+        pull_back: add :math:`g_b` (above) to every block but the last (**[design]**, ours;
+            one more forward and backward pass of ``base`` per batch).
 
     Returns:
         :class:`SpuriousDirections` keyed by ``tuned``'s adapted write modules
-        (``singular_values``: the norm of the mean shift, then the principal values).
+        (``singular_values``: the norm of the mean shift, then the principal values; the
+        pull-back column carries the last block's mean-shift norm).
     """
     if int(k) < 1:
         raise ValueError(f"k must be >= 1, got {k!r}")
@@ -254,6 +272,15 @@ def residual_shift_directions(
             S += list(evals[-(k - 1) :].flip(-1).clamp_min(0).sqrt())
         per_block.append(U)
         vals.append(torch.stack([torch.as_tensor(x, dtype=u.dtype) for x in S]))
+    if pull_back and len(names) > 1:
+        pulled = _pull_back(base, mean[-1] / mean[-1].norm(), tokens, int(batch_size), blocks)
+        for b in range(len(names) - 1):
+            g = pulled[b].to(per_block[b])
+            if not bool(g.norm() > 0):
+                raise ValueError(f"the last block's output does not depend on {names[b]!r}")
+            U = torch.cat([per_block[b], (g / g.norm())[:, None]], 1)
+            per_block[b] = torch.linalg.qr(U)[0]
+            vals[b] = torch.cat([vals[b], mean[-1].norm()[None]])
     dirs, sides, svals = {}, {}, {}
     for f in lora_modules(tuned):
         writes_through = any(f.name == t or f.name.endswith("." + t) for t in (through or {}))
@@ -267,6 +294,53 @@ def residual_shift_directions(
     if not dirs:
         raise ValueError("tuned has no adapted write modules inside its residual blocks")
     return SpuriousDirections(dirs, sides, svals)
+
+
+def _pull_back(
+    model: nn.Module,
+    u_last: torch.Tensor,
+    tokens: torch.Tensor,
+    batch_size: int,
+    path: str | None = None,
+) -> list[torch.Tensor]:
+    """Per block ``b`` but the last: the gradient of :math:`\\sum_{n,m} u^\\top h_{L,m}` with
+    respect to a zero probe added to every token of block ``b``'s output (``d``, float64)."""
+    found = [blk for _, blk in _residual_blocks(model, path)]
+    param = next(model.parameters())
+    probes = [
+        torch.zeros(u_last.shape[0], dtype=param.dtype, device=param.device, requires_grad=True)
+        for _ in found[:-1]
+    ]
+    last: list[torch.Tensor] = []
+
+    def hook_for(i: int):
+        def hook(module, inputs, out):
+            h = out[0] if isinstance(out, tuple) else out
+            if i == len(probes):
+                last.append(h)
+                return None
+            h = h + probes[i]
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+
+        return hook
+
+    was = model.training
+    model.eval()
+    handles = [blk.register_forward_hook(hook_for(i)) for i, blk in enumerate(found)]
+    total = torch.zeros(len(probes), u_last.shape[0], dtype=torch.float64)
+    try:
+        with torch.enable_grad():
+            for start in range(0, tokens.shape[0], batch_size):
+                last.clear()
+                model(tokens[start : start + batch_size].to(param.device))
+                f = (last[0] @ u_last.to(last[0])).sum()
+                grads = torch.autograd.grad(f, probes)
+                total += torch.stack([g.detach().double().cpu() for g in grads])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return list(total)
 
 
 class GRASP:
