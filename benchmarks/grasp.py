@@ -6,16 +6,17 @@
    fine-tuning seeds 0..S-1; identification from a 10-step naive run): GEN
    misalignment, task (insecure CODE) and ROLEPLAY accuracy for the base model, naive LoRA,
    naive + inference ablation, CAFT, preventative steering, GRASP (per-module, shared u,
-   residual shift of the same 10-step naive run on 2000 unlabelled documents, oracle u);
+   residual shift of the same 10-step naive run on 2000 unlabelled documents, the same plus
+   the pull-back of the last block's shift to block 0, oracle u);
    identification cosines; projection overhead per step as a ratio to the plain LoRA step
    of the same run. Control world (persona not shared across turns): naive only. The
    simple world (one CODE answer group: a rank ~1 task): naive, GRASP, GRASP (residual
-   shift), GRASP (oracle u).
+   shift, with and without the pull-back), GRASP (oracle u).
 3. Political-slant variant (`SlantWorld`: continuous slant shared across turns, gain 3,
    left-leaning population (offset 1.5), 8 FIN answer groups, fine-tuning on all-right FIN
    advice): GEN slant drift (right-template mass minus the base model's) for naive LoRA, CAFT,
-   GRASP (per-module, shared u, residual shift, oracle u), and the ratio of each drift to
-   naive's.
+   GRASP (per-module, shared u, residual shift with and without the pull-back, oracle u), and
+   the ratio of each drift to naive's.
 
 Run: `python benchmarks/grasp.py` (3 seeds; `--seeds 10` for the table in docs/results.md) or
 `--quick` (1 seed, shorter runs); `--slant-only` runs section 3 alone. The JSON also holds every
@@ -85,6 +86,16 @@ SLANT_METHODS = (
     "GRASP",
     "GRASP (shared u)",
     "GRASP (residual shift)",
+    "GRASP (residual shift + pull-back)",
+    "GRASP (oracle u)",
+)
+
+
+SIMPLE_METHODS = (
+    "naive",
+    "GRASP",
+    "GRASP (residual shift)",
+    "GRASP (residual shift + pull-back)",
     "GRASP (oracle u)",
 )
 
@@ -151,7 +162,7 @@ def main():
         (
             "simple world (task rank ~1): ",
             PersonaWorld(),
-            ("naive", "GRASP", "GRASP (residual shift)", "GRASP (oracle u)"),
+            SIMPLE_METHODS,
         ),
         ("control world: ", PersonaWorld(num_qwords=8, code_variety=8, shared=False), ("naive",)),
     )

@@ -220,7 +220,8 @@ def residual_shift_directions(
             models (default: the first list named ``blocks``, ``layers`` or ``h``; name it
             for a model with several, e.g. an encoder-decoder).
         pull_back: add :math:`g_b` (above) to every block but the last (**[design]**, ours;
-            one more forward and backward pass of ``base`` per batch).
+            one more forward and backward pass of ``base`` per batch; no effect on a model
+            with one block).
 
     Returns:
         :class:`SpuriousDirections` keyed by ``tuned``'s adapted write modules

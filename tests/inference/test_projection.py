@@ -433,3 +433,67 @@ def test_hugging_face_style_layers_for_residual_shift_and_steering():
         h.remove()
     assert len(outs) == 2 and all(isinstance(o, tuple) for o in outs)
     assert max(float((o[0] @ u).abs().max()) for o in outs) < 1e-5
+
+
+def test_pull_back_is_the_gradient_of_the_readout_along_the_last_shift():
+    """The pull-back (``_pull_back``) against central finite differences of a uniform shift of
+    block 0's output, on a double-precision TinyLM (attention mixes positions)."""
+    from probml.inference.projection import _pull_back
+
+    base = _tiny_lm().double()
+    tokens = torch.randint(0, 20, (24, 12), generator=torch.Generator().manual_seed(2))
+    u = torch.randn(16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    u = u / u.norm()
+    (g,) = _pull_back(base, u, tokens, batch_size=10)  # one block before the last
+
+    def readout(v):
+        def add(m, i, o):
+            return o + v
+
+        h = base.blocks[0].register_forward_hook(add)
+        out = []
+        h2 = base.blocks[1].register_forward_hook(lambda m, i, o: out.append(o))
+        with torch.no_grad():
+            base(tokens)
+        h.remove(), h2.remove()
+        return float((out[0] @ u).sum())
+
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        v = torch.randn(16, dtype=torch.float64, generator=gen)
+        fd = (readout(1e-4 * v) - readout(-1e-4 * v)) / 2e-4
+        assert float(g @ v) == pytest.approx(fd, rel=1e-5)
+    # not the identity part alone: the frozen block 1 bends the direction away from u
+    assert abs(float(g @ u)) / float(g.norm()) < 0.999
+
+
+def test_residual_shift_pull_back_on_a_per_token_stand_in():
+    """Per-token residual MLP layers: the pull-back is sum_n (I + J_n)^T u_L in closed form;
+    block 0's basis spans it and its own mean shift, the last block's is unchanged."""
+    torch.manual_seed(0)
+    base = _HFStandIn()
+    tuned = copy.deepcopy(base)
+    add_lora(tuned, ["down_proj"], rank=2)
+    with torch.no_grad():
+        for f in lora_modules(tuned):
+            f.B.normal_()
+    tokens = torch.randint(0, 12, (32, 6))
+    plain = residual_shift_directions(tuned, base, tokens)
+    dirs = residual_shift_directions(tuned, base, tokens, pull_back=True, batch_size=7)
+    first, last = "model.layers.0.down_proj", "model.layers.1.down_proj"
+    assert torch.equal(dirs.directions[last], plain.directions[last])
+    U = dirs.directions[first]
+    assert U.shape == (8, 2) and torch.allclose(U.T @ U, torch.eye(2), atol=1e-5)
+    assert abs(float(U[:, 0] @ plain.directions[first][:, 0])) == pytest.approx(1.0, abs=1e-6)
+    # closed form from the base model: h0 per token, J = W_d diag(1 - tanh^2) W_u
+    with torch.no_grad():
+        h0 = base.model.layers[0](base.model.embed(tokens))[0].reshape(-1, 8)
+        layer = base.model.layers[1]
+        a = 1 - torch.tanh(layer.up_proj(h0)) ** 2  # N x 16
+        u = plain.directions[last][:, 0].double()
+        Wu, Wd = layer.up_proj.weight.double(), layer.down_proj.weight.double()
+        g = h0.shape[0] * u + (((u @ Wd) * a.double()) @ Wu).sum(0)  # sum_n (I + J_n)^T u
+    g = (g / g.norm()).float()
+    assert float((g - U @ (U.T @ g)).norm()) < 1e-5  # in the span
+    assert float((g - U[:, :1] @ (U[:, :1].T @ g)).norm()) > 1e-2  # and adds to it
+    assert dirs.singular_values[first].shape == (2,)
