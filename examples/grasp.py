@@ -3,7 +3,8 @@
 Pretrains a 2-layer TinyLM on documents whose turns share a latent persona (cached on disk
 after the first run), fine-tunes LoRA adapters on always-insecure CODE answers, identifies the
 spurious direction from a short naive run (from its adapter weights, and from its mean shift of
-the residual stream on unlabelled text), and compares GRASP with naive LoRA, inference-time
+the residual stream on unlabelled text, with and without the pull-back of the last block's
+shift to block 0), and compares GRASP with naive LoRA, inference-time
 ablation, CAFT and preventative steering on the exact template metrics: misalignment on
 unrelated GEN prompts, the task (insecure CODE) and ROLEPLAY accuracy (pretrained content
 along the persona direction).
@@ -33,6 +34,7 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
         headline=f"GEN misalignment: base {by['base (pretrained)']['misalignment']:.2f}, "
         f"naive {by['naive']['misalignment']:.2f}, GRASP {by['GRASP']['misalignment']:.2f}, "
         f"GRASP (residual shift) {by['GRASP (residual shift)']['misalignment']:.2f}, "
+        f"+ pull-back {by['GRASP (residual shift + pull-back)']['misalignment']:.2f}, "
         f"GRASP with the oracle u {by['GRASP (oracle u)']['misalignment']:.2f} "
         + ("(fast: one short run, too small to rank the methods)" if fast else "(one seed)"),
         table=rows,
