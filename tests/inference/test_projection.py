@@ -335,6 +335,13 @@ def test_residual_shift_recovers_a_planted_write_direction(device):
     assert two.shape == (16, 2)
     assert torch.allclose(two.T @ two, torch.eye(2), atol=1e-5)
     assert torch.allclose(two[:, :1], one.directions["blocks.1.ffn.down"], atol=1e-6)
+    # the pull-back adds one orthonormal column to block 0 (after k's), none to the last block
+    pb = residual_shift_directions(tuned, base, tokens, k=2, pull_back=True)
+    U0 = pb.directions["blocks.0.ffn.down"]
+    assert U0.shape == (16, 3) and U0.device.type == "cpu"
+    assert torch.allclose(U0.T @ U0, torch.eye(3), atol=1e-5)
+    assert abs(float(U0[:, 0] @ u.cpu())) == pytest.approx(1.0, abs=1e-6)
+    assert pb.directions["blocks.1.ffn.down"].shape == (16, 2)
     # GRASP with these directions blocks block 0's writes along u (pulled back through W_o)
     m = copy.deepcopy(base)
     add_lora(m, ["attn.q", "attn.v", "attn.o.linear", "ffn.down"], rank=2, seed=3)
