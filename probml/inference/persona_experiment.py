@@ -48,20 +48,23 @@ def pretrain_persona_model(
     lr: float = 3e-3,
     cache: bool = True,
     verbose: bool = True,
+    n_layers: int = 2,
 ) -> TinyLM:
-    """Pretrain a 2-layer TinyLM (d = 64, 4 heads, context 48, GELU FFN, ~84k parameters) on
-    the world's documents; cached on disk by a hash of all settings."""
-    key = json.dumps(
-        {"world": asdict(world), "steps": num_steps, "seed": seed, "d": d_model,
-         "bs": batch_size, "lr": lr},
-        sort_keys=True,
-    )  # fmt: skip
+    """Pretrain a TinyLM (default 2 layers, d = 64, 4 heads, context 48, GELU FFN, ~84k
+    parameters) on the world's documents; cached on disk by a hash of all settings."""
+    if int(n_layers) < 1:
+        raise ValueError(f"n_layers must be >= 1, got {n_layers!r}")
+    settings = {"world": asdict(world), "steps": num_steps, "seed": seed, "d": d_model,
+                "bs": batch_size, "lr": lr}  # fmt: skip
+    if int(n_layers) != 2:  # the 2-layer models keep their earlier cache keys
+        settings["layers"] = int(n_layers)
+    key = json.dumps(settings, sort_keys=True)
     path = cache_dir() / f"persona_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
     if cache and path.exists():
         return TinyLM.load(path)
     torch.manual_seed(seed)
-    cfg = TinyLMConfig(vocab_size=world.vocab_size, d_model=d_model, n_layers=2, n_heads=4,
-                       context=48, ffn={"kind": "gelu"})  # fmt: skip
+    cfg = TinyLMConfig(vocab_size=world.vocab_size, d_model=d_model, n_layers=int(n_layers),
+                       n_heads=4, context=48, ffn={"kind": "gelu"})  # fmt: skip
     model = TinyLM(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=num_steps, pct_start=0.05)

@@ -250,6 +250,14 @@ def test_persona_experiment_runner_tiny(tmp_path, monkeypatch):
     names = [r["method"] for r in rows]
     assert names == ["base (pretrained)", "naive", "naive + inference ablation", "GRASP"]
     assert 0 < diag["projection_share_of_step"] < 1
+    # depth is a setting with its own cache entry; the pull-back runs on a 3-block model
+    deep = pretrain_persona_model(w, num_steps=5, d_model=16, n_layers=3, verbose=False)
+    assert len(deep.blocks) == 3 and len(list(tmp_path.glob("persona_*.pt"))) == 2
+    rows, _ = run_persona_methods(deep, w, num_steps=3, id_steps=2, shift_docs=50,
+                                  methods=("GRASP (residual shift + pull-back)",))  # fmt: skip
+    assert [r["method"] for r in rows][-1] == "GRASP (residual shift + pull-back)"
+    with pytest.raises(ValueError, match="n_layers"):
+        pretrain_persona_model(w, num_steps=5, n_layers=0, cache=False, verbose=False)
 
 
 def test_value_adapter_cannot_write_along_u_through_the_attention_output():
