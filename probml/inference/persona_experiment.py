@@ -116,8 +116,8 @@ def run_persona_methods(
     ``GRASP (shared u)`` (one residual direction on every module); ``GRASP (residual
     shift)`` (per block, the mean residual shift of the same naive run on ``shift_docs``
     unlabelled documents, :func:`~probml.inference.projection.residual_shift_directions`;
-    write modules); ``GRASP (residual shift + pull-back)`` (the same, plus block 0's pull-back
-    of the last block's shift, ``pull_back=True``); ``GRASP (oracle u)`` (u_true on the write
+    write modules); ``GRASP (residual shift + pull-back)`` (the same, plus the last block's
+    shift pulled back to every earlier block, ``pull_back=True``); ``GRASP (oracle u)`` (u_true on the write
     modules).
 
     ``id_steps`` is the length of the naive identification run and ``k`` the directions kept
@@ -158,9 +158,10 @@ def run_persona_methods(
         # documents (their personas are drawn and discarded)
         docs, _, _ = world.sample_documents(shift_docs, generator=seed + 1000)
         shift = residual_shift_directions(ident, base, docs, through=TINYLM_THROUGH)
-        pulled = residual_shift_directions(
-            ident, base, docs, through=TINYLM_THROUGH, pull_back=True
-        )
+        if want is None or "GRASP (residual shift + pull-back)" in want:
+            pulled = residual_shift_directions(
+                ident, base, docs, through=TINYLM_THROUGH, pull_back=True
+            )
         diag["residual_shift_cos_per_block"] = [
             abs(float(next(U for n, U in shift.directions.items()
                            if n.startswith(f"blocks.{b}."))[:, 0] @ u))
