@@ -21,10 +21,14 @@
 Run: `python benchmarks/grasp.py` (3 seeds; `--seeds 10` for the table in docs/results.md) or
 `--quick` (1 seed, shorter runs); `--slant-only` runs section 3 alone. The JSON also holds every
 method's per-seed values (`persona_per_seed`, `slant_per_seed`).
+`python benchmarks/grasp.py --plot-from out/grasp.json --plot FILE.png` draws the trade-off of a
+finished run (no training): GEN misalignment against ROLEPLAY in the main persona world, and
+the slant drift ratio against ROLEPLAY, each method's mean +- SE over seeds.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -129,8 +133,72 @@ def slant_variant(
     return table, [ident], per
 
 
+def _mean_se(values) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
+
+
+def plot_tradeoff(payload: dict, path: str) -> None:
+    """Two panels from a finished run's JSON: main persona world (GEN misalignment vs
+    ROLEPLAY, with the base rate and the control world's naive rise as vertical lines) and the
+    slant variant (drift / naive drift vs ROLEPLAY, with the spec's bar of one half)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    missing = [k for k in ("persona_per_seed", "slant_per_seed") if k not in payload]
+    if missing:
+        raise SystemExit(f"--plot-from: the JSON lacks {missing} (a full run writes both)")
+    persona, slant = payload["persona_per_seed"], payload["slant_per_seed"]
+    names = [n for n in persona if ":" not in n]  # not the simple and control worlds
+    names += [n for n in slant if n not in names]
+    colour = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 5.2))
+    for n in names:
+        if n in persona:
+            (x, xe), (y, ye) = (
+                _mean_se(persona[n]["misalignment"]),
+                _mean_se(persona[n]["roleplay"]),
+            )
+            a.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", capsize=2, color=colour[n], label=n)
+        if n in slant and n != "base (pretrained)":
+            d = slant[n]
+            (x, xe), (y, ye) = _mean_se(d["drift / naive drift"]), _mean_se(d["roleplay"])
+            b.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", capsize=2, color=colour[n])
+    base = persona.get("base (pretrained)", {}).get("misalignment")
+    if base:
+        a.axvline(base[0], color="grey", ls="--", lw=0.8)
+    control = persona.get("control world: naive", {}).get("misalignment")
+    if control:
+        a.axvline(_mean_se(control)[0], color="grey", ls=":", lw=0.8)
+        a.text(_mean_se(control)[0], a.get_ylim()[0], " control world, naive", fontsize=7,
+               va="bottom", rotation=90)  # fmt: skip
+    a.set_xlabel("GEN misalignment (lower is better; dashed: base)")
+    a.set_ylabel("ROLEPLAY accuracy (higher is better)")
+    a.set_title("persona world, mean +- SE over seeds", fontsize=9)
+    b.axvline(0.5, color="grey", ls="--", lw=0.8)
+    b.set_xlabel("GEN slant drift / naive drift (lower is better; dashed: halved)")
+    b.set_ylabel("ROLEPLAY accuracy")
+    b.set_title("political-slant variant, mean +- SE over seeds", fontsize=9)
+    fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main():
-    args = parse_args(__doc__.splitlines()[0], flags=("--slant-only",))
+    args = parse_args(
+        __doc__.splitlines()[0],
+        flags=("--slant-only",),
+        options={"--plot-from": "a finished run's JSON", "--plot": "PNG file for the trade-off"},
+    )
+    if args.plot_from or args.plot:
+        if not (args.plot_from and args.plot):
+            raise SystemExit("--plot-from and --plot go together")
+        plot_tradeoff(json.loads(Path(args.plot_from).read_text()), args.plot)
+        print(f"wrote {args.plot}")
+        return
     seeds = args.seeds or (1 if args.quick else 3)
     steps, pre = (150, 800) if args.quick else (300, 1500)
     if args.slant_only:
