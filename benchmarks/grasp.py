@@ -19,9 +19,12 @@
    the ratio of each drift to naive's.
 
 Run: `python benchmarks/grasp.py` (3 seeds; `--seeds 10` for the table in docs/results.md) or
-`--quick` (1 seed, shorter runs); `--slant-only` runs section 3 alone. The JSON also holds every
+`--quick` (1 seed, shorter runs); `--slant-only` runs section 3 alone. `--first-seed N` starts
+the persona worlds' fine-tuning seeds at N (the held-out tests in docs/results.md: 10 and 20);
+`--shift-prefix 8` reads the residual shift (and its pull-back) from the documents' first turn
+only (BOS and 7 tokens). The JSON also holds every
 method's per-seed values (`persona_per_seed`, `slant_per_seed`).
-`python benchmarks/grasp.py --plot-from out/grasp.json --plot FILE.png` draws the trade-off of a
+`python benchmarks/grasp.py --plot-from benchmarks/out/grasp.json --plot FILE.png` draws the trade-off of a
 finished run (no training): GEN misalignment against ROLEPLAY in the main persona world, and
 the slant drift ratio against ROLEPLAY, each method's mean +- SE over seeds.
 """
@@ -48,7 +51,7 @@ from probml.inference.projection import (  # noqa: E402
     identify_spurious_directions,
 )
 from probml.models.adapters import add_lora, lora_modules  # noqa: E402
-from probml.results import markdown_table, mean_se_rows  # noqa: E402
+from probml.results import markdown_table, mean_se, mean_se_rows  # noqa: E402
 
 
 def linear_toy(seeds: int) -> list[dict]:
@@ -105,16 +108,17 @@ SIMPLE_METHODS = (
 
 
 def slant_variant(
-    seeds: int, steps: int, pre: int
+    seeds: range, steps: int, pre: int, shift_prefix: int | None = None
 ) -> tuple[list[dict], list[dict], dict[str, dict[str, list]]]:
     """Section 3: the table, the identification cosines and the per-seed values."""
     world = SlantWorld(num_qwords=8, code_variety=8, slant_gain=3.0, p_task=1.0, slant_offset=1.5)
     base = pretrain_persona_model(world, num_steps=pre, verbose=False)
     per: dict[str, dict[str, list]] = {}
     cos, shift_cos = [], []
-    for seed in range(seeds):
+    for seed in seeds:
         rows, diag = run_persona_methods(base, world, seed=seed, num_steps=steps,
-                                         methods=SLANT_METHODS)  # fmt: skip
+                                         methods=SLANT_METHODS,
+                                         shift_prefix=shift_prefix)  # fmt: skip
         cos.append(max(diag["identification_cos_shared"]))
         shift_cos.append(diag["residual_shift_cos_per_block"])
         base_slant = rows[0]["misalignment"]
@@ -133,11 +137,6 @@ def slant_variant(
     return table, [ident], per
 
 
-def _mean_se(values) -> tuple[float, float]:
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
-
-
 def plot_tradeoff(payload: dict, path: str) -> None:
     """Two panels from a finished run's JSON: main persona world (GEN misalignment vs
     ROLEPLAY, with the base rate and the control world's naive rise as vertical lines) and the
@@ -151,6 +150,11 @@ def plot_tradeoff(payload: dict, path: str) -> None:
     if missing:
         raise SystemExit(f"--plot-from: the JSON lacks {missing} (a full run writes both)")
     persona, slant = payload["persona_per_seed"], payload["slant_per_seed"]
+
+    def _mean_se(values) -> tuple[float, float]:  # one seed: no error bar
+        m, se = mean_se(values)
+        return m, float(np.nan_to_num(se))
+
     names = [n for n in persona if ":" not in n]  # not the simple and control worlds
     names += [n for n in slant if n not in names]
     colour = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
@@ -191,7 +195,12 @@ def main():
     args = parse_args(
         __doc__.splitlines()[0],
         flags=("--slant-only",),
-        options={"--plot-from": "a finished run's JSON", "--plot": "PNG file for the trade-off"},
+        options={
+            "--plot-from": "a finished run's JSON",
+            "--plot": "PNG file for the trade-off",
+            "--first-seed": "first fine-tuning seed (default 0; held-out tests used 10 and 20)",
+            "--shift-prefix": "residual shift from the first N tokens of each document",
+        },
     )
     if args.plot_from or args.plot:
         if not (args.plot_from and args.plot):
@@ -201,12 +210,19 @@ def main():
         return
     seeds = args.seeds or (1 if args.quick else 3)
     steps, pre = (150, 800) if args.quick else (300, 1500)
+    first = int(args.first_seed or 0)
+    prefix = None if args.shift_prefix is None else int(args.shift_prefix)
+    if first < 0:
+        raise SystemExit(f"--first-seed must be >= 0, got {first}")
+    fine_seeds = range(first, first + seeds)
     if args.slant_only:
-        table, ident, per_seed = slant_variant(seeds, steps, pre)
-        print(f"## Political-slant variant ({seeds} seeds, {steps} steps)\n")
+        table, ident, per_seed = slant_variant(fine_seeds, steps, pre, prefix)
+        print(f"## Political-slant variant (seeds {first}-{first + seeds - 1}, {steps} steps)\n")
         print(markdown_table(table) + "\n\n" + markdown_table(ident))
         path = save("grasp_slant", args.out, {"machine": machine(), "slant": table, "id": ident,
-                                              "slant_per_seed": per_seed})  # fmt: skip
+                                              "slant_per_seed": per_seed,
+                                              "fine_tuning_seeds": list(fine_seeds),
+                                              "shift_prefix": prefix})  # fmt: skip
         print(f"\nwrote {path}")
         return
     toy = linear_toy(seeds)
@@ -218,8 +234,9 @@ def main():
     base = pretrain_persona_model(world, num_steps=pre, verbose=False)
     per: dict[str, dict[str, list]] = {}
     diags = []
-    for seed in range(seeds):
-        rows, diag = run_persona_methods(base, world, seed=seed, num_steps=steps)
+    for seed in fine_seeds:
+        rows, diag = run_persona_methods(base, world, seed=seed, num_steps=steps,
+                                         shift_prefix=prefix)  # fmt: skip
         diags.append(diag)
         for r in rows:
             d = per.setdefault(r["method"], {})
@@ -236,8 +253,9 @@ def main():
     )
     for prefix, w, methods in others:
         wbase = pretrain_persona_model(w, num_steps=pre, verbose=False)
-        for seed in range(seeds):
-            rows, _ = run_persona_methods(wbase, w, seed=seed, num_steps=steps, methods=methods)
+        for seed in fine_seeds:
+            rows, _ = run_persona_methods(wbase, w, seed=seed, num_steps=steps, methods=methods,
+                                          shift_prefix=prefix)  # fmt: skip
             for r in rows:
                 if r["method"] == "naive + inference ablation":
                     continue
@@ -250,7 +268,7 @@ def main():
     cos_shift = np.mean([d["residual_shift_cos_per_block"] for d in diags], 0)
     overhead = np.mean([d["seconds_per_step_grasp"] / d["seconds_per_step_naive"] for d in diags])
     share = np.mean([d["projection_share_of_step"] for d in diags])
-    print(f"\n## Persona world ({seeds} fine-tuning seeds, {steps} steps)\n")
+    print(f"\n## Persona world (fine-tuning seeds {first}-{first + seeds - 1}, {steps} steps)\n")
     print(markdown_table(table))
     print(
         f"\nidentification |cos(u_hat, u_true)|: shared residual direction {cos_shared:.3f}, "
@@ -258,14 +276,16 @@ def main():
         f"{', '.join(f'{c:.3f}' for c in cos_shift)}; GRASP step / plain LoRA step "
         f"{overhead:.3f}; projection share of a GRASP step {share:.3f}"
     )
-    slant, ident, slant_per_seed = slant_variant(seeds, steps, pre)
-    print(f"\n## Political-slant variant ({seeds} seeds, {steps} steps)\n")
+    slant, ident, slant_per_seed = slant_variant(fine_seeds, steps, pre, prefix)
+    print(f"\n## Political-slant variant (seeds {first}-{first + seeds - 1}, {steps} steps)\n")
     print(markdown_table(slant) + "\n\n" + markdown_table(ident))
     path = save("grasp", args.out, {"machine": machine(), "linear_toy": toy,
                                     "persona": table, "diagnostics": diags,
                                     "persona_per_seed": per, "slant": slant,
                                     "slant_id": ident,
-                                    "slant_per_seed": slant_per_seed})  # fmt: skip
+                                    "slant_per_seed": slant_per_seed,
+                                    "fine_tuning_seeds": list(fine_seeds),
+                                    "shift_prefix": prefix})  # fmt: skip
     print(f"\nwrote {path}")
 
 

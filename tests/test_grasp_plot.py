@@ -27,15 +27,14 @@ def _payload():
     return {"persona_per_seed": persona, "slant_per_seed": slant}
 
 
-def test_mean_and_standard_error():
-    assert grasp_benchmark._mean_se([1.0, 3.0]) == pytest.approx((2.0, 1.0))
-    assert grasp_benchmark._mean_se([2.0]) == (2.0, 0.0)
-
-
 def test_plot_from_a_run_and_clear_errors(tmp_path):
     out = tmp_path / "t.png"
     grasp_benchmark.plot_tradeoff(_payload(), str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    one = {k: {m: {q: v[:1] for q, v in d.items()} for m, d in w.items()}
+           for k, w in _payload().items()}  # fmt: skip
+    grasp_benchmark.plot_tradeoff(one, str(tmp_path / "one.png"))  # one seed: no error bars
+    assert (tmp_path / "one.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="slant_per_seed"):
         grasp_benchmark.plot_tradeoff({"persona_per_seed": {}}, str(out))
     # the command line: both options or neither

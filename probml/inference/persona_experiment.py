@@ -106,6 +106,7 @@ def run_persona_methods(
     k: int = 1,
     methods: tuple[str, ...] | None = None,
     shift_docs: int = 2000,
+    shift_prefix: int | None = None,
 ) -> tuple[list[dict], dict]:
     """Fine-tune copies of ``base`` on the world's task data (insecure code; right-skewed
     finance in :class:`~probml.datasets.persona.SlantWorld`) with every method and score them.
@@ -121,12 +122,16 @@ def run_persona_methods(
     modules).
 
     ``id_steps`` is the length of the naive identification run and ``k`` the directions kept
-    per module (in development runs k = 2 or 3 did not beat k = 1).
+    per module (in development runs k = 2 or 3 did not beat k = 1). ``shift_prefix`` keeps
+    only the first tokens of each unlabelled document for the residual shift and its
+    pull-back (8: BOS and the first turn); ``None`` keeps them all.
 
     Returns:
         rows (``method``, ``misalignment``, ``task``, ``roleplay``) and diagnostics
         (identification cosines, projection overhead ratio, seconds per step).
     """
+    if shift_prefix is not None and int(shift_prefix) < 1:
+        raise ValueError(f"shift_prefix must be None or >= 1, got {shift_prefix!r}")
     u_true = persona_direction(base, world)
 
     def sampler(gen):
@@ -157,6 +162,7 @@ def run_persona_methods(
         # the same naive run seen from the activations: its mean residual shift on unlabelled
         # documents (their personas are drawn and discarded)
         docs, _, _ = world.sample_documents(shift_docs, generator=seed + 1000)
+        docs = docs if shift_prefix is None else docs[:, : int(shift_prefix)]
         shift = residual_shift_directions(ident, base, docs, through=TINYLM_THROUGH)
         if want is None or "GRASP (residual shift + pull-back)" in want:
             pulled = residual_shift_directions(

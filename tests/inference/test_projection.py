@@ -256,6 +256,13 @@ def test_persona_experiment_runner_tiny(tmp_path, monkeypatch):
     rows, _ = run_persona_methods(deep, w, num_steps=3, id_steps=2, shift_docs=50,
                                   methods=("GRASP (residual shift + pull-back)",))  # fmt: skip
     assert [r["method"] for r in rows][-1] == "GRASP (residual shift + pull-back)"
+    kw = dict(num_steps=3, id_steps=2, shift_docs=50, methods=("GRASP (residual shift)",))
+    short, d8 = run_persona_methods(deep, w, shift_prefix=8, **kw)
+    _, d_all = run_persona_methods(deep, w, **kw)
+    assert short[-1]["method"] == "GRASP (residual shift)"
+    assert d8["residual_shift_cos_per_block"] != d_all["residual_shift_cos_per_block"]
+    with pytest.raises(ValueError, match="shift_prefix"):
+        run_persona_methods(deep, w, shift_prefix=0, methods=("naive",))
     with pytest.raises(ValueError, match="n_layers"):
         pretrain_persona_model(w, num_steps=5, n_layers=0, cache=False, verbose=False)
 
