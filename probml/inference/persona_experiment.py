@@ -168,9 +168,9 @@ def run_persona_methods(
             pulled = residual_shift_directions(
                 ident, base, docs, through=TINYLM_THROUGH, pull_back=True
             )
-        diag["residual_shift_cos_per_block"] = [
-            abs(float(next(U for n, U in shift.directions.items()
-                           if n.startswith(f"blocks.{b}."))[:, 0] @ u))
+        diag["residual_shift_cos_per_block"] = [  # nan for a block without adapters
+            next((abs(float(U[:, 0] @ u)) for n, U in shift.directions.items()
+                  if n.startswith(f"blocks.{b}.")), float("nan"))
             for b, u in enumerate(u_true)
         ]  # fmt: skip
     plan = {

@@ -204,7 +204,8 @@ def residual_shift_directions(
 
     Every write module of block :math:`b` (output into the residual stream; a module listed
     in ``through`` is pulled back by :class:`GRASP`) gets block :math:`b`'s directions; read
-    modules get none.
+    modules get none. Blocks without adapted write modules get nothing (an adapter on some
+    blocks only is fine: the others' outputs may not change at all).
 
     Args:
         tuned: the model after a short naive LoRA fine-tune (adapters active).
@@ -238,6 +239,14 @@ def residual_shift_directions(
     names = [n for n, _ in _residual_blocks(tuned, blocks)]
     if len(names) != len(_residual_blocks(base, blocks)):
         raise ValueError("tuned and base must have the same number of residual blocks")
+    owner: dict[str, int] = {}  # adapted write (and write-through) modules -> their block
+    for f in lora_modules(tuned):
+        writes_through = any(f.name == t or f.name.endswith("." + t) for t in (through or {}))
+        b = next((i for i, n in enumerate(names) if f.name.startswith(n + ".")), None)
+        if (f.side == "write" or writes_through) and b is not None:
+            owner[f.name] = b
+    if not owner:
+        raise ValueError("tuned has no adapted write modules inside its residual blocks")
     was = tuned.training, base.training
     tuned.eval(), base.eval()
     total, gram, count = None, None, 0
@@ -259,8 +268,9 @@ def residual_shift_directions(
     finally:
         tuned.train(was[0]), base.train(was[1])
     mean = total / count
-    per_block, vals = [], []
-    for b in range(len(names)):
+    per_block: list[torch.Tensor | None] = [None] * len(names)
+    vals: list[torch.Tensor | None] = [None] * len(names)
+    for b in sorted(set(owner.values())):  # blocks without adapters get no directions
         norm = mean[b].norm()
         if not bool(norm > 0):
             raise ValueError(f"the fine-tune did not change block {names[b]!r}'s output")
@@ -271,30 +281,23 @@ def residual_shift_directions(
             evals, evecs = torch.linalg.eigh(P @ (gram[b] / count) @ P)
             U = torch.cat([U, evecs[:, -(k - 1) :].flip(-1)], 1)
             S += list(evals[-(k - 1) :].flip(-1).clamp_min(0).sqrt())
-        per_block.append(U)
-        vals.append(torch.stack([torch.as_tensor(x, dtype=u.dtype) for x in S]))
-    if pull_back and len(names) > 1:
+        per_block[b] = U
+        vals[b] = torch.stack([torch.as_tensor(x, dtype=u.dtype) for x in S])
+    early = [b for b in sorted(set(owner.values())) if b < len(names) - 1]
+    if pull_back and early:
+        if not bool(mean[-1].norm() > 0):
+            raise ValueError(f"the fine-tune did not change block {names[-1]!r}'s output")
         pulled = _pull_back(base, mean[-1] / mean[-1].norm(), tokens, int(batch_size), blocks)
-        for b in range(len(names) - 1):
+        for b in early:
             g = pulled[b].to(per_block[b])
             if not bool(g.norm() > 0):
                 raise ValueError(f"the last block's output does not depend on {names[b]!r}")
             U = torch.cat([per_block[b], (g / g.norm())[:, None]], 1)
             per_block[b] = torch.linalg.qr(U)[0]
             vals[b] = torch.cat([vals[b], mean[-1].norm()[None]])
-    dirs, sides, svals = {}, {}, {}
-    for f in lora_modules(tuned):
-        writes_through = any(f.name == t or f.name.endswith("." + t) for t in (through or {}))
-        if f.side != "write" and not writes_through:
-            continue
-        b = next((i for i, n in enumerate(names) if f.name.startswith(n + ".")), None)
-        if b is not None:
-            dirs[f.name] = per_block[b].float().cpu().contiguous()
-            sides[f.name] = "write"
-            svals[f.name] = vals[b].float().cpu()
-    if not dirs:
-        raise ValueError("tuned has no adapted write modules inside its residual blocks")
-    return SpuriousDirections(dirs, sides, svals)
+    dirs = {n: per_block[b].float().cpu().contiguous() for n, b in owner.items()}
+    svals = {n: vals[b].float().cpu() for n, b in owner.items()}
+    return SpuriousDirections(dirs, dict.fromkeys(owner, "write"), svals)
 
 
 def _pull_back(

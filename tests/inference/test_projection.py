@@ -519,3 +519,23 @@ def test_residual_shift_pull_back_on_a_per_token_stand_in():
     assert float((g - U @ (U.T @ g)).norm()) < 1e-5  # in the span
     assert float((g - U[:, :1] @ (U[:, :1].T @ g)).norm()) > 1e-2  # and adds to it
     assert dirs.singular_values[first].shape == (2,)
+
+
+def test_residual_shift_with_adapters_on_some_blocks_only():
+    """Blocks without adapted write modules get no directions (and need not change); the
+    pull-back still reaches an adapted early block through the unadapted last one."""
+    base = _tiny_lm()
+    tokens = torch.randint(0, 20, (32, 12), generator=torch.Generator().manual_seed(5))
+    for block, other in ((1, 0), (0, 1)):
+        tuned = copy.deepcopy(base)
+        add_lora(tuned, [f"blocks\\.{block}\\.ffn\\.down"], rank=2)
+        with torch.no_grad():
+            for f in lora_modules(tuned):
+                f.B.normal_(generator=torch.Generator().manual_seed(6))
+        name = f"blocks.{block}.ffn.down"
+        for pull in (False, True):
+            dirs = residual_shift_directions(tuned, base, tokens, pull_back=pull)
+            assert set(dirs.directions) == {name}
+            assert not any(n.startswith(f"blocks.{other}.") for n in dirs.directions)
+            expected = 2 if (pull and block == 0) else 1
+            assert dirs.directions[name].shape == (16, expected)
