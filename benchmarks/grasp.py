@@ -22,7 +22,8 @@ Run: `python benchmarks/grasp.py` (3 seeds; `--seeds 10` for the table in docs/r
 `--quick` (1 seed, shorter runs); `--slant-only` runs section 3 alone. `--first-seed N` starts
 the persona worlds' fine-tuning seeds at N (the held-out tests in docs/results.md: 10 and 20);
 `--shift-prefix 8` reads the residual shift (and its pull-back) from the documents' first turn
-only (BOS and 7 tokens). The JSON also holds every
+only (BOS and 7 tokens). `--layers 4` pretrains 4-layer TinyLMs instead of the spec's 2 (the
+depth check in docs/grasp.md). The JSON also holds every
 method's per-seed values (`persona_per_seed`, `slant_per_seed`).
 `python benchmarks/grasp.py --plot-from benchmarks/out/grasp.json --plot FILE.png` draws the trade-off of a
 finished run (no training): GEN misalignment against ROLEPLAY in the main persona world, and
@@ -108,11 +109,11 @@ SIMPLE_METHODS = (
 
 
 def slant_variant(
-    seeds: range, steps: int, pre: int, shift_prefix: int | None = None
+    seeds: range, steps: int, pre: int, shift_prefix: int | None = None, layers: int = 2
 ) -> tuple[list[dict], list[dict], dict[str, dict[str, list]]]:
     """Section 3: the table, the identification cosines and the per-seed values."""
     world = SlantWorld(num_qwords=8, code_variety=8, slant_gain=3.0, p_task=1.0, slant_offset=1.5)
-    base = pretrain_persona_model(world, num_steps=pre, verbose=False)
+    base = pretrain_persona_model(world, num_steps=pre, verbose=False, n_layers=layers)
     per: dict[str, dict[str, list]] = {}
     cos, shift_cos = [], []
     for seed in seeds:
@@ -200,6 +201,7 @@ def main():
             "--plot": "PNG file for the trade-off",
             "--first-seed": "first fine-tuning seed (default 0; held-out tests used 10 and 20)",
             "--shift-prefix": "residual shift from the first N tokens of each document",
+            "--layers": "TinyLM depth of the persona worlds (default 2, the spec's)",
         },
     )
     if args.plot_from or args.plot:
@@ -211,18 +213,22 @@ def main():
     seeds = args.seeds or (1 if args.quick else 3)
     steps, pre = (150, 800) if args.quick else (300, 1500)
     first = int(args.first_seed or 0)
-    prefix = None if args.shift_prefix is None else int(args.shift_prefix)
+    shift_prefix = None if args.shift_prefix is None else int(args.shift_prefix)
     if first < 0:
         raise SystemExit(f"--first-seed must be >= 0, got {first}")
     fine_seeds = range(first, first + seeds)
+    layers = int(args.layers or 2)
+    if layers < 1:
+        raise SystemExit(f"--layers must be >= 1, got {layers}")
     if args.slant_only:
-        table, ident, per_seed = slant_variant(fine_seeds, steps, pre, prefix)
+        table, ident, per_seed = slant_variant(fine_seeds, steps, pre, shift_prefix, layers)
         print(f"## Political-slant variant (seeds {first}-{first + seeds - 1}, {steps} steps)\n")
         print(markdown_table(table) + "\n\n" + markdown_table(ident))
         path = save("grasp_slant", args.out, {"machine": machine(), "slant": table, "id": ident,
                                               "slant_per_seed": per_seed,
                                               "fine_tuning_seeds": list(fine_seeds),
-                                              "shift_prefix": prefix})  # fmt: skip
+                                              "shift_prefix": shift_prefix,
+                                              "layers": layers})  # fmt: skip
         print(f"\nwrote {path}")
         return
     toy = linear_toy(seeds)
@@ -231,12 +237,12 @@ def main():
     # the main world: CODE answers depend on the question word (8 groups), so the insecure-code
     # task has rank ~8 > r = 4 (the identifiability premise); the simple world has rank ~1
     world = PersonaWorld(num_qwords=8, code_variety=8)
-    base = pretrain_persona_model(world, num_steps=pre, verbose=False)
+    base = pretrain_persona_model(world, num_steps=pre, verbose=False, n_layers=layers)
     per: dict[str, dict[str, list]] = {}
     diags = []
     for seed in fine_seeds:
         rows, diag = run_persona_methods(base, world, seed=seed, num_steps=steps,
-                                         shift_prefix=prefix)  # fmt: skip
+                                         shift_prefix=shift_prefix)  # fmt: skip
         diags.append(diag)
         for r in rows:
             d = per.setdefault(r["method"], {})
@@ -251,15 +257,15 @@ def main():
         ),
         ("control world: ", PersonaWorld(num_qwords=8, code_variety=8, shared=False), ("naive",)),
     )
-    for prefix, w, methods in others:
-        wbase = pretrain_persona_model(w, num_steps=pre, verbose=False)
+    for label, w, methods in others:
+        wbase = pretrain_persona_model(w, num_steps=pre, verbose=False, n_layers=layers)
         for seed in fine_seeds:
             rows, _ = run_persona_methods(wbase, w, seed=seed, num_steps=steps, methods=methods,
-                                          shift_prefix=prefix)  # fmt: skip
+                                          shift_prefix=shift_prefix)  # fmt: skip
             for r in rows:
                 if r["method"] == "naive + inference ablation":
                     continue
-                d = per.setdefault(prefix + r["method"], {})
+                d = per.setdefault(label + r["method"], {})
                 for k in ("misalignment", "task", "roleplay"):
                     d.setdefault(k, []).append(r[k])
     table = mean_se_rows(per, "method")
@@ -276,7 +282,7 @@ def main():
         f"{', '.join(f'{c:.3f}' for c in cos_shift)}; GRASP step / plain LoRA step "
         f"{overhead:.3f}; projection share of a GRASP step {share:.3f}"
     )
-    slant, ident, slant_per_seed = slant_variant(fine_seeds, steps, pre, prefix)
+    slant, ident, slant_per_seed = slant_variant(fine_seeds, steps, pre, shift_prefix, layers)
     print(f"\n## Political-slant variant (seeds {first}-{first + seeds - 1}, {steps} steps)\n")
     print(markdown_table(slant) + "\n\n" + markdown_table(ident))
     path = save("grasp", args.out, {"machine": machine(), "linear_toy": toy,
@@ -285,7 +291,7 @@ def main():
                                     "slant_id": ident,
                                     "slant_per_seed": slant_per_seed,
                                     "fine_tuning_seeds": list(fine_seeds),
-                                    "shift_prefix": prefix})  # fmt: skip
+                                    "shift_prefix": shift_prefix, "layers": layers})  # fmt: skip
     print(f"\nwrote {path}")
 
 
