@@ -118,8 +118,8 @@ def run_persona_methods(
     shift)`` (per block, the mean residual shift of the same naive run on ``shift_docs``
     unlabelled documents, :func:`~probml.inference.projection.residual_shift_directions`;
     write modules); ``GRASP (residual shift + pull-back)`` (the same, plus the last block's
-    shift pulled back to every earlier block, ``pull_back=True``); ``GRASP (oracle u)`` (u_true on the write
-    modules).
+    shift pulled back to every earlier block, ``pull_back=True``); ``GRASP (oracle u)``
+    (u_true on the write modules).
 
     ``id_steps`` is the length of the naive identification run and ``k`` the directions kept
     per module (in development runs k = 2 or 3 did not beat k = 1). ``shift_prefix`` keeps
