@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "$(TORCH)"
-	$(BIN)/python -m pip install -e ".[dev,data]"
+	$(BIN)/python -m pip install -e ".[dev,data,hf]"
 	touch $(STAMP)
 
 $(VENV): $(STAMP)

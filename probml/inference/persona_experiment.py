@@ -107,6 +107,7 @@ def run_persona_methods(
     methods: tuple[str, ...] | None = None,
     shift_docs: int = 2000,
     shift_prefix: int | None = None,
+    per_head: bool = False,
 ) -> tuple[list[dict], dict]:
     """Fine-tune copies of ``base`` on the world's task data (insecure code; right-skewed
     finance in :class:`~probml.datasets.persona.SlantWorld`) with every method and score them.
@@ -124,7 +125,9 @@ def run_persona_methods(
     ``id_steps`` is the length of the naive identification run and ``k`` the directions kept
     per module (in development runs k = 2 or 3 did not beat k = 1). ``shift_prefix`` keeps
     only the first tokens of each unlabelled document for the residual shift and its
-    pull-back (8: BOS and the first turn); ``None`` keeps them all.
+    pull-back (8: BOS and the first turn); ``None`` keeps them all. ``per_head`` gives every
+    GRASP method the per-head write-through rule for the value adapters
+    (:class:`~probml.inference.projection.GRASP`'s ``per_head``; default: the summed rule).
 
     Returns:
         rows (``method``, ``misalignment``, ``task``, ``roleplay``) and diagnostics
@@ -193,7 +196,7 @@ def run_persona_methods(
         if "grasp" in spec:
             g = spec["grasp"]
             g = _oracle_directions(m, u_true) if g == "oracle" else g
-            kw["grasp"] = GRASP(g, through=TINYLM_THROUGH)
+            kw["grasp"] = GRASP(g, through=TINYLM_THROUGH, per_head=per_head)
         t0 = time.perf_counter()
         out = finetune_lora(m, sampler, num_steps=num_steps, lr=lr, seed=seed + 2,
                             verbose=False, **kw)  # fmt: skip

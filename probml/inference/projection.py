@@ -53,14 +53,83 @@ TINYLM_THROUGH = {"attn.v": "attn.o.linear"}
 HF_THROUGH = {"v_proj": "o_proj"}
 
 
-def _through_weight(model: nn.Module, name: str, through: dict[str, str] | None):
-    """The frozen weight ``W`` (``d x out``) through which module ``name`` writes, or None."""
+def _head_dim(attn: nn.Module, out_dim: int) -> int | None:
+    """The value head width of attention module ``attn`` whose value projection writes
+    ``out_dim`` features: Hugging Face's ``head_dim``, or ``out_dim / h`` (TinyLM's ``h``,
+    or ``num_heads`` / ``num_key_value_heads``)."""
+    hd = getattr(attn, "head_dim", None)
+    if isinstance(hd, int):
+        return hd
+    for attr in ("num_key_value_heads", "h", "num_heads"):
+        n = getattr(attn, attr, None)
+        if isinstance(n, int) and n > 0 and out_dim % n == 0:
+            return out_dim // n
+    return None
+
+
+def _through_map(
+    model: nn.Module, name: str, through: dict[str, str] | None, out_dim: int
+) -> tuple[torch.Tensor, int, int | None] | None:
+    """``(W, n_rep, head_dim)`` for a module ``name`` (output width ``out_dim``) listed in
+    ``through``, else None: ``W`` (``d x n_rep out_dim``) is the frozen linear it writes
+    through, ``n_rep`` the query heads per value head (grouped-query attention: 1 without),
+    ``head_dim`` the value head width (None where the attention module does not say)."""
     for src, dst in (through or {}).items():
         if name == src or name.endswith("." + src):
-            target = model.get_submodule(name[: len(name) - len(src)] + dst)
+            prefix = name[: len(name) - len(src)]
+            target = model.get_submodule(prefix + dst)
             base = getattr(target, "base", None) or getattr(target, "base_layer", None) or target
-            return base.weight
+            W = base.weight
+            parent = name.rpartition(".")[0]  # the value projection's attention module
+            attn = model.get_submodule(parent) if parent else model
+            n_rep = W.shape[1] // out_dim
+            if W.shape[1] % out_dim or (n_rep > 1 and _head_dim(attn, out_dim) is None):
+                raise ValueError(
+                    f"through: {name!r} writes {out_dim} features but {prefix + dst!r} reads "
+                    f"{W.shape[1]}; beyond equal widths only grouped-query attention (an "
+                    "attention module with head_dim) is handled"
+                )
+            return W, n_rep, _head_dim(attn, out_dim)
     return None
+
+
+def _through_weight(
+    model: nn.Module, name: str, through: dict[str, str] | None, out_dim: int
+) -> torch.Tensor | None:
+    """The frozen map ``W`` (``d x out_dim``) through which module ``name`` writes to the
+    residual stream, or None when ``name`` is not in ``through``.
+
+    Grouped-query attention: each of the ``kv`` value heads feeds ``n_rep`` query heads, so
+    the output projection :math:`W_o` (``d x kv n_rep h``) acts on the value as
+    :math:`W_o R`, whose columns for a value head are the sums of :math:`W_o`'s columns for
+    its ``n_rep`` copies (Hugging Face's ``repeat_kv`` order: copies of a head are adjacent).
+    """
+    found = _through_map(model, name, through, out_dim)
+    if found is None:
+        return None
+    W, n_rep, hd = found
+    if n_rep == 1:
+        return W
+    return W.reshape(W.shape[0], out_dim // hd, n_rep, hd).sum(2).reshape(-1, out_dim)
+
+
+def _per_head_basis(W: torch.Tensor, U: torch.Tensor, n_rep: int, hd: int) -> torch.Tensor:
+    r"""Orthonormal basis (``kv hd x r``) of the per-head write-through constraints.
+
+    The attention output adds :math:`\sum_q W_{o,q} \sum_m a_q[n,m]\, \Delta v_{j(q)}[m]`
+    to the residual stream (query head :math:`q` reads value head :math:`j(q) = q // n_{rep}`
+    with its own weights :math:`a_q`). That is free of :math:`U` for every attention pattern
+    iff :math:`U^\top W_{o,q} \Delta W_{v,j(q)} = 0` for every query head: for each value head,
+    its rows of :math:`B` must be orthogonal to the ``n_rep k`` vectors :math:`W_{o,q}^\top U`.
+    """
+    d, k = U.shape
+    n_q = W.shape[1] // hd
+    C = (W.T @ U).reshape(n_q, hd, k)  # W_{o,q}^T U per query head
+    M = torch.zeros(n_q // n_rep, hd, n_q, k, dtype=U.dtype, device=U.device)
+    q = torch.arange(n_q, device=U.device)
+    M[q // n_rep, :, q, :] = C  # each constraint lives on its value head's rows
+    Q, S, _ = torch.linalg.svd(M.reshape(-1, n_q * k), full_matrices=False)
+    return Q[:, S > S.max() * 1e-6]
 
 
 @dataclass
@@ -109,7 +178,7 @@ def identify_spurious_directions(
         raise ValueError(f"side must be 'auto', 'write' or 'read', got {side!r}")
     dirs, sides, svals = {}, {}, {}
     for f in lora_modules(model):
-        W = _through_weight(model, f.name, through)
+        W = _through_weight(model, f.name, through, f.B.shape[0])
         with torch.no_grad():
             dW = f.delta_weight().float()
             if W is not None:
@@ -359,7 +428,14 @@ class GRASP:
         through: ``{module suffix: frozen-linear suffix}`` (e.g. :data:`TINYLM_THROUGH`): such a
             module's ``B`` is projected against the pulled-back basis :math:`W^\\top U`, so
             that :math:`U^\\top W \\Delta W = 0`: without it a value adapter can still write
-            along ``u`` through the frozen attention output.
+            along ``u`` through the frozen attention output. This summed rule is exact where
+            all heads attend alike (at the first position, say); with head-dependent attention
+            a little leaks (``per_head``). Grouped-query attention is handled.
+        per_head: with ``through``, one constraint per query head instead:
+            :math:`U^\\top W_{o,q} \\Delta W_{v,j(q)} = 0` for every head :math:`q` (the value
+            head it reads), which keeps the attention output's change off ``U`` for every
+            attention pattern (**[design]**, ours; ``n_heads k`` constraints in place of ``k``;
+            needs the head width from the attention module: ``head_dim``, or TinyLM's ``h``).
     """
 
     def __init__(
@@ -369,6 +445,7 @@ class GRASP:
         mode: Literal["hard", "soft"] = "hard",
         alpha: float = 1.0,
         through: dict[str, str] | None = None,
+        per_head: bool = False,
     ):
         if mode not in ("hard", "soft"):
             raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
@@ -378,6 +455,7 @@ class GRASP:
         self.modules = None if modules is None else set(modules)
         self.strength = 1.0 if mode == "hard" else float(alpha)
         self.through = through
+        self.per_head = bool(per_head)
         self.seconds = 0.0
         self._cache: dict[str, tuple[str, torch.Tensor | None]] = {}
 
@@ -387,7 +465,7 @@ class GRASP:
             return self._cache[f.name]
         out: tuple[str, torch.Tensor | None] = (f.side, None)
         if self.modules is None or f.name in self.modules:
-            W = _through_weight(model, f.name, self.through)
+            W = _through_weight(model, f.name, self.through, f.B.shape[0])
             side = "through" if W is not None else f.side
             if isinstance(self.directions, SpuriousDirections):
                 U = self.directions.directions.get(f.name)
@@ -395,11 +473,17 @@ class GRASP:
                 U = self.directions if self.directions.dim() == 2 else self.directions[:, None]
             if U is not None:
                 U = U.to(f.A)
-                if side == "through" and U.shape[0] == W.shape[0]:
-                    U = W.detach().to(f.A).T @ U  # pull back: u^T W dW = (W^T u)^T dW
                 dim = f.A.shape[1] if side == "read" else f.B.shape[0]
-                if U.shape[0] == dim:
-                    out = (side, torch.linalg.qr(U)[0])  # orthonormalise
+                if side == "through" and U.shape[0] == W.shape[0] and self.per_head:
+                    Wo, n_rep, hd = _through_map(model, f.name, self.through, dim)
+                    if hd is None:
+                        raise ValueError(f"per_head: no head width on {f.name!r}'s attention")
+                    out = (side, _per_head_basis(Wo.detach().to(f.A), U, n_rep, hd))
+                else:
+                    if side == "through" and U.shape[0] == W.shape[0]:
+                        U = W.detach().to(f.A).T @ U  # pull back: u^T W dW = (W^T u)^T dW
+                    if U.shape[0] == dim:
+                        out = (side, torch.linalg.qr(U)[0])  # orthonormalise
         self._cache[f.name] = out
         return out
 

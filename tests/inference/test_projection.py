@@ -291,10 +291,52 @@ def test_value_adapter_cannot_write_along_u_through_the_attention_output():
     dv_thru = facts[False]["blocks.0.attn.v"].delta_weight().detach()
     # read-side only: the value adapter still writes along u through W_o
     assert float((un @ Wo @ dv_plain).abs().max()) > 1e-3
-    # with `through`: u^T W_o dW_v = 0, so the whole attention branch is blocked along u
+    # with `through`: u^T W_o dW_v = 0 (summed over heads; per head: the next test)
     assert float((un @ Wo @ dv_thru).abs().max()) < 1e-6
     dirs = identify_spurious_directions(lm, through=TINYLM_THROUGH)
     assert dirs.sides["blocks.0.attn.v"] == "through"
+
+
+def test_per_head_write_through_keeps_the_attention_output_off_u():
+    torch.manual_seed(0)
+    lm = TinyLM(TinyLMConfig(vocab_size=20, d_model=16, n_layers=1, n_heads=4, context=12,
+                             ffn={"kind": "gelu"}))  # fmt: skip
+    with torch.no_grad():  # sharper, head-dependent attention than at initialisation
+        lm.blocks[0].attn.q.weight.mul_(4.0)
+        lm.blocks[0].attn.k.weight.mul_(4.0)
+    base = copy.deepcopy(lm)
+    add_lora(lm, ["attn.v", "attn.o.linear"], rank=2)
+    u = torch.randn(16)
+    u = u / u.norm()
+    x = torch.randint(0, 20, (3, 10), generator=torch.Generator().manual_seed(1))
+
+    def attn_out(model):
+        out = []
+        h = model.blocks[0].attn.register_forward_hook(lambda m, i, o: out.append(o.detach()))
+        with torch.no_grad():
+            model(x)
+        h.remove()
+        return out[0]
+
+    before = attn_out(base)
+    leaks = {}
+    for per_head in (False, True):
+        m = copy.deepcopy(lm)
+        for f in lora_modules(m):  # a trained-looking adapter: both factors nonzero
+            f.B.data.normal_(generator=torch.Generator().manual_seed(2))
+        g = GRASP(u, through=TINYLM_THROUGH, per_head=per_head)
+        g.project(m)
+        assert g.violation(m) < 1e-6
+        delta = attn_out(m) - before
+        assert delta.norm() > 0.1
+        leaks[per_head] = (delta @ u).abs()
+    # summed rule: exact at the first position (every head reads only it), leaks after it
+    assert float(leaks[False][:, 0].max()) < 1e-5 and float(leaks[False].max()) > 1e-3
+    # one constraint per head: nothing along u for any attention pattern
+    assert float(leaks[True].max()) < 1e-5
+    assert GRASP(u, through=TINYLM_THROUGH, per_head=True)._side_basis(
+        lm, next(f for f in lora_modules(lm) if f.name == "blocks.0.attn.v")
+    )[1].shape == (16, 4)
 
 
 def test_persona_world_code_variety_spreads_the_task():

@@ -1,0 +1,175 @@
+"""GRASP on a real Hugging Face decoder with PEFT LoRA adapters (optional peers).
+
+A tiny randomly initialised Llama (built from a config in code: nothing is downloaded) wrapped
+by ``peft.get_peft_model``. Needs ``transformers`` and ``peft`` (``pip install -e .[hf]``);
+skipped without them. The CUDA cases run where a GPU is present.
+"""
+
+import copy
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from probml.inference.projection import (  # noqa: E402
+    GRASP,
+    HF_THROUGH,
+    ResidualIntervention,
+    identify_spurious_directions,
+    residual_shift_directions,
+)
+from probml.models.adapters import lora_modules  # noqa: E402
+
+D, VOCAB = 32, 50
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _llama(kv_heads: int, device: str, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=D, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=32,
+        attn_implementation="eager",
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(cfg).to(device).eval()
+
+
+def _peft(model, targets, seed: int = 1):
+    torch.manual_seed(seed)
+    cfg = peft.LoraConfig(r=2, lora_alpha=4, target_modules=targets, init_lora_weights="gaussian")
+    return peft.get_peft_model(copy.deepcopy(model), cfg)
+
+
+def _unit(seed: int, device: str) -> torch.Tensor:
+    u = torch.randn(D, generator=torch.Generator().manual_seed(seed))
+    return (u / u.norm()).to(device)
+
+
+def _attn_out(model, tokens) -> torch.Tensor:
+    """Layer 0's attention output (what it adds to the residual stream)."""
+    out = []
+    attn = next(m for n, m in model.named_modules() if n.endswith("layers.0.self_attn"))
+    h = attn.register_forward_hook(lambda m, i, o: out.append(o[0].detach()))
+    try:
+        with torch.no_grad():
+            model(tokens)
+    finally:
+        h.remove()
+    return out[0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
+def test_grasp_on_a_peft_llama_keeps_writes_off_u(device, kv_heads):
+    base = _llama(kv_heads, device)
+    model = _peft(base, ["q_proj", "v_proj", "o_proj", "down_proj"])
+    facts = {f.name.split("model.layers.")[-1]: f for f in lora_modules(model)}
+    assert len(facts) == 8
+    assert facts["0.self_attn.o_proj"].side == "write" and facts["1.mlp.down_proj"].side == "write"
+    assert facts["0.self_attn.q_proj"].side == "read" and facts["0.self_attn.v_proj"].side == "read"
+    assert all(f.scaling == 2.0 for f in facts.values())  # lora_alpha / r
+    assert facts["0.self_attn.v_proj"].B.shape[0] == D * kv_heads // 4
+    u = _unit(0, device)
+    g = GRASP(u, through=HF_THROUGH, per_head=True)
+    g.init(model)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    gen = torch.Generator().manual_seed(2)
+    model.train()
+    for _ in range(15):  # the user's own loop: project after every optimizer step
+        x = torch.randint(0, VOCAB, (4, 12), generator=gen).to(device)
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        g.project(model)
+    model.eval()
+    assert g.violation(model) < 1e-6
+    v_name = next(f.name for f in lora_modules(model) if f.name.endswith("0.self_attn.v_proj"))
+    side, basis = g._cache[v_name]
+    assert side == "through" and basis.shape == (D * kv_heads // 4, 4)  # one per query head
+    # functional check: with the query adapters zeroed, layer 0's attention (same input, same
+    # pattern) adds nothing along u, through the value adapter included (grouped heads too)
+    for f in lora_modules(model):
+        if f.name.endswith("q_proj"):
+            f.B.data.zero_()
+    tokens = torch.randint(0, VOCAB, (3, 10), generator=gen).to(device)
+    with model.disable_adapter():
+        before = _attn_out(model, tokens)
+    delta = _attn_out(model, tokens) - before
+    assert delta.norm() > 1e-2  # the adapters did change the attention output
+    assert float((delta @ u).abs().max()) < 1e-5
+
+    def leak(grasp):  # a fresh value adapter, projected, then its largest write along u
+        for f in lora_modules(model):
+            if f.name.endswith("v_proj"):
+                f.B.data.copy_(torch.randn(f.B.shape, generator=torch.Generator().manual_seed(3)))
+        grasp.project(model)
+        return ((_attn_out(model, tokens) - before) @ u).abs()
+
+    assert float(leak(g).max()) < 1e-5
+    # the summed rule U^T W_o dW_v = 0 holds and is exact at the first position (every head
+    # attends to it alone) but leaks where the heads' patterns differ; no rule leaks more
+    summed = GRASP(u, through=HF_THROUGH)
+    assert summed._side_basis(model, next(f for f in lora_modules(model) if f.name == v_name))[
+        1
+    ].shape == (D * kv_heads // 4, 1)
+    out = leak(summed)
+    assert summed.violation(model) < 1e-5
+    assert float(out[:, 0].max()) < 1e-5 and float(out.max()) > 1e-3
+    assert float(leak(GRASP(u)).max()) > float(out.max())
+
+
+def test_identification_on_a_peft_llama_with_grouped_heads():
+    base = _llama(2, "cpu")
+    model = _peft(base, ["v_proj", "o_proj"])
+    dirs = identify_spurious_directions(model, k=1, through=HF_THROUGH)
+    name = next(n for n in dirs.directions if n.endswith("layers.0.self_attn.v_proj"))
+    assert dirs.sides[name] == "through" and dirs.directions[name].shape == (D, 1)
+    f = next(f for f in lora_modules(model) if f.name == name)
+    attn = model.get_submodule(name.rsplit(".", 1)[0])
+    Wo = attn.o_proj.base_layer.weight  # D x (4 heads x 8): the value enters it repeated
+    R = torch.zeros(4 * 8, 2 * 8)
+    for q in range(4):  # query head q reads value head q // 2 (transformers' repeat_kv)
+        R[q * 8 : (q + 1) * 8, (q // 2) * 8 : (q // 2 + 1) * 8] = torch.eye(8)
+    top = torch.linalg.svd((Wo @ R @ f.delta_weight()).detach())[0][:, 0]
+    assert abs(float(dirs.directions[name][:, 0] @ top)) > 1 - 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_residual_shift_and_pull_back_on_a_peft_llama(device):
+    base = _llama(2, device)
+    tuned = _peft(base, ["v_proj", "o_proj", "down_proj"])
+    u = _unit(4, device)
+    with torch.no_grad():  # layer 0's MLP writes a * u, a = 0.1 * sum(x): a shift along u
+        for f in lora_modules(tuned):
+            f.B.zero_()
+            if f.name.endswith("layers.0.mlp.down_proj"):
+                f.B[:, 0] = u / f.scaling
+                f.A.zero_()
+                f.A[0] = 0.1
+    tokens = torch.randint(0, VOCAB, (32, 12), generator=torch.Generator().manual_seed(5))
+    dirs = residual_shift_directions(tuned, base, tokens, through=HF_THROUGH, pull_back=True)
+    by_layer = {n.split("model.layers.")[-1]: U for n, U in dirs.directions.items()}
+    assert set(by_layer) == {f"{i}.{m}" for i in (0, 1)
+                             for m in ("self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj")}  # fmt: skip
+    for name in ("0.self_attn.v_proj", "0.self_attn.o_proj", "0.mlp.down_proj"):
+        U = by_layer[name]
+        assert U.shape == (D, 2)  # the mean shift, then the last layer's pulled back
+        assert torch.allclose(U.T @ U, torch.eye(2), atol=1e-5)
+        assert abs(float(U[:, 0] @ u.cpu())) == pytest.approx(1.0, abs=1e-6)
+    assert by_layer["1.mlp.down_proj"].shape == (D, 1)
+    # steering hooks handle the decoder layers' outputs: ablation leaves nothing along u
+    outs = []
+    layers = tuned.get_submodule("base_model.model.model.layers")
+    with ResidualIntervention(tuned, u, mode="ablate"), torch.no_grad():
+        handles = [lay.register_forward_hook(lambda m, i, o: outs.append(o)) for lay in layers]
+        try:  # registered after the intervention's hooks: they see the steered outputs
+            tuned(tokens.to(device))
+        finally:
+            for h in handles:
+                h.remove()
+    hs = [o[0] if isinstance(o, tuple) else o for o in outs]
+    assert len(hs) == 2 and all(float((h @ u).abs().max()) < 1e-5 for h in hs)
+    assert all(float(h.norm()) > 1.0 for h in hs)
