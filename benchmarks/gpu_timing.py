@@ -8,10 +8,17 @@ levels); `basis_advantages` on a batch of 1024 prompts. Then (CUDA only) SwiGLU 
 TinyLM pretraining on the pydoc corpus, d = 256, 6 layers, 3 paired seeds, 600 steps of 32 x 256
 tokens at lr 2e-3.
 
+`--grasp` runs only the GRASP overhead: a LoRA fine-tuning step of the same TinyLM (rank 8 on
+the query, value, attention-output and MLP-down projections) plain, with GRASP's projection
+after it (one random residual direction, the write-through rule for the value adapters), and
+with the per-head write-through rule; each as a ratio to the plain step on the same device. The
+projection alone is timed too (median of 20), since on the GPU the whole-step ratio is within
+the step's own timing noise.
+
 `--moa-sweep` runs only the MoA comparison, over lr in {1e-3, 2e-3, 4e-3} with 2 paired seeds,
 writing one JSON per learning rate as it goes (so a run cut short keeps what it finished).
 
-Run: `python benchmarks/gpu_timing.py [--quick] [--moa-sweep] [--out DIR]` on a machine with
+Run: `python benchmarks/gpu_timing.py [--quick] [--moa-sweep | --grasp] [--out DIR]` on a machine with
 CUDA.
 """
 
@@ -28,8 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, parse_args, save  # noqa: E402
 
 from probml.inference.advantage import basis_advantages  # noqa: E402
+from probml.inference.persona_experiment import LORA_TARGETS  # noqa: E402
 from probml.inference.pretrain import paired_comparison, pydoc_corpus  # noqa: E402
+from probml.inference.projection import GRASP, TINYLM_THROUGH  # noqa: E402
 from probml.inference.smc import SURGE  # noqa: E402
+from probml.models.adapters import add_lora, lora_parameters  # noqa: E402
 from probml.models.diffusion import LinearGaussianDiffusion  # noqa: E402
 from probml.models.dynamics import LinearGaussianSSM  # noqa: E402
 from probml.models.lm import TinyLM, TinyLMConfig  # noqa: E402
@@ -65,6 +75,54 @@ def lm_step(device: str, ffn: dict, quick: bool):
         opt.step()
 
     return step
+
+
+def lora_step(device: str, quick: bool, grasp: str | None):
+    """One LoRA step of the TinyLM above; ``grasp``: None, ``"summed"`` or ``"per-head"``."""
+    torch.manual_seed(0)
+    d, L, T, B = (128, 2, 128, 8) if quick else (256, 6, 256, 32)
+    cfg = TinyLMConfig(vocab_size=128, d_model=d, n_layers=L, context=T, ffn={"kind": "gelu"})
+    m = TinyLM(cfg)
+    add_lora(m, LORA_TARGETS, rank=8)
+    m = m.to(device)
+    opt = torch.optim.AdamW(lora_parameters(m), lr=1e-3)
+    for p in lora_parameters(m):
+        p.requires_grad_(True)
+    x = torch.randint(0, 128, (B, T), device=device)
+    u = torch.randn(d, generator=torch.Generator().manual_seed(1))
+    g = None if grasp is None else GRASP(u, through=TINYLM_THROUGH, per_head=grasp == "per-head")
+    if g is not None:
+        g.init(m)  # builds the cached bases outside the timed steps
+
+    def step():
+        _, loss = m(x, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if g is not None:
+            g.project(m)
+
+    step.project = None if g is None else (lambda: g.project(m))  # the projection alone
+    return step
+
+
+def grasp_overhead(args, name: str) -> None:
+    rows = []
+    for dev in ("cpu", "cuda"):
+        steps = {a: lora_step(dev, args.quick, a) for a in (None, "summed", "per-head")}
+        # three rounds, the arms in turn in each (median of 10 after 3 warm-ups); best round
+        rounds = [{a: _time(f, dev, reps=10, warmup=3) for a, f in steps.items()} for _ in "abc"]
+        t = {a: min(r[a] for r in rounds) for a in steps}
+        for a in ("summed", "per-head"):
+            proj = _time(steps[a].project, dev, reps=20, warmup=3)
+            rows.append({"device": dev, "GRASP rule": a, "plain LoRA step ms": 1e3 * t[None],
+                         "GRASP step ms": 1e3 * t[a], "ratio": t[a] / t[None],
+                         "projection alone ms": 1e3 * proj,
+                         "(plain + projection) / plain": 1 + proj / t[None]})  # fmt: skip
+            print(rows[-1], flush=True)
+    print(f"## GRASP overhead ({name}; {machine()})\n" + markdown_table(rows))
+    path = save("gpu_grasp_overhead", args.out, {"device": name, "rows": rows})
+    print(f"\nwrote {path}")
 
 
 def surge_step(device: str, quick: bool):
@@ -120,13 +178,15 @@ def moa_sweep(args, name: str) -> None:
 
 
 def main():
-    args = parse_args(__doc__.splitlines()[0], flags=("--moa-sweep",))
+    args = parse_args(__doc__.splitlines()[0], flags=("--moa-sweep", "--grasp"))
     if not torch.cuda.is_available():
         raise SystemExit("needs CUDA")
     name = torch.cuda.get_device_name()
     if args.moa_sweep:
         return moa_sweep(args, name)
     torch.set_num_threads(min(16, torch.get_num_threads()))
+    if args.grasp:
+        return grasp_overhead(args, name)
     paths = {
         "TinyLM step, SwiGLU": lambda dev: lm_step(dev, {"kind": "swiglu"}, args.quick),
         "TinyLM step, bi-MoA": lambda dev: lm_step(

@@ -35,7 +35,7 @@ def test_tinylm_matches_the_cpu_and_trains(device, kw):
     assert out.device.type == device
     assert torch.allclose(out.cpu(), ref, atol=2e-3, rtol=1e-3)
     opt = torch.optim.AdamW(dev.parameters(), lr=3e-3)
-    first = float(loss)
+    first = float(loss.detach())
     for _ in range(20):
         _, loss = dev(x.to(device), x.roll(-1, 1).to(device))
         opt.zero_grad()
