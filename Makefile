@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo demo-full test test-fast lint bench gpu-check clean
+.PHONY: demo demo-full test lint bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(STAMP)
 	@set -e; for f in benchmarks/*.py; do \
 	  case $$f in */_*) continue;; esac; \
 	  echo "== $$f (quick)"; $(BIN)/python $$f --quick; done
+
+gpu-check:  # on a CUDA machine (the device image's python3; see benchmarks/gpu_check.sh)
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
