@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -575,21 +575,26 @@ def _maybe(ctx):
 
 def finetune_lora(
     model: nn.Module,
-    sample_batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+    sample_batch: Callable[[torch.Generator], Any],
     num_steps: int = 300,
     lr: float = 3e-3,
     grasp: GRASP | None = None,
     intervention: ResidualIntervention | None = None,
     seed: int = 0,
     verbose: bool = True,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
 ) -> dict:
     """Train the model's LoRA parameters (everything else frozen) with AdamW.
 
     Args:
-        model: a model returning ``(logits, loss)`` from ``model(inputs, targets)``.
-        sample_batch: ``generator -> (inputs, targets)``.
+        model: a model returning ``(logits, loss)`` from ``model(inputs, targets)`` (TinyLM),
+            or any model when ``loss_fn`` is given.
+        sample_batch: ``generator -> (inputs, targets)``; with ``loss_fn``, any batch.
         grasp: project after every optimizer step (and once at the start).
         intervention: active during training only (CAFT / preventative steering).
+        loss_fn: ``(model, batch) -> scalar loss``, e.g. for a Hugging Face causal LM
+            ``lambda m, ids: m(input_ids=ids, labels=ids).loss`` (it moves the batch to the
+            model's device itself).
 
     Returns:
         ``{"loss": [...], "seconds": total, "projection_seconds": ...}``.
@@ -610,8 +615,12 @@ def finetune_lora(
     t0 = time.perf_counter()
     with _maybe(intervention):
         for _ in progress(range(int(num_steps)), verbose=verbose, desc="LoRA fine-tune"):
-            x, y = sample_batch(gen)
-            _, loss = model(x.to(device), y.to(device))
+            batch = sample_batch(gen)
+            if loss_fn is None:
+                x, y = batch
+                _, loss = model(x.to(device), y.to(device))
+            else:
+                loss = loss_fn(model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

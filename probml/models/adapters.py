@@ -126,15 +126,33 @@ def module_side(name: str, write_names: Iterable[str] = WRITE_NAMES) -> str:
     return "write" if parts and parts[-1] in set(write_names) else "read"
 
 
-def _peft_weight(obj) -> torch.Tensor | None:
+def _peft_weight(obj, key: str | None = None) -> torch.Tensor | None:
     if isinstance(obj, nn.Linear):
         return obj.weight
     if isinstance(obj, nn.ModuleDict) and len(obj):
-        first = next(iter(obj.values()))
+        first = obj[key] if key is not None else next(iter(obj.values()))
         return first.weight if isinstance(first, nn.Linear) else None
     if isinstance(obj, (torch.Tensor, nn.Parameter)):
         return obj
     return None
+
+
+def _peft_key(name: str, mod: nn.Module) -> str | None:
+    """The adapter of a PEFT layer holding several (``lora_A`` a ``ModuleDict``): its one
+    active adapter; None for a single adapter or other layouts."""
+    A = mod.lora_A
+    if not isinstance(A, nn.ModuleDict) or len(A) < 2:
+        return None
+    active = getattr(mod, "active_adapters", None)
+    active = [active] if isinstance(active, str) else list(active or [])
+    active = [a for a in active if a in A]
+    if len(active) != 1:
+        raise ValueError(
+            f"{name!r} holds adapters {list(A.keys())} with {len(active)} of them active "
+            f"({active}); GRASP and the identification work on one: activate one (PEFT's "
+            "set_adapter)"
+        )
+    return active[0]
 
 
 def lora_modules(
@@ -142,16 +160,18 @@ def lora_modules(
 ) -> Iterator[LoRAFactors]:
     """Every adapted module of ``model``: ours (:class:`LoRALinear`) or PEFT-style (attributes
     ``lora_A``/``lora_B`` holding ``nn.Linear`` s, ``ModuleDict`` s of them or tensors;
-    ``scaling`` a float or a dict)."""
+    ``scaling`` a float or a dict). A PEFT layer with several adapters gives its active one
+    (an error if several are active)."""
     for name, mod in model.named_modules():
         if not (hasattr(mod, "lora_A") and hasattr(mod, "lora_B")):
             continue
-        A, B = _peft_weight(mod.lora_A), _peft_weight(mod.lora_B)
+        key = _peft_key(name, mod)
+        A, B = _peft_weight(mod.lora_A, key), _peft_weight(mod.lora_B, key)
         if A is None or B is None:
             continue
         s = getattr(mod, "scaling", 1.0)
         if isinstance(s, dict):
-            s = next(iter(s.values()))
+            s = s[key] if key is not None else next(iter(s.values()))
         yield LoRAFactors(name, A, B, float(s), module_side(name, write_names))
 
 

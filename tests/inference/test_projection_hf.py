@@ -17,6 +17,7 @@ from probml.inference.projection import (  # noqa: E402
     GRASP,
     HF_THROUGH,
     ResidualIntervention,
+    finetune_lora,
     identify_spurious_directions,
     residual_shift_directions,
 )
@@ -26,12 +27,12 @@ D, VOCAB = 32, 50
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
-def _llama(kv_heads: int, device: str, seed: int = 0):
+def _llama(kv_heads: int, device: str, seed: int = 0, init: float = 0.02):
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(
         vocab_size=VOCAB, hidden_size=D, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=32,
-        attn_implementation="eager",
+        attn_implementation="eager", initializer_range=init,
     )  # fmt: skip
     return transformers.LlamaForCausalLM(cfg).to(device).eval()
 
@@ -173,3 +174,44 @@ def test_residual_shift_and_pull_back_on_a_peft_llama(device):
     hs = [o[0] if isinstance(o, tuple) else o for o in outs]
     assert len(hs) == 2 and all(float((h @ u).abs().max()) < 1e-5 for h in hs)
     assert all(float(h.norm()) > 1.0 for h in hs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_finetune_lora_with_a_loss_fn_trains_a_peft_llama_under_grasp(device):
+    base = _llama(2, device, init=0.1)  # larger weights than the default: learns faster
+    model = _peft(base, ["q_proj", "v_proj", "o_proj", "down_proj"])
+    u = _unit(6, device)
+
+    def counting(gen):  # t_{n+1} = t_n + 1 (mod V): learnable in a few steps
+        start = torch.randint(0, VOCAB, (8, 1), generator=gen)
+        return (start + torch.arange(12)) % VOCAB
+
+    def loss_fn(m, ids):
+        ids = ids.to(device)
+        return m(input_ids=ids, labels=ids).loss
+
+    g = GRASP(u, through=HF_THROUGH)
+    out = finetune_lora(model, counting, num_steps=40, lr=2e-2, grasp=g, verbose=False,
+                        loss_fn=loss_fn)  # fmt: skip
+    assert g.violation(model) < 1e-6
+    assert sum(out["loss"][-5:]) / 5 < sum(out["loss"][:5]) / 5 - 0.5  # about 3.8 -> 2.9
+    assert not model.training  # left in eval mode, as for TinyLM
+
+
+def test_a_peft_model_with_two_adapters_uses_the_active_one():
+    base = _llama(2, "cpu")
+    model = _peft(base, ["o_proj", "down_proj"])
+    model.add_adapter("second", peft.LoraConfig(r=3, lora_alpha=3, target_modules=["o_proj"],
+                                                init_lora_weights="gaussian"))  # fmt: skip
+    layer = model.get_submodule("base_model.model.model.layers.0.self_attn.o_proj")
+    f = next(f for f in lora_modules(model) if f.name.endswith("layers.0.self_attn.o_proj"))
+    assert f.A is layer.lora_A["default"].weight and f.scaling == 2.0
+    model.set_adapter("second")
+    f = next(f for f in lora_modules(model) if f.name.endswith("layers.0.self_attn.o_proj"))
+    assert f.A is layer.lora_A["second"].weight and f.A.shape == (3, D) and f.scaling == 1.0
+    u = _unit(7, "cpu")
+    GRASP(u).project(model)
+    assert float((u @ layer.lora_B["second"].weight.detach()).abs().max()) < 1e-6
+    layer.set_adapter(["default", "second"])  # both active on this layer: ambiguous
+    with pytest.raises(ValueError, match="2 of them active"):
+        list(lora_modules(model))
