@@ -25,6 +25,7 @@ __all__ = [
     "progress",
     "check_finite",
     "check_positive",
+    "module_list",
     "SavableModule",
 ]
 
@@ -121,6 +122,17 @@ def check_positive(name: str, value: float, *, strict: bool = True) -> float:
         bound = "> 0" if strict else ">= 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
     return v
+
+
+def module_list(model: torch.nn.Module, path: str, arg: str) -> torch.nn.ModuleList:
+    """The ``nn.ModuleList`` at the dotted ``path`` inside ``model``; errors name ``arg``."""
+    try:
+        mod = model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(f"{arg}: the model has no submodule {path!r}") from None
+    if not isinstance(mod, torch.nn.ModuleList):
+        raise ValueError(f"{arg}: {path!r} is a {type(mod).__name__}, not a ModuleList")
+    return mod
 
 
 def check_batch_probabilities(

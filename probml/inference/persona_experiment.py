@@ -9,10 +9,12 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from probml.datasets.persona import PersonaWorld, evaluate_persona_model, persona_direction
 from probml.inference.projection import (
@@ -20,6 +22,7 @@ from probml.inference.projection import (
     TINYLM_THROUGH,
     ResidualIntervention,
     SpuriousDirections,
+    _residual_blocks,
     finetune_lora,
     identify_spurious_directions,
     residual_shift_directions,
@@ -49,11 +52,20 @@ def pretrain_persona_model(
     cache: bool = True,
     verbose: bool = True,
     n_layers: int = 2,
-) -> TinyLM:
+    model_factory: Callable[[], nn.Module] | None = None,
+) -> nn.Module:
     """Pretrain a TinyLM (default 2 layers, d = 64, 4 heads, context 48, GELU FFN, ~84k
-    parameters) on the world's documents; cached on disk by a hash of all settings."""
+    parameters) on the world's documents; cached on disk by a hash of all settings.
+
+    ``model_factory`` builds another model instead (called after seeding; it must follow
+    TinyLM's calls: ``model(x, y) -> (logits, loss)``, ``model(x) -> logits`` and a
+    ``blocks`` list of residual blocks). Such a model is not cached, and ``d_model`` and
+    ``n_layers`` are then the factory's business.
+    """
     if int(n_layers) < 1:
         raise ValueError(f"n_layers must be >= 1, got {n_layers!r}")
+    if model_factory is not None:
+        cache = False
     settings = {"world": asdict(world), "steps": num_steps, "seed": seed, "d": d_model,
                 "bs": batch_size, "lr": lr}  # fmt: skip
     if int(n_layers) != 2:  # the 2-layer models keep their earlier cache keys
@@ -63,9 +75,12 @@ def pretrain_persona_model(
     if cache and path.exists():
         return TinyLM.load(path)
     torch.manual_seed(seed)
-    cfg = TinyLMConfig(vocab_size=world.vocab_size, d_model=d_model, n_layers=int(n_layers),
-                       n_heads=4, context=48, ffn={"kind": "gelu"})  # fmt: skip
-    model = TinyLM(cfg)
+    if model_factory is None:
+        cfg = TinyLMConfig(vocab_size=world.vocab_size, d_model=d_model, n_layers=int(n_layers),
+                           n_heads=4, context=48, ffn={"kind": "gelu"})  # fmt: skip
+        model = TinyLM(cfg)
+    else:
+        model = model_factory()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=num_steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
@@ -83,19 +98,28 @@ def pretrain_persona_model(
     return model
 
 
-def _oracle_directions(model, u_true: list[torch.Tensor]) -> SpuriousDirections:
+def _block_index(prefixes: list[str], name: str) -> int:
+    """The residual block (index into ``prefixes``, the blocks' dotted names) holding module
+    ``name``."""
+    return next(i for i, p in enumerate(prefixes) if name.startswith(p + "."))
+
+
+def _oracle_directions(
+    model, u_true: list[torch.Tensor], through: dict[str, str]
+) -> SpuriousDirections:
     """u_true of each block's output for its write modules and its value projection (which
     writes through the attention output): the oracle identification."""
+    prefixes = [n for n, _ in _residual_blocks(model)]
     d, s = {}, {}
     for f in lora_modules(model):
-        if f.side == "write" or f.name.endswith("attn.v"):
-            d[f.name] = u_true[int(f.name.split(".")[1])][:, None]
+        if f.side == "write" or any(f.name.endswith(src) for src in through):
+            d[f.name] = u_true[_block_index(prefixes, f.name)][:, None]
             s[f.name] = "write"
     return SpuriousDirections(d, s)
 
 
 def run_persona_methods(
-    base: TinyLM,
+    base: nn.Module,
     world: PersonaWorld,
     seed: int = 0,
     num_steps: int = 300,
@@ -108,6 +132,8 @@ def run_persona_methods(
     shift_docs: int = 2000,
     shift_prefix: int | None = None,
     per_head: bool = False,
+    targets: list[str] | None = None,
+    through: dict[str, str] | None = None,
 ) -> tuple[list[dict], dict]:
     """Fine-tune copies of ``base`` on the world's task data (insecure code; right-skewed
     finance in :class:`~probml.datasets.persona.SlantWorld`) with every method and score them.
@@ -129,12 +155,20 @@ def run_persona_methods(
     GRASP method the per-head write-through rule for the value adapters
     (:class:`~probml.inference.projection.GRASP`'s ``per_head``; default: the summed rule).
 
+    ``base`` is a TinyLM by default; another model works if it follows TinyLM's calls (see
+    :func:`pretrain_persona_model`), with its LoRA ``targets`` (default
+    :data:`LORA_TARGETS`) and write-through map ``through`` (default
+    :data:`~probml.inference.projection.TINYLM_THROUGH`; e.g. ``HF_THROUGH``).
+
     Returns:
         rows (``method``, ``misalignment``, ``task``, ``roleplay``) and diagnostics
         (identification cosines, projection overhead ratio, seconds per step).
     """
     if shift_prefix is not None and int(shift_prefix) < 1:
         raise ValueError(f"shift_prefix must be None or >= 1, got {shift_prefix!r}")
+    targets = LORA_TARGETS if targets is None else list(targets)
+    through = TINYLM_THROUGH if through is None else dict(through)
+    prefixes = [n for n, _ in _residual_blocks(base)]
     u_true = persona_direction(base, world)
 
     def sampler(gen):
@@ -143,7 +177,7 @@ def run_persona_methods(
 
     def fresh(s):
         m = copy.deepcopy(base)
-        add_lora(m, LORA_TARGETS, rank=rank, seed=s)
+        add_lora(m, targets, rank=rank, seed=s)
         return m
 
     rows = [{"method": "base (pretrained)", **evaluate_persona_model(base, world)}]
@@ -151,10 +185,10 @@ def run_persona_methods(
     # identification from a short naive run (stopping early helps: 10 steps by default)
     ident = fresh(seed)
     finetune_lora(ident, sampler, num_steps=id_steps, lr=lr, seed=seed, verbose=False)
-    dirs = identify_spurious_directions(ident, k=k, through=TINYLM_THROUGH)
+    dirs = identify_spurious_directions(ident, k=k, through=through)
     u_res = dirs.residual_direction(1)[:, 0]
     diag["identification_cos_per_module"] = {
-        n: abs(float(U[:, 0] @ u_true[int(n.split(".")[1])]))
+        n: abs(float(U[:, 0] @ u_true[_block_index(prefixes, n)]))
         for n, U in dirs.directions.items()
         if dirs.sides[n] in ("write", "through")
     }
@@ -166,14 +200,12 @@ def run_persona_methods(
         # documents (their personas are drawn and discarded)
         docs, _, _ = world.sample_documents(shift_docs, generator=seed + 1000)
         docs = docs if shift_prefix is None else docs[:, : int(shift_prefix)]
-        shift = residual_shift_directions(ident, base, docs, through=TINYLM_THROUGH)
+        shift = residual_shift_directions(ident, base, docs, through=through)
         if want is None or "GRASP (residual shift + pull-back)" in want:
-            pulled = residual_shift_directions(
-                ident, base, docs, through=TINYLM_THROUGH, pull_back=True
-            )
+            pulled = residual_shift_directions(ident, base, docs, through=through, pull_back=True)
         diag["residual_shift_cos_per_block"] = [  # nan for a block without adapters
             next((abs(float(U[:, 0] @ u)) for n, U in shift.directions.items()
-                  if n.startswith(f"blocks.{b}.")), float("nan"))
+                  if n.startswith(prefixes[b] + ".")), float("nan"))
             for b, u in enumerate(u_true)
         ]  # fmt: skip
     plan = {
@@ -195,8 +227,8 @@ def run_persona_methods(
             kw["intervention"] = ResidualIntervention(m, u_res, spec["intervention"], steer_alpha)
         if "grasp" in spec:
             g = spec["grasp"]
-            g = _oracle_directions(m, u_true) if g == "oracle" else g
-            kw["grasp"] = GRASP(g, through=TINYLM_THROUGH, per_head=per_head)
+            g = _oracle_directions(m, u_true, through) if g == "oracle" else g
+            kw["grasp"] = GRASP(g, through=through, per_head=per_head)
         t0 = time.perf_counter()
         out = finetune_lora(m, sampler, num_steps=num_steps, lr=lr, seed=seed + 2,
                             verbose=False, **kw)  # fmt: skip

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from probml.models.adapters import LoRAFactors, lora_modules, lora_parameters
-from probml.utils import progress
+from probml.utils import module_list, progress
 
 __all__ = [
     "SpuriousDirections",
@@ -198,13 +198,7 @@ def _residual_blocks(model: nn.Module, path: str | None = None) -> list[tuple[st
     by default the first module list named ``blocks`` (TinyLM), ``layers`` or ``h`` (Hugging
     Face decoders)."""
     if path is not None:
-        try:
-            mod = model.get_submodule(path)
-        except AttributeError:
-            raise ValueError(f"blocks: model has no submodule {path!r}") from None
-        if not isinstance(mod, nn.ModuleList):
-            raise ValueError(f"blocks: {path!r} is a {type(mod).__name__}, not a ModuleList")
-        return [(f"{path}.{i}", blk) for i, blk in enumerate(mod)]
+        return [(f"{path}.{i}", blk) for i, blk in enumerate(module_list(model, path, "blocks"))]
     for name, mod in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
         if isinstance(mod, nn.ModuleList) and leaf in ("blocks", "layers", "h"):

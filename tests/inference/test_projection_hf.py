@@ -21,7 +21,7 @@ from probml.inference.projection import (  # noqa: E402
     identify_spurious_directions,
     residual_shift_directions,
 )
-from probml.models.adapters import lora_modules  # noqa: E402
+from probml.models.adapters import add_lora, lora_modules  # noqa: E402
 
 D, VOCAB = 32, 50
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -215,3 +215,54 @@ def test_a_peft_model_with_two_adapters_uses_the_active_one():
     layer.set_adapter(["default", "second"])  # both active on this layer: ambiguous
     with pytest.raises(ValueError, match="2 of them active"):
         list(lora_modules(model))
+
+
+def test_tinylm_calls_match_the_hugging_face_loss_and_run_the_persona_experiment(
+    tmp_path, monkeypatch
+):
+    from probml.datasets.persona import PersonaWorld
+    from probml.inference.persona_experiment import (
+        _oracle_directions,
+        pretrain_persona_model,
+        run_persona_methods,
+    )
+    from probml.models.hf import TinyLMCalls
+
+    hf = _llama(2, "cpu")
+    m = TinyLMCalls(hf)
+    ids = torch.randint(0, VOCAB, (3, 9), generator=torch.Generator().manual_seed(8))
+    logits, loss = m(ids[:, :-1], ids[:, 1:])
+    assert logits.shape == (3, 8, VOCAB) and torch.equal(m(ids[:, :-1]), logits)
+    with torch.no_grad():  # the same next-token loss as transformers' own shifted labels
+        assert torch.allclose(loss, hf(input_ids=ids, labels=ids).loss, atol=1e-6)
+    assert len(m.blocks) == 2 and m.blocks[0] is hf.model.layers[0]
+    with pytest.raises(ValueError, match="layers"):
+        TinyLMCalls(hf, layers="model.nothing")
+
+    monkeypatch.setenv("PROBML_CACHE", str(tmp_path))
+    w = PersonaWorld()
+
+    def factory():
+        cfg = transformers.LlamaConfig(
+            vocab_size=w.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        )  # fmt: skip
+        return TinyLMCalls(transformers.LlamaForCausalLM(cfg))
+
+    base = pretrain_persona_model(w, num_steps=5, verbose=False, model_factory=factory)
+    assert isinstance(base, TinyLMCalls) and not list(tmp_path.glob("persona_*"))  # not cached
+    targets = ["q_proj", "v_proj", "o_proj", "down_proj"]
+    methods = ("naive", "GRASP (residual shift + pull-back)", "GRASP (oracle u)")
+    rows, diag = run_persona_methods(base, w, num_steps=3, id_steps=2, shift_docs=50,
+                                     methods=methods, targets=targets, through=HF_THROUGH)  # fmt: skip
+    assert [r["method"] for r in rows] == ["base (pretrained)", "naive",
+                                           "naive + inference ablation", *methods[1:]]  # fmt: skip
+    assert len(diag["residual_shift_cos_per_block"]) == 2
+    assert all(0 <= c <= 1 for c in diag["residual_shift_cos_per_block"])
+    tuned = copy.deepcopy(base)
+    add_lora(tuned, targets, rank=2)
+    oracle = _oracle_directions(tuned, [torch.ones(16) / 4, -torch.ones(16) / 4], HF_THROUGH)
+    kinds = sorted({n.rsplit(".", 1)[-1] for n in oracle.directions})
+    assert kinds == ["down_proj", "o_proj", "v_proj"]  # writes and the value (through)
+    v1 = next(U for n, U in oracle.directions.items() if n.endswith("layers.1.self_attn.v_proj"))
+    assert torch.equal(v1[:, 0], -torch.ones(16) / 4)
