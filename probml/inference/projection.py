@@ -53,18 +53,18 @@ TINYLM_THROUGH = {"attn.v": "attn.o.linear"}
 HF_THROUGH = {"v_proj": "o_proj"}
 
 
-def _head_dim(attn: nn.Module, out_dim: int) -> int | None:
+def _head_dim(attn: nn.Module, out_dim: int, n_rep: int) -> int | None:
     """The value head width of attention module ``attn`` whose value projection writes
-    ``out_dim`` features: Hugging Face's ``head_dim``, or ``out_dim / h`` (TinyLM's ``h``,
-    or ``num_heads`` / ``num_key_value_heads``)."""
+    ``out_dim`` features: Hugging Face's ``head_dim``, or ``out_dim`` over the number of value
+    heads (``num_key_value_heads``; without grouped queries also TinyLM's ``h`` or
+    ``num_heads``, which count query heads). None if the module does not say, or if the width
+    does not divide ``out_dim``."""
+    attrs = ("num_key_value_heads",) if n_rep > 1 else ("num_key_value_heads", "h", "num_heads")
     hd = getattr(attn, "head_dim", None)
-    if isinstance(hd, int):
-        return hd
-    for attr in ("num_key_value_heads", "h", "num_heads"):
-        n = getattr(attn, attr, None)
-        if isinstance(n, int) and n > 0 and out_dim % n == 0:
-            return out_dim // n
-    return None
+    if not isinstance(hd, int):
+        n = next((getattr(attn, a) for a in attrs if isinstance(getattr(attn, a, None), int)), 0)
+        hd = out_dim // n if n > 0 and out_dim % n == 0 else None
+    return hd if hd and out_dim % hd == 0 else None
 
 
 def _through_map(
@@ -83,13 +83,14 @@ def _through_map(
             parent = name.rpartition(".")[0]  # the value projection's attention module
             attn = model.get_submodule(parent) if parent else model
             n_rep = W.shape[1] // out_dim
-            if W.shape[1] % out_dim or (n_rep > 1 and _head_dim(attn, out_dim) is None):
+            hd = _head_dim(attn, out_dim, n_rep) if W.shape[1] % out_dim == 0 else None
+            if W.shape[1] % out_dim or (n_rep > 1 and hd is None):
                 raise ValueError(
                     f"through: {name!r} writes {out_dim} features but {prefix + dst!r} reads "
                     f"{W.shape[1]}; beyond equal widths only grouped-query attention (an "
-                    "attention module with head_dim) is handled"
+                    "attention module with head_dim or num_key_value_heads) is handled"
                 )
-            return W, n_rep, _head_dim(attn, out_dim)
+            return W, n_rep, hd
     return None
 
 

@@ -581,3 +581,41 @@ def test_residual_shift_with_adapters_on_some_blocks_only():
             assert not any(n.startswith(f"blocks.{other}.") for n in dirs.directions)
             expected = 2 if (pull and block == 0) else 1
             assert dirs.directions[name].shape == (16, expected)
+
+
+def test_write_through_widths_grouped_heads_and_clear_errors():
+    class Attn(nn.Module):  # 2 value heads of width 2 feeding 4 query heads (n_rep = 2)
+        def __init__(self):
+            super().__init__()
+            self.v = nn.Linear(8, 4, bias=False)
+            self.o = nn.Linear(8, 8, bias=False)
+
+    torch.manual_seed(0)
+    m = nn.Module()
+    m.attn = Attn()
+    add_lora(m, ["attn.v"], rank=2)
+    with torch.no_grad():
+        m.attn.v.lora_B.normal_()
+    through = {"attn.v": "attn.o"}
+    with pytest.raises(ValueError, match="through: 'attn.v' writes 4 features"):
+        identify_spurious_directions(m, through=through)
+    m.attn.num_heads = 4  # counts query heads: not trusted for grouped heads
+    with pytest.raises(ValueError, match="grouped-query"):
+        identify_spurious_directions(m, through=through)
+    m.attn.num_key_value_heads = 2
+    dirs = identify_spurious_directions(m, through=through)
+    Wo = m.attn.o.weight  # query head q reads value head q // 2
+    R = torch.zeros(8, 4)
+    for q in range(4):
+        R[2 * q : 2 * q + 2, 2 * (q // 2) : 2 * (q // 2) + 2] = torch.eye(2)
+    top = torch.linalg.svd((Wo @ R @ m.attn.v.delta_weight()).detach())[0][:, 0]
+    assert abs(float(dirs.directions["attn.v"][:, 0] @ top)) > 1 - 1e-5
+    u = torch.randn(8)
+    g = GRASP(u, through=through, per_head=True)
+    g.project(m)
+    dv = m.attn.v.delta_weight().detach()
+    for q in range(4):  # every query head's write-through is off u
+        assert (
+            float((u @ Wo[:, 2 * q : 2 * q + 2] @ dv[2 * (q // 2) : 2 * (q // 2) + 2]).abs().max())
+            < 1e-5
+        )
