@@ -18,8 +18,8 @@ the step's own timing noise.
 `--moa-sweep` runs only the MoA comparison, over lr in {1e-3, 2e-3, 4e-3} with 2 paired seeds,
 writing one JSON per learning rate as it goes (so a run cut short keeps what it finished).
 
-Run: `python benchmarks/gpu_timing.py [--quick] [--moa-sweep | --grasp] [--out DIR]` on a machine with
-CUDA.
+Run: `python benchmarks/gpu_timing.py [--quick] [--moa-sweep | --grasp] [--out DIR]` on a
+machine with CUDA.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def grasp_overhead(args, name: str) -> None:
     for dev in ("cpu", "cuda"):
         steps = {a: lora_step(dev, args.quick, a) for a in (None, "summed", "per-head")}
         # three rounds, the arms in turn in each (median of 10 after 3 warm-ups); best round
-        rounds = [{a: _time(f, dev, reps=10, warmup=3) for a, f in steps.items()} for _ in "abc"]
+        rounds = [{a: _time(f, dev, reps=10, warmup=3) for a, f in steps.items()} for _ in range(3)]
         t = {a: min(r[a] for r in rounds) for a in steps}
         for a in ("summed", "per-head"):
             proj = _time(steps[a].project, dev, reps=20, warmup=3)

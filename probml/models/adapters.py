@@ -137,22 +137,33 @@ def _peft_weight(obj, key: str | None = None) -> torch.Tensor | None:
     return None
 
 
-def _peft_key(name: str, mod: nn.Module) -> str | None:
-    """The adapter of a PEFT layer holding several (``lora_A`` a ``ModuleDict``): its one
-    active adapter; None for a single adapter or other layouts."""
+_INACTIVE = object()  # a PEFT layer none of whose adapters is active
+
+
+def _peft_key(name: str, mod: nn.Module):
+    """Which adapter of a PEFT layer (``lora_A`` a ``ModuleDict``) to read: its one active
+    adapter, or :data:`_INACTIVE` if none of its adapters is active (PEFT sets the active
+    name on every layer, also where that adapter is absent); None for one adapter on a layer
+    that does not say which is active, or for other layouts."""
     A = mod.lora_A
-    if not isinstance(A, nn.ModuleDict) or len(A) < 2:
+    if not isinstance(A, nn.ModuleDict):
         return None
     active = getattr(mod, "active_adapters", None)
-    active = [active] if isinstance(active, str) else list(active or [])
+    if active is None:
+        if len(A) > 1:
+            raise ValueError(
+                f"{name!r} holds adapters {list(A.keys())} and does not say which is active"
+            )
+        return None
+    active = [active] if isinstance(active, str) else list(active)
     active = [a for a in active if a in A]
-    if len(active) != 1:
+    if len(active) > 1:
         raise ValueError(
             f"{name!r} holds adapters {list(A.keys())} with {len(active)} of them active "
             f"({active}); GRASP and the identification work on one: activate one (PEFT's "
             "set_adapter)"
         )
-    return active[0]
+    return active[0] if active else _INACTIVE
 
 
 def lora_modules(
@@ -160,12 +171,14 @@ def lora_modules(
 ) -> Iterator[LoRAFactors]:
     """Every adapted module of ``model``: ours (:class:`LoRALinear`) or PEFT-style (attributes
     ``lora_A``/``lora_B`` holding ``nn.Linear`` s, ``ModuleDict`` s of them or tensors;
-    ``scaling`` a float or a dict). A PEFT layer with several adapters gives its active one
-    (an error if several are active)."""
+    ``scaling`` a float or a dict). A PEFT layer gives its active adapter; one whose
+    adapters are all inactive is left out; several active on one layer are an error."""
     for name, mod in model.named_modules():
         if not (hasattr(mod, "lora_A") and hasattr(mod, "lora_B")):
             continue
         key = _peft_key(name, mod)
+        if key is _INACTIVE:
+            continue
         A, B = _peft_weight(mod.lora_A, key), _peft_weight(mod.lora_B, key)
         if A is None or B is None:
             continue

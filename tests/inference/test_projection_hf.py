@@ -206,7 +206,9 @@ def test_a_peft_model_with_two_adapters_uses_the_active_one():
     layer = model.get_submodule("base_model.model.model.layers.0.self_attn.o_proj")
     f = next(f for f in lora_modules(model) if f.name.endswith("layers.0.self_attn.o_proj"))
     assert f.A is layer.lora_A["default"].weight and f.scaling == 2.0
+    assert len(list(lora_modules(model))) == 4  # "default": o_proj and down_proj, 2 layers
     model.set_adapter("second")
+    assert [f.name.rsplit(".", 1)[-1] for f in lora_modules(model)] == ["o_proj", "o_proj"]
     f = next(f for f in lora_modules(model) if f.name.endswith("layers.0.self_attn.o_proj"))
     assert f.A is layer.lora_A["second"].weight and f.A.shape == (3, D) and f.scaling == 1.0
     u = _unit(7, "cpu")
