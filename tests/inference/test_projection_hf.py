@@ -1,8 +1,8 @@
 """GRASP on a real Hugging Face decoder with PEFT LoRA adapters (optional peers).
 
 A tiny randomly initialised Llama (built from a config in code: nothing is downloaded) wrapped
-by ``peft.get_peft_model``. Needs ``transformers`` and ``peft`` (``pip install -e .[hf]``);
-skipped without them. The CUDA cases run where a GPU is present.
+by ``peft.get_peft_model``. Needs ``transformers`` and ``peft``, the ``hf`` extra that ``make``
+installs; skipped where they are absent. The CUDA cases run where a GPU is present.
 """
 
 import copy
