@@ -236,8 +236,10 @@ class PromptDriftFilter(DriftFilter):
     :class:`DriftFilter` (tested). :math:`\eta_i` also absorbs the error of the offline value
     :math:`p_{0,i}` itself.
 
-    Cost per batch: ``O(T S G B + T G B E)`` time and memory (``T`` values of tau, ``E`` grid
-    points of eta); state ``O(N T E)`` for ``N`` prompts.
+    Cost per batch: ``O(T G B E)`` time and ``O(G B E + T G B)`` memory (``T`` values of tau,
+    ``E`` grid points of eta; the rewards depend on ``(tau, c)`` only, so ``sigma`` is summed
+    out before the leave-one-out step), plus ``O(T S G^2)`` for the random-walk step; state
+    ``O(N T E)`` for ``N`` prompts.
 
     Args:
         num_prompts: ``N``, the number of distinct prompts (indices ``0 .. N-1``).
@@ -325,16 +327,21 @@ class PromptDriftFilter(DriftFilter):
         P = torch.einsum("bte,gbe->tgb", q, succ).clamp(1e-15, 1 - 1e-15)  # T G B
         hit = r.bool()
         ll = torch.where(hit, P.log(), torch.log1p(-P))  # T G B
-        log_joint = prior.clamp_min(1e-300).log() + ll.sum(-1)[:, None, :]  # T S G
-        loo = torch.softmax((log_joint[..., None] - ll[:, None]).reshape(-1, r.numel()), 0)
-        loo = loo.reshape(T, S, G, -1)  # posterior without prompt i, for each i
-        baseline = (loo * P[:, None]).sum((0, 1, 2))
+        ll_tot = ll.sum(-1)  # T G
+        # the rewards depend on (tau, c) only, so sigma is summed out of the leave-one-out
+        # posteriors: T x G x B instead of T x S x G x B
+        log_tc = prior.sum(1).clamp_min(1e-300).log() + ll_tot  # T G
+        loo = torch.softmax((log_tc[..., None] - ll).reshape(-1, r.numel()), 0)
+        loo = loo.reshape(T, G, -1)  # (tau, c) without prompt i, for each i
+        baseline = (loo * P).sum((0, 1))
         if update:
+            log_joint = prior.clamp_min(1e-300).log() + ll_tot[:, None, :]  # T S G
             self.posterior = torch.softmax(log_joint.reshape(-1), 0).reshape(T, S, G)
-            w = loo.sum(1)  # T G B: (tau, c) given r_{-i}
-            w = w / w.sum(1, keepdim=True).clamp_min(1e-300)  # c given r_{-i} and tau
-            lik = torch.where(hit[None, :, None], succ, 1 - succ)  # G B E
-            msg = torch.einsum("tgb,gbe->bte", w, lik).clamp_min(1e-300).log()  # B T E
+            w = loo / loo.sum(1, keepdim=True).clamp_min(1e-300)  # c given r_{-i} and tau
+            # p(r_i | c, e) is succ for a hit and 1 - succ for a miss; w sums to 1 over c, so
+            # the message of a miss is 1 minus that of a hit (no G x B x E tensor for it)
+            m = torch.einsum("tgb,gbe->bte", w, succ)  # B T E
+            msg = torch.where(hit[:, None, None], m, 1 - m).clamp_min(1e-300).log()
             # index_add_: a prompt drawn twice in one batch gets both messages
             self.log_q.index_add_(0, idx, msg)
             rows = idx.unique()

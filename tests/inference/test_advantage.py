@@ -307,6 +307,45 @@ def test_prompt_drift_filter_counts_a_prompt_drawn_twice_in_one_batch_twice():
     assert mean[0] > mean[1] > 0 > mean[2] and abs(float(mean[3])) < 1e-12
 
 
+def test_prompt_drift_filter_is_the_docstring_formula_by_enumeration():
+    """b_i, the (tau, sigma, c) posterior and the eta messages, each prompt by hand."""
+    grid = torch.linspace(0, 2, 5, dtype=torch.float64)
+    taus, sds = (0.0, 0.5, 1.0), (0.05, 0.3)
+    filt = PromptDriftFilter(8, taus=taus, c_grid=grid, step_sds=sds)
+    idx = torch.tensor([0, 1, 2, 3, 4, 5])
+    for p0, _, r in _shared_drift_batches(3, T=3, B=6):
+        filt.loo_baseline(r, p0, idx)
+    p0, _, r = next(_shared_drift_batches(4, T=2, B=6))
+    idx = torch.tensor([2, 6, 0, 7, 2, 5])  # prompt 2 twice; 6 and 7 not seen before
+    log_q0 = filt.log_q.clone()
+    prior = filt.predictive_prior()  # T S G
+    q = torch.softmax(log_q0[idx], -1)  # B T E
+    succ = torch.sigmoid(
+        torch.logit(p0)[None, :, None] + grid[:, None, None] + filt.eta_grid
+    )  # G B E
+    P = torch.einsum("bte,gbe->tgb", q, succ)  # T G B
+    lik = torch.where(r.bool(), P, 1 - P)  # T G B
+    b = filt.loo_baseline(r, p0, idx)
+    msgs = torch.zeros(6, len(taus), filt.eta_grid.numel(), dtype=torch.float64)
+    for i in range(6):
+        others = torch.cat([lik[..., :i], lik[..., i + 1 :]], -1).prod(-1)  # T G
+        w = prior * others[:, None]  # T S G
+        assert b[i].item() == pytest.approx(
+            float((w * P[:, None, :, i]).sum() / w.sum()), rel=1e-10
+        )
+        w_c = w.sum(1) / w.sum((1, 2))[:, None]  # T G: c given r_{-i} and tau
+        p_ri = succ[:, i] if r[i] else 1 - succ[:, i]  # G E
+        msgs[i] = torch.einsum("tg,ge->te", w_c, p_ri)
+    post = prior * lik.prod(-1)[:, None]
+    assert torch.allclose(filt.posterior, post / post.sum(), rtol=1e-10, atol=1e-15)
+    for n in range(8):
+        mine = (idx == n).nonzero().flatten()
+        q_n = torch.softmax(log_q0[n], -1) * msgs[mine].prod(0)
+        assert torch.allclose(
+            torch.softmax(filt.log_q[n], -1), q_n / q_n.sum(-1, keepdim=True), atol=1e-12
+        ), n
+
+
 def _prompt_drift_batches(seed, tau, N=48, T=80, B=24):
     """Batches of the spec's model with a static prompt drift eta_i ~ N(0, tau^2) on N recurring
     prompts and a shared drift rising from 0.3 to 1.3: (prompts, p0, true values, rewards)."""
