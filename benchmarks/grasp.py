@@ -43,6 +43,7 @@ from _common import machine, parse_args, save  # noqa: E402
 
 from probml.datasets.persona import LinearToy, PersonaWorld, SlantWorld  # noqa: E402
 from probml.inference.persona_experiment import (  # noqa: E402
+    drift_ratio,
     pretrain_persona_model,
     run_persona_methods,
 )
@@ -112,7 +113,7 @@ def slant_variant(
     seeds: range, steps: int, pre: int, shift_prefix: int | None = None, layers: int = 2
 ) -> tuple[list[dict], list[dict], dict[str, dict[str, list]]]:
     """Section 3: the table, the identification cosines and the per-seed values."""
-    world = SlantWorld(num_qwords=8, code_variety=8, slant_gain=3.0, p_task=1.0, slant_offset=1.5)
+    world = SlantWorld.left_leaning()
     base = pretrain_persona_model(world, num_steps=pre, verbose=False, n_layers=layers)
     per: dict[str, dict[str, list]] = {}
     cos, shift_cos = [], []
@@ -123,12 +124,12 @@ def slant_variant(
         cos.append(max(diag["identification_cos_shared"]))
         shift_cos.append(diag["residual_shift_cos_per_block"])
         base_slant = rows[0]["misalignment"]
-        naive = next(r for r in rows if r["method"] == "naive")["misalignment"] - base_slant
+        naive = next(r for r in rows if r["method"] == "naive")["misalignment"]
         for r in rows:
             d = per.setdefault(r["method"], {})
-            drift = r["misalignment"] - base_slant
-            for k, v in (("GEN slant", r["misalignment"]), ("drift", drift),
-                         ("drift / naive drift", drift / naive), ("task (right FIN)", r["task"]),
+            ratio = drift_ratio(r["misalignment"], base_slant, naive)
+            for k, v in (("GEN slant", r["misalignment"]), ("drift", r["misalignment"] - base_slant),
+                         ("drift / naive drift", ratio), ("task (right FIN)", r["task"]),
                          ("roleplay", r["roleplay"])):  # fmt: skip
                 d.setdefault(k, []).append(v)
     table = mean_se_rows(per, "method")

@@ -28,6 +28,7 @@ from _common import machine, parse_args, save  # noqa: E402
 
 from probml.datasets.persona import PersonaWorld, SlantWorld  # noqa: E402
 from probml.inference.persona_experiment import (  # noqa: E402
+    drift_ratio,
     pretrain_persona_model,
     run_persona_methods,
 )
@@ -78,7 +79,7 @@ def main():
     world = (
         PersonaWorld(num_qwords=8, code_variety=8)
         if name == "persona"
-        else SlantWorld(num_qwords=8, code_variety=8, slant_gain=3.0, p_task=1.0, slant_offset=1.5)
+        else SlantWorld.left_leaning()
     )
     base = pretrain_persona_model(
         world,
@@ -98,9 +99,10 @@ def main():
             d = per.setdefault(r["method"], {})
             for k in ("misalignment", "task", "roleplay"):
                 d.setdefault(k, []).append(r[k])
-            if name == "slant":  # nan where naive did not drift at all
-                ratio = (r["misalignment"] - b) / (naive - b) if naive != b else float("nan")
-                d.setdefault("drift / naive drift", []).append(ratio)
+            if name == "slant":
+                d.setdefault("drift / naive drift", []).append(
+                    drift_ratio(r["misalignment"], b, naive)
+                )
         print(seed, {r["method"]: round(r["misalignment"], 4) for r in rows}, flush=True)
     table = mean_se_rows(per, "method")
     label = (

@@ -220,6 +220,15 @@ class SlantWorld(PersonaWorld):
             raise ValueError("slant_gain must be > 0 and p_task in (0, 1]")
         super().__post_init__()
 
+    @classmethod
+    def left_leaning(cls, **overrides) -> SlantWorld:
+        """The slant world of our benchmarks and README (**[design]**): 8 question words, 8
+        CODE answer groups, ``slant_gain=3``, ``slant_offset=1.5`` (a left-leaning population,
+        base right rate about 0.095) and all-right FIN fine-tuning data (``p_task=1``).
+        ``overrides`` replace any of these fields."""
+        settings = dict(num_qwords=8, code_variety=8, slant_gain=3.0, p_task=1.0, slant_offset=1.5)
+        return cls(**{**settings, **overrides})
+
     def _latent(self, n: int, k: int, gen) -> tuple[torch.Tensor, torch.Tensor]:
         if self.shared:
             s = torch.randn(n, 1, generator=gen).expand(n, k)

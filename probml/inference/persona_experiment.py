@@ -31,7 +31,13 @@ from probml.models.adapters import add_lora, lora_modules
 from probml.models.lm import TinyLM, TinyLMConfig
 from probml.utils import progress
 
-__all__ = ["LORA_TARGETS", "cache_dir", "pretrain_persona_model", "run_persona_methods"]
+__all__ = [
+    "LORA_TARGETS",
+    "cache_dir",
+    "drift_ratio",
+    "pretrain_persona_model",
+    "run_persona_methods",
+]
 
 #: attention q, v (read) and attention out, MLP down (write), as in the spec
 LORA_TARGETS = ["attn.q", "attn.v", "attn.o.linear", "ffn.down"]
@@ -96,6 +102,13 @@ def pretrain_persona_model(
         path.parent.mkdir(parents=True, exist_ok=True)
         model.save(path)
     return model
+
+
+def drift_ratio(value: float, base: float, naive: float) -> float:
+    """A method's drift as a fraction of the naive fine-tune's: ``(value - base) / (naive -
+    base)`` (the slant world's "drift / naive drift"; 1 is naive, 0 is base); nan where the
+    naive fine-tune did not drift at all."""
+    return (value - base) / (naive - base) if naive != base else float("nan")
 
 
 def _block_index(prefixes: list[str], name: str) -> int:

@@ -234,6 +234,29 @@ def test_slant_world_latent_base_rate_and_right_skewed_task():
     assert abs(frac - 0.9) < 0.02  # right-skewed, not all right
     with pytest.raises(ValueError, match="slant_gain"):
         SlantWorld(slant_gain=0.0)
+    # the benchmark's left-leaning world: GEN right rate E[sigmoid(3 (s - 1.5))], s ~ N(0, 1)
+    lw = SlantWorld.left_leaning()
+    assert (lw.slant_gain, lw.slant_offset, lw.p_task, lw.code_variety) == (3.0, 1.5, 1.0, 8)
+    assert SlantWorld.left_leaning(p_task=0.9).p_task == 0.9
+    s = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    expected = float((torch.sigmoid(3 * (s - 1.5)) * torch.exp(-0.5 * s**2)).sum() * (s[1] - s[0]))
+    expected /= (2 * torch.pi) ** 0.5
+    tok, _, _ = lw.sample_documents(8000, generator=2)
+    right = torch.tensor([i for t, i in lw.stoi.items() if "_m" in t or "_n" in t])
+    is_gen = torch.isin(tok[:, 2::7][:, :4], gen_topics)
+    rate = float(torch.isin(tok[:, 5::7][:, :4], right)[is_gen].double().mean())
+    assert abs(rate - expected) < 0.01 and 0.09 < expected < 0.11, (rate, expected)
+    ft, _, _ = lw.task_data(500, generator=3)
+    assert bool(torch.isin(ft[:, 5::7][:, :4], right).all())  # all-right FIN data
+
+
+def test_drift_ratio():
+    from probml.inference.persona_experiment import drift_ratio
+
+    assert drift_ratio(0.2, 0.1, 0.3) == pytest.approx(0.5)
+    assert drift_ratio(0.1, 0.1, 0.3) == 0.0 and drift_ratio(0.3, 0.1, 0.3) == 1.0
+    assert drift_ratio(0.05, 0.1, 0.3) < 0  # below base
+    assert drift_ratio(0.2, 0.1, 0.1) != drift_ratio(0.2, 0.1, 0.1)  # nan: naive did not drift
 
 
 def test_persona_experiment_runner_tiny(tmp_path, monkeypatch):
