@@ -13,13 +13,15 @@ the query, value, attention-output and MLP-down projections) plain, with GRASP's
 after it (one random residual direction, the write-through rule for the value adapters), and
 with the per-head write-through rule; each as a ratio to the plain step on the same device. The
 projection alone is timed too (median of 20), since on the GPU the whole-step ratio is within
-the step's own timing noise.
+the step's own timing noise: with the adapted modules held by the loop (as `finetune_lora`
+does) and found again on every call (`GRASP.project(model)` without `factors`). Without CUDA,
+`--grasp` times the CPU rows only.
 
 `--moa-sweep` runs only the MoA comparison, over lr in {1e-3, 2e-3, 4e-3} with 2 paired seeds,
 writing one JSON per learning rate as it goes (so a run cut short keeps what it finished).
 
 Run: `python benchmarks/gpu_timing.py [--quick] [--moa-sweep | --grasp] [--out DIR]` on a
-machine with CUDA.
+machine with CUDA (`--grasp` also runs without one).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from probml.inference.persona_experiment import LORA_TARGETS  # noqa: E402
 from probml.inference.pretrain import paired_comparison, pydoc_corpus  # noqa: E402
 from probml.inference.projection import GRASP, TINYLM_THROUGH  # noqa: E402
 from probml.inference.smc import SURGE  # noqa: E402
-from probml.models.adapters import add_lora, lora_parameters  # noqa: E402
+from probml.models.adapters import add_lora, lora_modules, lora_parameters  # noqa: E402
 from probml.models.diffusion import LinearGaussianDiffusion  # noqa: E402
 from probml.models.dynamics import LinearGaussianSSM  # noqa: E402
 from probml.models.lm import TinyLM, TinyLMConfig  # noqa: E402
@@ -85,6 +87,7 @@ def lora_step(device: str, quick: bool, grasp: str | None):
     m = TinyLM(cfg)
     add_lora(m, LORA_TARGETS, rank=8)
     m = m.to(device)
+    factors = list(lora_modules(m))  # held by the loop, as finetune_lora does
     opt = torch.optim.AdamW(lora_parameters(m), lr=1e-3)
     for p in lora_parameters(m):
         p.requires_grad_(True)
@@ -100,25 +103,29 @@ def lora_step(device: str, quick: bool, grasp: str | None):
         loss.backward()
         opt.step()
         if g is not None:
-            g.project(m)
+            g.project(m, factors)
 
-    step.project = None if g is None else (lambda: g.project(m))  # the projection alone
+    # the projection alone, with the loop's modules and with a walk over the model per call
+    step.project = None if g is None else (lambda: g.project(m, factors))
+    step.project_walk = None if g is None else (lambda: g.project(m))
     return step
 
 
 def grasp_overhead(args, name: str) -> None:
     rows = []
-    for dev in ("cpu", "cuda"):
+    for dev in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
         steps = {a: lora_step(dev, args.quick, a) for a in (None, "summed", "per-head")}
         # three rounds, the arms in turn in each (median of 10 after 3 warm-ups); best round
         rounds = [{a: _time(f, dev, reps=10, warmup=3) for a, f in steps.items()} for _ in range(3)]
         t = {a: min(r[a] for r in rounds) for a in steps}
         for a in ("summed", "per-head"):
             proj = _time(steps[a].project, dev, reps=20, warmup=3)
+            walk = _time(steps[a].project_walk, dev, reps=20, warmup=3)
             rows.append({"device": dev, "GRASP rule": a, "plain LoRA step ms": 1e3 * t[None],
                          "GRASP step ms": 1e3 * t[a], "ratio": t[a] / t[None],
                          "projection alone ms": 1e3 * proj,
-                         "(plain + projection) / plain": 1 + proj / t[None]})  # fmt: skip
+                         "(plain + projection) / plain": 1 + proj / t[None],
+                         "projection, modules found per call ms": 1e3 * walk})  # fmt: skip
             print(rows[-1], flush=True)
     print(f"## GRASP overhead ({name}; {machine()})\n" + markdown_table(rows))
     path = save("gpu_grasp_overhead", args.out, {"device": name, "rows": rows})
@@ -179,6 +186,8 @@ def moa_sweep(args, name: str) -> None:
 
 def main():
     args = parse_args(__doc__.splitlines()[0], flags=("--moa-sweep", "--grasp"))
+    if args.grasp and not torch.cuda.is_available():  # the CPU rows alone
+        return grasp_overhead(args, "no CUDA device")
     if not torch.cuda.is_available():
         raise SystemExit("needs CUDA")
     name = torch.cuda.get_device_name()

@@ -24,7 +24,7 @@ fine-tuning). :func:`finetune_lora` trains any of them with a progress bar.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from probml.models.adapters import LoRAFactors, lora_modules, lora_parameters
+from probml.models.adapters import LoRAFactors, lora_modules
 from probml.utils import module_list, progress
 
 __all__ = [
@@ -483,17 +483,22 @@ class GRASP:
         return out
 
     @torch.no_grad()
-    def project(self, model: nn.Module) -> None:
-        """Apply the constraint in place: ``B <- P B`` (write), ``A <- A P`` (read)."""
+    def project(self, model: nn.Module, factors: Sequence[LoRAFactors] | None = None) -> None:
+        """Apply the constraint in place: ``B <- P B`` (write), ``A <- A P`` (read).
+
+        ``factors``: the model's adapted modules, ``list(lora_modules(model))``, for a loop
+        whose adapters do not change between steps (as in :func:`finetune_lora`); by default
+        they are found again on every call, which costs a walk over all of ``model``'s
+        modules (about half of the projection's time on a CPU for a 6-layer TinyLM)."""
         t0 = time.perf_counter()
-        for f in lora_modules(model):
+        for f in lora_modules(model) if factors is None else factors:
             side, U = self._side_basis(model, f)
             if U is None:
                 continue
             if side in ("write", "through"):
-                f.B.sub_(self.strength * U @ (U.T @ f.B))
+                f.B.sub_(U @ (U.T @ f.B), alpha=self.strength)
             else:
-                f.A.sub_(self.strength * (f.A @ U) @ U.T)
+                f.A.sub_((f.A @ U) @ U.T, alpha=self.strength)
         self.seconds += time.perf_counter() - t0
 
     init = project  # a fresh adapter: B = 0, and A <- A P on read modules
@@ -594,7 +599,8 @@ def finetune_lora(
     Returns:
         ``{"loss": [...], "seconds": total, "projection_seconds": ...}``.
     """
-    params = lora_parameters(model)
+    factors = list(lora_modules(model))  # fixed for the loop: the optimizer holds them
+    params = [p for f in factors for p in (f.A, f.B)]
     if not params:
         raise ValueError("model has no LoRA parameters; call add_lora first")
     for p in params:
@@ -604,7 +610,7 @@ def finetune_lora(
     device = params[0].device
     if grasp is not None:
         grasp.seconds = 0.0
-        grasp.init(model)
+        grasp.init(model, factors)
     losses = []
     model.train()
     t0 = time.perf_counter()
@@ -620,7 +626,7 @@ def finetune_lora(
             loss.backward()
             opt.step()
             if grasp is not None:
-                grasp.project(model)  # after the step: survives Adam's rescaling
+                grasp.project(model, factors)  # after the step: survives Adam's rescaling
             losses.append(float(loss.detach()))
     model.eval()
     return {

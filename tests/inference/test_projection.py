@@ -82,6 +82,34 @@ def test_read_side_and_write_side_constraints_on_tinylm(device):
         assert float(viol.abs().max()) < 1e-6, f.name
 
 
+def test_soft_projection_and_held_factors():
+    """One soft step scales the part along U by 1 - alpha and keeps the rest; passing the
+    loop's modules gives the same bits as finding them on every call."""
+    torch.manual_seed(0)
+    lm = TinyLM(TinyLMConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, context=12,
+                             ffn={"kind": "gelu"}))  # fmt: skip
+    add_lora(lm, ["attn.q", "attn.o.linear", "ffn.down"], rank=3)
+    for f in lora_modules(lm):
+        f.B.data.normal_()
+    U = torch.linalg.qr(torch.randn(16, 2))[0]
+    before = {f.name: (f.A.detach().clone(), f.B.detach().clone()) for f in lora_modules(lm)}
+    twin = copy.deepcopy(lm)
+    GRASP(U, mode="soft", alpha=0.25).project(lm)
+    GRASP(U, mode="soft", alpha=0.25).project(twin, list(lora_modules(twin)))
+    P = U @ U.T
+    for f, g in zip(lora_modules(lm), lora_modules(twin)):
+        A0, B0 = before[f.name]
+        assert torch.equal(f.A, g.A) and torch.equal(f.B, g.B)
+        if f.side == "write":
+            assert torch.allclose(U.T @ f.B, 0.75 * (U.T @ B0), atol=1e-6)
+            assert torch.allclose(f.B - P @ f.B, B0 - P @ B0, atol=1e-6)
+            assert torch.equal(f.A, A0)
+        else:
+            assert torch.allclose(f.A @ U, 0.75 * (A0 @ U), atol=1e-6)
+            assert torch.allclose(f.A - f.A @ P, A0 - A0 @ P, atol=1e-6)
+            assert torch.equal(f.B, B0)
+
+
 class _PeftStandIn(nn.Module):
     """A PEFT-style LoRA layer: lora_A / lora_B ModuleDicts of nn.Linear, scaling dict."""
 
