@@ -489,7 +489,7 @@ class GRASP:
         ``factors``: the model's adapted modules, ``list(lora_modules(model))``, for a loop
         whose adapters do not change between steps (as in :func:`finetune_lora`); by default
         they are found again on every call, which costs a walk over all of ``model``'s
-        modules (about half of the projection's time on a CPU for a 6-layer TinyLM)."""
+        modules (about two thirds of the projection's time on a CPU for a 6-layer TinyLM)."""
         t0 = time.perf_counter()
         for f in lora_modules(model) if factors is None else factors:
             side, U = self._side_basis(model, f)
