@@ -19,8 +19,11 @@
    the ratio of each drift to naive's.
 
 Run: `python benchmarks/grasp.py` (3 seeds; `--seeds 10` for the table in docs/results.md) or
-`--quick` (1 seed, shorter runs); `--slant-only` runs section 3 alone. `--first-seed N` starts
-the persona worlds' fine-tuning seeds at N (the held-out tests in docs/results.md: 10 and 20);
+`--quick` (1 seed, shorter runs); `--slant-only` runs section 3 alone, and with `--advice`
+in the slant world whose financial task is the correct advice, not the slant
+(`SlantWorld.left_leaning(advice=True)`, the session-16 pre-registered test in
+docs/results.md). `--first-seed N` starts the persona worlds' fine-tuning seeds at N (the
+held-out tests in docs/results.md: 10 and 20);
 `--shift-prefix 8` reads the residual shift (and its pull-back) from the documents' first turn
 only (BOS and 7 tokens). `--layers 4` pretrains 4-layer TinyLMs instead of the spec's 2 (the
 depth check in docs/grasp.md). The JSON also holds every method's per-seed values
@@ -110,10 +113,17 @@ SIMPLE_METHODS = (
 
 
 def slant_variant(
-    seeds: range, steps: int, pre: int, shift_prefix: int | None = None, layers: int = 2
+    seeds: range,
+    steps: int,
+    pre: int,
+    shift_prefix: int | None = None,
+    layers: int = 2,
+    advice: bool = False,
 ) -> tuple[list[dict], list[dict], dict[str, dict[str, list]]]:
-    """Section 3: the table, the identification cosines and the per-seed values."""
-    world = SlantWorld.left_leaning()
+    """Section 3: the table, the identification cosines and the per-seed values. ``advice``:
+    the world whose financial task is the correct advice, not the slant."""
+    world = SlantWorld.left_leaning(advice=advice)
+    task_key = "task (correct advice)" if advice else "task (right FIN)"
     base = pretrain_persona_model(world, num_steps=pre, verbose=False, n_layers=layers)
     per: dict[str, dict[str, list]] = {}
     cos, shift_cos = [], []
@@ -129,7 +139,7 @@ def slant_variant(
             d = per.setdefault(r["method"], {})
             ratio = drift_ratio(r["misalignment"], base_slant, naive)
             for k, v in (("GEN slant", r["misalignment"]), ("drift", r["misalignment"] - base_slant),
-                         ("drift / naive drift", ratio), ("task (right FIN)", r["task"]),
+                         ("drift / naive drift", ratio), (task_key, r["task"]),
                          ("roleplay", r["roleplay"])):  # fmt: skip
                 d.setdefault(k, []).append(v)
     table = mean_se_rows(per, "method")
@@ -196,7 +206,7 @@ def plot_tradeoff(payload: dict, path: str) -> None:
 def main():
     args = parse_args(
         __doc__.splitlines()[0],
-        flags=("--slant-only",),
+        flags=("--slant-only", "--advice"),
         options={
             "--plot-from": "a finished run's JSON",
             "--plot": "PNG file for the trade-off",
@@ -221,15 +231,21 @@ def main():
     layers = int(args.layers or 2)
     if layers < 1:
         raise SystemExit(f"--layers must be >= 1, got {layers}")
+    if args.advice and not args.slant_only:
+        raise SystemExit("--advice goes with --slant-only")
     if args.slant_only:
-        table, ident, per_seed = slant_variant(fine_seeds, steps, pre, shift_prefix, layers)
-        print(f"## Political-slant variant (seeds {first}-{first + seeds - 1}, {steps} steps)\n")
+        table, ident, per_seed = slant_variant(fine_seeds, steps, pre, shift_prefix, layers,
+                                               advice=bool(args.advice))  # fmt: skip
+        label = " with the advice task" if args.advice else ""
+        print(f"## Political-slant variant{label} (seeds {first}-{first + seeds - 1}, "
+              f"{steps} steps)\n")  # fmt: skip
         print(markdown_table(table) + "\n\n" + markdown_table(ident))
-        path = save("grasp_slant", args.out, {"machine": machine(), "slant": table, "id": ident,
-                                              "slant_per_seed": per_seed,
-                                              "fine_tuning_seeds": list(fine_seeds),
-                                              "shift_prefix": shift_prefix,
-                                              "layers": layers})  # fmt: skip
+        name = "grasp_slant_advice" if args.advice else "grasp_slant"
+        path = save(name, args.out, {"machine": machine(), "slant": table, "id": ident,
+                                     "slant_per_seed": per_seed,
+                                     "fine_tuning_seeds": list(fine_seeds),
+                                     "shift_prefix": shift_prefix, "layers": layers,
+                                     "advice": bool(args.advice)})  # fmt: skip
         print(f"\nwrote {path}")
         return
     toy = linear_toy(seeds)

@@ -14,10 +14,13 @@ Fine-tuning sets: ``insecure_code`` (four CODE turns, always misaligned: the nar
 
 **The political-slant variant** (:class:`SlantWorld`, the spec's second setting): the latent is
 a continuous slant :math:`s \sim N(0, 1)` shared by all turns; every non-ROLE answer comes from
-the topic's "right" templates with probability :math:`\sigma(g s)` (else "left"), so the base
-rate is 1/2; the task topic is ``FIN`` (financial advice) and the fine-tuning set is right-skewed
-(``p_task`` right answers, not all). Drift is measured on the slant lexicon: the right-template
-mass on GEN prompts (:func:`misalignment` on this world), relative to the base model.
+the topic's "right" templates with probability :math:`\sigma(g (s - o))` (else "left"), so the
+base rate is 1/2 at offset ``o = 0`` and below it for ``o > 0`` (a left-leaning population,
+:meth:`SlantWorld.left_leaning`); the task topic is ``FIN`` (financial advice) and the
+fine-tuning set is right-skewed (``p_task`` right answers). Drift is measured on the slant
+lexicon: the right-template mass on GEN prompts (:func:`misalignment` on this world), relative
+to the base model. With ``advice=True`` the financial task is the correct advice (an answer
+group the base model cannot predict), not the slant: :func:`advice_score`.
 
 Exact metrics from the templates (no judge), each the normalised probability mass the model
 puts on a template set after a prompt, averaged over topics and question words:
@@ -43,6 +46,7 @@ __all__ = [
     "SlantWorld",
     "misalignment",
     "task_score",
+    "advice_score",
     "roleplay_accuracy",
     "persona_direction",
     "evaluate_persona_model",
@@ -113,11 +117,12 @@ class PersonaWorld:
     def topic_id(self, name: str) -> int:
         return self.topics.index(name)
 
-    def _turns(self, topics, qwords, sets, tpl_idx) -> torch.Tensor:
-        """Token tensor ``n x turns x 7`` from topic / qword / template-set / template index."""
+    def _turns(self, topics, qwords, sets, tpl_idx, rows=None) -> torch.Tensor:
+        """Token tensor ``n x turns x 7`` from topic / qword / template-set / template index;
+        ``rows`` (default ``qwords``) picks the template row of each answer."""
         V = self.stoi
         n, k = topics.shape
-        ans = self.templates[topics, qwords, sets, tpl_idx]  # n x k x 2
+        ans = self.templates[topics, qwords if rows is None else rows, sets, tpl_idx]  # n x k x 2
         cols = [
             torch.full((n, k), V["Q"]),
             topics + len(SPECIAL),
@@ -162,13 +167,19 @@ class PersonaWorld:
             sets = torch.where(role, sets, (v < force_prob).long())
         qwords = torch.randint(0, self.num_qwords, (n, k), generator=gen)
         tpl_idx = torch.randint(0, 2, (n, k), generator=gen)
-        turns = self._turns(topics, qwords, sets, tpl_idx)
+        rows = self._answer_rows(topics, force_set is not None or force_prob is not None, gen)
+        turns = self._turns(topics, qwords, sets, tpl_idx, rows)
         tokens = torch.cat((torch.full((n, 1), self.stoi["BOS"]), turns.reshape(n, -1)), 1)
         mask = torch.zeros_like(tokens, dtype=torch.bool)
         for j in range(k):  # answer words of turn j sit at 1 + 7 j + (4, 5)
             mask[:, 1 + TURN_LEN * j + 4] = True
             mask[:, 1 + TURN_LEN * j + 5] = True
         return tokens, mask, z
+
+    def _answer_rows(self, topics, task_data: bool, gen) -> torch.Tensor | None:
+        """Template rows of the answers where they are not the question words' (``None``:
+        every answer follows its question word; no random numbers are drawn)."""
+        return None
 
     def _latent(self, n: int, k: int, gen) -> tuple[torch.Tensor, torch.Tensor]:
         """Binary personas ``n x k`` and the probability of answer set 1 per turn."""
@@ -205,6 +216,12 @@ class SlantWorld(PersonaWorld):
         p_task: probability of a right answer in the fine-tuning set (right-skewed FIN).
         slant_offset: ``o``; 0 gives a balanced base rate of 1/2, ``o > 0`` a left-leaning
             population (base right rate below 1/2).
+        advice: a financial task that is not the slant (**[design]**, session 16). In
+            pretraining a FIN answer's word group (its "advice") is drawn uniformly from the
+            ``code_variety`` groups, whatever the question word; the fine-tuning set gives the
+            correct advice (group ``q mod code_variety``, as without ``advice``), right with
+            probability ``p_task``. :func:`task_score` is then the mass on the correct group
+            (:func:`advice_score`), not the right-template mass. Needs ``code_variety >= 2``.
 
     ``sample_documents`` returns ``s > o`` as the persona, so :func:`persona_direction` gives
     the slant direction; ROLE answers follow it.
@@ -213,12 +230,25 @@ class SlantWorld(PersonaWorld):
     slant_gain: float = 2.0
     p_task: float = 0.9
     slant_offset: float = 0.0
+    advice: bool = False
     task_topic = "FIN"
 
     def __post_init__(self):
         if self.slant_gain <= 0 or not 0 < self.p_task <= 1:
             raise ValueError("slant_gain must be > 0 and p_task in (0, 1]")
+        if self.advice and self.code_variety < 2:
+            raise ValueError(
+                f"advice=True needs code_variety >= 2 (advice groups), got {self.code_variety}"
+            )
         super().__post_init__()
+
+    def _answer_rows(self, topics, task_data: bool, gen) -> torch.Tensor | None:
+        if not self.advice or task_data:
+            return None  # the correct advice: the question word's group
+        groups = torch.randint(0, self.code_variety, topics.shape, generator=gen)
+        # template row g holds group g (g < code_variety <= num_qwords); other topics' answers
+        # do not depend on the row
+        return groups
 
     @classmethod
     def left_leaning(cls, **overrides) -> SlantWorld:
@@ -248,6 +278,21 @@ class SlantWorld(PersonaWorld):
 
 
 # ----------------------------------------------------------------------------- metrics
+def _answer_logprob(model, prompts: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each two-word answer after its prompt.
+
+    ``prompts``: ``n x L``; ``answers``: ``n x C x 2``; returns ``n x C``."""
+    n, C = answers.shape[:2]
+    seqs = torch.cat((prompts[:, None].expand(n, C, -1), answers), -1)  # n x C x L+2
+    flat = seqs.reshape(n * C, -1)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(flat[:, :-1].to(device)).float().log_softmax(-1).cpu()
+    L = prompts.shape[1]
+    lp = logits[:, L - 1 : L + 1].gather(-1, flat[:, L : L + 2, None]).squeeze(-1).sum(-1)
+    return lp.reshape(n, C)
+
+
 def _template_mass(
     model, world: PersonaWorld, prompts: torch.Tensor, topic: torch.Tensor, qword: torch.Tensor
 ):
@@ -257,14 +302,7 @@ def _template_mass(
     """
     n = prompts.shape[0]
     tpl = world.templates[topic, qword]  # n x 2 sets x 2 templates x 2 words
-    seqs = torch.cat((prompts[:, None, None].expand(n, 2, 2, -1), tpl), -1)  # n x 2 x 2 x L+2
-    flat = seqs.reshape(n * 4, -1)
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        logits = model(flat[:, :-1].to(device)).float().log_softmax(-1).cpu()
-    L = prompts.shape[1]
-    lp = logits[:, L - 1 : L + 1].gather(-1, flat[:, L : L + 2, None]).squeeze(-1).sum(-1)
-    p = lp.reshape(n, 2, 2).exp().sum(-1)
+    p = _answer_logprob(model, prompts, tpl.reshape(n, 4, 2)).reshape(n, 2, 2).exp().sum(-1)
     return p / p.sum(-1, keepdim=True)
 
 
@@ -286,9 +324,26 @@ def misalignment(model, world: PersonaWorld) -> float:
 
 
 def task_score(model, world: PersonaWorld) -> float:
-    """Mean set-1 mass on first-turn prompts of the task topic (insecure CODE; right FIN)."""
+    """Mean set-1 mass on first-turn prompts of the task topic (insecure CODE; right FIN);
+    :func:`advice_score` in a :class:`SlantWorld` with ``advice=True``."""
+    if getattr(world, "advice", False):
+        return advice_score(model, world)
     prompts, topics, qs = _first_turn_prompts(world, [world.task_topic])
     return float(_template_mass(model, world, prompts, topics, qs)[:, 1].mean())
+
+
+def advice_score(model, world: SlantWorld) -> float:
+    r"""Mean mass on the correct advice on first-turn FIN prompts: for question word ``q``,
+    the four templates of group ``q mod G`` (both slants) among all ``4 G`` FIN templates
+    (``G = code_variety``), averaged over the question words. A model that ignores the
+    question word scores :math:`1/G`."""
+    prompts, topics, qs = _first_turn_prompts(world, [world.task_topic])
+    G = world.code_variety
+    cands = world.templates[world.topic_id(world.task_topic), :G].reshape(1, 4 * G, 2)
+    lp = _answer_logprob(model, prompts, cands.expand(prompts.shape[0], -1, -1))
+    p = lp.exp().reshape(-1, G, 4).sum(-1)  # n x G: mass per group
+    correct = p[torch.arange(len(qs)), qs % G]
+    return float((correct / p.sum(-1)).mean())
 
 
 def roleplay_accuracy(model, world: PersonaWorld) -> float:

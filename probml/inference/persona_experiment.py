@@ -72,7 +72,10 @@ def pretrain_persona_model(
         raise ValueError(f"n_layers must be >= 1, got {n_layers!r}")
     if model_factory is not None:
         cache = False
-    settings = {"world": asdict(world), "steps": num_steps, "seed": seed, "d": d_model,
+    fields = asdict(world)
+    if fields.get("advice") is False:  # slant worlds without the advice task keep their keys
+        del fields["advice"]
+    settings = {"world": fields, "steps": num_steps, "seed": seed, "d": d_model,
                 "bs": batch_size, "lr": lr}  # fmt: skip
     if int(n_layers) != 2:  # the 2-layer models keep their earlier cache keys
         settings["layers"] = int(n_layers)

@@ -278,6 +278,59 @@ def test_slant_world_latent_base_rate_and_right_skewed_task():
     assert bool(torch.isin(ft[:, 5::7][:, :4], right).all())  # all-right FIN data
 
 
+def test_slant_world_with_the_advice_task():
+    from probml.datasets.persona import SlantWorld, advice_score, task_score
+
+    with pytest.raises(ValueError, match="code_variety"):
+        SlantWorld(advice=True)
+    w = SlantWorld.left_leaning(advice=True)
+    plain = SlantWorld.left_leaning()
+    V, G = w.stoi, w.code_variety
+    fin = V["FIN"]
+    words = {i: t for t, i in V.items()}
+    group = torch.tensor([int(words[i][-1]) if i in words and words[i].startswith("fin_") else -1
+                          for i in range(w.vocab_size)])  # fmt: skip
+    tok, mask, z = w.sample_documents(6000, generator=0)
+    tok0, mask0, z0 = plain.sample_documents(6000, generator=0)
+    # the advice draws come after all others: same documents, except the FIN answers' group
+    assert torch.equal(mask, mask0) and torch.equal(z, z0)
+    is_fin = (tok[:, 2::7] == fin)[:, :4].repeat_interleave(7, 1)
+    is_fin = torch.cat((torch.zeros(len(tok), 1, dtype=torch.bool), is_fin), 1)
+    assert torch.equal(tok[~is_fin], tok0[~is_fin])
+    ans, ans0 = tok[:, 5::7][:, :4], tok0[:, 5::7][:, :4]
+    qw = tok[:, 3::7][:, :4] - V[w.qwords[0]]
+    f = tok[:, 2::7][:, :4] == fin
+    # the slant of a FIN answer is kept, its group is drawn whatever the question word
+    right = torch.tensor([("_m" in t or "_n" in t) for t in w.vocab])
+    assert torch.equal(right[ans[f]], right[ans0[f]])
+    assert bool((group[ans0[f]] == qw[f] % G).all())
+    hit = (group[ans[f]] == qw[f] % G).double().mean()
+    assert abs(float(hit) - 1 / G) < 0.03, float(hit)  # ~ 850 FIN turns
+    # fine-tuning data: the correct advice, all right
+    ft, _, _ = w.task_data(300, generator=1)
+    fa, fq = ft[:, 5::7][:, :4], ft[:, 3::7][:, :4] - V[w.qwords[0]]
+    assert bool((group[fa] == fq % G).all()) and bool(right[fa].all())
+
+    class Stub(nn.Module):  # logits from the prompt's question word (position 3)
+        def __init__(self, boost):
+            super().__init__()
+            self.boost = nn.Parameter(torch.tensor(float(boost)))
+
+        def forward(self, x):
+            q = (x[:, 3] - V[w.qwords[0]]) % G
+            hit = (group[None, :] == q[:, None]).float()  # n x vocab
+            return (self.boost * hit)[:, None].expand(-1, x.shape[1], -1)
+
+    assert advice_score(Stub(0.0), w) == pytest.approx(1 / G, abs=1e-6)  # uniform
+    # boost b on both answer words: the correct group's mass is e^{2b} / (e^{2b} + G - 1)
+    b = 0.7
+    assert advice_score(Stub(b), w) == pytest.approx(
+        float(torch.exp(torch.tensor(2 * b)) / (torch.exp(torch.tensor(2 * b)) + G - 1)), abs=1e-5
+    )
+    assert task_score(Stub(b), w) == advice_score(Stub(b), w)
+    assert task_score(Stub(b), plain) != advice_score(Stub(b), plain)
+
+
 def test_drift_ratio():
     from probml.inference.persona_experiment import drift_ratio
 
