@@ -44,6 +44,8 @@ equal shares), each projected to the positive-definite cone (post-processing).
 from __future__ import annotations
 
 import math
+import secrets
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -100,8 +102,11 @@ def project_to_pd(M: torch.Tensor, floor: float | None = None) -> torch.Tensor:
 class _PrivateCovariance(BaseEstimator):
     """Validation, clipping and budget shared by the private covariance estimators."""
 
-    def _prepare(self, X) -> tuple[torch.Tensor, torch.Tensor, PrivacyBudget]:
-        # every check happens before any noise is drawn
+    def _prepare(
+        self, X, check_dim: Callable[[int], None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, PrivacyBudget]:
+        """Validate, clip and (if ``center``) release the private mean. Every check, the
+        caller's ``check_dim(d)`` included, happens before any noise is drawn."""
         epsilon = check_positive("epsilon", self.epsilon)
         if not 0.0 < float(self.delta) < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
@@ -125,6 +130,13 @@ class _PrivateCovariance(BaseEstimator):
             raise ValueError(
                 f"neighbouring must be 'replace' or 'add_remove', got {self.neighbouring!r}"
             )
+        if self.center and not 0.0 < float(self.mean_fraction) < 1.0:
+            raise ValueError(
+                f"mean_fraction must be in (0, 1) with center=True, got {self.mean_fraction!r}"
+            )
+        if check_dim is not None:
+            check_dim(X.shape[1])
+        self._seed_noise()
         budget = PrivacyBudget.from_dp(epsilon, float(self.delta))
         n = X.shape[0]
         X = torch.maximum(torch.minimum(X, b), -b)  # clip each coordinate to [-b_i, b_i]
@@ -148,9 +160,14 @@ class _PrivateCovariance(BaseEstimator):
         self.bounds_ = b
         return X, b, budget
 
-    def _gen(self):
-        if not hasattr(self, "_generator_"):
-            self._generator_ = torch.Generator().manual_seed(int(self.random_state or 0))
+    def _seed_noise(self) -> None:
+        """A fresh noise source for this fit: seeded by ``random_state`` (the same release on
+        every fit), or from the operating system's entropy when it is ``None``."""
+        seed = secrets.randbits(63) if self.random_state is None else int(self.random_state)
+        self._generator_ = torch.Generator().manual_seed(seed)
+        self._rng_ = np.random.default_rng(seed)
+
+    def _gen(self) -> torch.Generator:
         return self._generator_
 
     def _finish(self, Sigma: torch.Tensor, budget: PrivacyBudget) -> None:
@@ -169,7 +186,12 @@ _COMMON_DOC = """
         neighbouring: ``"replace"`` (one row replaced; public n) or ``"add_remove"``.
         center: if True, spend ``mean_fraction`` of the budget on a private mean and estimate
             the covariance of the centred (re-clipped) data; else the second-moment matrix.
-        random_state: seed of the noise and the selections.
+        random_state: seed of the noise and the selections; every fit with the same seed
+            draws the same noise (reproducible research). ``None`` (the default) draws a fresh
+            seed from the operating system on every fit: use it for real releases, since two
+            releases that share their noise reveal the exact difference of their statistics.
+            The noise comes from torch's and NumPy's default generators, which are not
+            cryptographically secure.
 """
 
 
@@ -207,7 +229,7 @@ class PACEGGM(_PrivateCovariance):
         mean_fraction: float = 0.05,
         lam: float = 1.0,
         diagonal: str = "scaled",
-        random_state: int | None = 0,
+        random_state: int | None = None,
         verbose: bool = False,
     ):
         self.epsilon = epsilon
@@ -230,12 +252,18 @@ class PACEGGM(_PrivateCovariance):
             raise ValueError(
                 f"selection must be 'exponential' or 'permute_and_flip', got {self.selection!r}"
             )
-        X, b, budget = self._prepare(X)
+        lam = float(self.lam)
+        if not lam > 0 or not math.isfinite(lam):
+            raise ValueError(f"lam must be finite and > 0, got {self.lam!r}")
+
+        def check_rounds(d: int) -> None:
+            T = d if self.rounds is None else int(self.rounds)
+            if not 0 <= T <= d * (d - 1) // 2:
+                raise ValueError(f"rounds must be in [0, {d * (d - 1) // 2}] for d={d}, got {T}")
+
+        X, b, budget = self._prepare(X, check_rounds)
         n, d = X.shape
         T = d if self.rounds is None else int(self.rounds)
-        max_rounds = d * (d - 1) // 2
-        if not 0 <= T <= max_rounds:
-            raise ValueError(f"rounds must be in [0, {max_rounds}] for d={d}, got {T}")
         rho = budget.remaining * _SAFETY
         # measurement budget in per-entry shares: d for the diagonal vector, one per round
         rho_entry = (0.9 * rho if T > 0 else rho) / (d + T)
@@ -244,8 +272,7 @@ class PACEGGM(_PrivateCovariance):
         eps0 = math.sqrt((8.0 if self.selection == "exponential" else 2.0) * rho_sel) if T else 0.0
         if T:
             assert abs(selection_cost(eps0, self.selection) - rho_sel) <= 1e-12 * rho_sel + 1e-300
-        gen = self._gen()
-        rng = np.random.default_rng(int(self.random_state or 0))
+        gen, rng = self._gen(), self._rng_
         S = X.T @ X / n
         Delta = entry_sensitivities(b, n, self.neighbouring)
         # 1. the diagonal as one Gaussian vector
@@ -345,7 +372,7 @@ class GaussianMechanismCovariance(_PrivateCovariance):
         neighbouring: str = "replace",
         center: bool = False,
         mean_fraction: float = 0.05,
-        random_state: int | None = 0,
+        random_state: int | None = None,
     ):
         self.epsilon = epsilon
         self.delta = delta

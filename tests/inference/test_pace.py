@@ -100,8 +100,8 @@ def test_privacy_spent_never_exceeds_budget_and_output_is_pd(
             diagonal=diagonal,
             random_state=seed,
         ),
-        GaussianMechanismCovariance(eps, 10**log_delta, bounds=2.0, center=center),
-        PerEntryGaussianCovariance(eps, 10**log_delta, bounds=2.0, center=center),
+        GaussianMechanismCovariance(eps, 10**log_delta, 2.0, center=center, random_state=seed),
+        PerEntryGaussianCovariance(eps, 10**log_delta, 2.0, center=center, random_state=seed),
     ):
         est.fit(X)
         spent_eps, delta = est.privacy_spent_
@@ -130,7 +130,7 @@ def test_pace_measures_in_order_and_error_falls_with_budget():
     assert errs[0] > errs[1] > errs[2]
     # essentially no noise and every entry measured: the non-private sampling error
     assert errs[2] == pytest.approx(sample_err, rel=0.05, abs=1e-3)
-    est = PACEGGM(1.0, 1e-5, b, rounds=5).fit(X)
+    est = PACEGGM(1.0, 1e-5, b, rounds=5, random_state=0).fit(X)
     assert len(est.measured_) == 5 and len(set(est.measured_)) == 5
     assert all(i < j for i, j in est.measured_)
 
@@ -186,6 +186,10 @@ def test_pace_beats_whole_matrix_gaussian_in_high_dimension():
         ({}, np.array([[1.0, np.nan, 0.0]] * 5), "finite"),
         ({"selection": "greedy"}, None, "selection"),
         ({"rounds": 10}, None, "rounds"),
+        ({"rounds": 10, "center": True}, None, "rounds"),  # before the private mean
+        ({"center": True, "mean_fraction": 1.0}, None, "mean_fraction"),
+        ({"center": True, "mean_fraction": 0.0}, None, "mean_fraction"),
+        ({"lam": 0.0, "center": True}, None, "lam"),
         ({"diagonal": "whole"}, None, "diagonal"),
     ],
 )
@@ -207,7 +211,7 @@ def test_bad_input_raises_before_noise(kwargs, X, match, monkeypatch):
 def test_bayesian_posterior_post_processing():
     S, _ = make_sparse_precision(3, n_extra_edges=0, scale_range=(0.5, 2.0), seed=0)
     X = sample_gaussian(S, 3000, seed=1).numpy()
-    est = PACEGGM(2.0, 1e-5, (3 * S.diagonal().sqrt()).numpy(), rounds=3).fit(X)
+    est = PACEGGM(2.0, 1e-5, (3 * S.diagonal().sqrt()).numpy(), rounds=3, random_state=0).fit(X)
     draws = covariance_posterior(est, method="svi", num_samples=200, svi_steps=600)
     assert draws.shape == (200, 3, 3)
     assert torch.linalg.eigvalsh(draws).min() > 0
@@ -219,7 +223,26 @@ def test_bayesian_posterior_post_processing():
 def test_bundled_dataset_and_kl():
     X, b, note = load_covariance_dataset("digits")
     assert X.shape[0] == 1797 and np.all(b == 16.0) and "16" in note
-    est = PACEGGM(1.0, 1e-5, b, center=True, rounds=20).fit(X)
+    est = PACEGGM(1.0, 1e-5, b, center=True, rounds=20, random_state=0).fit(X)
     assert est.covariance_.shape == (X.shape[1], X.shape[1])
     emp = torch.as_tensor(np.cov(X.T, bias=True))
     assert gaussian_kl(emp, emp) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_seeded_refits_repeat_and_none_draws_fresh_noise():
+    X = np.random.default_rng(0).normal(size=(200, 4))
+    for cls in (PACEGGM, GaussianMechanismCovariance, PerEntryGaussianCovariance):
+        est = cls(1.0, 1e-5, 3.0, center=True, random_state=7)
+        first = est.fit(X).covariance_.clone()
+        assert torch.equal(est.fit(X).covariance_, first)  # a refit draws the same noise
+        assert torch.equal(cls(1.0, 1e-5, 3.0, center=True, random_state=7).fit(X).covariance_,
+                           first)  # fmt: skip
+        fresh = cls(1.0, 1e-5, 3.0, center=True)  # random_state=None, the default
+        assert fresh.random_state is None
+        a, b = fresh.fit(X).covariance_.clone(), fresh.fit(X).covariance_
+        assert not torch.equal(a, b) and not torch.equal(a, first)
+    # a rejected fit releases nothing, not even the private mean
+    est = PACEGGM(1.0, 1e-5, 3.0, center=True, rounds=99, random_state=0)
+    with pytest.raises(ValueError, match="rounds"):
+        est.fit(X)
+    assert not hasattr(est, "mean_")
