@@ -106,8 +106,13 @@ def kl_optimal_values(p0: torch.Tensor, beta: torch.Tensor | float) -> torch.Ten
     :math:`V = p_0 e^{1/\beta} / (p_0 e^{1/\beta} + 1 - p_0)`, i.e.
     :math:`\mathrm{logit}\,V = \mathrm{logit}\,p_0 + 1/\beta` (``beta = inf`` gives ``p0``).
 
-    ``p0``: ``B``; ``beta``: scalar or ``G`` (then the result is ``G x B``)."""
+    ``p0``: ``B`` in [0, 1]; ``beta``: scalar or ``G``, each >= 0 (``0`` gives 1 where
+    ``p0 > 0``); with ``G`` the result is ``G x B``."""
     beta = torch.as_tensor(beta, dtype=p0.dtype, device=p0.device)
+    if not bool(((p0 >= 0) & (p0 <= 1)).all()):
+        raise ValueError("p0 must lie in [0, 1]")
+    if not bool((beta >= 0).all()):  # NaN fails too
+        raise ValueError(f"beta must be >= 0 (inf allowed), got {beta.tolist()!r}")
     shift = torch.where(torch.isinf(beta), torch.zeros_like(beta), 1.0 / beta)
     logit = torch.logit(p0) + shift.reshape(*shift.shape, *([1] * p0.dim()))
     return torch.sigmoid(logit)

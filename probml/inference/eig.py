@@ -75,6 +75,8 @@ def nmc_eig(
         observation_labels = [observation_labels]
     if N < 1 or M < 1:
         raise ValueError(f"N and M must be >= 1, got N={N}, M={M}")
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size!r}")
     trace = poutine.trace(model).get_trace(_lexpand(design, N))
     trace.compute_log_prob()
     y = {lab: trace.nodes[lab]["value"] for lab in observation_labels}
@@ -130,6 +132,8 @@ def history_bounds(
     """
     if L < 1:
         raise ValueError(f"L must be >= 1, got {L}")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
     N, T = ys.shape
     if designs.dim() == 2:
         designs = designs.unsqueeze(0).expand(N, *designs.shape)
@@ -137,10 +141,10 @@ def history_bounds(
     th0 = theta0.unsqueeze(1)  # N x 1 x ...
     log_p0 = experiment.log_likelihood(th0, designs, ys).sum(-1)  # N
     # running log-sum-exp over the contrastive samples, chunk by chunk: memory N x chunk x T
-    run = torch.full((N,), -math.inf, dtype=log_p0.dtype)
+    run = torch.full((N,), -math.inf, dtype=log_p0.dtype, device=log_p0.device)
     done = 0
     while done < L:
-        c = min(chunk_size, L - done)
+        c = min(int(chunk_size), L - done)
         th = experiment.sample_prior(c, generator=gen)  # c x ...
         th = th.unsqueeze(0).unsqueeze(2)  # 1 x c x 1 x ...
         lp = experiment.log_likelihood(th, designs.unsqueeze(1), ys.unsqueeze(1)).sum(-1)  # N x c

@@ -281,7 +281,10 @@ class SRatioLearner(_RatioLearner):
         self.floor = floor
 
     def fit(self, X, w, y, propensity: Propensity = None) -> SRatioLearner:
+        """``propensity`` is not used (an outcome-model learner needs none); it is checked
+        like the other learners' so a wrong value is not silently accepted."""
         X, w, y = check_ratio_inputs(X, w, y)
+        _propensity_values(propensity, X)
         m = self.model if self.model is not None else _default_outcome_model(y)
         self.model_ = _fit(m, np.column_stack([X, w]), y)
         self.n_features_in_ = X.shape[1]
@@ -303,7 +306,9 @@ class TRatioLearner(_RatioLearner):
         self.floor = floor
 
     def fit(self, X, w, y, propensity: Propensity = None) -> TRatioLearner:
+        """``propensity`` is not used; checked as in :meth:`SRatioLearner.fit`."""
         X, w, y = check_ratio_inputs(X, w, y)
+        _propensity_values(propensity, X)
         m0 = self.model if self.model is not None else _default_outcome_model(y)
         m1 = self.model_treated if self.model_treated is not None else m0
         self.model0_ = _fit(m0, X[w == 0], y[w == 0])

@@ -71,7 +71,7 @@ def bernoulli_kl_interval(p: float, rho: float) -> tuple[float, float]:
 
     if not 0 < p < 1:
         raise ValueError(f"p must be in (0, 1), got {p!r}")
-    if rho < 0:
+    if not rho >= 0:  # NaN fails too
         raise ValueError(f"rho must be >= 0, got {rho!r}")
 
     def kl(q):

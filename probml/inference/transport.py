@@ -199,12 +199,23 @@ def _delta(pi: np.ndarray, p1: float) -> np.ndarray:
     return pi / p1 - (1 - pi) / (1 - p1)
 
 
-def _unaware_pairs(eta, pi, p1):
-    pi = np.asarray(pi, float).reshape(-1)
-    if pi.shape != eta.shape or (pi < 0).any() or (pi > 1).any():
+def _check_unaware(eta, group_probability, p1) -> tuple[np.ndarray, np.ndarray, float]:
+    """Validated ``(eta, pi, p1)`` of the unaware estimators."""
+    eta = np.asarray(eta, float).reshape(-1)
+    pi = np.asarray(group_probability, float).reshape(-1)
+    if not np.isfinite(eta).all():
+        raise ValueError("predictions must be finite")
+    if pi.shape != eta.shape or not np.isfinite(pi).all() or (pi < 0).any() or (pi > 1).any():
         raise ValueError(
             "group_probability must have the length of the predictions and lie in [0, 1]"
         )
+    p1 = float(p1)
+    if not 0 < p1 < 1:
+        raise ValueError(f"p1 must be in (0, 1), got {p1}")
+    return eta, pi, p1
+
+
+def _unaware_pairs(eta, pi, p1):
     d = _delta(pi, p1)
     pos, neg = np.flatnonzero(d > 1e-12), np.flatnonzero(d < -1e-12)
     n = len(eta)
@@ -237,10 +248,8 @@ def fair_dp_unaware(eta, group_probability, p1: float) -> np.ndarray:
         group_probability: ``n`` values of ``pi(x) = P(S = 1 | x)``.
         p1: ``P(S = 1)``.
     """
-    eta = np.asarray(eta, float).reshape(-1)
-    if not 0 < p1 < 1:
-        raise ValueError(f"p1 must be in (0, 1), got {p1}")
-    pos, neg, wp, wn, cost, ystar = _unaware_pairs(eta, group_probability, p1)
+    eta, pi, p1 = _check_unaware(eta, group_probability, p1)
+    pos, neg, wp, wn, cost, ystar = _unaware_pairs(eta, pi, p1)
     if not (len(pos) and len(neg)):
         return eta.copy()
     plan = ot.emd(wp, wn, cost, numItermax=10_000_000)
@@ -249,9 +258,9 @@ def fair_dp_unaware(eta, group_probability, p1: float) -> np.ndarray:
 
 def fair_tv_unaware(eta, group_probability, p1: float, lam: float) -> np.ndarray:
     """Unaware TV: the same coupling, pooling only pairs whose cost is below ``lam``."""
-    eta = np.asarray(eta, float).reshape(-1)
+    eta, pi, p1 = _check_unaware(eta, group_probability, p1)
     lam = _check_strength(lam)
-    pos, neg, wp, wn, cost, ystar = _unaware_pairs(eta, group_probability, p1)
+    pos, neg, wp, wn, cost, ystar = _unaware_pairs(eta, pi, p1)
     if not (len(pos) and len(neg)):
         return eta.copy()
     plan = _partial_pooling(eta[pos], eta[neg], wp, wn, cost, lam)
@@ -281,9 +290,10 @@ def fair_w2_unaware(
     Returns:
         ``n`` predictions (and the list of objective values if ``return_history``).
     """
-    eta = np.asarray(eta, float).reshape(-1)
+    eta, pi, p1 = _check_unaware(eta, group_probability, p1)
     lam = _check_strength(lam)
-    pi = np.asarray(group_probability, float).reshape(-1)
+    if not (pi > 0).any() or not (pi < 1).any():
+        raise ValueError("group_probability must be above 0 and below 1 somewhere (both groups)")
     n = len(eta)
     a, b = pi / (n * p1), (1 - pi) / (n * (1 - p1))
     a, b = a / a.sum(), b / b.sum()

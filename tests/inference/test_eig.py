@@ -42,6 +42,8 @@ def test_history_bounds_bracket_and_converge():
     )
     # sPCE can never exceed log(L + 1)
     assert float(lo_s) <= math.log(21)
+    with pytest.raises(ValueError, match="chunk_size"):  # once an endless loop
+        history_bounds(ex, designs, ys, th0, L=20, chunk_size=0)
 
 
 def test_our_nmc_agrees_with_pyro_on_location_finding():

@@ -195,6 +195,18 @@ def test_bad_input(kwargs, match):
         QLearner().fit(args["X"], args["w"], args["y"], propensity=prop)
 
 
+@pytest.mark.parametrize("cls", [SRatioLearner, TRatioLearner])
+def test_outcome_model_learners_check_the_unused_propensity(cls):
+    rng = np.random.default_rng(0)
+    X, w = rng.normal(size=(100, 2)), np.arange(100) % 2
+    y = (rng.uniform(size=100) < 0.5).astype(float)
+    for bad in (1.5, 0.0, float("nan")):
+        with pytest.raises(ValueError, match=r"\(0, 1\)"):
+            cls().fit(X, w, y, propensity=bad)
+    a = cls().fit(X, w, y).effect(X)
+    assert np.array_equal(cls().fit(X, w, y, propensity=0.5).effect(X), a)  # unused
+
+
 def test_bayesian_q_learner_matches_mle_and_takes_custom_priors():
     d = make_ratio_data(4000, d=2, base_logit=-1.5, seed=4)
     mle = QLearner(classifier=EXACT).fit(d.X, d.w, d.y, propensity=0.5)

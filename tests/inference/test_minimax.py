@@ -44,6 +44,10 @@ def test_closed_forms_of_the_spec():
     )
     assert abs(fs[risk.argmin()] - f) < 1e-4 and abs(risk.min() - wc) < 1e-8
     assert bernoulli_kl_interval(0.3, 0.0) == pytest.approx((0.3, 0.3), abs=1e-9)
+    assert bernoulli_kl_interval(0.3, math.inf) == (0.0, 1.0)
+    for rho in (-0.1, math.nan):
+        with pytest.raises(ValueError, match="rho"):
+            bernoulli_kl_interval(0.3, rho)
 
 
 def test_drum_matches_the_binary_minimax_with_known_nuisances():

@@ -125,6 +125,30 @@ def test_estimator_end_to_end_and_bad_input():
         FairRegressor(strength=-1.0).fit(d.X, d.y, d.sensitive)
 
 
+@pytest.mark.parametrize("fn", [fair_dp_unaware, fair_tv_unaware, fair_w2_unaware])
+def test_unaware_estimators_reject_bad_input(fn):
+    eta = np.linspace(-1, 1, 20)
+    pi = np.linspace(0.1, 0.9, 20)
+    extra = () if fn is fair_dp_unaware else (1.0,)
+    nan_pi = pi.copy()
+    nan_pi[3] = np.nan  # once silently returned eta unchanged
+    nan_eta = eta.copy()
+    nan_eta[0] = np.nan
+    for args, match in (
+        ((eta, nan_pi, 0.5), "group_probability"),
+        ((eta, pi[:-1], 0.5), "group_probability"),
+        ((eta, pi + 0.5, 0.5), "group_probability"),
+        ((nan_eta, pi, 0.5), "finite"),
+        ((eta, pi, 0.0), "p1"),
+        ((eta, pi, 1.0), "p1"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            fn(*args, *extra)
+    if fn is fair_w2_unaware:
+        with pytest.raises(ValueError, match="both groups"):
+            fn(eta, np.zeros(20), 0.5, 1.0)
+
+
 def test_metrics_and_pareto():
     s = np.r_[np.zeros(100), np.ones(100)]
     x = np.linspace(0, 1, 100)
