@@ -20,6 +20,7 @@ computed beyond it.
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -145,6 +146,9 @@ def gaussian_mechanism(
     Args:
         value: the exact statistic (any shape); ``sensitivity`` is its L2 sensitivity.
         rho: zCDP cost of this release; charged to ``budget`` *before* noise is drawn.
+        generator: a seed or generator (reproducible noise, for research runs); ``None``
+            seeds from the operating system, not from torch's global generator, whose seed
+            is the same in every fresh process.
 
     Returns:
         ``(noisy value, sigma)``.
@@ -154,7 +158,8 @@ def gaussian_mechanism(
     if budget is not None:
         budget.charge(rho, label)
     sigma = sensitivity / math.sqrt(2.0 * rho)
-    gen = make_generator(generator, device=value.device)
+    seed = secrets.randbits(62) if generator is None else generator
+    gen = make_generator(seed, device=value.device)
     noise = torch.randn(value.shape, generator=gen, dtype=value.dtype, device=value.device)
     return value + sigma * noise, sigma
 

@@ -75,6 +75,12 @@ def test_gaussian_mechanism_charges_before_noise_and_has_right_scale():
     a, _ = gaussian_mechanism(torch.zeros(3), 1.0, 1.0, generator=5)
     c, _ = gaussian_mechanism(torch.zeros(3), 1.0, 1.0, generator=5)
     assert torch.equal(a, c)
+    # no generator: fresh noise from the OS, even with torch's global RNG reset in between
+    torch.manual_seed(0)
+    a, _ = gaussian_mechanism(torch.zeros(3), 1.0, 1.0)
+    torch.manual_seed(0)
+    c, _ = gaussian_mechanism(torch.zeros(3), 1.0, 1.0)
+    assert not torch.equal(a, c)
 
 
 def test_selection_mechanisms_follow_their_distributions():
