@@ -35,6 +35,7 @@ import torch
 
 from probml.guides.diffusion import GuidedReverseProposal
 from probml.inference.particles import (
+    RESAMPLING_SCHEMES,
     effective_sample_size,
     gather_particles,
     normalize_log_weights,
@@ -119,6 +120,8 @@ class ParticleFilter:
             raise ValueError(f"num_particles must be >= 2, got {num_particles!r}")
         if not 0.0 <= float(ess_threshold) <= 1.0:
             raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold!r}")
+        if resampling not in RESAMPLING_SCHEMES:  # else only noticed at the first resampling
+            raise ValueError(f"resampling must be one of {RESAMPLING_SCHEMES}, got {resampling!r}")
         self.observation = observation
         self.num_particles = int(num_particles)
         self.ess_threshold = float(ess_threshold)
@@ -352,7 +355,7 @@ class EnKF(ParticleFilter):
         **kw,
     ):
         super().__init__(observation, num_particles, **kw)
-        if float(inflation) < 1.0:
+        if not float(inflation) >= 1.0:  # NaN fails too
             raise ValueError(f"inflation must be >= 1, got {inflation!r}")
         self.transition = transition
         self.inflation = float(inflation)

@@ -49,6 +49,13 @@ class TinyLMConfig:
     ffn: dict = field(default_factory=lambda: {"kind": "swiglu"})
 
     def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_heads", "context"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.n_layers) < 0:
+            raise ValueError(f"n_layers must be >= 0, got {self.n_layers!r}")
+        if self.d_ff is not None and int(self.d_ff) < 1:
+            raise ValueError(f"d_ff must be >= 1 or None, got {self.d_ff!r}")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
@@ -175,7 +182,14 @@ class TinyLM(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """Logits ``B x T x V``; with ``targets`` (``B x T``) also the mean cross-entropy."""
+        """Logits ``B x T x V``; with ``targets`` (``B x T``) also the mean cross-entropy.
+        ``idx``: ``B x T`` integer token ids in ``[0, vocab_size)`` (not checked: the check
+        would cost a device synchronisation on every call)."""
+        if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
+            raise ValueError(
+                f"idx must be a B x T tensor of token ids (long), got shape {tuple(idx.shape)} "
+                f"and dtype {idx.dtype}"
+            )
         B, T = idx.shape
         if T > self.cfg.context:
             raise ValueError(f"sequence length {T} exceeds the context {self.cfg.context}")

@@ -158,6 +158,10 @@ def test_bad_input_raises_clear_errors(lg_problem):
         GuidedReverseProposal(tr, ssm.observation, 5, twist="bogus")
     with pytest.raises(TypeError, match="DiffusionTransition"):
         SURGE(ssm, ssm.observation, 16, 5)
+    with pytest.raises(ValueError, match="resampling"):
+        SURGE(tr, ssm.observation, 16, 5, resampling="residual")
+    with pytest.raises(ValueError, match="inflation"):
+        EnKF(ssm, ssm.observation, 16, inflation=float("nan"))
 
 
 def test_all_weights_zero_raises_named_error():

@@ -62,3 +62,12 @@ def test_roles_and_save_load(tmp_path):
     assert torch.equal(m(x), m2(x))
     with pytest.raises(ValueError, match="divisible"):
         TinyLMConfig(vocab_size=10, d_model=10, n_heads=3)
+    for kw, name in (({"vocab_size": 0}, "vocab_size"), ({"n_heads": 0}, "n_heads"),
+                     ({"context": 0}, "context"), ({"n_layers": -1}, "n_layers"),
+                     ({"d_ff": 0}, "d_ff")):  # fmt: skip
+        with pytest.raises(ValueError, match=name):
+            TinyLMConfig(**{"vocab_size": 10, **kw})
+    with pytest.raises(ValueError, match="B x T"):
+        m(x.float())
+    with pytest.raises(ValueError, match="B x T"):
+        m(x[0])
