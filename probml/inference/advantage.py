@@ -334,7 +334,7 @@ def astar_po_values(reference_rewards: torch.Tensor, beta: float) -> torch.Tenso
     r"""A*-PO's offline optimal soft value :math:`V^* = \beta \log \frac1K \sum_k e^{r_k/\beta}`
     from ``B x K`` reference rewards."""
     r = _check_rewards(reference_rewards, "reference_rewards")
-    if beta <= 0:
+    if not beta > 0:  # NaN fails too
         raise ValueError(f"beta must be > 0, got {beta}")
     return beta * (torch.logsumexp(r / beta, dim=-1) - math.log(r.shape[-1]))
 

@@ -178,7 +178,7 @@ def relaxed_completion(
     sig = _fill(idx, noise_scales, dim)
     if bool((sig[mask] <= 0).any()):
         raise ValueError("noise_scales must be positive")
-    if lam <= 0:
+    if not lam > 0:  # NaN fails too
         raise ValueError(f"lam must be > 0, got {lam}")
     wmat = torch.where(mask, 1.0 / sig.clamp_min(1e-300) ** 2, torch.zeros_like(sig))
     # each off-diagonal entry appears twice in the symmetric sum: halve its weight

@@ -115,7 +115,7 @@ class SoftCost:
     cost: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self):
-        if self.lam < 0:
+        if not self.lam >= 0:  # NaN fails too
             raise ValueError(f"lam must be >= 0, got {self.lam}")
 
     def edge_cost(self, prev: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:

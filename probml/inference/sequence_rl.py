@@ -161,7 +161,7 @@ def supervised_warmup(
     checkpoints; raises if the target is not reached."""
     if not 0 < target_accuracy < 1:
         raise ValueError(f"target_accuracy must be in (0, 1), got {target_accuracy}")
-    if carry_weight <= 0:
+    if not carry_weight > 0:  # NaN fails too
         raise ValueError(f"carry_weight must be > 0, got {carry_weight}")
     dev = resolve_device(device)
     model.to(dev).train()

@@ -112,7 +112,7 @@ class LocationFinding:
         max_signal: float = 1e-4,
     ):
         self.K, self.D, self.noise_scale = int(num_sources), int(dim), float(noise_scale)
-        if self.K < 1 or self.D < 1 or self.noise_scale <= 0:
+        if self.K < 1 or self.D < 1 or not self.noise_scale > 0:
             raise ValueError(
                 f"num_sources and dim must be >= 1 and noise_scale > 0, got {num_sources}, "
                 f"{dim}, {noise_scale}"
@@ -243,7 +243,7 @@ class CES:
     """
 
     def __init__(self, nu: float = 0.005, eps: float = 2.0**-22, log_u_scale: float = 3.0):
-        if nu <= 0 or not 0 < eps < 0.5 or log_u_scale <= 0:
+        if not nu > 0 or not 0 < eps < 0.5 or not log_u_scale > 0:
             raise ValueError("nu > 0, 0 < eps < 0.5 and log_u_scale > 0 are required")
         self.nu, self.eps, self.log_u_scale = float(nu), float(eps), float(log_u_scale)
         self.D = 6

@@ -446,7 +446,7 @@ def scale_vector_priors(model: nn.Module, weight_decay: float) -> nn.Module:
     from pyro.nn import PyroSample
     from pyro.nn.module import to_pyro_module_
 
-    if weight_decay <= 0:
+    if not weight_decay > 0:  # NaN fails too
         raise ValueError(f"weight_decay must be > 0 for a Gaussian prior, got {weight_decay}")
     to_pyro_module_(model)
     scale = 1.0 / math.sqrt(weight_decay)
