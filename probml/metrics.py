@@ -43,6 +43,8 @@ def _check_uplift_inputs(score, w, y):
         )
     if not np.isin(w, (0.0, 1.0)).all():
         raise ValueError("w must be binary (0/1)")
+    if not (np.isfinite(score).all() and np.isfinite(y).all()):
+        raise ValueError("score (or tau_pred) and y must be finite")
     return score, w, y
 
 
@@ -97,10 +99,10 @@ def multiplicative_calibration_error(tau_pred, w, y, propensity=None, n_bins: in
     import numpy as np
 
     tau_pred, w, y = _check_uplift_inputs(tau_pred, w, y)
-    if (tau_pred <= 0).any():
+    if not (tau_pred > 0).all():
         raise ValueError("tau_pred must be positive")
     e = np.full(len(y), 0.5) if propensity is None else np.asarray(propensity, float).reshape(-1)
-    if e.shape != y.shape or (e <= 0).any() or (e >= 1).any():
+    if e.shape != y.shape or not ((e > 0) & (e < 1)).all():  # NaN fails too
         raise ValueError("propensity must have the length of y and lie in (0, 1)")
     edges = np.quantile(tau_pred, np.linspace(0, 1, n_bins + 1))
     b = np.clip(np.searchsorted(edges, tau_pred, side="right") - 1, 0, n_bins - 1)
@@ -127,7 +129,7 @@ def log_tau_mse(tau_pred, tau_true) -> float:
     a, b = np.asarray(tau_pred, float), np.asarray(tau_true, float)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    if (a <= 0).any() or (b <= 0).any():
+    if not ((a > 0).all() and (b > 0).all()):  # NaN fails too
         raise ValueError("ratios must be positive")
     return float(np.mean((np.log(a) - np.log(b)) ** 2))
 

@@ -52,6 +52,36 @@ def _carry_weight():
     supervised_warmup(addition_policy(d_model=16, n_layers=1), AdditionTask(), carry_weight=NAN)
 
 
+def _log_tau_mse():
+    from probml.metrics import log_tau_mse
+
+    log_tau_mse([1.0, NAN], [1.0, 2.0])
+
+
+def _qini():
+    from probml.metrics import qini_curve
+
+    qini_curve([0.1, NAN, 0.3, 0.2], [0, 1, 0, 1], [1.0, 0.0, 1.0, 0.0])
+
+
+def _calibration_propensity():
+    from probml.metrics import multiplicative_calibration_error
+
+    multiplicative_calibration_error([1.0] * 4, [0, 1, 0, 1], [1.0] * 4, [NAN] * 4, n_bins=1)
+
+
+def _beta_grid():
+    from probml.inference.advantage import basis_advantages
+
+    basis_advantages(torch.tensor([0.0, 1.0]), torch.tensor([0.4, 0.5]), beta_grid=[1.0, NAN])
+
+
+def _slant_gain():
+    from probml.datasets.persona import SlantWorld
+
+    SlantWorld(slant_gain=NAN)
+
+
 @pytest.mark.parametrize(
     "call, name",
     [
@@ -62,6 +92,11 @@ def _carry_weight():
         (_ces, "nu"),
         (_scale_vector_priors, "weight_decay"),
         (_carry_weight, "carry_weight"),
+        (_log_tau_mse, "positive"),
+        (_qini, "finite"),
+        (_calibration_propensity, "propensity"),
+        (_beta_grid, "beta_grid"),
+        (_slant_gain, "slant_gain"),
     ],
 )
 def test_nan_parameter_is_rejected(call, name):

@@ -234,7 +234,7 @@ class SlantWorld(PersonaWorld):
     task_topic = "FIN"
 
     def __post_init__(self):
-        if self.slant_gain <= 0 or not 0 < self.p_task <= 1:
+        if not self.slant_gain > 0 or not 0 < self.p_task <= 1:
             raise ValueError("slant_gain must be > 0 and p_task in (0, 1]")
         if self.advice and self.code_variety < 2:
             raise ValueError(

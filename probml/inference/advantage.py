@@ -225,7 +225,7 @@ def basis_advantages(
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     grid = torch.as_tensor(beta_grid, dtype=torch.float64, device=r.device).reshape(-1)
-    if grid.numel() == 0 or bool((grid <= 0).any()):
+    if grid.numel() == 0 or not bool((grid > 0).all()):  # NaN fails too
         raise ValueError("beta_grid must be a non-empty set of positive temperatures")
     B = r.numel()
     V = kl_optimal_values(p0, grid)  # G x B

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from probml.utils import check_positive
+
 __all__ = [
     "ACTIVATIONS",
     "ScaleVector",
@@ -481,6 +483,10 @@ class StochasticGates:
     ):
         if layer.gate_kind != "gated":
             raise ValueError("StochasticGates needs the gated form (gate='gated')")
+        noise, temperature = (
+            check_positive("noise", noise),
+            check_positive("temperature", temperature),
+        )
         self.layer, self.noise, self.temperature = layer, noise, temperature
 
     def _output(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -520,7 +526,7 @@ class StochasticGates:
             pyro.sample(
                 "z",
                 dist.RelaxedBernoulliStraightThrough(
-                    torch.tensor(self.temperature, dtype=x.dtype), probs=q
+                    torch.tensor(self.temperature, dtype=x.dtype, device=x.device), probs=q
                 ).to_event(1),
             )
 

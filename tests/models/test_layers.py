@@ -166,3 +166,6 @@ def test_stochastic_gates_mean_field_is_the_moa_layer_and_svi_runs():
     assert all(torch.isfinite(torch.tensor(losses)))
     with pytest.raises(ValueError, match="gated"):
         StochasticGates(MixtureOfActivationsFFN(6, 12, gate="literal"))
+    for kw, name in (({"noise": 0.0}, "noise"), ({"temperature": -1.0}, "temperature")):
+        with pytest.raises(ValueError, match=name):
+            StochasticGates(layer, **kw)
