@@ -354,9 +354,18 @@ class DRUM(_Validated):
         if not isinstance(self.rho, (int, float)) or not math.isfinite(self.rho) or self.rho < 0:
             raise ValueError(f"rho must be a finite number >= 0, got {self.rho!r}")
         if self.penalty is not None and not (
-            isinstance(self.penalty, (int, float)) and self.penalty > 0
+            isinstance(self.penalty, (int, float)) and 0 < self.penalty < math.inf
         ):
-            raise ValueError(f"penalty must be None or > 0, got {self.penalty!r}")
+            raise ValueError(f"penalty must be None or finite and > 0, got {self.penalty!r}")
+        for name in ("lr", "adversary_lr", "dual_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+        for name in ("num_iters", "inner_steps", "num_draws"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.batch_size is not None and int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be None or >= 1, got {self.batch_size!r}")
         if self.divergence not in ("kl", "transport"):
             raise ValueError(f"divergence must be 'kl' or 'transport', got {self.divergence!r}")
         if self.loss not in ("brier", "log"):

@@ -207,3 +207,9 @@ def test_bad_input():
         est.predict_proba(torch.cat((Xt, As[:, None]), 1))
     with pytest.raises(ValueError, match="X_target"):
         DRUM(**fast).fit(Xs, As, ys, torch.randn(5, 3))
+    for kw, name in (({"lr": 0.0}, "lr"), ({"adversary_lr": float("nan")}, "adversary_lr"),
+                     ({"dual_lr": -1.0}, "dual_lr"), ({"inner_steps": 0}, "inner_steps"),
+                     ({"num_draws": 0}, "num_draws"), ({"batch_size": 0}, "batch_size"),
+                     ({"penalty": float("inf")}, "penalty")):  # fmt: skip
+        with pytest.raises(ValueError, match=name):
+            DRUM(**{**fast, **kw}).fit(Xs, As, ys, Xt)
