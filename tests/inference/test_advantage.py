@@ -182,6 +182,8 @@ def test_textbook_estimators_on_hand_computed_cases():
         (lambda: kl_optimal_values(torch.tensor([0.5]), -1.0), "beta"),
         (lambda: kl_optimal_values(torch.tensor([0.5]), float("nan")), "beta"),
         (lambda: kl_optimal_values(torch.tensor([1.5]), 1.0), "p0"),
+        (lambda: LinearBandit(num_prompts=4, num_answers=1), "num_answers"),
+        (lambda: LinearBandit(num_prompts=0), "num_prompts"),
     ],
 )
 def test_bad_input(call, match):
