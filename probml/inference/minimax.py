@@ -51,7 +51,7 @@ from probml.guides.generators import (
     fit_source_conditional,
 )
 from probml.models.transfer import brier_risk, log_risk
-from probml.utils import check_finite, progress
+from probml.utils import check_finite, check_positive, progress
 
 __all__ = [
     "DRUM",
@@ -358,9 +358,7 @@ class DRUM(_Validated):
         ):
             raise ValueError(f"penalty must be None or finite and > 0, got {self.penalty!r}")
         for name in ("lr", "adversary_lr", "dual_lr"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 < value < math.inf):
-                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+            check_positive(name, getattr(self, name))
         for name in ("num_iters", "inner_steps", "num_draws"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
