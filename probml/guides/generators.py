@@ -24,7 +24,7 @@ import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
-from probml.utils import check_finite, progress
+from probml.utils import check_finite, check_positive, progress
 
 __all__ = [
     "ConditionalFlow",
@@ -199,6 +199,15 @@ def fit_source_conditional(
     check_finite("X", X)
     if A.shape[0] != X.shape[0]:
         raise ValueError(f"A and X must have the same rows, got {A.shape[0]} and {X.shape[0]}")
+    if X.dim() != 2 or X.shape[0] < 1:
+        raise ValueError(f"X must be n x d_x with n >= 1, got shape {tuple(X.shape)}")
+    if binary and not bool(((A == 0) | (A == 1)).all()):
+        raise ValueError("binary=True needs A in {0, 1}")
+    if int(batch_size) < 1 or int(num_iters) < 0:
+        raise ValueError(
+            f"batch_size must be >= 1 and num_iters >= 0, got {batch_size} and {num_iters}"
+        )
+    check_positive("lr", lr)
     torch.manual_seed(seed)
     gen = torch.Generator(device=X.device).manual_seed(seed)
     if binary:

@@ -136,6 +136,10 @@ def test_generators_density_and_transport():
     a, cost = tp(X[:10], z)
     assert torch.allclose(a, flow.sample_with_noise(X[:10], z), atol=1e-5)  # starts at G0
     assert float(cost.detach().abs().max()) == 0.0
+    for kw, match in (({"batch_size": 0}, "batch_size"), ({"lr": float("nan")}, "lr"),
+                      ({"binary": True}, "binary")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            fit_source_conditional(A, X, num_iters=1, verbose=False, **kw)
 
 
 def test_continuous_claim_small_scale():
