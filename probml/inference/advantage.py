@@ -113,6 +113,11 @@ def kl_optimal_values(p0: torch.Tensor, beta: torch.Tensor | float) -> torch.Ten
         raise ValueError("p0 must lie in [0, 1]")
     if not bool((beta >= 0).all()):  # NaN fails too
         raise ValueError(f"beta must be >= 0 (inf allowed), got {beta.tolist()!r}")
+    return _kl_optimal_values(p0, beta)
+
+
+def _kl_optimal_values(p0: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """:func:`kl_optimal_values` on inputs already checked (no device synchronisation)."""
     shift = torch.where(torch.isinf(beta), torch.zeros_like(beta), 1.0 / beta)
     logit = torch.logit(p0) + shift.reshape(*shift.shape, *([1] * p0.dim()))
     return torch.sigmoid(logit)
@@ -228,7 +233,7 @@ def basis_advantages(
     if grid.numel() == 0 or not bool((grid > 0).all()):  # NaN fails too
         raise ValueError("beta_grid must be a non-empty set of positive temperatures")
     B = r.numel()
-    V = kl_optimal_values(p0, grid)  # G x B
+    V = _kl_optimal_values(p0, grid)  # G x B; p0 and grid checked above
     active = (p0 > eps) & (p0 < 1 - eps)  # uses the offline values only: independent of r
     a = active.double()
     if form == "blue":
