@@ -7,6 +7,7 @@ Pyro's parameter store RNG) so that the same seed gives the same result.
 
 from __future__ import annotations
 
+import numbers
 import os
 import random
 import sys
@@ -25,6 +26,7 @@ __all__ = [
     "progress",
     "check_finite",
     "check_positive",
+    "check_int",
     "module_list",
     "SavableModule",
 ]
@@ -122,6 +124,16 @@ def check_positive(name: str, value: float, *, strict: bool = True) -> float:
         bound = "> 0" if strict else ">= 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
     return v
+
+
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """Return ``value`` as an ``int`` after checking that it is an integer (not a bool, not a
+    float such as ``2.5``) and at least ``minimum``; errors name ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def module_list(model: torch.nn.Module, path: str, arg: str) -> torch.nn.ModuleList:

@@ -9,6 +9,7 @@ from probml.results import markdown_table, mean_se, write_table
 from probml.utils import (
     check_batch_probabilities,
     check_finite,
+    check_int,
     check_positive,
     make_generator,
     resolve_device,
@@ -44,6 +45,12 @@ def test_validation_helpers():
         check_positive("rho", 0)
     with pytest.raises(TypeError, match="rho"):
         check_positive("rho", "a")
+    assert check_int("n", np.int64(3)) == 3 and check_int("n", 0, minimum=0) == 0
+    for bad in (2.5, float("nan"), True, "3"):
+        with pytest.raises(TypeError, match="n must be an integer"):
+            check_int("n", bad)
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        check_int("n", 0)
     like = torch.zeros(3)
     p = check_batch_probabilities("p0", [0.2, 0.5, 0.9], like, "rewards")
     assert p.dtype == torch.float64 and p.tolist() == [0.2, 0.5, 0.9]

@@ -30,7 +30,14 @@ from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from probml.inference.particles import effective_sample_size, normalize_log_weights, resample
-from probml.utils import SavableModule, make_generator, progress
+from probml.utils import (
+    SavableModule,
+    check_finite,
+    check_int,
+    check_positive,
+    make_generator,
+    progress,
+)
 
 __all__ = [
     "ParticlePosterior",
@@ -63,10 +70,8 @@ class ParticlePosterior:
     ):
         self.experiment = experiment
         if _particles is None:
-            if int(num_particles) < 1:
-                raise ValueError(f"num_particles must be >= 1, got {num_particles}")
             _particles = experiment.sample_prior(
-                int(num_particles), generator=make_generator(generator)
+                check_int("num_particles", num_particles), generator=make_generator(generator)
             )
             _log_w = torch.zeros(_particles.shape[0], dtype=_particles.dtype)
         self.particles, self.log_weights = _particles, _log_w
@@ -74,6 +79,7 @@ class ParticlePosterior:
 
     def condition(self, design: torch.Tensor, y: torch.Tensor | float) -> ParticlePosterior:
         """The posterior after observing ``y`` at ``design`` (``D``)."""
+        _check_design(design, self.experiment.D)
         y = torch.as_tensor(y, dtype=self.particles.dtype)
         lw = self.log_weights + self.experiment.log_likelihood(self.particles, design, y)
         return ParticlePosterior(
@@ -93,7 +99,10 @@ class ParticlePosterior:
     def sample(self, n: int, generator=None) -> torch.Tensor:
         """``n`` equally weighted draws (systematic resampling)."""
         idx = resample(
-            self.log_weights, n, scheme="systematic", generator=make_generator(generator)
+            self.log_weights,
+            check_int("n", n),
+            scheme="systematic",
+            generator=make_generator(generator),
         )
         return self.particles[idx]
 
@@ -105,6 +114,15 @@ class ParticlePosterior:
 def _empty_history(experiment) -> tuple[torch.Tensor, torch.Tensor]:
     D = int(experiment.D)
     return torch.zeros(0, D, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+
+
+def _check_design(design: torch.Tensor, D) -> None:
+    """A design's last dimension must be the experiment's ``D`` (a shape check, no sync)."""
+    if design.dim() < 1 or design.shape[-1] != int(D):
+        raise ValueError(
+            f"design must have the experiment's design dimension D = {int(D)} as its last "
+            f"dimension, got shape {tuple(design.shape)}"
+        )
 
 
 def _append(history, design, y):
@@ -133,6 +151,7 @@ class GaussianPosterior:
         return torch.distributions.MultivariateNormal(self.loc, covariance_matrix=self.cov)
 
     def condition(self, design: torch.Tensor, y) -> GaussianPosterior:
+        _check_design(design, self.loc.shape[-1])
         y = torch.as_tensor(y, dtype=self.loc.dtype)
         s2 = self.experiment.noise_scale**2
         Sx = (self.cov @ design.unsqueeze(-1)).squeeze(-1)  # ... x P
@@ -146,7 +165,10 @@ class GaussianPosterior:
     def sample(self, n: int, generator=None) -> torch.Tensor:
         L = torch.linalg.cholesky(self.cov)
         z = torch.randn(
-            n, *self.loc.shape, dtype=self.loc.dtype, generator=make_generator(generator)
+            check_int("n", n),
+            *self.loc.shape,
+            dtype=self.loc.dtype,
+            generator=make_generator(generator),
         )
         return self.loc + (L @ z.unsqueeze(-1)).squeeze(-1)
 
@@ -172,7 +194,8 @@ class _HistoryEncoder(SavableModule):
 
     def __init__(self, design_dim: int, hidden: int):
         super().__init__()
-        self.design_dim, self.hidden = int(design_dim), int(hidden)
+        self.design_dim = check_int("design_dim", design_dim)
+        self.hidden = check_int("hidden", hidden)
         self.phi = _mlp(self.design_dim + 1, hidden, hidden)
         for name, v in (("design_low", 0.0), ("design_high", 1.0), ("y_mean", 0.0)):
             self.register_buffer(name, torch.tensor(v))
@@ -209,6 +232,8 @@ class PosteriorNet(_HistoryEncoder):
 
     def __init__(self, design_dim: int, theta_dim: int, hidden: int = 64, components: int = 6):
         super().__init__(design_dim, hidden)
+        check_int("theta_dim", theta_dim)
+        check_int("components", components)
         self.config = {
             "design_dim": design_dim,
             "theta_dim": theta_dim,
@@ -263,8 +288,15 @@ class AmortizedPosterior:
 
     def __init__(self, net: PosteriorNet, experiment, designs=None, ys=None):
         self.net, self.experiment = net, experiment
+        if (designs is None) != (ys is None):
+            raise ValueError("designs and ys must be given together (or both left out)")
         if designs is None:
             designs, ys = _empty_history(experiment)
+        elif designs.dim() < 2 or designs.shape[:-1] != ys.shape:
+            raise ValueError(
+                "designs must be ... x T x D and ys ... x T with the same leading shape, got "
+                f"{tuple(designs.shape)} and {tuple(ys.shape)}"
+            )
         self.designs, self.ys = designs, ys
         self._theta_shape = tuple(experiment.sample_prior(1).shape[1:])
 
@@ -275,6 +307,7 @@ class AmortizedPosterior:
     def condition(self, design: torch.Tensor, y) -> AmortizedPosterior:
         """Append ``(design, y)``; ``design`` ``... x D`` and ``y`` ``...`` may carry a batch
         (e.g. ``C x N`` fantasised outcomes), giving a batch of posteriors."""
+        _check_design(design, self.designs.shape[-1])
         y = torch.as_tensor(y, dtype=self.ys.dtype)
         batch = torch.broadcast_shapes(self.ys.shape[:-1], y.shape, design.shape[:-1])
         T, D = self.ys.shape[-1], self.designs.shape[-1]
@@ -292,6 +325,7 @@ class AmortizedPosterior:
     def sample(self, n: int, generator=None) -> torch.Tensor:
         """``n x batch x theta_shape`` draws from the mixture, with ``generator`` only (the
         global RNG is untouched)."""
+        n = check_int("n", n)
         gen = make_generator(generator)
         q = self._q()
         probs = q.mixture_distribution.probs  # batch x C
@@ -329,6 +363,9 @@ def random_walk_designs(
 ) -> Callable[[int, int, torch.Generator], torch.Tensor]:
     """A design sampler for :func:`train_posterior_net`: uniform ``L_inf`` steps of at most
     ``delta`` from ``start``, clipped to ``[low, high]`` (``B x T x D``)."""
+    check_positive("delta", delta)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"low and high must be finite with low < high, got {low} and {high}")
 
     def sampler(B: int, T: int, generator: torch.Generator) -> torch.Tensor:
         D = start.shape[-1]
@@ -360,8 +397,11 @@ def train_posterior_net(
     ``design_sampler(B, T, generator)`` (default uniform in the design box), outcomes from the
     likelihood; fresh histories every step (no overfitting to a fixed set). ``seed`` seeds
     the simulation generator and the initial weights (torch's global RNG is left as it was)."""
-    if horizon < 1 or num_steps < 1 or batch_size < 2:
-        raise ValueError("horizon >= 1, num_steps >= 1 and batch_size >= 2 are required")
+    horizon, num_steps = check_int("horizon", horizon), check_int("num_steps", num_steps)
+    batch_size = check_int("batch_size", batch_size, minimum=2)
+    check_int("hidden", hidden)
+    check_int("components", components)
+    check_positive("lr", lr)
     gen = make_generator(seed)
     lo, hi = experiment.design_bounds
     D = int(experiment.D)
@@ -415,6 +455,8 @@ class DesignPolicy(_HistoryEncoder):
         candidates = torch.as_tensor(candidates, dtype=torch.float64)
         if candidates.dim() != 2 or candidates.shape[0] < 2:
             raise ValueError("candidates must be an A x D tensor with A >= 2")
+        check_finite("candidates", candidates)
+        check_int("horizon", horizon)
         super().__init__(candidates.shape[1], hidden)
         self.config = {
             "candidates": candidates,
@@ -430,6 +472,8 @@ class DesignPolicy(_HistoryEncoder):
     def grid_offsets(delta: float, dim: int, points: int = 5) -> torch.Tensor:
         """All moves on a ``points^dim`` grid over ``[-delta, delta]^dim`` (odd ``points``
         includes the zero move)."""
+        check_positive("delta", delta)
+        dim, points = check_int("dim", dim), check_int("points", points)
         axis = torch.linspace(-delta, delta, points, dtype=torch.float64)
         return torch.cartesian_prod(*[axis] * dim).reshape(-1, dim)
 

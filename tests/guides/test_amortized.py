@@ -139,3 +139,40 @@ def test_fit_amortized_is_reproducible_from_its_seed_alone():
     torch.manual_seed(0)
     fit_amortized(lf, [StepBound(0.1)], **kw)
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
+
+
+def test_bad_arguments_are_named():
+    from probml.guides.amortized import ParticlePosterior, random_walk_designs
+
+    ex = LinearGaussianExperiment(SIGMA, noise_scale=0.5)
+    offsets = DesignPolicy.grid_offsets(0.1, 2, 3)
+    cases = [
+        (lambda: ParticlePosterior(ex, 2.5), TypeError, "num_particles must be an integer"),
+        (lambda: ParticlePosterior(ex, 8, generator=0).sample(0), ValueError, "n must be"),
+        (lambda: ParticlePosterior(ex, 8).condition(torch.zeros(3), 1.0), ValueError, "D = 2"),
+        (lambda: GaussianPosterior(ex).condition(torch.zeros(3), 1.0), ValueError, "D = 2"),
+        (lambda: PosteriorNet(2, 2, hidden=0), ValueError, "hidden must be >= 1"),
+        (lambda: PosteriorNet(2, 2, components=0), ValueError, "components must be >= 1"),
+        (lambda: train_posterior_net(ex, horizon=2, num_steps=1, lr=0.0), ValueError, "lr"),
+        (lambda: train_posterior_net(ex, horizon=0), ValueError, "horizon must be >= 1"),
+        (lambda: train_posterior_net(ex, batch_size=1), ValueError, "batch_size must be >= 2"),
+        (lambda: DesignPolicy(offsets, horizon=0), ValueError, "horizon must be >= 1"),
+        (lambda: DesignPolicy(offsets * math.nan), ValueError, "candidates must be finite"),
+        (lambda: DesignPolicy.grid_offsets(math.nan, 2), ValueError, "delta"),
+        (lambda: DesignPolicy.grid_offsets(0.1, 2, 0), ValueError, "points must be >= 1"),
+        (lambda: random_walk_designs(torch.zeros(2), 0.1, 1.0, -1.0), ValueError, "low < high"),
+        (lambda: random_walk_designs(torch.zeros(2), -0.1, -1.0, 1.0), ValueError, "delta"),
+    ]
+    for call, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            call()
+    net = PosteriorNet(2, 2, hidden=8)
+    with pytest.raises(ValueError, match="designs and ys must be given together"):
+        AmortizedPosterior(net, ex, designs=torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="same leading shape"):
+        AmortizedPosterior(net, ex, torch.zeros(3, 2), torch.zeros(2))
+    post = AmortizedPosterior(net, ex)
+    with pytest.raises(ValueError, match="D = 2"):
+        post.condition(torch.zeros(3), 1.0)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        post.sample(0)
