@@ -29,7 +29,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_positive, make_generator
+from probml.utils import check_int, check_positive, make_generator
 
 __all__ = [
     "GaussianObservation",
@@ -400,6 +400,7 @@ class Lorenz63(StateSpaceModel):
         self, n: int, spin_up: int = 2000, generator: torch.Generator | int | None = None
     ) -> torch.Tensor:
         """``n x d`` states near the attractor (deterministic spin-up from random starts)."""
+        n, spin_up = check_int("n", n), check_int("spin_up", spin_up, minimum=0)
         gen = make_generator(generator)
         x = self.init_loc + 5.0 * torch.randn(n, self.dim, generator=gen, dtype=self.init_loc.dtype)
         for _ in range(spin_up):
@@ -447,14 +448,17 @@ def simulate_transition_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Training pairs ``(x_{t-1}, x_t)`` (each ``n x d``, ``n = num_starts * steps_per_start``)
     from short runs started on the attractor (or from the initial distribution for models
-    without ``attractor_states``)."""
+    without ``attractor_states``). ``x_t - drift(x_{t-1})`` is the process noise."""
+    num_starts = check_int("num_starts", num_starts)
+    steps_per_start = check_int("steps_per_start", steps_per_start)
+    spin_up = check_int("spin_up", spin_up, minimum=0)
     gen = make_generator(generator)
     if hasattr(ssm, "attractor_states"):
         x = ssm.attractor_states(num_starts, spin_up=spin_up, generator=gen)
     else:
         x = ssm.init_dist().sample((num_starts,))
     prev, nxt = [], []
-    for _ in range(int(steps_per_start)):
+    for _ in range(steps_per_start):
         x_new = ssm.sample_transition(x, gen)
         prev.append(x)
         nxt.append(x_new)

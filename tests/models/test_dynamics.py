@@ -14,6 +14,7 @@ from probml.models.dynamics import (
     Lorenz63,
     Lorenz96,
     kalman_filter,
+    simulate_transition_pairs,
 )
 
 
@@ -70,6 +71,35 @@ def test_lorenz_models_step_and_observe():
     # a fixed point of Lorenz-96: x_i = F everywhere
     x = torch.full((8,), 8.0)
     assert torch.allclose(l96.drift(x), x, atol=1e-5)
+
+
+def test_attractors_have_their_known_statistics():
+    # Lorenz-63 (sigma, rho, beta) = (10, 28, 8/3): mean z about 23.55, x and y symmetric
+    x = Lorenz63().attractor_states(2000, generator=0)
+    assert abs(float(x[:, 2].mean()) - 23.55) < 0.6 and float(x[:, :2].mean(0).abs().max()) < 0.5
+    assert bool((x[:, :2].abs() < 30).all()) and bool(((x[:, 2] > 0) & (x[:, 2] < 50)).all())
+    # Lorenz-96, F = 8: mean about 2.35 and standard deviation about 3.64 per coordinate
+    x = Lorenz96(dim=8).attractor_states(1000, spin_up=500, generator=0)
+    assert abs(float(x.mean()) - 2.35) < 0.25 and abs(float(x.std()) - 3.64) < 0.25
+    # the cyclic vector field, written out coordinate by coordinate
+    l96, z = Lorenz96(dim=6, forcing=3.0), torch.randn(6, dtype=torch.float64)
+    loop = [(z[(i + 1) % 6] - z[i - 2]) * z[i - 1] - z[i] + 3.0 for i in range(6)]
+    assert torch.allclose(l96.vector_field(z), torch.stack(loop))
+    assert Lorenz63(observation="identity").simulate(2, generator=0)[1].shape == (2, 1, 3)
+
+
+def test_transition_pairs_chain_and_carry_the_process_noise():
+    l63 = Lorenz63(process_noise=0.1)
+    xp, xn = simulate_transition_pairs(l63, 500, 4, spin_up=500, generator=0)
+    assert xp.shape == xn.shape == (2000, 3)
+    assert torch.equal(xp[500:], xn[:-500])  # each run continues from its last state
+    noise = xn - l63.drift(xp)
+    assert float(noise.mean(0).abs().max()) < 0.01
+    assert torch.allclose(noise.std(0), torch.full((3,), 0.1), rtol=0.05)
+    for kw, msg in (({"num_starts": 0}, "num_starts"), ({"steps_per_start": 0}, "steps_per"),
+                    ({"spin_up": -1}, "spin_up"), ({"num_starts": 2.5}, "integer")):  # fmt: skip
+        with pytest.raises((ValueError, TypeError), match=msg):
+            simulate_transition_pairs(l63, **{"num_starts": 4, **kw})
 
 
 def test_observation_validation():
