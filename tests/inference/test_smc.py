@@ -12,6 +12,7 @@ from probml.inference.smc import (
     BootstrapPF,
     EnKF,
     GuidedDiffusionFilter,
+    evaluate_filter,
     kalman_filter,
     weighted_moments,
 )
@@ -110,6 +111,26 @@ def test_bootstrap_pf_and_enkf_on_linear_gaussian():
         assert float((res.means - m).abs().max()) < 0.15
         assert torch.allclose(res.stds[-1].pow(2).mean(0), P[-1].diagonal(), rtol=0.15)
     assert pf.log_evidence.shape == (8,) and enkf.log_evidence is None
+
+
+def test_evaluate_filter_scores_match_the_kalman_posterior():
+    # RMSE of the posterior mean and the CRPS of the particle cloud against the truth, next to
+    # the exact Kalman values (the Gaussian CRPS in closed form)
+    ssm = LinearGaussianSSM.random(dim=4, obs_every=1, obs_noise=0.5)
+    xs, ys = ssm.simulate(5, num_trajectories=8, generator=3)
+    m, P, _ = ssm.kalman_filter(ys, init_loc=torch.zeros(8, 4, dtype=torch.float64))
+    x0 = torch.randn(8, 4000, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = evaluate_filter(
+        BootstrapPF(ssm, ssm.observation, 4000, seed=1, verbose=False), xs, ys, x0
+    )
+    s = P.diagonal(dim1=-2, dim2=-1).sqrt()[:, None].expand_as(m)  # T x B x d
+    z = (xs[1:] - m) / s
+    phi = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
+    crps = s * (z * torch.erf(z / math.sqrt(2)) + 2 * phi - 1 / math.sqrt(math.pi))
+    assert out["rmse"] == pytest.approx(float((m - xs[1:]).pow(2).mean().sqrt()), rel=0.03)
+    assert out["crps"] == pytest.approx(float(crps.mean()), rel=0.03)
+    assert 0 < out["mean_ess"] <= 1 and math.isnan(out["min_diffusion_ess"])
+    assert out["result"].particles.shape == (5, 8, 4000, 4)  # kept for the CRPS
 
 
 def test_unbatched_interface_and_seed():
