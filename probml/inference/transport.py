@@ -390,6 +390,14 @@ class FairRegressor(BaseEstimator):
         else:
             cal = rng.uniform(size=len(y)) < self.calibration_fraction
             train = ~cal
+            for part, rows in (("calibration", cal), ("training", train)):
+                missing = sorted(set(groups.tolist()) - set(np.unique(s[rows]).tolist()))
+                if missing:
+                    raise ValueError(
+                        f"groups {missing} have no rows in the {part} split "
+                        f"(calibration_fraction={self.calibration_fraction}, random_state="
+                        f"{self.random_state}); use more data, another split or None"
+                    )
         est = self.estimator if self.estimator is not None else LinearRegression()
         self.eta_model_ = clone(est).fit(self._design(X[train], s[train]), y[train])
         self.p_ = np.array([np.mean(s == g) for g in groups])

@@ -32,6 +32,37 @@ def test_aware_w2_risk_and_unfairness_closed_forms(lam):
     assert unfairness(f, s, "w2") == pytest.approx((1 - t) ** 2 * dhat**2, rel=0.05, abs=2e-3)
 
 
+def test_aware_w2_barycentric_closed_forms_for_three_groups():
+    # pure shifts c_s: f = eta + t (cbar - c_s), so the risk is t^2 V and each group's mean
+    # moves to (1 - t)(c_s - cbar) from the barycentre, with V = sum_s p_s (c_s - cbar)^2;
+    # t^2 V + lam (1 - t)^2 V is smallest at t = lam / (1 + lam)
+    rng = np.random.default_rng(1)  # not FairRegressor's split seed: see the end of this test
+    s = rng.choice(3, size=30_000, p=[0.2, 0.3, 0.5])
+    eta = np.array([0.0, 1.0, 3.0])[s] + rng.normal(size=s.size)
+    p = np.array([np.mean(s == g) for g in range(3)])
+    t = w2_interpolation_weight(0.5, p, penalty="barycentric")
+    assert t == pytest.approx(1 / 3)
+    f = fair_w2_aware(eta, s, t)
+    c = np.array([eta[s == g].mean() for g in range(3)])
+    V = p @ (c - p @ c) ** 2
+    assert np.mean((f - eta) ** 2) == pytest.approx(t**2 * V, rel=0.01)
+    fc = np.array([f[s == g].mean() for g in range(3)])
+    assert np.allclose(fc - p @ c, (1 - t) * (c - p @ c), atol=1e-3)
+    assert unfairness(f, s, "w2") == pytest.approx((1 - t) ** 2 * (c[2] - c[0]) ** 2, rel=0.01)
+    X = (eta + 0.1 * rng.normal(size=s.size))[:, None]  # the estimator path picks the same t
+    model = FairRegressor(strength=0.5).fit(X, eta, s)
+    assert model.t_ == pytest.approx(1 / 3)
+    before = unfairness(model.eta_model_.predict(model._design(X, s)), s, "w2")
+    ratio = unfairness(model.predict(X, s), s, "w2") / before
+    assert ratio == pytest.approx((1 - t) ** 2, rel=0.05)
+    with pytest.raises(ValueError, match="barycentric"):
+        w2_interpolation_weight(0.5, p)
+    # data drawn from the split's own seed: group 2 is exactly the rows the split trains on
+    s0 = np.random.default_rng(0).choice(3, size=3000, p=[0.2, 0.3, 0.5])
+    with pytest.raises(ValueError, match=r"groups \[2\] have no rows in the calibration split"):
+        FairRegressor(strength=0.5).fit(X[:3000], eta[:3000], s0)
+
+
 def test_tv_threshold_has_the_sharp_transition_and_partial_ot_is_never_worse():
     rng = np.random.default_rng(0)
     y1 = rng.normal(size=150)
