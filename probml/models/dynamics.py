@@ -169,6 +169,14 @@ class StateSpaceModel:
     def init_dist(self) -> dist.MultivariateNormal:
         return dist.MultivariateNormal(self.init_loc, scale_tril=self.init_scale_tril)
 
+    def sample_init(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n x d`` draws of ``x_0`` from :meth:`init_dist`, with ``generator`` only."""
+        eps = torch.randn(
+            n, self.dim, generator=generator, dtype=self.init_loc.dtype,
+            device=self.init_loc.device,
+        )  # fmt: skip
+        return self.init_loc + eps @ self.init_scale_tril.T
+
     def sample_transition(
         self, x_prev: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -205,11 +213,7 @@ class StateSpaceModel:
             raise ValueError(f"num_steps must be >= 1, got {num_steps!r}")
         gen = make_generator(generator, device=self.init_loc.device)
         if x0 is None:
-            eps = torch.randn(
-                num_trajectories, self.dim, generator=gen, dtype=self.init_loc.dtype,
-                device=self.init_loc.device,
-            )  # fmt: skip
-            x0 = self.init_loc + eps @ self.init_scale_tril.T
+            x0 = self.sample_init(num_trajectories, gen)
         xs, ys = [x0], []
         x = x0
         for _ in range(int(num_steps)):  # time is sequential; trajectories are batched
@@ -456,7 +460,7 @@ def simulate_transition_pairs(
     if hasattr(ssm, "attractor_states"):
         x = ssm.attractor_states(num_starts, spin_up=spin_up, generator=gen)
     else:
-        x = ssm.init_dist().sample((num_starts,))
+        x = ssm.sample_init(num_starts, gen)
     prev, nxt = [], []
     for _ in range(steps_per_start):
         x_new = ssm.sample_transition(x, gen)

@@ -96,6 +96,13 @@ def test_transition_pairs_chain_and_carry_the_process_noise():
     noise = xn - l63.drift(xp)
     assert float(noise.mean(0).abs().max()) < 0.01
     assert torch.allclose(noise.std(0), torch.full((3,), 0.1), rtol=0.05)
+    # a model without attractor_states starts from init_dist, drawn with the generator only
+    lg, state = LinearGaussianSSM.random(dim=3), torch.get_rng_state()
+    a, b = (
+        simulate_transition_pairs(lg, 50, 2, generator=4),
+        simulate_transition_pairs(lg, 50, 2, generator=4),
+    )
+    assert torch.equal(a[0], b[0]) and torch.equal(torch.get_rng_state(), state)
     for kw, msg in (({"num_starts": 0}, "num_starts"), ({"steps_per_start": 0}, "steps_per"),
                     ({"spin_up": -1}, "spin_up"), ({"num_starts": 2.5}, "integer")):  # fmt: skip
         with pytest.raises((ValueError, TypeError), match=msg):
