@@ -2,17 +2,21 @@
 
 Everything random in probml takes a ``seed`` (int) or a :class:`torch.Generator`;
 :func:`set_seed` seeds every generator a routine may touch (``random``, NumPy, torch and
-Pyro's parameter store RNG) so that the same seed gives the same result.
+Pyro's parameter store RNG) so that the same seed gives the same result. Library routines
+that seed the global RNGs themselves are wrapped in :func:`keep_global_rng`, so they leave the
+caller's states as they found them.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 import random
 import sys
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +31,7 @@ __all__ = [
     "check_finite",
     "check_positive",
     "check_int",
+    "keep_global_rng",
     "module_list",
     "SavableModule",
 ]
@@ -50,6 +55,37 @@ def set_seed(seed: int) -> None:
         pyro.set_rng_seed(seed)
     except ImportError:  # pragma: no cover
         pass
+
+
+_RNG_GUARD = threading.local()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def keep_global_rng(fn: F) -> F:
+    """Decorator: ``fn`` may seed and draw from the global random number generators (torch's
+    CPU generator and, once CUDA is initialised, every CUDA device's; NumPy's legacy
+    ``np.random``; Python's ``random``; Pyro seeds all three) so that its own results are
+    reproducible from its ``seed``, and the caller's states are restored when it returns or
+    raises. Only the outermost guarded call saves and restores, so guarded functions that call
+    each other behave exactly as they would unguarded."""
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        if getattr(_RNG_GUARD, "active", False):
+            return fn(*args, **kwargs)
+        py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        devices = list(range(torch.cuda.device_count())) if cuda else []
+        _RNG_GUARD.active = True
+        try:
+            with torch.random.fork_rng(devices=devices):
+                return fn(*args, **kwargs)
+        finally:
+            _RNG_GUARD.active = False
+            random.setstate(py_state)
+            np.random.set_state(np_state)  # noqa: NPY002
+
+    return guarded  # type: ignore[return-value]
 
 
 def make_generator(

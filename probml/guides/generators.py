@@ -24,7 +24,7 @@ import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
-from probml.utils import check_finite, check_positive, progress
+from probml.utils import check_finite, check_positive, keep_global_rng, progress
 
 __all__ = [
     "ConditionalFlow",
@@ -177,6 +177,7 @@ class TransportPerturbation(nn.Module):
         return a0 + shift, shift.pow(2).sum(-1)
 
 
+@keep_global_rng
 def fit_source_conditional(
     A: torch.Tensor,
     X: torch.Tensor,

@@ -13,10 +13,12 @@ from collections.abc import Sequence
 import torch
 
 from probml.models.layers import ShallowNet
+from probml.utils import keep_global_rng
 
 __all__ = ["fit_shallow_net"]
 
 
+@keep_global_rng
 def fit_shallow_net(
     kind: str,
     dictionary: Sequence[str],

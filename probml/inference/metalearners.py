@@ -36,6 +36,8 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
+from probml.utils import keep_global_rng
+
 __all__ = [
     "QLearner",
     "SRatioLearner",
@@ -563,6 +565,7 @@ class BayesianQLearner(_RatioLearner):
         Z = (X - self.x_mean_) / self.x_scale_
         return torch.as_tensor(np.column_stack([np.ones(len(X)), Z]), dtype=torch.float64)
 
+    @keep_global_rng
     def fit(self, X, w, y, propensity: float | None = None) -> BayesianQLearner:
         import pyro
         import torch
@@ -617,6 +620,7 @@ class BayesianQLearner(_RatioLearner):
             self.posterior_samples_ = None
         return self
 
+    @keep_global_rng
     def log_effect_samples(self, X) -> np.ndarray:
         """Posterior draws of :math:`\\log\\tau` at the rows of ``X``: ``num_samples x n``."""
         import pyro

@@ -51,7 +51,7 @@ from probml.guides.generators import (
     fit_source_conditional,
 )
 from probml.models.transfer import brier_risk, log_risk
-from probml.utils import check_finite, check_positive, progress
+from probml.utils import check_finite, check_positive, keep_global_rng, progress
 
 __all__ = [
     "DRUM",
@@ -158,6 +158,7 @@ def _fit_logistic_net(
     return net.eval().requires_grad_(False)
 
 
+@keep_global_rng
 def fit_outcome_model(
     X: torch.Tensor,
     A: torch.Tensor,
@@ -241,6 +242,7 @@ class ERMOnX(_Validated):
     def __init__(self, hidden: int = 32, num_iters: int = 500, seed: int = 0, linear: bool = False):
         self.hidden, self.num_iters, self.seed, self.linear = hidden, num_iters, seed, linear
 
+    @keep_global_rng
     def fit(self, X_source, A_source, y_source, X_target=None):
         X_target = X_source if X_target is None else X_target
         Xs, _, ys, _ = self._check_fit(X_source, A_source, y_source, X_target)
@@ -253,11 +255,15 @@ class ERMOnX(_Validated):
 
 class ImputationBaseline(_Validated):
     """Baseline: :math:`f(x) = \\hat\\mu(x, \\mathbb E_{G_0}[A \\mid x])` (mean imputation from
-    the source conditional; for binary ``A`` the conditional probability is imputed)."""
+    the source conditional; for binary ``A`` the conditional probability is imputed). The
+    expectation is a mean over ``num_draws`` draws whose base noise comes from a generator
+    seeded by ``seed``, so :meth:`predict` gives the same answer for the same rows (and
+    leaves torch's global RNG alone)."""
 
     def __init__(self, outcome_model="mlp", num_draws: int = 16, seed: int = 0):
         self.outcome_model, self.num_draws, self.seed = outcome_model, num_draws, seed
 
+    @keep_global_rng
     def fit(self, X_source, A_source, y_source, X_target=None):
         X_target = X_source if X_target is None else X_target
         Xs, As, ys, _ = self._check_fit(X_source, A_source, y_source, X_target)
@@ -274,8 +280,11 @@ class ImputationBaseline(_Validated):
         with torch.no_grad():
             if isinstance(self.g0_, ConditionalBernoulli):
                 a_bar = self.g0_.prob(X)
-            else:
-                a_bar = self.g0_.rsample(X.expand(self.num_draws, *X.shape)).mean(0)
+            else:  # base noise from a generator seeded by ``seed``: predict is deterministic
+                gen = torch.Generator(device=X.device).manual_seed(self.seed)
+                shape = (self.num_draws, *X.shape[:-1], self.g0_.a_dim)
+                z = torch.randn(shape, generator=gen, device=X.device, dtype=X.dtype)
+                a_bar = self.g0_.sample_with_noise(X.expand(self.num_draws, *X.shape), z).mean(0)
             return self.mu_(X, a_bar)
 
 
@@ -429,6 +438,7 @@ class DRUM(_Validated):
         return self._risk(f, mu(xs, a)).mean(0), kl.mean(0)
 
     # ------------------------------------------------------------------ fit
+    @keep_global_rng
     def fit(self, X_source, A_source, y_source, X_target) -> DRUM:
         """Fit nuisances, play the minimax game, then (optionally) bias-correct.
 

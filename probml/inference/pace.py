@@ -60,7 +60,7 @@ from probml.inference.privacy import (
     selection_cost,
     zcdp_to_dp,
 )
-from probml.utils import check_positive, progress
+from probml.utils import check_positive, keep_global_rng, progress
 
 __all__ = [
     "PACEGGM",
@@ -426,6 +426,7 @@ class PerEntryGaussianCovariance(GaussianMechanismCovariance):
         return values + sigma * noise
 
 
+@keep_global_rng
 def covariance_posterior(
     estimator: PACEGGM,
     method: str = "auto",

@@ -29,7 +29,7 @@ from probml.inference.projection import (
 )
 from probml.models.adapters import add_lora, lora_modules
 from probml.models.lm import TinyLM, TinyLMConfig
-from probml.utils import progress
+from probml.utils import keep_global_rng, progress
 
 __all__ = [
     "LORA_TARGETS",
@@ -48,6 +48,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PROBML_CACHE", Path.home() / ".cache" / "probml"))
 
 
+@keep_global_rng
 def pretrain_persona_model(
     world: PersonaWorld,
     num_steps: int = 1500,

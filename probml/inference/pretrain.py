@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from probml.models.layers import ScaleVector
-from probml.utils import progress, resolve_device
+from probml.utils import keep_global_rng, progress, resolve_device
 
 __all__ = [
     "CharCorpus",
@@ -112,6 +112,7 @@ def param_groups(model: nn.Module, weight_decay: float, rule: str = "role") -> l
     ]
 
 
+@keep_global_rng
 def paired_models(factories: dict[str, Callable[[], nn.Module]], seed: int) -> dict[str, nn.Module]:
     """Build every arm with ``torch.manual_seed(seed)``, then copy the first arm's initial values
     into every parameter/buffer the others share by name and shape."""

@@ -35,6 +35,8 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KNeighborsRegressor
 
+from probml.utils import keep_global_rng
+
 __all__ = [
     "w2_interpolation_weight",
     "fair_w2_aware",
@@ -458,6 +460,7 @@ class FairRegressor(BaseEstimator):
         return eta + self.extension_.predict(np.column_stack([eta, _delta(pi, self.p_[1])]))
 
 
+@keep_global_rng
 def posterior_fair_predictions(
     X,
     y,

@@ -41,6 +41,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from probml.utils import keep_global_rng
+
 __all__ = [
     "LoRALinear",
     "LoRAFactors",
@@ -276,6 +278,7 @@ def spurious_factor_model(
     pyro.sample("b", dist.Normal(mean, sigma).to_event(2), obs=b)
 
 
+@keep_global_rng
 def fit_spurious_factor(
     b: torch.Tensor,
     num_task: int = 4,

@@ -39,7 +39,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from probml.utils import SavableModule, check_finite, check_positive, make_generator, progress
+from probml.utils import (
+    SavableModule,
+    check_finite,
+    check_positive,
+    keep_global_rng,
+    make_generator,
+    progress,
+)
 
 __all__ = [
     "VPSchedule",
@@ -252,6 +259,7 @@ class NeuralDiffusionTransition(DiffusionTransition, SavableModule):
         return self.inc_scale
 
 
+@keep_global_rng
 def train_transition_model(
     x_prev: torch.Tensor,
     x_next: torch.Tensor,
