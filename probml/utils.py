@@ -32,6 +32,7 @@ __all__ = [
     "check_positive",
     "check_int",
     "keep_global_rng",
+    "keep_param_store",
     "module_list",
     "SavableModule",
 ]
@@ -84,6 +85,27 @@ def keep_global_rng(fn: F) -> F:
             _RNG_GUARD.active = False
             random.setstate(py_state)
             np.random.set_state(np_state)  # noqa: NPY002
+
+    return guarded  # type: ignore[return-value]
+
+
+def keep_param_store(fn: F) -> F:
+    """Decorator: ``fn`` runs its Pyro inference on an empty parameter store, and the caller's
+    parameters are put back when it returns or raises (for routines that return draws, not a
+    guide whose parameters must outlive the call)."""
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        import pyro
+
+        store = pyro.get_param_store()
+        saved = store.get_state()
+        store.clear()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            store.clear()
+            store.set_state(saved)
 
     return guarded  # type: ignore[return-value]
 

@@ -155,3 +155,19 @@ def test_seeded_routines_are_reproducible_and_leave_the_caller_rngs_alone():
         assert _same(before, _states()), f"{name} changed the caller's global RNG state"
         _draw(12)  # another caller state: the same result
         assert torch.equal(first, _flat(call())), f"{name} depends on the caller's RNG state"
+
+
+def test_pyro_routines_put_the_callers_parameter_store_back():
+    import pyro
+
+    from probml.inference.pace import PACEGGM, covariance_posterior
+    from probml.models.adapters import fit_spurious_factor
+
+    pyro.clear_param_store()
+    w = pyro.param("user_w", torch.tensor([1.0, 2.0]))
+    fit_spurious_factor(torch.randn(4, 6), num_task=2, num_steps=3, num_samples=2)
+    pace = PACEGGM(2.0, 1e-5, np.ones(2), rounds=1, random_state=0).fit(np.zeros((50, 2)))
+    covariance_posterior(pace, method="svi", num_samples=2, svi_steps=2)
+    store = pyro.get_param_store()
+    assert list(store.keys()) == ["user_w"] and torch.equal(store["user_w"].detach(), w.detach())
+    pyro.clear_param_store()

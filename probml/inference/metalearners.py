@@ -533,8 +533,11 @@ class BayesianQLearner(_RatioLearner):
         num_samples, warmup_steps: NUTS settings; ``num_samples`` is also the number of draws
             from the SVI guide.
         svi_steps, lr: SVI settings.
-        seed: seed for Pyro's RNG.
+        seed: seed for Pyro's RNG (the caller's global RNG states are restored after
+            :meth:`fit` and the posterior draws).
         verbose: progress bar.
+
+    :meth:`fit` clears Pyro's parameter store: the SVI guide keeps its parameters there.
     """
 
     def __init__(

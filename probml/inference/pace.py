@@ -60,7 +60,7 @@ from probml.inference.privacy import (
     selection_cost,
     zcdp_to_dp,
 )
-from probml.utils import check_positive, keep_global_rng, progress
+from probml.utils import check_positive, keep_global_rng, keep_param_store, progress
 
 __all__ = [
     "PACEGGM",
@@ -427,6 +427,7 @@ class PerEntryGaussianCovariance(GaussianMechanismCovariance):
 
 
 @keep_global_rng
+@keep_param_store
 def covariance_posterior(
     estimator: PACEGGM,
     method: str = "auto",
@@ -473,8 +474,7 @@ def covariance_posterior(
         scale_prior=estimator.bounds_ / 2.0 if scale_prior is None else scale_prior,
         prior=prior,
     )
-    pyro.set_rng_seed(seed)
-    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)  # on an empty parameter store (keep_param_store)
     if method == "nuts":
         mcmc = MCMC(
             NUTS(private_covariance_model, init_strategy=init_to_median),

@@ -41,7 +41,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from probml.utils import keep_global_rng
+from probml.utils import keep_global_rng, keep_param_store
 
 __all__ = [
     "LoRALinear",
@@ -279,6 +279,7 @@ def spurious_factor_model(
 
 
 @keep_global_rng
+@keep_param_store
 def fit_spurious_factor(
     b: torch.Tensor,
     num_task: int = 4,
