@@ -510,7 +510,9 @@ def _policy_designs(policy: DesignPolicy, posterior, prev, constraints, remainin
             )
         logits = policy.logits(summary, prev, ys.shape[-1], feas)
     order = logits.argsort(descending=True)[: int(feas.sum())]
-    return cand[order], logits[order]
+    # prev + offset can land a rounding error outside the box (0.9 + 0.1 > 1 in floating
+    # point), inside the feasibility tolerance: executed designs lie in the box itself
+    return cand[order].clamp(constraints.low, constraints.high), logits[order]
 
 
 class MaskedPolicyPlanner:

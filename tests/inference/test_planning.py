@@ -65,6 +65,19 @@ def test_executed_designs_respect_step_bound_and_budget(
     )
 
 
+def test_policy_designs_at_the_box_edge_stay_inside_it():
+    # 0.9000000000000001 + 0.1 = 1.0000000000000002: inside the feasibility tolerance, outside
+    # the box (a hypothesis run of the property test above once hit this)
+    lf = LocationFinding()
+    one = torch.tensor(1.0, dtype=torch.float64)
+    prev = torch.nextafter(torch.tensor(0.9, dtype=torch.float64), one).expand(2)
+    post = ParticlePosterior(lf, 64, generator=0)
+    cons = Constraints([StepBound(0.1)], lf.design_bounds)
+    planner, g = MaskedPolicyPlanner(_POLICY, greedy=False), torch.Generator().manual_seed(0)
+    xi = torch.stack([planner.plan(post, prev, cons, 1.0, g) for _ in range(200)])
+    assert float(xi.max()) == 1.0 and float(xi.min()) >= 0.8  # the edge is reached, not passed
+
+
 def test_infeasible_start_and_spent_budget_are_clear_errors():
     lf = LocationFinding()
     theta = torch.tensor([[0.3, 0.3]], dtype=torch.float64)
