@@ -34,9 +34,9 @@ def test_keep_global_rng_restores_and_nests_like_unguarded_code():
 
     torch.manual_seed(7)
     before = _states()
-    assert guarded_draw(3) == _draw(3)
-    torch.manual_seed(7)
-    before = _states()
+    value = guarded_draw(3)
+    assert _same(before, _states())  # restored
+    assert value == _draw(3)  # and the draws were the seeded ones
     guarded_outer = keep_global_rng(lambda s: (guarded_draw(s), float(torch.rand(1))))
     assert guarded_outer(3) == outer(3)  # the nested guard does not restore in between
     torch.manual_seed(7)

@@ -51,7 +51,7 @@ from probml.guides.generators import (
     fit_source_conditional,
 )
 from probml.models.transfer import brier_risk, log_risk
-from probml.utils import check_finite, check_positive, keep_global_rng, progress
+from probml.utils import check_finite, check_positive, keep_global_rng, make_generator, progress
 
 __all__ = [
     "DRUM",
@@ -281,7 +281,7 @@ class ImputationBaseline(_Validated):
             if isinstance(self.g0_, ConditionalBernoulli):
                 a_bar = self.g0_.prob(X)
             else:  # base noise from a generator seeded by ``seed``: predict is deterministic
-                gen = torch.Generator(device=X.device).manual_seed(self.seed)
+                gen = make_generator(self.seed, device=X.device)
                 shape = (self.num_draws, *X.shape[:-1], self.g0_.a_dim)
                 z = torch.randn(shape, generator=gen, device=X.device, dtype=X.dtype)
                 a_bar = self.g0_.sample_with_noise(X.expand(self.num_draws, *X.shape), z).mean(0)
