@@ -168,7 +168,9 @@ def relaxed_completion(
         entries, values, dim: as in :func:`exact_completion`.
         noise_scales: ``m`` standard deviations :math:`\sigma_e` of the values.
         lam: weight :math:`\lambda > 0` of the log-det term.
-        init: warm start ``Sigma`` (``d x d``, positive definite), e.g. the previous round's.
+        init: warm start ``Sigma`` (``d x d``), e.g. the previous round's; if it is not
+            numerically positive definite, the default start (the diagonal of the values) is
+            used instead.
 
     Returns:
         ``(Sigma, precision)``: symmetric positive definite, precision zero off the entries.
@@ -183,10 +185,13 @@ def relaxed_completion(
     wmat = torch.where(mask, 1.0 / sig.clamp_min(1e-300) ** 2, torch.zeros_like(sig))
     # each off-diagonal entry appears twice in the symmetric sum: halve its weight
     wmat = torch.where(torch.eye(dim, dtype=torch.bool), wmat, 0.5 * wmat)
-    if init is None:
-        diag = y.diagonal().clamp_min(1e-8 * float(y.diagonal().abs().max()) + 1e-300)
-        init = torch.diag(diag)
-    L0 = torch.linalg.cholesky(0.5 * (init + init.T).to(torch.float64)).cpu().numpy()
+    diag = y.diagonal().clamp_min(1e-8 * float(y.diagonal().abs().max()) + 1e-300)
+    try:  # the warm start; one that is not numerically positive definite (e.g. an
+        # ill-conditioned previous round) is replaced by the default diagonal start
+        start = torch.diag(diag) if init is None else 0.5 * (init + init.T)
+        L0 = torch.linalg.cholesky(start.to(torch.float64)).cpu().numpy()
+    except RuntimeError:
+        L0 = torch.linalg.cholesky(torch.diag(diag).to(torch.float64)).cpu().numpy()
     Wn, yn = wmat.cpu().numpy(), y.cpu().numpy()
     tril = np.tril_indices(dim)
     on_diag = tril[0] == tril[1]

@@ -5,7 +5,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probml.datasets.gaussian import load_covariance_dataset, make_sparse_precision, sample_gaussian
-from probml.inference.maxent import CompletionError, exact_completion, maxent_completion
+from probml.inference.maxent import (
+    CompletionError,
+    exact_completion,
+    maxent_completion,
+    relaxed_completion,
+)
 from probml.inference.pace import (
     PACEGGM,
     GaussianMechanismCovariance,
@@ -39,6 +44,11 @@ def test_completion_errors_and_relaxed_form_is_pd():
         [(0, 0), (1, 1), (0, 1)], [1.0, 1.0, 1.5], 2, noise_scales=[0.1, 0.1, 0.5]
     )
     assert torch.linalg.eigvalsh(Sig).min() > 0 and torch.allclose(Sig, Sig.T)
+    # a warm start that is not positive definite (PACE's previous round can be numerically
+    # singular) falls back to the default start instead of failing in the Cholesky
+    args = ([(0, 0), (1, 1), (0, 1)], [1.0, 1.0, 1.5], 2, [0.1, 0.1, 0.5])
+    bad = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
+    assert torch.equal(relaxed_completion(*args, init=bad)[0], relaxed_completion(*args)[0])
     with pytest.raises(ValueError, match="diagonal"):
         exact_completion([(0, 0), (0, 1)], [1.0, 0.1], 2)
 
