@@ -190,7 +190,7 @@ def relaxed_completion(
         # ill-conditioned previous round) is replaced by the default diagonal start
         start = torch.diag(diag) if init is None else 0.5 * (init + init.T)
         L0 = torch.linalg.cholesky(start.to(torch.float64)).cpu().numpy()
-    except RuntimeError:
+    except torch.linalg.LinAlgError:  # not a shape error: those still raise
         L0 = torch.linalg.cholesky(torch.diag(diag).to(torch.float64)).cpu().numpy()
     Wn, yn = wmat.cpu().numpy(), y.cpu().numpy()
     tril = np.tril_indices(dim)
