@@ -86,8 +86,7 @@ def main():
             x = Xt[:2000]
             with torch.no_grad():  # 64 adversary draws, their base noise seeded from seed
                 g = torch.Generator().manual_seed(seed + 200)
-                z = torch.randn(64, *x.shape[:-1], est.adversary_.a_dim, generator=g)
-                a = est.adversary_.sample_with_noise(x.expand(64, *x.shape), z)
+                a = est.adversary_.rsample(x.expand(64, *x.shape), generator=g)
                 oracle = sim.outcome(x.expand_as(a), a).mean(0)
             f = torch.as_tensor(est.predict_proba(x)[:, 1])
             s = sim.summary(lambda z, e=est: torch.as_tensor(e.predict_proba(z)[:, 1]), 10000)

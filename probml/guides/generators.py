@@ -83,9 +83,14 @@ class ConditionalFlow(nn.Module):
         cond = dist.ConditionalTransformedDistribution(base, [*chain, out])
         return cond.condition(ctx)
 
-    def rsample(self, x: torch.Tensor) -> torch.Tensor:
-        """One reparameterised draw per context row: ``... x d_x -> ... x d_a``."""
-        return self.dist(x).rsample(x.shape[:-1])
+    def rsample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One reparameterised draw per context row: ``... x d_x -> ... x d_a``. With
+        ``generator`` the base noise comes from it (torch's global RNG is not used)."""
+        if generator is None:
+            return self.dist(x).rsample(x.shape[:-1])
+        shape = (*x.shape[:-1], self.a_dim)
+        z = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        return self.sample_with_noise(x, z)
 
     def log_prob(self, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.dist(x).log_prob(a)

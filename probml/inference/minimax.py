@@ -282,9 +282,7 @@ class ImputationBaseline(_Validated):
                 a_bar = self.g0_.prob(X)
             else:  # base noise from a generator seeded by ``seed``: predict is deterministic
                 gen = make_generator(self.seed, device=X.device)
-                shape = (self.num_draws, *X.shape[:-1], self.g0_.a_dim)
-                z = torch.randn(shape, generator=gen, device=X.device, dtype=X.dtype)
-                a_bar = self.g0_.sample_with_noise(X.expand(self.num_draws, *X.shape), z).mean(0)
+                a_bar = self.g0_.rsample(X.expand(self.num_draws, *X.shape), gen).mean(0)
             return self.mu_(X, a_bar)
 
 
