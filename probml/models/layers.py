@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from probml.utils import check_positive
+from probml.utils import check_int, check_positive
 
 __all__ = [
     "ACTIVATIONS",
@@ -530,8 +530,17 @@ class StochasticGates:
                 ).to_event(1),
             )
 
-    def mean_output(self, x: torch.Tensor, num_samples: int = 2000) -> torch.Tensor:
-        """Monte Carlo mean of the output under the guide (equals ``layer(x)`` in expectation)."""
+    def mean_output(
+        self,
+        x: torch.Tensor,
+        num_samples: int = 2000,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        r"""Monte Carlo mean of the output over ``num_samples`` hard gate draws
+        :math:`z \sim \mathrm{Bernoulli}(q(x))` (the guide's zero-temperature limit), which
+        equals ``layer(x)`` in expectation. ``x``: ``... x d``; returns ``... x d``. Draws come
+        from ``generator`` if given, else from torch's global RNG (as Pyro's samplers do)."""
+        num_samples = check_int("num_samples", num_samples)
         q = torch.sigmoid(self.layer.gate_proj(x))
-        z = torch.bernoulli(q.expand(num_samples, *q.shape))
+        z = torch.bernoulli(q.expand(num_samples, *q.shape), generator=generator)
         return self._output(x.expand(num_samples, *x.shape), z).mean(0)
