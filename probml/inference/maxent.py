@@ -197,12 +197,15 @@ def relaxed_completion(
     on_diag = tril[0] == tril[1]
 
     def unpack(theta: np.ndarray) -> np.ndarray:
+        # positive diagonal: L is a Cholesky factor. exp is taken of the diagonal entries only:
+        # large off-diagonal entries would overflow it needlessly.
+        vals = theta.copy()
+        vals[on_diag] = np.exp(theta[on_diag])
         L = np.zeros((dim, dim))
-        L[tril] = np.where(
-            on_diag, np.exp(theta), theta
-        )  # positive diagonal: L is a Cholesky factor
+        L[tril] = vals
         return L
 
+    @np.errstate(over="ignore")  # a line search's trial point may overflow: f = inf, rejected
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
         # f = 1/2 sum W (L L^T - y)^2 - 2 lam sum log L_ii ;  df/dL = 2 (W o R) L - 2 lam diag(1/L_ii)
         L = unpack(theta)
@@ -210,7 +213,7 @@ def relaxed_completion(
         f = 0.5 * float((R * (L @ L.T - yn)).sum()) - 2.0 * lam * float(theta[on_diag].sum())
         G = 2.0 * R @ L
         g = G[tril]
-        g = np.where(on_diag, g * np.exp(theta) - 2.0 * lam, g)  # chain rule through exp
+        g[on_diag] = g[on_diag] * np.exp(theta[on_diag]) - 2.0 * lam  # chain rule through exp
         return f, g
 
     theta0 = L0[tril].copy()

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -51,6 +53,24 @@ def test_completion_errors_and_relaxed_form_is_pd():
     assert torch.equal(relaxed_completion(*args, init=bad)[0], relaxed_completion(*args)[0])
     with pytest.raises(ValueError, match="diagonal"):
         exact_completion([(0, 0), (0, 1)], [1.0, 0.1], 2)
+
+
+def test_relaxed_completion_on_large_scale_entries_is_quiet_and_pd():
+    # entries of order 1e4 once made L-BFGS line searches overflow exp() on off-diagonal
+    # parameters that are never exponentiated (a RuntimeWarning, same result)
+    g = torch.Generator().manual_seed(26)
+    A = torch.randn(4, 4, generator=g, dtype=torch.float64) * 61
+    S = A @ A.T + torch.eye(4, dtype=torch.float64)
+    entries = [(i, i) for i in range(4)] + [(i, i + 1) for i in range(3)]
+    noise = torch.randn(len(entries), generator=g, dtype=torch.float64) * 1.5
+    values = torch.stack([S[i, j] for i, j in entries]) + noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        Sig, P = relaxed_completion(entries, values, 4, [1.5] * len(entries), lam=10.0)
+    assert torch.linalg.eigvalsh(Sig).min() > 0
+    # a relaxed fit: close to the measured values relative to their scale
+    fitted = torch.stack([Sig[i, j] for i, j in entries])
+    assert (fitted - values).abs().max() < 1e-2 * S.diagonal().max()
 
 
 def test_sensitivity_formulas_bound_brute_force():
