@@ -71,3 +71,24 @@ def test_results_writer(tmp_path):
     m, se = mean_se([1.0, 3.0])
     assert m == 2.0 and se == pytest.approx(1.0)
     assert relative_error(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])) == 1.0
+
+
+def test_top_level_exports_resolve_lazily_to_their_modules():
+    import importlib
+    import subprocess
+    import sys
+
+    import probml
+
+    for name in probml.__all__:
+        value = getattr(probml, name)
+        if name != "__version__":
+            module = importlib.import_module(probml._EXPORTS[name])
+            assert value is getattr(module, name)
+    assert set(probml.__all__) <= set(dir(probml))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        probml.no_such_name  # noqa: B018
+    # importing the package loads no method module until one is asked for
+    code = "import sys, probml; print(any(m.startswith('probml.inference') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
