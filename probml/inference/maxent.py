@@ -174,6 +174,10 @@ def relaxed_completion(
 
     Returns:
         ``(Sigma, precision)``: symmetric positive definite, precision zero off the entries.
+
+    Known limitation: with values far from unit size (entries of order 1e4) L-BFGS can stop
+    far from the optimum. The fit is scale-equivariant (values and noise scales times ``c``
+    give ``Sigma`` times ``c``), so such inputs are best rescaled to unit size first.
     """
     idx, mask = _entry_mask(entries, dim)
     y = _fill(idx, values, dim)

@@ -55,22 +55,37 @@ def test_completion_errors_and_relaxed_form_is_pd():
         exact_completion([(0, 0), (0, 1)], [1.0, 0.1], 2)
 
 
-def test_relaxed_completion_on_large_scale_entries_is_quiet_and_pd():
-    # entries of order 1e4 once made L-BFGS line searches overflow exp() on off-diagonal
-    # parameters that are never exponentiated (a RuntimeWarning, same result)
-    g = torch.Generator().manual_seed(26)
+def _large_scale_chain(seed=26):
+    # a 4 x 4 chain (diagonal and first off-diagonal) with entries of order 1e4, noise sd 1.5
+    g = torch.Generator().manual_seed(seed)
     A = torch.randn(4, 4, generator=g, dtype=torch.float64) * 61
     S = A @ A.T + torch.eye(4, dtype=torch.float64)
     entries = [(i, i) for i in range(4)] + [(i, i + 1) for i in range(3)]
     noise = torch.randn(len(entries), generator=g, dtype=torch.float64) * 1.5
-    values = torch.stack([S[i, j] for i, j in entries]) + noise
+    return entries, torch.stack([S[i, j] for i, j in entries]) + noise
+
+
+def test_relaxed_completion_on_large_scale_entries_is_quiet_and_pd():
+    # at this scale L-BFGS line-search trial points overflow (f = inf, which the search
+    # rejects); that used to print RuntimeWarnings
+    entries, values = _large_scale_chain()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         Sig, P = relaxed_completion(entries, values, 4, [1.5] * len(entries), lam=10.0)
-    assert torch.linalg.eigvalsh(Sig).min() > 0
-    # a relaxed fit: close to the measured values relative to their scale
+    assert torch.linalg.eigvalsh(Sig).min() > 0 and torch.allclose(Sig, Sig.T)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known (session 18): at entries of order 1e4 L-BFGS stops far from the optimum "
+    "(fit errors up to 98 against noise sd 1.5); the same problem rescaled to unit size "
+    "fits within 0.06. Fixing it changes PACE-GGM's numbers, so it waits for a re-run.",
+)
+def test_relaxed_completion_fits_large_scale_entries_within_the_noise():
+    entries, values = _large_scale_chain()
+    Sig, _ = relaxed_completion(entries, values, 4, [1.5] * len(entries), lam=10.0)
     fitted = torch.stack([Sig[i, j] for i, j in entries])
-    assert (fitted - values).abs().max() < 1e-2 * S.diagonal().max()
+    assert (fitted - values).abs().max() < 3 * 1.5
 
 
 def test_sensitivity_formulas_bound_brute_force():
