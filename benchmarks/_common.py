@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,11 @@ def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
+
+
+def log(message: str) -> None:
+    """A progress line on stderr (stdout keeps the tables), flushed at once for logs."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def machine() -> str:

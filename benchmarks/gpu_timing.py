@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, parse_args, save  # noqa: E402
+from _common import log, machine, parse_args, save  # noqa: E402
 
 from probml.inference.advantage import basis_advantages  # noqa: E402
 from probml.inference.persona_experiment import LORA_TARGETS  # noqa: E402
@@ -178,7 +178,7 @@ def moa_sweep(args, name: str) -> None:
     for lr in (4e-3, 1e-3, 2e-3):  # the new rates first: a cut-short run keeps them
         rows, raw = paired_comparison(factories, corpus, [0, 1], [lr], steps=steps,
                                       batch_size=32, warmup=steps // 10, eval_batches=20,
-                                      device="cuda")  # fmt: skip
+                                      device="cuda", log=log)  # fmt: skip
         per_seed = {f"{a}|{s}": r.val_loss for (a, _, s), r in raw.items()}
         print(f"## lr {lr} ({name}; d = {d}, {L} layers, {steps} steps)\n" + markdown_table(rows))
         save(f"moa_sweep_lr{lr:g}", args.out, {"device": name, "rows": rows, "val": per_seed})

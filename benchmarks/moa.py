@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, parse_args, save  # noqa: E402
+from _common import log, machine, parse_args, save  # noqa: E402
 
 from probml.inference.pretrain import activation_bytes, paired_comparison, pydoc_corpus  # noqa: E402
 from probml.models.lm import TinyLM, TinyLMConfig  # noqa: E402
@@ -50,6 +50,7 @@ def main():
         batch_size=16,
         warmup=max(2, steps // 10),
         eval_batches=20,
+        log=log,
     )
     x = torch.randint(0, corpus.vocab_size, (16, 128))
     mem = {name: activation_bytes(f(), x) for name, f in factories.items()}

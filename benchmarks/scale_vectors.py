@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, parse_args, save  # noqa: E402
+from _common import log, machine, parse_args, save  # noqa: E402
 
 from probml.inference.pretrain import paired_models, pydoc_corpus, train_lm  # noqa: E402
 from probml.models.lm import TinyLM, TinyLMConfig  # noqa: E402
@@ -76,6 +76,7 @@ def main():
             )
             val[name].append(r.val_loss)
             secs[name].append(r.seconds)
+            log(f"seed {seed}, {name}: val loss {r.val_loss:.4f} ({r.seconds:.0f} s)")
     base = "Pre-Norm baseline"
     rows = []
     for name in ARMS:

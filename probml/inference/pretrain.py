@@ -227,9 +227,13 @@ def paired_comparison(
     seeds: Sequence[int],
     lrs: Sequence[float] | dict[str, Sequence[float]],
     verbose: bool = False,
+    log: Callable[[str], None] | None = None,
     **train_kwargs,
 ) -> tuple[list[dict], dict]:
     """Train every arm at every learning rate for every seed (paired init and batches).
+
+    ``log``, if given, receives one line per finished run (seed, arm, learning rate,
+    validation loss, seconds): long benchmarks pass ``print`` to stderr to show progress.
 
     Returns ``(rows, raw)``: one row per arm with its best learning rate (lowest mean
     validation loss over seeds), its mean validation loss, and the mean paired difference to
@@ -245,7 +249,7 @@ def paired_comparison(
                 arm_lrs = lrs[name] if isinstance(lrs, dict) else lrs
                 if lr_i >= len(arm_lrs):
                     continue
-                raw[name, arm_lrs[lr_i], seed] = train_lm(
+                r = raw[name, arm_lrs[lr_i], seed] = train_lm(
                     models[name],
                     corpus,
                     lr=arm_lrs[lr_i],
@@ -253,6 +257,11 @@ def paired_comparison(
                     verbose=verbose,
                     **train_kwargs,
                 )
+                if log is not None:
+                    log(
+                        f"seed {seed}, {name}, lr {arm_lrs[lr_i]:g}: "
+                        f"val loss {r.val_loss:.4f} ({r.seconds:.0f} s)"
+                    )
     rows = []
     best = {}
     for name in names:

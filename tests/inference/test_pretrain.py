@@ -72,11 +72,16 @@ def test_training_lowers_loss_and_harness_runs():
             )
         ),
     }
+    lines = []
     rows, raw = paired_comparison(
-        arms, corpus, seeds=[0, 1], lrs=[3e-3], steps=5, batch_size=8, warmup=2, eval_batches=2
-    )
+        arms, corpus, seeds=[0, 1], lrs=[3e-3], steps=5, batch_size=8, warmup=2, eval_batches=2,
+        log=lines.append,
+    )  # fmt: skip
     assert [r["arm"] for r in rows] == ["base", "nogamma"] and rows[0]["paired diff vs base"] == 0.0
     assert len(raw) == 4
+    # one progress line per run, naming its seed, arm, learning rate and validation loss
+    assert len(lines) == 4 and lines[1].startswith("seed 0, nogamma, lr 0.003: val loss ")
+    assert f"{raw['nogamma', 3e-3, 0].val_loss:.4f}" in lines[1]
 
 
 def test_corpora_and_activation_memory():
