@@ -20,7 +20,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, parse_args, save  # noqa: E402
+from _common import machine, parse_args, save, skip  # noqa: E402
 
 from probml.datasets.cardiac import load_whas500_transfer  # noqa: E402
 from probml.inference.minimax import DRUM, ERMOnX, ImputationBaseline  # noqa: E402
@@ -31,7 +31,10 @@ from probml.results import markdown_table, mean_se_rows  # noqa: E402
 def main():
     args = parse_args(__doc__.splitlines()[0])
     seeds = args.seeds or (2 if args.quick else 5)
-    d = load_whas500_transfer()
+    try:
+        d = load_whas500_transfer()
+    except ImportError as exc:  # the optional survival extra is not installed
+        skip(str(exc))
     Xs, As, ys, Xt, yt = (d[k] for k in ("X_source", "A_source", "y_source", "X_target",
                                           "y_target"))  # fmt: skip
     groups: dict[str, dict[str, list]] = {}
