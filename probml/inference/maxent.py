@@ -178,8 +178,8 @@ def relaxed_completion(
     The fit is scale-equivariant: values and noise scales times ``c`` give ``Sigma`` times
     ``c`` (the log-det term only shifts by ``d log c``). It is therefore solved on values
     divided by their largest magnitude and scaled back, so that L-BFGS, whose tolerances are
-    absolute, meets entries of any size alike (before session 19 it could stop far from the
-    optimum on entries of order 1e4).
+    absolute, meets entries of any size alike (solved on the raw values, it can stop far from
+    the optimum on entries of order 1e4).
     """
     idx, mask = _entry_mask(entries, dim)
     y = _fill(idx, values, dim)

@@ -79,7 +79,7 @@ def test_relaxed_completion_fits_large_scale_entries_within_the_noise():
     entries, values = _large_scale_chain()
     Sig, _ = relaxed_completion(entries, values, 4, [1.5] * len(entries), lam=10.0)
     fitted = torch.stack([Sig[i, j] for i, j in entries])
-    # before session 19 (no rescaling inside) the fit was off by up to 98 here
+    # solved on the raw values (no rescaling inside), the fit was off by up to 98 here
     assert (fitted - values).abs().max() < 3 * 1.5
 
 
