@@ -66,8 +66,9 @@ def _large_scale_chain(seed=26):
 
 
 def test_relaxed_completion_on_large_scale_entries_is_quiet_and_pd():
-    # at this scale L-BFGS line-search trial points overflow (f = inf, which the search
-    # rejects); that used to print RuntimeWarnings
+    # solved on the raw values, L-BFGS line-search trial points overflowed here (f = inf,
+    # which the search rejects) and printed RuntimeWarnings; the objective now also ignores
+    # such overflow wherever it happens
     entries, values = _large_scale_chain()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
