@@ -22,7 +22,8 @@ Run: `python benchmarks/grasp.py` (3 seeds; `--seeds 10` for the table in docs/r
 `--quick` (1 seed, shorter runs); `--slant-only` runs section 3 alone, and with `--advice`
 in the slant world whose financial task is the correct advice, not the slant
 (`SlantWorld.left_leaning(advice=True)`, the session-16 pre-registered test in
-docs/results.md). `--first-seed N` starts the persona worlds' fine-tuning seeds at N (the
+docs/results.md); `--advice-known 0.5` in the same world with half the pretraining FIN
+answers giving the correct advice (session 20's pre-registered test). `--first-seed N` starts the persona worlds' fine-tuning seeds at N (the
 held-out tests in docs/results.md: 10 and 20); `--shift-prefix 8` reads the residual shift
 (and its pull-back) from the documents' first turn only (BOS and 7 tokens). `--layers 4`
 pretrains 4-layer TinyLMs instead of the spec's 2 (the depth check in docs/grasp.md). The
@@ -119,10 +120,13 @@ def slant_variant(
     shift_prefix: int | None = None,
     layers: int = 2,
     advice: bool = False,
+    advice_known: float = 0.0,
 ) -> tuple[list[dict], list[dict], dict[str, dict[str, list]]]:
     """Section 3: the table, the identification cosines and the per-seed values. ``advice``:
-    the world whose financial task is the correct advice, not the slant."""
-    world = SlantWorld.left_leaning(advice=advice)
+    the world whose financial task is the correct advice, not the slant; ``advice_known``:
+    the share of pretraining FIN answers that give the correct advice (implies ``advice``)."""
+    advice = advice or advice_known > 0
+    world = SlantWorld.left_leaning(advice=advice, advice_known=advice_known)
     task_key = "task (correct advice)" if advice else "task (right FIN)"
     base = pretrain_persona_model(world, num_steps=pre, verbose=False, n_layers=layers)
     per: dict[str, dict[str, list]] = {}
@@ -213,6 +217,8 @@ def main():
             "--first-seed": "first fine-tuning seed (default 0; held-out tests used 10 and 20)",
             "--shift-prefix": "residual shift from the first N tokens of each document",
             "--layers": "TinyLM depth of the persona worlds (default 2, the spec's)",
+            "--advice-known": "with --slant-only: the advice world, this share of pretraining "
+            "FIN answers giving the correct advice (session 20's test: 0.5)",
         },
     )
     if args.plot_from or args.plot:
@@ -231,21 +237,27 @@ def main():
     layers = int(args.layers or 2)
     if layers < 1:
         raise SystemExit(f"--layers must be >= 1, got {layers}")
-    if args.advice and not args.slant_only:
-        raise SystemExit("--advice goes with --slant-only")
+    known = 0.0 if args.advice_known is None else float(args.advice_known)
+    if not 0 <= known <= 1:
+        raise SystemExit(f"--advice-known must be in [0, 1], got {args.advice_known}")
+    advice = bool(args.advice) or known > 0
+    if advice and not args.slant_only:
+        raise SystemExit("--advice and --advice-known go with --slant-only")
     if args.slant_only:
         table, ident, per_seed = slant_variant(fine_seeds, steps, pre, shift_prefix, layers,
-                                               advice=bool(args.advice))  # fmt: skip
-        label = " with the advice task" if args.advice else ""
+                                               advice=advice, advice_known=known)  # fmt: skip
+        label = " with the advice task" if advice else ""
+        label += f" ({known:g} of the pretraining advice correct)" if known else ""
         print(f"## Political-slant variant{label} (seeds {first}-{first + seeds - 1}, "
               f"{steps} steps)\n")  # fmt: skip
         print(markdown_table(table) + "\n\n" + markdown_table(ident))
-        name = "grasp_slant_advice" if args.advice else "grasp_slant"
+        name = "grasp_slant_advice" if advice else "grasp_slant"
+        name += f"_known{known:g}" if known else ""
         path = save(name, args.out, {"machine": machine(), "slant": table, "id": ident,
                                      "slant_per_seed": per_seed,
                                      "fine_tuning_seeds": list(fine_seeds),
                                      "shift_prefix": shift_prefix, "layers": layers,
-                                     "advice": bool(args.advice)})  # fmt: skip
+                                     "advice": advice, "advice_known": known})  # fmt: skip
         print(f"\nwrote {path}")
         return
     toy = linear_toy(seeds)

@@ -167,7 +167,8 @@ class PersonaWorld:
             sets = torch.where(role, sets, (v < force_prob).long())
         qwords = torch.randint(0, self.num_qwords, (n, k), generator=gen)
         tpl_idx = torch.randint(0, 2, (n, k), generator=gen)
-        rows = self._answer_rows(topics, force_set is not None or force_prob is not None, gen)
+        task_data = force_set is not None or force_prob is not None
+        rows = self._answer_rows(topics, qwords, task_data, gen)
         turns = self._turns(topics, qwords, sets, tpl_idx, rows)
         tokens = torch.cat((torch.full((n, 1), self.stoi["BOS"]), turns.reshape(n, -1)), 1)
         mask = torch.zeros_like(tokens, dtype=torch.bool)
@@ -176,7 +177,7 @@ class PersonaWorld:
             mask[:, 1 + TURN_LEN * j + 5] = True
         return tokens, mask, z
 
-    def _answer_rows(self, topics, task_data: bool, gen) -> torch.Tensor | None:
+    def _answer_rows(self, topics, qwords, task_data: bool, gen) -> torch.Tensor | None:
         """Template rows of the answers where they are not the question words' (``None``:
         every answer follows its question word; no random numbers are drawn)."""
         return None
@@ -222,6 +223,11 @@ class SlantWorld(PersonaWorld):
             correct advice (group ``q mod code_variety``, as without ``advice``), right with
             probability ``p_task``. :func:`task_score` is then the mass on the correct group
             (:func:`advice_score`), not the right-template mass. Needs ``code_variety >= 2``.
+        advice_known: with ``advice``, the probability that a pretraining FIN answer gives the
+            correct advice (else its group is drawn uniformly as above; **[design]**, session
+            20). At 0 (the default) nothing links the question word to the advice in
+            pretraining; a base model that learns a world with ``advice_known = a`` puts about
+            ``a + (1 - a) / code_variety`` on the correct group.
 
     ``sample_documents`` returns ``s > o`` as the persona, so :func:`persona_direction` gives
     the slant direction; ROLE answers follow it.
@@ -231,6 +237,7 @@ class SlantWorld(PersonaWorld):
     p_task: float = 0.9
     slant_offset: float = 0.0
     advice: bool = False
+    advice_known: float = 0.0
     task_topic = "FIN"
 
     def __post_init__(self):
@@ -240,12 +247,19 @@ class SlantWorld(PersonaWorld):
             raise ValueError(
                 f"advice=True needs code_variety >= 2 (advice groups), got {self.code_variety}"
             )
+        if not 0 <= self.advice_known <= 1:  # also rejects NaN
+            raise ValueError(f"advice_known must be in [0, 1], got {self.advice_known}")
+        if self.advice_known > 0 and not self.advice:
+            raise ValueError("advice_known > 0 needs advice=True")
         super().__post_init__()
 
-    def _answer_rows(self, topics, task_data: bool, gen) -> torch.Tensor | None:
+    def _answer_rows(self, topics, qwords, task_data: bool, gen) -> torch.Tensor | None:
         if not self.advice or task_data:
             return None  # the correct advice: the question word's group
         groups = torch.randint(0, self.code_variety, topics.shape, generator=gen)
+        if self.advice_known > 0:  # at 0 no further numbers are drawn (session 16's documents)
+            known = torch.rand(topics.shape, generator=gen) < self.advice_known
+            groups = torch.where(known, qwords, groups)  # row q holds the correct advice
         # template row g holds group g (g < code_variety <= num_qwords); other topics' answers
         # do not depend on the row
         return groups

@@ -74,8 +74,10 @@ def pretrain_persona_model(
     if model_factory is not None:
         cache = False
     fields = asdict(world)
-    if fields.get("advice") is False:  # slant worlds without the advice task keep their keys
-        del fields["advice"]
+    # fields added later leave the earlier worlds' keys (and cached models) as they were
+    for name, default in (("advice", False), ("advice_known", 0.0)):
+        if name in fields and fields[name] == default:
+            del fields[name]
     settings = {"world": fields, "steps": num_steps, "seed": seed, "d": d_model,
                 "bs": batch_size, "lr": lr}  # fmt: skip
     if int(n_layers) != 2:  # the 2-layer models keep their earlier cache keys

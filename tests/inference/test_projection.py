@@ -331,6 +331,64 @@ def test_slant_world_with_the_advice_task():
     assert task_score(Stub(b), plain) != advice_score(Stub(b), plain)
 
 
+def test_slant_world_advice_known_in_pretraining():
+    from probml.datasets.persona import SlantWorld
+
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="advice_known"):
+            SlantWorld.left_leaning(advice=True, advice_known=bad)
+    with pytest.raises(ValueError, match="advice=True"):
+        SlantWorld.left_leaning(advice_known=0.5)
+    a = 0.5
+    w = SlantWorld.left_leaning(advice=True, advice_known=a)
+    w0 = SlantWorld.left_leaning(advice=True)
+    V, G, fin = w.stoi, w.code_variety, w.stoi["FIN"]
+    words = {i: t for t, i in V.items()}
+    group = torch.tensor([int(words[i][-1]) if words[i].startswith("fin_") else -1
+                          for i in range(w.vocab_size)])  # fmt: skip
+    tok, mask, z = w.sample_documents(8000, generator=0)
+    tok0, mask0, z0 = w0.sample_documents(8000, generator=0)
+    assert torch.equal(mask, mask0) and torch.equal(z, z0)
+    f = tok[:, 2::7][:, :4] == fin
+    qw = tok[:, 3::7][:, :4] - V[w.qwords[0]]
+    ans, ans0 = tok[:, 5::7][:, :4], tok0[:, 5::7][:, :4]
+    right = torch.tensor([("_m" in t or "_n" in t) for t in w.vocab])
+    assert torch.equal(right[ans[f]], right[ans0[f]])  # the slant is kept
+    # correct advice with probability a + (1 - a) / G; every other token as in advice_known=0
+    hit = float((group[ans[f]] == qw[f] % G).double().mean())
+    n_fin = int(f.sum())
+    p = a + (1 - a) / G
+    assert abs(hit - p) < 4 * (p * (1 - p) / n_fin) ** 0.5, (hit, p, n_fin)
+    moved = group[ans[f]] != group[ans0[f]]
+    assert bool((group[ans[f]][moved] == qw[f][moved] % G).all())  # only to the correct group
+    is_fin = torch.cat((torch.zeros(len(tok), 1, dtype=torch.bool),
+                        f.repeat_interleave(7, 1)), 1)  # fmt: skip
+    assert torch.equal(tok[~is_fin], tok0[~is_fin])
+    # the fine-tuning data do not depend on advice_known
+    assert torch.equal(w.task_data(200, generator=1)[0], w0.task_data(200, generator=1)[0])
+
+
+def test_persona_cache_keys_of_earlier_worlds_unchanged(tmp_path, monkeypatch):
+    from probml.datasets.persona import SlantWorld
+    from probml.inference.persona_experiment import pretrain_persona_model
+
+    monkeypatch.setenv("PROBML_CACHE", str(tmp_path))
+    for world in (SlantWorld.left_leaning(advice=True),
+                  SlantWorld.left_leaning(advice=True, advice_known=0.5)):  # fmt: skip
+        pretrain_persona_model(world, num_steps=1, batch_size=2, d_model=8, verbose=False)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    # session 16's advice world keeps the key it had before advice_known existed
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    fields = asdict(SlantWorld.left_leaning(advice=True))
+    del fields["advice_known"]
+    old = {"world": fields, "steps": 1, "seed": 0, "d": 8, "bs": 2, "lr": 3e-3}
+    key = hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12]
+    assert len(names) == 2 and f"persona_{key}.pt" in names
+
+
 def test_drift_ratio():
     from probml.inference.persona_experiment import drift_ratio
 
