@@ -171,3 +171,28 @@ def test_pyro_routines_put_the_callers_parameter_store_back():
     store = pyro.get_param_store()
     assert list(store.keys()) == ["user_w"] and torch.equal(store["user_w"].detach(), w.detach())
     pyro.clear_param_store()
+
+
+def test_bayesian_q_learner_keeps_the_callers_parameter_store():
+    import pyro
+
+    from probml.datasets.ratio import make_ratio_data
+    from probml.inference.metalearners import BayesianQLearner
+
+    d = make_ratio_data(400, seed=3)
+    pyro.clear_param_store()
+    w = pyro.param("user_w", torch.tensor([1.0, 2.0]))
+    a = BayesianQLearner(method="svi", svi_steps=60, num_samples=20).fit(d.X, d.w, d.y, 0.5)
+    first = a.log_effect_samples(d.X[:5])
+    store = pyro.get_param_store()
+    assert list(store.keys()) == ["user_w"] and torch.equal(store["user_w"].detach(), w.detach())
+    # a second fit, then a caller's parameter under the guide's own name: the first
+    # learner's draws do not change (its guide reads its own parameters)
+    BayesianQLearner(method="svi", svi_steps=60, num_samples=20, seed=5).fit(d.X, d.w, d.y, 0.5)
+    names = [f"AutoMultivariateNormal.{k}" for k in a.guide_.state_dict()]
+    assert names  # the guide holds its parameters on itself
+    for name, value in zip(names, a.guide_.state_dict().values()):
+        pyro.param(name, torch.ones_like(value) * 3.0)
+    assert np.array_equal(a.log_effect_samples(d.X[:5]), first)
+    assert sorted(store.keys()) == sorted(["user_w", *names])  # the caller's entries stay
+    pyro.clear_param_store()

@@ -36,7 +36,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from probml.utils import keep_global_rng
+from probml.utils import keep_global_rng, keep_param_store
 
 __all__ = [
     "QLearner",
@@ -537,7 +537,8 @@ class BayesianQLearner(_RatioLearner):
             :meth:`fit` and the posterior draws).
         verbose: progress bar.
 
-    :meth:`fit` clears Pyro's parameter store: the SVI guide keeps its parameters there.
+    The caller's Pyro parameter store is left as it was: :meth:`fit` and the posterior draws
+    run on an empty store, and the SVI guide keeps its parameters on its own module.
     """
 
     def __init__(
@@ -569,6 +570,7 @@ class BayesianQLearner(_RatioLearner):
         return torch.as_tensor(np.column_stack([np.ones(len(X)), Z]), dtype=torch.float64)
 
     @keep_global_rng
+    @keep_param_store
     def fit(self, X, w, y, propensity: float | None = None) -> BayesianQLearner:
         import pyro
         import torch
@@ -601,8 +603,7 @@ class BayesianQLearner(_RatioLearner):
             prior_q=self.prior_q,
             prior_e=self.prior_e,
         )
-        pyro.set_rng_seed(self.seed)
-        pyro.clear_param_store()
+        pyro.set_rng_seed(self.seed)  # on an empty parameter store (keep_param_store)
         if self.method == "nuts":
             mcmc = MCMC(
                 NUTS(ratio_q_model),
@@ -624,6 +625,7 @@ class BayesianQLearner(_RatioLearner):
         return self
 
     @keep_global_rng
+    @keep_param_store  # the guide's own parameters, not a caller's of the same name
     def log_effect_samples(self, X) -> np.ndarray:
         """Posterior draws of :math:`\\log\\tau` at the rows of ``X``: ``num_samples x n``."""
         import pyro
