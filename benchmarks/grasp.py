@@ -23,9 +23,10 @@ Run: `python benchmarks/grasp.py` (3 seeds; `--seeds 10` for the table in docs/r
 in the slant world whose financial task is the correct advice, not the slant
 (`SlantWorld.left_leaning(advice=True)`, the session-16 pre-registered test in
 docs/results.md); `--advice-known 0.5` in the same world with half the pretraining FIN
-answers giving the correct advice (session 20's pre-registered test). `--first-seed N` starts the persona worlds' fine-tuning seeds at N (the
-held-out tests in docs/results.md: 10 and 20); `--shift-prefix 8` reads the residual shift
-(and its pull-back) from the documents' first turn only (BOS and 7 tokens). `--layers 4`
+answers giving the correct advice (session 20's pre-registered test). `--first-seed N`
+starts the persona worlds' fine-tuning seeds at N (the held-out tests in docs/results.md: 10
+and 20); `--shift-prefix 8` reads the residual shift (and its pull-back) from the documents'
+first turn only (BOS and 7 tokens). `--layers 4`
 pretrains 4-layer TinyLMs instead of the spec's 2 (the depth check in docs/grasp.md). The
 JSON also holds every method's per-seed values (`persona_per_seed`, `slant_per_seed`).
 `python benchmarks/grasp.py --plot-from benchmarks/out/grasp.json --plot FILE.png` draws

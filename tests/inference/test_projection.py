@@ -369,6 +369,10 @@ def test_slant_world_advice_known_in_pretraining():
 
 
 def test_persona_cache_keys_of_earlier_worlds_unchanged(tmp_path, monkeypatch):
+    import hashlib
+    import json
+    from dataclasses import asdict
+
     from probml.datasets.persona import SlantWorld
     from probml.inference.persona_experiment import pretrain_persona_model
 
@@ -378,10 +382,6 @@ def test_persona_cache_keys_of_earlier_worlds_unchanged(tmp_path, monkeypatch):
         pretrain_persona_model(world, num_steps=1, batch_size=2, d_model=8, verbose=False)
     names = sorted(p.name for p in tmp_path.iterdir())
     # session 16's advice world keeps the key it had before advice_known existed
-    import hashlib
-    import json
-    from dataclasses import asdict
-
     fields = asdict(SlantWorld.left_leaning(advice=True))
     del fields["advice_known"]
     old = {"world": fields, "steps": 1, "seed": 0, "d": 8, "bs": 2, "lr": 3e-3}
