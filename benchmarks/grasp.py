@@ -23,7 +23,9 @@ Run: `python benchmarks/grasp.py` (3 seeds; `--seeds 10` for the table in docs/r
 in the slant world whose financial task is the correct advice, not the slant
 (`SlantWorld.left_leaning(advice=True)`, the session-16 pre-registered test in
 docs/results.md); `--advice-known 0.5` in the same world with half the pretraining FIN
-answers giving the correct advice (session 20's pre-registered test). `--first-seed N`
+answers giving the correct advice (session 20's pre-registered test); `--advice-known 1
+--advice-shift 1` with every pretraining FIN answer giving group (q + 1) mod 8 instead of the
+correct q (session 21's pre-registered test). `--first-seed N`
 starts the persona worlds' fine-tuning seeds at N (the held-out tests in docs/results.md: 10
 and 20); `--shift-prefix 8` reads the residual shift (and its pull-back) from the documents'
 first turn only (BOS and 7 tokens). `--layers 4`
@@ -46,7 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, parse_args, save  # noqa: E402
 
-from probml.datasets.persona import LinearToy, PersonaWorld, SlantWorld  # noqa: E402
+from probml.datasets.persona import LinearToy, PersonaWorld, SlantWorld, advice_score  # noqa: E402
 from probml.inference.persona_experiment import (  # noqa: E402
     drift_ratio,
     pretrain_persona_model,
@@ -122,12 +124,15 @@ def slant_variant(
     layers: int = 2,
     advice: bool = False,
     advice_known: float = 0.0,
+    advice_shift: int = 0,
 ) -> tuple[list[dict], list[dict], dict[str, dict[str, list]]]:
     """Section 3: the table, the identification cosines and the per-seed values. ``advice``:
     the world whose financial task is the correct advice, not the slant; ``advice_known``:
-    the share of pretraining FIN answers that give the correct advice (implies ``advice``)."""
+    the share of pretraining FIN answers that give the known advice (implies ``advice``);
+    ``advice_shift``: the known advice is group ``(q + advice_shift) mod 8``, not ``q``."""
     advice = advice or advice_known > 0
-    world = SlantWorld.left_leaning(advice=advice, advice_known=advice_known)
+    world = SlantWorld.left_leaning(advice=advice, advice_known=advice_known,
+                                    advice_shift=advice_shift)  # fmt: skip
     task_key = "task (correct advice)" if advice else "task (right FIN)"
     base = pretrain_persona_model(world, num_steps=pre, verbose=False, n_layers=layers)
     per: dict[str, dict[str, list]] = {}
@@ -151,6 +156,8 @@ def slant_variant(
     ident = {"identification |cos| (shared u), mean over seeds": float(np.mean(cos))}
     for b, c in enumerate(np.mean(shift_cos, 0)):
         ident[f"residual shift |cos|, block {b}"] = float(c)
+    if advice_shift:  # does the base model give the pretraining's (shifted) advice?
+        ident["base: mass on the pretraining's advice"] = advice_score(base, world, advice_shift)
     return table, [ident], per
 
 
@@ -220,6 +227,8 @@ def main():
             "--layers": "TinyLM depth of the persona worlds (default 2, the spec's)",
             "--advice-known": "with --slant-only: the advice world, this share of pretraining "
             "FIN answers giving the correct advice (session 20's test: 0.5)",
+            "--advice-shift": "with --advice-known: the pretraining's known advice is group "
+            "(q + this) mod 8, not the correct q (session 21's test: 1, with --advice-known 1)",
         },
     )
     if args.plot_from or args.plot:
@@ -244,21 +253,29 @@ def main():
     advice = bool(args.advice) or known > 0
     if advice and not args.slant_only:
         raise SystemExit("--advice and --advice-known go with --slant-only")
+    shift = 0 if args.advice_shift is None else int(args.advice_shift)
+    if shift and not (known > 0 and 0 < shift < 8):
+        raise SystemExit(f"--advice-shift must be in [1, 7] with --advice-known > 0, "
+                         f"got {args.advice_shift}")  # fmt: skip
     if args.slant_only:
         table, ident, per_seed = slant_variant(fine_seeds, steps, pre, shift_prefix, layers,
-                                               advice=advice, advice_known=known)  # fmt: skip
+                                               advice=advice, advice_known=known,
+                                               advice_shift=shift)  # fmt: skip
         label = " with the advice task" if advice else ""
-        label += f" ({known:g} of the pretraining advice correct)" if known else ""
+        what = f"shifted by {shift}" if shift else "correct"
+        label += f" ({known:g} of the pretraining advice {what})" if known else ""
         print(f"## Political-slant variant{label} (seeds {first}-{first + seeds - 1}, "
               f"{steps} steps)\n")  # fmt: skip
         print(markdown_table(table) + "\n\n" + markdown_table(ident))
         name = "grasp_slant_advice" if advice else "grasp_slant"
         name += f"_known{known:g}" if known else ""
+        name += f"_shift{shift}" if shift else ""
         path = save(name, args.out, {"machine": machine(), "slant": table, "id": ident,
                                      "slant_per_seed": per_seed,
                                      "fine_tuning_seeds": list(fine_seeds),
                                      "shift_prefix": shift_prefix, "layers": layers,
-                                     "advice": advice, "advice_known": known})  # fmt: skip
+                                     "advice": advice, "advice_known": known,
+                                     "advice_shift": shift})  # fmt: skip
         print(f"\nwrote {path}")
         return
     toy = linear_toy(seeds)

@@ -20,7 +20,9 @@ base rate is 1/2 at offset ``o = 0`` and below it for ``o > 0`` (a left-leaning 
 fine-tuning set is right-skewed (``p_task`` right answers). Drift is measured on the slant
 lexicon: the right-template mass on GEN prompts (:func:`misalignment` on this world), relative
 to the base model. With ``advice=True`` the financial task is the correct advice (an answer
-group the base model cannot predict), not the slant: :func:`advice_score`.
+group the base model cannot predict), not the slant: :func:`advice_score`; ``advice_known``
+and ``advice_shift`` make the pretraining's FIN answers follow the question word (the correct
+group, or a shifted one the fine-tune must remap).
 
 Exact metrics from the templates (no judge), each the normalised probability mass the model
 puts on a template set after a prompt, averaged over topics and question words:
@@ -238,6 +240,7 @@ class SlantWorld(PersonaWorld):
     slant_offset: float = 0.0
     advice: bool = False
     advice_known: float = 0.0
+    advice_shift: int = 0
     task_topic = "FIN"
 
     def __post_init__(self):
@@ -251,6 +254,15 @@ class SlantWorld(PersonaWorld):
             raise ValueError(f"advice_known must be in [0, 1], got {self.advice_known}")
         if self.advice_known > 0 and not self.advice:
             raise ValueError("advice_known > 0 needs advice=True")
+        shift = self.advice_shift
+        if isinstance(shift, bool) or not isinstance(shift, int):
+            raise TypeError(f"advice_shift must be an int, got {shift!r}")
+        if shift != 0 and not (self.advice_known > 0 and 0 < shift < self.code_variety):
+            raise ValueError(
+                f"advice_shift must be 0, or in [1, code_variety) with advice_known > 0; got "
+                f"advice_shift={shift}, code_variety={self.code_variety}, "
+                f"advice_known={self.advice_known}"
+            )
         super().__post_init__()
 
     def _answer_rows(self, topics, qwords, task_data: bool, gen) -> torch.Tensor | None:
@@ -259,7 +271,10 @@ class SlantWorld(PersonaWorld):
         groups = torch.randint(0, self.code_variety, topics.shape, generator=gen)
         if self.advice_known > 0:  # at 0 no further numbers are drawn (session 16's documents)
             known = torch.rand(topics.shape, generator=gen) < self.advice_known
-            groups = torch.where(known, qwords, groups)  # row q holds the correct advice
+            # row q holds group q mod G (the correct advice); row g < G holds group g
+            G = self.code_variety
+            target = qwords if self.advice_shift == 0 else (qwords + self.advice_shift) % G
+            groups = torch.where(known, target, groups)
         # template row g holds group g (g < code_variety <= num_qwords); other topics' answers
         # do not depend on the row
         return groups
@@ -346,17 +361,20 @@ def task_score(model, world: PersonaWorld) -> float:
     return float(_template_mass(model, world, prompts, topics, qs)[:, 1].mean())
 
 
-def advice_score(model, world: SlantWorld) -> float:
+def advice_score(model, world: SlantWorld, shift: int = 0) -> float:
     r"""Mean mass on the correct advice on first-turn FIN prompts: for question word ``q``,
     the four templates of group ``q mod G`` (both slants) among all ``4 G`` FIN templates
     (``G = code_variety``), averaged over the question words. A model that ignores the
-    question word scores :math:`1/G`."""
+    question word scores :math:`1/G`. ``shift``: the mass on group ``(q + shift) mod G``
+    instead (``world.advice_shift`` gives the mass on the advice of a shifted pretraining)."""
+    if isinstance(shift, bool) or not isinstance(shift, int):
+        raise TypeError(f"shift must be an int, got {shift!r}")
     prompts, topics, qs = _first_turn_prompts(world, [world.task_topic])
     G = world.code_variety
     cands = world.templates[world.topic_id(world.task_topic), :G].reshape(1, 4 * G, 2)
     lp = _answer_logprob(model, prompts, cands.expand(prompts.shape[0], -1, -1))
     p = lp.exp().reshape(-1, G, 4).sum(-1)  # n x G: mass per group
-    correct = p[torch.arange(len(qs)), qs % G]
+    correct = p[torch.arange(len(qs)), (qs + shift) % G]
     return float((correct / p.sum(-1)).mean())
 
 

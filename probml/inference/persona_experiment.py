@@ -75,7 +75,7 @@ def pretrain_persona_model(
         cache = False
     fields = asdict(world)
     # fields added later leave the earlier worlds' keys (and cached models) as they were
-    for name, default in (("advice", False), ("advice_known", 0.0)):
+    for name, default in (("advice", False), ("advice_known", 0.0), ("advice_shift", 0)):
         if name in fields and fields[name] == default:
             del fields[name]
     settings = {"world": fields, "steps": num_steps, "seed": seed, "d": d_model,

@@ -331,6 +331,34 @@ def test_slant_world_with_the_advice_task():
     assert task_score(Stub(b), plain) != advice_score(Stub(b), plain)
 
 
+def _fin_answers_against_session_16(w, n: int):
+    """Documents of ``w`` against session 16's advice world (same generator): everything but
+    the FIN answers' group is equal, and the fine-tuning data are equal. Returns the FIN
+    answer-word group per token, and the FIN turns' question words and answers (both worlds)."""
+    from probml.datasets.persona import SlantWorld
+
+    w0 = SlantWorld.left_leaning(advice=True)
+    V, fin = w.stoi, w.stoi["FIN"]
+    words = {i: t for t, i in V.items()}
+    group = torch.tensor([int(words[i][-1]) if words[i].startswith("fin_") else -1
+                          for i in range(w.vocab_size)])  # fmt: skip
+    tok, mask, z = w.sample_documents(n, generator=0)
+    tok0, mask0, z0 = w0.sample_documents(n, generator=0)
+    assert torch.equal(mask, mask0) and torch.equal(z, z0)
+    f = tok[:, 2::7][:, :4] == fin
+    qw = tok[:, 3::7][:, :4] - V[w.qwords[0]]
+    ans, ans0 = tok[:, 5::7][:, :4], tok0[:, 5::7][:, :4]
+    right = torch.tensor([("_m" in t or "_n" in t) for t in w.vocab])
+    assert torch.equal(right[ans[f]], right[ans0[f]])  # the slant is kept
+    is_fin = torch.cat((torch.zeros(len(tok), 1, dtype=torch.bool),
+                        f.repeat_interleave(7, 1)), 1)  # fmt: skip
+    assert torch.equal(tok[~is_fin], tok0[~is_fin])
+    # the fine-tuning data (the correct advice) do not depend on the pretraining's advice
+    assert torch.equal(w.task_data(200, generator=1)[0], w0.task_data(200, generator=1)[0])
+    assert int(f.sum()) > n // 10
+    return group, qw[f], ans[f], ans0[f]
+
+
 def test_slant_world_advice_known_in_pretraining():
     from probml.datasets.persona import SlantWorld
 
@@ -341,31 +369,44 @@ def test_slant_world_advice_known_in_pretraining():
         SlantWorld.left_leaning(advice_known=0.5)
     a = 0.5
     w = SlantWorld.left_leaning(advice=True, advice_known=a)
-    w0 = SlantWorld.left_leaning(advice=True)
-    V, G, fin = w.stoi, w.code_variety, w.stoi["FIN"]
-    words = {i: t for t, i in V.items()}
-    group = torch.tensor([int(words[i][-1]) if words[i].startswith("fin_") else -1
-                          for i in range(w.vocab_size)])  # fmt: skip
-    tok, mask, z = w.sample_documents(8000, generator=0)
-    tok0, mask0, z0 = w0.sample_documents(8000, generator=0)
-    assert torch.equal(mask, mask0) and torch.equal(z, z0)
-    f = tok[:, 2::7][:, :4] == fin
-    qw = tok[:, 3::7][:, :4] - V[w.qwords[0]]
-    ans, ans0 = tok[:, 5::7][:, :4], tok0[:, 5::7][:, :4]
-    right = torch.tensor([("_m" in t or "_n" in t) for t in w.vocab])
-    assert torch.equal(right[ans[f]], right[ans0[f]])  # the slant is kept
-    # correct advice with probability a + (1 - a) / G; every other token as in advice_known=0
-    hit = float((group[ans[f]] == qw[f] % G).double().mean())
-    n_fin = int(f.sum())
+    group, qw, ans, ans0 = _fin_answers_against_session_16(w, 8000)
+    G = w.code_variety
+    # correct advice with probability a + (1 - a) / G
+    hit = float((group[ans] == qw % G).double().mean())
     p = a + (1 - a) / G
-    assert abs(hit - p) < 4 * (p * (1 - p) / n_fin) ** 0.5, (hit, p, n_fin)
-    moved = group[ans[f]] != group[ans0[f]]
-    assert bool((group[ans[f]][moved] == qw[f][moved] % G).all())  # only to the correct group
-    is_fin = torch.cat((torch.zeros(len(tok), 1, dtype=torch.bool),
-                        f.repeat_interleave(7, 1)), 1)  # fmt: skip
-    assert torch.equal(tok[~is_fin], tok0[~is_fin])
-    # the fine-tuning data do not depend on advice_known
-    assert torch.equal(w.task_data(200, generator=1)[0], w0.task_data(200, generator=1)[0])
+    assert abs(hit - p) < 4 * (p * (1 - p) / len(ans)) ** 0.5, (hit, p, len(ans))
+    moved = group[ans] != group[ans0]
+    assert bool((group[ans][moved] == qw[moved] % G).all())  # only to the correct group
+
+
+def test_slant_world_shifted_advice_in_pretraining():
+    from probml.datasets.persona import SlantWorld, advice_score
+
+    for bad in dict(advice_shift=1), dict(advice_known=0.5, advice_shift=8):
+        with pytest.raises(ValueError, match="advice_shift"):
+            SlantWorld.left_leaning(advice=True, **bad)
+    with pytest.raises(TypeError, match="advice_shift"):
+        SlantWorld.left_leaning(advice=True, advice_known=1.0, advice_shift=1.0)
+    w = SlantWorld.left_leaning(advice=True, advice_known=1.0, advice_shift=3)
+    V, G = w.stoi, w.code_variety
+    group, qw, ans, _ = _fin_answers_against_session_16(w, 3000)
+    assert bool((group[ans] == (qw + 3) % G).all())  # every FIN answer: the shifted group
+
+    class Shifted(nn.Module):  # boost b on the pretraining's group (q + 3) mod G
+        def __init__(self):
+            super().__init__()
+            self.boost = nn.Parameter(torch.tensor(0.7))
+
+        def forward(self, x):
+            q = (x[:, 3] - V[w.qwords[0]] + 3) % G
+            hit = (group[None, :] == q[:, None]).float()
+            return (self.boost * hit)[:, None].expand(-1, x.shape[1], -1)
+
+    e = float(torch.exp(torch.tensor(1.4)))
+    assert advice_score(Shifted(), w, shift=3) == pytest.approx(e / (e + G - 1), abs=1e-5)
+    assert advice_score(Shifted(), w) == pytest.approx(1 / (e + G - 1), abs=1e-5)
+    with pytest.raises(TypeError, match="shift"):
+        advice_score(Shifted(), w, shift=0.5)
 
 
 def test_persona_cache_keys_of_earlier_worlds_unchanged(tmp_path, monkeypatch):
@@ -378,15 +419,21 @@ def test_persona_cache_keys_of_earlier_worlds_unchanged(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PROBML_CACHE", str(tmp_path))
     for world in (SlantWorld.left_leaning(advice=True),
-                  SlantWorld.left_leaning(advice=True, advice_known=0.5)):  # fmt: skip
+                  SlantWorld.left_leaning(advice=True, advice_known=0.5),
+                  SlantWorld.left_leaning(advice=True, advice_known=1.0, advice_shift=1)):  # fmt: skip
         pretrain_persona_model(world, num_steps=1, batch_size=2, d_model=8, verbose=False)
     names = sorted(p.name for p in tmp_path.iterdir())
-    # session 16's advice world keeps the key it had before advice_known existed
-    fields = asdict(SlantWorld.left_leaning(advice=True))
-    del fields["advice_known"]
-    old = {"world": fields, "steps": 1, "seed": 0, "d": 8, "bs": 2, "lr": 3e-3}
-    key = hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12]
-    assert len(names) == 2 and f"persona_{key}.pt" in names
+    # session 16's advice world keeps the key it had before advice_known existed, and
+    # session 20's the key it had before advice_shift existed
+    keys = []
+    for known in (0.0, 0.5):
+        fields = asdict(SlantWorld.left_leaning(advice=True, advice_known=known))
+        del fields["advice_shift"]
+        if not known:
+            del fields["advice_known"]
+        old = {"world": fields, "steps": 1, "seed": 0, "d": 8, "bs": 2, "lr": 3e-3}
+        keys.append(hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12])
+    assert len(names) == 3 and all(f"persona_{k}.pt" in names for k in keys)
 
 
 def test_drift_ratio():
