@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from probml.utils import make_generator
+from probml.utils import check_int, make_generator
 
 __all__ = [
     "PersonaWorld",
@@ -254,9 +254,7 @@ class SlantWorld(PersonaWorld):
             raise ValueError(f"advice_known must be in [0, 1], got {self.advice_known}")
         if self.advice_known > 0 and not self.advice:
             raise ValueError("advice_known > 0 needs advice=True")
-        shift = self.advice_shift
-        if isinstance(shift, bool) or not isinstance(shift, int):
-            raise TypeError(f"advice_shift must be an int, got {shift!r}")
+        self.advice_shift = shift = check_int("advice_shift", self.advice_shift, minimum=0)
         if shift != 0 and not (self.advice_known > 0 and 0 < shift < self.code_variety):
             raise ValueError(
                 f"advice_shift must be 0, or in [1, code_variety) with advice_known > 0; got "
@@ -365,10 +363,9 @@ def advice_score(model, world: SlantWorld, shift: int = 0) -> float:
     r"""Mean mass on the correct advice on first-turn FIN prompts: for question word ``q``,
     the four templates of group ``q mod G`` (both slants) among all ``4 G`` FIN templates
     (``G = code_variety``), averaged over the question words. A model that ignores the
-    question word scores :math:`1/G`. ``shift``: the mass on group ``(q + shift) mod G``
+    question word scores :math:`1/G`. ``shift`` (>= 0): the mass on group ``(q + shift) mod G``
     instead (``world.advice_shift`` gives the mass on the advice of a shifted pretraining)."""
-    if isinstance(shift, bool) or not isinstance(shift, int):
-        raise TypeError(f"shift must be an int, got {shift!r}")
+    shift = check_int("shift", shift, minimum=0)
     prompts, topics, qs = _first_turn_prompts(world, [world.task_topic])
     G = world.code_variety
     cands = world.templates[world.topic_id(world.task_topic), :G].reshape(1, 4 * G, 2)

@@ -1,5 +1,6 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -333,8 +334,9 @@ def test_slant_world_with_the_advice_task():
 
 def _fin_answers_against_session_16(w, n: int):
     """Documents of ``w`` against session 16's advice world (same generator): everything but
-    the FIN answers' group is equal, and the fine-tuning data are equal. Returns the FIN
-    answer-word group per token, and the FIN turns' question words and answers (both worlds)."""
+    the FIN answers' group is equal, and the fine-tuning data are equal. Returns the FIN group
+    of every vocabulary token (-1 if none), and the FIN turns' question words and answers (both
+    worlds)."""
     from probml.datasets.persona import SlantWorld
 
     w0 = SlantWorld.left_leaning(advice=True)
@@ -387,7 +389,8 @@ def test_slant_world_shifted_advice_in_pretraining():
             SlantWorld.left_leaning(advice=True, **bad)
     with pytest.raises(TypeError, match="advice_shift"):
         SlantWorld.left_leaning(advice=True, advice_known=1.0, advice_shift=1.0)
-    w = SlantWorld.left_leaning(advice=True, advice_known=1.0, advice_shift=3)
+    w = SlantWorld.left_leaning(advice=True, advice_known=1.0, advice_shift=np.int64(3))
+    assert type(w.advice_shift) is int  # a plain int in the cache key
     V, G = w.stoi, w.code_variety
     group, qw, ans, _ = _fin_answers_against_session_16(w, 3000)
     assert bool((group[ans] == (qw + 3) % G).all())  # every FIN answer: the shifted group
