@@ -36,7 +36,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from probml.utils import keep_global_rng, keep_param_store
+from probml.utils import check_int, check_positive, keep_global_rng, keep_param_store
 
 __all__ = [
     "QLearner",
@@ -95,6 +95,14 @@ def _check_X(X, n_features: int) -> np.ndarray:
     if not np.isfinite(X).all():
         raise ValueError("X must be finite (no NaN/inf)")
     return X
+
+
+def _check_floor(floor, upper: float | None = None) -> float:
+    """``floor`` as a float in ``(0, upper)`` (a floor <= 0 would let a log see 0 or less)."""
+    f = check_positive("floor", floor)
+    if upper is not None and not f < upper:
+        raise ValueError(f"floor must be < {upper}, got {floor!r}")
+    return f
 
 
 def _check_clip(clip: float) -> float:
@@ -285,6 +293,7 @@ class SRatioLearner(_RatioLearner):
     def fit(self, X, w, y, propensity: Propensity = None) -> SRatioLearner:
         """``propensity`` is not used (an outcome-model learner needs none); it is checked
         like the other learners' so a wrong value is not silently accepted."""
+        _check_floor(self.floor)
         X, w, y = check_ratio_inputs(X, w, y)
         _propensity_values(propensity, X)
         m = self.model if self.model is not None else _default_outcome_model(y)
@@ -309,6 +318,7 @@ class TRatioLearner(_RatioLearner):
 
     def fit(self, X, w, y, propensity: Propensity = None) -> TRatioLearner:
         """``propensity`` is not used; checked as in :meth:`SRatioLearner.fit`."""
+        _check_floor(self.floor)
         X, w, y = check_ratio_inputs(X, w, y)
         _propensity_values(propensity, X)
         m0 = self.model if self.model is not None else _default_outcome_model(y)
@@ -394,6 +404,8 @@ class DRRatioLearner(_PseudoOutcomeLearner):
         self.random_state = random_state
 
     def fit(self, X, w, y, propensity: Propensity = None) -> DRRatioLearner:
+        if self.floor is not None:
+            _check_floor(self.floor)
         X, w, y = check_ratio_inputs(X, w, y)
         _, _, phi0, phi1 = self._pseudo_outcomes(X, w, y, propensity)
         final = self.final_model if self.final_model is not None else _default_final_regressor()
@@ -455,6 +467,7 @@ class QDRLearner(_PseudoOutcomeLearner):
             raise ValueError(
                 f"negative_weights must be 'keep' or 'clip', got {self.negative_weights!r}"
             )
+        _check_floor(self.floor, upper=0.5)  # p is clipped to [floor, 1 - floor]
         X, w, y = check_ratio_inputs(X, w, y)
         _, _, phi0, phi1 = self._pseudo_outcomes(X, w, y, propensity)
         n = len(y)
@@ -505,6 +518,7 @@ class LinearisedRatioLearner(_PseudoOutcomeLearner):
         self.random_state = random_state
 
     def fit(self, X, w, y, propensity: Propensity = None) -> LinearisedRatioLearner:
+        _check_floor(self.floor)
         X, w, y = check_ratio_inputs(X, w, y)
         mu0, mu1, phi0, phi1 = self._pseudo_outcomes(X, w, y, propensity)
         mu0 = np.maximum(mu0, self.floor)
@@ -582,6 +596,12 @@ class BayesianQLearner(_RatioLearner):
 
         if self.method not in ("nuts", "svi"):
             raise ValueError(f"method must be 'nuts' or 'svi', got {self.method!r}")
+        check_int("num_samples", self.num_samples, 1)
+        if self.method == "nuts":
+            check_int("warmup_steps", self.warmup_steps, 0)
+        else:
+            check_int("svi_steps", self.svi_steps, 1)
+            check_positive("lr", self.lr)
         X, w, y = check_ratio_inputs(X, w, y)
         if not np.isin(y, (0.0, 1.0)).all():
             raise ValueError("BayesianQLearner needs a binary y (0/1)")

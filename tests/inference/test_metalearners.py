@@ -195,6 +195,29 @@ def test_bad_input(kwargs, match):
         QLearner().fit(args["X"], args["w"], args["y"], propensity=prop)
 
 
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: SRatioLearner(floor=-1.0), "floor"),
+        (lambda: TRatioLearner(floor=0.0), "floor"),
+        (lambda: DRRatioLearner(floor=float("nan"), n_folds=2), "floor"),
+        (lambda: QDRLearner(floor=0.5, n_folds=2), "floor must be < 0.5"),
+        (lambda: LinearisedRatioLearner(floor=-1e-3, n_folds=2), "floor"),
+        (lambda: BayesianQLearner(num_samples=0), "num_samples"),
+        (lambda: BayesianQLearner(warmup_steps=-1), "warmup_steps"),
+        (lambda: BayesianQLearner(method="svi", svi_steps=0), "svi_steps"),
+        (lambda: BayesianQLearner(method="svi", lr=-1.0), "lr"),
+    ],
+)
+def test_bad_hyperparameters_are_named_before_fitting(make, match):
+    # a floor <= 0 lets log() see 0 or a negative prediction: nan or -inf effects
+    rng = np.random.default_rng(0)
+    X, w = rng.normal(size=(100, 2)), np.arange(100) % 2
+    y = (rng.uniform(size=100) < 0.5).astype(float)
+    with pytest.raises((ValueError, TypeError), match=match):
+        make().fit(X, w, y)
+
+
 @pytest.mark.parametrize("cls", [SRatioLearner, TRatioLearner])
 def test_outcome_model_learners_check_the_unused_propensity(cls):
     rng = np.random.default_rng(0)
