@@ -40,7 +40,7 @@ from probml.guides.amortized import (
     random_walk_designs,
     train_posterior_net,
 )
-from probml.utils import make_generator, progress
+from probml.utils import check_int, make_generator, progress
 
 __all__ = [
     "StepBound",
@@ -349,7 +349,7 @@ class RandomFeasiblePlanner:
     """A uniformly random feasible move (respecting the remaining budget)."""
 
     def __init__(self, num_candidates: int = 64):
-        self.num_candidates = num_candidates
+        self.num_candidates = check_int("num_candidates", num_candidates)
 
     def plan(self, posterior, prev, constraints, remaining, generator) -> torch.Tensor:
         cand = constraints.sample(prev, self.num_candidates, remaining, generator)
@@ -370,8 +370,11 @@ class GreedyPlanner:
         refine_outer: int = 256,
     ):
         _check_refine(refine)
-        self.num_candidates, self.num_outer = num_candidates, num_outer
-        self.refine, self.num_restarts, self.refine_outer = refine, num_restarts, refine_outer
+        self.num_candidates = check_int("num_candidates", num_candidates)
+        self.num_outer = check_int("num_outer", num_outer)
+        self.refine = refine
+        self.num_restarts = check_int("num_restarts", num_restarts)
+        self.refine_outer = check_int("refine_outer", refine_outer)
 
     def plan(self, posterior, prev, constraints, remaining, generator) -> torch.Tensor:
         cand = constraints.sample(prev, self.num_candidates, remaining, generator)
@@ -423,16 +426,20 @@ class ScenarioTreePlanner:
         policy: DesignPolicy | None = None,
         policy_top_k: int = 4,
     ):
-        if depth < 0 or branching < 1 or expand_top < 1:
-            raise ValueError("depth must be >= 0, branching >= 1 and expand_top >= 1")
         if not 0 <= discount <= 1:
             raise ValueError(f"discount must be in [0, 1], got {discount}")
         _check_refine(refine)
-        self.depth, self.branching, self.discount = depth, branching, discount
-        self.num_candidates, self.num_outer = num_candidates, num_outer
-        self.root_candidates, self.expand_top = root_candidates, expand_top
-        self.refine, self.num_restarts, self.refine_outer = refine, num_restarts, refine_outer
-        self.policy, self.policy_top_k = policy, policy_top_k
+        self.depth = check_int("depth", depth, 0)
+        self.branching = check_int("branching", branching)
+        self.discount = discount
+        self.num_candidates = check_int("num_candidates", num_candidates)
+        self.num_outer = check_int("num_outer", num_outer)
+        self.root_candidates = check_int("root_candidates", root_candidates)
+        self.expand_top = check_int("expand_top", expand_top)
+        self.refine = refine
+        self.num_restarts = check_int("num_restarts", num_restarts)
+        self.refine_outer = check_int("refine_outer", refine_outer)
+        self.policy, self.policy_top_k = policy, check_int("policy_top_k", policy_top_k, 0)
 
     def _root_candidates(self, posterior, prev, constraints, remaining, generator):
         cand = constraints.sample(prev, self.root_candidates, remaining, generator)
@@ -716,9 +723,18 @@ def run_experiment(
     constraints before it is executed; an infeasible start or a spent budget is a
     :class:`ConstraintViolation`.
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    check_int("num_steps", num_steps)
     cons = Constraints(constraints, experiment.design_bounds)
+    # the shape of one prior draw, from a generator of its own (the run's stream is untouched)
+    want = tuple(experiment.sample_prior(1, generator=make_generator(0)).shape[1:])
+    if not isinstance(theta_true, torch.Tensor) or tuple(theta_true.shape) not in (
+        want,
+        (1, *want),
+    ):
+        got = tuple(theta_true.shape) if isinstance(theta_true, torch.Tensor) else type(theta_true)
+        raise ValueError(
+            f"theta_true must be a tensor of shape {want} (or (1, *{want})), got {got}"
+        )
     gen = make_generator(seed)
     D = int(experiment.D)
     prev = cons.start_position(start, D)

@@ -101,6 +101,31 @@ def test_infeasible_start_and_spent_budget_are_clear_errors():
         SoftCost(-1.0)
     with pytest.raises(ValueError, match="start must have shape"):
         run_experiment(lf, RandomFeasiblePlanner(), theta, 3, start=torch.zeros(3))
+    with pytest.raises(ValueError, match=r"theta_true must be a tensor of shape \(1, 2\)"):
+        run_experiment(lf, RandomFeasiblePlanner(), torch.rand(3), 3)
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: RandomFeasiblePlanner(num_candidates=0), "num_candidates"),
+        (lambda: GreedyPlanner(num_candidates=0), "num_candidates"),
+        (lambda: GreedyPlanner(num_outer=0), "num_outer"),
+        (lambda: GreedyPlanner(num_restarts=0), "num_restarts"),
+        (lambda: ScenarioTreePlanner(depth=-1), "depth"),
+        (lambda: ScenarioTreePlanner(branching=0), "branching"),
+        (lambda: ScenarioTreePlanner(num_candidates=0), "num_candidates"),
+        (lambda: ScenarioTreePlanner(root_candidates=0), "root_candidates"),
+        (lambda: ScenarioTreePlanner(expand_top=0), "expand_top"),
+        (lambda: ScenarioTreePlanner(refine_outer=0), "refine_outer"),
+        (lambda: ScenarioTreePlanner(policy_top_k=-1), "policy_top_k"),
+        (lambda: ScenarioTreePlanner(num_outer=2.5), "num_outer"),
+    ],
+)
+def test_planner_counts_are_checked_by_name(make, name):
+    # with no candidates a planner would silently stay put (only ``prev`` is left to choose)
+    with pytest.raises((ValueError, TypeError), match=name):
+        make()
 
 
 def test_particle_posterior_and_next_design_eig_linear_gaussian():
