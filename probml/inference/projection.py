@@ -411,6 +411,18 @@ def _pull_back(
     return list(total)
 
 
+def _check_basis(name: str, U) -> None:
+    """``U`` is a non-empty, finite ``d`` or ``d x k`` tensor with no zero column."""
+    if not isinstance(U, torch.Tensor) or U.dim() not in (1, 2) or U.numel() == 0:
+        got = tuple(U.shape) if isinstance(U, torch.Tensor) else type(U).__name__
+        raise ValueError(f"{name} must be a non-empty d or d x k tensor, got {got}")
+    if not bool(torch.isfinite(U).all()):
+        raise ValueError(f"{name} must be finite (it has NaN/inf entries)")
+    norms = U.norm(dim=0) if U.dim() == 2 else U.norm()[None]
+    if not bool((norms > 0).all()):
+        raise ValueError(f"{name} has a zero direction: it has no direction to project out")
+
+
 class GRASP:
     """Projection of adapter parameters away from spurious directions.
 
@@ -446,6 +458,16 @@ class GRASP:
             raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        if isinstance(directions, SpuriousDirections):
+            for name, U in directions.directions.items():
+                _check_basis(f"directions[{name!r}]", U)
+        elif isinstance(directions, torch.Tensor):
+            _check_basis("directions", directions)
+        else:
+            raise TypeError(
+                "directions must be a SpuriousDirections or a d x k (or d) tensor, got "
+                f"{type(directions).__name__}"
+            )
         self.directions = directions
         self.modules = None if modules is None else set(modules)
         self.strength = 1.0 if mode == "hard" else float(alpha)
@@ -478,7 +500,15 @@ class GRASP:
                     if side == "through" and U.shape[0] == W.shape[0]:
                         U = W.detach().to(f.A).T @ U  # pull back: u^T W dW = (W^T u)^T dW
                     if U.shape[0] == dim:
-                        out = (side, torch.linalg.qr(U)[0])  # orthonormalise
+                        Q, R = torch.linalg.qr(U)  # orthonormalise
+                        r = R.diagonal().abs()
+                        if not bool((r > 1e-6 * r.max()).all()):
+                            raise ValueError(
+                                f"the directions of {f.name!r} (pulled back through its "
+                                "frozen linear where ``through`` names it) are linearly "
+                                "dependent; pass independent columns"
+                            )
+                        out = (side, Q)
         self._cache[f.name] = out
         return out
 
@@ -491,15 +521,23 @@ class GRASP:
         they are found again on every call, which costs a walk over all of ``model``'s
         modules (about two thirds of the projection's time on a CPU for a 6-layer TinyLM)."""
         t0 = time.perf_counter()
+        matched = False
         for f in lora_modules(model) if factors is None else factors:
             side, U = self._side_basis(model, f)
             if U is None:
                 continue
+            matched = True
             if side in ("write", "through"):
                 f.B.sub_(U @ (U.T @ f.B), alpha=self.strength)
             else:
                 f.A.sub_((f.A @ U) @ U.T, alpha=self.strength)
         self.seconds += time.perf_counter() - t0
+        if not matched:
+            raise ValueError(
+                "GRASP constrains none of the model's adapted modules: no module is named in "
+                "both `directions` and `modules`, or no residual-side dimension matches the "
+                "directions' (a projection that does nothing is almost surely a mistake)"
+            )
 
     init = project  # a fresh adapter: B = 0, and A <- A P on read modules
 
@@ -543,7 +581,12 @@ class ResidualIntervention:
         if mode not in ("add", "ablate"):
             raise ValueError(f"mode must be 'add' or 'ablate', got {mode!r}")
         found = [blk for _, blk in _residual_blocks(model, blocks)]
-        self.blocks = [found[i] for i in (range(len(found)) if layers is None else layers)]
+        idx = list(range(len(found)) if layers is None else layers)
+        bad = [i for i in idx if not -len(found) <= int(i) < len(found)]
+        if bad:
+            raise ValueError(f"layers {bad} out of range for a model with {len(found)} blocks")
+        self.blocks = [found[i] for i in idx]
+        _check_basis("u", u.reshape(-1))
         self.u = (u / u.norm()).reshape(-1)
         self.mode, self.alpha = mode, float(alpha)
         self._handles: list = []

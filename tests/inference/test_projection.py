@@ -198,6 +198,39 @@ def test_residual_intervention_ablates_and_adds():
     assert len(lm.blocks[1]._forward_hooks) == 0  # removed on exit
     with pytest.raises(ValueError, match="mode"):
         ResidualIntervention(lm, u, mode="bogus")
+    with pytest.raises(ValueError, match="zero direction"):
+        ResidualIntervention(lm, torch.zeros(16))
+    with pytest.raises(ValueError, match="out of range"):
+        ResidualIntervention(lm, u, layers=[2])
+
+
+def test_grasp_rejects_directions_that_would_project_nothing_or_garbage():
+    net = nn.Sequential(nn.Linear(8, 8))
+    add_lora(net, ["0"], rank=2)
+    with torch.no_grad():
+        net[0].lora_B.normal_()
+    before = [p.detach().clone() for p in net.parameters()]
+    # a zero direction would be orthonormalised by QR into e_1, a NaN one poisons B
+    with pytest.raises(ValueError, match="zero direction"):
+        GRASP(torch.zeros(8))
+    with pytest.raises(ValueError, match="finite"):
+        GRASP(torch.full((8,), float("nan")))
+    with pytest.raises(ValueError, match="zero direction"):
+        GRASP(torch.stack([torch.randn(8), torch.zeros(8)], 1))
+    with pytest.raises(TypeError, match="SpuriousDirections"):
+        GRASP([1.0] * 8)
+    u = torch.randn(8)
+    with pytest.raises(ValueError, match="linearly dependent"):
+        GRASP(torch.stack([u, 2 * u], 1)).project(net)
+    with pytest.raises(ValueError, match="none of the model's adapted modules"):
+        GRASP(torch.randn(5)).project(net)  # no module has residual-side width 5
+    with pytest.raises(ValueError, match="none of the model's adapted modules"):
+        GRASP(u, modules=["not.a.module"]).project(net)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # untouched
+    g = GRASP(u)
+    assert g.violation(net) > 1e-2
+    g.project(net)  # the valid direction still works
+    assert g.violation(net) < 1e-6
 
 
 def test_spurious_factor_model_recovers_a_shared_direction():
