@@ -24,6 +24,7 @@ from probml.inference.particles import (
     normalize_log_weights,
     resample,
 )
+from probml.utils import check_int
 
 __all__ = ["WeightedSamples", "importance_sample", "prior_guide"]
 
@@ -108,14 +109,14 @@ def importance_sample(
     Returns:
         :class:`WeightedSamples` with each latent site as ``N x event_shape``.
     """
-    if int(num_particles) < 1:
-        raise ValueError(f"num_particles must be >= 1, got {num_particles!r}")
+    num_particles = check_int("num_particles", num_particles)
+    check_int("max_plate_nesting", max_plate_nesting, 0)
     guide = prior_guide(model) if guide is None else guide
     log_w, _, guide_trace = vectorized_importance_weights(
         model,
         guide,
         *args,
-        num_samples=int(num_particles),
+        num_samples=num_particles,
         max_plate_nesting=max_plate_nesting,
         **kwargs,
     )

@@ -67,5 +67,11 @@ def test_user_prior_and_seed_reproducible():
     assert torch.equal(a.log_weights, b.log_weights)
     with pytest.raises(ValueError, match="num_particles"):
         importance_sample(bayesian_linear_regression, None, X, y, num_particles=0)
+    with pytest.raises(TypeError, match="num_particles"):  # not silently truncated to 1
+        importance_sample(bayesian_linear_regression, None, X, y, num_particles=1.5)
+    with pytest.raises(ValueError, match="max_plate_nesting"):
+        importance_sample(
+            bayesian_linear_regression, None, X, y, num_particles=5, max_plate_nesting=-1
+        )
     with pytest.raises(ValueError, match="event_shape"):
         bayesian_linear_regression(X, y, prior=dist.Normal(0.0, 1.0))
