@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from probml.utils import check_int
+
 __all__ = ["FairData", "make_gaussian_groups", "load_wage_data", "WAGE_DATASETS"]
 
 
@@ -42,6 +44,8 @@ def make_gaussian_groups(
     """
     if not 0 < p1 < 1:
         raise ValueError(f"p1 must be in (0, 1), got {p1}")
+    check_int("n", n, 2)
+    check_int("dim", dim)
     rng = np.random.default_rng(seed)
     beta = np.ones(dim) if beta is None else np.asarray(beta, float)
     s = (rng.uniform(size=n) < p1).astype(np.int64)

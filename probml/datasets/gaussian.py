@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from probml.utils import check_int
+
 __all__ = [
     "make_sparse_precision",
     "sample_gaussian",
@@ -33,8 +35,8 @@ def make_sparse_precision(
         scale_range: marginal standard deviations are log-uniform in this range.
         seed: seed.
     """
-    if d < 2:
-        raise ValueError(f"d must be >= 2, got {d}")
+    check_int("d", d, 2)
+    check_int("n_extra_edges", n_extra_edges, 0)
     rng = np.random.default_rng(seed)
     K = np.eye(d)
     for i in range(d - 1):
@@ -59,9 +61,15 @@ def make_sparse_precision(
 
 def sample_gaussian(Sigma: torch.Tensor, n: int, seed: int | None = 0) -> torch.Tensor:
     """``n x d`` draws from ``N(0, Sigma)`` (float64)."""
+    check_int("n", n, 0)
     g = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    L = torch.linalg.cholesky(Sigma.to(torch.float64))
-    return torch.randn(n, Sigma.shape[0], generator=g, dtype=torch.float64) @ L.T
+    S = torch.as_tensor(Sigma, dtype=torch.float64)
+    if S.dim() != 2 or S.shape[0] != S.shape[1]:
+        raise ValueError(f"Sigma must be a square d x d matrix, got shape {tuple(S.shape)}")
+    L, info = torch.linalg.cholesky_ex(S)
+    if int(info) != 0:
+        raise ValueError("Sigma must be symmetric positive definite (its Cholesky factor failed)")
+    return torch.randn(n, S.shape[0], generator=g, dtype=torch.float64) @ L.T
 
 
 # name -> (loader, public per-coordinate bound after centring, note)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from probml.utils import check_int
+
 __all__ = ["RatioData", "make_ratio_data", "make_cell_data", "load_ratio_dataset", "REAL_DATASETS"]
 
 
@@ -160,6 +162,8 @@ def make_cell_data(
     ``mu0_c in [0.1, 0.3]`` and ratio ``tau_c in [0.6, 2.5]``, so cell means are exact
     nuisance estimates and the double-robustness table can be reproduced exactly.
     """
+    check_int("n", n, 2)
+    check_int("n_cells", n_cells)
     rng = np.random.default_rng(seed)
     e_c = rng.uniform(0.2, 0.8, n_cells)
     mu0_c = rng.uniform(0.1, 0.3, n_cells)

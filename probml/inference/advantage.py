@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from probml.utils import check_batch_probabilities
+from probml.utils import check_batch_probabilities, check_int, check_positive
 
 __all__ = [
     "offline_values",
@@ -93,8 +93,7 @@ def _check_prior_values(prior_values, like: torch.Tensor, name: str) -> torch.Te
 
 def offline_values(k: torch.Tensor, K: int) -> torch.Tensor:
     """Smoothed offline success rates ``(k + 1/2) / (K + 1)`` from ``k`` of ``K`` reference samples."""
-    if K < 1:
-        raise ValueError(f"K must be >= 1, got {K}")
+    K = check_int("K", K)
     k = torch.as_tensor(k)
     if bool(((k < 0) | (k > K)).any()):
         raise ValueError(f"k must lie in [0, K={K}]")
@@ -358,6 +357,7 @@ class SPOTracker:
         p = torch.as_tensor(prior_values, dtype=torch.float64)
         if not 0 < discount <= 1:
             raise ValueError(f"discount must be in (0, 1], got {discount}")
+        strength = check_positive("strength", strength)
         self.a = strength * p
         self.b = strength * (1 - p)
         self.discount = discount

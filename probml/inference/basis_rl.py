@@ -31,7 +31,7 @@ from probml.models.rollouts import (
     bayesian_loo_baseline,
     gp_loo_baseline,
 )
-from probml.utils import progress
+from probml.utils import check_int, check_positive, progress
 
 __all__ = [
     "BanditRLResult",
@@ -217,6 +217,9 @@ def run_bandit_rl(
     """
     check_estimator(estimator)
     side = side_estimators(estimator, side_by_side)
+    check_int("steps", steps)
+    check_int("K", K)
+    check_positive("lr", lr, strict=False)  # lr = 0 keeps the reference policy
     if batch_size < 2 or batch_size > bandit.num_prompts:
         raise ValueError(f"batch_size must be in [2, {bandit.num_prompts}], got {batch_size}")
     dev = bandit.features.device

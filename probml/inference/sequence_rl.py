@@ -34,7 +34,7 @@ from probml.inference.basis_rl import (
     side_estimators,
 )
 from probml.models.lm import TinyLM, TinyLMConfig
-from probml.utils import make_generator, progress, resolve_device
+from probml.utils import check_int, check_positive, make_generator, progress, resolve_device
 
 __all__ = [
     "AdditionTask",
@@ -255,6 +255,10 @@ def run_sequence_rl(
         raise ValueError(f"batch_size must be in [2, {task.num_prompts}], got {batch_size}")
     if mc_rollouts < 2:
         raise ValueError(f"mc_rollouts must be >= 2, got {mc_rollouts}")
+    for name, value in (("steps", steps), ("K", K), ("eval_every", eval_every)):
+        check_int(name, value)
+    check_int("eval_prompts", eval_prompts)
+    check_positive("lr", lr, strict=False)  # lr = 0 keeps the reference policy
     dev = resolve_device(device)
     g = make_generator(seed)
     reference = reference.to(dev).eval()

@@ -203,6 +203,8 @@ class ParticleFilter:
             raise RuntimeError("call init(particles) or pass particles=")
         if not isinstance(ys, torch.Tensor) or ys.dim() not in (2, 3):
             raise ValueError("ys must be a tensor of shape T x p or T x B x p")
+        if ys.shape[0] < 1:
+            raise ValueError("ys must hold at least one observation (T >= 1)")
         means, stds, ess, parts, lws, dess = [], [], [], [], [], []
         for y in progress(ys, verbose=self.verbose, desc=type(self).__name__, total=len(ys)):
             self._step(self._check_y(y))

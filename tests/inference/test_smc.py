@@ -173,6 +173,8 @@ def test_bad_input_raises_clear_errors(lg_problem):
         f.step(torch.tensor([0.0, float("nan"), 0.0, 0.0, 0.0]))
     with pytest.raises(ValueError, match="num_particles"):
         f.init(torch.zeros(8, D))
+    with pytest.raises(ValueError, match="at least one observation"):
+        f.filter(torch.zeros(0, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="noise_scale"):
         GaussianObservation(torch.eye(2), -1.0)
     with pytest.raises(ValueError, match="twist"):
