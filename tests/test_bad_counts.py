@@ -57,6 +57,45 @@ def _sample_gaussian_not_pd():
     sample_gaussian(-torch.eye(3), 10)
 
 
+def _histories_fractional_N():
+    from probml.inference.eig import sample_histories
+    from probml.models.experiments import LocationFinding
+
+    sample_histories(LocationFinding(), torch.rand(3, 2, dtype=torch.float64), 1.5)
+
+
+def _finetune_zero_steps():
+    from torch import nn
+
+    from probml.inference.projection import finetune_lora
+    from probml.models.adapters import add_lora
+
+    net = nn.Sequential(nn.Linear(4, 4))
+    add_lora(net, ["0"], rank=2)
+    finetune_lora(net, lambda g: (torch.randn(8, 4), torch.randn(8, 4)), num_steps=0)
+
+
+def _corpus_val_fraction():
+    from probml.inference.pretrain import CharCorpus
+
+    CharCorpus("abcd" * 500, val_fraction=1.5)
+
+
+def _corpus_one_symbol():
+    from probml.inference.pretrain import synthetic_corpus
+
+    synthetic_corpus(2000, vocab=1)
+
+
+def _unaware_w2_no_iterations():
+    import numpy as np
+
+    from probml.inference.transport import fair_w2_unaware
+
+    rng = np.random.default_rng(0)
+    fair_w2_unaware(rng.random(10), rng.uniform(0.1, 0.9, 10), 0.4, 1.0, max_iter=0)
+
+
 @pytest.mark.parametrize(
     "call, name",
     [
@@ -68,6 +107,11 @@ def _sample_gaussian_not_pd():
         (_gaussian_groups_one_row, "n"),
         (_precision_negative_edges, "n_extra_edges"),
         (_sample_gaussian_not_pd, "Sigma"),
+        (_histories_fractional_N, "N"),
+        (_finetune_zero_steps, "num_steps"),
+        (_corpus_val_fraction, "val_fraction"),
+        (_corpus_one_symbol, "vocab"),
+        (_unaware_w2_no_iterations, "max_iter"),
     ],
 )
 def test_bad_count_or_scale_is_rejected_by_name(call, name):

@@ -43,7 +43,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from probml.utils import make_generator
+from probml.utils import check_int, make_generator
 
 __all__ = ["nmc_eig", "history_bounds", "spce", "snmc", "sample_histories", "ace_eig"]
 
@@ -101,6 +101,7 @@ def sample_histories(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``theta0`` (``N x ...``) from the prior and ``y`` (``N x T``) for a fixed ``T x D``
     design sequence."""
+    N = check_int("N", N)
     gen = make_generator(generator)
     theta0 = experiment.sample_prior(N, generator=gen)
     th = theta0.unsqueeze(1)  # N x 1 x ...

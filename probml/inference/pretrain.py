@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from probml.models.layers import ScaleVector
-from probml.utils import keep_global_rng, progress, resolve_device
+from probml.utils import check_int, keep_global_rng, progress, resolve_device
 
 __all__ = [
     "CharCorpus",
@@ -43,8 +43,10 @@ class CharCorpus:
     """Character-level corpus: ``vocab``, ``train`` and ``val`` long tensors (90/10 by position)."""
 
     def __init__(self, text: str, val_fraction: float = 0.1):
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
         if len(text) < 1000:
-            raise ValueError("corpus too small")
+            raise ValueError(f"corpus too small: text has {len(text)} characters, need >= 1000")
         self.vocab = sorted(set(text))
         lookup = {c: i for i, c in enumerate(self.vocab)}
         data = torch.tensor([lookup[c] for c in text], dtype=torch.long)
@@ -69,6 +71,9 @@ def synthetic_corpus(
 ) -> CharCorpus:
     """A second-order Markov source: each context (a, b) allows ``branching`` next symbols
     with Dirichlet weights; entropy per symbol is known to be at most log(branching)."""
+    check_int("n_chars", n_chars, 1000)
+    check_int("vocab", vocab, 2)
+    check_int("branching", branching)
     rng = np.random.default_rng(seed)
     nxt = rng.integers(0, vocab, size=(vocab, vocab, branching))
     probs = rng.dirichlet(np.ones(branching), size=(vocab, vocab))

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from probml.models.adapters import LoRAFactors, lora_modules
-from probml.utils import module_list, progress
+from probml.utils import check_int, check_positive, module_list, progress
 
 __all__ = [
     "SpuriousDirections",
@@ -642,6 +642,8 @@ def finetune_lora(
     Returns:
         ``{"loss": [...], "seconds": total, "projection_seconds": ...}``.
     """
+    check_int("num_steps", num_steps)
+    check_positive("lr", lr)
     factors = list(lora_modules(model))  # fixed for the loop: the optimizer holds them
     params = [p for f in factors for p in (f.A, f.B)]
     if not params:
@@ -658,7 +660,7 @@ def finetune_lora(
     model.train()
     t0 = time.perf_counter()
     with _maybe(intervention):
-        for _ in progress(range(int(num_steps)), verbose=verbose, desc="LoRA fine-tune"):
+        for _ in progress(range(num_steps), verbose=verbose, desc="LoRA fine-tune"):
             batch = sample_batch(gen)
             if loss_fn is None:
                 x, y = batch

@@ -35,7 +35,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KNeighborsRegressor
 
-from probml.utils import keep_global_rng
+from probml.utils import check_int, keep_global_rng
 
 __all__ = [
     "w2_interpolation_weight",
@@ -294,6 +294,7 @@ def fair_w2_unaware(
     """
     eta, pi, p1 = _check_unaware(eta, group_probability, p1)
     lam = _check_strength(lam)
+    check_int("max_iter", max_iter)
     if not (pi > 0).any() or not (pi < 1).any():
         raise ValueError("group_probability must be above 0 and below 1 somewhere (both groups)")
     n = len(eta)
