@@ -96,6 +96,33 @@ def _unaware_w2_no_iterations():
     fair_w2_unaware(rng.random(10), rng.uniform(0.1, 0.9, 10), 0.4, 1.0, max_iter=0)
 
 
+def _train_lm_empty_batch():
+    from probml.inference.pretrain import synthetic_corpus, train_lm
+    from probml.models.lm import TinyLM, TinyLMConfig
+
+    lm = TinyLM(TinyLMConfig(vocab_size=10, d_model=16, n_layers=1, n_heads=2, context=8))
+    train_lm(lm, synthetic_corpus(2000, vocab=10), steps=1, batch_size=0)
+
+
+def _negative_weight_decay():
+    from probml.inference.pretrain import param_groups
+
+    param_groups(torch.nn.Linear(2, 2), -0.1)
+
+
+def _shallow_net_no_width():
+    from probml.inference.expressivity import fit_shallow_net
+
+    X = torch.linspace(-1, 1, 20)[:, None]
+    fit_shallow_net("la", ["relu"], X, X[:, 0] ** 2, width=0)
+
+
+def _paired_models_no_arm():
+    from probml.inference.pretrain import paired_models
+
+    paired_models({}, 0)
+
+
 @pytest.mark.parametrize(
     "call, name",
     [
@@ -112,6 +139,10 @@ def _unaware_w2_no_iterations():
         (_corpus_val_fraction, "val_fraction"),
         (_corpus_one_symbol, "vocab"),
         (_unaware_w2_no_iterations, "max_iter"),
+        (_train_lm_empty_batch, "batch_size"),
+        (_negative_weight_decay, "weight_decay"),
+        (_shallow_net_no_width, "width"),
+        (_paired_models_no_arm, "factories"),
     ],
 )
 def test_bad_count_or_scale_is_rejected_by_name(call, name):

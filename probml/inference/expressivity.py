@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from probml.models.layers import ShallowNet
-from probml.utils import keep_global_rng
+from probml.utils import check_int, keep_global_rng
 
 __all__ = ["fit_shallow_net"]
 
@@ -39,8 +39,13 @@ def fit_shallow_net(
     Returns:
         ``(mse, net)`` of the best restart.
     """
-    if restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    check_int("restarts", restarts)
+    check_int("width", width)
+    check_int("max_iter", max_iter)
+    if X.dim() != 2 or y.shape != (X.shape[0],):
+        raise ValueError(
+            f"X must be n x d and y of shape (n,), got {tuple(X.shape)} and {tuple(y.shape)}"
+        )
     best, best_net = float("inf"), None
     for r in range(restarts):
         torch.manual_seed(seed + r)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from probml.models.layers import ScaleVector
-from probml.utils import check_int, keep_global_rng, progress, resolve_device
+from probml.utils import check_int, check_positive, keep_global_rng, progress, resolve_device
 
 __all__ = [
     "CharCorpus",
@@ -97,6 +97,7 @@ def param_groups(model: nn.Module, weight_decay: float, rule: str = "role") -> l
     """
     if rule not in ("role", "ndim"):
         raise ValueError(f"rule must be 'role' or 'ndim', got {rule!r}")
+    weight_decay = check_positive("weight_decay", weight_decay, strict=False)
     role_of: dict[int, str] = {}
     for m in model.modules():
         if isinstance(m, ScaleVector):
@@ -121,6 +122,8 @@ def param_groups(model: nn.Module, weight_decay: float, rule: str = "role") -> l
 def paired_models(factories: dict[str, Callable[[], nn.Module]], seed: int) -> dict[str, nn.Module]:
     """Build every arm with ``torch.manual_seed(seed)``, then copy the first arm's initial values
     into every parameter/buffer the others share by name and shape."""
+    if not factories:
+        raise ValueError("factories must name at least one arm")
     models = {}
     for name, make in factories.items():
         torch.manual_seed(seed)
@@ -178,6 +181,12 @@ def train_lm(
 
     The batch order depends only on ``batch_seed`` (identical across arms). Returns the final
     validation loss (mean cross-entropy in nats over fixed validation windows)."""
+    for name, value, low in (
+        ("steps", steps, 1), ("batch_size", batch_size, 1), ("warmup", warmup, 0),
+        ("eval_batches", eval_batches, 1),
+    ):  # fmt: skip
+        check_int(name, value, low)
+    check_positive("lr", lr, strict=False)
     dev = resolve_device(device)
     model.to(dev).train()
     T = model.cfg.context
