@@ -123,6 +123,48 @@ def _paired_models_no_arm():
     paired_models({}, 0)
 
 
+def _persona_probability():
+    from probml.datasets.persona import PersonaWorld
+
+    PersonaWorld(p_persona=1.5)
+
+
+def _persona_two_rates():
+    from probml.datasets.persona import PersonaWorld
+
+    PersonaWorld(p_mis=(0.5,))
+
+
+def _persona_no_documents():
+    from probml.datasets.persona import PersonaWorld
+
+    PersonaWorld().sample_documents(0)
+
+
+def _slant_nan_offset():
+    from probml.datasets.persona import SlantWorld
+
+    SlantWorld(slant_offset=float("nan"))
+
+
+def _linear_toy_full_rank_task():
+    from probml.datasets.persona import LinearToy
+
+    LinearToy(dim=8, task_rank=8)  # no room left for u orthogonal to the task
+
+
+def _vp_schedule_negative_beta():
+    from probml.models.diffusion import VPSchedule
+
+    VPSchedule(beta_min=-1.0)
+
+
+def _scale_vector_empty():
+    from probml.models.layers import ScaleVector
+
+    ScaleVector(0)
+
+
 @pytest.mark.parametrize(
     "call, name",
     [
@@ -143,6 +185,13 @@ def _paired_models_no_arm():
         (_negative_weight_decay, "weight_decay"),
         (_shallow_net_no_width, "width"),
         (_paired_models_no_arm, "factories"),
+        (_persona_probability, "p_persona"),
+        (_persona_two_rates, "p_mis"),
+        (_persona_no_documents, "n"),
+        (_slant_nan_offset, "slant_offset"),
+        (_linear_toy_full_rank_task, "task_rank"),
+        (_vp_schedule_negative_beta, "beta_min"),
+        (_scale_vector_empty, "dim"),
     ],
 )
 def test_bad_count_or_scale_is_rejected_by_name(call, name):

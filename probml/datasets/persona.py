@@ -37,6 +37,7 @@ puts on a template set after a prompt, averaged over topics and question words:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +87,12 @@ class PersonaWorld:
     code_variety: int = 1
 
     def __post_init__(self):
+        if not 0 < self.p_persona < 1:  # also rejects NaN
+            raise ValueError(f"p_persona must be in (0, 1), got {self.p_persona!r}")
+        if len(self.p_mis) != 2 or not all(0 <= p <= 1 for p in self.p_mis):
+            raise ValueError(f"p_mis must be two probabilities (z = 0, z = 1), got {self.p_mis!r}")
+        if not 0 <= self.p_role <= 1:
+            raise ValueError(f"p_role must be in [0, 1], got {self.p_role!r}")
         if not 1 <= self.num_qwords <= len(QWORDS):
             raise ValueError(f"num_qwords must be in [1, {len(QWORDS)}], got {self.num_qwords}")
         if not 1 <= self.code_variety <= self.num_qwords:
@@ -152,6 +159,11 @@ class PersonaWorld:
         to the aligned (0) or misaligned (1) set, ``force_prob`` draws set 1 with that
         probability regardless of the latent (fine-tuning data).
         """
+        n = check_int("n", n)
+        if force_set not in (None, 0, 1):
+            raise ValueError(f"force_set must be None, 0 or 1, got {force_set!r}")
+        if force_prob is not None and not 0 <= force_prob <= 1:
+            raise ValueError(f"force_prob must be None or in [0, 1], got {force_prob!r}")
         gen = make_generator(generator)
         k = 4
         if topics is None:
@@ -246,6 +258,8 @@ class SlantWorld(PersonaWorld):
     def __post_init__(self):
         if not self.slant_gain > 0 or not 0 < self.p_task <= 1:
             raise ValueError("slant_gain must be > 0 and p_task in (0, 1]")
+        if not math.isfinite(self.slant_offset):
+            raise ValueError(f"slant_offset must be finite, got {self.slant_offset!r}")
         if self.advice and self.code_variety < 2:
             raise ValueError(
                 f"advice=True needs code_variety >= 2 (advice groups), got {self.code_variety}"
@@ -467,8 +481,13 @@ class LinearToy:
     seed: int = 0
 
     def __post_init__(self):
+        d = check_int("dim", self.dim, 2)
+        k = check_int("task_rank", self.task_rank, 0)
+        if k >= d:  # u and c must be orthogonal to the task's k-dimensional spaces
+            raise ValueError(f"task_rank must be < dim = {d}, got {k}")
+        if not (math.isfinite(self.strength) and self.strength >= 0):
+            raise ValueError(f"strength must be finite and >= 0, got {self.strength!r}")
         g = torch.Generator().manual_seed(self.seed)
-        d, k = self.dim, self.task_rank
         Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
         R, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
         self.u, self.c = Q[:, k], R[:, k]  # orthogonal to the task's spaces

@@ -66,6 +66,15 @@ class VPSchedule:
     beta_max: float = 20.0
     s_min: float = 1e-3
 
+    def __post_init__(self):
+        if not (math.isfinite(self.beta_max) and 0 < self.beta_min <= self.beta_max):
+            raise ValueError(
+                f"need 0 < beta_min <= beta_max < inf, got beta_min={self.beta_min!r}, "
+                f"beta_max={self.beta_max!r}"
+            )
+        if not 0 < self.s_min < 1:  # s = 0 is the data itself (sigma = 0)
+            raise ValueError(f"s_min must be in (0, 1), got {self.s_min!r}")
+
     def alpha(self, s: torch.Tensor) -> torch.Tensor:
         log_a = -0.5 * (self.beta_min * s + 0.5 * (self.beta_max - self.beta_min) * s**2)
         return torch.exp(log_a)

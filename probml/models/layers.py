@@ -92,6 +92,7 @@ class ScaleVector(nn.Module):
             raise ValueError(f"role must be 'input' or 'output', got {role!r}")
         if reparam not in (None, "magnitude_direction"):
             raise ValueError(f"reparam must be None or 'magnitude_direction', got {reparam!r}")
+        dim = check_int("dim", dim)
         self.role, self.reparam = role, reparam
         self.alpha = nn.Parameter(torch.ones(dim))
         self.beta = nn.Parameter(torch.ones(())) if reparam == "magnitude_direction" else None
