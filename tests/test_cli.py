@@ -33,6 +33,21 @@ def test_run_unknown_name_lists_valid_names(capsys):
     assert "unknown example 'nope'" in err and "alpha" in err
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "alpha", "--seed", "-1"], "argument --seed: must be a non-negative integer"),
+        (["run", "alpha", "--seed", "x"], "argument --seed: must be a non-negative integer"),
+        (["demo", "--device", "bogus"], "argument --device: device must be"),
+    ],
+)
+def test_bad_seed_or_device_is_a_usage_error_not_a_traceback(argv, message, capsys):
+    reg = Registry([Example("alpha", "first", _ok)])
+    with pytest.raises(SystemExit) as exc:
+        main(argv, registry=reg)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_run_writes_table_and_is_seeded(tmp_path, capsys):
     reg = Registry([Example("alpha", "first", _ok)])
     assert (

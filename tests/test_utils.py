@@ -35,6 +35,8 @@ def test_make_generator_and_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             resolve_device("cuda")
+    with pytest.raises(ValueError, match="device must be"):  # torch's own is a RuntimeError
+        resolve_device("bogus")
 
 
 def test_validation_helpers():
