@@ -7,29 +7,8 @@ import sys
 from pathlib import Path
 
 from probml import __version__
-from probml.registry import Registry, run_demo, run_example
+from probml.registry import Registry, add_run_options, device_arg, run_demo, run_example, seed_arg
 from probml.results import markdown_table
-from probml.utils import resolve_device
-
-
-def _seed(text: str) -> int:
-    """``--seed``: a non-negative integer (argparse turns the error into a usage message)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
-
-
-def _device(text: str) -> str:
-    """``--device``: checked before any example starts (CUDA asked for but absent included)."""
-    try:
-        resolve_device(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,16 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the registered examples")
     r = sub.add_parser("run", help="run one example")
     r.add_argument("name", help="example name (see `probml list`)")
-    r.add_argument("--fast", action="store_true", help="small problem, under a minute on 2 cores")
-    r.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
-    r.add_argument(
-        "--device", type=_device, default="cpu", help="cpu | cuda | cuda:N (default cpu)"
-    )
-    r.add_argument("--out", default=None, help="output folder (default runs/<timestamp>/NAME)")
+    add_run_options(r)
     d = sub.add_parser("demo", help="run every example (fast mode unless --full)")
     d.add_argument("--full", action="store_true", help="full-size problems (slow)")
-    d.add_argument("--seed", type=_seed, default=0)
-    d.add_argument("--device", type=_device, default="cpu")
+    d.add_argument("--seed", type=seed_arg, default=0, help="random seed (default 0)")
+    d.add_argument(
+        "--device", type=device_arg, default="cpu", help="cpu | cuda | cuda:N (default cpu)"
+    )
     d.add_argument("--out", default=None, help="report folder (default runs/<timestamp>)")
     return p
 

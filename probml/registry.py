@@ -214,16 +214,44 @@ def run_demo(
     return summary, report
 
 
+def seed_arg(text: str) -> int:
+    """``--seed``: a non-negative integer (argparse turns the error into a usage message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """``--device``: checked before any example starts (CUDA asked for but absent included)."""
+    try:
+        resolve_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """``--fast``, ``--seed``, ``--device`` and ``--out`` of ``probml run`` and of every
+    ``examples/NAME.py`` (one definition, so both check their input the same way)."""
+    p.add_argument("--fast", action="store_true", help="small problem, under a minute on 2 cores")
+    p.add_argument("--seed", type=seed_arg, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--device", type=device_arg, default="cpu", help="cpu | cuda | cuda:N (default cpu)"
+    )
+    p.add_argument("--out", default=None, help="output folder (default runs/<timestamp>/NAME)")
+
+
 def script_main(run: RunFn, argv: list[str] | None = None) -> None:
     """``python examples/NAME.py [--fast] [--seed N] [--device D] [--out DIR]``."""
     import inspect
 
     caller = Path(inspect.stack()[1].filename).stem
     p = argparse.ArgumentParser(prog=f"examples/{caller}.py")
-    p.add_argument("--fast", action="store_true", help="small problem, under a minute on 2 cores")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None)
+    add_run_options(p)
     a = p.parse_args(argv)
     res = run_example(
         Example(caller, "", run), fast=a.fast, seed=a.seed, device=a.device, out_dir=a.out

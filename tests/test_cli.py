@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from probml.cli import main
-from probml.registry import Example, ExampleResult, Registry, run_demo
+from probml.registry import Example, ExampleResult, Registry, run_demo, script_main
 
 
 def _ok(fast, seed, device, out_dir):
@@ -45,6 +45,9 @@ def test_bad_seed_or_device_is_a_usage_error_not_a_traceback(argv, message, caps
     reg = Registry([Example("alpha", "first", _ok)])
     with pytest.raises(SystemExit) as exc:
         main(argv, registry=reg)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # examples/NAME.py shares the options
+        script_main(_ok, argv[2:] if argv[0] == "run" else argv[1:])
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
