@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from probml.utils import cholesky_factor
+
 __all__ = [
     "relative_error",
     "qini_curve",
@@ -140,8 +142,8 @@ def gaussian_kl(Sigma: torch.Tensor, Sigma_hat: torch.Tensor) -> float:
     S, H = Sigma.double(), Sigma_hat.double()
     if S.shape != H.shape or S.dim() != 2 or S.shape[0] != S.shape[1]:
         raise ValueError(f"need two d x d matrices, got {tuple(S.shape)} and {tuple(H.shape)}")
-    Lh = torch.linalg.cholesky(H)
-    Ls = torch.linalg.cholesky(S)
+    Lh = cholesky_factor("Sigma_hat", H)
+    Ls = cholesky_factor("Sigma", S)
     tr = torch.cholesky_solve(S, Lh).diagonal().sum()
     logdet_h = 2 * Lh.diagonal().log().sum()
     logdet_s = 2 * Ls.diagonal().log().sum()

@@ -31,6 +31,7 @@ __all__ = [
     "check_finite",
     "check_positive",
     "check_int",
+    "cholesky_factor",
     "keep_global_rng",
     "keep_param_store",
     "module_list",
@@ -197,6 +198,15 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
+
+
+def cholesky_factor(name: str, M: torch.Tensor) -> torch.Tensor:
+    """The lower Cholesky factor of ``M`` (``[...] x d x d``); a ``ValueError`` naming ``name``
+    when it has none (torch's own error names no argument). Only the lower triangle is read."""
+    L, info = torch.linalg.cholesky_ex(M)
+    if bool((info != 0).any()):
+        raise ValueError(f"{name} must be symmetric positive definite (its Cholesky factor failed)")
+    return L
 
 
 def module_list(model: torch.nn.Module, path: str, arg: str) -> torch.nn.ModuleList:

@@ -165,6 +165,60 @@ def _scale_vector_empty():
     ScaleVector(0)
 
 
+def _shift_problem_probability():
+    from probml.models.transfer import BinaryShiftProblem
+
+    BinaryShiftProblem(p=1.5)
+
+
+def _lorenz96_obs_every():
+    from probml.models.dynamics import Lorenz96
+
+    Lorenz96(obs_every=0)
+
+
+def _linear_ssm_not_pd():
+    from probml.models.dynamics import LinearGaussianSSM
+
+    LinearGaussianSSM(torch.eye(2), -torch.eye(2), torch.eye(2), 1.0)
+
+
+def _flow_no_layers():
+    from probml.guides.generators import ConditionalFlow
+
+    ConditionalFlow(1, 2, num_layers=0)
+
+
+def _experiment_reversed_box():
+    from probml.models.experiments import LinearGaussianExperiment
+
+    LinearGaussianExperiment(torch.eye(2), design_bounds=(1.0, -1.0))
+
+
+def _terrain_zero_width():
+    from probml.models.experiments import terrain_cost
+
+    terrain_cost(torch.rand(3, 2), width=0.0)
+
+
+def _lora_negative_alpha():
+    from probml.models.adapters import LoRALinear
+
+    LoRALinear(torch.nn.Linear(3, 3), 2, alpha=-1.0)
+
+
+def _factor_model_no_steps():
+    from probml.models.adapters import fit_spurious_factor
+
+    fit_spurious_factor(torch.randn(4, 8), num_steps=0)
+
+
+def _kl_not_pd():
+    from probml.metrics import gaussian_kl
+
+    gaussian_kl(torch.eye(2), -torch.eye(2))
+
+
 @pytest.mark.parametrize(
     "call, name",
     [
@@ -192,6 +246,15 @@ def _scale_vector_empty():
         (_linear_toy_full_rank_task, "task_rank"),
         (_vp_schedule_negative_beta, "beta_min"),
         (_scale_vector_empty, "dim"),
+        (_shift_problem_probability, "p"),
+        (_lorenz96_obs_every, "obs_every"),
+        (_linear_ssm_not_pd, "Q"),
+        (_flow_no_layers, "num_layers"),
+        (_experiment_reversed_box, "design_bounds"),
+        (_terrain_zero_width, "width"),
+        (_lora_negative_alpha, "alpha"),
+        (_factor_model_no_steps, "num_steps"),
+        (_kl_not_pd, "Sigma_hat"),
     ],
 )
 def test_bad_count_or_scale_is_rejected_by_name(call, name):

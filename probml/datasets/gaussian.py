@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probml.utils import check_int
+from probml.utils import check_int, cholesky_factor
 
 __all__ = [
     "make_sparse_precision",
@@ -66,9 +66,7 @@ def sample_gaussian(Sigma: torch.Tensor, n: int, seed: int | None = 0) -> torch.
     S = torch.as_tensor(Sigma, dtype=torch.float64)
     if S.dim() != 2 or S.shape[0] != S.shape[1]:
         raise ValueError(f"Sigma must be a square d x d matrix, got shape {tuple(S.shape)}")
-    L, info = torch.linalg.cholesky_ex(S)
-    if int(info) != 0:
-        raise ValueError("Sigma must be symmetric positive definite (its Cholesky factor failed)")
+    L = cholesky_factor("Sigma", S)
     return torch.randn(n, S.shape[0], generator=g, dtype=torch.float64) @ L.T
 
 

@@ -24,7 +24,7 @@ import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
-from probml.utils import check_finite, check_positive, keep_global_rng, progress
+from probml.utils import check_finite, check_int, check_positive, keep_global_rng, progress
 
 __all__ = [
     "ConditionalFlow",
@@ -45,6 +45,13 @@ class ConditionalFlow(nn.Module):
 
     def __init__(self, a_dim: int, x_dim: int, hidden: int = 32, num_layers: int = 1):
         super().__init__()
+        for name, value in (
+            ("a_dim", a_dim),
+            ("x_dim", x_dim),
+            ("hidden", hidden),
+            ("num_layers", num_layers),
+        ):
+            check_int(name, value)
         self.a_dim, self.x_dim = int(a_dim), int(x_dim)
         layers: list = []
         if self.a_dim >= 2:  # affine autoregressive blocks with a permutation in between

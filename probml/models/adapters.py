@@ -41,7 +41,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from probml.utils import keep_global_rng, keep_param_store
+from probml.utils import check_int, check_positive, keep_global_rng, keep_param_store
 
 __all__ = [
     "LoRALinear",
@@ -83,6 +83,7 @@ class LoRALinear(nn.Module):
         super().__init__()
         if int(rank) < 1:
             raise ValueError(f"rank must be >= 1, got {rank!r}")
+        check_positive("alpha", alpha)  # 0 adapts nothing, a negative one flips the update
         self.base = base.requires_grad_(False)
         out_f, in_f = base.weight.shape
         w = base.weight
@@ -304,6 +305,13 @@ def fit_spurious_factor(
 
     if b.dim() != 2 or b.shape[0] < 2:
         raise ValueError(f"b must be J x D with J >= 2, got shape {tuple(b.shape)}")
+    for name, value in (
+        ("num_task", num_task),
+        ("num_steps", num_steps),
+        ("num_samples", num_samples),
+    ):
+        check_int(name, value)
+    check_positive("lr", lr)
     b = b / b.norm(dim=-1).mean().clamp_min(1e-12)
     out = {}
     for shared in (True, False):

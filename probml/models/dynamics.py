@@ -29,7 +29,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_int, check_positive, make_generator
+from probml.utils import check_int, check_positive, cholesky_factor, make_generator
 
 __all__ = [
     "GaussianObservation",
@@ -268,12 +268,9 @@ class LinearGaussianSSM(StateSpaceModel):
         init_loc = A.new_zeros(d) if init_loc is None else init_loc
         init_cov = torch.eye(d, dtype=A.dtype, device=A.device) if init_cov is None else init_cov
         super().__init__(
-            d,
-            GaussianObservation(H, obs_noise),
-            torch.linalg.cholesky(Q),
-            init_loc,
-            torch.linalg.cholesky(init_cov),
-        )
+            d, GaussianObservation(H, obs_noise), cholesky_factor("Q", Q), init_loc,
+            cholesky_factor("init_cov", init_cov),
+        )  # fmt: skip
         self.A = A
 
     @classmethod
@@ -288,6 +285,7 @@ class LinearGaussianSSM(StateSpaceModel):
     ) -> LinearGaussianSSM:
         """The spec's test problem: a stable random ``A`` (spectral radius 0.9), a random SPD
         ``Q`` with scale ``process_scale``, every ``obs_every``-th coordinate observed."""
+        dim, obs_every = check_int("dim", dim), check_int("obs_every", obs_every)
         gen = make_generator(generator)
         M = torch.randn(dim, dim, generator=gen, dtype=dtype)
         A = 0.9 * M / torch.linalg.eigvals(M).abs().max()
@@ -430,6 +428,8 @@ class Lorenz96(Lorenz63):
     ):
         if int(dim) < 4:
             raise ValueError(f"dim must be >= 4 for Lorenz-96, got {dim!r}")
+        obs_every = check_int("obs_every", obs_every)
+        check_positive("init_scale", init_scale)
         self.dt = check_positive("dt", dt)
         self.forcing = float(forcing)
         check_positive("process_noise", process_noise)

@@ -21,6 +21,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from probml.utils import check_positive, cholesky_factor
+
 __all__ = [
     "LinearGaussianExperiment",
     "LocationFinding",
@@ -49,9 +51,17 @@ class LinearGaussianExperiment:
         design_bounds: tuple[float, float] = (-1.0, 1.0),
     ):
         self.prior_cov = torch.as_tensor(prior_cov, dtype=torch.float64)
-        self.noise_scale = float(noise_scale)
+        if self.prior_cov.dim() != 2 or self.prior_cov.shape[0] != self.prior_cov.shape[1]:
+            raise ValueError(f"prior_cov must be P x P, got shape {tuple(self.prior_cov.shape)}")
+        cholesky_factor("prior_cov", self.prior_cov)
+        self.noise_scale = check_positive("noise_scale", noise_scale)
         self.D = self.prior_cov.shape[0]
-        self.design_bounds = (float(design_bounds[0]), float(design_bounds[1]))
+        low, high = float(design_bounds[0]), float(design_bounds[1])
+        if not low < high:  # NaN fails too
+            raise ValueError(
+                f"design_bounds must be (low, high) with low < high, got {design_bounds}"
+            )
+        self.design_bounds = (low, high)
         self.prior = dist.MultivariateNormal(
             torch.zeros(self.prior_cov.shape[0], dtype=torch.float64),
             covariance_matrix=self.prior_cov,
@@ -325,6 +335,7 @@ def terrain_cost(
 ) -> torch.Tensor:
     r"""A bump ("terrain") map :math:`c(x) = c_0 + \sum_j h_j \exp(-\|x - m_j\|^2 / 2w^2)`;
     default: two hills in the unit square."""
+    check_positive("width", width)
     if centers is None:
         centers = torch.tensor([[0.3, 0.7], [0.7, 0.3]], dtype=x.dtype, device=x.device)
     sq = ((x.unsqueeze(-2) - centers) ** 2).sum(-1)

@@ -14,6 +14,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from probml.utils import check_int
+
 __all__ = ["bayesian_linear_regression", "linear_regression_posterior", "simulate_linear_data"]
 
 
@@ -72,6 +74,7 @@ def simulate_linear_data(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw ``X`` (``n x d``, standard normal), ``w`` from the prior and ``y``; returns
     ``(X, y, w)``."""
+    n, d = check_int("n", n), check_int("d", d)
     X = torch.randn(n, d, generator=generator)
     w = prior_scale * torch.randn(d, generator=generator)
     y = X @ w + noise_scale * torch.randn(n, generator=generator)

@@ -98,6 +98,14 @@ class BinaryShiftProblem:
     p: float = 0.15
     mu: tuple[float, float] = (0.2, 0.7)
 
+    def __post_init__(self):
+        if not 0 < self.p < 1:  # also rejects NaN
+            raise ValueError(f"p must be in (0, 1), got {self.p!r}")
+        if len(self.mu) != 2 or not all(0 <= m <= 1 for m in self.mu):
+            raise ValueError(
+                f"mu must be two outcome probabilities (a = 0, a = 1), got {self.mu!r}"
+            )
+
     def outcome(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         a = a.reshape(x.shape[:-1]).to(x)
         return self.mu[0] + (self.mu[1] - self.mu[0]) * a
