@@ -29,9 +29,12 @@ def relative_error(estimate: torch.Tensor, truth: torch.Tensor, ord: str | int =
         )
     diff = (estimate - truth).double()
     t = truth.double()
+    norm = t.norm() if diff.dim() == 1 else torch.linalg.matrix_norm(t, ord=ord)
+    if not bool(norm > 0):
+        raise ValueError("truth must be non-zero: the relative error divides by its norm")
     if diff.dim() == 1:
-        return float(diff.norm() / t.norm())
-    return float(torch.linalg.matrix_norm(diff, ord=ord) / torch.linalg.matrix_norm(t, ord=ord))
+        return float(diff.norm() / norm)
+    return float(torch.linalg.matrix_norm(diff, ord=ord) / norm)
 
 
 # ----------------------------------------------------------------------------- ratio effects
@@ -227,6 +230,8 @@ def crps_ensemble(
     Returns:
         ``... x d`` CRPS values (average them for a summary).
     """
+    if particles.dim() < 2:
+        raise ValueError(f"particles must be ... x N x d, got shape {tuple(particles.shape)}")
     if particles.shape[:-2] + particles.shape[-1:] != truth.shape:
         raise ValueError(
             f"truth must have shape {tuple(particles.shape[:-2] + particles.shape[-1:])}, "
@@ -254,7 +259,8 @@ def crps_ensemble(
 # ----------------------------------------------------------------------------- calibration
 def calibration_slope_intercept(p, y) -> tuple[float, float]:
     """Logistic recalibration :math:`\\mathrm{logit}\\, P(Y=1) = a + b\\, \\mathrm{logit}(p)`
-    by maximum likelihood: returns ``(b, a)``; a calibrated model has slope 1, intercept 0."""
+    by maximum likelihood: returns ``(b, a)``; a calibrated model has slope 1, intercept 0.
+    ``p`` is clipped to ``[1e-6, 1 - 1e-6]`` before the logit (0 and 1 have none)."""
     import numpy as np
     from scipy.optimize import minimize
 
@@ -262,6 +268,8 @@ def calibration_slope_intercept(p, y) -> tuple[float, float]:
     y = np.asarray(y, float).reshape(-1)
     if p.shape != y.shape:
         raise ValueError(f"p and y must have the same length, got {p.size} and {y.size}")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("y must be binary (0/1)")
     z = np.log(p / (1 - p))
 
     def nll(theta):

@@ -219,6 +219,27 @@ def _kl_not_pd():
     gaussian_kl(torch.eye(2), -torch.eye(2))
 
 
+def _relative_error_zero_truth():
+    from probml.metrics import relative_error
+
+    relative_error(torch.ones(3, 3), torch.zeros(3, 3))
+
+
+def _crps_no_member_axis():
+    from probml.metrics import crps_ensemble
+
+    crps_ensemble(torch.randn(5), torch.randn(5))
+
+
+def _fair_posterior_no_draws():
+    import numpy as np
+
+    from probml.inference.transport import posterior_fair_predictions
+
+    X, s = np.random.default_rng(0).normal(size=(40, 2)), np.arange(40) % 2
+    posterior_fair_predictions(X, X[:, 0], s, X, s, num_samples=0)
+
+
 @pytest.mark.parametrize(
     "call, name",
     [
@@ -255,6 +276,9 @@ def _kl_not_pd():
         (_lora_negative_alpha, "alpha"),
         (_factor_model_no_steps, "num_steps"),
         (_kl_not_pd, "Sigma_hat"),
+        (_relative_error_zero_truth, "truth"),
+        (_crps_no_member_axis, "particles"),
+        (_fair_posterior_no_draws, "num_samples"),
     ],
 )
 def test_bad_count_or_scale_is_rejected_by_name(call, name):

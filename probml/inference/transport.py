@@ -491,6 +491,8 @@ def posterior_fair_predictions(
     from probml.metrics import unfairness
     from probml.models.regression import linear_outcome_model
 
+    check_int("num_samples", num_samples)
+    check_int("warmup_steps", warmup_steps, 0)
     X, X_new = np.asarray(X, float), np.asarray(X_new, float)
     y = np.asarray(y, float)
     _, s, groups = _check_eta_s(y, sensitive)
