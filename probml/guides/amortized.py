@@ -30,6 +30,7 @@ from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from probml.inference.particles import effective_sample_size, normalize_log_weights, resample
+from probml.models.experiments import check_experiment
 from probml.utils import (
     SavableModule,
     check_finite,
@@ -68,6 +69,7 @@ class ParticlePosterior:
         _log_w: torch.Tensor | None = None,
         _history: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
+        check_experiment(experiment, ("D", "sample_prior", "log_likelihood"))
         self.experiment = experiment
         if _particles is None:
             _particles = experiment.sample_prior(

@@ -40,6 +40,7 @@ from probml.guides.amortized import (
     random_walk_designs,
     train_posterior_net,
 )
+from probml.models.experiments import check_experiment
 from probml.utils import check_int, make_generator, progress
 
 __all__ = [
@@ -274,6 +275,7 @@ def next_design_eig(
 ) -> torch.Tensor:
     """NMC EIG of each candidate design (``C x D`` -> ``C``) under ``posterior`` (a
     :class:`~probml.guides.amortized.ParticlePosterior` or any posterior with ``sample``)."""
+    check_experiment(posterior.experiment, ("rsample_y", "log_likelihood"))
     draws = _draws(posterior, num_outer, make_generator(generator))
     return _eig_given(posterior.experiment, draws, designs)
 
@@ -724,6 +726,7 @@ def run_experiment(
     :class:`ConstraintViolation`.
     """
     check_int("num_steps", num_steps)
+    check_experiment(experiment, ("D", "design_bounds", "sample_prior", "sample_y"))
     cons = Constraints(constraints, experiment.design_bounds)
     # the shape of one prior draw, from a generator of its own (the run's stream is untouched)
     want = tuple(experiment.sample_prior(1, generator=make_generator(0)).shape[1:])

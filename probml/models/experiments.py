@@ -11,11 +11,15 @@ r"""Experimental-design models: Pyro models with a ``theta`` site and an observa
 Shapes: a design ``xi`` is ``batch x D``; ``theta`` is ``batch x P`` (linear) or
 ``batch x K x D`` (location finding); ``y`` is ``batch``. ``log_likelihood`` broadcasts over
 any leading dimensions.
+
+Your own experiment needs no base class: any object with the members of :class:`Experiment`
+runs in the planners, posteriors and bounds (:func:`check_experiment` says which are missing).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol, runtime_checkable
 
 import pyro
 import pyro.distributions as dist
@@ -24,6 +28,8 @@ import torch
 from probml.utils import check_positive, cholesky_factor
 
 __all__ = [
+    "Experiment",
+    "check_experiment",
     "LinearGaussianExperiment",
     "LocationFinding",
     "CES",
@@ -33,6 +39,72 @@ __all__ = [
     "terrain_cost",
     "path_cost",
 ]
+
+
+@runtime_checkable
+class Experiment(Protocol):
+    r"""What the BED planners, posteriors and bounds ask of an experiment (a structural type:
+    no base class is needed).
+
+    One design :math:`\xi \in [\text{low}, \text{high}]^D` gives one scalar outcome
+    :math:`y`. Every method broadcasts over leading dimensions: ``theta`` is ``... x
+    theta_shape``, ``design`` is ``... x D`` and ``y`` is ``...`` (the planners pass, e.g.,
+    ``theta`` as ``1 x N x theta_shape`` against designs ``C x 1 x D``).
+
+    Attributes:
+        D: the design dimension.
+        design_bounds: ``(low, high)``, the box every design lies in.
+    """
+
+    D: int
+    design_bounds: tuple[float, float]
+
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n x theta_shape`` prior draws, from ``generator`` only."""
+        ...
+
+    def sample_y(
+        self, theta: torch.Tensor, design: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        r"""Outcomes :math:`y \sim p(y \mid \theta, \xi)`, from ``generator`` only."""
+        ...
+
+    def rsample_y(
+        self, theta: torch.Tensor, design: torch.Tensor, eps: torch.Tensor
+    ) -> torch.Tensor:
+        """The same outcome as a function of standard-normal noise ``eps`` (shape of ``y``):
+        the planners fix ``eps`` across candidate designs (common random numbers), and SLSQP
+        refinement differentiates it in ``design``. For non-Gaussian noise map ``eps``
+        through the noise's quantile function (CES clips a sigmoid of a Gaussian)."""
+        ...
+
+    def log_likelihood(
+        self, theta: torch.Tensor, design: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        r""":math:`\log p(y \mid \theta, \xi)`, broadcast over leading dimensions."""
+        ...
+
+
+EXPERIMENT_MEMBERS = (
+    "D",
+    "design_bounds",
+    "sample_prior",
+    "sample_y",
+    "rsample_y",
+    "log_likelihood",
+)
+
+
+def check_experiment(experiment, members: tuple[str, ...] = EXPERIMENT_MEMBERS) -> None:
+    """Raise a ``TypeError`` naming the ``members`` of :class:`Experiment` that ``experiment``
+    lacks (``isinstance`` alone would only say no). Each routine asks for what it uses: the
+    random planner and the bounds need no ``rsample_y``, the EIG planners do."""
+    missing = [m for m in members if not hasattr(experiment, m)]
+    if missing:
+        raise TypeError(
+            f"experiment ({type(experiment).__name__}) lacks {missing}: see "
+            "probml.models.experiments.Experiment for what each must do"
+        )
 
 
 class LinearGaussianExperiment:
@@ -74,10 +146,12 @@ class LinearGaussianExperiment:
             return pyro.sample("y", dist.Normal((design * theta).sum(-1), self.noise_scale))
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        r"""``n x P`` draws of :math:`\theta \sim N(0, \Sigma)` (:class:`Experiment`)."""
         L = torch.linalg.cholesky(self.prior_cov)
         return torch.randn(n, L.shape[0], dtype=torch.float64, generator=generator) @ L.T
 
     def sample_y(self, theta: torch.Tensor, design: torch.Tensor, generator=None) -> torch.Tensor:
+        r""":math:`y = \xi^\top\theta + s\varepsilon`, broadcast (:class:`Experiment`)."""
         mean = (design * theta).sum(-1)
         return mean + self.noise_scale * torch.randn(
             mean.shape, dtype=mean.dtype, generator=generator
@@ -90,6 +164,7 @@ class LinearGaussianExperiment:
     def log_likelihood(
         self, theta: torch.Tensor, design: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
+        """Gaussian log density of ``y``, broadcast (:class:`Experiment`)."""
         return dist.Normal((design * theta).sum(-1), self.noise_scale).log_prob(y)
 
     def eig(self, designs: torch.Tensor) -> torch.Tensor:
@@ -152,6 +227,7 @@ class LocationFinding:
             return pyro.sample("y", dist.Normal(self.mean(theta, design), self.noise_scale))
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n x K x D`` source positions from the prior (:class:`Experiment`)."""
         if isinstance(self.prior, dist.Independent) and isinstance(
             self.prior.base_dist, dist.Uniform
         ):
@@ -162,6 +238,7 @@ class LocationFinding:
         return self.prior.sample((n,))
 
     def sample_y(self, theta: torch.Tensor, design: torch.Tensor, generator=None) -> torch.Tensor:
+        """The log signal plus :math:`N(0, s^2)` noise, broadcast (:class:`Experiment`)."""
         m = self.mean(theta, design)
         return m + self.noise_scale * torch.randn(m.shape, dtype=m.dtype, generator=generator)
 
@@ -172,6 +249,7 @@ class LocationFinding:
     def log_likelihood(
         self, theta: torch.Tensor, design: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
+        """Gaussian log density of ``y`` around the log signal (:class:`Experiment`)."""
         m = self.mean(theta, design)
         return (
             -0.5 * ((y - m) / self.noise_scale) ** 2
@@ -297,17 +375,20 @@ class CES:
         return torch.cat([rho[:, None], alpha, log_u[:, None]], -1)
 
     def sample_y(self, theta: torch.Tensor, design: torch.Tensor, generator=None) -> torch.Tensor:
+        """Censored outcomes in ``[eps, 1 - eps]``, broadcast (:class:`Experiment`)."""
         mu, sigma = self._eta(*self._unpack(theta), design)
         eps = torch.randn(mu.shape, dtype=mu.dtype, generator=generator)
         return self.rsample_y(theta, design, eps).detach()
 
     def rsample_y(self, theta: torch.Tensor, design: torch.Tensor, eps: torch.Tensor):
+        """``clip(sigmoid(mu + sigma eps))``: the outcome as a function of the noise."""
         mu, sigma = self._eta(*self._unpack(theta), design)
         return torch.sigmoid(mu + sigma * eps).clamp(self.eps, 1 - self.eps)
 
     def log_likelihood(
         self, theta: torch.Tensor, design: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
+        """:class:`CensoredSigmoidNormal` log density of ``y`` (:class:`Experiment`)."""
         mu, sigma = self._eta(*self._unpack(theta), design)
         return CensoredSigmoidNormal(mu, sigma, self.eps).log_prob(y)
 

@@ -213,3 +213,49 @@ def test_ces_runs_under_a_travel_budget():
     )
     assert r.designs.shape == (4, 6) and sum(r.costs) <= 200 + 1e-9
     assert bool(((r.designs >= 0) & (r.designs <= 100)).all())
+
+
+class _Decay:
+    """y = exp(-k xi) + N(0, 0.05^2), xi in [0, 5]: an experiment with no probml base class."""
+
+    D = 1
+    design_bounds = (0.0, 5.0)
+
+    def sample_prior(self, n, generator=None):
+        return torch.exp(0.5 * torch.randn(n, 1, generator=generator, dtype=torch.float64))
+
+    def _mean(self, theta, design):
+        return torch.exp(-theta[..., 0] * design[..., 0])
+
+    def sample_y(self, theta, design, generator=None):
+        m = self._mean(theta, design)
+        return m + 0.05 * torch.randn(m.shape, generator=generator, dtype=m.dtype)
+
+    def log_likelihood(self, theta, design, y):
+        return torch.distributions.Normal(self._mean(theta, design), 0.05).log_prob(y)
+
+
+def test_a_user_experiment_runs_and_a_missing_member_is_named():
+    from probml.models.experiments import CES, Experiment, LinearGaussianExperiment
+
+    assert all(
+        isinstance(e, Experiment)
+        for e in (LocationFinding(), CES(), LinearGaussianExperiment(torch.eye(2)))
+    )
+    k = torch.tensor([1.3], dtype=torch.float64)
+    # the random planner needs no rsample_y; the EIG planners do, and say so
+    r = run_experiment(_Decay(), RandomFeasiblePlanner(), k, 3, num_particles=256)
+    assert r.designs.shape == (3, 1) and not isinstance(_Decay(), Experiment)
+    with pytest.raises(TypeError, match=r"lacks \['rsample_y'\]"):
+        run_experiment(_Decay(), GreedyPlanner(8, 8), k, 3, num_particles=256)
+    with pytest.raises(TypeError, match="log_likelihood"):
+        ParticlePosterior(object(), 16)
+
+    class Full(_Decay):
+        def rsample_y(self, theta, design, eps):
+            return self._mean(theta, design) + 0.05 * eps
+
+    # the greedy planner measures near xi = 1/k, where y is most sensitive to k
+    r = run_experiment(Full(), GreedyPlanner(32, 32), k, 3, num_particles=1024, seed=0)
+    assert isinstance(Full(), Experiment)
+    assert bool(((r.designs > 0.3) & (r.designs < 1.6)).all())
