@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ __all__ = [
     "SoftCost",
     "Constraints",
     "ConstraintViolation",
+    "Planner",
     "next_design_eig",
     "refine_designs",
     "RandomFeasiblePlanner",
@@ -347,6 +349,27 @@ def refine_designs(
     return torch.where(keep.unsqueeze(-1), refined, starts), torch.where(keep, v_new, v_old)
 
 
+@runtime_checkable
+class Planner(Protocol):
+    """What :func:`run_experiment` asks of a planner (a structural type: no base class)."""
+
+    def plan(
+        self,
+        posterior,
+        prev: torch.Tensor,
+        constraints: Constraints,
+        remaining: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """The next design (``D``), given the current ``posterior`` (it carries the history),
+        the previous design ``prev`` (``D``), the bundled ``constraints`` and the
+        ``remaining`` travel budget (``inf`` without one). Draw randomness from ``generator``
+        only. A design outside the feasible set is never executed: :func:`run_experiment`
+        raises :class:`ConstraintViolation`; :meth:`Constraints.sample` gives feasible
+        candidates and :meth:`Constraints.project` maps a near-feasible design into the set."""
+        ...
+
+
 class RandomFeasiblePlanner:
     """A uniformly random feasible move (respecting the remaining budget)."""
 
@@ -354,6 +377,7 @@ class RandomFeasiblePlanner:
         self.num_candidates = check_int("num_candidates", num_candidates)
 
     def plan(self, posterior, prev, constraints, remaining, generator) -> torch.Tensor:
+        """The next design (see :class:`Planner`)."""
         cand = constraints.sample(prev, self.num_candidates, remaining, generator)
         return cand[torch.randint(0, cand.shape[0], (1,), generator=generator)].squeeze(0)
 
@@ -379,6 +403,7 @@ class GreedyPlanner:
         self.refine_outer = check_int("refine_outer", refine_outer)
 
     def plan(self, posterior, prev, constraints, remaining, generator) -> torch.Tensor:
+        """The next design (see :class:`Planner`)."""
         cand = constraints.sample(prev, self.num_candidates, remaining, generator)
         eig = next_design_eig(posterior, cand, self.num_outer, generator)
         score = constraints.penalise(eig, constraints.soft_cost(prev, cand))
@@ -499,6 +524,7 @@ class ScenarioTreePlanner:
         return float(V[best]), cand[best], float(S[best]), float(W[best])
 
     def plan(self, posterior, prev, constraints, remaining, generator) -> torch.Tensor:
+        """The next design (see :class:`Planner`)."""
         cand = self._root_candidates(posterior, prev, constraints, remaining, generator)
         return self._value(
             posterior, prev, constraints, remaining, self.depth, generator, cand=cand
@@ -532,6 +558,7 @@ class MaskedPolicyPlanner:
         self.policy, self.greedy = policy, greedy
 
     def plan(self, posterior, prev, constraints, remaining, generator) -> torch.Tensor:
+        """The next design (see :class:`Planner`)."""
         cand, logits = _policy_designs(self.policy, posterior, prev, constraints, remaining)
         if self.greedy:
             return cand[0]
@@ -727,6 +754,11 @@ def run_experiment(
     """
     check_int("num_steps", num_steps)
     check_experiment(experiment, ("D", "design_bounds", "sample_prior", "sample_y"))
+    if not isinstance(planner, Planner):
+        raise TypeError(
+            f"planner ({type(planner).__name__}) must have a plan(posterior, prev, constraints, "
+            "remaining, generator) method: see probml.inference.planning.Planner"
+        )
     cons = Constraints(constraints, experiment.design_bounds)
     # the shape of one prior draw, from a generator of its own (the run's stream is untouched)
     want = tuple(experiment.sample_prior(1, generator=make_generator(0)).shape[1:])

@@ -255,6 +255,14 @@ def test_a_user_experiment_runs_and_a_missing_member_is_named():
         def rsample_y(self, theta, design, eps):
             return self._mean(theta, design) + 0.05 * eps
 
+    class StayPut:  # a planner of one's own: no base class either
+        def plan(self, posterior, prev, constraints, remaining, generator):
+            return prev
+
+    r = run_experiment(_Decay(), StayPut(), k, 2, start=torch.tensor([1.0]), num_particles=64)
+    assert torch.equal(r.designs, torch.ones(2, 1, dtype=torch.float64))
+    with pytest.raises(TypeError, match="plan"):
+        run_experiment(_Decay(), object(), k, 2)
     # the greedy planner measures near xi = 1/k, where y is most sensitive to k
     r = run_experiment(Full(), GreedyPlanner(32, 32), k, 3, num_particles=1024, seed=0)
     assert isinstance(Full(), Experiment)
