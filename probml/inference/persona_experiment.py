@@ -23,9 +23,9 @@ from probml.inference.projection import (
     ResidualIntervention,
     SpuriousDirections,
     _residual_blocks,
+    _residual_shift,
     finetune_lora,
     identify_spurious_directions,
-    residual_shift_directions,
 )
 from probml.models.adapters import add_lora, lora_modules
 from probml.models.lm import TinyLM, TinyLMConfig
@@ -219,9 +219,14 @@ def run_persona_methods(
         # documents (their personas are drawn and discarded)
         docs, _, _ = world.sample_documents(shift_docs, generator=seed + 1000)
         docs = docs if shift_prefix is None else docs[:, : int(shift_prefix)]
-        shift = residual_shift_directions(ident, base, docs, through=through)
-        if want is None or "GRASP (residual shift + pull-back)" in want:
-            pulled = residual_shift_directions(ident, base, docs, through=through, pull_back=True)
+        # one pass gives both: the plain directions and (if asked for) the pulled-back ones
+        need_pulled = want is None or "GRASP (residual shift + pull-back)" in want
+        shift, pulled = _residual_shift(
+            ident, base, docs, k=1, through=through, batch_size=256, blocks=None,
+            pull_back=need_pulled,
+        )  # fmt: skip
+        if need_pulled and pulled is None:  # no adapted block before the last: nothing to pull
+            pulled = shift
         diag["residual_shift_cos_per_block"] = [  # nan for a block without adapters
             next((abs(float(U[:, 0] @ u)) for n, U in shift.directions.items()
                   if n.startswith(prefixes[b] + ".")), float("nan"))

@@ -293,6 +293,23 @@ def residual_shift_directions(
         (``singular_values``: the norm of the mean shift, then the principal values; the
         pull-back column carries the last block's mean-shift norm).
     """
+    plain, pulled = _residual_shift(tuned, base, tokens, k, through, batch_size, blocks, pull_back)
+    return plain if pulled is None else pulled
+
+
+def _residual_shift(
+    tuned: nn.Module,
+    base: nn.Module,
+    tokens: torch.Tensor,
+    k: int,
+    through: dict[str, str] | None,
+    batch_size: int,
+    blocks: str | None,
+    pull_back: bool,
+) -> tuple[SpuriousDirections, SpuriousDirections | None]:
+    """:func:`residual_shift_directions` without and (``pull_back``, when a block before the
+    last has adapters) with the pull-back, from one pass over ``tokens``: the plain directions
+    are the same tensors a call with ``pull_back=False`` returns."""
     if int(k) < 1:
         raise ValueError(f"k must be >= 1, got {k!r}")
     k = int(k)
@@ -347,21 +364,27 @@ def residual_shift_directions(
             S += list(evals[-(k - 1) :].flip(-1).clamp_min(0).sqrt())
         per_block[b] = U
         vals[b] = torch.stack([torch.as_tensor(x, dtype=u.dtype) for x in S])
+
+    def result() -> SpuriousDirections:
+        dirs = {n: per_block[b].float().cpu().contiguous() for n, b in owner.items()}
+        svals = {n: vals[b].float().cpu() for n, b in owner.items()}
+        return SpuriousDirections(dirs, dict.fromkeys(owner, "write"), svals)
+
+    plain = result()
     early = [b for b in sorted(set(owner.values())) if b < len(names) - 1]
-    if pull_back and early:
-        if not bool(mean[-1].norm() > 0):
-            raise ValueError(f"the fine-tune did not change block {names[-1]!r}'s output")
-        pulled = _pull_back(base, mean[-1] / mean[-1].norm(), tokens, int(batch_size), blocks)
-        for b in early:
-            g = pulled[b].to(per_block[b])
-            if not bool(g.norm() > 0):
-                raise ValueError(f"the last block's output does not depend on {names[b]!r}")
-            U = torch.cat([per_block[b], (g / g.norm())[:, None]], 1)
-            per_block[b] = torch.linalg.qr(U)[0]
-            vals[b] = torch.cat([vals[b], mean[-1].norm()[None]])
-    dirs = {n: per_block[b].float().cpu().contiguous() for n, b in owner.items()}
-    svals = {n: vals[b].float().cpu() for n, b in owner.items()}
-    return SpuriousDirections(dirs, dict.fromkeys(owner, "write"), svals)
+    if not (pull_back and early):
+        return plain, None
+    if not bool(mean[-1].norm() > 0):
+        raise ValueError(f"the fine-tune did not change block {names[-1]!r}'s output")
+    pulled = _pull_back(base, mean[-1] / mean[-1].norm(), tokens, int(batch_size), blocks)
+    for b in early:
+        g = pulled[b].to(per_block[b])
+        if not bool(g.norm() > 0):
+            raise ValueError(f"the last block's output does not depend on {names[b]!r}")
+        U = torch.cat([per_block[b], (g / g.norm())[:, None]], 1)
+        per_block[b] = torch.linalg.qr(U)[0]
+        vals[b] = torch.cat([vals[b], mean[-1].norm()[None]])
+    return plain, result()
 
 
 def _pull_back(

@@ -806,6 +806,17 @@ def test_residual_shift_pull_back_on_a_per_token_stand_in():
     assert float((g - U @ (U.T @ g)).norm()) < 1e-5  # in the span
     assert float((g - U[:, :1] @ (U[:, :1].T @ g)).norm()) > 1e-2  # and adds to it
     assert dirs.singular_values[first].shape == (2,)
+    # one pass for both (what the persona runner uses): the same tensors as two calls
+    from probml.inference.projection import _residual_shift
+
+    both = _residual_shift(tuned, base, tokens, 1, None, 7, None, pull_back=True)
+    plain7 = residual_shift_directions(tuned, base, tokens, batch_size=7)  # same summation
+    for got, want in zip(both, (plain7, dirs)):
+        assert got.directions.keys() == want.directions.keys()
+        assert all(torch.equal(got.directions[n], want.directions[n]) for n in got.directions)
+        assert all(
+            torch.equal(got.singular_values[n], want.singular_values[n]) for n in got.directions
+        )
 
 
 def test_residual_shift_with_adapters_on_some_blocks_only():
