@@ -69,6 +69,7 @@ class Example:
 
 
 def default_examples_dir() -> Path:
+    """``$PROBML_EXAMPLES_DIR``, else ``examples/`` beside the package in the checkout."""
     env = os.environ.get("PROBML_EXAMPLES_DIR")
     if env:
         return Path(env)
@@ -113,9 +114,11 @@ class Registry:
             self._paths = {p.stem: p for p in sorted(d.glob("*.py")) if not p.stem.startswith("_")}
 
     def names(self) -> list[str]:
+        """The registered example names, sorted."""
         return sorted(self._examples) if self._examples is not None else sorted(self._paths)
 
     def get(self, name: str) -> Example:
+        """The example ``name`` (loaded on first use); a ``KeyError`` lists the valid names."""
         if name not in self.names():
             valid = ", ".join(self.names()) or "(none)"
             raise KeyError(f"unknown example {name!r}; valid names: {valid}")
@@ -124,6 +127,7 @@ class Registry:
         return _load_example(self._paths[name])
 
     def describe(self) -> list[tuple[str, str]]:
+        """``(name, description)`` of every example, as ``probml list`` prints them."""
         return [(n, self.get(n).description) for n in self.names()]
 
 

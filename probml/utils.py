@@ -243,6 +243,7 @@ class SavableModule(torch.nn.Module):
     config: dict
 
     def save(self, path) -> None:
+        """Write the constructor config and the weights to ``path`` (see ``load``)."""
         torch.save({"config": self.config, "state_dict": self.state_dict()}, path)
 
     @classmethod

@@ -96,6 +96,7 @@ class ParticlePosterior:
         return float(effective_sample_size(self.log_weights))
 
     def normalized_log_weights(self) -> torch.Tensor:
+        """``M`` log-weights that log-sum-exp to zero."""
         return normalize_log_weights(self.log_weights)
 
     def sample(self, n: int, generator=None) -> torch.Tensor:
@@ -109,6 +110,7 @@ class ParticlePosterior:
         return self.particles[idx]
 
     def mean(self) -> torch.Tensor:
+        """The weighted mean of the particles (``theta_shape``)."""
         w = self.normalized_log_weights().exp()
         return (w.reshape(-1, *([1] * (self.particles.dim() - 1))) * self.particles).sum(0)
 
@@ -153,6 +155,7 @@ class GaussianPosterior:
         return torch.distributions.MultivariateNormal(self.loc, covariance_matrix=self.cov)
 
     def condition(self, design: torch.Tensor, y) -> GaussianPosterior:
+        """The exact posterior after ``y`` at ``design`` (``... x P`` and ``...``: batched)."""
         _check_design(design, self.loc.shape[-1])
         y = torch.as_tensor(y, dtype=self.loc.dtype)
         s2 = self.experiment.noise_scale**2
@@ -165,6 +168,7 @@ class GaussianPosterior:
         return GaussianPosterior(self.experiment, loc, cov)
 
     def sample(self, n: int, generator=None) -> torch.Tensor:
+        """``n x [batch x] P`` draws, with ``generator`` only."""
         L = torch.linalg.cholesky(self.cov)
         z = torch.randn(
             check_int("n", n),
@@ -175,9 +179,11 @@ class GaussianPosterior:
         return self.loc + (L @ z.unsqueeze(-1)).squeeze(-1)
 
     def log_prob(self, theta: torch.Tensor) -> torch.Tensor:
+        """The Gaussian log density of ``theta`` (``... x P``)."""
         return self._dist().log_prob(theta)
 
     def mean(self) -> torch.Tensor:
+        """The posterior mean (``[batch x] P``)."""
         return self.loc
 
 

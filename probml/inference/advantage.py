@@ -363,6 +363,7 @@ class SPOTracker:
         self.discount = discount
 
     def baseline(self, prompts: torch.Tensor) -> torch.Tensor:
+        """The tracked Beta means ``a / (a + b)`` of ``prompts`` (indices, ``B``)."""
         return self.a[prompts] / (self.a[prompts] + self.b[prompts])
 
     def advantages(self, prompts: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,7 @@ BASIS_FORMS = ("basis-linearised", "basis-calibrated")  # other "basis*" names u
 
 
 def check_estimator(estimator: str) -> None:
+    """Raise a ``ValueError`` unless ``estimator`` is one of the known advantage estimators."""
     if estimator not in SINGLE_ROLLOUT + GROUP:
         raise ValueError(f"estimator must be one of {SINGLE_ROLLOUT + GROUP}, got {estimator!r}")
 

@@ -404,6 +404,9 @@ class DRRatioLearner(_PseudoOutcomeLearner):
         self.random_state = random_state
 
     def fit(self, X, w, y, propensity: Propensity = None) -> DRRatioLearner:
+        """Cross-fit the nuisances and fit the final model: ``X`` ``n x d``, binary ``w``,
+        non-negative ``y``; ``propensity`` known (a float or a callable of ``X``) or ``None``
+        (fitted)."""
         if self.floor is not None:
             _check_floor(self.floor)
         X, w, y = check_ratio_inputs(X, w, y)
@@ -463,6 +466,9 @@ class QDRLearner(_PseudoOutcomeLearner):
         self.random_state = random_state
 
     def fit(self, X, w, y, propensity: Propensity = None) -> QDRLearner:
+        """Cross-fit the nuisances and fit the final model: ``X`` ``n x d``, binary ``w``,
+        non-negative ``y``; ``propensity`` known (a float or a callable of ``X``) or ``None``
+        (fitted)."""
         if self.negative_weights not in ("keep", "clip"):
             raise ValueError(
                 f"negative_weights must be 'keep' or 'clip', got {self.negative_weights!r}"
@@ -518,6 +524,9 @@ class LinearisedRatioLearner(_PseudoOutcomeLearner):
         self.random_state = random_state
 
     def fit(self, X, w, y, propensity: Propensity = None) -> LinearisedRatioLearner:
+        """Cross-fit the nuisances and fit the final model: ``X`` ``n x d``, binary ``w``,
+        non-negative ``y``; ``propensity`` known (a float or a callable of ``X``) or ``None``
+        (fitted)."""
         _check_floor(self.floor)
         X, w, y = check_ratio_inputs(X, w, y)
         mu0, mu1, phi0, phi1 = self._pseudo_outcomes(X, w, y, propensity)
@@ -586,6 +595,9 @@ class BayesianQLearner(_RatioLearner):
     @keep_global_rng
     @keep_param_store
     def fit(self, X, w, y, propensity: float | None = None) -> BayesianQLearner:
+        """Posterior of the two logistic models: ``X`` ``n x d``, binary ``w`` and ``y``;
+        ``propensity`` a known constant in (0, 1), or ``None`` (the propensity model is fitted
+        jointly)."""
         import pyro
         import torch
         from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO

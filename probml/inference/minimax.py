@@ -232,6 +232,7 @@ class _Validated:
         return np.stack((1 - p, p), axis=1)
 
     def predict(self, X) -> np.ndarray:
+        """``n`` labels in {0, 1}: the class probability thresholded at 0.5."""
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
 
@@ -244,6 +245,8 @@ class ERMOnX(_Validated):
 
     @keep_global_rng
     def fit(self, X_source, A_source, y_source, X_target=None):
+        """Fit on the source sample (``n_S x d_x``, ``A`` ``n_S [x d_a]``, binary ``y``);
+        ``X_target`` (default ``X_source``) is only checked, for the same call as :class:`DRUM`."""
         X_target = X_source if X_target is None else X_target
         Xs, _, ys, _ = self._check_fit(X_source, A_source, y_source, X_target)
         self.net_ = _fit_logistic_net(Xs, ys, self.linear, self.hidden, self.num_iters, self.seed)
@@ -265,6 +268,8 @@ class ImputationBaseline(_Validated):
 
     @keep_global_rng
     def fit(self, X_source, A_source, y_source, X_target=None):
+        """Fit on the source sample (``n_S x d_x``, ``A`` ``n_S [x d_a]``, binary ``y``);
+        ``X_target`` (default ``X_source``) is only checked, for the same call as :class:`DRUM`."""
         X_target = X_source if X_target is None else X_target
         Xs, As, ys, _ = self._check_fit(X_source, A_source, y_source, X_target)
         binary = _is_binary(As)

@@ -246,6 +246,9 @@ class PACEGGM(_PrivateCovariance):
         self.verbose = verbose
 
     def fit(self, X, y=None) -> PACEGGM:
+        """Release the covariance of ``X`` (``n x d``, clipped to ``bounds`` per coordinate)
+        under the privacy budget; ``y`` is ignored (scikit-learn convention). Every check
+        runs before any noise is drawn."""
         if self.diagonal not in ("scaled", "isotropic"):
             raise ValueError(f"diagonal must be 'scaled' or 'isotropic', got {self.diagonal!r}")
         if self.selection not in ("exponential", "permute_and_flip"):
@@ -387,6 +390,7 @@ class GaussianMechanismCovariance(_PrivateCovariance):
         return torch.full((iu.shape[1],), l2 / math.sqrt(2.0 * rho), dtype=torch.float64), l2
 
     def fit(self, X, y=None):
+        """Release the covariance of ``X`` (``n x d``) as the baseline does; ``y`` is ignored."""
         X, b, budget = self._prepare(X)
         n, d = X.shape
         S = X.T @ X / n

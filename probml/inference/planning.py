@@ -89,6 +89,7 @@ class StepBound:
             raise ValueError(f"norm must be 'inf' or '2', got {self.norm!r}")
 
     def distance(self, prev: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """The move's length in the bound's norm (``...``; broadcast over leading dims)."""
         d = xi - prev
         return d.abs().amax(-1) if self.norm == "inf" else d.norm(dim=-1)
 
@@ -106,6 +107,7 @@ class TravelBudget:
             raise ValueError(f"budget must be > 0, got {self.budget}")
 
     def edge_cost(self, prev: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """The move's cost (``...``): ``cost(prev, xi)``, or its Euclidean length."""
         return _l2(prev, xi) if self.cost is None else self.cost(prev, xi)
 
 
@@ -122,6 +124,7 @@ class SoftCost:
             raise ValueError(f"lam must be >= 0, got {self.lam}")
 
     def edge_cost(self, prev: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """The move's cost (``...``): ``cost(prev, xi)``, or its Euclidean length."""
         return _l2(prev, xi) if self.cost is None else self.cost(prev, xi)
 
 
@@ -164,6 +167,7 @@ class Constraints:
         return self.budget.edge_cost(prev, xi)
 
     def soft_cost(self, prev: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """The :class:`SoftCost` edge cost of the move (zero without one)."""
         if self.soft is None:
             return torch.zeros(xi.shape[:-1], dtype=xi.dtype, device=xi.device)
         return self.soft.edge_cost(prev, xi)

@@ -370,6 +370,13 @@ class FairRegressor(BaseEstimator):
         )
 
     def fit(self, X, y, sensitive) -> FairRegressor:
+        """Fit the regressor ``eta`` and the fairness map.
+
+        Args:
+            X: ``n x d`` covariates (without the sensitive attribute).
+            y: ``n`` real outcomes.
+            sensitive: ``n`` group labels (two or more groups).
+        """
         if self.penalty not in ("w2", "tv"):
             raise ValueError(f"penalty must be 'w2' or 'tv', got {self.penalty!r}")
         lam = _check_strength(self.strength)
@@ -436,6 +443,8 @@ class FairRegressor(BaseEstimator):
         return self
 
     def predict(self, X, sensitive=None) -> np.ndarray:
+        """``n`` fair predictions at ``X`` (``n x d``); ``sensitive`` (``n`` labels seen in
+        :meth:`fit`) is required for an aware model and refused for an unaware one."""
         if not hasattr(self, "eta_model_"):
             raise RuntimeError("FairRegressor is not fitted; call fit(X, y, sensitive) first")
         X = np.asarray(X, float)

@@ -155,6 +155,8 @@ class StateSpaceModel:
 
     # --- dynamics -------------------------------------------------------------------------
     def drift(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The mean of :math:`x_t` given :math:`x_{t-1}` = ``x`` (``... x d -> ... x d``):
+        what a subclass defines."""
         raise NotImplementedError
 
     @property

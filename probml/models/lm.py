@@ -202,9 +202,11 @@ class TinyLM(nn.Module):
         return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
     def num_parameters(self) -> int:
+        """The number of parameters (tied embeddings counted once)."""
         return sum(p.numel() for p in self.parameters())
 
     def save(self, path: str | Path) -> None:
+        """Write the config and the weights to ``path`` (read back by :meth:`load`)."""
         torch.save({"config": asdict(self.cfg), "state": self.state_dict()}, path)
 
     @classmethod
