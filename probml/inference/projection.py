@@ -528,7 +528,7 @@ class GRASP:
                         if not bool((r > 1e-6 * r.max()).all()):
                             raise ValueError(
                                 f"the directions of {f.name!r} (pulled back through its "
-                                "frozen linear where ``through`` names it) are linearly "
+                                "frozen linear where `through` names it) are linearly "
                                 "dependent; pass independent columns"
                             )
                         out = (side, Q)
@@ -609,8 +609,9 @@ class ResidualIntervention:
         if bad:
             raise ValueError(f"layers {bad} out of range for a model with {len(found)} blocks")
         self.blocks = [found[i] for i in idx]
-        _check_basis("u", u.reshape(-1))
-        self.u = (u / u.norm()).reshape(-1)
+        u = torch.as_tensor(u).reshape(-1)
+        _check_basis("u", u)
+        self.u = u / u.norm()
         self.mode, self.alpha = mode, float(alpha)
         self._handles: list = []
 

@@ -125,7 +125,7 @@ class LinearGaussianExperiment:
         self.prior_cov = torch.as_tensor(prior_cov, dtype=torch.float64)
         if self.prior_cov.dim() != 2 or self.prior_cov.shape[0] != self.prior_cov.shape[1]:
             raise ValueError(f"prior_cov must be P x P, got shape {tuple(self.prior_cov.shape)}")
-        cholesky_factor("prior_cov", self.prior_cov)
+        self._prior_tril = cholesky_factor("prior_cov", self.prior_cov)
         self.noise_scale = check_positive("noise_scale", noise_scale)
         self.D = self.prior_cov.shape[0]
         low, high = float(design_bounds[0]), float(design_bounds[1])
@@ -147,7 +147,7 @@ class LinearGaussianExperiment:
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         r"""``n x P`` draws of :math:`\theta \sim N(0, \Sigma)` (:class:`Experiment`)."""
-        L = torch.linalg.cholesky(self.prior_cov)
+        L = self._prior_tril
         return torch.randn(n, L.shape[0], dtype=torch.float64, generator=generator) @ L.T
 
     def sample_y(self, theta: torch.Tensor, design: torch.Tensor, generator=None) -> torch.Tensor:
