@@ -34,6 +34,7 @@ from probml.utils import check_int, check_positive
 
 __all__ = [
     "ACTIVATIONS",
+    "register_activation",
     "ScaleVector",
     "Norm",
     "ScaledLinear",
@@ -58,6 +59,49 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid,
 }
 DEFAULT_DICTIONARY = ("identity", "relu", "relu2", "leaky_relu", "gelu", "silu", "tanh")
+_BUILT_IN = frozenset(ACTIVATIONS)
+
+
+def register_activation(
+    name: str, fn: Callable[[torch.Tensor], torch.Tensor], overwrite: bool = False
+) -> None:
+    r"""Add an activation to :data:`ACTIVATIONS`, so that LA / MoA dictionaries can name it.
+
+    Dictionaries hold names, not functions, so that a model's config stays plain data:
+    :meth:`probml.models.lm.TinyLM.load` rebuilds the FFN from the names, and a model saved with
+    a registered activation loads only after the same ``register_activation`` call.
+
+    Args:
+        name: the name dictionaries use (a non-empty string).
+        fn: an elementwise map ``... x h -> ... x h`` that keeps shape, dtype and device, and is
+            differentiable where it is used (it is checked on a small probe tensor).
+        overwrite: replace an activation already registered under ``name``. The built-in names
+            (``identity``, ``relu``, ...) cannot be replaced: the tests and the benchmark
+            tables refer to them.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if name in _BUILT_IN:
+        raise ValueError(f"name {name!r} is a built-in activation and cannot be replaced")
+    if name in ACTIVATIONS and not overwrite:
+        raise ValueError(f"an activation named {name!r} is registered; pass overwrite=True")
+    probe = torch.linspace(-3.0, 3.0, 12, dtype=torch.float64).reshape(2, 2, 3)
+    out = fn(probe)
+    if not isinstance(out, torch.Tensor) or out.shape != probe.shape or out.dtype != probe.dtype:
+        raise ValueError(
+            f"fn must map a tensor elementwise (same shape and dtype): on a float64 2 x 2 x 3 "
+            f"probe it returned {type(out).__name__}"
+            + (
+                f" of shape {tuple(out.shape)} and dtype {out.dtype}"
+                if torch.is_tensor(out)
+                else ""
+            )
+        )
+    if not torch.isfinite(out).all():
+        raise ValueError("fn must be finite on [-3, 3]")
+    ACTIVATIONS[name] = fn
 
 
 def _check_dictionary(dictionary: Sequence[str]) -> tuple[str, ...]:
@@ -66,7 +110,10 @@ def _check_dictionary(dictionary: Sequence[str]) -> tuple[str, ...]:
         raise ValueError("the activation dictionary must not be empty")
     unknown = [a for a in dictionary if a not in ACTIVATIONS]
     if unknown:
-        raise ValueError(f"unknown activations {unknown}; available: {sorted(ACTIVATIONS)}")
+        raise ValueError(
+            f"unknown activations {unknown}; available: {sorted(ACTIVATIONS)} "
+            "(add your own with probml.models.layers.register_activation)"
+        )
     return dictionary
 
 

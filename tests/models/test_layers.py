@@ -177,3 +177,58 @@ def test_stochastic_gates_mean_field_is_the_moa_layer_and_svi_runs():
     for kw, name in (({"noise": 0.0}, "noise"), ({"temperature": -1.0}, "temperature")):
         with pytest.raises(ValueError, match=name):
             StochasticGates(layer, **kw)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A private copy of the activation registry, restored after the test."""
+    from probml.models import layers
+
+    monkeypatch.setattr(layers, "ACTIVATIONS", dict(layers.ACTIVATIONS))
+    return layers
+
+
+def test_registered_activation_is_used_by_la_moa_and_tinylm(registry, tmp_path):
+    from probml.models.lm import TinyLM, TinyLMConfig
+
+    registry.register_activation("test_softplus", torch.nn.functional.softplus)
+    # known answer: a width-1 LA over {relu, softplus} represents relu + 0.5 softplus exactly
+    x = torch.linspace(-2, 2, 201, dtype=torch.float64)[:, None]
+    y = torch.relu(x[:, 0]) + 0.5 * torch.nn.functional.softplus(x[:, 0])
+    assert fit_shallow_net("la", ("relu", "test_softplus"), x, y, restarts=4)[0] < 1e-8
+    assert fit_shallow_net("la", ("relu",), x, y, restarts=4)[0] > 1e-3
+    # the MoA layer at init (gates 1) is the sum of the dictionary's activations
+    layer = MixtureOfActivationsFFN(5, 7, "I", dictionary=("test_softplus",))
+    h = torch.randn(3, 5)
+    with torch.no_grad():
+        expected = layer.w3(torch.nn.functional.softplus(layer.w1(h)))
+        assert torch.allclose(layer(h), expected, atol=1e-6)
+    # a TinyLM naming it saves and loads (the config holds the name)
+    ffn = {"kind": "moa", "dictionary": ("relu", "test_softplus")}
+    lm = TinyLM(TinyLMConfig(vocab_size=11, d_model=16, n_heads=2, n_layers=1, context=8, ffn=ffn))
+    lm.save(tmp_path / "lm.pt")
+    tok = torch.randint(0, 11, (2, 8))
+    assert torch.equal(TinyLM.load(tmp_path / "lm.pt")(tok), lm(tok))
+
+
+def test_register_activation_rejects_bad_input(registry):
+    with pytest.raises(ValueError, match="built-in"):
+        registry.register_activation("relu", torch.sigmoid)
+    with pytest.raises(ValueError, match="name"):
+        registry.register_activation("", torch.sigmoid)
+    with pytest.raises(TypeError, match="fn must be callable"):
+        registry.register_activation("x", 3.0)
+    with pytest.raises(ValueError, match="elementwise"):
+        registry.register_activation("x", lambda z: z.sum(-1))
+    with pytest.raises(ValueError, match="elementwise"):
+        registry.register_activation("x", lambda z: z.float())
+    with pytest.raises(ValueError, match="finite"):
+        registry.register_activation("x", torch.log)
+    assert "x" not in registry.ACTIVATIONS  # nothing half-registered
+    registry.register_activation("x", torch.sin)
+    with pytest.raises(ValueError, match="overwrite=True"):
+        registry.register_activation("x", torch.cos)
+    registry.register_activation("x", torch.cos, overwrite=True)
+    assert registry.ACTIVATIONS["x"] is torch.cos
+    with pytest.raises(ValueError, match="register_activation"):
+        LearnableActivationFFN(4, 8, dictionary=("relu", "not_registered"))
