@@ -450,7 +450,9 @@ def covariance_posterior(
         method: ``"nuts"``, ``"svi"`` (AutoMultivariateNormal) or ``"auto"`` (NUTS for d <= 20).
         scale_prior: HalfNormal scales of the marginal sds (default: the public bounds / 2), or
             a distribution over the ``d`` scales.
-        prior: a user prior over the Cholesky factor of ``Sigma`` (support ``lower_cholesky``).
+        prior: a user prior over the Cholesky factor of ``Sigma`` (support ``lower_cholesky``;
+            see :func:`probml.models.gaussian.private_covariance_model` for how NUTS and the
+            autoguide reach it).
 
     Returns:
         ``num_samples x d x d`` posterior draws.

@@ -11,15 +11,129 @@ where :math:`\sigma_e` is the privacy noise of measurement :math:`e` and :math:`
 sampling variance of a Gaussian second moment. User priors: any positive distribution over
 the ``d`` scales (``scale_prior``), or a prior over the Cholesky factor of :math:`\Sigma`
 itself (``prior``, support ``lower_cholesky``) replacing the LKJ x scales default.
+
+torch registers no bijection onto ``lower_cholesky`` (its ``LowerCholeskyTransform`` ignores the
+upper triangle, so it is not one), and NUTS and Pyro's autoguides need one. A prior with that
+support is therefore wrapped in :class:`CholeskyFactorPrior`, which keeps its density and adds
+:class:`LowerCholeskyBijection`: :math:`\mathbb R^{d(d+1)/2} \to` lower-triangular matrices
+with a positive diagonal, the diagonal through ``exp``.
 """
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
+from torch.distributions import biject_to, transform_to
+from torch.distributions.transforms import Transform
 
-__all__ = ["private_covariance_model"]
+__all__ = ["private_covariance_model", "CholeskyFactorPrior", "LowerCholeskyBijection"]
+
+
+class _LowerCholeskyWithBijection(type(constraints.lower_cholesky)):
+    """``lower_cholesky`` (the same set), with :class:`LowerCholeskyBijection` registered."""
+
+
+lower_cholesky_bijective = _LowerCholeskyWithBijection()
+
+
+def _tril_size(n: int) -> int:
+    d = (math.isqrt(8 * n + 1) - 1) // 2
+    if d * (d + 1) // 2 != n:
+        raise ValueError(f"a vector of length {n} is not the lower triangle of a square matrix")
+    return d
+
+
+class LowerCholeskyBijection(Transform):
+    r"""Bijection from :math:`\mathbb R^{d(d+1)/2}` onto ``d x d`` lower-triangular matrices
+    with a positive diagonal: the vector fills the lower triangle row by row
+    (``torch.tril_indices`` order) and the diagonal entries pass through ``exp``. Its log
+    Jacobian determinant is :math:`\sum_i \log L_{ii}`. Shapes: ``... x d(d+1)/2`` to
+    ``... x d x d``."""
+
+    domain = constraints.real_vector
+    codomain = lower_cholesky_bijective
+    bijective = True
+
+    def __eq__(self, other):
+        return isinstance(other, LowerCholeskyBijection)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        d = _tril_size(x.shape[-1])
+        i, j = torch.tril_indices(d, d, device=x.device)
+        diag = i == j  # exp on the diagonal only (an unused inf would give NaN gradients)
+        x = torch.where(diag, torch.where(diag, x, 0.0).exp(), x)
+        L = x.new_zeros(*x.shape[:-1], d, d)
+        L[..., i, j] = x
+        return L
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        d = y.shape[-1]
+        i, j = torch.tril_indices(d, d, device=y.device)
+        v = y[..., i, j]
+        diag = i == j  # log on the diagonal only (log 0 off it would give NaN gradients)
+        return torch.where(diag, torch.where(diag, v, 1.0).log(), v)
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+    def forward_shape(self, shape):
+        d = _tril_size(shape[-1])
+        return (*shape[:-1], d, d)
+
+    def inverse_shape(self, shape):
+        d = shape[-1]
+        return (*shape[:-2], d * (d + 1) // 2)
+
+
+@biject_to.register(_LowerCholeskyWithBijection)
+@transform_to.register(_LowerCholeskyWithBijection)
+def _to_lower_cholesky(constraint):
+    return LowerCholeskyBijection()
+
+
+class CholeskyFactorPrior(dist.TorchDistribution):
+    """``base`` (a distribution over ``d x d`` lower Cholesky factors) with the same samples
+    and density, and a support that NUTS and Pyro's autoguides can map to an unconstrained
+    space (:class:`LowerCholeskyBijection`).
+
+    Example: a Wishart prior on ``Sigma``, written over its Cholesky factor,
+    ``CholeskyFactorPrior(TransformedDistribution(Wishart(df, S), CholeskyTransform()))``
+    (torch's Wishart sampler warns "Singular sample detected" on every draw, whether or not it
+    is singular: pytorch/pytorch#122021). A prior built on :class:`LowerCholeskyBijection`
+    itself, ``TransformedDistribution(Normal(loc, scale).to_event(1), LowerCholeskyBijection())``,
+    needs no wrapper.
+    """
+
+    arg_constraints: dict = {}
+    support = lower_cholesky_bijective
+
+    def __init__(self, base: dist.Distribution, validate_args=None):
+        if len(base.event_shape) != 2 or base.event_shape[0] != base.event_shape[1]:
+            raise ValueError(
+                f"base must have a square d x d event shape, got {tuple(base.event_shape)}"
+            )
+        self.base = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=validate_args)
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.base.has_rsample
+
+    def sample(self, sample_shape=()):
+        return self.base.sample(sample_shape)
+
+    def rsample(self, sample_shape=()):
+        return self.base.rsample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base.log_prob(value)
+
+    def expand(self, batch_shape, _instance=None):
+        return CholeskyFactorPrior(self.base.expand(batch_shape))
 
 
 def private_covariance_model(
@@ -44,7 +158,9 @@ def private_covariance_model(
             (event shape ``(d,)``), e.g. ``HalfCauchy(...).to_event(1)``.
         eta: LKJ concentration.
         prior: optional user prior over the Cholesky factor of ``Sigma`` (event shape
-            ``(d, d)``, support ``lower_cholesky``), replacing the LKJ x scales default.
+            ``(d, d)``), replacing the LKJ x scales default. One with support
+            ``lower_cholesky`` is wrapped in :class:`CholeskyFactorPrior`, so NUTS and
+            autoguides can use it; any other support is used as given.
 
     Returns:
         ``Sigma`` (``d x d``), also recorded as the deterministic site ``"Sigma"``.
@@ -60,6 +176,13 @@ def private_covariance_model(
         s = pyro.sample("scales", scale_dist)
         Lc = s.unsqueeze(-1) * L
     else:
+        if tuple(prior.event_shape) != (dim, dim):
+            raise ValueError(
+                f"prior must be over d x d = {dim} x {dim} Cholesky factors, got event shape "
+                f"{tuple(prior.event_shape)}"
+            )
+        if type(prior.support) is type(constraints.lower_cholesky):  # no bijection: add ours
+            prior = CholeskyFactorPrior(prior)
         Lc = pyro.sample("L_sigma", prior)
     Sigma = pyro.deterministic("Sigma", Lc @ Lc.transpose(-1, -2))
     i, j = entries[:, 0], entries[:, 1]

@@ -1,5 +1,8 @@
+import math
+
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 from pyro import poutine
 
@@ -30,3 +33,117 @@ def test_private_covariance_model_likelihood_and_priors():
         entries, None, scales, 3, 100, prior=delta_prior
     )
     assert torch.allclose(tr3.nodes["Sigma"]["value"], L @ L.T)
+
+
+def test_lower_cholesky_bijection_round_trip_and_jacobian():
+    from probml.models.gaussian import LowerCholeskyBijection
+
+    t = LowerCholeskyBijection()
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 6, dtype=torch.float64)  # batch 5 x 2, d = 3
+    L = t(x)
+    assert L.shape == (5, 2, 3, 3) == t.forward_shape(x.shape)
+    assert t.inverse_shape(L.shape) == x.shape
+    assert torch.equal(L, L.tril()) and (L.diagonal(dim1=-2, dim2=-1) > 0).all()
+    assert torch.allclose(t.inv(L), x)
+    # log |det J| against autograd's Jacobian of x -> the lower triangle of L
+    i, j = torch.tril_indices(3, 3)
+    x0 = x[0, 0]
+    J = torch.autograd.functional.jacobian(lambda v: t(v)[i, j], x0)
+    assert torch.allclose(t.log_abs_det_jacobian(x0, t(x0)), torch.linalg.slogdet(J)[1])
+    # finite gradients both ways where an off-diagonal entry is 0 or large (NUTS starts
+    # from such points)
+    eye = torch.eye(3, dtype=torch.float64, requires_grad=True)
+    t.inv(eye).sum().backward()
+    assert torch.isfinite(eye.grad).all()
+    big = torch.full((6,), 800.0, dtype=torch.float64)
+    big[[0, 2, 5]] = 0.0  # diagonal entries, tril order
+    big.requires_grad_(True)
+    t(big).sum().backward()
+    assert torch.isfinite(big.grad).all()
+    with pytest.raises(ValueError, match="lower triangle"):
+        t(torch.zeros(4))
+
+
+def _flat_likelihood_nuts(prior, num_samples=400):
+    # two measurements with noise sd 1e4: the posterior is the prior
+    from pyro.infer import MCMC, NUTS
+
+    kw = dict(
+        entries=torch.tensor([[0, 0], [0, 1]]),
+        values=torch.tensor([1.0, 0.3], dtype=torch.float64),
+        noise_scales=torch.tensor([1e4, 1e4], dtype=torch.float64),
+        dim=2,
+        n=100,
+    )
+    pyro.set_rng_seed(0)
+    mcmc = MCMC(
+        NUTS(private_covariance_model), num_samples=num_samples, warmup_steps=200,
+        disable_progbar=True,
+    )  # fmt: skip
+    mcmc.run(prior=prior, **kw)
+    return mcmc.get_samples()["L_sigma"]
+
+
+def test_a_lower_cholesky_prior_runs_under_nuts_and_is_recovered():
+    # torch registers no bijection onto lower_cholesky; the model wraps such a prior in
+    # CholeskyFactorPrior. With a flat likelihood NUTS must return the prior: a Wishart on
+    # Sigma (E Sigma = df S), written over its Cholesky factor.
+    import warnings
+
+    from pyro.distributions.transforms import CholeskyTransform
+
+    S = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
+    df = torch.tensor(5.0, dtype=torch.float64)
+    wishart = dist.TransformedDistribution(
+        dist.Wishart(df, covariance_matrix=S), CholeskyTransform()
+    )
+    with warnings.catch_warnings():  # torch flags every Wishart draw as singular (#122021)
+        warnings.filterwarnings("ignore", "Singular sample detected")
+        L = _flat_likelihood_nuts(wishart)
+    Sigma = L @ L.mT
+    # closed forms: E Sigma = df S; E log det Sigma = sum_i digamma((df - i) / 2) + d log 2
+    # + log det S. A dropped Jacobian moves the log det mean by 0.6 and the diagonal by 16-20 %;
+    # with these draws the errors are 0.01 and under 3 %
+    i = torch.arange(2, dtype=torch.float64)
+    exact = torch.special.digamma((df - i) / 2).sum() + 2 * math.log(2) + torch.logdet(S)
+    assert abs(torch.logdet(Sigma).mean() - exact) < 0.25
+    ratio = Sigma.mean(0).diagonal() / (df * S).diagonal()
+    assert ((ratio > 0.9) & (ratio < 1.1)).all(), ratio
+
+
+def test_a_log_cholesky_gaussian_prior_is_recovered_with_its_jacobian():
+    from probml.models.gaussian import LowerCholeskyBijection
+
+    t = LowerCholeskyBijection()
+    loc = torch.tensor([0.2, -0.5, 0.1], dtype=torch.float64)
+    prior = dist.TransformedDistribution(dist.Normal(loc, 0.5).to_event(1), t)
+    v = t.inv(_flat_likelihood_nuts(prior))
+    # a prior built on the bijection itself is used without a wrapper; its Jacobian cancels
+    # against the one NUTS adds, so this checks the path, not the Jacobian (tested above)
+    assert torch.allclose(v.mean(0), loc, atol=0.1), v.mean(0)
+    assert ((v.std(0) > 0.4) & (v.std(0) < 0.6)).all(), v.std(0)
+
+
+def test_user_prior_in_svi_and_bad_event_shape():
+    from probml.models.gaussian import CholeskyFactorPrior, LowerCholeskyBijection
+
+    entries = torch.tensor([[0, 0], [1, 1], [0, 1]])
+    scales = torch.full((3,), 0.1, dtype=torch.float64)
+    values = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    prior = dist.TransformedDistribution(
+        dist.Normal(torch.zeros(3, dtype=torch.float64), 1.0).to_event(1), LowerCholeskyBijection()
+    )
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoMultivariateNormal
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoMultivariateNormal(private_covariance_model)
+    svi = SVI(private_covariance_model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    losses = [svi.step(entries, values, scales, 2, 100, prior=prior) for _ in range(300)]
+    assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20
+    with pytest.raises(ValueError, match="prior must be over d x d = 3 x 3"):
+        private_covariance_model(entries, None, scales, 3, 100, prior=prior)
+    with pytest.raises(ValueError, match="square"):
+        CholeskyFactorPrior(dist.Normal(torch.zeros(3), 1.0).to_event(1))
