@@ -32,6 +32,7 @@ __all__ = [
     "check_positive",
     "check_int",
     "cholesky_factor",
+    "check_prior",
     "keep_global_rng",
     "keep_param_store",
     "module_list",
@@ -207,6 +208,37 @@ def cholesky_factor(name: str, M: torch.Tensor) -> torch.Tensor:
     if bool((info != 0).any()):
         raise ValueError(f"{name} must be symmetric positive definite (its Cholesky factor failed)")
     return L
+
+
+def check_prior(
+    name: str,
+    prior: torch.distributions.Distribution,
+    event_shape: tuple[int, ...],
+    dtype: torch.dtype | None = None,
+) -> torch.distributions.Distribution:
+    """Check a user prior: a distribution with event shape ``event_shape`` and no batch shape.
+    When ``dtype`` is given and the prior has a mean, its mean must have that dtype (a float32
+    prior meets a float64 design in a matrix product, whose error names no argument). A prior
+    with the right shape as a batch names ``.to_event``. Returns ``prior``."""
+    if not isinstance(prior, torch.distributions.Distribution):
+        raise TypeError(f"{name} must be a distribution, got {type(prior).__name__}")
+    batch, event = tuple(prior.batch_shape), tuple(prior.event_shape)
+    if batch or event != tuple(event_shape):
+        hint = ""
+        if batch + event == tuple(event_shape):
+            hint = f" (declare the batch dimensions as event: .to_event({len(batch)}))"
+        raise ValueError(
+            f"{name} must have event shape {tuple(event_shape)} and no batch shape, got batch "
+            f"shape {batch} and event shape {event}{hint}"
+        )
+    if dtype is not None:
+        try:
+            got = prior.mean.dtype
+        except (NotImplementedError, AttributeError):  # no closed-form mean: dtype unknown
+            return prior
+        if got != dtype:
+            raise ValueError(f"{name} must be built from {dtype} tensors like the data, got {got}")
+    return prior
 
 
 def module_list(model: torch.nn.Module, path: str, arg: str) -> torch.nn.ModuleList:

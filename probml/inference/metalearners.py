@@ -36,7 +36,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from probml.utils import check_int, check_positive, keep_global_rng, keep_param_store
+from probml.utils import check_int, check_positive, check_prior, keep_global_rng, keep_param_store
 
 __all__ = [
     "QLearner",
@@ -552,7 +552,8 @@ class BayesianQLearner(_RatioLearner):
 
     Args:
         method: ``"nuts"`` or ``"svi"``.
-        prior_q, prior_e: user priors over the ``d + 1`` coefficients (intercept first).
+        prior_q, prior_e: user priors over the ``d + 1`` coefficients (intercept first, then the
+            standardised covariates): float64, event shape ``(d + 1,)``.
         num_samples, warmup_steps: NUTS settings; ``num_samples`` is also the number of draws
             from the SVI guide.
         svi_steps, lr: SVI settings.
@@ -624,6 +625,9 @@ class BayesianQLearner(_RatioLearner):
         self.x_mean_, self.x_scale_ = X.mean(0), X.std(0) + 1e-12
         self.n_features_in_ = X.shape[1]
         D = self._design(X)
+        for name in ("prior_q", "prior_e"):  # before any sampling; d + 1 = intercept + covariates
+            if getattr(self, name) is not None:
+                check_prior(name, getattr(self, name), (D.shape[1],), D.dtype)
         conv = torch.as_tensor(y > 0)
         wt = torch.as_tensor(w, dtype=torch.float64)
         self._model_kwargs = dict(

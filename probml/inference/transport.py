@@ -35,7 +35,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KNeighborsRegressor
 
-from probml.utils import check_int, keep_global_rng
+from probml.utils import check_int, check_prior, keep_global_rng
 
 __all__ = [
     "w2_interpolation_weight",
@@ -490,6 +490,10 @@ def posterior_fair_predictions(
     ``eta`` at ``X_new`` is mapped by :func:`fair_w2_aware` (reference: the draw's own
     predictions on the training data), and its W2 unfairness recorded.
 
+    ``coef_prior``: a float64 distribution with event shape ``(p,)``, ``p = 1 + d + (G - 1)``:
+    the intercept, the ``d`` standardised covariates, and an indicator for every group but the
+    first (the groups in sorted order).
+
     Returns:
         ``(fair_draws, unfairness_draws)``: ``num_samples x m`` and ``num_samples``.
     """
@@ -521,6 +525,8 @@ def posterior_fair_predictions(
         return torch.as_tensor(np.column_stack(cols), dtype=torch.float64)
 
     Z, Zn = design(X, s), design(X_new, s_new)
+    if coef_prior is not None:  # intercept, covariates, one indicator per group but the first
+        check_prior("coef_prior", coef_prior, (Z.shape[1],), Z.dtype)
     pyro.set_rng_seed(seed)
     mcmc = MCMC(
         NUTS(linear_outcome_model, full_mass=True),

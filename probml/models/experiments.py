@@ -25,7 +25,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_positive, cholesky_factor
+from probml.utils import check_positive, check_prior, cholesky_factor
 
 __all__ = [
     "Experiment",
@@ -209,11 +209,7 @@ class LocationFinding:
                 torch.zeros(self.K, self.D, dtype=torch.float64),
                 torch.ones(self.K, self.D, dtype=torch.float64),
             ).to_event(2)
-        if tuple(prior.event_shape) != (self.K, self.D):
-            raise ValueError(
-                f"prior must have event shape ({self.K}, {self.D}), got {tuple(prior.event_shape)}"
-            )
-        self.prior = prior
+        self.prior = check_prior("prior", prior, (self.K, self.D))
 
     def mean(self, theta: torch.Tensor, design: torch.Tensor) -> torch.Tensor:
         """``theta``: ``... x K x D``; ``design``: ``... x D`` -> ``...``."""

@@ -30,6 +30,8 @@ from pyro.distributions import constraints
 from torch.distributions import biject_to, transform_to
 from torch.distributions.transforms import Transform
 
+from probml.utils import check_prior
+
 __all__ = ["private_covariance_model", "CholeskyFactorPrior", "LowerCholeskyBijection"]
 
 
@@ -167,8 +169,8 @@ def private_covariance_model(
     """
     dtype = noise_scales.dtype
     if prior is None:
-        if isinstance(scale_prior, dist.Distribution):
-            scale_dist = scale_prior
+        if isinstance(scale_prior, torch.distributions.Distribution):
+            scale_dist = check_prior("scale_prior", scale_prior, (dim,))
         else:
             kappa = torch.as_tensor(scale_prior, dtype=dtype).expand(dim)
             scale_dist = dist.HalfNormal(kappa).to_event(1)
@@ -176,11 +178,7 @@ def private_covariance_model(
         s = pyro.sample("scales", scale_dist)
         Lc = s.unsqueeze(-1) * L
     else:
-        if tuple(prior.event_shape) != (dim, dim):
-            raise ValueError(
-                f"prior must be over d x d = {dim} x {dim} Cholesky factors, got event shape "
-                f"{tuple(prior.event_shape)}"
-            )
+        check_prior("prior", prior, (dim, dim))  # over d x d Cholesky factors of Sigma
         if type(prior.support) is type(constraints.lower_cholesky):  # no bijection: add ours
             prior = CholeskyFactorPrior(prior)
         Lc = pyro.sample("L_sigma", prior)

@@ -14,7 +14,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_int
+from probml.utils import check_int, check_prior
 
 __all__ = ["bayesian_linear_regression", "linear_regression_posterior", "simulate_linear_data"]
 
@@ -42,8 +42,7 @@ def bayesian_linear_regression(
     n, d = X.shape
     if prior is None:
         prior = dist.Normal(X.new_zeros(d), prior_scale).to_event(1)
-    if prior.event_shape != (d,):
-        raise ValueError(f"prior must have event_shape ({d},), got {tuple(prior.event_shape)}")
+    check_prior("prior", prior, (d,))
     w = pyro.sample("w", prior)  # batch x 1 x d under a particle plate, else d
     # w: batch x 1 x d inside enclosing plates (the data plate is dim -1) -> mean: batch x n
     mean = (w * X).sum(-1)

@@ -15,6 +15,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from probml.utils import check_prior
+
 __all__ = ["linear_outcome_model"]
 
 
@@ -33,7 +35,7 @@ def linear_outcome_model(
     """
     p = Z.shape[-1]
     prior = (
-        coef_prior
+        check_prior("coef_prior", coef_prior, (p,), Z.dtype)
         if coef_prior is not None
         else dist.Normal(torch.zeros(p, dtype=Z.dtype), coef_scale).to_event(1)
     )

@@ -22,6 +22,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from probml.utils import check_prior
+
 __all__ = ["ratio_q_model", "default_coef_prior"]
 
 
@@ -55,7 +57,9 @@ def ratio_q_model(
     """
     p = Xq.shape[-1]
     prior_q = (
-        prior_q if prior_q is not None else default_coef_prior(p, dtype=Xq.dtype, device=Xq.device)
+        check_prior("prior_q", prior_q, (p,), Xq.dtype)
+        if prior_q is not None
+        else default_coef_prior(p, dtype=Xq.dtype, device=Xq.device)
     )
     beta_q = pyro.sample("beta_q", prior_q)
     with pyro.plate("converters", Xq.shape[0]):
@@ -64,7 +68,7 @@ def ratio_q_model(
         if Xe is None or we is None:
             raise ValueError("Xe and we are required when e0 is not given")
         prior_e = (
-            prior_e
+            check_prior("prior_e", prior_e, (p,), Xe.dtype)
             if prior_e is not None
             else default_coef_prior(p, dtype=Xq.dtype, device=Xq.device)
         )

@@ -73,5 +73,5 @@ def test_user_prior_and_seed_reproducible():
         importance_sample(
             bayesian_linear_regression, None, X, y, num_particles=5, max_plate_nesting=-1
         )
-    with pytest.raises(ValueError, match="event_shape"):
+    with pytest.raises(ValueError, match="prior must have event shape"):
         bayesian_linear_regression(X, y, prior=dist.Normal(0.0, 1.0))
