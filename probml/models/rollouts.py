@@ -49,6 +49,31 @@ def _check_batch(rewards: torch.Tensor, p0: torch.Tensor) -> tuple[torch.Tensor,
     return r, p
 
 
+def _check_grid(grid, min_size: int = 1) -> torch.Tensor:
+    grid = torch.as_tensor(grid)
+    finite = bool(torch.isfinite(grid).all())
+    if grid.dim() != 1 or grid.numel() < min_size or not finite:
+        raise ValueError(
+            f"c_grid must be a vector of >= {min_size} finite values, got shape "
+            f"{tuple(grid.shape)}" + ("" if finite else " with non-finite entries")
+        )
+    return grid
+
+
+def _check_c_probs(c_probs, grid: torch.Tensor) -> torch.Tensor:
+    """A prior over the drift grid: ``G`` finite non-negative weights, not all zero
+    (normalised by the Categorical, as Pyro does)."""
+    c_probs = torch.as_tensor(c_probs)
+    if c_probs.shape != grid.shape:
+        raise ValueError(
+            f"c_probs must have one entry per c_grid value ({grid.numel()}), got shape "
+            f"{tuple(c_probs.shape)}"
+        )
+    if not bool((torch.isfinite(c_probs) & (c_probs >= 0)).all()) or not c_probs.sum() > 0:
+        raise ValueError("c_probs must be finite, non-negative and not all zero")
+    return c_probs
+
+
 @config_enumerate
 def logit_shift_model(
     p0: torch.Tensor,
@@ -64,7 +89,7 @@ def logit_shift_model(
         rewards: ``B`` observed binary rewards (``None`` to simulate).
         c_grid: ``G`` candidate drifts ``c = 1/beta`` (default ``0 .. 4``); ``c`` is a discrete
             site, enumerated in parallel by ``TraceEnum_ELBO`` / :func:`bayesian_loo_baseline`.
-        c_probs: ``G`` prior probabilities (default uniform).
+        c_probs: ``G`` prior weights on ``c_grid`` (default uniform; normalised).
         tau: prompt-specific drift scale (``0``: none).
 
     Returns:
@@ -72,8 +97,10 @@ def logit_shift_model(
     """
     if c_grid is None:
         c_grid = torch.linspace(0.0, 4.0, 17, dtype=p0.dtype, device=p0.device)
+    c_grid = _check_grid(c_grid)
     if c_probs is None:
         c_probs = torch.full_like(c_grid, 1.0 / c_grid.numel())
+    c_probs = _check_c_probs(c_probs, c_grid)
     k = pyro.sample("c_index", dist.Categorical(c_probs))
     shift = c_grid[k]
     with pyro.plate("prompts", p0.shape[-1], dim=-1):
@@ -105,6 +132,8 @@ def bayesian_loo_baseline(
         ``B`` baselines (and the ``G`` posterior).
     """
     rewards, p0 = _check_batch(rewards, p0)
+    if c_grid is not None:
+        c_grid = _check_grid(c_grid).to(p0)
     enum_model = poutine.enum(logit_shift_model, first_available_dim=-2)
     tr = poutine.trace(enum_model).get_trace(p0, rewards, c_grid, c_probs)
     tr.compute_log_prob()
@@ -159,11 +188,7 @@ class DriftFilter:
         step_sds: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3),
     ):
         grid = torch.linspace(0.0, 4.0, 81, dtype=torch.float64) if c_grid is None else c_grid
-        grid = torch.as_tensor(grid, dtype=torch.float64)
-        if grid.dim() != 1 or grid.numel() < 2 or not bool(torch.isfinite(grid).all()):
-            raise ValueError(
-                f"c_grid must be a vector of >= 2 finite values, got shape {tuple(grid.shape)}"
-            )
+        grid = _check_grid(torch.as_tensor(grid, dtype=torch.float64), min_size=2)
         sds = torch.as_tensor(step_sds, dtype=torch.float64)
         if sds.dim() != 1 or sds.numel() == 0 or not bool((sds > 0).all()):
             raise ValueError(

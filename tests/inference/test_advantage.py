@@ -543,3 +543,25 @@ def test_gp_basis_runs_in_the_bandit_loop_and_needs_features():
     r = torch.tensor([[1.0], [0.0], [1.0]], dtype=torch.float64)
     with pytest.raises(ValueError, match="features"):
         advantages_and_values("gp-basis", r, torch.full((3,), 0.5), torch.arange(3))
+
+
+def test_drift_prior_is_checked_by_name():
+    # before: a c_probs of the wrong length failed in a broadcast, a c_grid shorter than
+    # c_probs with an IndexError, a NaN in c_grid deep in Pyro's Bernoulli
+    from probml.models.rollouts import bayesian_loo_baseline
+
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    p0 = torch.tensor([0.3, 0.5, 0.6, 0.2], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"c_probs must have one entry per c_grid value \(17\)"):
+        bayesian_loo_baseline(r, p0, c_probs=torch.ones(3) / 3)
+    with pytest.raises(ValueError, match=r"c_probs must have one entry per c_grid value \(5\)"):
+        bayesian_loo_baseline(r, p0, c_grid=torch.linspace(0, 4, 5), c_probs=torch.ones(17))
+    with pytest.raises(ValueError, match="c_probs must be finite, non-negative"):
+        bayesian_loo_baseline(r, p0, c_probs=torch.tensor([-0.1] + [1.1 / 16] * 16))
+    with pytest.raises(ValueError, match="c_grid must be a vector .* non-finite"):
+        bayesian_loo_baseline(r, p0, c_grid=torch.tensor([0.0, float("nan")]))
+    # legal: unnormalised weights (normalised, as by Pyro's Categorical) and a one-point grid
+    a = bayesian_loo_baseline(r, p0, c_probs=2 * torch.ones(17))
+    assert torch.allclose(a, bayesian_loo_baseline(r, p0))
+    one = bayesian_loo_baseline(r, p0, c_grid=[1.0])
+    assert torch.allclose(one, torch.sigmoid(torch.logit(p0) + 1.0))
