@@ -74,7 +74,7 @@ def register_activation(
     Args:
         name: the name dictionaries use (a non-empty string).
         fn: an elementwise map ``... x h -> ... x h`` that keeps shape, dtype and device, and is
-            differentiable where it is used (it is checked on a small probe tensor).
+            differentiable where it is used. It is checked on a small float32 CPU probe tensor.
         overwrite: replace an activation already registered under ``name``. The built-in names
             (``identity``, ``relu``, ...) cannot be replaced: the tests and the benchmark
             tables refer to them.
@@ -87,11 +87,11 @@ def register_activation(
         raise ValueError(f"name {name!r} is a built-in activation and cannot be replaced")
     if name in ACTIVATIONS and not overwrite:
         raise ValueError(f"an activation named {name!r} is registered; pass overwrite=True")
-    probe = torch.linspace(-3.0, 3.0, 12, dtype=torch.float64).reshape(2, 2, 3)
+    probe = torch.linspace(-3.0, 3.0, 12, dtype=torch.float32).reshape(2, 2, 3)
     out = fn(probe)
     if not isinstance(out, torch.Tensor) or out.shape != probe.shape or out.dtype != probe.dtype:
         raise ValueError(
-            f"fn must map a tensor elementwise (same shape and dtype): on a float64 2 x 2 x 3 "
+            f"fn must map a tensor elementwise (same shape and dtype): on a float32 2 x 2 x 3 "
             f"probe it returned {type(out).__name__}"
             + (
                 f" of shape {tuple(out.shape)} and dtype {out.dtype}"

@@ -221,7 +221,7 @@ def test_register_activation_rejects_bad_input(registry):
     with pytest.raises(ValueError, match="elementwise"):
         registry.register_activation("x", lambda z: z.sum(-1))
     with pytest.raises(ValueError, match="elementwise"):
-        registry.register_activation("x", lambda z: z.float())
+        registry.register_activation("x", lambda z: z.double())
     with pytest.raises(ValueError, match="finite"):
         registry.register_activation("x", torch.log)
     assert "x" not in registry.ACTIVATIONS  # nothing half-registered
