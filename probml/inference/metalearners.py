@@ -137,6 +137,22 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def _check_mean_models(learner, *names: str) -> None:
+    """Each named nuisance model must give a mean: a regressor's ``predict``, or a classifier's
+    ``predict_proba``. A classifier without it (``LinearSVC``, ``SVC(probability=False)``)
+    would give labels, which would be read as probabilities."""
+    from sklearn.base import is_classifier
+
+    for name in names:
+        model = getattr(learner, name)
+        if model is not None and is_classifier(model) and not hasattr(model, "predict_proba"):
+            raise TypeError(
+                f"{name}: {type(model).__name__} is a classifier without predict_proba, so it "
+                "gives labels, not probabilities; wrap it in "
+                "sklearn.calibration.CalibratedClassifierCV"
+            )
+
+
 def _mean_prediction(model, X: np.ndarray) -> np.ndarray:
     """``P(label 1 | X)`` for a classifier, ``predict(X)`` for a regressor."""
     if hasattr(model, "predict_proba"):
@@ -231,6 +247,7 @@ class QLearner(_RatioLearner):
         X, w, y = check_ratio_inputs(X, w, y)
         clip = _check_clip(self.clip)
         _propensity_values(propensity, X)  # validate before any fitting
+        _check_mean_models(self, "classifier", "propensity_model")
         clf = self.classifier if self.classifier is not None else _default_classifier()
         emodel = self.propensity_model if self.propensity_model is not None else clf
         self.q_models_, self.e_models_ = [], []
@@ -296,6 +313,7 @@ class SRatioLearner(_RatioLearner):
         _check_floor(self.floor)
         X, w, y = check_ratio_inputs(X, w, y)
         _propensity_values(propensity, X)
+        _check_mean_models(self, "model")
         m = self.model if self.model is not None else _default_outcome_model(y)
         self.model_ = _fit(m, np.column_stack([X, w]), y)
         self.n_features_in_ = X.shape[1]
@@ -321,6 +339,7 @@ class TRatioLearner(_RatioLearner):
         _check_floor(self.floor)
         X, w, y = check_ratio_inputs(X, w, y)
         _propensity_values(propensity, X)
+        _check_mean_models(self, "model", "model_treated")
         m0 = self.model if self.model is not None else _default_outcome_model(y)
         m1 = self.model_treated if self.model_treated is not None else m0
         self.model0_ = _fit(m0, X[w == 0], y[w == 0])
@@ -341,6 +360,7 @@ class _PseudoOutcomeLearner(_RatioLearner):
     def _pseudo_outcomes(self, X, w, y, propensity):
         clip = _check_clip(self.clip)
         known = _propensity_values(propensity, X)
+        _check_mean_models(self, "outcome_model", "propensity_model")
         m_out = self.outcome_model if self.outcome_model is not None else _default_outcome_model(y)
         m_e = self.propensity_model if self.propensity_model is not None else _default_classifier()
         n = len(y)
@@ -474,6 +494,7 @@ class QDRLearner(_PseudoOutcomeLearner):
                 f"negative_weights must be 'keep' or 'clip', got {self.negative_weights!r}"
             )
         _check_floor(self.floor, upper=0.5)  # p is clipped to [floor, 1 - floor]
+        _check_mean_models(self, "classifier")
         X, w, y = check_ratio_inputs(X, w, y)
         _, _, phi0, phi1 = self._pseudo_outcomes(X, w, y, propensity)
         n = len(y)

@@ -283,3 +283,28 @@ def test_real_datasets_load_offline():
     assert np.all(np.isfinite(q.effect(d.X)))
     with pytest.raises(ValueError, match="available"):
         load_ratio_dataset("criteo")
+
+
+@pytest.mark.parametrize(
+    "make, slot",
+    [
+        (lambda m: QLearner(classifier=m), "classifier"),
+        (lambda m: QLearner(propensity_model=m), "propensity_model"),
+        (lambda m: SRatioLearner(model=m), "model"),
+        (lambda m: TRatioLearner(model_treated=m), "model_treated"),
+        (lambda m: DRRatioLearner(outcome_model=m), "outcome_model"),
+        (lambda m: DRRatioLearner(propensity_model=m), "propensity_model"),
+        (lambda m: QDRLearner(classifier=m), "classifier"),
+        (lambda m: LinearisedRatioLearner(propensity_model=m), "propensity_model"),
+    ],
+)
+def test_a_classifier_without_predict_proba_is_named(make, slot):
+    # before: its hard labels were read as probabilities (clipped to [clip, 1 - clip]) and a
+    # wrong effect came back without a word
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import LinearSVC
+
+    d = make_ratio_data(2000, base_logit=-1.0, seed=0)
+    with pytest.raises(TypeError, match=f"{slot}: LinearSVC is a classifier without predict_proba"):
+        make(LinearSVC()).fit(d.X, d.w, d.y)
+    make(CalibratedClassifierCV(LinearSVC(), cv=3)).fit(d.X, d.w, d.y)  # the suggested fix
