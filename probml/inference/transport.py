@@ -412,7 +412,7 @@ class FairRegressor(BaseEstimator):
         self.eta_model_ = clone(est).fit(self._design(X[train], s[train]), y[train])
         self.p_ = np.array([np.mean(s == g) for g in groups])
         Xc, sc = X[cal], s[cal]
-        eta_c = self.eta_model_.predict(self._design(Xc, sc))
+        eta_c = self._eta(self._design(Xc, sc))
         ext = self.extension if self.extension is not None else KNeighborsRegressor(15)
         if self.aware:
             if self.penalty == "w2":
@@ -429,6 +429,11 @@ class FairRegressor(BaseEstimator):
                 if self.group_classifier is not None
                 else LogisticRegression(max_iter=2000)
             )
+            if not hasattr(clf, "predict_proba"):
+                raise TypeError(
+                    f"group_classifier: {type(clf).__name__} has no predict_proba; the unaware "
+                    "maps need P(S | X) (wrap it in sklearn.calibration.CalibratedClassifierCV)"
+                )
             self.group_model_ = clone(clf).fit(X[train], s[train] == groups[1])
             pi = self.group_model_.predict_proba(Xc)[:, 1]
             p1 = self.p_[1]
@@ -441,6 +446,18 @@ class FairRegressor(BaseEstimator):
             self.extension_ = clone(ext).fit(Z, f - eta_c)
         self.n_features_in_ = X.shape[1]
         return self
+
+    def _eta(self, Z: np.ndarray) -> np.ndarray:
+        """The base model's ``n`` predictions; an ``n x 1`` column (as some wrappers return)
+        is flattened, anything else is an error naming ``estimator``."""
+        eta = np.asarray(self.eta_model_.predict(Z), dtype=float)
+        if eta.shape == (len(Z), 1):
+            eta = eta[:, 0]
+        if eta.shape != (len(Z),):
+            raise ValueError(
+                f"estimator must predict one value per row: {len(Z)} rows gave shape {eta.shape}"
+            )
+        return eta
 
     def predict(self, X, sensitive=None) -> np.ndarray:
         """``n`` fair predictions at ``X`` (``n x d``); ``sensitive`` (``n`` labels seen in
@@ -459,13 +476,13 @@ class FairRegressor(BaseEstimator):
             unknown = set(np.unique(s)) - set(self.groups_)
             if unknown:
                 raise ValueError(f"sensitive has groups not seen in fit: {sorted(unknown)}")
-            eta = self.eta_model_.predict(self._design(X, s))
+            eta = self._eta(self._design(X, s))
             if self.penalty == "w2":
                 return self.maps_.transport(eta, s, self.t_)
             return eta + self.extension_.predict(np.column_stack([eta, s == self.groups_[1]]))
         if sensitive is not None:
             raise ValueError("an unaware model must not be given sensitive at prediction time")
-        eta = self.eta_model_.predict(X)
+        eta = self._eta(X)
         pi = self.group_model_.predict_proba(X)[:, 1]
         return eta + self.extension_.predict(np.column_stack([eta, _delta(pi, self.p_[1])]))
 

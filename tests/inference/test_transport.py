@@ -213,3 +213,33 @@ def test_wage_data_loads_offline():
     d = load_wage_data("cps78_85")
     assert d.X.shape[0] == len(d.y) == len(d.sensitive) and set(np.unique(d.sensitive)) == {0, 1}
     assert "female" not in d.feature_names
+
+
+def test_base_model_column_output_and_a_group_classifier_without_probabilities():
+    # before: an n x 1 prediction failed in NumPy ("object too deep"), and an unaware fit with
+    # a LinearSVC group classifier failed with an AttributeError after the base model's fit
+    from sklearn.base import BaseEstimator, RegressorMixin
+    from sklearn.linear_model import LinearRegression
+    from sklearn.svm import LinearSVC
+
+    class Columns(BaseEstimator, RegressorMixin):
+        def __init__(self, k=1):
+            self.k = k
+
+        def fit(self, X, y):
+            self.m_ = LinearRegression().fit(X, y)
+            return self
+
+        def predict(self, X):
+            return np.repeat(self.m_.predict(X)[:, None], self.k, 1)
+
+    rng = np.random.default_rng(0)
+    X, s = rng.normal(size=(400, 2)), rng.integers(0, 2, 400)
+    y = X @ [1.0, -0.5] + s + 0.3 * rng.normal(size=400)
+    col = FairRegressor(Columns(1), strength=0.5, random_state=0).fit(X, y, s)
+    flat = FairRegressor(LinearRegression(), strength=0.5, random_state=0).fit(X, y, s)
+    assert np.allclose(col.predict(X[:20], s[:20]), flat.predict(X[:20], s[:20]))
+    with pytest.raises(ValueError, match="estimator must predict one value per row"):
+        FairRegressor(Columns(2), strength=0.5).fit(X, y, s)
+    with pytest.raises(TypeError, match="group_classifier: LinearSVC has no predict_proba"):
+        FairRegressor(aware=False, group_classifier=LinearSVC()).fit(X, y, s)
