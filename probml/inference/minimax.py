@@ -129,6 +129,37 @@ class _MLP(nn.Module):
         return self.net((z - self.loc) / self.scale).squeeze(-1)
 
 
+class _PerRow(nn.Module):
+    """A user's predictor or outcome model, held to one value per row of its first argument
+    ``x`` (``... x d -> ...``): an ``... x 1`` output (``nn.Linear(d, 1)``) is squeezed; any
+    other shape names the argument, where broadcasting would silently pair every row with
+    every other."""
+
+    def __init__(self, fn: Callable, name: str):
+        super().__init__()
+        self.fn, self.name = fn, name
+
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        out = self.fn(x, *rest)
+        rows = x.shape[:-1]
+        if out.shape == (*rows, 1):
+            out = out.squeeze(-1)
+        if out.shape != rows:
+            raise ValueError(
+                f"{self.name} must return one value per row of x: x of shape "
+                f"{tuple(x.shape)} gave {tuple(out.shape)}"
+            )
+        return out
+
+
+def _resolve_outcome(outcome_model, Xs, As, ys, seed: int) -> Callable:
+    """The user's callable ``mu(x, a)`` (held to one value per row), or a model of the named
+    kind fitted to the given source rows."""
+    if callable(outcome_model) and not isinstance(outcome_model, str):
+        return _PerRow(outcome_model, "outcome_model")
+    return fit_outcome_model(Xs, As, ys, outcome_model, seed=seed)
+
+
 class _Outcome(nn.Module):
     """mu(x, a) = sigmoid(net([x, a]))."""
 
@@ -273,11 +304,7 @@ class ImputationBaseline(_Validated):
         X_target = X_source if X_target is None else X_target
         Xs, As, ys, _ = self._check_fit(X_source, A_source, y_source, X_target)
         binary = _is_binary(As)
-        self.mu_ = (
-            self.outcome_model
-            if callable(self.outcome_model)
-            else fit_outcome_model(Xs, As, ys, self.outcome_model, seed=self.seed)
-        )
+        self.mu_ = _resolve_outcome(self.outcome_model, Xs, As, ys, self.seed)
         self.g0_ = fit_source_conditional(As, Xs, binary=binary, seed=self.seed, verbose=False)
         return self
 
@@ -302,9 +329,12 @@ class DRUM(_Validated):
         bias_correction: apply the cross-fitted correction (``divergence="kl"`` only).
         n_folds: cross-fitting folds of the correction.
         predictor: ``"mlp"`` (default), ``"linear"`` (logistic), ``"constant"`` or an
-            ``nn.Module`` mapping ``n x d_x`` to logits ``n``.
-        outcome_model: ``"mlp"``, ``"linear"`` or a callable ``mu(x, a)`` (then treated as
-            known).
+            ``nn.Module`` mapping ``n x d_x`` to logits ``n`` (trained in place; an ``n x 1``
+            output is squeezed, any other shape is an error). ``predictor_`` then holds it
+            wrapped; the module itself is ``predictor_.fn``.
+        outcome_model: ``"mlp"``, ``"linear"`` or a callable ``mu(x, a)``: ``... x d_x`` and
+            ``... x d_a`` to probabilities ``...`` (then treated as known; ``... x 1`` is
+            squeezed).
         source_conditional: a fitted generator from
             :func:`~probml.guides.generators.fit_source_conditional` (then treated as known).
         domain_classifier: a scikit-learn classifier for :math:`p_T(x)/p_S(x)` (default
@@ -394,7 +424,7 @@ class DRUM(_Validated):
 
     def _make_predictor(self, ys: torch.Tensor) -> nn.Module:
         if isinstance(self.predictor, nn.Module):
-            return self.predictor
+            return _PerRow(self.predictor, "predictor")
         if self.predictor == "constant":
             net: nn.Module = _ConstantLogit()
         elif self.predictor in ("mlp", "linear"):
@@ -457,10 +487,7 @@ class DRUM(_Validated):
             raise ValueError("divergence='transport' needs a continuous A")
         self.binary_ = binary
         # nuisances: mu(x, a) and G0 = P_S(A | X)
-        if callable(self.outcome_model) and not isinstance(self.outcome_model, str):
-            self.outcome_model_ = self.outcome_model
-        else:
-            self.outcome_model_ = fit_outcome_model(Xs, As, ys, self.outcome_model, seed=self.seed)
+        self.outcome_model_ = _resolve_outcome(self.outcome_model, Xs, As, ys, self.seed)
         self.source_conditional_ = self.source_conditional or fit_source_conditional(
             As, Xs, binary=binary, seed=self.seed, verbose=False
         )
@@ -551,12 +578,9 @@ class DRUM(_Validated):
             tr, te = folds != k, folds == k
             tr_t, te_t = torch.as_tensor(tr), torch.as_tensor(te)
             # nuisances on the other folds
-            if callable(self.outcome_model) and not isinstance(self.outcome_model, str):
-                mu_k = self.outcome_model
-            else:
-                mu_k = fit_outcome_model(
-                    Xs[tr_t], As[tr_t], ys[tr_t], self.outcome_model, seed=self.seed + k + 1
-                )
+            mu_k = _resolve_outcome(
+                self.outcome_model, Xs[tr_t], As[tr_t], ys[tr_t], self.seed + k + 1
+            )
             clf = self.domain_classifier
             if clf is None:
                 clf = LogisticRegression(max_iter=1000)

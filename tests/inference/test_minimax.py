@@ -217,3 +217,32 @@ def test_bad_input():
                      ({"penalty": float("inf")}, "penalty")):  # fmt: skip
         with pytest.raises(ValueError, match=name):
             DRUM(**{**fast, **kw}).fit(Xs, As, ys, Xt)
+
+
+def test_user_predictor_and_outcome_with_a_column_output():
+    # nn.Linear(d, 1) returns n x 1 logits and a user mu(x, a) may return ... x 1; before,
+    # either broadcast against the n-vector of the other into an n x n risk without a word.
+    # With the weight frozen at 0 the linear predictor is a constant: the closed form holds.
+    from torch import nn
+
+    prob = BinaryShiftProblem()
+    Xs, As, ys, Xt = prob.sample(2000, 0)
+    lin = nn.Linear(Xs.shape[1], 1)
+    nn.init.zeros_(lin.weight)
+    lin.weight.requires_grad_(False)
+    ybar = float(ys.float().mean())  # start where the built-in predictors start
+    nn.init.constant_(lin.bias, math.log(ybar / (1 - ybar)))
+    est = DRUM(
+        rho=0.1, predictor=lin, outcome_model=lambda x, a: prob.outcome(x, a)[..., None],
+        source_conditional=_known_g0(0.15), verbose=False,
+    ).fit(Xs, As, ys, Xt)  # fmt: skip
+    f_star = binary_brier_minimax(0.15, 0.1, (0.2, 0.7))[0]
+    p = est.predict_proba(Xt[:5])[:, 1]
+    assert p.shape == (5,) and np.abs(p - f_star).max() < 0.01, p
+    wide = nn.Linear(Xs.shape[1], 2)
+    with pytest.raises(ValueError, match=r"predictor must return one value per row"):
+        DRUM(rho=0.1, predictor=wide, verbose=False, num_iters=2).fit(Xs, As, ys, Xt)
+    with pytest.raises(ValueError, match=r"outcome_model must return one value per row"):
+        ImputationBaseline(outcome_model=lambda x, a: torch.cat([x, x], -1)).fit(
+            Xs, As, ys
+        ).predict_proba(Xt[:3])
