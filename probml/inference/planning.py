@@ -41,7 +41,7 @@ from probml.guides.amortized import (
     random_walk_designs,
     train_posterior_net,
 )
-from probml.models.experiments import check_experiment
+from probml.models.experiments import check_experiment, check_experiment_shapes
 from probml.utils import check_int, make_generator, progress
 
 __all__ = [
@@ -758,6 +758,7 @@ def run_experiment(
     """
     check_int("num_steps", num_steps)
     check_experiment(experiment, ("D", "design_bounds", "sample_prior", "sample_y"))
+    check_experiment_shapes(experiment)
     if not isinstance(planner, Planner):
         raise TypeError(
             f"planner ({type(planner).__name__}) must have a plan(posterior, prev, constraints, "

@@ -30,6 +30,7 @@ from probml.utils import check_positive, check_prior, cholesky_factor
 __all__ = [
     "Experiment",
     "check_experiment",
+    "check_experiment_shapes",
     "LinearGaussianExperiment",
     "LocationFinding",
     "CES",
@@ -105,6 +106,48 @@ def check_experiment(experiment, members: tuple[str, ...] = EXPERIMENT_MEMBERS) 
             f"experiment ({type(experiment).__name__}) lacks {missing}: see "
             "probml.models.experiments.Experiment for what each must do"
         )
+
+
+def check_experiment_shapes(experiment) -> None:
+    """Call each method of ``experiment`` once on two prior draws and two designs (the centre
+    of the box), alone and in the broadcast pattern the planners use (``theta`` ``1 x 2 x
+    theta_shape`` against designs ``2 x 1 x D``), and raise a ``ValueError`` naming the first
+    method whose output has the wrong shape. A ``... x 1`` outcome would otherwise broadcast
+    against the particles into a wrong EIG without a word. The draws come from a generator of
+    this check's own; :func:`~probml.inference.planning.run_experiment` calls it once."""
+    gen = torch.Generator().manual_seed(0)
+    theta = experiment.sample_prior(2, generator=gen)
+    if not isinstance(theta, torch.Tensor) or theta.dim() < 1 or theta.shape[0] != 2:
+        got = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
+        raise ValueError(f"experiment.sample_prior(2) must return 2 x theta_shape, got {got}")
+    low, high = experiment.design_bounds
+    D = int(experiment.D)
+    centre = (
+        torch.as_tensor(low, dtype=theta.dtype) + torch.as_tensor(high, dtype=theta.dtype)
+    ) / 2
+    design = centre.expand(2, D).clone()
+
+    def expect(name: str, out, want: tuple[int, ...], pattern: str) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"experiment.{name} must return shape {want} for {pattern}, got {got}: one "
+                "scalar outcome per (theta, design) pair, broadcast over leading dimensions "
+                "(see probml.models.experiments.Experiment)"
+            )
+        return out
+
+    pair = "theta 2 x theta_shape and design 2 x D"
+    grid = "theta 1 x 2 x theta_shape and design 2 x 1 x D"
+    y = expect("sample_y", experiment.sample_y(theta, design, generator=gen), (2,), pair)
+    th, de = theta.unsqueeze(0), design.unsqueeze(1)
+    y_grid = y.reshape(1, 2).expand(2, 2)
+    if hasattr(experiment, "rsample_y"):  # members a routine does not use may be missing
+        eps = torch.zeros(2, 2, dtype=theta.dtype)
+        y_grid = expect("rsample_y", experiment.rsample_y(th, de, eps), (2, 2), grid)
+    if hasattr(experiment, "log_likelihood"):
+        expect("log_likelihood", experiment.log_likelihood(theta, design, y), (2,), pair)
+        expect("log_likelihood", experiment.log_likelihood(th, de, y_grid), (2, 2), grid)
 
 
 class LinearGaussianExperiment:

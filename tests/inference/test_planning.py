@@ -267,3 +267,31 @@ def test_a_user_experiment_runs_and_a_missing_member_is_named():
     r = run_experiment(Full(), GreedyPlanner(32, 32), k, 3, num_particles=1024, seed=0)
     assert isinstance(Full(), Experiment)
     assert bool(((r.designs > 0.3) & (r.designs < 1.6)).all())
+
+
+def test_experiment_output_shapes_are_checked_once_before_the_run():
+    # a y with a trailing 1 (or a likelihood that does not broadcast) would meet the particles
+    # in the EIG's broadcasts and give a wrong number without a word
+    from probml.models.experiments import check_experiment_shapes
+
+    for e in (
+        LocationFinding(), CES(), LinearGaussianExperiment(torch.eye(2)), _Decay(),
+    ):  # fmt: skip
+        check_experiment_shapes(e)  # the built-ins and the docs' example pass
+
+    class Column(_Decay):
+        def sample_y(self, theta, design, generator=None):
+            return super().sample_y(theta, design, generator)[..., None]
+
+    class NoBroadcast(_Decay):
+        def rsample_y(self, theta, design, eps):
+            return self._mean(theta, design) + 0.05 * eps
+
+        def log_likelihood(self, theta, design, y):  # sums away the leading dimensions
+            return super().log_likelihood(theta, design, y).sum().expand(2)
+
+    k = torch.tensor([1.3], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"experiment.sample_y must return shape \(2,\)"):
+        run_experiment(Column(), RandomFeasiblePlanner(), k, 3, num_particles=64)
+    with pytest.raises(ValueError, match=r"experiment.log_likelihood must return shape \(2, 2\)"):
+        run_experiment(NoBroadcast(), GreedyPlanner(8, 8), k, 3, num_particles=64)
