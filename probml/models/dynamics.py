@@ -79,7 +79,15 @@ class GaussianObservation:
         """``h(x)``: ``... x d -> ... x p``."""
         if self.H is not None:
             return x @ self.H.to(x).T
-        return self._fn(x)
+        m = self._fn(x)
+        want = (*x.shape[:-1], self.obs_dim)
+        if not isinstance(m, torch.Tensor) or m.shape != want:  # a shape test: no device sync
+            got = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+            raise ValueError(
+                f"h must map ... x d to ... x obs_dim: x of shape {tuple(x.shape)} gave {got}, "
+                f"expected {want} (keep the last dimension, e.g. x[..., :1], not x[..., 0])"
+            )
+        return m
 
     def check_y(self, y: torch.Tensor, batch_shape: tuple[int, ...] = ()) -> torch.Tensor:
         """Validate one observation ``batch_shape x p`` (shape, finiteness) and return it."""
@@ -147,7 +155,16 @@ class StateSpaceModel:
         init_loc: torch.Tensor,
         init_scale_tril: torch.Tensor,
     ):
-        self.dim = int(dim)
+        self.dim = check_int("dim", dim)
+        d = self.dim
+        for name, value, want in (
+            ("process_scale_tril", process_scale_tril, (d, d)),
+            ("init_loc", init_loc, (d,)),
+            ("init_scale_tril", init_scale_tril, (d, d)),
+        ):
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != want:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"{name} must be a tensor of shape {want} for dim={d}, got {got}")
         self.observation = observation
         self.process_scale_tril = process_scale_tril
         self.init_loc = init_loc
@@ -164,8 +181,17 @@ class StateSpaceModel:
         L = self.process_scale_tril
         return L @ L.T
 
-    def transition_dist(self, x_prev: torch.Tensor) -> dist.MultivariateNormal:
+    def _drift(self, x_prev: torch.Tensor) -> torch.Tensor:
         loc = self.drift(x_prev)
+        if not isinstance(loc, torch.Tensor) or loc.shape != x_prev.shape:
+            got = tuple(loc.shape) if isinstance(loc, torch.Tensor) else type(loc).__name__
+            raise ValueError(
+                f"drift must map ... x d to ... x d: x of shape {tuple(x_prev.shape)} gave {got}"
+            )
+        return loc
+
+    def transition_dist(self, x_prev: torch.Tensor) -> dist.MultivariateNormal:
+        loc = self._drift(x_prev)
         return dist.MultivariateNormal(loc, scale_tril=self.process_scale_tril.to(loc))
 
     def init_dist(self) -> dist.MultivariateNormal:
@@ -183,7 +209,7 @@ class StateSpaceModel:
         self, x_prev: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Draw ``x_t ~ p(x_t | x_{t-1})`` for a batch ``... x d`` of previous states."""
-        loc = self.drift(x_prev)
+        loc = self._drift(x_prev)
         eps = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
         return loc + eps @ self.process_scale_tril.to(loc).T
 

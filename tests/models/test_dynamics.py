@@ -13,6 +13,7 @@ from probml.models.dynamics import (
     LinearGaussianSSM,
     Lorenz63,
     Lorenz96,
+    StateSpaceModel,
     kalman_filter,
     simulate_transition_pairs,
 )
@@ -180,3 +181,46 @@ def test_kalman_filter_function_accepts_matrix_noise():
     a = kalman_filter(ssm.A, ssm.Q, ssm.observation.H, R, ys[:, 0], ssm.init_loc, torch.eye(3))
     b = ssm.kalman_filter(ys[:, 0])
     assert torch.allclose(a[0], b[0])
+
+
+class _Decaying(StateSpaceModel):
+    """x_t = 0.9 x_{t-1} + noise (d = 1), observed through a user callable h."""
+
+    def __init__(self, h, **shapes):
+        eye = torch.eye(1)
+        kw = dict(process_scale_tril=0.1 * eye, init_loc=torch.zeros(1), init_scale_tril=eye)
+        kw.update(shapes)
+        super().__init__(1, GaussianObservation(h, noise_scale=0.2, obs_dim=1), **kw)
+
+    def drift(self, x):
+        return 0.9 * x
+
+
+def test_a_user_system_with_wrong_shapes_is_named():
+    # h = x[..., 0] drops the observation dimension. Before, with one trajectory, y - h(x)
+    # broadcast p = 1 against the N particles and the sum over p summed over them: every
+    # particle got the same weight (ESS = N at every step), and the filter ignored the data
+    # without a word
+    from probml.inference.smc import BootstrapPF
+
+    good = _Decaying(lambda x: x[..., :1])
+    _, ys = good.simulate(5, 1, generator=0)
+    ys = ys[:, 0]  # T x p: one trajectory
+    init = good.sample_init(64, torch.Generator().manual_seed(1))
+    res = BootstrapPF(good, good.observation, 64, verbose=False).filter(ys, particles=init)
+    assert float(res.ess.max()) < 63  # the data move the weights
+    bad = _Decaying(lambda x: x[..., 0])
+    with pytest.raises(ValueError, match=r"h must map \.\.\. x d to \.\.\. x obs_dim"):
+        BootstrapPF(bad, bad.observation, 64, verbose=False).filter(ys, particles=init)
+
+    class Flat(_Decaying):
+        def drift(self, x):
+            return 0.9 * x[..., 0]
+
+    flat = Flat(lambda x: x[..., :1])
+    with pytest.raises(ValueError, match=r"drift must map \.\.\. x d to \.\.\. x d"):
+        flat.sample(torch.zeros(4, 1))
+    with pytest.raises(ValueError, match=r"init_loc must be a tensor of shape \(1,\)"):
+        _Decaying(lambda x: x[..., :1], init_loc=torch.zeros(2))
+    with pytest.raises(ValueError, match=r"process_scale_tril must be a tensor of shape \(1, 1\)"):
+        _Decaying(lambda x: x[..., :1], process_scale_tril=torch.ones(1))
