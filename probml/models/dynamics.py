@@ -163,7 +163,9 @@ class StateSpaceModel:
             ("init_scale_tril", init_scale_tril, (d, d)),
         ):
             if not isinstance(value, torch.Tensor) or tuple(value.shape) != want:
-                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                got = (
+                    tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                )
                 raise ValueError(f"{name} must be a tensor of shape {want} for dim={d}, got {got}")
         self.observation = observation
         self.process_scale_tril = process_scale_tril
