@@ -43,6 +43,8 @@ __all__ = [
     "LearnableActivationFFN",
     "MixtureOfActivationsFFN",
     "ShallowNet",
+    "FFN_KINDS",
+    "register_ffn",
     "ffn_factory",
     "scale_vector_priors",
     "StochasticGates",
@@ -62,6 +64,23 @@ DEFAULT_DICTIONARY = ("identity", "relu", "relu2", "leaky_relu", "gelu", "silu",
 _BUILT_IN = frozenset(ACTIVATIONS)
 
 
+def _check_registration(
+    what: str, table: dict, built_in: frozenset, key: tuple[str, object], fn: tuple[str, object],
+    overwrite: bool,
+) -> None:  # fmt: skip
+    """Shared checks of the name registries: a non-empty string key (argument ``key[0]``), a
+    callable value, no built-in replaced, and ``overwrite`` for a key registered before."""
+    (key_arg, name), (fn_arg, value) = key, fn
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{key_arg} must be a non-empty string, got {name!r}")
+    if not callable(value):
+        raise TypeError(f"{fn_arg} must be callable, got {type(value).__name__}")
+    if name in built_in:
+        raise ValueError(f"{key_arg} {name!r} is a built-in {what} and cannot be replaced")
+    if name in table and not overwrite:
+        raise ValueError(f"the {what} {name!r} is already registered; pass overwrite=True")
+
+
 def register_activation(
     name: str, fn: Callable[[torch.Tensor], torch.Tensor], overwrite: bool = False
 ) -> None:
@@ -79,14 +98,7 @@ def register_activation(
             (``identity``, ``relu``, ...) cannot be replaced: the tests and the benchmark
             tables refer to them.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string, got {name!r}")
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    if name in _BUILT_IN:
-        raise ValueError(f"name {name!r} is a built-in activation and cannot be replaced")
-    if name in ACTIVATIONS and not overwrite:
-        raise ValueError(f"an activation named {name!r} is registered; pass overwrite=True")
+    _check_registration("activation", ACTIVATIONS, _BUILT_IN, ("name", name), ("fn", fn), overwrite)
     probe = torch.linspace(-3.0, 3.0, 12, dtype=torch.float32).reshape(2, 2, 3)
     out = fn(probe)
     if not isinstance(out, torch.Tensor) or out.shape != probe.shape or out.dtype != probe.dtype:
@@ -464,20 +476,54 @@ class ShallowNet(nn.Module):
         return self.l2(h).squeeze(-1)
 
 
+FFN_KINDS: dict[str, Callable[..., nn.Module]] = {
+    "swiglu": SwiGLUFFN,
+    "gelu": GELUFFN,
+    "la": LearnableActivationFFN,
+    "moa": MixtureOfActivationsFFN,
+}
+_BUILT_IN_FFN = frozenset(FFN_KINDS)
+
+
+def register_ffn(kind: str, factory: Callable[..., nn.Module], overwrite: bool = False) -> None:
+    r"""Add an FFN kind that :class:`probml.models.lm.TinyLM` configs can name
+    (``TinyLMConfig(ffn={"kind": kind, **options})``) and :func:`ffn_factory` can build.
+
+    Args:
+        kind: the name (a non-empty string); the built-in kinds cannot be replaced.
+        factory: ``factory(d_model, d_ff, down=None, **options) -> nn.Module`` mapping
+            ``... x d_model`` to ``... x d_model``. ``down`` is the ``d_ff -> d_model`` map to
+            end with when TinyLM's ``placement`` supplies one (``None``: make your own). The
+            factory is checked once on a small probe (``d_model = 8``, ``d_ff = 16``).
+        overwrite: replace a kind registered before under ``kind``.
+
+    A model saved with a registered kind loads after the same ``register_ffn`` call.
+    """
+    _check_registration(
+        "FFN kind", FFN_KINDS, _BUILT_IN_FFN, ("kind", kind), ("factory", factory), overwrite
+    )
+    module = factory(8, 16, down=None)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"factory must return an nn.Module, got {type(module).__name__}")
+    out = module(torch.zeros(2, 3, 8))
+    if not isinstance(out, torch.Tensor) or out.shape != (2, 3, 8):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"factory(8, 16) must map ... x 8 to ... x 8: 2 x 3 x 8 gave {got}")
+    FFN_KINDS[kind] = factory
+
+
 def ffn_factory(kind: str = "swiglu", **kwargs) -> Callable[[int, int], nn.Module]:
     """A ``(d_model, d_ff) -> FFN`` factory for :class:`probml.models.lm.TinyLM`.
 
-    ``kind``: ``"swiglu"``, ``"gelu"``, ``"la"`` (:class:`LearnableActivationFFN`) or ``"moa"``
-    (:class:`MixtureOfActivationsFFN`); ``kwargs`` go to the module."""
-    table = {
-        "swiglu": SwiGLUFFN,
-        "gelu": GELUFFN,
-        "la": LearnableActivationFFN,
-        "moa": MixtureOfActivationsFFN,
-    }
-    if kind not in table:
-        raise ValueError(f"kind must be one of {sorted(table)}, got {kind!r}")
-    cls = table[kind]
+    ``kind``: ``"swiglu"``, ``"gelu"``, ``"la"`` (:class:`LearnableActivationFFN`), ``"moa"``
+    (:class:`MixtureOfActivationsFFN`) or a kind added by :func:`register_ffn`; ``kwargs`` go
+    to the module."""
+    if kind not in FFN_KINDS:
+        raise ValueError(
+            f"kind must be one of {sorted(FFN_KINDS)} (add your own with register_ffn), "
+            f"got {kind!r}"
+        )
+    cls = FFN_KINDS[kind]
     return lambda d_model, d_ff: cls(d_model, d_ff, **kwargs)
 
 

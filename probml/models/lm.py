@@ -67,10 +67,20 @@ class TinyLMConfig:
 
 
 def _build_ffn(cfg: TinyLMConfig, down: nn.Module | None) -> nn.Module:
-    from probml.models.layers import GELUFFN, LearnableActivationFFN, MixtureOfActivationsFFN
+    from probml.models.layers import (
+        FFN_KINDS,
+        GELUFFN,
+        LearnableActivationFFN,
+        MixtureOfActivationsFFN,
+    )
 
     spec = dict(cfg.ffn)
     kind = spec.pop("kind", "swiglu")
+    if kind not in FFN_KINDS:
+        raise ValueError(
+            f"unknown ffn kind {kind!r}; available: {sorted(FFN_KINDS)} (add your own with "
+            "probml.models.layers.register_ffn)"
+        )
     if kind == "swiglu":
         return SwiGLUFFN(
             cfg.d_model,
@@ -82,13 +92,13 @@ def _build_ffn(cfg: TinyLMConfig, down: nn.Module | None) -> nn.Module:
         )
     if kind == "gelu":
         return GELUFFN(cfg.d_model, cfg.d_ff, down=down, **spec)
-    table = {"la": LearnableActivationFFN, "moa": MixtureOfActivationsFFN}
-    if kind not in table:
-        raise ValueError(f"unknown ffn kind {kind!r}")
-    ffn = table[kind](cfg.d_model, cfg.d_ff, **spec)
-    if down is not None:
-        ffn.w3 = down
-    return ffn
+    if kind in ("la", "moa"):
+        table = {"la": LearnableActivationFFN, "moa": MixtureOfActivationsFFN}
+        ffn = table[kind](cfg.d_model, cfg.d_ff, **spec)
+        if down is not None:
+            ffn.w3 = down
+        return ffn
+    return FFN_KINDS[kind](cfg.d_model, cfg.d_ff, down=down, **spec)  # a registered kind
 
 
 class Attention(nn.Module):

@@ -232,3 +232,57 @@ def test_register_activation_rejects_bad_input(registry):
     assert registry.ACTIVATIONS["x"] is torch.cos
     with pytest.raises(ValueError, match="register_activation"):
         LearnableActivationFFN(4, 8, dictionary=("relu", "not_registered"))
+
+
+class _ReluSquaredFFN(torch.nn.Module):
+    """A user FFN: W_2 relu(W_1 x)^2 (the factory contract: d_model, d_ff, down=None)."""
+
+    def __init__(self, d_model, d_ff, down=None, bias=False):
+        super().__init__()
+        self.up = torch.nn.Linear(d_model, d_ff, bias=bias)
+        self.down = down if down is not None else torch.nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)) ** 2)
+
+
+def test_a_registered_ffn_builds_trains_saves_and_takes_the_placement(monkeypatch, tmp_path):
+    from probml.models import layers
+    from probml.models.lm import TinyLM, TinyLMConfig
+
+    monkeypatch.setattr(layers, "FFN_KINDS", dict(layers.FFN_KINDS))
+    layers.register_ffn("relu2", _ReluSquaredFFN)
+    cfg = dict(vocab_size=11, d_model=16, n_heads=2, n_layers=2, context=8)
+    lm = TinyLM(TinyLMConfig(**cfg, ffn={"kind": "relu2", "bias": True}))
+    assert all(isinstance(b.ffn, _ReluSquaredFFN) and b.ffn.up.bias is not None for b in lm.blocks)
+    tok = torch.randint(0, 11, (3, 8))
+    loss = torch.nn.functional.cross_entropy(lm(tok).flatten(0, 1), tok.flatten())
+    loss.backward()
+    assert all(b.ffn.up.weight.grad is not None for b in lm.blocks)
+    lm.save(tmp_path / "lm.pt")
+    assert torch.equal(TinyLM.load(tmp_path / "lm.pt")(tok), lm(tok))
+    # DP placement hands the factory its scaled down projection
+    dp = TinyLM(TinyLMConfig(**cfg, placement="dp", ffn={"kind": "relu2"}))
+    assert isinstance(dp.blocks[0].ffn.down, layers.ScaledLinear)
+    assert layers.ffn_factory("relu2")(16, 32)(torch.zeros(2, 16)).shape == (2, 16)
+
+
+def test_register_ffn_rejects_bad_input(monkeypatch):
+    from probml.models import layers
+    from probml.models.lm import TinyLM, TinyLMConfig
+
+    monkeypatch.setattr(layers, "FFN_KINDS", dict(layers.FFN_KINDS))
+    with pytest.raises(ValueError, match="built-in"):
+        layers.register_ffn("swiglu", _ReluSquaredFFN)
+    with pytest.raises(TypeError, match="factory must be callable"):
+        layers.register_ffn("x", 3)
+    with pytest.raises(TypeError, match="nn.Module"):
+        layers.register_ffn("x", lambda d, f, down=None: torch.zeros(d))
+    with pytest.raises(ValueError, match=r"must map \.\.\. x 8 to \.\.\. x 8"):
+        layers.register_ffn("x", lambda d, f, down=None: torch.nn.Linear(d, f))
+    assert "x" not in layers.FFN_KINDS
+    layers.register_ffn("x", _ReluSquaredFFN)
+    with pytest.raises(ValueError, match="overwrite=True"):
+        layers.register_ffn("x", _ReluSquaredFFN)
+    with pytest.raises(ValueError, match="register_ffn"):
+        TinyLM(TinyLMConfig(vocab_size=11, d_model=16, n_heads=2, ffn={"kind": "nope"}))
