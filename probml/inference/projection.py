@@ -169,7 +169,8 @@ def identify_spurious_directions(
 
     Args:
         model: a model with LoRA adapters (ours or PEFT-style) after a naive fine-tune.
-        k: directions per module.
+        k: directions per module, at most the adapters' rank (:math:`\\Delta W = BA` has no
+            further singular directions).
         side: ``"auto"`` (from the module name), or force ``"write"``/``"read"`` everywhere.
         through: ``{module suffix: frozen-linear suffix}`` for modules that write to the
             residual through a frozen linear (e.g. :data:`TINYLM_THROUGH`): their effective
@@ -177,8 +178,14 @@ def identify_spurious_directions(
     """
     if side not in ("auto", "write", "read"):
         raise ValueError(f"side must be 'auto', 'write' or 'read', got {side!r}")
+    k = check_int("k", k)
     dirs, sides, svals = {}, {}, {}
     for f in lora_modules(model):
+        if k > f.A.shape[0]:  # Delta W = B A has rank <= r: further singular vectors are noise
+            raise ValueError(
+                f"k must be <= the LoRA rank of every module: {f.name!r} has rank {f.A.shape[0]},"
+                f" got k={k}"
+            )
         W = _through_weight(model, f.name, through, f.B.shape[0])
         with torch.no_grad():
             dW = f.delta_weight().float()

@@ -875,3 +875,25 @@ def test_write_through_widths_grouped_heads_and_clear_errors():
             float((u @ Wo[:, 2 * q : 2 * q + 2] @ dv[2 * (q // 2) : 2 * (q // 2) + 2]).abs().max())
             < 1e-5
         )
+
+
+def test_k_is_a_count_no_larger_than_the_lora_rank():
+    # before: k=0 gave empty directions (GRASP then projected nothing), k=1.5 a slicing
+    # TypeError, and k above the rank r returned singular vectors of Delta W = B A beyond its
+    # rank, directions with singular value 0 that the update never used
+    from probml.models.adapters import lora_parameters
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+    add_lora(m, ["0", "2"], rank=2, alpha=2)
+    for p in lora_parameters(m):
+        p.data.normal_()
+    assert {n: tuple(U.shape) for n, U in identify_spurious_directions(m, k=2).directions.items()} == {
+        "0": (8, 2), "2": (6, 2)
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        identify_spurious_directions(m, k=0)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        identify_spurious_directions(m, k=1.5)
+    with pytest.raises(ValueError, match="k must be <= the LoRA rank of every module"):
+        identify_spurious_directions(m, k=3)
