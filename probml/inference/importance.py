@@ -89,6 +89,29 @@ class WeightedSamples:
         return {k: gather_particles(v, idx) for k, v in self.samples.items()}
 
 
+def _latent_sites(trace) -> set[str]:
+    return {
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site.get("is_observed", False)
+    }
+
+
+def _check_guide_covers_model(model_trace, guide_trace) -> None:
+    """Importance weights ``log p(x, z) - log q(z)`` are only right when the guide proposes
+    every latent site of the model and no other. A model site the guide skips is drawn from
+    the prior inside the model, so its prior density enters the weight with no proposal
+    density to cancel it. A guide site the model lacks (auxiliary or not) enters with its
+    proposal density alone. Pyro only warns (and accepts auxiliary sites, which are right for
+    ELBOs, not here); this is an error naming the sites."""
+    model_sites, guide_sites = _latent_sites(model_trace), _latent_sites(guide_trace)
+    missing, extra = sorted(model_sites - guide_sites), sorted(guide_sites - model_sites)
+    if missing or extra:
+        parts = [f"missing {missing}"] if missing else []
+        parts += [f"not in the model {extra} (auxiliary sites included)"] if extra else []
+        raise ValueError("guide must sample exactly the model's latent sites: " + "; ".join(parts))
+
+
 def importance_sample(
     model: Callable,
     guide: Callable | None,
@@ -112,7 +135,7 @@ def importance_sample(
     num_particles = check_int("num_particles", num_particles)
     check_int("max_plate_nesting", max_plate_nesting, 0)
     guide = prior_guide(model) if guide is None else guide
-    log_w, _, guide_trace = vectorized_importance_weights(
+    log_w, model_trace, guide_trace = vectorized_importance_weights(
         model,
         guide,
         *args,
@@ -120,6 +143,7 @@ def importance_sample(
         max_plate_nesting=max_plate_nesting,
         **kwargs,
     )
+    _check_guide_covers_model(model_trace, guide_trace)
     samples: dict[str, torch.Tensor] = {}
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample" or site.get("is_observed", False):
