@@ -465,6 +465,8 @@ def covariance_posterior(
 
     if not hasattr(estimator, "measurements_"):
         raise RuntimeError("estimator is not fitted")
+    if scale_prior is not None and prior is not None:  # prior replaces the scales' prior
+        raise ValueError("pass scale_prior or prior, not both: prior replaces LKJ x scales")
     entries, values, scales = estimator.measurements_
     d = estimator.n_features_in_
     if method == "auto":

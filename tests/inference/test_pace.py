@@ -270,6 +270,19 @@ def test_bayesian_posterior_post_processing():
     assert relative_error(draws.mean(0), S) < 0.3
     nuts = covariance_posterior(est, method="nuts", num_samples=30, warmup_steps=30)
     assert nuts.shape == (30, 3, 3)
+    # prior replaces the LKJ x scales prior, so a scale_prior beside it would be ignored
+    import pyro.distributions as dist
+
+    from probml.models.gaussian import LowerCholeskyBijection
+
+    to_L = LowerCholeskyBijection()
+    prior = dist.TransformedDistribution(
+        dist.Normal(torch.zeros(6, dtype=torch.float64), 1.0).to_event(1), to_L
+    )
+    with pytest.raises(ValueError, match="scale_prior or prior, not both"):
+        covariance_posterior(est, scale_prior=1.0, prior=prior)
+    draws = covariance_posterior(est, method="svi", num_samples=50, svi_steps=300, prior=prior)
+    assert draws.shape == (50, 3, 3) and torch.linalg.eigvalsh(draws).min() > 0
 
 
 def test_bundled_dataset_and_kl():
