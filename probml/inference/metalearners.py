@@ -574,7 +574,8 @@ class BayesianQLearner(_RatioLearner):
     Args:
         method: ``"nuts"`` or ``"svi"``.
         prior_q, prior_e: user priors over the ``d + 1`` coefficients (intercept first, then the
-            standardised covariates): float64, event shape ``(d + 1,)``.
+            standardised covariates): float64, event shape ``(d + 1,)``. ``prior_e`` is used
+            only when ``fit`` estimates the propensity (``propensity=None``).
         num_samples, warmup_steps: NUTS settings; ``num_samples`` is also the number of draws
             from the SVI guide.
         svi_steps, lr: SVI settings.
