@@ -544,6 +544,11 @@ def scale_vector_priors(model: nn.Module, weight_decay: float) -> nn.Module:
 
     if not weight_decay > 0:  # NaN fails too
         raise ValueError(f"weight_decay must be > 0 for a Gaussian prior, got {weight_decay}")
+    if not any(isinstance(m, ScaleVector) and m.role == "input" for m in model.modules()):
+        raise ValueError(  # a view with no latent site would look like one that works
+            "model has no Input-Norm scale (ScaleVector with role='input'): nothing to put the "
+            "prior on (TinyLM's norms carry one unless norm_scale=False)"
+        )
     to_pyro_module_(model)
     scale = 1.0 / math.sqrt(weight_decay)
     for m in model.modules():

@@ -142,6 +142,10 @@ def test_scale_vector_priors_make_map_equal_to_role_aware_decay():
     assert torch.allclose(site["fn"].log_prob(g) - const, expected, atol=1e-5)
     with pytest.raises(ValueError, match="weight_decay"):
         scale_vector_priors(m, 0.0)
+    # a model with no Input-Norm scale: before, a view with no latent site came back silently
+    bare = TinyLM(TinyLMConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, norm_scale=False))
+    with pytest.raises(ValueError, match="no Input-Norm scale"):
+        scale_vector_priors(bare, 0.5)
 
 
 def test_stochastic_gates_mean_field_is_the_moa_layer_and_svi_runs():
