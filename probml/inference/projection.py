@@ -181,10 +181,11 @@ def identify_spurious_directions(
     k = check_int("k", k)
     dirs, sides, svals = {}, {}, {}
     for f in lora_modules(model):
-        if k > f.A.shape[0]:  # Delta W = B A has rank <= r: further singular vectors are noise
+        rank = min(f.A.shape[0], f.A.shape[1], f.B.shape[0])  # Delta W = B A: rank <= this
+        if k > rank:  # further singular vectors have singular value 0: noise
             raise ValueError(
-                f"k must be <= the LoRA rank of every module: {f.name!r} has rank {f.A.shape[0]},"
-                f" got k={k}"
+                f"k must be <= the LoRA rank of every module: {f.name!r} has rank {rank}, "
+                f"got k={k}"
             )
         W = _through_weight(model, f.name, through, f.B.shape[0])
         with torch.no_grad():
