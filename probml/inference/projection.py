@@ -184,8 +184,7 @@ def identify_spurious_directions(
         rank = min(f.A.shape[0], f.A.shape[1], f.B.shape[0])  # Delta W = B A: rank <= this
         if k > rank:  # further singular vectors have singular value 0: noise
             raise ValueError(
-                f"k must be <= the LoRA rank of every module: {f.name!r} has rank {rank}, "
-                f"got k={k}"
+                f"k must be <= the LoRA rank of every module: {f.name!r} has rank {rank}, got k={k}"
             )
         W = _through_weight(model, f.name, through, f.B.shape[0])
         with torch.no_grad():
