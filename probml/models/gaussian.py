@@ -179,7 +179,10 @@ def private_covariance_model(
         Lc = s.unsqueeze(-1) * L
     else:
         check_prior("prior", prior, (dim, dim))  # over d x d Cholesky factors of Sigma
-        if type(prior.support) is type(constraints.lower_cholesky):  # no bijection: add ours
+        support = prior.support  # lower_cholesky or a subclass (Pyro's softplus_lower_cholesky)
+        if isinstance(support, type(constraints.lower_cholesky)) and not isinstance(
+            support, _LowerCholeskyWithBijection
+        ):  # torch and Pyro register no bijection onto these: add ours
             prior = CholeskyFactorPrior(prior)
         Lc = pyro.sample("L_sigma", prior)
     Sigma = pyro.deterministic("Sigma", Lc @ Lc.transpose(-1, -2))
