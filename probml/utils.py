@@ -33,6 +33,7 @@ __all__ = [
     "check_int",
     "cholesky_factor",
     "check_prior",
+    "shape_of",
     "keep_global_rng",
     "keep_param_store",
     "module_list",
@@ -208,6 +209,11 @@ def cholesky_factor(name: str, M: torch.Tensor) -> torch.Tensor:
     if bool((info != 0).any()):
         raise ValueError(f"{name} must be symmetric positive definite (its Cholesky factor failed)")
     return L
+
+
+def shape_of(x) -> tuple[int, ...] | str:
+    """``x``'s shape as a tuple, or its type's name when it is not a tensor (for messages)."""
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 def check_prior(

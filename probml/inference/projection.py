@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from probml.models.adapters import LoRAFactors, lora_modules
-from probml.utils import check_int, check_positive, module_list, progress
+from probml.utils import check_int, check_positive, module_list, progress, shape_of
 
 __all__ = [
     "SpuriousDirections",
@@ -444,7 +444,7 @@ def _pull_back(
 def _check_basis(name: str, U) -> None:
     """``U`` is a non-empty, finite ``d`` or ``d x k`` tensor with no zero column."""
     if not isinstance(U, torch.Tensor) or U.dim() not in (1, 2) or U.numel() == 0:
-        got = tuple(U.shape) if isinstance(U, torch.Tensor) else type(U).__name__
+        got = shape_of(U)
         raise ValueError(f"{name} must be a non-empty d or d x k tensor, got {got}")
     if not bool(torch.isfinite(U).all()):
         raise ValueError(f"{name} must be finite (it has NaN/inf entries)")

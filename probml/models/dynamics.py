@@ -29,7 +29,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_int, check_positive, cholesky_factor, make_generator
+from probml.utils import check_int, check_positive, cholesky_factor, make_generator, shape_of
 
 __all__ = [
     "GaussianObservation",
@@ -82,7 +82,7 @@ class GaussianObservation:
         m = self._fn(x)
         want = (*x.shape[:-1], self.obs_dim)
         if not isinstance(m, torch.Tensor) or m.shape != want:  # a shape test: no device sync
-            got = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+            got = shape_of(m)
             raise ValueError(
                 f"h must map ... x d to ... x obs_dim: x of shape {tuple(x.shape)} gave {got}, "
                 f"expected {want} (keep the last dimension, e.g. x[..., :1], not x[..., 0])"
@@ -163,9 +163,7 @@ class StateSpaceModel:
             ("init_scale_tril", init_scale_tril, (d, d)),
         ):
             if not isinstance(value, torch.Tensor) or tuple(value.shape) != want:
-                got = (
-                    tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                )
+                got = shape_of(value)
                 raise ValueError(f"{name} must be a tensor of shape {want} for dim={d}, got {got}")
         self.observation = observation
         self.process_scale_tril = process_scale_tril
@@ -186,7 +184,7 @@ class StateSpaceModel:
     def _drift(self, x_prev: torch.Tensor) -> torch.Tensor:
         loc = self.drift(x_prev)
         if not isinstance(loc, torch.Tensor) or loc.shape != x_prev.shape:
-            got = tuple(loc.shape) if isinstance(loc, torch.Tensor) else type(loc).__name__
+            got = shape_of(loc)
             raise ValueError(
                 f"drift must map ... x d to ... x d: x of shape {tuple(x_prev.shape)} gave {got}"
             )

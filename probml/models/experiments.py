@@ -25,7 +25,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_positive, check_prior, cholesky_factor
+from probml.utils import check_positive, check_prior, cholesky_factor, shape_of
 
 __all__ = [
     "Experiment",
@@ -118,18 +118,17 @@ def check_experiment_shapes(experiment) -> None:
     gen = torch.Generator().manual_seed(0)
     theta = experiment.sample_prior(2, generator=gen)
     if not isinstance(theta, torch.Tensor) or theta.dim() < 1 or theta.shape[0] != 2:
-        got = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
+        got = shape_of(theta)
         raise ValueError(f"experiment.sample_prior(2) must return 2 x theta_shape, got {got}")
     low, high = experiment.design_bounds
     D = int(experiment.D)
-    centre = (
-        torch.as_tensor(low, dtype=theta.dtype) + torch.as_tensor(high, dtype=theta.dtype)
-    ) / 2
+    dtype = theta.dtype if theta.is_floating_point() else torch.get_default_dtype()
+    centre = (torch.as_tensor(low, dtype=dtype) + torch.as_tensor(high, dtype=dtype)) / 2
     design = centre.expand(2, D).clone()
 
     def expect(name: str, out, want: tuple[int, ...], pattern: str) -> torch.Tensor:
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            got = shape_of(out)
             raise ValueError(
                 f"experiment.{name} must return shape {want} for {pattern}, got {got}: one "
                 "scalar outcome per (theta, design) pair, broadcast over leading dimensions "
@@ -143,7 +142,7 @@ def check_experiment_shapes(experiment) -> None:
     th, de = theta.unsqueeze(0), design.unsqueeze(1)
     y_grid = y.reshape(1, 2).expand(2, 2)
     if hasattr(experiment, "rsample_y"):  # members a routine does not use may be missing
-        eps = torch.zeros(2, 2, dtype=theta.dtype)
+        eps = torch.zeros(2, 2, dtype=dtype)
         y_grid = expect("rsample_y", experiment.rsample_y(th, de, eps), (2, 2), grid)
     if hasattr(experiment, "log_likelihood"):
         expect("log_likelihood", experiment.log_likelihood(theta, design, y), (2,), pair)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from probml.utils import check_int, check_positive
+from probml.utils import check_int, check_positive, shape_of
 
 __all__ = [
     "ACTIVATIONS",
@@ -103,13 +103,8 @@ def register_activation(
     out = fn(probe)
     if not isinstance(out, torch.Tensor) or out.shape != probe.shape or out.dtype != probe.dtype:
         raise ValueError(
-            f"fn must map a tensor elementwise (same shape and dtype): on a float32 2 x 2 x 3 "
-            f"probe it returned {type(out).__name__}"
-            + (
-                f" of shape {tuple(out.shape)} and dtype {out.dtype}"
-                if torch.is_tensor(out)
-                else ""
-            )
+            "fn must map a tensor elementwise (same shape and dtype): a float32 2 x 2 x 3 probe "
+            f"gave {shape_of(out)}" + (f" of dtype {out.dtype}" if torch.is_tensor(out) else "")
         )
     if not torch.isfinite(out).all():
         raise ValueError("fn must be finite on [-3, 3]")
@@ -507,7 +502,7 @@ def register_ffn(kind: str, factory: Callable[..., nn.Module], overwrite: bool =
         raise TypeError(f"factory must return an nn.Module, got {type(module).__name__}")
     out = module(torch.zeros(2, 3, 8))
     if not isinstance(out, torch.Tensor) or out.shape != (2, 3, 8):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        got = shape_of(out)
         raise ValueError(f"factory(8, 16) must map ... x 8 to ... x 8: 2 x 3 x 8 gave {got}")
     FFN_KINDS[kind] = factory
 

@@ -67,12 +67,7 @@ class TinyLMConfig:
 
 
 def _build_ffn(cfg: TinyLMConfig, down: nn.Module | None) -> nn.Module:
-    from probml.models.layers import (
-        FFN_KINDS,
-        GELUFFN,
-        LearnableActivationFFN,
-        MixtureOfActivationsFFN,
-    )
+    from probml.models.layers import FFN_KINDS, GELUFFN
 
     spec = dict(cfg.ffn)
     kind = spec.pop("kind", "swiglu")
@@ -92,9 +87,8 @@ def _build_ffn(cfg: TinyLMConfig, down: nn.Module | None) -> nn.Module:
         )
     if kind == "gelu":
         return GELUFFN(cfg.d_model, cfg.d_ff, down=down, **spec)
-    if kind in ("la", "moa"):
-        table = {"la": LearnableActivationFFN, "moa": MixtureOfActivationsFFN}
-        ffn = table[kind](cfg.d_model, cfg.d_ff, **spec)
+    if kind in ("la", "moa"):  # they take no down=: the placement's map replaces w3
+        ffn = FFN_KINDS[kind](cfg.d_model, cfg.d_ff, **spec)
         if down is not None:
             ffn.w3 = down
         return ffn
