@@ -47,6 +47,7 @@ from torch import nn
 
 from probml.guides.generators import (
     ConditionalBernoulli,
+    ConditionalFlow,
     TransportPerturbation,
     fit_source_conditional,
 )
@@ -150,6 +151,21 @@ class _PerRow(nn.Module):
                 f"{tuple(x.shape)} gave {tuple(out.shape)}"
             )
         return out
+
+
+def _check_source_conditional(g, binary: bool, Xs: torch.Tensor, As: torch.Tensor) -> None:
+    """A given ``source_conditional`` must be the generator for this A (binary or not) and
+    have the data's widths; otherwise a broadcast deep in the fit names nothing."""
+    want = ConditionalBernoulli if binary else ConditionalFlow
+    if not isinstance(g, want):
+        kind = "binary" if binary else "continuous"
+        raise TypeError(
+            f"source_conditional must be a {want.__name__} for a {kind} A, got {type(g).__name__}"
+        )
+    got = (g.base[0].in_features, 1) if binary else (g.x_dim, g.a_dim)
+    data = (Xs.shape[1], 1 if binary else As.reshape(As.shape[0], -1).shape[1])
+    if got != data:
+        raise ValueError(f"source_conditional is for (d_x, d_a) = {got}, but the data have {data}")
 
 
 def _resolve_outcome(outcome_model, Xs, As, ys, seed: int) -> Callable:
@@ -488,6 +504,8 @@ class DRUM(_Validated):
         self.binary_ = binary
         # nuisances: mu(x, a) and G0 = P_S(A | X)
         self.outcome_model_ = _resolve_outcome(self.outcome_model, Xs, As, ys, self.seed)
+        if self.source_conditional is not None:
+            _check_source_conditional(self.source_conditional, binary, Xs, As)
         self.source_conditional_ = self.source_conditional or fit_source_conditional(
             As, Xs, binary=binary, seed=self.seed, verbose=False
         )

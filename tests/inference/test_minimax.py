@@ -246,3 +246,24 @@ def test_user_predictor_and_outcome_with_a_column_output():
         ImputationBaseline(outcome_model=lambda x, a: torch.cat([x, x], -1)).fit(
             Xs, As, ys
         ).predict_proba(Xt[:3])
+
+
+def test_a_given_source_conditional_must_fit_the_data():
+    # before: a flow of the wrong width failed in a broadcast deep in the fit, naming nothing
+    sim = ContinuousShiftSimulation()
+    Xs, As, ys = sim.sample_source(200, 0)
+    Xt = sim.sample_target_x(200, 1)
+    kw = dict(rho=0.1, verbose=False, num_iters=2)
+    with pytest.raises(
+        ValueError, match=r"is for \(d_x, d_a\) = \(2, 3\), but the data have \(2, 2\)"
+    ):
+        DRUM(source_conditional=ConditionalFlow(3, 2), **kw).fit(Xs, As, ys, Xt)
+    with pytest.raises(ValueError, match=r"is for \(d_x, d_a\) = \(3, 2\)"):
+        DRUM(source_conditional=ConditionalFlow(2, 3), **kw).fit(Xs, As, ys, Xt)
+    with pytest.raises(TypeError, match="must be a ConditionalFlow for a continuous A"):
+        DRUM(source_conditional=_known_g0(0.3), **kw).fit(Xs, As, ys, Xt)
+    prob = BinaryShiftProblem()
+    Xb, Ab, yb, Xtb = prob.sample(200, 0)
+    with pytest.raises(TypeError, match="must be a ConditionalBernoulli for a binary A"):
+        DRUM(source_conditional=ConditionalFlow(1, 1), **kw).fit(Xb, Ab, yb, Xtb)
+    DRUM(source_conditional=_known_g0(0.15), **kw).fit(Xb, Ab, yb, Xtb)  # the right one runs
