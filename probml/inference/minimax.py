@@ -503,11 +503,13 @@ class DRUM(_Validated):
             raise ValueError("divergence='transport' needs a continuous A")
         self.binary_ = binary
         # nuisances: mu(x, a) and G0 = P_S(A | X)
-        self.outcome_model_ = _resolve_outcome(self.outcome_model, Xs, As, ys, self.seed)
-        if self.source_conditional is not None:
+        if self.source_conditional is not None:  # before any nuisance is fitted
             _check_source_conditional(self.source_conditional, binary, Xs, As)
-        self.source_conditional_ = self.source_conditional or fit_source_conditional(
-            As, Xs, binary=binary, seed=self.seed, verbose=False
+        self.outcome_model_ = _resolve_outcome(self.outcome_model, Xs, As, ys, self.seed)
+        self.source_conditional_ = (
+            self.source_conditional
+            if self.source_conditional is not None
+            else fit_source_conditional(As, Xs, binary=binary, seed=self.seed, verbose=False)
         )
         self.source_conditional_.requires_grad_(False)
         g0 = self.source_conditional_
