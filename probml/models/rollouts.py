@@ -26,7 +26,7 @@ import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
 
-from probml.utils import check_batch_probabilities
+from probml.utils import check_batch_probabilities, check_finite
 
 __all__ = [
     "logit_shift_model",
@@ -51,12 +51,11 @@ def _check_batch(rewards: torch.Tensor, p0: torch.Tensor) -> tuple[torch.Tensor,
 
 def _check_grid(grid, min_size: int = 1) -> torch.Tensor:
     grid = torch.as_tensor(grid)
-    finite = bool(torch.isfinite(grid).all())
-    if grid.dim() != 1 or grid.numel() < min_size or not finite:
+    if grid.dim() != 1 or grid.numel() < min_size:
         raise ValueError(
-            f"c_grid must be a vector of >= {min_size} finite values, got shape "
-            f"{tuple(grid.shape)}" + ("" if finite else " with non-finite entries")
+            f"c_grid must be a vector of >= {min_size} values, got shape {tuple(grid.shape)}"
         )
+    check_finite("c_grid", grid)
     return grid
 
 
@@ -69,8 +68,9 @@ def _check_c_probs(c_probs, grid: torch.Tensor) -> torch.Tensor:
             f"c_probs must have one entry per c_grid value ({grid.numel()}), got shape "
             f"{tuple(c_probs.shape)}"
         )
-    if not bool((torch.isfinite(c_probs) & (c_probs >= 0)).all()) or not c_probs.sum() > 0:
-        raise ValueError("c_probs must be finite, non-negative and not all zero")
+    check_finite("c_probs", c_probs)
+    if not bool((c_probs >= 0).all()) or not c_probs.sum() > 0:
+        raise ValueError("c_probs must be non-negative and not all zero")
     return c_probs
 
 

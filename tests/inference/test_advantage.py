@@ -556,9 +556,9 @@ def test_drift_prior_is_checked_by_name():
         bayesian_loo_baseline(r, p0, c_probs=torch.ones(3) / 3)
     with pytest.raises(ValueError, match=r"c_probs must have one entry per c_grid value \(5\)"):
         bayesian_loo_baseline(r, p0, c_grid=torch.linspace(0, 4, 5), c_probs=torch.ones(17))
-    with pytest.raises(ValueError, match="c_probs must be finite, non-negative"):
+    with pytest.raises(ValueError, match="c_probs must be non-negative"):
         bayesian_loo_baseline(r, p0, c_probs=torch.tensor([-0.1] + [1.1 / 16] * 16))
-    with pytest.raises(ValueError, match="c_grid must be a vector .* non-finite"):
+    with pytest.raises(ValueError, match="c_grid must be finite"):
         bayesian_loo_baseline(r, p0, c_grid=torch.tensor([0.0, float("nan")]))
     # legal: unnormalised weights (normalised, as by Pyro's Categorical) and a one-point grid
     a = bayesian_loo_baseline(r, p0, c_probs=2 * torch.ones(17))
