@@ -13,6 +13,7 @@ import functools
 import numbers
 import os
 import random
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -34,6 +35,7 @@ __all__ = [
     "cholesky_factor",
     "check_prior",
     "shape_of",
+    "check_data",
     "keep_global_rng",
     "keep_param_store",
     "module_list",
@@ -214,6 +216,53 @@ def cholesky_factor(name: str, M: torch.Tensor) -> torch.Tensor:
 def shape_of(x) -> tuple[int, ...] | str:
     """``x``'s shape as a tuple, or its type's name when it is not a tensor (for messages)."""
     return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def check_data(
+    name: str,
+    X,
+    *,
+    ndim: int = 2,
+    min_rows: int = 1,
+    n_features: int | None = None,
+    column_from_1d: bool = False,
+) -> np.ndarray:
+    """``X`` as a dense, finite, real float64 NumPy array with ``ndim`` (1 or 2) dimensions,
+    for the scikit-learn-style estimators.
+
+    This is scikit-learn's ``check_array``, which refuses sparse, complex, NaN/inf and empty
+    input where ``np.asarray(X, float)`` would densify, drop imaginary parts (with only a
+    warning) or fail on an unnamed element; every message names ``name``.
+
+    Args:
+        ndim: 2 for a design (``n x d``, at least one column), 1 for a vector (``n``).
+        min_rows: the fewest rows (``n``) accepted.
+        n_features: when given, the number of columns ``X`` must have (the fitted width).
+        column_from_1d: read a 1-D ``X`` as one column (``n x 1``) when ``ndim`` is 2.
+    """
+    from scipy import sparse
+    from sklearn.utils import check_array
+
+    if ndim not in (1, 2):
+        raise ValueError(f"ndim must be 1 or 2, got {ndim!r}")
+    if column_from_1d and ndim == 2 and not sparse.issparse(X) and np.ndim(X) == 1:
+        X = np.reshape(X, (-1, 1))
+    try:
+        A = check_array(
+            X,
+            dtype=np.float64,
+            ensure_2d=ndim == 2,
+            ensure_min_samples=min_rows,
+            input_name=name,
+        )
+    except (TypeError, ValueError) as e:
+        named = re.search(rf"(?<!\w){re.escape(name)}(?!\w)", str(e))
+        raise type(e)(str(e) if named else f"{name}: {e}") from e
+    if A.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {A.shape}")
+    if n_features is not None and A.shape[1] != n_features:
+        raise ValueError(f"{name} must have {n_features} columns (as in fit), got shape {A.shape}")
+    return A
 
 
 def check_prior(

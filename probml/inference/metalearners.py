@@ -36,7 +36,14 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from probml.utils import check_int, check_positive, check_prior, keep_global_rng, keep_param_store
+from probml.utils import (
+    check_data,
+    check_int,
+    check_positive,
+    check_prior,
+    keep_global_rng,
+    keep_param_store,
+)
 
 __all__ = [
     "QLearner",
@@ -54,16 +61,11 @@ Propensity = float | Callable[[np.ndarray], np.ndarray] | None
 
 # ----------------------------------------------------------------------------- validation
 def check_ratio_inputs(X, w, y=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Validate ``X`` (``n x d``), binary ``w`` (``n``) and non-negative ``y`` (``n``)."""
-    X = np.asarray(X, dtype=float)
-    if X.ndim == 1:
-        X = X[:, None]
-    if X.ndim != 2:
-        raise ValueError(f"X must be 2-D (n x d), got shape {X.shape}")
-    if not np.isfinite(X).all():
-        raise ValueError(f"X must be finite; it has {int((~np.isfinite(X)).sum())} NaN/inf entries")
-    w = np.asarray(w)
-    if w.ndim != 1 or len(w) != len(X):
+    """Validate ``X`` (``n x d``; a 1-D ``X`` is one column), binary ``w`` (``n``) and
+    non-negative ``y`` (``n``): dense, real and finite (:func:`probml.utils.check_data`)."""
+    X = check_data("X", X, column_from_1d=True)
+    w = check_data("w", w, ndim=1)
+    if len(w) != len(X):
         raise ValueError(f"w must have shape ({len(X)},) to match X, got {w.shape}")
     if not np.isin(w, (0, 1)).all():
         bad = np.unique(w[~np.isin(w, (0, 1))])[:5]
@@ -73,11 +75,9 @@ def check_ratio_inputs(X, w, y=None) -> tuple[np.ndarray, np.ndarray, np.ndarray
         raise ValueError("w must contain both treated (1) and control (0) units")
     if y is None:
         return X, w, None
-    y = np.asarray(y, dtype=float)
-    if y.ndim != 1 or len(y) != len(X):
+    y = check_data("y", y, ndim=1)
+    if len(y) != len(X):
         raise ValueError(f"y must have shape ({len(X)},) to match X, got {y.shape}")
-    if not np.isfinite(y).all():
-        raise ValueError("y must be finite (no NaN/inf)")
     if (y < 0).any():
         raise ValueError(f"y must be non-negative for a ratio effect; min(y) = {y.min():.4g}")
     for arm in (0, 1):
@@ -87,14 +87,7 @@ def check_ratio_inputs(X, w, y=None) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def _check_X(X, n_features: int) -> np.ndarray:
-    X = np.asarray(X, dtype=float)
-    if X.ndim == 1:
-        X = X[:, None]
-    if X.ndim != 2 or X.shape[1] != n_features:
-        raise ValueError(f"X must have shape (n, {n_features}), got {X.shape}")
-    if not np.isfinite(X).all():
-        raise ValueError("X must be finite (no NaN/inf)")
-    return X
+    return check_data("X", X, n_features=n_features, column_from_1d=True)
 
 
 def _check_floor(floor, upper: float | None = None) -> float:

@@ -43,6 +43,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from torch import nn
 
 from probml.guides.generators import (
@@ -52,7 +53,14 @@ from probml.guides.generators import (
     fit_source_conditional,
 )
 from probml.models.transfer import brier_risk, log_risk
-from probml.utils import check_finite, check_positive, keep_global_rng, make_generator, progress
+from probml.utils import (
+    check_data,
+    check_finite,
+    check_positive,
+    keep_global_rng,
+    make_generator,
+    progress,
+)
 
 __all__ = [
     "DRUM",
@@ -223,11 +231,23 @@ def fit_outcome_model(
     return _Outcome(_fit_logistic_net(Z, y, kind == "linear", hidden, num_iters, seed))
 
 
-def _as_tensor(name: str, v, ndim: tuple[int, ...]) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v)
+def _as_tensor(name: str, v, ndim: tuple[int, ...], min_rows: int = 1) -> torch.Tensor:
+    """``v`` as a real, finite floating tensor with a dimension count in ``ndim`` and at least
+    ``min_rows`` rows. A tensor keeps its device (and floating dtype); anything else goes
+    through :func:`probml.utils.check_data` (dense, real, float64)."""
+    if not isinstance(v, torch.Tensor):
+        k = np.ndim(v) if np.ndim(v) in ndim else ndim[-1]
+        return torch.tensor(check_data(name, v, ndim=k, min_rows=min_rows))  # may be read-only
+    if v.is_complex():
+        raise ValueError(f"{name} must be real, got a complex tensor ({v.dtype})")
+    t = v if v.is_floating_point() else v.to(torch.get_default_dtype())
     if t.dim() not in ndim:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dims, got {t.dim()}")
-    t = t.float() if not t.is_floating_point() else t
+    if t.shape[0] < min_rows or (t.dim() == 2 and t.shape[1] < 1):
+        raise ValueError(
+            f"{name} must have at least {min_rows} row(s) and one column, got shape "
+            f"{tuple(t.shape)}"
+        )
     check_finite(name, t)
     return t
 
@@ -237,14 +257,15 @@ def _is_binary(A: torch.Tensor) -> bool:
     return A.dim() == 1 and bool(((A == 0) | (A == 1)).all())
 
 
-class _Validated:
+class _Validated(BaseEstimator):
     """Shared input validation and prediction plumbing for DRUM and its baselines."""
 
     def _check_fit(self, X_source, A_source, y_source, X_target):
-        Xs = _as_tensor("X_source", X_source, (2,))
-        As = _as_tensor("A_source", A_source, (1, 2))
-        ys = _as_tensor("y_source", y_source, (1,))
-        Xt = _as_tensor("X_target", X_target, (2,))
+        # X_source sets the working dtype and device; the others follow it
+        Xs = _as_tensor("X_source", X_source, (2,), min_rows=2)
+        As = _as_tensor("A_source", A_source, (1, 2)).to(Xs)
+        ys = _as_tensor("y_source", y_source, (1,)).to(Xs)
+        Xt = _as_tensor("X_target", X_target, (2,)).to(Xs)
         if not (Xs.shape[0] == As.shape[0] == ys.shape[0]):
             raise ValueError(
                 "X_source, A_source and y_source must have the same number of rows, got "
@@ -256,14 +277,17 @@ class _Validated:
             )
         if not bool(((ys == 0) | (ys == 1)).all()):
             raise ValueError("y_source must be binary (0/1)")
+        if not 0 < float(ys.sum()) < ys.shape[0]:
+            raise ValueError("y_source must contain both classes (0 and 1)")
         self.x_dim_ = Xs.shape[1]
+        self.dtype_, self.device_ = Xs.dtype, Xs.device
         self.a_dim_ = 1 if As.dim() == 1 else As.shape[1]
         return Xs, As, ys, Xt
 
     def _check_predict(self, X) -> torch.Tensor:
         if not hasattr(self, "x_dim_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit first")
-        X = _as_tensor("X", X, (2,))
+        X = _as_tensor("X", X, (2,)).to(self.device_, self.dtype_)
         if X.shape[1] == self.x_dim_ + self.a_dim_:
             raise ValueError(
                 f"X has {X.shape[1]} columns = X and A: A is not available at prediction "
@@ -589,14 +613,15 @@ class DRUM(_Validated):
         n_s, n_t = Xs.shape[0], Xt.shape[0]
         gen = np.random.default_rng(self.seed)
         folds = gen.permutation(n_s) % int(self.n_folds)
-        rhs = torch.zeros(self.x_dim_ + 1, dtype=Xs.dtype)
-        plug = torch.zeros(self.x_dim_ + 1, dtype=Xs.dtype)
+        rhs = Xs.new_zeros(self.x_dim_ + 1)
+        plug = Xs.new_zeros(self.x_dim_ + 1)
         phi_t = self._phi(Xt)
         with torch.no_grad():
             f_t = torch.sigmoid(self.predictor_(Xt))
         for k in range(int(self.n_folds)):
             tr, te = folds != k, folds == k
-            tr_t, te_t = torch.as_tensor(tr), torch.as_tensor(te)
+            tr_t = torch.as_tensor(tr, device=Xs.device)
+            te_t = torch.as_tensor(te, device=Xs.device)
             # nuisances on the other folds
             mu_k = _resolve_outcome(
                 self.outcome_model, Xs[tr_t], As[tr_t], ys[tr_t], self.seed + k + 1
@@ -608,11 +633,11 @@ class DRUM(_Validated):
                 from sklearn.base import clone
 
                 clf = clone(clf)
-            Z = np.concatenate((Xs[tr_t].numpy(), Xt.numpy()))
+            Z = np.concatenate((Xs[tr_t].cpu().numpy(), Xt.cpu().numpy()))
             lab = np.concatenate((np.zeros(int(tr.sum())), np.ones(n_t)))
             clf.fit(Z, lab)
-            pt = clf.predict_proba(Xs[te_t].numpy())[:, 1].clip(1e-6, 1 - 1e-6)
-            omega = torch.as_tensor(pt / (1 - pt) * tr.sum() / n_t, dtype=Xs.dtype)
+            pt = clf.predict_proba(Xs[te_t].cpu().numpy())[:, 1].clip(1e-6, 1 - 1e-6)
+            omega = torch.as_tensor(pt / (1 - pt) * tr.sum() / n_t).to(Xs)
             with torch.no_grad():
                 x_k, a_k, y_k = Xs[te_t], As[te_t], ys[te_t]
                 r_q = self._log_ratio_q(a_k, x_k).exp()

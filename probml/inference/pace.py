@@ -60,7 +60,14 @@ from probml.inference.privacy import (
     selection_cost,
     zcdp_to_dp,
 )
-from probml.utils import check_positive, keep_global_rng, keep_param_store, progress
+from probml.utils import (
+    check_data,
+    check_int,
+    check_positive,
+    keep_global_rng,
+    keep_param_store,
+    progress,
+)
 
 __all__ = [
     "PACEGGM",
@@ -110,13 +117,7 @@ class _PrivateCovariance(BaseEstimator):
         epsilon = check_positive("epsilon", self.epsilon)
         if not 0.0 < float(self.delta) < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
-        X = torch.as_tensor(np.asarray(X, dtype=float), dtype=torch.float64)
-        if X.dim() != 2 or X.shape[0] < 2:
-            raise ValueError(f"X must be 2-D with at least 2 rows, got shape {tuple(X.shape)}")
-        if not bool(torch.isfinite(X).all()):
-            raise ValueError(
-                f"X must be finite; it has {int((~torch.isfinite(X)).sum())} NaN/inf entries"
-            )
+        X = torch.tensor(check_data("X", X, min_rows=2))  # a copy: X may be read-only
         b = torch.as_tensor(np.asarray(self.bounds, dtype=float), dtype=torch.float64).reshape(-1)
         if b.numel() == 1:
             b = b.expand(X.shape[1]).clone()
@@ -201,7 +202,9 @@ class PACEGGM(_PrivateCovariance):
 
     Args:"""
         + _COMMON_DOC
-        + """        rounds: number of adaptively measured off-diagonal entries ``T`` (default ``d``).
+        + """        rounds: number of adaptively measured off-diagonal entries ``T``, at most the
+            ``d(d-1)/2`` there are (default ``d``, capped there: 1 for ``d = 2``, 0 for
+            ``d = 1``).
         selection: ``"exponential"`` or ``"permute_and_flip"``.
         lam: weight of the log-det term in the relaxed completion.
         diagonal: ``"scaled"`` (noise on variance ``i`` proportional to ``b_i^2``) or
@@ -245,6 +248,11 @@ class PACEGGM(_PrivateCovariance):
         self.random_state = random_state
         self.verbose = verbose
 
+    def _rounds(self, d: int) -> int:
+        if self.rounds is None:
+            return min(d, d * (d - 1) // 2)
+        return check_int("rounds", self.rounds, 0)
+
     def fit(self, X, y=None) -> PACEGGM:
         """Release the covariance of ``X`` (``n x d``, clipped to ``bounds`` per coordinate)
         under the privacy budget; ``y`` is ignored (scikit-learn convention). Every check
@@ -260,13 +268,13 @@ class PACEGGM(_PrivateCovariance):
             raise ValueError(f"lam must be finite and > 0, got {self.lam!r}")
 
         def check_rounds(d: int) -> None:
-            T = d if self.rounds is None else int(self.rounds)
+            T = self._rounds(d)
             if not 0 <= T <= d * (d - 1) // 2:
                 raise ValueError(f"rounds must be in [0, {d * (d - 1) // 2}] for d={d}, got {T}")
 
         X, b, budget = self._prepare(X, check_rounds)
         n, d = X.shape
-        T = d if self.rounds is None else int(self.rounds)
+        T = self._rounds(d)
         rho = budget.remaining * _SAFETY
         # measurement budget in per-entry shares: d for the diagonal vector, one per round
         rho_entry = (0.9 * rho if T > 0 else rho) / (d + T)

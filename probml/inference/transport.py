@@ -35,7 +35,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KNeighborsRegressor
 
-from probml.utils import check_int, check_prior, keep_global_rng
+from probml.utils import check_data, check_int, check_prior, keep_global_rng
 
 __all__ = [
     "w2_interpolation_weight",
@@ -51,15 +51,18 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_eta_s(eta, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    eta = np.asarray(eta, dtype=float).reshape(-1)
+def _as_vector(name: str, v) -> np.ndarray:
+    """``v`` (``n`` or ``n x 1``) as a dense, real, finite float64 vector."""
+    if not sp.issparse(v) and np.ndim(v) == 2 and np.shape(v)[1] == 1:
+        v = np.reshape(v, -1)
+    return check_data(name, v, ndim=1)
+
+
+def _check_eta_s(eta, s, name: str = "predictions") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    eta = _as_vector(name, eta)
     s = np.asarray(s).reshape(-1)
     if len(s) != len(eta):
-        raise ValueError(
-            f"sensitive must have the length of the predictions ({len(eta)}), got {len(s)}"
-        )
-    if not np.isfinite(eta).all():
-        raise ValueError("predictions must be finite")
+        raise ValueError(f"sensitive must have the length of the {name} ({len(eta)}), got {len(s)}")
     groups = np.unique(s)
     if len(groups) < 2:
         raise ValueError(f"need at least two groups in sensitive, got {groups.tolist()}")
@@ -203,11 +206,9 @@ def _delta(pi: np.ndarray, p1: float) -> np.ndarray:
 
 def _check_unaware(eta, group_probability, p1) -> tuple[np.ndarray, np.ndarray, float]:
     """Validated ``(eta, pi, p1)`` of the unaware estimators."""
-    eta = np.asarray(eta, float).reshape(-1)
-    pi = np.asarray(group_probability, float).reshape(-1)
-    if not np.isfinite(eta).all():
-        raise ValueError("predictions must be finite")
-    if pi.shape != eta.shape or not np.isfinite(pi).all() or (pi < 0).any() or (pi > 1).any():
+    eta = _as_vector("predictions", eta)
+    pi = _as_vector("group_probability", group_probability)
+    if pi.shape != eta.shape or (pi < 0).any() or (pi > 1).any():
         raise ValueError(
             "group_probability must have the length of the predictions and lie in [0, 1]"
         )
@@ -380,13 +381,10 @@ class FairRegressor(BaseEstimator):
         if self.penalty not in ("w2", "tv"):
             raise ValueError(f"penalty must be 'w2' or 'tv', got {self.penalty!r}")
         lam = _check_strength(self.strength)
-        X = np.asarray(X, float)
-        y = np.asarray(y, float).reshape(-1)
-        if X.ndim != 2 or len(X) != len(y):
-            raise ValueError(f"X must be n x d with n = len(y) = {len(y)}, got {X.shape}")
-        _, s, groups = _check_eta_s(y, sensitive)
-        if not np.isfinite(X).all():
-            raise ValueError("X must be finite")
+        X = check_data("X", X)
+        y, s, groups = _check_eta_s(y, sensitive, "y")
+        if len(X) != len(y):
+            raise ValueError(f"X must have len(y) = {len(y)} rows, got shape {X.shape}")
         if self.calibration_fraction is not None and not 0 < self.calibration_fraction < 1:
             raise ValueError(
                 f"calibration_fraction must be in (0, 1) or None, got {self.calibration_fraction}"
@@ -464,9 +462,7 @@ class FairRegressor(BaseEstimator):
         :meth:`fit`) is required for an aware model and refused for an unaware one."""
         if not hasattr(self, "eta_model_"):
             raise RuntimeError("FairRegressor is not fitted; call fit(X, y, sensitive) first")
-        X = np.asarray(X, float)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must have shape (n, {self.n_features_in_}), got {X.shape}")
+        X = check_data("X", X, n_features=self.n_features_in_)
         if self.aware:
             if sensitive is None:
                 raise ValueError("sensitive is required at prediction time for an aware model")
@@ -523,9 +519,11 @@ def posterior_fair_predictions(
 
     check_int("num_samples", num_samples)
     check_int("warmup_steps", warmup_steps, 0)
-    X, X_new = np.asarray(X, float), np.asarray(X_new, float)
-    y = np.asarray(y, float)
-    _, s, groups = _check_eta_s(y, sensitive)
+    X = check_data("X", X)
+    X_new = check_data("X_new", X_new, n_features=X.shape[1])
+    y, s, groups = _check_eta_s(y, sensitive, "y")
+    if len(X) != len(y):
+        raise ValueError(f"X must have len(y) = {len(y)} rows, got shape {X.shape}")
     s_new = np.asarray(sensitive_new).reshape(-1)
     if len(s_new) != len(X_new):
         raise ValueError("sensitive_new must have the length of X_new")

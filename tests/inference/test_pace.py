@@ -235,7 +235,9 @@ def test_pace_beats_whole_matrix_gaussian_in_high_dimension():
         ({"delta": 1.0}, None, "delta"),
         ({"bounds": [1.0, 1.0]}, None, "bounds must have length 3"),
         ({"bounds": [1.0, -1.0, 1.0]}, None, "bounds"),
-        ({}, np.array([[1.0, np.nan, 0.0]] * 5), "finite"),
+        ({}, np.array([[1.0, np.nan, 0.0]] * 5), "Input X contains NaN"),
+        ({}, np.ones((5, 3)) + 1j, "X: Complex data not supported"),
+        ({}, np.ones((1, 3)), "X: Found array with 1 sample"),
         ({"selection": "greedy"}, None, "selection"),
         ({"rounds": 10}, None, "rounds"),
         ({"rounds": 10, "center": True}, None, "rounds"),  # before the private mean

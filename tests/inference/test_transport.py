@@ -169,7 +169,7 @@ def test_unaware_estimators_reject_bad_input(fn):
         ((eta, nan_pi, 0.5), "group_probability"),
         ((eta, pi[:-1], 0.5), "group_probability"),
         ((eta, pi + 0.5, 0.5), "group_probability"),
-        ((nan_eta, pi, 0.5), "finite"),
+        ((nan_eta, pi, 0.5), "Input predictions contains NaN"),
         ((eta, pi, 0.0), "p1"),
         ((eta, pi, 1.0), "p1"),
     ):
