@@ -139,3 +139,29 @@ def test_drum_fits_on_device(device):
     assert est.device_.type == device and est.correction_.device.type == device
     p = est.predict_proba(Xt[:4].cpu().numpy())[:, 1]
     assert np.isfinite(p).all() and np.abs(p - 0.3646).max() < 0.03, p
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_spurious_factor_and_scale_priors_on_device(device):
+    """GRASP's spurious-factor fit and the scale-vector priors on device tensors: the planted
+    shared direction is found and the soft projector lives beside the updates; the Pyro
+    view of a device model draws its scales there."""
+    import pyro
+    from pyro import poutine
+
+    from probml.models.adapters import fit_spurious_factor
+    from probml.models.layers import scale_vector_priors
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(12, generator=g)
+    u = u / u.norm()
+    b = (2.0 + torch.rand(16, generator=g))[:, None] * u + 0.05 * torch.randn(16, 12, generator=g)
+    out = fit_spurious_factor(b.to(device), num_task=2, num_steps=300, seed=0)
+    assert out["projector"].device.type == device and out["u"].device.type == device
+    assert abs(float(out["u"].cpu() @ u)) > 0.9
+    pyro.clear_param_store()
+    cfg = TinyLMConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, context=8)
+    m = scale_vector_priors(TinyLM(cfg).to(device), weight_decay=0.5)
+    x = torch.randint(0, 11, (2, 8), device=device)
+    tr = poutine.trace(lambda: m(x)).get_trace()
+    assert tr.nodes["norm_f.scale.alpha"]["value"].device.type == device

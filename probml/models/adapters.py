@@ -335,7 +335,7 @@ def fit_spurious_factor(
     detection = -(sum(out[True][-tail:]) - sum(out[False][-tail:])) / tail
     return {
         "u": u_mean,
-        "projector": torch.eye(b.shape[1], dtype=b.dtype) - uu,
+        "projector": torch.eye(b.shape[1], dtype=b.dtype, device=b.device) - uu,
         "detection": detection,
         "loss_shared": out[True],
         "loss_null": out[False],

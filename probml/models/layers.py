@@ -548,10 +548,11 @@ def scale_vector_priors(model: nn.Module, weight_decay: float) -> nn.Module:
     scale = 1.0 / math.sqrt(weight_decay)
     for m in model.modules():
         if isinstance(m, ScaleVector) and m.role == "input":
-            dim = m.alpha.numel()
-            m.alpha = PyroSample(dist.Normal(torch.zeros(dim), scale).to_event(1))
+            # the priors follow the scale's device and dtype (a CUDA model draws on CUDA)
+            zero = m.alpha.detach().new_zeros(m.alpha.shape)
+            m.alpha = PyroSample(dist.Normal(zero, scale).to_event(1))
             if m.beta is not None:
-                m.beta = PyroSample(dist.Normal(torch.zeros(()), scale))
+                m.beta = PyroSample(dist.Normal(m.beta.detach().new_zeros(()), scale))
     return model
 
 

@@ -148,6 +148,29 @@ def test_scale_vector_priors_make_map_equal_to_role_aware_decay():
         scale_vector_priors(bare, 0.5)
 
 
+@pytest.mark.parametrize("to", [torch.float64, "meta"])
+def test_scale_vector_priors_follow_the_models_dtype_and_device(to):
+    """The priors are built beside the scales: a float64 model draws float64 scales (before:
+    float32), and a model on another device draws there (``meta`` stands in for CUDA here;
+    before, the CPU prior met the model's tensors in the forward pass and failed)."""
+    import pyro
+    from pyro import poutine
+
+    from probml.models.layers import scale_vector_priors
+    from probml.models.lm import TinyLM, TinyLMConfig
+
+    pyro.clear_param_store()
+    m = TinyLM(TinyLMConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, context=8)).to(to)
+    device = torch.device("meta") if to == "meta" else torch.device("cpu")
+    x = torch.randint(0, 11, (2, 8)).to(device)
+    with pyro.validation_enabled(to != "meta"):  # argument checks read values: none on meta
+        scale_vector_priors(m, weight_decay=0.5)
+        tr = poutine.trace(lambda: m(x)).get_trace()
+    value = tr.nodes["norm_f.scale.alpha"]["value"]
+    assert value.device == device
+    assert value.dtype == (torch.float64 if to == torch.float64 else torch.float32)
+
+
 def test_stochastic_gates_mean_field_is_the_moa_layer_and_svi_runs():
     import pyro
     from pyro.infer import SVI, Trace_ELBO
