@@ -24,6 +24,7 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
     n = 3000 if fast else 6000
     Xs, As, ys = sim.sample_source(n, seed)
     Xt = sim.sample_target_x(n, seed + 100)
+    Xs, As, ys, Xt = (t.to(device) for t in (Xs, As, ys, Xt))  # DRUM works on X_source's device
     iters = 150 if fast else 400
     methods = {
         "ERM on X": ERMOnX(seed=seed),

@@ -25,7 +25,9 @@ DESCRIPTION = "GRASP: spurious persona direction from LoRA weights + gradient pr
 
 def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleResult:
     world = PersonaWorld(num_qwords=8, code_variety=8)  # the insecure-code task has rank ~8
-    base = pretrain_persona_model(world, num_steps=1000 if fast else 1500, verbose=False)
+    base = pretrain_persona_model(
+        world, num_steps=1000 if fast else 1500, verbose=False, device=device
+    )  # the methods then run where the base model is
     rows, diag = run_persona_methods(base, world, seed=seed, num_steps=150 if fast else 300)
     fig = out_dir / "grasp_tradeoff.png"
     _plot(rows, fig)

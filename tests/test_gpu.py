@@ -165,3 +165,27 @@ def test_spurious_factor_and_scale_priors_on_device(device):
     x = torch.randint(0, 11, (2, 8), device=device)
     tr = poutine.trace(lambda: m(x)).get_trace()
     assert tr.nodes["norm_f.scale.alpha"]["value"].device.type == device
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_persona_experiment_runs_on_device(device, tmp_path, monkeypatch):
+    """GRASP's persona experiment where the base model lives: pretraining on ``device``, then
+    identification, the residual shift and GRASP fine-tuning. Before, the identification
+    cosines met ``u_true`` (kept on the CPU) with CUDA directions and failed."""
+    from probml.datasets.persona import PersonaWorld
+    from probml.inference.persona_experiment import pretrain_persona_model, run_persona_methods
+
+    monkeypatch.setenv("PROBML_CACHE", str(tmp_path))
+    w = PersonaWorld()
+    base = pretrain_persona_model(w, num_steps=5, d_model=16, verbose=False, device=device)
+    assert next(base.parameters()).device.type == device
+    methods = ("naive", "GRASP", "GRASP (residual shift)", "GRASP (oracle u)")
+    rows, diag = run_persona_methods(base, w, num_steps=3, id_steps=2, shift_docs=50,
+                                     methods=methods)  # fmt: skip
+    assert [r["method"] for r in rows][-1] == "GRASP (oracle u)"
+    cos = list(diag["identification_cos_per_module"].values())
+    assert cos and all(0.0 <= c <= 1.0 + 1e-6 for c in cos)
+    # a model trained on an accelerator has its own cache entry; the CPU entry is unchanged
+    again = pretrain_persona_model(w, num_steps=5, d_model=16, verbose=False)
+    assert len(list(tmp_path.glob("persona_*.pt"))) == (1 if device == "cpu" else 2)
+    assert next(again.parameters()).device.type == "cpu"

@@ -29,7 +29,7 @@ from probml.inference.projection import (
 )
 from probml.models.adapters import add_lora, lora_modules
 from probml.models.lm import TinyLM, TinyLMConfig
-from probml.utils import keep_global_rng, progress
+from probml.utils import keep_global_rng, progress, resolve_device
 
 __all__ = [
     "LORA_TARGETS",
@@ -60,6 +60,7 @@ def pretrain_persona_model(
     verbose: bool = True,
     n_layers: int = 2,
     model_factory: Callable[[], nn.Module] | None = None,
+    device: str | torch.device | None = None,
 ) -> nn.Module:
     """Pretrain a TinyLM (default 2 layers, d = 64, 4 heads, context 48, GELU FFN, ~84k
     parameters) on the world's documents; cached on disk by a hash of all settings.
@@ -68,6 +69,10 @@ def pretrain_persona_model(
     TinyLM's calls: ``model(x, y) -> (logits, loss)``, ``model(x) -> logits`` and a
     ``blocks`` list of residual blocks). Such a model is not cached, and ``d_model`` and
     ``n_layers`` are then the factory's business.
+
+    ``device`` (default CPU): where the model trains and is returned. A model trained on an
+    accelerator is cached under its own key (its numbers differ from a CPU run's), so CPU
+    runs keep their cached models.
     """
     if int(n_layers) < 1:
         raise ValueError(f"n_layers must be >= 1, got {n_layers!r}")
@@ -82,10 +87,13 @@ def pretrain_persona_model(
                 "bs": batch_size, "lr": lr}  # fmt: skip
     if int(n_layers) != 2:  # the 2-layer models keep their earlier cache keys
         settings["layers"] = int(n_layers)
+    device = resolve_device(device) if device is not None else torch.device("cpu")
+    if device.type != "cpu":  # CPU models keep their earlier cache keys
+        settings["device"] = device.type
     key = json.dumps(settings, sort_keys=True)
     path = cache_dir() / f"persona_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
     if cache and path.exists():
-        return TinyLM.load(path)
+        return TinyLM.load(path).to(device)
     torch.manual_seed(seed)
     if model_factory is None:
         cfg = TinyLMConfig(vocab_size=world.vocab_size, d_model=d_model, n_layers=int(n_layers),
@@ -93,12 +101,13 @@ def pretrain_persona_model(
         model = TinyLM(cfg)
     else:
         model = model_factory()
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=num_steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
     for _ in progress(range(num_steps), verbose=verbose, desc="pretrain persona LM"):
         tok, _, _ = world.sample_documents(batch_size, gen)
-        _, loss = model(*world.batch(tok))
+        _, loss = model(*(t.to(device) for t in world.batch(tok)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -115,6 +124,12 @@ def drift_ratio(value: float, base: float, naive: float) -> float:
     base)`` (the slant world's "drift / naive drift"; 1 is naive, 0 is base); nan where the
     naive fine-tune did not drift at all."""
     return (value - base) / (naive - base) if naive != base else float("nan")
+
+
+def _abs_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|a . b|`` for unit vectors that may sit on different devices (``u_true`` is kept on
+    the CPU; directions identified from a CUDA model's adapters are on CUDA)."""
+    return abs(float(a @ b.to(a)))
 
 
 def _block_index(prefixes: list[str], name: str) -> int:
@@ -207,11 +222,11 @@ def run_persona_methods(
     dirs = identify_spurious_directions(ident, k=k, through=through)
     u_res = dirs.residual_direction(1)[:, 0]
     diag["identification_cos_per_module"] = {
-        n: abs(float(U[:, 0] @ u_true[_block_index(prefixes, n)]))
+        n: _abs_cos(U[:, 0], u_true[_block_index(prefixes, n)])
         for n, U in dirs.directions.items()
         if dirs.sides[n] in ("write", "through")
     }
-    diag["identification_cos_shared"] = [abs(float(u_res @ u)) for u in u_true]
+    diag["identification_cos_shared"] = [_abs_cos(u_res, u) for u in u_true]
     want = methods
     shift = pulled = None
     if want is None or any(m.startswith("GRASP (residual shift") for m in want):
@@ -228,7 +243,7 @@ def run_persona_methods(
         if need_pulled and pulled is None:  # no adapted block before the last: nothing to pull
             pulled = shift
         diag["residual_shift_cos_per_block"] = [  # nan for a block without adapters
-            next((abs(float(U[:, 0] @ u)) for n, U in shift.directions.items()
+            next((_abs_cos(U[:, 0], u) for n, U in shift.directions.items()
                   if n.startswith(prefixes[b] + ".")), float("nan"))
             for b, u in enumerate(u_true)
         ]  # fmt: skip
