@@ -154,7 +154,7 @@ def gaussian_kl(Sigma: torch.Tensor, Sigma_hat: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------- fairness
-def unfairness(pred, sensitive, kind: str = "w2", decimals: int = 8) -> float:
+def unfairness(pred, sensitive, kind: str = "w2", decimals: int = 8):
     r"""Demographic-parity unfairness of predictions between groups.
 
     * ``"w2"``: squared 2-Wasserstein distance between the two groups' prediction
@@ -162,6 +162,9 @@ def unfairness(pred, sensitive, kind: str = "w2", decimals: int = 8) -> float:
     * ``"ks"``: Kolmogorov-Smirnov distance (largest pairwise).
     * ``"tv"``: total variation between the empirical distributions of predictions rounded to
       ``decimals`` (meaningful where predictions are pooled onto shared values).
+
+    ``pred`` is ``n`` predictions (returns a float) or ``S x n``, one row per posterior draw
+    with the same ``sensitive`` labels (returns ``S`` values, computed for all rows at once).
     """
     import itertools
 
@@ -169,10 +172,14 @@ def unfairness(pred, sensitive, kind: str = "w2", decimals: int = 8) -> float:
     import ot
     from scipy.stats import ks_2samp
 
-    pred = np.asarray(pred, float).reshape(-1)
+    pred = np.asarray(pred, float)
+    one = pred.ndim == 1
+    P = pred.reshape(1, -1) if one else pred
     s = np.asarray(sensitive).reshape(-1)
-    if len(s) != len(pred):
-        raise ValueError(f"sensitive must have length {len(pred)}, got {len(s)}")
+    if P.ndim != 2 or len(s) != P.shape[1]:
+        raise ValueError(
+            f"pred must be n or S x n with n = len(sensitive) = {len(s)}, got shape {pred.shape}"
+        )
     groups = np.unique(s)
     if len(groups) < 2:
         raise ValueError("need at least two groups")
@@ -180,20 +187,40 @@ def unfairness(pred, sensitive, kind: str = "w2", decimals: int = 8) -> float:
         raise ValueError(f"kind must be 'w2', 'ks' or 'tv', got {kind!r}")
     vals = []
     for g, h in itertools.combinations(groups, 2):
-        a, b = pred[s == g], pred[s == h]
+        a, b = P[:, s == g], P[:, s == h]  # S x n_g, S x n_h
         if kind == "w2":
-            vals.append(float(ot.wasserstein_1d(a, b, p=2)))
+            vals.append(np.asarray(ot.wasserstein_1d(a.T, b.T, p=2), float))
         elif kind == "ks":
-            vals.append(float(ks_2samp(a, b).statistic))
+            vals.append(np.asarray(ks_2samp(a, b, axis=1).statistic, float))
         else:
-            ra, rb = np.round(a, decimals), np.round(b, decimals)
-            support = np.union1d(ra, rb)
-            pa = np.searchsorted(support, ra)
-            pb = np.searchsorted(support, rb)
-            ha = np.bincount(pa, minlength=len(support)) / len(a)
-            hb = np.bincount(pb, minlength=len(support)) / len(b)
-            vals.append(float(0.5 * np.abs(ha - hb).sum()))
-    return max(vals)
+            vals.append(_tv_rows(np.round(a, decimals), np.round(b, decimals)))
+    out = np.max(np.stack(vals), axis=0)
+    return float(out[0]) if one else out
+
+
+def _tv_rows(a, b):
+    """Total variation between the empirical distributions of each row of ``a`` (``S x n_a``)
+    and of ``b`` (``S x n_b``): half the summed absolute net mass over the distinct values."""
+    import numpy as np
+
+    S, n_a, n_b = a.shape[0], a.shape[1], b.shape[1]
+    v = np.concatenate((a, b), axis=1)
+    # integer weights (n_b per a, -n_a per b): the sums are exact, equal rows give exactly 0
+    w = np.concatenate((np.full(a.shape, float(n_b)), np.full(b.shape, -float(n_a))), axis=1)
+    order = np.argsort(v, axis=1, kind="stable")
+    v, w = np.take_along_axis(v, order, 1), np.take_along_axis(w, order, 1)
+    cs = np.cumsum(w, axis=1)
+    last = np.ones_like(v, dtype=bool)  # the last position of each run of equal values
+    last[:, :-1] = v[:, 1:] != v[:, :-1]
+    # net mass of a run = the cumulative sum at its end minus that at the previous run's end
+    ends = np.where(last, cs, np.nan)
+    flat = ends[last].reshape(-1)
+    counts = last.sum(1)
+    prev = np.concatenate(([0.0], flat[:-1]))
+    prev[np.cumsum(counts)[:-1]] = 0.0  # every row starts from zero
+    net = np.abs(flat - prev)
+    rows = np.bincount(np.repeat(np.arange(S), counts), weights=net, minlength=S)
+    return 0.5 * rows / (n_a * n_b)
 
 
 def pareto_front(risk, unfair) -> list[int]:

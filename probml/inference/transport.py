@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 import ot
 import scipy.sparse as sp
+import torch
 from scipy.sparse.linalg import spsolve
 from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -90,30 +91,52 @@ def w2_interpolation_weight(lam: float, p: np.ndarray, penalty: str = "pairwise"
 
 
 class _QuantileMaps:
-    """Per-group empirical CDFs and quantile functions of reference predictions."""
+    """Per-group empirical CDFs and quantile functions of reference predictions, for ``S``
+    draws at once: the reference ``eta`` is ``S x n`` (or ``n``, one draw), one row per
+    posterior draw, and its labels ``s`` are shared by the rows."""
 
     def __init__(self, eta: np.ndarray, s: np.ndarray, groups: np.ndarray):
+        eta = np.atleast_2d(eta)
         self.groups = groups
-        self.sorted = {g: np.sort(eta[s == g]) for g in groups}
+        self.sorted = {g: np.sort(eta[:, s == g], axis=1) for g in groups}
         self.p = np.array([np.mean(s == g) for g in groups])
 
     def cdf(self, g, x: np.ndarray) -> np.ndarray:
-        ref = self.sorted[g]
-        # mid-rank empirical CDF: average of strict and weak counts, kept in (0, 1)
-        lo = np.searchsorted(ref, x, side="left")
-        hi = np.searchsorted(ref, x, side="right")
-        return np.clip((lo + hi) / (2.0 * len(ref)), 0.5 / len(ref), 1 - 0.5 / len(ref))
+        """Mid-rank empirical CDF of group ``g`` at ``x`` (``S x m``, row by row), kept in
+        (0, 1): the average of the strict and the weak counts."""
+        ref = torch.from_numpy(self.sorted[g])
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=ref.numpy().dtype))
+        ref = ref.expand(xt.shape[0], -1) if ref.shape[0] == 1 else ref
+        lo = torch.searchsorted(ref.contiguous(), xt, side="left").numpy()
+        hi = torch.searchsorted(ref.contiguous(), xt, side="right").numpy()
+        k = ref.shape[1]
+        return np.clip((lo + hi) / (2.0 * k), 0.5 / k, 1 - 0.5 / k)
 
     def barycenter_quantile(self, u: np.ndarray) -> np.ndarray:
-        return sum(p * np.quantile(self.sorted[g], u) for p, g in zip(self.p, self.groups))
+        """``sum_g p_g Q_g(u)`` row by row (``u``: ``S x m``; NumPy's linear quantile)."""
+        return sum(p * _row_quantile(self.sorted[g], u) for p, g in zip(self.p, self.groups))
 
     def transport(self, eta: np.ndarray, s: np.ndarray, t: float) -> np.ndarray:
-        out = eta.copy()
+        """``(1 - t) eta + t Qbar(F_s(eta))`` for ``eta`` of ``m`` or ``S x m``."""
+        out = np.atleast_2d(eta).copy()
         for g in self.groups:
             m = s == g
             if m.any():
-                out[m] = (1 - t) * eta[m] + t * self.barycenter_quantile(self.cdf(g, eta[m]))
-        return out
+                e = out[:, m]
+                out[:, m] = (1 - t) * e + t * self.barycenter_quantile(self.cdf(g, e))
+        return out[0] if np.ndim(eta) == 1 else out
+
+
+def _row_quantile(a: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Row ``i`` of ``a`` (sorted, ``S x k`` or ``1 x k``) at the levels ``u[i]`` (``S x m``),
+    by NumPy's default linear rule: position ``u (k - 1)``, interpolated between neighbours."""
+    k = a.shape[1]
+    a = np.broadcast_to(a, (u.shape[0], k))
+    pos = u * (k - 1)
+    i0 = np.clip(np.floor(pos).astype(np.int64), 0, k - 1)
+    i1 = np.minimum(i0 + 1, k - 1)
+    lo, hi = np.take_along_axis(a, i0, 1), np.take_along_axis(a, i1, 1)
+    return lo + (pos - i0) * (hi - lo)
 
 
 def fair_w2_aware(
@@ -471,7 +494,9 @@ class FairRegressor(BaseEstimator):
                 raise ValueError(f"sensitive must have length {len(X)}, got {len(s)}")
             unknown = set(np.unique(s)) - set(self.groups_)
             if unknown:
-                raise ValueError(f"sensitive has groups not seen in fit: {sorted(unknown)}")
+                raise ValueError(
+                    f"sensitive has groups not seen in fit: {np.unique(list(unknown)).tolist()}"
+                )
             eta = self._eta(self._design(X, s))
             if self.penalty == "w2":
                 return self.maps_.transport(eta, s, self.t_)
@@ -511,7 +536,6 @@ def posterior_fair_predictions(
         ``(fair_draws, unfairness_draws)``: ``num_samples x m`` and ``num_samples``.
     """
     import pyro
-    import torch
     from pyro.infer import MCMC, NUTS, Predictive
 
     from probml.metrics import unfairness
@@ -527,6 +551,11 @@ def posterior_fair_predictions(
     s_new = np.asarray(sensitive_new).reshape(-1)
     if len(s_new) != len(X_new):
         raise ValueError("sensitive_new must have the length of X_new")
+    unknown = set(np.unique(s_new)) - set(groups)
+    if unknown:  # their rows would keep eta, unmapped
+        raise ValueError(
+            f"sensitive_new has groups not seen in sensitive: {np.unique(list(unknown)).tolist()}"
+        )
     t = w2_interpolation_weight(
         strength,
         np.array([np.mean(s == g) for g in groups]),
@@ -556,8 +585,6 @@ def posterior_fair_predictions(
         linear_outcome_model, posterior_samples=mcmc.get_samples(), return_sites=["eta"]
     )(Z, None, coef_prior=coef_prior, Z_new=Zn)["eta"]
     eta_new = eta_new.reshape(num_samples, -1).numpy()
-    fair = np.stack(
-        [fair_w2_aware(e, s_new, t, reference=(et, s)) for e, et in zip(eta_new, eta_train)]
-    )
-    unf = np.array([unfairness(f, s_new, "w2") for f in fair])
-    return fair, unf
+    # every draw at once: draw i is mapped with its own training predictions as reference
+    fair = _QuantileMaps(eta_train, s, groups).transport(eta_new, s_new, t)
+    return fair, unfairness(fair, s_new, "w2")

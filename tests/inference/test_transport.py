@@ -191,6 +191,51 @@ def test_metrics_and_pareto():
     assert pareto_front([1.0, 2.0, 1.5, 0.5], [3.0, 1.0, 2.0, 4.0]) == [1, 2, 0, 3]
 
 
+def _per_draw_reference(eta_new, s_new, t, eta_ref, s_ref):
+    """The aware W2 map draw by draw with NumPy's own searchsorted and quantile (the code the
+    batched maps replaced), for comparison."""
+    out = eta_new.copy()
+    groups = np.unique(s_ref)
+    p = [np.mean(s_ref == g) for g in groups]
+    for i in range(eta_new.shape[0]):
+        srt = {g: np.sort(eta_ref[i, s_ref == g]) for g in groups}
+        for g in groups:
+            x, k = eta_new[i, s_new == g], len(srt[g])
+            u = (np.searchsorted(srt[g], x, "left") + np.searchsorted(srt[g], x, "right")) / (2 * k)
+            u = np.clip(u, 0.5 / k, 1 - 0.5 / k)
+            bar = sum(pg * np.quantile(srt[h], u) for pg, h in zip(p, groups))
+            out[i, s_new == g] = (1 - t) * x + t * bar
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batched_w2_maps_and_unfairness_match_the_per_draw_code(seed):
+    from probml.inference.transport import _QuantileMaps
+
+    rng = np.random.default_rng(seed)
+    S, n, m = 6, 40, 25
+    s, s_new = rng.integers(0, 3, n), rng.integers(0, 3, m)
+    eta_ref = np.round(rng.normal(size=(S, n)), 1)  # ties, as predictions often have
+    eta_new = np.round(rng.normal(size=(S, m)), 1)
+    fair = _QuantileMaps(eta_ref, s, np.unique(s)).transport(eta_new, s_new, 0.7)
+    ref = _per_draw_reference(eta_new, s_new, 0.7, eta_ref, s)
+    assert np.allclose(fair, ref, atol=1e-12)
+    # one draw through the public function agrees too
+    one = fair_w2_aware(eta_new[2], s_new, 0.7, reference=(eta_ref[2], s))
+    assert np.allclose(one, ref[2], atol=1e-12)
+    # unfairness of every draw at once = one by one, for each kind (ties kept for TV)
+    for kind in ("w2", "ks", "tv"):
+        rows = unfairness(fair, s_new, kind)
+        assert rows.shape == (S,)
+        assert np.allclose(rows, [unfairness(f, s_new, kind) for f in fair], atol=1e-12)
+    # TV against its definition on the shared support
+    a, b = eta_new[0, s_new == 0], eta_new[0, s_new == 1]
+    sup = np.union1d(a, b)
+    tv = 0.5 * sum(abs(np.mean(a == v) - np.mean(b == v)) for v in sup)
+    pair = unfairness(np.r_[a, b], np.r_[np.zeros(len(a)), np.ones(len(b))], "tv")
+    assert pair == pytest.approx(tv, abs=1e-12)
+
+
 def test_posterior_bands_on_fair_predictions():
     d = make_gaussian_groups(200, p1=0.5, seed=3)
     fair, unf = posterior_fair_predictions(
@@ -206,6 +251,9 @@ def test_posterior_bands_on_fair_predictions():
     assert fair.shape == (60, 50) and unf.shape == (60,)
     assert np.all(fair.std(0) > 0)  # the posterior spreads the fair predictions
     assert np.median(unf) < 0.2 * unfairness(d.eta_aware[150:], d.sensitive[150:], "w2")
+    with pytest.raises(ValueError, match=r"sensitive_new has groups not seen in sensitive: \[7\]"):
+        posterior_fair_predictions(d.X[:150], d.y[:150], d.sensitive[:150], d.X[150:152],
+                                   np.array([7, 7]), num_samples=5, warmup_steps=5)  # fmt: skip
 
 
 def test_wage_data_loads_offline():
