@@ -100,6 +100,8 @@ class ConditionalFlow(nn.Module):
         return self.sample_with_noise(x, z)
 
     def log_prob(self, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log g(a \\mid x)` for ``a`` (``... x d_a``) given ``x`` (``... x d_x``):
+        shape ``...``."""
         return self.dist(x).log_prob(a)
 
     def rsample_and_log_prob(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,12 +155,17 @@ class ConditionalBernoulli(nn.Module):
         return g.requires_grad_(False)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logit of :math:`P(A = 1 \\mid x)` (base plus tilt): ``x`` is ``... x d_x``, the
+        result ``...``."""
         return (self.base(x) + self.tilt(x)).squeeze(-1)
 
     def prob(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`P(A = 1 \\mid x)`, shape ``...`` for ``x`` of ``... x d_x``."""
         return torch.sigmoid(self.logits(x))
 
     def log_prob(self, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Bernoulli log-probability of ``a`` in {0, 1} (``...``, or ``... x 1``) given ``x``
+        (``... x d_x``): shape ``...``."""
         return dist.Bernoulli(logits=self.logits(x)).log_prob(a.reshape(x.shape[:-1]).to(x))
 
     def copy(self) -> ConditionalBernoulli:

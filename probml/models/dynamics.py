@@ -191,10 +191,13 @@ class StateSpaceModel:
         return loc
 
     def transition_dist(self, x_prev: torch.Tensor) -> dist.MultivariateNormal:
+        """:math:`p(x_t \\mid x_{t-1}) = N(f(x_{t-1}), Q)` for ``x_prev`` of ``... x d``
+        (batch shape ``...``, event ``d``)."""
         loc = self._drift(x_prev)
         return dist.MultivariateNormal(loc, scale_tril=self.process_scale_tril.to(loc))
 
     def init_dist(self) -> dist.MultivariateNormal:
+        """:math:`p(x_0)`: a ``d``-dimensional Gaussian (``init_loc``, ``init_scale_tril``)."""
         return dist.MultivariateNormal(self.init_loc, scale_tril=self.init_scale_tril)
 
     def sample_init(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -217,6 +220,8 @@ class StateSpaceModel:
     def sample(
         self, x_prev: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
+        """Same as :meth:`sample_transition` (``... x d`` in and out), so that the true
+        model can stand wherever a transition object is expected."""
         return self.sample_transition(x_prev, generator)
 
     def simulate(

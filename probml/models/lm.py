@@ -27,12 +27,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from probml.models.layers import Norm, ScaledLinear, ScaleVector, SwiGLUFFN
+from probml.utils import check_int
 
 __all__ = ["TinyLMConfig", "TinyLM"]
 
 
 @dataclass
 class TinyLMConfig:
+    """Plain-data configuration of :class:`TinyLM` (saved beside its weights).
+
+    Args:
+        vocab_size: token ids are ``0 .. vocab_size - 1``.
+        d_model: residual width ``d`` (divisible by ``n_heads``); n_layers: blocks (0 gives
+            embedding, final norm and head only); n_heads: attention heads of width
+            ``d / n_heads``; context: the longest sequence ``T`` (positions are learned).
+        d_ff: FFN hidden width (default ``8 d / 3`` rounded to a multiple of 16).
+        norm: ``"rms"`` or ``"layer"``; norm_scale: learnable scales on the norms.
+        qk_norm: Output-Norms with scales on the per-head queries and keys.
+        branch_scales: separate input scales per branch (HG) instead of one per norm.
+        placement: ``"none"``, ``"dp"`` or ``"dnp"``: scales around the output projections.
+        scale_reparam: ``None`` or ``"magnitude_direction"`` (every scale is ``beta alpha``).
+        tie_embeddings: the LM head shares the token embedding.
+        ffn: the FFN as a dict: ``{"kind": name, **kwargs}``, ``name`` in
+            :data:`~probml.models.layers.FFN_KINDS` (``"swiglu"``, ``"gelu"``, ``"la"``,
+            ``"moa"``, or one added with :func:`~probml.models.layers.register_ffn`).
+
+    Every field is checked here, by name, before any module is built.
+    """
+
     vocab_size: int
     d_model: int = 128
     n_layers: int = 4
@@ -50,20 +72,28 @@ class TinyLMConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_heads", "context"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if int(self.n_layers) < 0:
-            raise ValueError(f"n_layers must be >= 0, got {self.n_layers!r}")
-        if self.d_ff is not None and int(self.d_ff) < 1:
-            raise ValueError(f"d_ff must be >= 1 or None, got {self.d_ff!r}")
+            check_int(name, getattr(self, name))
+        check_int("n_layers", self.n_layers, 0)
+        if self.d_ff is not None:
+            check_int("d_ff", self.d_ff)
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
         if self.d_ff is None:
             self.d_ff = 16 * round(8 * self.d_model / 3 / 16)
-        if self.placement not in ("none", "dp", "dnp"):
-            raise ValueError(f"placement must be 'none', 'dp' or 'dnp', got {self.placement!r}")
+        for name, allowed in (
+            ("norm", ("rms", "layer")),
+            ("placement", ("none", "dp", "dnp")),
+            ("scale_reparam", (None, "magnitude_direction")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("norm_scale", "qk_norm", "branch_scales", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.ffn, dict):
+            raise TypeError(f"ffn must be a dict such as {{'kind': 'gelu'}}, got {self.ffn!r}")
 
 
 def _build_ffn(cfg: TinyLMConfig, down: nn.Module | None) -> nn.Module:
@@ -215,6 +245,8 @@ class TinyLM(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device | None = None) -> TinyLM:
+        """A model written by :meth:`save` (config and weights; ``weights_only`` loading, so
+        only plain data is read). ``map_location`` as in :func:`torch.load`."""
         blob = torch.load(path, map_location=map_location, weights_only=True)
         model = cls(TinyLMConfig(**blob["config"]))
         model.load_state_dict(blob["state"])

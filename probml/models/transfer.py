@@ -107,6 +107,8 @@ class BinaryShiftProblem:
             )
 
     def outcome(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The true :math:`\\mu(x, a) = P(Y = 1 \\mid x, a)`, ``mu[a]`` whatever ``x``:
+        ``x`` is ``... x 1``, ``a`` is ``...`` (or ``... x 1``); shape ``...``."""
         a = a.reshape(x.shape[:-1]).to(x)
         return self.mu[0] + (self.mu[1] - self.mu[0]) * a
 
@@ -147,6 +149,8 @@ class ContinuousShiftSimulation:
         self.grid = grid
 
     def outcome(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The true :math:`\\mu(x, a)` (logistic with an interaction and a quadratic term):
+        ``x`` and ``a`` are ``... x 2``; shape ``...``."""
         eta = (
             -0.5 + 0.5 * x[..., 0] - 0.5 * x[..., 1] + 0.8 * a[..., 0] - 0.5 * a[..., 1]
             + 0.8 * x[..., 0] * a[..., 0] - 0.4 * a[..., 1] ** 2
@@ -165,6 +169,8 @@ class ContinuousShiftSimulation:
         return x, a, y
 
     def sample_target_x(self, n: int, generator: torch.Generator | int | None = 1):
+        """``n x 2`` target covariates: standard normal shifted by ``target_x_shift`` (``A``
+        and ``Y`` are not observed in the target)."""
         gen = make_generator(generator)
         return torch.randn(n, 2, generator=gen) + torch.tensor(self.target_x_shift)
 

@@ -67,6 +67,17 @@ def test_roles_and_save_load(tmp_path):
                      ({"d_ff": 0}, "d_ff")):  # fmt: skip
         with pytest.raises(ValueError, match=name):
             TinyLMConfig(**{"vocab_size": 10, **kw})
+    # every field is named where it is wrong (before: "kind must be ...", a torch TypeError,
+    # "dictionary update sequence ...", or a string taken for True)
+    for kw, err, match in (
+        ({"norm": "batch"}, ValueError, "norm must be one of"),
+        ({"scale_reparam": "x"}, ValueError, "scale_reparam must be one of"),
+        ({"d_model": 64.0}, TypeError, "d_model must be an integer"),
+        ({"ffn": "gelu"}, TypeError, "ffn must be a dict"),
+        ({"tie_embeddings": "no"}, TypeError, "tie_embeddings must be True or False"),
+    ):
+        with pytest.raises(err, match=match):
+            TinyLMConfig(**{"vocab_size": 10, **kw})
     with pytest.raises(ValueError, match="B x T"):
         m(x.float())
     with pytest.raises(ValueError, match="B x T"):
