@@ -107,6 +107,10 @@ def kl_optimal_values(p0: torch.Tensor, beta: torch.Tensor | float) -> torch.Ten
 
     ``p0``: ``B`` in [0, 1]; ``beta``: scalar or ``G``, each >= 0 (``0`` gives 1 where
     ``p0 > 0``); with ``G`` the result is ``G x B``."""
+    if not isinstance(p0, torch.Tensor) or not p0.is_floating_point():
+        # an integer p0 would also truncate beta (cast to p0's dtype) without a word
+        got = p0.dtype if isinstance(p0, torch.Tensor) else type(p0).__name__
+        raise TypeError(f"p0 must be a floating torch.Tensor, got {got}")
     beta = torch.as_tensor(beta, dtype=p0.dtype, device=p0.device)
     if not bool(((p0 >= 0) & (p0 <= 1)).all()):
         raise ValueError("p0 must lie in [0, 1]")

@@ -191,6 +191,14 @@ def test_bad_input(call, match):
         call()
 
 
+def test_kl_optimal_values_needs_a_floating_p0():
+    # an integer p0 cast beta to an integer: beta = 0.5 became 0 (V = 1) without a word
+    with pytest.raises(TypeError, match="p0 must be a floating torch.Tensor, got torch.int64"):
+        kl_optimal_values(torch.tensor([0, 1]), 0.5)
+    with pytest.raises(TypeError, match="p0 must be a floating torch.Tensor, got ndarray"):
+        kl_optimal_values(np.array([0.5]), 0.5)
+
+
 def test_bayesian_loo_baseline_matches_direct_enumeration_and_ignores_r_i():
     g = torch.Generator().manual_seed(3)
     p0 = torch.rand(9, generator=g, dtype=torch.float64) * 0.8 + 0.1
