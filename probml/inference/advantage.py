@@ -330,12 +330,10 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def offline_advantages(rewards: torch.Tensor, prior_values: torch.Tensor) -> torch.Tensor:
-    """Offline-values-only baseline: ``r_i - p0_i``."""
+    """Offline-values-only baseline: ``r_i - p0_i`` (``B``, in the rewards' dtype); ``p0`` is
+    checked like every estimator's prior values (shape ``B``, inside (0, 1), so no NaN)."""
     r = _check_rewards(rewards)
-    p0 = torch.as_tensor(prior_values, dtype=r.dtype, device=r.device)
-    if p0.shape != r.shape:
-        raise ValueError(f"prior_values shape {tuple(p0.shape)} != rewards shape {tuple(r.shape)}")
-    return r - p0
+    return r - _check_prior_values(prior_values, r, "rewards").to(r.dtype)
 
 
 def astar_po_values(reference_rewards: torch.Tensor, beta: float) -> torch.Tensor:

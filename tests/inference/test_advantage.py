@@ -179,6 +179,8 @@ def test_textbook_estimators_on_hand_computed_cases():
         (lambda: grpo_advantages(torch.tensor([1.0, 0.0])), "B x G"),
         (lambda: rloo_advantages(torch.ones(3, 1)), "G >= 2"),
         (lambda: offline_values(torch.tensor([5]), 4), "k must"),
+        # before: a NaN prior value gave a NaN advantage without a word
+        (lambda: offline_advantages(torch.ones(2), torch.tensor([0.5, float("nan")])), "(0, 1)"),
         (lambda: kl_optimal_values(torch.tensor([0.5]), -1.0), "beta"),
         (lambda: kl_optimal_values(torch.tensor([0.5]), float("nan")), "beta"),
         (lambda: kl_optimal_values(torch.tensor([1.5]), 1.0), "p0"),
