@@ -176,3 +176,32 @@ def test_check_data_names_the_argument():
         check_data("v", np.eye(2), ndim=1)
     assert check_data("X", [1.0, 2.0], column_from_1d=True).shape == (2, 1)
     assert check_data("X", np.ones((2, 2), np.float32)).dtype == np.float64
+
+
+def test_drum_transport_takes_float64_data_and_leaves_given_modules_alone():
+    """``divergence="transport"`` built its perturbation in float32, so float64 data (plain
+    NumPy arrays) failed in the first matrix product. A given generator or predictor was also
+    frozen, cast and trained in place; now the fit works on copies."""
+    from probml.guides.generators import ConditionalBernoulli
+    from probml.models.transfer import BinaryShiftProblem, ContinuousShiftSimulation
+
+    sim = ContinuousShiftSimulation()
+    Xs, As, ys = sim.sample_source(300, 0)
+    Xt = sim.sample_target_x(300, 1)
+    est = DRUM(rho=0.3, divergence="transport", num_iters=5, verbose=False)
+    est.fit(*(t.double().numpy() for t in (Xs, As, ys, Xt)))
+    assert est.dtype_ == torch.float64
+    assert np.isfinite(est.predict_proba(Xt[:5].numpy())).all()
+
+    Xs, As, ys, Xt = BinaryShiftProblem().sample(500, 0)
+    g0 = ConditionalBernoulli.constant(0.15).requires_grad_(True)  # float32, trainable
+    lin = torch.nn.Linear(1, 1)
+    before = [p.detach().clone() for p in lin.parameters()]
+    assert all(p.requires_grad for p in g0.parameters())
+    est = DRUM(rho=0.1, source_conditional=g0, predictor=lin, num_iters=20, verbose=False)
+    est.fit(Xs.double(), As, ys, Xt.double())  # float64 data with a float32 generator
+    assert all(p.requires_grad for p in g0.parameters())  # not frozen in place
+    assert next(g0.parameters()).dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip(before, lin.parameters()))
+    assert lin.weight.dtype == torch.float32
+    assert np.isfinite(est.predict_proba(Xt[:5].double())).all()

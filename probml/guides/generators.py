@@ -187,6 +187,7 @@ class TransportPerturbation(nn.Module):
         self.delta = nn.Sequential(nn.Linear(d_a + d_x, hidden), nn.Tanh(), nn.Linear(hidden, d_a))
         nn.init.zeros_(self.delta[-1].weight)
         nn.init.zeros_(self.delta[-1].bias)
+        self.delta.to(source.x_loc)  # the source's dtype and device (float64 data failed)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(a, cost)``: the perturbed draw and :math:`\\|G_\\phi - G_0\\|^2` per row."""

@@ -37,6 +37,7 @@ Baselines with the same interface: :class:`ERMOnX` (a classifier of ``Y`` on ``X
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -463,8 +464,8 @@ class DRUM(_Validated):
         return brier_risk(f, mu) if self.loss == "brier" else log_risk(f, mu)
 
     def _make_predictor(self, ys: torch.Tensor) -> nn.Module:
-        if isinstance(self.predictor, nn.Module):
-            return _PerRow(self.predictor, "predictor")
+        if isinstance(self.predictor, nn.Module):  # trained as a copy; the fit is predictor_
+            return _PerRow(copy.deepcopy(self.predictor), "predictor")
         if self.predictor == "constant":
             net: nn.Module = _ConstantLogit()
         elif self.predictor in ("mlp", "linear"):
@@ -530,8 +531,10 @@ class DRUM(_Validated):
         if self.source_conditional is not None:  # before any nuisance is fitted
             _check_source_conditional(self.source_conditional, binary, Xs, As)
         self.outcome_model_ = _resolve_outcome(self.outcome_model, Xs, As, ys, self.seed)
+        # a given generator is copied into the fit's dtype and device: the user's module is
+        # neither frozen nor moved in place (scikit-learn's rule: fit leaves params alone)
         self.source_conditional_ = (
-            self.source_conditional
+            copy.deepcopy(self.source_conditional).to(Xs)
             if self.source_conditional is not None
             else fit_source_conditional(As, Xs, binary=binary, seed=self.seed, verbose=False)
         )
