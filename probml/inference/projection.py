@@ -441,6 +441,11 @@ def _pull_back(
     return list(total)
 
 
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 or float64 for the projection's linear algebra: half precision goes to float32."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def _check_basis(name: str, U) -> None:
     """``U`` is a non-empty, finite ``d`` or ``d x k`` tensor with no zero column."""
     if not isinstance(U, torch.Tensor) or U.dim() not in (1, 2) or U.numel() == 0:
@@ -519,16 +524,19 @@ class GRASP:
             else:
                 U = self.directions if self.directions.dim() == 2 else self.directions[:, None]
             if U is not None:
-                U = U.to(f.A)
+                # the basis in float32 at least: QR and SVD have no half-precision kernels,
+                # and a bf16 basis would leave bf16 round-off in the constraint
+                ref = f.A.new_empty(0, dtype=_work_dtype(f.A.dtype))
+                U = U.to(ref)
                 dim = f.A.shape[1] if side == "read" else f.B.shape[0]
                 if side == "through" and U.shape[0] == W.shape[0] and self.per_head:
                     Wo, n_rep, hd = _through_map(model, f.name, self.through, dim)
                     if hd is None:
                         raise ValueError(f"per_head: no head width on {f.name!r}'s attention")
-                    out = (side, _per_head_basis(Wo.detach().to(f.A), U, n_rep, hd))
+                    out = (side, _per_head_basis(Wo.detach().to(ref), U, n_rep, hd))
                 else:
                     if side == "through" and U.shape[0] == W.shape[0]:
-                        U = W.detach().to(f.A).T @ U  # pull back: u^T W dW = (W^T u)^T dW
+                        U = W.detach().to(ref).T @ U  # pull back: u^T W dW = (W^T u)^T dW
                     if U.shape[0] == dim:
                         Q, R = torch.linalg.qr(U)  # orthonormalise
                         r = R.diagonal().abs()
@@ -557,10 +565,13 @@ class GRASP:
             if U is None:
                 continue
             matched = True
-            if side in ("write", "through"):
-                f.B.sub_(U @ (U.T @ f.B), alpha=self.strength)
-            else:
-                f.A.sub_((f.A @ U) @ U.T, alpha=self.strength)
+            P = f.B if side in ("write", "through") else f.A
+            X = P.to(U.dtype)  # P itself unless the adapters are in half precision
+            change = U @ (U.T @ X) if side in ("write", "through") else (X @ U) @ U.T
+            if X is P:
+                P.sub_(change, alpha=self.strength)
+            else:  # projected in float32, rounded once
+                P.copy_(X - self.strength * change)
         self.seconds += time.perf_counter() - t0
         if not matched:
             raise ValueError(
@@ -579,7 +590,7 @@ class GRASP:
             side, U = self._side_basis(model, f)
             if U is None:
                 continue
-            dW = f.delta_weight()
+            dW = f.delta_weight().to(U.dtype)
             v = dW @ U if side == "read" else U.T @ dW
             worst = max(worst, float(v.abs().max()))
         return worst

@@ -897,3 +897,33 @@ def test_k_is_a_count_no_larger_than_the_lora_rank():
         identify_spurious_directions(m, k=1.5)
     with pytest.raises(ValueError, match="k must be <= the LoRA rank of every module"):
         identify_spurious_directions(m, k=3)
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_grasp_on_half_precision_adapters(per_head):
+    """A bf16 model with bf16 adapters (ours, or PEFT without its float32 adapter cast): the
+    basis is built in float32 (QR and SVD have no bf16 kernels; this failed before) and the
+    projection is rounded to bf16 once, so the constraint holds to bf16 round-off."""
+    torch.manual_seed(0)
+    cfg = TinyLMConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, context=12,
+                       ffn={"kind": "gelu"})  # fmt: skip
+    lm = TinyLM(cfg).to(torch.bfloat16)
+    add_lora(lm, ["attn.v", "attn.o.linear", "mlp.w2"], rank=2)
+    with torch.no_grad():
+        for f in lora_modules(lm):  # a trained-looking adapter: B != 0
+            f.B.normal_(std=0.5)
+    u = torch.randn(16)
+    g = GRASP(u / u.norm(), through=TINYLM_THROUGH, per_head=per_head)
+    before = g.violation(lm)
+    g.project(lm)
+    assert all(f.B.dtype == torch.bfloat16 for f in lora_modules(lm))
+    scale = max(float(f.delta_weight().detach().float().abs().max()) for f in lora_modules(lm))
+    assert before > 0.05 * scale  # the adapters wrote along u
+    assert g.violation(lm) < 1e-2 * scale  # bf16 round-off (eps = 2^-8) of the projected B
+
+    def sampler(gen):
+        t = torch.randint(0, 20, (4, 13), generator=gen)
+        return t[:, :-1], t[:, 1:]
+
+    out = finetune_lora(lm, sampler, num_steps=3, lr=1e-2, grasp=g, verbose=False)
+    assert np.isfinite(out["loss"]).all() and g.violation(lm) < 1e-2 * scale
