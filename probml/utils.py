@@ -245,6 +245,8 @@ def check_data(
 
     if ndim not in (1, 2):
         raise ValueError(f"ndim must be 1 or 2, got {ndim!r}")
+    if n_features is not None and ndim != 2:
+        raise ValueError("n_features is the width of a design: it needs ndim=2")
     if column_from_1d and ndim == 2 and not sparse.issparse(X) and np.ndim(X) == 1:
         X = np.reshape(X, (-1, 1))
     try:
