@@ -173,9 +173,11 @@ def unfairness(pred, sensitive, kind: str = "w2", decimals: int = 8):
     from scipy.stats import ks_2samp
 
     pred = np.asarray(pred, float)
+    s = np.asarray(sensitive).reshape(-1)
+    if pred.ndim == 2 and pred.shape == (len(s), 1) and len(s) > 1:
+        pred = pred.reshape(-1)  # an n x 1 column is one prediction vector, as before
     one = pred.ndim == 1
     P = pred.reshape(1, -1) if one else pred
-    s = np.asarray(sensitive).reshape(-1)
     if P.ndim != 2 or len(s) != P.shape[1]:
         raise ValueError(
             f"pred must be n or S x n with n = len(sensitive) = {len(s)}, got shape {pred.shape}"
@@ -213,8 +215,7 @@ def _tv_rows(a, b):
     last = np.ones_like(v, dtype=bool)  # the last position of each run of equal values
     last[:, :-1] = v[:, 1:] != v[:, :-1]
     # net mass of a run = the cumulative sum at its end minus that at the previous run's end
-    ends = np.where(last, cs, np.nan)
-    flat = ends[last].reshape(-1)
+    flat = cs[last]  # row-major: every row's run ends in order
     counts = last.sum(1)
     prev = np.concatenate(([0.0], flat[:-1]))
     prev[np.cumsum(counts)[:-1]] = 0.0  # every row starts from zero

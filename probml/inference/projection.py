@@ -526,17 +526,17 @@ class GRASP:
             if U is not None:
                 # the basis in float32 at least: QR and SVD have no half-precision kernels,
                 # and a bf16 basis would leave bf16 round-off in the constraint
-                ref = f.A.new_empty(0, dtype=_work_dtype(f.A.dtype))
-                U = U.to(ref)
+                ref = {"device": f.A.device, "dtype": _work_dtype(f.A.dtype)}
+                U = U.to(**ref)
                 dim = f.A.shape[1] if side == "read" else f.B.shape[0]
                 if side == "through" and U.shape[0] == W.shape[0] and self.per_head:
                     Wo, n_rep, hd = _through_map(model, f.name, self.through, dim)
                     if hd is None:
                         raise ValueError(f"per_head: no head width on {f.name!r}'s attention")
-                    out = (side, _per_head_basis(Wo.detach().to(ref), U, n_rep, hd))
+                    out = (side, _per_head_basis(Wo.detach().to(**ref), U, n_rep, hd))
                 else:
                     if side == "through" and U.shape[0] == W.shape[0]:
-                        U = W.detach().to(ref).T @ U  # pull back: u^T W dW = (W^T u)^T dW
+                        U = W.detach().to(**ref).T @ U  # pull back: u^T W dW = (W^T u)^T dW
                     if U.shape[0] == dim:
                         Q, R = torch.linalg.qr(U)  # orthonormalise
                         r = R.diagonal().abs()

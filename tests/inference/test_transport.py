@@ -187,6 +187,7 @@ def test_metrics_and_pareto():
     assert unfairness(np.r_[x, x + 0.5], s, "w2") == pytest.approx(0.25, rel=1e-6)
     assert unfairness(np.r_[x, x + 2], s, "ks") == 1.0
     assert unfairness(np.r_[x, x], s, "tv") == 0.0
+    assert unfairness(np.r_[x, x + 0.5][:, None], s, "w2") == pytest.approx(0.25, rel=1e-6)
     assert ot.wasserstein_1d(x, x + 0.5, p=2) == pytest.approx(0.25)
     assert pareto_front([1.0, 2.0, 1.5, 0.5], [3.0, 1.0, 2.0, 4.0]) == [1, 2, 0, 3]
 
