@@ -59,15 +59,29 @@ def _as_vector(name: str, v) -> np.ndarray:
     return check_data(name, v, ndim=1)
 
 
-def _check_eta_s(eta, s, name: str = "predictions") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _eta_and_labels(eta, s, name: str = "predictions") -> tuple[np.ndarray, np.ndarray]:
     eta = _as_vector(name, eta)
     s = np.asarray(s).reshape(-1)
     if len(s) != len(eta):
         raise ValueError(f"sensitive must have the length of the {name} ({len(eta)}), got {len(s)}")
+    return eta, s
+
+
+def _check_eta_s(eta, s, name: str = "predictions") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(eta, s, groups)``: a vector, its labels, and at least two groups among them."""
+    eta, s = _eta_and_labels(eta, s, name)
     groups = np.unique(s)
     if len(groups) < 2:
         raise ValueError(f"need at least two groups in sensitive, got {groups.tolist()}")
     return eta, s, groups
+
+
+def _check_known_groups(name: str, s: np.ndarray, groups, seen_in: str) -> None:
+    """Every label of ``s`` is among ``groups``: the maps have no quantiles for another
+    group, and its rows would keep eta, unmapped, without a word."""
+    unknown = np.setdiff1d(np.unique(s), np.asarray(groups))
+    if len(unknown):
+        raise ValueError(f"{name} has groups not seen in {seen_in}: {unknown.tolist()}")
 
 
 def _check_strength(lam: float) -> float:
@@ -149,12 +163,16 @@ def fair_w2_aware(
         t: interpolation weight in [0, 1] (see :func:`w2_interpolation_weight`).
         reference: ``(eta_ref, s_ref)`` defining the CDFs and quantiles (default: the inputs).
     """
-    eta, s, groups = _check_eta_s(eta, s)
+    if reference is None:
+        eta, s, groups = _check_eta_s(eta, s)
+        ref = (eta, s, groups)
+    else:  # the reference needs two groups; the rows mapped may come from one
+        ref = _check_eta_s(*reference, "reference predictions")
+        eta, s = _eta_and_labels(eta, s)
+        _check_known_groups("s", s, ref[2], "the reference")
     if not 0 <= t <= 1:
         raise ValueError(f"t must be in [0, 1], got {t}")
-    ref_eta, ref_s = (eta, s) if reference is None else reference
-    maps = _QuantileMaps(np.asarray(ref_eta, float), np.asarray(ref_s), np.unique(ref_s))
-    return maps.transport(eta, s, t)
+    return _QuantileMaps(*ref).transport(eta, s, t)
 
 
 def _partial_pooling(y1, y2, w1, w2, cost, lam: float):
@@ -492,11 +510,7 @@ class FairRegressor(BaseEstimator):
             s = np.asarray(sensitive).reshape(-1)
             if len(s) != len(X):
                 raise ValueError(f"sensitive must have length {len(X)}, got {len(s)}")
-            unknown = set(np.unique(s)) - set(self.groups_)
-            if unknown:
-                raise ValueError(
-                    f"sensitive has groups not seen in fit: {np.unique(list(unknown)).tolist()}"
-                )
+            _check_known_groups("sensitive", s, self.groups_, "fit")
             eta = self._eta(self._design(X, s))
             if self.penalty == "w2":
                 return self.maps_.transport(eta, s, self.t_)
@@ -551,11 +565,7 @@ def posterior_fair_predictions(
     s_new = np.asarray(sensitive_new).reshape(-1)
     if len(s_new) != len(X_new):
         raise ValueError("sensitive_new must have the length of X_new")
-    unknown = set(np.unique(s_new)) - set(groups)
-    if unknown:  # their rows would keep eta, unmapped
-        raise ValueError(
-            f"sensitive_new has groups not seen in sensitive: {np.unique(list(unknown)).tolist()}"
-        )
+    _check_known_groups("sensitive_new", s_new, groups, "sensitive")
     t = w2_interpolation_weight(
         strength,
         np.array([np.mean(s == g) for g in groups]),

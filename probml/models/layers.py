@@ -532,6 +532,9 @@ def scale_vector_priors(model: nn.Module, weight_decay: float) -> nn.Module:
     scales stay plain parameters (a flat prior: no decay). The module tree is converted with
     :func:`pyro.nn.module.to_pyro_module_`; sites are named by module path. Use with a likelihood
     such as ``pyro.factor("lm", -n_tokens * loss)`` and an ``AutoDelta`` guide for MAP.
+
+    The priors are built on the scales' device and in their dtype: move the model first
+    (``model.to(device)`` does not move a ``PyroSample`` prior afterwards).
     """
     import pyro.distributions as dist
     from pyro.nn import PyroSample

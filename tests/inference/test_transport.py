@@ -224,6 +224,14 @@ def test_batched_w2_maps_and_unfairness_match_the_per_draw_code(seed):
     # one draw through the public function agrees too
     one = fair_w2_aware(eta_new[2], s_new, 0.7, reference=(eta_ref[2], s))
     assert np.allclose(one, ref[2], atol=1e-12)
+    # rows of one group are mapped against a two-group reference (refused before), and a
+    # group the reference lacks is named (its rows kept eta, unmapped, before)
+    g0 = s_new == 0
+    assert np.allclose(
+        fair_w2_aware(eta_new[2, g0], s_new[g0], 0.7, reference=(eta_ref[2], s)), ref[2, g0]
+    )
+    with pytest.raises(ValueError, match=r"s has groups not seen in the reference: \[5\]"):
+        fair_w2_aware(eta_new[2], np.where(g0, 5, s_new), 0.7, reference=(eta_ref[2], s))
     # unfairness of every draw at once = one by one, for each kind (ties kept for TV)
     for kind in ("w2", "ks", "tv"):
         rows = unfairness(fair, s_new, kind)
