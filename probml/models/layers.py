@@ -523,6 +523,22 @@ def ffn_factory(kind: str = "swiglu", **kwargs) -> Callable[[int, int], nn.Modul
 
 
 # ----------------------------------------------------------------------------- Pyro views
+def _check_store_names(named, what: str, advice: str) -> None:
+    """Raise if Pyro's parameter store holds another tensor under one of the ``(key, tensor)``
+    pairs ``named``: Pyro keys the store by name, so SVI would step the stored tensor and never
+    this one (the store's value is the parameter itself for an unconstrained parameter)."""
+    import pyro
+
+    store = pyro.get_param_store()
+    for key, p in named:
+        if key in store and store[key] is not p:
+            raise ValueError(
+                f"Pyro's parameter store already holds {key!r} for another {what}: SVI would "
+                f"step that tensor and never this {what}'s. {advice}"
+                f"{'c' if advice else 'C'}all pyro.clear_param_store() first"
+            )
+
+
 def scale_vector_priors(model: nn.Module, weight_decay: float) -> nn.Module:
     r"""The Pyro view of role-aware weight decay (in place; returns ``model``).
 
@@ -535,6 +551,12 @@ def scale_vector_priors(model: nn.Module, weight_decay: float) -> nn.Module:
 
     The priors are built on the scales' device and in their dtype: move the model first
     (``model.to(device)`` does not move a ``PyroSample`` prior afterwards).
+
+    Pyro keys its parameter store by module path, the same for every converted TinyLM. SVI on
+    a second converted model would step the tensors the store holds for the first and leave
+    the second's unchanged. So the call raises if the store already holds another tensor under
+    one of the model's parameter names: call ``pyro.clear_param_store()`` before fitting each
+    converted model.
     """
     import pyro.distributions as dist
     from pyro.nn import PyroSample
@@ -547,6 +569,7 @@ def scale_vector_priors(model: nn.Module, weight_decay: float) -> nn.Module:
             "model has no Input-Norm scale (ScaleVector with role='input'): nothing to put the "
             "prior on (TinyLM's norms carry one unless norm_scale=False)"
         )
+    _check_store_names(model.named_parameters(), "model", "")
     to_pyro_module_(model)
     scale = 1.0 / math.sqrt(weight_decay)
     for m in model.modules():
@@ -574,10 +597,19 @@ class StochasticGates:
         layer: a gated :class:`MixtureOfActivationsFFN`.
         noise: observation noise of the regression likelihood ``y ~ N(layer(x; z), noise^2)``.
         temperature: relaxation temperature of the guide.
+        name: the name under which the layer's parameters enter Pyro's parameter store
+            (``pyro.module(name, layer)``). Pyro keys the store by name, so a second layer
+            under a name the store already holds would be trained through the first layer's
+            tensors: its own would never move. That case raises; give each layer its own
+            ``name`` or call ``pyro.clear_param_store()`` between fits.
     """
 
     def __init__(
-        self, layer: MixtureOfActivationsFFN, noise: float = 0.1, temperature: float = 0.5
+        self,
+        layer: MixtureOfActivationsFFN,
+        noise: float = 0.1,
+        temperature: float = 0.5,
+        name: str = "moa_layer",
     ):
         if layer.gate_kind != "gated":
             raise ValueError("StochasticGates needs the gated form (gate='gated')")
@@ -585,7 +617,22 @@ class StochasticGates:
             check_positive("noise", noise),
             check_positive("temperature", temperature),
         )
-        self.layer, self.noise, self.temperature = layer, noise, temperature
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty string, got {name!r}")
+        self.layer, self.noise, self.temperature, self.name = layer, noise, temperature, name
+
+    def _register(self) -> None:
+        """``pyro.module(self.name, self.layer)``, refusing a store entry of another tensor."""
+        import pyro
+        from pyro.params.param_store import param_with_module_name
+
+        named = (
+            (param_with_module_name(self.name, k), p) for k, p in self.layer.named_parameters()
+        )
+        _check_store_names(
+            named, "layer", f"Pass StochasticGates a distinct name (got name={self.name!r}) or "
+        )
+        pyro.module(self.name, self.layer)
 
     def _output(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         lay = self.layer
@@ -606,7 +653,7 @@ class StochasticGates:
         import pyro
         import pyro.distributions as dist
 
-        pyro.module("moa_layer", self.layer)
+        self._register()
         n_gate = self.layer.n_gates * self.layer.K
         with pyro.plate("tokens", x.shape[0]):
             z = pyro.sample("z", dist.Bernoulli(x.new_full((x.shape[0], n_gate), 0.5)).to_event(1))
@@ -618,7 +665,7 @@ class StochasticGates:
         import pyro
         import pyro.distributions as dist
 
-        pyro.module("moa_layer", self.layer)
+        self._register()
         q = torch.sigmoid(self.layer.gate_proj(x))
         with pyro.plate("tokens", x.shape[0]):
             pyro.sample(

@@ -313,3 +313,72 @@ def test_register_ffn_rejects_bad_input(monkeypatch):
         layers.register_ffn("x", _ReluSquaredFFN)
     with pytest.raises(ValueError, match="register_ffn"):
         TinyLM(TinyLMConfig(vocab_size=11, d_model=16, n_heads=2, ffn={"kind": "nope"}))
+
+
+def test_stochastic_gates_second_layer_trains_or_refuses_the_shared_store_name():
+    """Pyro keys its parameter store by name: a second gated layer fitted under the first
+    one's name would step the first layer's tensors and leave its own unchanged. That raises;
+    under its own name the second layer trains."""
+    import pyro
+    from pyro.infer import SVI, Trace_ELBO
+
+    from probml.models.layers import StochasticGates
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 6), torch.randn(16, 6)
+
+    def fit(sg, steps=3):
+        svi = SVI(sg.model, sg.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+        for _ in range(steps):
+            svi.step(x, y)
+
+    pyro.clear_param_store()
+    first = StochasticGates(MixtureOfActivationsFFN(6, 12, "II", dictionary=("relu", "tanh")))
+    fit(first)
+    second_layer = MixtureOfActivationsFFN(6, 12, "II", dictionary=("relu", "tanh"))
+    with pytest.raises(ValueError, match="name"):
+        fit(StochasticGates(second_layer))
+    before = second_layer.w1.weight.detach().clone()
+    fit(StochasticGates(second_layer, name="second"))
+    assert not torch.equal(second_layer.w1.weight, before)
+    fit(first)  # the first layer's own entries are still its tensors
+    with pytest.raises(TypeError, match="name"):
+        StochasticGates(second_layer, name="")
+    pyro.clear_param_store()
+
+
+def test_scale_vector_priors_refuse_a_store_holding_another_models_tensors():
+    """Every converted TinyLM names its parameters by module path. Fitted one after another in
+    one parameter store, SVI on the second stepped the first model's tensors and left the
+    second's unchanged; converting the second now raises, and after clearing the store it
+    trains."""
+    import pyro
+    import torch.nn.functional as F
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoDelta
+
+    from probml.models.layers import scale_vector_priors
+    from probml.models.lm import TinyLM, TinyLMConfig
+
+    cfg = TinyLMConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, context=8)
+    ids = torch.randint(0, 11, (4, 9), generator=torch.Generator().manual_seed(0))
+
+    def fit(m):
+        def model():
+            logits = m(ids[:, :-1])
+            pyro.factor("lm", -32 * F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()))
+
+        svi = SVI(model, AutoDelta(model), pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+        for _ in range(3):
+            svi.step()
+
+    pyro.clear_param_store()
+    fit(scale_vector_priors(TinyLM(cfg), weight_decay=0.5))
+    second = TinyLM(cfg)
+    with pytest.raises(ValueError, match="clear_param_store"):
+        scale_vector_priors(second, weight_decay=0.5)
+    pyro.clear_param_store()
+    before = second.tok.weight.detach().clone()
+    fit(scale_vector_priors(second, weight_decay=0.5))
+    assert not torch.equal(second.tok.weight, before)
+    pyro.clear_param_store()
