@@ -33,6 +33,7 @@ __all__ = [
     "check_positive",
     "check_int",
     "cholesky_factor",
+    "plate_matvec",
     "check_prior",
     "shape_of",
     "check_data",
@@ -211,6 +212,21 @@ def cholesky_factor(name: str, M: torch.Tensor) -> torch.Tensor:
     if bool((info != 0).any()):
         raise ValueError(f"{name} must be symmetric positive definite (its Cholesky factor failed)")
     return L
+
+
+def plate_matvec(X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    r"""The linear predictor :math:`X w` of a Pyro model whose data plate is ``dim=-1``.
+
+    ``X``: ``n x d``; ``w``: ``d`` (a plain draw) or ``batch x 1 x d``, the shape a global
+    coefficient takes under outer plates (``Predictive(parallel=True)``,
+    ``vectorize_particles=True``, a particle plate): its size-1 slot is the data plate's.
+    Returns ``n`` or ``batch x n``. ``X @ w`` would treat a batched ``w`` as a stack of
+    ``1 x d`` matrices and fail; a plain ``w`` takes exactly ``X @ w``, so an unbatched model
+    (NUTS, per-draw inference) computes what it did before.
+    """
+    if w.dim() == 1:
+        return X @ w
+    return (X * w).sum(-1)  # batch x 1 x d broadcast against n x d -> batch x n x d
 
 
 def shape_of(x) -> tuple[int, ...] | str:

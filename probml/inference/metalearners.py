@@ -689,18 +689,20 @@ class BayesianQLearner(_RatioLearner):
         Xn = self._design(_check_X(X, self.n_features_in_))
         pyro.set_rng_seed(self.seed + 1)
         if self.guide_ is None:
-            pred = Predictive(
-                ratio_q_model, posterior_samples=self.posterior_samples_, return_sites=["log_tau"]
-            )
+            samples = self.posterior_samples_  # {site: S x p}
         else:
-            pred = Predictive(
-                ratio_q_model,
-                guide=self.guide_,
-                num_samples=self.num_samples,
-                return_sites=["log_tau"],
+            samples = Predictive(self.guide_, num_samples=self.num_samples, parallel=True)(
+                **self._model_kwargs
             )
+            samples = {k: v for k, v in samples.items() if k in ("beta_q", "beta_e")}
+        # every draw in one vectorised pass: there a coefficient draw is S x 1 x p, its size-1
+        # slot the data plate's (Pyro's Predictive would pass an S x p draw on as it is)
+        samples = {k: v.detach().unsqueeze(-2) for k, v in samples.items()}
+        pred = Predictive(
+            ratio_q_model, posterior_samples=samples, return_sites=["log_tau"], parallel=True
+        )
         draws = pred(**self._model_kwargs, X_new=Xn)["log_tau"].detach().cpu().numpy()
-        return draws.reshape(draws.shape[0], len(Xn))  # guide-based draws carry an extra dim
+        return draws.reshape(draws.shape[0], len(Xn))
 
     def _log_effect(self, X):
         return self.log_effect_samples(X).mean(0)

@@ -550,7 +550,7 @@ def posterior_fair_predictions(
         ``(fair_draws, unfairness_draws)``: ``num_samples x m`` and ``num_samples``.
     """
     import pyro
-    from pyro.infer import MCMC, NUTS, Predictive
+    from pyro.infer import MCMC, NUTS
 
     from probml.metrics import unfairness
     from probml.models.regression import linear_outcome_model
@@ -590,11 +590,8 @@ def posterior_fair_predictions(
     )
     mcmc.run(Z, torch.as_tensor(y.copy()), coef_prior=coef_prior)
     beta = mcmc.get_samples()["beta"]  # S x p
-    eta_train = (Z @ beta.T).T.numpy()
-    eta_new = Predictive(
-        linear_outcome_model, posterior_samples=mcmc.get_samples(), return_sites=["eta"]
-    )(Z, None, coef_prior=coef_prior, Z_new=Zn)["eta"]
-    eta_new = eta_new.reshape(num_samples, -1).numpy()
+    eta_train = (Z @ beta.T).T.numpy()  # S x n, the model's regression function at every draw
+    eta_new = (Zn @ beta.T).T.numpy()  # S x m
     # every draw at once: draw i is mapped with its own training predictions as reference
     fair = _QuantileMaps(eta_train, s, groups).transport(eta_new, s_new, t)
     return fair, unfairness(fair, s_new, "w2")

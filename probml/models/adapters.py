@@ -262,7 +262,8 @@ def spurious_factor_model(
 ) -> None:
     """Pyro model of update vectors ``b`` (``J x D``): shared unit direction + ARD task
     loadings (see the module docstring). ``shared=False`` drops the shared factor (the null
-    model of the detection score)."""
+    model of the detection score). It has no plates, and it vectorises under an outer one
+    at ``dim=-1`` (``Trace_ELBO(vectorize_particles=True, max_plate_nesting=0)``)."""
     J, D = b.shape
     if shared:
         v = pyro.sample("v", dist.Normal(b.new_zeros(D), 1.0).to_event(1))
@@ -272,11 +273,13 @@ def spurious_factor_model(
     else:
         mean = b.new_zeros(J, D)
     tau = pyro.sample("tau", dist.HalfCauchy(b.new_ones(num_task)).to_event(1))
-    Tm = pyro.sample("T", dist.Normal(b.new_zeros(D, num_task), tau).to_event(2))
+    # the unsqueezes keep batch dims (outer plates: Predictive(parallel=True), vectorised
+    # particles) apart from the event dims: tau is (batch x) K, sigma (batch)
+    Tm = pyro.sample("T", dist.Normal(b.new_zeros(D, num_task), tau.unsqueeze(-2)).to_event(2))
     eta = pyro.sample("eta", dist.Normal(b.new_zeros(J, num_task), 1.0).to_event(2))
     sigma = pyro.sample("sigma", dist.HalfNormal(b.new_tensor(1.0)))
     mean = mean + eta @ Tm.transpose(-1, -2)
-    pyro.sample("b", dist.Normal(mean, sigma).to_event(2), obs=b)
+    pyro.sample("b", dist.Normal(mean, sigma[..., None, None]).to_event(2), obs=b)
 
 
 @keep_global_rng

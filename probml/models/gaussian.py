@@ -165,7 +165,9 @@ def private_covariance_model(
             autoguides can use it; any other support is used as given.
 
     Returns:
-        ``Sigma`` (``d x d``), also recorded as the deterministic site ``"Sigma"``.
+        ``Sigma`` (``d x d``), also recorded as the deterministic site ``"Sigma"``; under
+        outer plates (``Predictive(parallel=True)``, vectorised ELBO particles) it is
+        ``S x 1 x d x d`` and ``y`` is ``S x m``.
     """
     dtype = noise_scales.dtype
     if prior is None:
@@ -187,8 +189,14 @@ def private_covariance_model(
         Lc = pyro.sample("L_sigma", prior)
     Sigma = pyro.deterministic("Sigma", Lc @ Lc.transpose(-1, -2))
     i, j = entries[:, 0], entries[:, 1]
-    mean = Sigma[..., i, j]
-    samp_var = (Sigma[..., i, i] * Sigma[..., j, j] + mean**2) / n
+    if Sigma.dim() == 2:
+        mean, var_i, var_j = Sigma[i, j], Sigma[i, i], Sigma[j, j]  # m
+    else:  # batch x 1 x d x d under outer plates; the size-1 slot is the measurement plate's
+        m = entries.shape[0]
+        S = Sigma.expand(*Sigma.shape[:-3], m, dim, dim)
+        k = torch.arange(m, device=entries.device)
+        mean, var_i, var_j = S[..., k, i, j], S[..., k, i, i], S[..., k, j, j]  # batch x m
+    samp_var = (var_i * var_j + mean**2) / n
     with pyro.plate("measurements", entries.shape[0]):
         pyro.sample("y", dist.Normal(mean, (noise_scales**2 + samp_var).sqrt()), obs=values)
     return Sigma

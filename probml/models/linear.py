@@ -14,7 +14,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_int, check_prior
+from probml.utils import check_int, check_prior, plate_matvec
 
 __all__ = ["bayesian_linear_regression", "linear_regression_posterior", "simulate_linear_data"]
 
@@ -44,8 +44,7 @@ def bayesian_linear_regression(
         prior = dist.Normal(X.new_zeros(d), prior_scale).to_event(1)
     check_prior("prior", prior, (d,))
     w = pyro.sample("w", prior)  # batch x 1 x d under a particle plate, else d
-    # w: batch x 1 x d inside enclosing plates (the data plate is dim -1) -> mean: batch x n
-    mean = (w * X).sum(-1)
+    mean = plate_matvec(X, w)  # batch x n (or n)
     with pyro.plate("data", n, dim=-1):
         return pyro.sample("y", dist.Normal(mean, noise_scale), obs=y)
 

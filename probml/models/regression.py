@@ -15,7 +15,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_prior
+from probml.utils import check_prior, plate_matvec
 
 __all__ = ["linear_outcome_model"]
 
@@ -32,6 +32,9 @@ def linear_outcome_model(
     Z: ``n x p`` design (intercept and, when aware, the one-hot sensitive columns included).
     y: ``n`` outcomes; coef_prior: optional prior over the ``p`` coefficients.
     Z_new: ``m x p`` rows at which ``"eta"`` (the regression function) is recorded.
+
+    The model vectorises under outer plates (``Predictive(parallel=True)``, vectorised ELBO
+    particles): ``beta`` is then ``S x 1 x p`` and ``y`` ``S x n``.
     """
     p = Z.shape[-1]
     prior = (
@@ -42,7 +45,7 @@ def linear_outcome_model(
     beta = pyro.sample("beta", prior)
     sigma = pyro.sample("sigma", dist.HalfNormal(torch.tensor(noise_scale, dtype=Z.dtype)))
     with pyro.plate("data", Z.shape[0]):
-        out = pyro.sample("y", dist.Normal(Z @ beta, sigma), obs=y)
+        out = pyro.sample("y", dist.Normal(plate_matvec(Z, beta), sigma), obs=y)
     if Z_new is not None:
-        pyro.deterministic("eta", Z_new @ beta)
+        pyro.deterministic("eta", plate_matvec(Z_new, beta))
     return out

@@ -22,7 +22,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_prior
+from probml.utils import check_prior, plate_matvec
 
 __all__ = ["ratio_q_model", "default_coef_prior"]
 
@@ -54,6 +54,9 @@ def ratio_q_model(
         prior_q, prior_e: priors over the ``p`` coefficients (event shape ``(p,)``); default
             :func:`default_coef_prior`.
         X_new: ``m x p`` design rows at which ``"log_tau"`` is recorded.
+
+    The model vectorises under outer plates (``Predictive(parallel=True)``, vectorised ELBO
+    particles): the coefficients are then ``S x 1 x p``.
     """
     p = Xq.shape[-1]
     prior_q = (
@@ -63,7 +66,7 @@ def ratio_q_model(
     )
     beta_q = pyro.sample("beta_q", prior_q)
     with pyro.plate("converters", Xq.shape[0]):
-        pyro.sample("w_q", dist.Bernoulli(logits=Xq @ beta_q), obs=wq)
+        pyro.sample("w_q", dist.Bernoulli(logits=plate_matvec(Xq, beta_q)), obs=wq)
     if e0 is None:
         if Xe is None or we is None:
             raise ValueError("Xe and we are required when e0 is not given")
@@ -74,7 +77,7 @@ def ratio_q_model(
         )
         beta_e = pyro.sample("beta_e", prior_e)
         with pyro.plate("units", Xe.shape[0]):
-            pyro.sample("w_e", dist.Bernoulli(logits=Xe @ beta_e), obs=we)
+            pyro.sample("w_e", dist.Bernoulli(logits=plate_matvec(Xe, beta_e)), obs=we)
     if X_new is not None:
-        logit_e = X_new @ beta_e if e0 is None else math.log(e0 / (1.0 - e0))
-        pyro.deterministic("log_tau", X_new @ beta_q - logit_e)
+        logit_e = plate_matvec(X_new, beta_e) if e0 is None else math.log(e0 / (1.0 - e0))
+        pyro.deterministic("log_tau", plate_matvec(X_new, beta_q) - logit_e)
