@@ -533,9 +533,10 @@ def _check_store_names(named, what: str, advice: str) -> None:
     for key, p in named:
         if key in store and store[key] is not p:
             raise ValueError(
-                f"Pyro's parameter store already holds {key!r} for another {what}: SVI would "
-                f"step that tensor and never this {what}'s. {advice}"
-                f"{'c' if advice else 'C'}all pyro.clear_param_store() first"
+                f"Pyro's parameter store already holds another tensor under {key!r} (another "
+                f"{what}'s, or one loaded into the store): SVI would step that tensor and never "
+                f"this {what}'s. {advice}{'c' if advice else 'C'}all pyro.clear_param_store() "
+                f"first; restore saved weights with the {what}'s load_state_dict"
             )
 
 
