@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from probml.utils import cholesky_factor
+from probml.utils import check_int, cholesky_factor
 
 __all__ = [
     "relative_error",
@@ -103,6 +103,7 @@ def multiplicative_calibration_error(tau_pred, w, y, propensity=None, n_bins: in
     """
     import numpy as np
 
+    n_bins = check_int("n_bins", n_bins)
     tau_pred, w, y = _check_uplift_inputs(tau_pred, w, y)
     if not (tau_pred > 0).all():
         raise ValueError("tau_pred must be positive")
@@ -285,19 +286,32 @@ def crps_ensemble(
 
 
 # ----------------------------------------------------------------------------- calibration
+def _check_binary_forecasts(p, y):
+    """``p`` and ``y`` as float vectors of one length: ``p`` finite in [0, 1], ``y`` binary."""
+    import numpy as np
+
+    p = np.asarray(p, float).reshape(-1)
+    y = np.asarray(y, float).reshape(-1)
+    if p.shape != y.shape:
+        raise ValueError(f"p and y must have the same length, got {p.size} and {y.size}")
+    if p.size == 0:
+        raise ValueError("p and y must hold at least one forecast")
+    if not ((p >= 0) & (p <= 1)).all():  # NaN fails too
+        raise ValueError("p must hold probabilities in [0, 1] (no NaN)")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("y must be binary (0/1)")
+    return p, y
+
+
 def calibration_slope_intercept(p, y) -> tuple[float, float]:
-    """Logistic recalibration :math:`\\mathrm{logit}\\, P(Y=1) = a + b\\, \\mathrm{logit}(p)`
+    r"""Logistic recalibration :math:`\mathrm{logit}\, P(Y=1) = a + b\, \mathrm{logit}(p)`
     by maximum likelihood: returns ``(b, a)``; a calibrated model has slope 1, intercept 0.
     ``p`` is clipped to ``[1e-6, 1 - 1e-6]`` before the logit (0 and 1 have none)."""
     import numpy as np
     from scipy.optimize import minimize
 
-    p = np.clip(np.asarray(p, float).reshape(-1), 1e-6, 1 - 1e-6)
-    y = np.asarray(y, float).reshape(-1)
-    if p.shape != y.shape:
-        raise ValueError(f"p and y must have the same length, got {p.size} and {y.size}")
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("y must be binary (0/1)")
+    p, y = _check_binary_forecasts(p, y)
+    p = np.clip(p, 1e-6, 1 - 1e-6)
     z = np.log(p / (1 - p))
 
     def nll(theta):
@@ -309,17 +323,12 @@ def calibration_slope_intercept(p, y) -> tuple[float, float]:
 
 
 def expected_calibration_error(p, y, n_bins: int = 10) -> float:
-    """:math:`\\sum_b \\frac{n_b}{n} |\\bar y_b - \\bar p_b|` over equal-width bins of ``p``."""
+    r""":math:`\sum_b \frac{n_b}{n} |\bar y_b - \bar p_b| = \frac1n \sum_b |\sum_{i \in b}
+    (y_i - p_i)|` over ``n_bins`` equal-width bins of ``p`` (``p = 1`` joins the last bin)."""
     import numpy as np
 
-    p = np.asarray(p, float).reshape(-1)
-    y = np.asarray(y, float).reshape(-1)
-    if p.shape != y.shape:
-        raise ValueError(f"p and y must have the same length, got {p.size} and {y.size}")
-    idx = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        m = idx == b
-        if m.any():
-            ece += m.mean() * abs(y[m].mean() - p[m].mean())
-    return float(ece)
+    n_bins = check_int("n_bins", n_bins)
+    p, y = _check_binary_forecasts(p, y)
+    idx = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    gap = np.bincount(idx, weights=y - p, minlength=n_bins)  # per bin: sum of y - p
+    return float(np.abs(gap).sum() / p.size)

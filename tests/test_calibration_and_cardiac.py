@@ -28,3 +28,40 @@ def test_whas500_transfer_split():
     assert set(d["A_source"].unique().tolist()) <= {0.0, 1.0}
     with pytest.raises(ValueError, match="acute"):
         load_whas500_transfer(acute="age")
+
+
+def test_calibration_metrics_refuse_what_is_not_a_binary_forecast():
+    """Before, ``p`` outside [0, 1] or NaN and non-binary ``y`` gave a number (a NaN ``p``
+    a NaN), and ``n_bins=0`` gave an ECE of exactly 0."""
+    from probml.metrics import multiplicative_calibration_error
+
+    for p, y, what in (
+        ([1.5, 0.2], [1, 0], "p must"),
+        ([np.nan, 0.2], [1, 0], "p must"),
+        ([0.5, 0.2], [2, 0], "y must"),
+        ([], [], "at least one"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            expected_calibration_error(p, y)
+        with pytest.raises(ValueError, match=what):
+            calibration_slope_intercept(p, y)
+    for bad in (0, -1, 2.5):
+        with pytest.raises((ValueError, TypeError), match="n_bins"):
+            expected_calibration_error([0.5], [1], n_bins=bad)
+        with pytest.raises((ValueError, TypeError), match="n_bins"):
+            multiplicative_calibration_error([1.0, 2.0], [0, 1], [1.0, 1.0], n_bins=bad)
+
+
+def test_expected_calibration_error_matches_its_definition_bin_by_bin():
+    """The bincount form against the per-bin mean gaps it replaced (an invariant of the change)."""
+    rng = np.random.default_rng(3)
+    p = np.concatenate([rng.random(997), [0.0, 1.0, 0.3]])  # both ends and a bin edge
+    y = (rng.random(1000) < p).astype(float)
+    n_bins = 7
+    idx = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    direct = sum(
+        (idx == b).mean() * abs(y[idx == b].mean() - p[idx == b].mean())
+        for b in range(n_bins)
+        if (idx == b).any()
+    )
+    assert expected_calibration_error(p, y, n_bins) == pytest.approx(direct, rel=1e-12)
