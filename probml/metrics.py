@@ -46,6 +46,8 @@ def _check_uplift_inputs(score, w, y):
         raise ValueError(
             f"score, w, y must have equal length; got {len(score)}, {len(w)}, {len(y)}"
         )
+    if len(y) == 0:
+        raise ValueError("score, w, y must hold at least one unit")
     if not np.isin(w, (0.0, 1.0)).all():
         raise ValueError("w must be binary (0/1)")
     if not (np.isfinite(score).all() and np.isfinite(y).all()):
@@ -59,7 +61,11 @@ def qini_curve(score, w, y):
 
     Units are sorted by decreasing score; at each cut-off :math:`k`,
     :math:`Q(k) = Y_T(k) - Y_C(k)\, N_T(k)/N_C(k)` (treated outcomes minus control outcomes
-    rescaled to the treated count; 0 while no control unit is included).
+    rescaled to the treated count; 0 while no control unit is included). Units with tied
+    scores form one block that is targeted together: :math:`Q` is computed at the block ends
+    and is linear in between, so the curve does not depend on the order of the rows (a
+    piecewise-constant model ties many units; sorting them by row order would rank them by
+    however the data set happens to be stored).
 
     Args:
         score: ``n`` predicted effects (higher = treat first).
@@ -73,12 +79,15 @@ def qini_curve(score, w, y):
 
     score, w, y = _check_uplift_inputs(score, w, y)
     order = np.argsort(-score, kind="stable")
-    w, y = w[order], y[order]
+    score, w, y = score[order], w[order], y[order]
     nt, nc = np.cumsum(w), np.cumsum(1 - w)
     yt, yc = np.cumsum(y * w), np.cumsum(y * (1 - w))
-    q = yt - np.divide(yc * nt, nc, out=np.zeros_like(yc), where=nc > 0)
-    frac = np.arange(len(y) + 1) / len(y)
-    return frac, np.concatenate([[0.0], q])
+    q = np.concatenate([[0.0], yt - np.divide(yc * nt, nc, out=np.zeros_like(yc), where=nc > 0)])
+    n = len(y)
+    # block ends: the cut-offs k where the score changes (the sums there ignore tie order)
+    knots = np.concatenate([[0], np.flatnonzero(np.diff(score) != 0) + 1, [n]])
+    k = np.arange(n + 1)
+    return k / n, np.interp(k, knots, q[knots])
 
 
 def qini_coefficient(score, w, y) -> float:
