@@ -238,7 +238,13 @@ def pareto_front(risk, unfair) -> list[int]:
     """Indices of the points not dominated in (risk, unfairness), sorted by unfairness."""
     import numpy as np
 
-    risk, unfair = np.asarray(risk, float), np.asarray(unfair, float)
+    risk, unfair = np.asarray(risk, float).reshape(-1), np.asarray(unfair, float).reshape(-1)
+    if risk.shape != unfair.shape:
+        raise ValueError(
+            f"risk and unfair must have the same length, got {risk.size} and {unfair.size}"
+        )
+    if not (np.isfinite(risk).all() and np.isfinite(unfair).all()):
+        raise ValueError("risk and unfair must be finite: a NaN point cannot be ranked")
     order = np.lexsort((risk, unfair))
     front, best = [], np.inf
     for i in order:

@@ -190,6 +190,12 @@ def test_metrics_and_pareto():
     assert unfairness(np.r_[x, x + 0.5][:, None], s, "w2") == pytest.approx(0.25, rel=1e-6)
     assert ot.wasserstein_1d(x, x + 0.5, p=2) == pytest.approx(0.25)
     assert pareto_front([1.0, 2.0, 1.5, 0.5], [3.0, 1.0, 2.0, 4.0]) == [1, 2, 0, 3]
+    # a NaN point was dropped from the front without a word, and unequal lengths failed in
+    # NumPy's lexsort with a message that named neither argument
+    with pytest.raises(ValueError, match="finite"):
+        pareto_front([1.0, np.nan, 0.5], [0.2, 0.1, 0.3])
+    with pytest.raises(ValueError, match="same length"):
+        pareto_front([1.0, 2.0], [0.2])
 
 
 def _per_draw_reference(eta_new, s_new, t, eta_ref, s_ref):
