@@ -72,21 +72,30 @@ class GuidedReverseProposal:
         self.r2 = r2
 
     def twist(
-        self, z: torch.Tensor, k: int, cond: torch.Tensor, y: torch.Tensor, grad: bool = True
+        self,
+        z: torch.Tensor,
+        k: int,
+        cond: torch.Tensor,
+        y: torch.Tensor,
+        grad: bool = True,
+        observed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """``(log h_k(z), grad_z log h_k(z), z0_hat)`` for particles ``z``: ``batch x N x d``,
-        ``y``: ``batch x p``. The gradient flows through the noise predictor."""
+        ``y``: ``batch x p``. The gradient flows through the noise predictor. ``observed``:
+        optional ``batch x p`` mask of the observed components (the twist uses those alone;
+        with none observed it is flat, so the proposal is the unguided kernel)."""
         y = y.unsqueeze(-2)
+        obs = None if observed is None else observed.unsqueeze(-2)
         if not grad:
             with torch.no_grad():
                 z0, _ = self.transition.tweedie(z, k, cond, self.coeffs)
                 x0 = self.transition.decode(z0, cond)
-                return self.observation.log_prob(y, x0, float(self.r2[k])), None, z0
+                return self.observation.log_prob(y, x0, float(self.r2[k]), obs), None, z0
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             z0, _ = self.transition.tweedie(z, k, cond, self.coeffs)
             x0 = self.transition.decode(z0, cond)
-            log_h = self.observation.log_prob(y, x0, float(self.r2[k]))
+            log_h = self.observation.log_prob(y, x0, float(self.r2[k]), obs)
             (g,) = torch.autograd.grad(log_h.sum(), z)
         return log_h.detach(), g, z0.detach()
 

@@ -158,13 +158,17 @@ class ParticleFilter:
     def batch_shape(self) -> torch.Size:
         return self.particles.shape[:1]
 
-    def _check_y(self, y: torch.Tensor) -> torch.Tensor:
+    def _check_y(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(y, observed)``: ``observed`` is the ``batch x p`` mask of non-NaN components, or
+        ``None`` when every component is observed (the filters then run unchanged)."""
         if self.particles is None:
             raise RuntimeError("call init(particles) before step(y)")
         y = torch.as_tensor(y)
         if self._squeeze and y.dim() == 1:
             y = y.unsqueeze(0)
-        return self.observation.check_y(y, self.batch_shape).to(self.particles)
+        y = self.observation.check_y(y, self.batch_shape, allow_missing=True).to(self.particles)
+        observed = ~torch.isnan(y)
+        return y, None if bool(observed.all()) else observed
 
     def _maybe_resample(self, log_w: torch.Tensor, *tensors: torch.Tensor):
         """Resample the batch entries whose ESS < threshold * N; keeps each entry's total
@@ -184,19 +188,22 @@ class ParticleFilter:
 
     def step(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Assimilate one observation ``[B x] p``; returns particles and normalised
-        log-weights."""
-        y = self._check_y(y)
-        self._step(y)
+        log-weights. NaN marks a missing component: the update uses the observed ones, and a
+        row with none observed only propagates the particles (weights unchanged)."""
+        self._step(*self._check_y(y))
         lw = self.log_weights - torch.logsumexp(self.log_weights, -1, keepdim=True)
         if self._squeeze:
             return self.particles[0], lw[0]
         return self.particles, lw
 
-    def _step(self, y: torch.Tensor) -> None:  # pragma: no cover - abstract
+    def _step(
+        self, y: torch.Tensor, observed: torch.Tensor | None
+    ) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def filter(self, ys: torch.Tensor, particles: torch.Tensor | None = None) -> FilterResult:
-        """Run over observations ``T x [B x] p`` (after :meth:`init`, or pass ``particles``)."""
+        """Run over observations ``T x [B x] p`` (after :meth:`init`, or pass ``particles``);
+        NaN marks a missing component (see :meth:`step`)."""
         if particles is not None:
             self.init(particles)
         if self.particles is None:
@@ -207,7 +214,7 @@ class ParticleFilter:
             raise ValueError("ys must hold at least one observation (T >= 1)")
         means, stds, ess, parts, lws, dess = [], [], [], [], [], []
         for y in progress(ys, verbose=self.verbose, desc=type(self).__name__, total=len(ys)):
-            self._step(self._check_y(y))
+            self._step(*self._check_y(y))
             m, s = weighted_moments(self.particles, self.log_weights)
             means.append(m)
             stds.append(s)
@@ -280,7 +287,7 @@ class SURGE(ParticleFilter):
         self.num_diffusion_steps = int(num_diffusion_steps)
         self.proposal = GuidedReverseProposal(transition, observation, num_diffusion_steps, twist)
 
-    def _step(self, y: torch.Tensor) -> None:
+    def _step(self, y: torch.Tensor, observed: torch.Tensor | None) -> None:
         prop, K, gen = self.proposal, self.num_diffusion_steps, self.generator
         if self.correct:  # resample at each assimilation time when degenerate
             self.log_weights, self.particles = self._maybe_resample(
@@ -289,12 +296,14 @@ class SURGE(ParticleFilter):
         cond = self.particles
         log_w = self.log_weights
         z = torch.randn(cond.shape, generator=gen, device=cond.device, dtype=cond.dtype)
-        log_h, g, z0 = prop.twist(z, K, cond, y)
+        log_h, g, z0 = prop.twist(z, K, cond, y, observed=observed)
         log_w = log_w + log_h  # initial factor h_K(z_K); the proposal at level K is the prior
         ess_path = []
         for k in range(K, 0, -1):
             z_new, log_ratio = prop.propose(z, z0, g, k, gen)  # z_{k-1} ~ q(. | z_k, y)
-            log_h_new, g_new, z0_new = prop.twist(z_new, k - 1, cond, y, grad=k > 1)
+            log_h_new, g_new, z0_new = prop.twist(
+                z_new, k - 1, cond, y, grad=k > 1, observed=observed
+            )
             if self.correct:
                 # w <- w p(z_{k-1}|z_k) h_{k-1}(z_{k-1}) / (q(z_{k-1}|z_k, y) h_k(z_k))
                 log_w = log_w + log_ratio + log_h_new - log_h
@@ -329,11 +338,14 @@ class BootstrapPF(ParticleFilter):
             raise TypeError("transition must have a sample(x_prev, generator=...) method")
         self.transition = transition
 
-    def _step(self, y: torch.Tensor) -> None:
+    def _step(self, y: torch.Tensor, observed: torch.Tensor | None) -> None:
         self.log_weights, self.particles = self._maybe_resample(self.log_weights, self.particles)
         x = self.transition.sample(self.particles, generator=self.generator)
-        # w <- w p(y | x)
-        self.log_weights = self.log_weights + self.observation.log_prob(y.unsqueeze(-2), x)
+        # w <- w p(y_obs | x)
+        obs = None if observed is None else observed.unsqueeze(-2)
+        self.log_weights = self.log_weights + self.observation.log_prob(
+            y.unsqueeze(-2), x, observed=obs
+        )
         self.particles = x
 
 
@@ -362,7 +374,7 @@ class EnKF(ParticleFilter):
         self.transition = transition
         self.inflation = float(inflation)
 
-    def _step(self, y: torch.Tensor) -> None:
+    def _step(self, y: torch.Tensor, observed: torch.Tensor | None) -> None:
         x = self.transition.sample(self.particles, generator=self.generator)
         n = x.shape[-2]
         xm = x.mean(-2, keepdim=True)
@@ -377,6 +389,14 @@ class EnKF(ParticleFilter):
             hx.shape, generator=self.generator, device=hx.device, dtype=hx.dtype
         )
         innov = y.unsqueeze(-2) + eps - hx  # B x N x p
+        if observed is not None:
+            # missing components: no innovation, no covariance with the rest and a unit
+            # variance, so the gain is the observed components' own (zero for the rest)
+            o = observed.unsqueeze(-2)  # B x 1 x p
+            innov = torch.where(o, innov, 0.0)
+            Cxy = Cxy * o
+            eye = torch.eye(Cyy.shape[-1]).to(Cyy)
+            Cyy = torch.where(o & o.transpose(-1, -2), Cyy, eye)
         gain_t = torch.linalg.solve(Cyy, Cxy.transpose(-1, -2))  # B x p x d  (= K^T)
         self.particles = x + innov @ gain_t
 

@@ -89,19 +89,29 @@ class GaussianObservation:
             )
         return m
 
-    def check_y(self, y: torch.Tensor, batch_shape: tuple[int, ...] = ()) -> torch.Tensor:
-        """Validate one observation ``batch_shape x p`` (shape, finiteness) and return it."""
+    def check_y(
+        self, y: torch.Tensor, batch_shape: tuple[int, ...] = (), allow_missing: bool = False
+    ) -> torch.Tensor:
+        """Validate one observation ``batch_shape x p`` (shape, finiteness) and return it.
+        With ``allow_missing``, NaN marks a missing component (inf is still refused)."""
         if not isinstance(y, torch.Tensor):
             y = torch.as_tensor(y)
         want = (*batch_shape, self.obs_dim)
         if tuple(y.shape) != want:
             raise ValueError(f"y must have shape {want} (batch x obs_dim), got {tuple(y.shape)}")
-        if not bool(torch.isfinite(y).all()):
-            raise ValueError("y contains NaN or inf; drop missing observations instead")
+        if allow_missing:
+            if bool(torch.isinf(y).any()):
+                raise ValueError("y contains inf (NaN marks a missing component; inf does not)")
+        elif not bool(torch.isfinite(y).all()):
+            raise ValueError("y contains NaN or inf (the filters take NaN as a missing value)")
         return y
 
     def log_prob(
-        self, y: torch.Tensor, x: torch.Tensor, extra_var: float | torch.Tensor = 0.0
+        self,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        extra_var: float | torch.Tensor = 0.0,
+        observed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         r""":math:`\log \mathcal N(y; h(x), (\sigma^2 + \mathrm{extra\_var}) I)`.
 
@@ -110,15 +120,22 @@ class GaussianObservation:
                ``y.unsqueeze(-2)``).
             x: ``... x d``.
             extra_var: an added variance (the twist inflation :math:`r_k^2`).
+            observed: optional boolean mask shaped like ``y`` (``False`` = missing, where
+               ``y`` may be NaN). The noise is independent across components, so the
+               density of the observed ones is the same formula over them alone; a row with
+               nothing observed has log-density 0.
         Returns:
             ``...`` log-densities.
         """
         var = self.noise_scale**2 + extra_var
-        r = y - self.mean(x)
-        p = self.obs_dim
-        return -0.5 * (r.pow(2).sum(-1) / var + p * math.log(2 * math.pi)) - 0.5 * p * torch.log(
-            torch.as_tensor(var, dtype=r.dtype, device=r.device)
-        )
+        if observed is None:
+            r = y - self.mean(x)
+            p = self.obs_dim
+        else:
+            r = torch.where(observed, torch.where(observed, y, 0.0) - self.mean(x), 0.0)
+            p = observed.sum(-1).to(r.dtype)  # observed components per row
+        log_var = torch.log(torch.as_tensor(var, dtype=r.dtype, device=r.device))
+        return -0.5 * (r.pow(2).sum(-1) / var + p * math.log(2 * math.pi)) - 0.5 * p * log_var
 
     def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         m = self.mean(x)
@@ -359,18 +376,28 @@ def kalman_filter(
 
     Args:
         A, Q: ``d x d``; H: ``p x d``; R: a scalar variance or ``p x p``.
-        ys: ``T x p`` or ``T x B x p`` (B trajectories, shared matrices).
+        ys: ``T x p`` or ``T x B x p`` (B trajectories, shared matrices). NaN marks a
+            missing component: the update then conditions on the observed ones alone (a row
+            with none observed is a prediction step).
         init_loc: ``d`` or ``B x d``; init_cov: ``d x d`` prior of ``x_0``.
 
     Returns:
         means ``T x [B x] d``, covariances ``T x d x d`` (shared across trajectories: they do
-        not depend on ``y``) and the log marginal likelihood ``[B]``.
+        not depend on ``y``; with missing values they depend on which were missing, and are
+        ``T x B x d x d`` for ``B`` trajectories) and the log marginal likelihood ``[B]`` of
+        the observed values.
     """
     p = H.shape[0]
     Rm = R if isinstance(R, torch.Tensor) and R.dim() == 2 else torch.eye(p).to(A) * float(R)
     m, P = init_loc.to(A), init_cov.to(A)
+    ys = ys.to(A)
+    if bool(torch.isinf(ys).any()):
+        raise ValueError("ys contains inf (NaN marks a missing value; inf does not)")
+    observed = ~torch.isnan(ys)
+    if not bool(observed.all()):
+        return _kalman_missing(A, Q, H, Rm, ys, observed, m, P)
     means, covs, ll = [], [], 0.0
-    for y in ys.to(A):
+    for y in ys:
         m = m @ A.T
         P = A @ P @ A.T + Q
         S = H @ P @ H.T + Rm
@@ -380,6 +407,34 @@ def kalman_filter(
         m = m + r @ K.T
         P = P - K @ S @ K.T
         P = 0.5 * (P + P.T)
+        means.append(m)
+        covs.append(P)
+    return torch.stack(means), torch.stack(covs), ll
+
+
+def _kalman_missing(A, Q, H, Rm, ys, observed, m, P):
+    r""":func:`kalman_filter` with missing components. A missing component gets a zero row of
+    ``H``, a zero residual and a unit noise variance uncorrelated with the rest: the
+    innovation covariance is then block-diagonal, the gain's columns for missing components
+    are zero, and the update is the observed components' own. Each of those unit blocks adds
+    :math:`-\frac12\log 2\pi` to the Gaussian log-density of the zero residual, which is
+    taken back out."""
+    eye_p = torch.eye(H.shape[0]).to(A)
+    if ys.dim() == 3:  # per-trajectory covariances: the missing pattern differs between them
+        P = P.expand(ys.shape[1], *P.shape)
+    means, covs, ll = [], [], 0.0
+    for y, o in zip(ys, observed):
+        m = m @ A.T
+        P = A @ P @ A.T + Q
+        Ho = H * o.unsqueeze(-1).to(A)  # [B x] p x d
+        S = Ho @ P @ Ho.mT + torch.where(o.unsqueeze(-1) & o.unsqueeze(-2), Rm, eye_p)
+        K = torch.linalg.solve(S, Ho @ P).mT  # [B x] d x p
+        r = torch.where(o, torch.where(o, y, 0.0) - m @ H.T, 0.0)
+        ll = ll + dist.MultivariateNormal(torch.zeros_like(r), S).log_prob(r)
+        ll = ll + 0.5 * math.log(2 * math.pi) * (~o).sum(-1).to(A)
+        m = m + (K @ r.unsqueeze(-1)).squeeze(-1)
+        P = P - K @ S @ K.mT
+        P = 0.5 * (P + P.mT)
         means.append(m)
         covs.append(P)
     return torch.stack(means), torch.stack(covs), ll
