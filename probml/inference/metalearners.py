@@ -28,6 +28,7 @@ returns ``self``, learned state ends in ``_``; any classifier / regressor can be
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -350,6 +351,21 @@ class TRatioLearner(_RatioLearner):
 class _PseudoOutcomeLearner(_RatioLearner):
     """Cross-fitted nuisances and the AIPW pseudo-outcomes :math:`\\varphi_0, \\varphi_1`."""
 
+    def _final_model(self, n: int):
+        """``final_model``, or the default, with a warning when the default cannot split."""
+        if self.final_model is not None:
+            return self.final_model
+        final = _default_final_regressor()
+        if n < 2 * final.min_samples_leaf:
+            warnings.warn(
+                f"{type(self).__name__}: the default final model's leaves hold at least "
+                f"{final.min_samples_leaf} units, so on {n} units it cannot split and predicts "
+                f"one effect for every x (it ranks no one). Pass final_model= for small data",
+                UserWarning,
+                stacklevel=3,
+            )
+        return final
+
     def _pseudo_outcomes(self, X, w, y, propensity):
         clip = _check_clip(self.clip)
         known = _propensity_values(propensity, X)
@@ -424,7 +440,7 @@ class DRRatioLearner(_PseudoOutcomeLearner):
             _check_floor(self.floor)
         X, w, y = check_ratio_inputs(X, w, y)
         _, _, phi0, phi1 = self._pseudo_outcomes(X, w, y, propensity)
-        final = self.final_model if self.final_model is not None else _default_final_regressor()
+        final = self._final_model(len(y))
         self.final0_ = _fit(final, X, phi0)
         self.final1_ = _fit(final, X, phi1)
         # regressions of pseudo-outcomes can dip to or below 0: floor each arm's prediction
@@ -546,7 +562,7 @@ class LinearisedRatioLearner(_PseudoOutcomeLearner):
         mu0, mu1, phi0, phi1 = self._pseudo_outcomes(X, w, y, propensity)
         mu0 = np.maximum(mu0, self.floor)
         psi = mu1 / mu0 + (phi1 - mu1) / mu0 - mu1 * (phi0 - mu0) / mu0**2
-        final = self.final_model if self.final_model is not None else _default_final_regressor()
+        final = self._final_model(len(y))
         self.final_ = _fit(final, X, psi)
         self.n_features_in_ = X.shape[1]
         return self

@@ -336,3 +336,19 @@ def test_qini_targets_tied_scores_as_one_block():
     np.testing.assert_allclose(q, [0.0, 2.0, 1.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="at least one unit"):
         qini_curve([], [], [])
+
+
+@pytest.mark.parametrize("cls", [DRRatioLearner, LinearisedRatioLearner])
+def test_default_final_model_warns_where_it_cannot_split(cls):
+    """The default final stage's leaves hold 500 units: under 1000 units it fits one value,
+    so the learner predicts a constant effect (DR-ratio did so on jtrain2 and nhefs in the
+    benchmark without a word). That now warns; a given final_model does not."""
+    d = make_ratio_data(600, d=3, seed=0, base_logit=-1.0)
+    with pytest.warns(UserWarning, match="cannot split"):
+        est = cls().fit(d.X, d.w, d.y, propensity=0.5)
+    assert np.unique(est.effect(d.X)).size == 1  # what the warning says
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cls(final_model=LinearRegression()).fit(d.X, d.w, d.y, propensity=0.5)
