@@ -109,6 +109,7 @@ def test_lists_and_read_only_arrays_give_the_same_fit(estimator):
         np.testing.assert_allclose(_output(est, X), ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:.*cannot split:UserWarning")  # 60 units: on purpose
 def test_ratio_and_fair_vectors_are_checked():
     X, w, y, s = _data()
     with pytest.raises(ValueError, match="y: Complex data"):
