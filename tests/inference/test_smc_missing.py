@@ -29,7 +29,8 @@ def _joint_filtering(A, Q, H, R, ys, m0, P0):
     mx = F[:, :d] @ m0
     Cx = F @ C0 @ F.T
     Hb = torch.block_diag(*[H] * T)
-    my, Cy = Hb @ mx, Hb @ Cx @ Hb.T + R * torch.eye(T * p, dtype=A.dtype)
+    Rt = R * torch.eye(p, dtype=A.dtype) if not isinstance(R, torch.Tensor) else R
+    my, Cy = Hb @ mx, Hb @ Cx @ Hb.T + torch.block_diag(*[Rt] * T)
     Cxy = Cx @ Hb.T
     yv = ys.reshape(-1)
     means, ll = [], None
@@ -74,6 +75,14 @@ def test_kalman_filter_with_missing_values_is_the_joint_gaussian_conditional(lg)
         mb, Pb, llb = kalman_filter(ssm.A, ssm.Q, H, R, ys[:, b], m0[b], P0)  # unbatched
         torch.testing.assert_close(mb, m[:, b])
         torch.testing.assert_close(Pb, P[:, b])
+    # correlated observation noise: the observed components' marginal is R's sub-block
+    L = torch.tensor([[0.5, 0.0, 0.0], [0.2, 0.4, 0.0], [-0.1, 0.3, 0.6]], dtype=torch.float64)
+    Rfull = L @ L.T
+    m, _, ll = kalman_filter(ssm.A, ssm.Q, H, Rfull, ys, m0, P0)
+    for b in range(ys.shape[1]):
+        ref_m, ref_ll = _joint_filtering(ssm.A, ssm.Q, H, Rfull, ys[:, b], m0[b], P0)
+        torch.testing.assert_close(m[:, b], ref_m)
+        torch.testing.assert_close(ll[b], ref_ll)
     # a fully observed batch keeps the shared covariances of before
     full = kalman_filter(ssm.A, ssm.Q, H, R, torch.nan_to_num(ys), m0, P0)
     assert full[1].shape == (4, 3, 3)
