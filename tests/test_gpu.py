@@ -59,11 +59,18 @@ def test_particle_toolkit_on_device(device):
     assert float((counts - 1000 * w).abs().max()) < 1.0 + 1e-9
 
 
+@pytest.mark.parametrize("missing", [False, True])
 @pytest.mark.parametrize("device", DEVICES)
-def test_surge_on_device_matches_the_kalman_posterior(device):
+def test_surge_on_device_matches_the_kalman_posterior(device, missing):
+    """With ``missing``, trajectory 0 sees nothing and trajectory 1 part of y (NaN): the
+    observed-component masks run on the device too."""
     ssm = LinearGaussianSSM.random(dim=6, obs_every=2, obs_noise=0.25)
     tr = LinearGaussianDiffusion(ssm.A, ssm.Q)
     xs, ys = ssm.simulate(1, 4, generator=1)
+    if missing:
+        ys = ys.clone()
+        ys[0, 0] = float("nan")
+        ys[0, 1, 0] = float("nan")
     m0, P0 = xs[0], 0.25 * torch.eye(6, dtype=torch.float64)
     Ak, Qk = tr.effective_transition(30)
     g = torch.Generator().manual_seed(0)
