@@ -144,6 +144,8 @@ def log_tau_mse(tau_pred, tau_true) -> float:
     a, b = np.asarray(tau_pred, float), np.asarray(tau_true, float)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    if a.size == 0:
+        raise ValueError("tau_pred and tau_true must hold at least one ratio")
     if not ((a > 0).all() and (b > 0).all()):  # NaN fails too
         raise ValueError("ratios must be positive")
     return float(np.mean((np.log(a) - np.log(b)) ** 2))
@@ -282,6 +284,8 @@ def crps_ensemble(
             f"got {tuple(truth.shape)}"
         )
     n = particles.shape[-2]
+    if n == 0:
+        raise ValueError("particles must hold at least one particle (N >= 1)")
     if log_weights is None:
         w = particles.new_full(particles.shape[:-1], 1.0 / n)
     else:

@@ -22,3 +22,16 @@ def test_crps_matches_pairwise_definition_and_point_mass():
     big = torch.randn(200000, 1, generator=g, dtype=torch.float64)
     ref = 2 / (2 * torch.pi) ** 0.5 - 1 / torch.pi**0.5
     assert abs(float(crps_ensemble(big, torch.zeros(1, dtype=torch.float64))) - ref) < 5e-3
+
+
+def test_empty_inputs_are_refused_by_name():
+    """An empty ensemble failed with a ZeroDivisionError; empty ratios gave NaN."""
+    import numpy as np
+    import pytest
+
+    from probml.metrics import log_tau_mse
+
+    with pytest.raises(ValueError, match="at least one particle"):
+        crps_ensemble(torch.zeros(0, 3), torch.zeros(3))
+    with pytest.raises(ValueError, match="at least one ratio"):
+        log_tau_mse(np.array([]), np.array([]))
