@@ -288,11 +288,13 @@ def check_prior(
     prior: torch.distributions.Distribution,
     event_shape: tuple[int, ...],
     dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.distributions.Distribution:
     """Check a user prior: a distribution with event shape ``event_shape`` and no batch shape.
-    When ``dtype`` is given and the prior has a mean, its mean must have that dtype (a float32
-    prior meets a float64 design in a matrix product, whose error names no argument). A prior
-    with the right shape as a batch names ``.to_event``. Returns ``prior``."""
+    When ``dtype`` (``device``) is given and the prior has a mean, its mean must have that
+    dtype (lie on that device): a float32 prior meets a float64 design, or a CPU prior CUDA
+    data, in a matrix product whose error names no argument. A prior with the right shape as
+    a batch names ``.to_event``. Returns ``prior``."""
     if not isinstance(prior, torch.distributions.Distribution):
         raise TypeError(f"{name} must be a distribution, got {type(prior).__name__}")
     batch, event = tuple(prior.batch_shape), tuple(prior.event_shape)
@@ -304,13 +306,21 @@ def check_prior(
             f"{name} must have event shape {tuple(event_shape)} and no batch shape, got batch "
             f"shape {batch} and event shape {event}{hint}"
         )
-    if dtype is not None:
-        try:
-            got = prior.mean.dtype
-        except (NotImplementedError, AttributeError):  # no closed-form mean: dtype unknown
-            return prior
-        if got != dtype:
-            raise ValueError(f"{name} must be built from {dtype} tensors like the data, got {got}")
+    if dtype is None and device is None:
+        return prior
+    try:
+        mean = prior.mean
+    except (NotImplementedError, AttributeError):  # no closed-form mean: dtype/device unknown
+        return prior
+    if dtype is not None and mean.dtype != dtype:
+        raise ValueError(
+            f"{name} must be built from {dtype} tensors like the data, got {mean.dtype}"
+        )
+    if device is not None and mean.device != torch.device(device):
+        raise ValueError(
+            f"{name} must be built from tensors on {torch.device(device)} like the data, got "
+            f"{mean.device}"
+        )
     return prior
 
 

@@ -169,18 +169,20 @@ def private_covariance_model(
         outer plates (``Predictive(parallel=True)``, vectorised ELBO particles) it is
         ``S x 1 x d x d`` and ``y`` is ``S x m``.
     """
-    dtype = noise_scales.dtype
+    dtype, device = noise_scales.dtype, noise_scales.device
     if prior is None:
         if isinstance(scale_prior, torch.distributions.Distribution):
-            scale_dist = check_prior("scale_prior", scale_prior, (dim,))
+            scale_dist = check_prior("scale_prior", scale_prior, (dim,), dtype, device)
         else:
-            kappa = torch.as_tensor(scale_prior, dtype=dtype).expand(dim)
+            kappa = torch.as_tensor(scale_prior, dtype=dtype, device=device).expand(dim)
             scale_dist = dist.HalfNormal(kappa).to_event(1)
-        L = pyro.sample("L_omega", dist.LKJCholesky(dim, torch.tensor(eta, dtype=dtype)))
+        L = pyro.sample("L_omega", dist.LKJCholesky(dim, noise_scales.new_tensor(eta)))
         s = pyro.sample("scales", scale_dist)
         Lc = s.unsqueeze(-1) * L
     else:
-        check_prior("prior", prior, (dim, dim))  # over d x d Cholesky factors of Sigma
+        check_prior(
+            "prior", prior, (dim, dim), dtype, device
+        )  # over d x d Cholesky factors of Sigma
         support = prior.support  # lower_cholesky or a subclass (Pyro's softplus_lower_cholesky)
         if isinstance(support, type(constraints.lower_cholesky)) and not isinstance(
             support, _LowerCholeskyWithBijection

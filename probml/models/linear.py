@@ -42,7 +42,7 @@ def bayesian_linear_regression(
     n, d = X.shape
     if prior is None:
         prior = dist.Normal(X.new_zeros(d), prior_scale).to_event(1)
-    check_prior("prior", prior, (d,))
+    check_prior("prior", prior, (d,), X.dtype, X.device)
     w = pyro.sample("w", prior)  # batch x 1 x d under a particle plate, else d
     mean = plate_matvec(X, w)  # batch x n (or n)
     with pyro.plate("data", n, dim=-1):

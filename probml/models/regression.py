@@ -38,12 +38,12 @@ def linear_outcome_model(
     """
     p = Z.shape[-1]
     prior = (
-        check_prior("coef_prior", coef_prior, (p,), Z.dtype)
+        check_prior("coef_prior", coef_prior, (p,), Z.dtype, Z.device)
         if coef_prior is not None
-        else dist.Normal(torch.zeros(p, dtype=Z.dtype), coef_scale).to_event(1)
+        else dist.Normal(Z.new_zeros(p), coef_scale).to_event(1)
     )
     beta = pyro.sample("beta", prior)
-    sigma = pyro.sample("sigma", dist.HalfNormal(torch.tensor(noise_scale, dtype=Z.dtype)))
+    sigma = pyro.sample("sigma", dist.HalfNormal(Z.new_tensor(noise_scale)))
     with pyro.plate("data", Z.shape[0]):
         out = pyro.sample("y", dist.Normal(plate_matvec(Z, beta), sigma), obs=y)
     if Z_new is not None:

@@ -60,7 +60,7 @@ def ratio_q_model(
     """
     p = Xq.shape[-1]
     prior_q = (
-        check_prior("prior_q", prior_q, (p,), Xq.dtype)
+        check_prior("prior_q", prior_q, (p,), Xq.dtype, Xq.device)
         if prior_q is not None
         else default_coef_prior(p, dtype=Xq.dtype, device=Xq.device)
     )
@@ -71,9 +71,9 @@ def ratio_q_model(
         if Xe is None or we is None:
             raise ValueError("Xe and we are required when e0 is not given")
         prior_e = (
-            check_prior("prior_e", prior_e, (p,), Xe.dtype)
+            check_prior("prior_e", prior_e, (p,), Xe.dtype, Xe.device)
             if prior_e is not None
-            else default_coef_prior(p, dtype=Xq.dtype, device=Xq.device)
+            else default_coef_prior(p, dtype=Xe.dtype, device=Xe.device)
         )
         beta_e = pyro.sample("beta_e", prior_e)
         with pyro.plate("units", Xe.shape[0]):
