@@ -98,6 +98,10 @@ class ParticleFilter:
 
     Particles have shape ``batch x N x d`` (``B`` independent filters run side by side); an
     unbatched ``N x d`` input is treated as ``B = 1`` and results are squeezed back.
+
+    ``seed`` (an int or a generator) drives the filter's own noise: transitions and
+    resampling. Draw the initial particles from another stream: with the same integer seed,
+    the first transition noise repeats the initial draws and biases the estimates.
     """
 
     weighted: bool = True
