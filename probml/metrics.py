@@ -121,20 +121,20 @@ def multiplicative_calibration_error(tau_pred, w, y, propensity=None, n_bins: in
         raise ValueError("propensity must have the length of y and lie in (0, 1)")
     edges = np.quantile(tau_pred, np.linspace(0, 1, n_bins + 1))
     b = np.clip(np.searchsorted(edges, tau_pred, side="right") - 1, 0, n_bins - 1)
-    errs = []
-    for k in range(n_bins):
-        m = b == k
-        wt, wc = m * w / e, m * (1 - w) / (1 - e)
-        if wt.sum() == 0 or wc.sum() == 0:
-            continue
-        mt, mc = (wt * y).sum() / wt.sum(), (wc * y).sum() / wc.sum()
-        if mt <= 0 or mc <= 0:
-            continue
-        pred = np.exp(np.mean(np.log(tau_pred[m])))
-        errs.append(abs(np.log(mt / mc) - np.log(pred)))
-    if not errs:
+    wt, wc = w / e, (1 - w) / (1 - e)  # per-bin sums below: one bincount each
+
+    def per_bin(weights):
+        return np.bincount(b, weights=weights, minlength=n_bins)
+
+    st, sc = per_bin(wt), per_bin(wc)
+    both = (st > 0) & (sc > 0)  # an arm with no unit in the bin: no ratio
+    mt = np.divide(per_bin(wt * y), st, out=np.zeros(n_bins), where=both)
+    mc = np.divide(per_bin(wc * y), sc, out=np.zeros(n_bins), where=both)
+    keep = both & (mt > 0) & (mc > 0)
+    if not keep.any():
         raise ValueError("no bin has outcomes in both arms; use fewer bins")
-    return float(np.exp(np.mean(errs)))
+    log_pred = per_bin(np.log(tau_pred))[keep] / np.bincount(b, minlength=n_bins)[keep]
+    return float(np.exp(np.mean(np.abs(np.log(mt[keep] / mc[keep]) - log_pred))))
 
 
 def log_tau_mse(tau_pred, tau_true) -> float:
