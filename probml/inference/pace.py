@@ -10,7 +10,9 @@ maximum entropy (a Gaussian graphical model on the measured entries).
 * Data are clipped to :math:`[-b_i, b_i]`; :math:`S = \frac1n\sum_k x_k x_k^\top` with public
   :math:`n`. Neighbouring datasets: ``"replace"`` one row (default) gives
   :math:`\Delta_{ij} = 2 b_i b_j / n` off the diagonal and :math:`b_i^2/n` on it;
-  ``"add_remove"`` gives :math:`b_i b_j / n`.
+  ``"add_remove"`` gives :math:`b_i b_j / n`, where :math:`n` is ``public_n``, a count the
+  user declares: a neighbour has one row more or less, so the data's own row count would move
+  the normaliser and the noise level with the data.
 * Budget :math:`\rho` (zCDP, from :math:`(\varepsilon, \delta)`): 90% to measurements in
   :math:`d + T` equal per-entry shares (the diagonal, one Gaussian vector of :math:`d`
   entries, takes :math:`d` shares; each round's entry one), 10% to the :math:`T` selections
@@ -135,17 +137,17 @@ class _PrivateCovariance(BaseEstimator):
             raise ValueError(
                 f"mean_fraction must be in (0, 1) with center=True, got {self.mean_fraction!r}"
             )
+        n = self._public_n(X.shape[0])
         if check_dim is not None:
             check_dim(X.shape[1])
         self._seed_noise()
         budget = PrivacyBudget.from_dp(epsilon, float(self.delta))
-        n = X.shape[0]
         X = torch.maximum(torch.minimum(X, b), -b)  # clip each coordinate to [-b_i, b_i]
         if self.center:
             # private mean (L2 sensitivity 2||b||/n replace, ||b||/n add/remove), then re-clip
             sens = (2.0 if self.neighbouring == "replace" else 1.0) * float(b.norm()) / n
             mu, _ = gaussian_mechanism(
-                X.mean(0),
+                X.sum(0) / n,
                 sens,
                 self.mean_fraction * budget.rho * _SAFETY,
                 budget,
@@ -160,6 +162,23 @@ class _PrivateCovariance(BaseEstimator):
         self.n_samples_ = n
         self.bounds_ = b
         return X, b, budget
+
+    def _public_n(self, rows: int) -> int:
+        """The public row count that normalises ``S`` and the mean (see ``public_n``)."""
+        if self.public_n is None:
+            if self.neighbouring == "add_remove":
+                raise ValueError(
+                    "public_n is required with neighbouring='add_remove': a neighbour has one "
+                    "row more or less, so the data's own row count cannot normalise S"
+                )
+            return rows
+        n = check_int("public_n", self.public_n, 1)
+        if self.neighbouring == "replace" and n != rows:
+            raise ValueError(
+                f"public_n must equal the number of rows ({rows}) with neighbouring='replace', "
+                f"whose neighbours share it; got {n}"
+            )
+        return n
 
     def _seed_noise(self) -> None:
         """A fresh noise source for this fit: seeded by ``random_state`` (the same release on
@@ -187,6 +206,13 @@ _COMMON_DOC = """
         neighbouring: ``"replace"`` (one row replaced; public n) or ``"add_remove"``.
         center: if True, spend ``mean_fraction`` of the budget on a private mean and estimate
             the covariance of the centred (re-clipped) data; else the second-moment matrix.
+        public_n: the public number of rows that normalises ``S`` (and the mean). Required
+            with ``"add_remove"``: a neighbour there has one row more or less, so dividing
+            by the data's own row count would move the normaliser, and the noise level,
+            with the data, which the sensitivities do not cover. The rows are not counted
+            against it (that check would itself reveal the count): pass the count you
+            publish. With ``"replace"`` the count is public already; ``None`` uses it, and
+            another value is refused.
         random_state: seed of the noise and the selections; every fit with the same seed
             draws the same noise (reproducible research). ``None`` (the default) draws a fresh
             seed from the operating system on every fit: use it for real releases, since two
@@ -217,6 +243,7 @@ class PACEGGM(_PrivateCovariance):
         measurements_: ``(entries, values, noise_scales)`` of every noisy measurement (the
             private release; anything computed from it is free post-processing).
         privacy_spent_: ``(epsilon, delta)`` spent; ``rho_spent_``: zCDP spent.
+        n_samples_: the public count that normalised ``S`` (the rows, or ``public_n``).
     """
     )
 
@@ -234,6 +261,7 @@ class PACEGGM(_PrivateCovariance):
         diagonal: str = "scaled",
         random_state: int | None = None,
         verbose: bool = False,
+        public_n: int | None = None,
     ):
         self.epsilon = epsilon
         self.delta = delta
@@ -247,6 +275,7 @@ class PACEGGM(_PrivateCovariance):
         self.diagonal = diagonal
         self.random_state = random_state
         self.verbose = verbose
+        self.public_n = public_n
 
     def _rounds(self, d: int) -> int:
         if self.rounds is None:
@@ -273,7 +302,7 @@ class PACEGGM(_PrivateCovariance):
                 raise ValueError(f"rounds must be in [0, {d * (d - 1) // 2}] for d={d}, got {T}")
 
         X, b, budget = self._prepare(X, check_rounds)
-        n, d = X.shape
+        n, d = self.n_samples_, X.shape[1]  # n: the public count (public_n)
         T = self._rounds(d)
         rho = budget.remaining * _SAFETY
         # measurement budget in per-entry shares: d for the diagonal vector, one per round
@@ -384,6 +413,7 @@ class GaussianMechanismCovariance(_PrivateCovariance):
         center: bool = False,
         mean_fraction: float = 0.05,
         random_state: int | None = None,
+        public_n: int | None = None,
     ):
         self.epsilon = epsilon
         self.delta = delta
@@ -392,6 +422,7 @@ class GaussianMechanismCovariance(_PrivateCovariance):
         self.center = center
         self.mean_fraction = mean_fraction
         self.random_state = random_state
+        self.public_n = public_n
 
     def _noise_scales(self, Delta: torch.Tensor, iu: torch.Tensor, rho: float) -> torch.Tensor:
         l2 = float(torch.sqrt((Delta[iu[0], iu[1]] ** 2).sum()))
@@ -400,7 +431,7 @@ class GaussianMechanismCovariance(_PrivateCovariance):
     def fit(self, X, y=None):
         """Release the covariance of ``X`` (``n x d``) as the baseline does; ``y`` is ignored."""
         X, b, budget = self._prepare(X)
-        n, d = X.shape
+        n, d = self.n_samples_, X.shape[1]  # n: the public count (public_n)
         S = X.T @ X / n
         Delta = entry_sensitivities(b, n, self.neighbouring)
         iu = torch.triu_indices(d, d)

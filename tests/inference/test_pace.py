@@ -313,3 +313,48 @@ def test_seeded_refits_repeat_and_none_draws_fresh_noise():
     with pytest.raises(ValueError, match="rounds"):
         est.fit(X)
     assert not hasattr(est, "mean_")
+
+
+def _adversarial_pair(n=20, b=(1.0, 2.0)):
+    """``n`` rows at the corner ``(b_1, -b_2)`` (so ``S_01 = -b_1 b_2``), and the same data
+    with one row added at ``(b_1, b_2)``: the off-diagonal entry moves the most it can."""
+    X = np.tile([b[0], -b[1]], (n, 1))
+    return X, np.vstack([X, [b[0], b[1]]]), np.asarray(b)
+
+
+def test_add_remove_normalises_by_the_public_n_so_a_release_moves_within_its_sensitivity():
+    """Under add/remove a neighbour has one row more. With the same seed, the noise of the two
+    releases must be the same (its level may not depend on the data) and the released entry
+    may move by at most the accounted ``Delta_01 = b_1 b_2 / n``. Dividing by the data's own
+    row count moved it by ``2 b_1 b_2 / (n + 1)``, about twice that (about 4x the rho)."""
+    X, X_added, b = _adversarial_pair()
+    n = X.shape[0]
+    kw = dict(bounds=b, neighbouring="add_remove", public_n=n, rounds=1, random_state=3)
+    fits = [PACEGGM(epsilon=1.0, **kw).fit(data) for data in (X, X_added)]
+    (e0, v0, s0), (e1, v1, s1) = (f.measurements_ for f in fits)
+    assert e0[2] == e1[2] == (0, 1)
+    assert s0 == s1  # same noise level
+    delta01 = float(entry_sensitivities(torch.as_tensor(b), n, "add_remove")[0, 1])
+    assert abs(v1[2] - v0[2]) <= delta01 * (1 + 1e-9)
+    assert abs(v1[2] - v0[2]) >= 0.99 * delta01  # the pair is adversarial: the bound is met
+    # the private mean of centred fits: L2 sensitivity ||b|| / n
+    kw.update(center=True)
+    means = [PACEGGM(epsilon=1.0, **kw).fit(data).mean_ for data in (X, X_added)]
+    assert float((means[1] - means[0]).norm()) <= float(np.linalg.norm(b)) / n * (1 + 1e-9)
+
+
+def test_public_n_is_required_for_add_remove_and_must_match_under_replace():
+    X, _, b = _adversarial_pair()
+    for cls in (PACEGGM, GaussianMechanismCovariance, PerEntryGaussianCovariance):
+        with pytest.raises(ValueError, match="^public_n is required"):
+            cls(bounds=b, neighbouring="add_remove").fit(X)
+        with pytest.raises(ValueError, match="^public_n must equal the number of rows"):
+            cls(bounds=b, public_n=X.shape[0] + 1).fit(X)
+        with pytest.raises(ValueError, match="public_n"):
+            cls(bounds=b, neighbouring="add_remove", public_n=0).fit(X)
+        same = [cls(bounds=b, random_state=0, public_n=p).fit(X) for p in (None, X.shape[0])]
+        assert torch.equal(same[0].covariance_, same[1].covariance_)
+        # add/remove: the declared count scales S, whatever the rows (not checked: that
+        # check would reveal the count)
+        big = cls(bounds=b, neighbouring="add_remove", public_n=10 * X.shape[0]).fit(X)
+        assert big.n_samples_ == 10 * X.shape[0]
