@@ -53,8 +53,13 @@ def _check_delta(delta: float) -> float:
 
 
 def zcdp_to_dp(rho: float, delta: float) -> float:
-    r"""The smallest :math:`\varepsilon` such that :math:`\rho`-zCDP implies
-    :math:`(\varepsilon, \delta)`-DP under the RDP conversion above."""
+    r"""The smallest :math:`\varepsilon \ge 0` such that :math:`\rho`-zCDP implies
+    :math:`(\varepsilon, \delta)`-DP under the RDP conversion above.
+
+    For a tiny :math:`\rho` (e.g. below about :math:`10^{-9}` at :math:`\delta = 10^{-2}`) the
+    formula's minimum dips below zero, towards :math:`\log(1-\delta)`; such a statement is
+    valid but says nothing a user can read as a privacy loss, so the result is floored at 0
+    (the weaker :math:`(0, \delta)` statement, which still holds)."""
     rho = check_positive("rho", rho, strict=False)
     delta = _check_delta(delta)
     if rho == 0.0:
@@ -69,7 +74,7 @@ def zcdp_to_dp(rho: float, delta: float) -> float:
     res = minimize_scalar(
         eps, bounds=(1.0 + 1e-9, max(4.0 * guess, 10.0)), method="bounded", options={"xatol": 1e-10}
     )
-    return float(min(res.fun, eps(guess)))
+    return max(0.0, float(min(res.fun, eps(guess))))
 
 
 def dp_to_zcdp(epsilon: float, delta: float) -> float:

@@ -112,3 +112,17 @@ def test_selection_mechanisms_follow_their_distributions():
 def test_bad_privacy_parameters(bad, match):
     with pytest.raises(ValueError, match=match):
         PrivacyBudget.from_dp(*bad)
+
+
+@pytest.mark.parametrize("delta", [1e-2, 1e-5])
+def test_a_tiny_rho_converts_to_epsilon_zero_never_below(delta):
+    """The formula's minimum over alpha dips below zero for a tiny rho (towards
+    log(1 - delta)); the conversion floors it at 0 and stays non-decreasing in rho."""
+    rhos = np.logspace(-14, -3, 23)
+    eps = [zcdp_to_dp(r, delta) for r in rhos]
+    assert eps[0] == 0.0
+    assert all(e >= 0.0 for e in eps)
+    assert all(b >= a for a, b in zip(eps, eps[1:]))
+    assert eps[-1] > 0.0
+    # a small budget given in (epsilon, delta) still round-trips
+    assert zcdp_to_dp(dp_to_zcdp(1e-3, delta), delta) == pytest.approx(1e-3, rel=1e-9)
