@@ -172,7 +172,8 @@ def private_covariance_model(
     dtype, device = noise_scales.dtype, noise_scales.device
     if prior is None:
         if isinstance(scale_prior, torch.distributions.Distribution):
-            scale_dist = check_prior("scale_prior", scale_prior, (dim,), dtype, device)
+            # any float dtype: float32 scales promote against the float64 noise
+            scale_dist = check_prior("scale_prior", scale_prior, (dim,), device=device)
         else:
             kappa = torch.as_tensor(scale_prior, dtype=dtype, device=device).expand(dim)
             scale_dist = dist.HalfNormal(kappa).to_event(1)
@@ -180,9 +181,8 @@ def private_covariance_model(
         s = pyro.sample("scales", scale_dist)
         Lc = s.unsqueeze(-1) * L
     else:
-        check_prior(
-            "prior", prior, (dim, dim), dtype, device
-        )  # over d x d Cholesky factors of Sigma
+        # over d x d Cholesky factors of Sigma; any float dtype (the product promotes)
+        check_prior("prior", prior, (dim, dim), device=device)
         support = prior.support  # lower_cholesky or a subclass (Pyro's softplus_lower_cholesky)
         if isinstance(support, type(constraints.lower_cholesky)) and not isinstance(
             support, _LowerCholeskyWithBijection
