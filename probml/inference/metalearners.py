@@ -649,10 +649,20 @@ class BayesianQLearner(_RatioLearner):
         X, w, y = check_ratio_inputs(X, w, y)
         if not np.isin(y, (0.0, 1.0)).all():
             raise ValueError("BayesianQLearner needs a binary y (0/1)")
-        if propensity is not None and (np.ndim(propensity) != 0 or not 0 < float(propensity) < 1):
-            raise ValueError(
-                f"propensity must be a float in (0, 1) for the Bayesian model, got {propensity!r}"
-            )
+        if propensity is not None:
+            # a callable or per-unit array (which the other learners take) has no place in
+            # the Bayesian model, which fits e(x) itself when propensity is None
+            if callable(propensity) or isinstance(propensity, (str, bytes)):
+                raise TypeError(
+                    "propensity must be a float in (0, 1) (a known RCT propensity) or None "
+                    "(the Bayesian model then fits e(x)), got "
+                    f"{type(propensity).__name__}"
+                )
+            if np.ndim(propensity) != 0 or not 0 < float(propensity) < 1:
+                raise ValueError(
+                    "propensity must be a float in (0, 1) for the Bayesian model, got "
+                    f"{propensity!r}"
+                )
         self.x_mean_, self.x_scale_ = X.mean(0), X.std(0) + 1e-12
         self.n_features_in_ = X.shape[1]
         D = self._design(X)

@@ -254,6 +254,18 @@ def test_bayesian_q_learner_matches_mle_and_takes_custom_priors():
         BayesianQLearner().fit(d.X, d.w, d.y * 2.5)
 
 
+@pytest.mark.parametrize("propensity", [lambda X: np.full(len(X), 0.5), "0.5"])
+def test_bayesian_q_learner_names_a_propensity_it_cannot_use(propensity):
+    """The other learners take a callable propensity; the Bayesian model takes a known float
+    or fits e(x) itself. A callable used to fail inside ``float()`` naming nothing, and the
+    string "0.5" was read as a number."""
+    rng = np.random.default_rng(0)
+    X, w = rng.normal(size=(60, 2)), np.arange(60) % 2
+    y = (rng.uniform(size=60) < 0.5).astype(float)
+    with pytest.raises(TypeError, match="^propensity must be a float"):
+        BayesianQLearner(method="svi", svi_steps=1, num_samples=2).fit(X, w, y, propensity)
+
+
 def test_metrics_known_answers():
     # perfect ranking on a deterministic uplift population beats reversed ranking
     w = np.tile([1, 0], 50)
