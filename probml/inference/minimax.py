@@ -387,7 +387,8 @@ class DRUM(_Validated):
 
     Attributes (after ``fit``): ``predictor_``, ``adversary_``, ``source_conditional_``,
     ``outcome_model_``, ``lambda_``, ``divergence_`` (achieved ``D``), ``history_``,
-    ``correction_`` (the sieve coefficients ``c``, or ``None``).
+    ``correction_`` (the sieve coefficients ``c``, or ``None``; predictions are then
+    ``f + phi(x)^T c`` clamped to ``[1e-4, 1 - 1e-4]``).
     """
 
     def __init__(
