@@ -74,6 +74,16 @@ def _l2(prev: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
     return (xi - prev).norm(dim=-1)
 
 
+class _MoveCost:
+    """``edge_cost`` from an optional ``cost`` field, shared by the two cost constraints."""
+
+    cost: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+
+    def edge_cost(self, prev: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """The move's cost (``...``): ``cost(prev, xi)``, or its Euclidean length."""
+        return _l2(prev, xi) if self.cost is None else self.cost(prev, xi)
+
+
 @dataclass
 class StepBound:
     """``||xi_t - xi_{t-1}|| <= delta`` in the ``"inf"`` or ``"2"`` norm."""
@@ -95,7 +105,7 @@ class StepBound:
 
 
 @dataclass
-class TravelBudget:
+class TravelBudget(_MoveCost):
     """Total path cost ``sum_t cost(xi_{t-1}, xi_t) <= budget`` (default cost: L2 distance;
     see :func:`probml.models.experiments.path_cost` for cost maps)."""
 
@@ -106,13 +116,9 @@ class TravelBudget:
         if not self.budget > 0:
             raise ValueError(f"budget must be > 0, got {self.budget}")
 
-    def edge_cost(self, prev: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        """The move's cost (``...``): ``cost(prev, xi)``, or its Euclidean length."""
-        return _l2(prev, xi) if self.cost is None else self.cost(prev, xi)
-
 
 @dataclass
-class SoftCost:
+class SoftCost(_MoveCost):
     r"""Soft movement cost: a plan's value :math:`V` becomes :math:`V / (1 + \lambda \bar c)`
     with :math:`\bar c` the discounted mean edge cost along the plan (default cost: L2)."""
 
@@ -122,10 +128,6 @@ class SoftCost:
     def __post_init__(self):
         if not self.lam >= 0:  # NaN fails too
             raise ValueError(f"lam must be >= 0, got {self.lam}")
-
-    def edge_cost(self, prev: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        """The move's cost (``...``): ``cost(prev, xi)``, or its Euclidean length."""
-        return _l2(prev, xi) if self.cost is None else self.cost(prev, xi)
 
 
 class Constraints:
