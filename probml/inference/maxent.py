@@ -63,6 +63,61 @@ def _fill(idx: torch.Tensor, values, dim: int) -> torch.Tensor:
     return S
 
 
+def _merge_repeats(
+    idx: torch.Tensor, values, noise_scales=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    r"""One value per entry: ``(i, j)`` and ``(j, i)`` name the same entry.
+
+    Without ``noise_scales`` (exact completion) repeats must carry the same value (to 1e-12
+    relative). With them, repeats are noisy measurements of one entry and are pooled by
+    precision: :math:`\sum_k (s - y_k)^2 / 2\sigma_k^2` equals
+    :math:`(s - \bar y)^2 / 2\bar\sigma^2` plus a constant, with
+    :math:`\bar\sigma^{-2} = \sum_k \sigma_k^{-2}` and
+    :math:`\bar y = \bar\sigma^2 \sum_k y_k / \sigma_k^2`, so the fit is unchanged. (A dense
+    matrix filled with the repeats would keep one of them, or put two values on the two
+    halves of a symmetric matrix.)"""
+    v = torch.as_tensor(values, dtype=torch.float64, device=idx.device).reshape(-1)
+    if v.numel() != idx.shape[0]:
+        raise ValueError(f"values has {v.numel()} entries for {idx.shape[0]} index pairs")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError("values must be finite")
+    sig = None
+    if noise_scales is not None:
+        sig = torch.as_tensor(noise_scales, dtype=torch.float64, device=idx.device).reshape(-1)
+        if sig.numel() != idx.shape[0]:
+            raise ValueError(
+                f"noise_scales has {sig.numel()} entries for {idx.shape[0]} index pairs"
+            )
+        if not bool(torch.isfinite(sig).all()) or not bool((sig > 0).all()):
+            raise ValueError("noise_scales must be finite and positive")
+    canon = torch.stack([idx.min(1).values, idx.max(1).values], 1)
+    uniq, inv = torch.unique(canon, dim=0, return_inverse=True)
+    if uniq.shape[0] == idx.shape[0]:  # no repeats: unchanged
+        return idx, v, sig
+    u = uniq.shape[0]
+    if sig is None:
+        hi = torch.full((u,), -torch.inf, dtype=v.dtype, device=v.device).scatter_reduce(
+            0, inv, v, "amax"
+        )
+        lo = torch.full((u,), torch.inf, dtype=v.dtype, device=v.device).scatter_reduce(
+            0, inv, v, "amin"
+        )
+        bad = (hi - lo) > 1e-12 * torch.maximum(hi.abs(), lo.abs()).clamp_min(1e-300)
+        if bool(bad.any()):
+            k = int(bad.nonzero()[0])
+            i, j = uniq[k].tolist()
+            raise ValueError(
+                f"values: entry ({i}, {j}) is given more than once with different values "
+                f"({float(lo[k]):.6g} and {float(hi[k]):.6g}); an exact completion needs one "
+                "value per entry (relaxed_completion pools noisy repeats)"
+            )
+        return uniq, lo, None
+    prec = sig**-2
+    total = torch.zeros(u, dtype=v.dtype, device=v.device).index_add_(0, inv, prec)
+    pooled = torch.zeros(u, dtype=v.dtype, device=v.device).index_add_(0, inv, prec * v) / total
+    return uniq, pooled, total**-0.5
+
+
 def _neighbours(mask: torch.Tensor, j: int) -> torch.Tensor:
     row = mask[j].clone()
     row[j] = False
@@ -81,7 +136,8 @@ def exact_completion(
 
     Args:
         entries: ``m x 2`` index pairs ``(i, j)``; symmetric pairs are implied; every ``(i, i)``
-            must be present.
+            must be present. An entry given twice (``(i, j)`` and ``(j, i)`` included) must
+            carry the same value.
         values: ``m`` prescribed values.
         dim: ``d``.
         tol: stop when the largest change of ``W`` in a sweep is below ``tol`` (relative to
@@ -97,6 +153,7 @@ def exact_completion(
         CompletionError: no positive-definite completion was found.
     """
     idx, mask = _entry_mask(entries, dim)
+    idx, values, _ = _merge_repeats(idx, values)
     S = _fill(idx, values, dim)
     if bool((S.diagonal() <= 0).any()):
         raise CompletionError("diagonal values must be positive")
@@ -166,7 +223,8 @@ def relaxed_completion(
 
     Args:
         entries, values, dim: as in :func:`exact_completion`.
-        noise_scales: ``m`` standard deviations :math:`\sigma_e` of the values.
+        noise_scales: ``m`` standard deviations :math:`\sigma_e` of the values. An entry
+            measured more than once is fitted to all its measurements (pooled by precision).
         lam: weight :math:`\lambda > 0` of the log-det term.
         init: warm start ``Sigma`` (``d x d``), e.g. the previous round's; if it is not
             numerically positive definite, the default start (the diagonal of the values) is
@@ -182,10 +240,9 @@ def relaxed_completion(
     the optimum on entries of order 1e4).
     """
     idx, mask = _entry_mask(entries, dim)
+    idx, values, noise_scales = _merge_repeats(idx, values, noise_scales)
     y = _fill(idx, values, dim)
-    sig = _fill(idx, noise_scales, dim)
-    if bool((sig[mask] <= 0).any()):
-        raise ValueError("noise_scales must be positive")
+    sig = _fill(idx, noise_scales, dim)  # positive: checked by _merge_repeats
     if not lam > 0:  # NaN fails too
         raise ValueError(f"lam must be > 0, got {lam}")
     # solve at unit scale (see the docstring); Sigma scales by c and the precision by 1/c

@@ -358,3 +358,36 @@ def test_public_n_is_required_for_add_remove_and_must_match_under_replace():
         # check would reveal the count)
         big = cls(bounds=b, neighbouring="add_remove", public_n=10 * X.shape[0]).fit(X)
         assert big.n_samples_ == 10 * X.shape[0]
+
+
+def test_an_entry_given_twice_is_one_entry():
+    """``(0, 1)`` and ``(1, 0)`` name one entry. Filled into a dense matrix, two different
+    values landed on the two halves of a 'symmetric' matrix: the exact sweeps then failed
+    after 500 sweeps with 'did not converge'. The relaxed fit kept only the last of two
+    repeats in one orientation (here the variance 1.5 was dropped) and gave a reversed pair
+    half its precision. Now exact repeats must agree (else a ValueError naming the entry),
+    and relaxed repeats are pooled by precision, which leaves the objective unchanged up to
+    a constant."""
+    diag = [(0, 0), (1, 1), (2, 2)]
+    one = exact_completion([*diag, (0, 1)], [1.0, 2.0, 1.5, 0.5], 3)[0]
+    same = exact_completion([*diag, (0, 1), (1, 0)], [1.0, 2.0, 1.5, 0.5, 0.5], 3)[0]
+    assert torch.equal(one, same)
+    with pytest.raises(ValueError, match=r"^values: entry \(0, 1\) is given more than once"):
+        exact_completion([*diag, (0, 1), (1, 0)], [1.0, 2.0, 1.5, 0.5, 0.2], 3)
+    # relaxed: two measurements 0.5 (sd 0.1) and 0.1 (sd 0.2) of (0, 1), plus a repeated
+    # variance, against the single pooled measurement of each
+    ys, sds = [0.5, 0.1], [0.1, 0.2]
+    prec = [s**-2 for s in sds]
+    pooled = sum(p * y for p, y in zip(prec, ys)) / sum(prec)
+    rep = relaxed_completion(
+        [*diag, (0, 1), (1, 0), (2, 2)], [1.0, 2.0, 1.5, *ys, 1.3], 3, [0.1, 0.1, 0.1, *sds, 0.1]
+    )[0]
+    pool_var = (1.5 / 0.01 + 1.3 / 0.01) / (2 / 0.01)
+    ref = relaxed_completion(
+        [*diag, (0, 1)],
+        [1.0, 2.0, pool_var, pooled],
+        3,
+        [0.1, 0.1, 0.5**0.5 * 0.1, sum(prec) ** -0.5],
+    )[0]
+    assert torch.allclose(rep, ref, atol=1e-9)
+    assert abs(float(rep[0, 1]) - pooled) < abs(float(rep[0, 1]) - ys[0])  # both used
