@@ -424,10 +424,6 @@ class GaussianMechanismCovariance(_PrivateCovariance):
         self.random_state = random_state
         self.public_n = public_n
 
-    def _noise_scales(self, Delta: torch.Tensor, iu: torch.Tensor, rho: float) -> torch.Tensor:
-        l2 = float(torch.sqrt((Delta[iu[0], iu[1]] ** 2).sum()))
-        return torch.full((iu.shape[1],), l2 / math.sqrt(2.0 * rho), dtype=torch.float64), l2
-
     def fit(self, X, y=None):
         """Release the covariance of ``X`` (``n x d``) as the baseline does; ``y`` is ignored."""
         X, b, budget = self._prepare(X)

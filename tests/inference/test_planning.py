@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probml.guides.amortized import DesignPolicy, ParticlePosterior
+from probml.guides.amortized import DesignPolicy, GaussianPosterior, ParticlePosterior
 from probml.inference.planning import (
     Constraints,
     ConstraintViolation,
@@ -140,6 +140,21 @@ def test_particle_posterior_and_next_design_eig_linear_gaussian():
     p2 = post.condition(designs[0], torch.tensor(1.5, dtype=torch.float64))
     assert p2.ess < post.ess and float(p2.mean()[0]) > 0.5
     assert p2.history[0].shape == (1, 2) and float(p2.history[1][0]) == 1.5
+
+
+def test_next_design_eig_under_a_posterior_without_particles():
+    """Any posterior with ``sample`` (here the exact Gaussian one, after one observation):
+    the inner expectation then uses 4096 equal-weight draws. Known answer:
+    EIG = 1/2 log(1 + x^T C x / s^2) under the posterior covariance C."""
+    Sigma = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
+    ex = LinearGaussianExperiment(Sigma, noise_scale=0.5)
+    x0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    post = GaussianPosterior(ex).condition(x0, torch.tensor(0.7, dtype=torch.float64))
+    designs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, -0.5]], dtype=torch.float64)
+    eig = next_design_eig(post, designs, num_outer=4000, generator=2)
+    exact = 0.5 * torch.log1p((designs @ post.cov * designs).sum(-1) / 0.5**2)
+    assert torch.allclose(eig, exact, atol=0.04)
+    assert int(eig.argmax()) == int(exact.argmax())
 
 
 def test_tree_planner_returns_a_feasible_design_with_warm_starts_and_refinement():
