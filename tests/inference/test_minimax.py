@@ -23,6 +23,7 @@ from probml.models.transfer import (
     BinaryShiftProblem,
     ContinuousShiftSimulation,
     brier_risk,
+    log_risk,
     tilted_model,
     transfer_model,
 )
@@ -64,6 +65,27 @@ def test_drum_matches_the_binary_minimax_with_known_nuisances():
     assert abs(est.divergence_ - 0.1) < 0.01  # the constraint binds
     plug = DRUM(rho=0.0, verbose=False, **kw).fit(Xs, As, ys, Xt)
     assert np.abs(plug.predict_proba(Xt[:5])[:, 1] - 0.275).max() < 0.005
+
+
+def test_drum_log_loss_matches_its_binary_minimax():
+    """``loss="log"`` was never run by a test. Known answer: the risk is the cross-entropy
+    CE(m(q), f) with m(q) = q mu_1 + (1 - q) mu_0, linear in q, so by the minimax theorem
+    min_f max_q CE = max over m in [m(q_lo), m(q_hi)] of the binary entropy H(m): f* is the
+    entropy maximiser clipped to that interval (here m(q_hi) = 0.3646, as for Brier) and the
+    worst-case risk is H(f*)."""
+    prob = BinaryShiftProblem()
+    Xs, As, ys, Xt = prob.sample(2000, 0)
+    kw = dict(outcome_model=prob.outcome, source_conditional=_known_g0(0.15), predictor="constant")
+    est = DRUM(rho=0.1, loss="log", verbose=False, **kw).fit(Xs, As, ys, Xt)
+    f_star, (_, q_hi), _ = binary_brier_minimax(0.15, 0.1, (0.2, 0.7))
+    entropy = -(f_star * math.log(f_star) + (1 - f_star) * math.log(1 - f_star))
+    assert np.abs(est.predict_proba(Xt[:5])[:, 1] - f_star).max() < 0.01
+    assert abs(est.worst_case_risk(Xt) - entropy) < 2e-3
+    assert abs(float(est.adversary_.prob(Xt[:1]).detach()) - q_hi) < 0.01
+    # the conditional risk itself: the expected cross-entropy of a Bernoulli(mu) label
+    mu, f = torch.tensor([0.2, 0.7]), torch.tensor([0.4, 0.9])
+    direct = -(mu * f.log() + (1 - mu) * (1 - f).log())
+    assert torch.allclose(log_risk(f, mu), direct)
 
 
 def test_penalised_form_reaches_the_tilted_fixed_point():
