@@ -50,6 +50,19 @@ def test_baseline_of_prompt_i_ignores_r_i(form):
         assert not torch.equal(d2["baseline"], d["baseline"])  # but the others see r_i
 
 
+def test_whitened_advantages_are_the_plain_ones_over_their_sd():
+    """``whiten=True`` (never run by a test before) rescales the advantages by their standard
+    deviation and changes neither the baseline nor the chosen temperatures."""
+    g = torch.Generator().manual_seed(4)
+    p0 = torch.rand(64, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    r = (torch.rand(64, generator=g, dtype=torch.float64) < p0).double()
+    plain, d = basis_advantages(r, p0)
+    white, dw = basis_advantages(r, p0, whiten=True)
+    assert torch.allclose(white, plain / plain.std())
+    assert abs(float(white.std()) - 1.0) < 1e-12
+    assert torch.equal(d["baseline"], dw["baseline"]) and torch.equal(d["beta"], dw["beta"])
+
+
 @pytest.mark.parametrize("form", ["blue", "linearised"])
 def test_chunked_calibration_equals_one_chunk(form):
     # the G x chunk x B leave-two-out tensor is built in chunks of prompts: same result

@@ -254,6 +254,35 @@ def test_bayesian_q_learner_matches_mle_and_takes_custom_priors():
         BayesianQLearner().fit(d.X, d.w, d.y * 2.5)
 
 
+def test_a_callable_propensity_is_evaluated_at_the_rows():
+    """A callable ``X -> e(X)`` (documented for every learner) was never run by a test. A
+    constant one must equal the float. A varying one must enter row by row: with the true
+    e(x) = sigmoid(x_1), log tau_hat = logit q - logit e loses the x_1 slope that the wrong
+    constant 0.5 leaves in it (true log tau = 0.3 x_0, no x_1 term)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(6000, 2))
+    w = (rng.uniform(size=6000) < 1 / (1 + np.exp(-X[:, 1]))).astype(int)
+    y = (rng.uniform(size=6000) < 0.2 * np.exp(0.3 * w * X[:, 0])).astype(float)
+    const = QLearner().fit(X, w, y, propensity=0.5).log_effect(X)
+    same = QLearner().fit(X, w, y, propensity=lambda Z: np.full(len(Z), 0.5)).log_effect(X)
+    assert np.array_equal(const, same)
+
+    def e_true(Z):
+        return 1 / (1 + np.exp(-Z[:, 1]))
+
+    fitted = QLearner().fit(X, w, y, propensity=e_true)
+    assert np.allclose(fitted.propensity(X), np.clip(e_true(X), 0.01, 0.99))
+
+    def slopes(log_tau):
+        return np.linalg.lstsq(np.column_stack([np.ones(len(X)), X]), log_tau, rcond=None)[0][1:]
+
+    right, wrong = slopes(fitted.log_effect(X)), slopes(const)
+    assert abs(right[1]) < 0.15 and abs(wrong[1] - 1.0) < 0.15  # the x_1 slope
+    assert abs(right[0] - 0.3) < 0.1
+    with pytest.raises(ValueError, match=r"propensity\(X\) must return shape"):
+        QLearner().fit(X, w, y, propensity=lambda Z: np.full(len(Z) - 1, 0.5))
+
+
 @pytest.mark.parametrize("propensity", [lambda X: np.full(len(X), 0.5), "0.5"])
 def test_bayesian_q_learner_names_a_propensity_it_cannot_use(propensity):
     """The other learners take a callable propensity; the Bayesian model takes a known float

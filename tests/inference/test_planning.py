@@ -179,13 +179,14 @@ def test_tree_planner_returns_a_feasible_design_with_warm_starts_and_refinement(
         GreedyPlanner(refine="botorch-ish")
 
 
-def test_refinement_is_feasible_and_raises_the_eig():
+@pytest.mark.parametrize("norm", ["2", "inf"])  # "inf": box bounds instead of a constraint
+def test_refinement_is_feasible_and_raises_the_eig(norm):
     lf = LocationFinding()
     prev = torch.tensor([0.5, 0.5], dtype=torch.float64)
     post = ParticlePosterior(lf, 1024, generator=0).condition(
         prev, torch.tensor(1.0, dtype=torch.float64)
     )
-    cons = Constraints([StepBound(0.3, "2"), TravelBudget(1.0)], lf.design_bounds)
+    cons = Constraints([StepBound(0.3, norm), TravelBudget(1.0)], lf.design_bounds)
     starts = cons.sample(prev, 6, 1.0, torch.Generator().manual_seed(1))
     refined, values = refine_designs(post, starts, prev, cons, 1.0, 256, generator=3)
     assert bool(cons.feasible(prev, refined, 1.0).all())
@@ -195,7 +196,7 @@ def test_refinement_is_feasible_and_raises_the_eig():
     gain = big[n:] - big[:n]
     assert float(gain.mean()) > 0.1 and float(gain.min()) > -0.02
     # a tight budget: the refined designs stay affordable
-    tight = Constraints([StepBound(0.3, "2"), TravelBudget(0.05)], lf.design_bounds)
+    tight = Constraints([StepBound(0.3, norm), TravelBudget(0.05)], lf.design_bounds)
     r2, _ = refine_designs(post, starts * 0 + prev, prev, tight, 0.05, 32, generator=3)
     assert bool(tight.feasible(prev, r2, 0.05).all())
 
