@@ -126,6 +126,7 @@ def advantages_and_values(
     ``tracker`` the estimator's state across steps (:func:`make_tracker`; ``"spo"``,
     ``"bayes-basis-rw"``, ``"bayes-basis-rw-eta"``), ``features`` the batch's prompt features
     (``B x F``, for ``"gp-basis"``)."""
+    check_estimator(estimator)  # first: a mistyped "basis-..." name would run the BLUE form
     if estimator == "grpo":
         return grpo_advantages(rewards), rewards.mean(1), None
     if estimator == "rloo":
@@ -167,8 +168,8 @@ def advantages_and_values(
             raise ValueError("estimator 'spo' needs an SPOTracker tracker")
         value = tracker.baseline(prompts)
         a = tracker.advantages(prompts, r)
-    else:
-        check_estimator(estimator)
+    else:  # pragma: no cover - every name of check_estimator has a branch above
+        raise AssertionError(f"no branch for estimator {estimator!r}")
     return a.unsqueeze(1), value, beta
 
 

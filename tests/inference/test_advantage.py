@@ -566,6 +566,9 @@ def test_gp_basis_runs_in_the_bandit_loop_and_needs_features():
     r = torch.tensor([[1.0], [0.0], [1.0]], dtype=torch.float64)
     with pytest.raises(ValueError, match="features"):
         advantages_and_values("gp-basis", r, torch.full((3,), 0.5), torch.arange(3))
+    # a mistyped BASIS name: it used to run the BLUE form without a word
+    with pytest.raises(ValueError, match="^estimator must be one of"):
+        advantages_and_values("basis-calibratd", r, torch.full((3,), 0.5), torch.arange(3))
 
 
 def test_drift_prior_is_checked_by_name():
