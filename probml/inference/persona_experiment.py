@@ -33,6 +33,7 @@ from probml.utils import keep_global_rng, progress, resolve_device
 
 __all__ = [
     "LORA_TARGETS",
+    "PERSONA_METHODS",
     "cache_dir",
     "drift_ratio",
     "pretrain_persona_model",
@@ -41,6 +42,19 @@ __all__ = [
 
 #: attention q, v (read) and attention out, MLP down (write), as in the spec
 LORA_TARGETS = ["attn.q", "attn.v", "attn.o.linear", "ffn.down"]
+
+#: the fine-tuning methods of :func:`run_persona_methods` (``naive`` also reports
+#: ``naive + inference ablation``)
+PERSONA_METHODS = (
+    "naive",
+    "CAFT",
+    "preventative steering",
+    "GRASP",
+    "GRASP (shared u)",
+    "GRASP (residual shift)",
+    "GRASP (residual shift + pull-back)",
+    "GRASP (oracle u)",
+)
 
 
 def cache_dir() -> Path:
@@ -200,6 +214,12 @@ def run_persona_methods(
     """
     if shift_prefix is not None and int(shift_prefix) < 1:
         raise ValueError(f"shift_prefix must be None or >= 1, got {shift_prefix!r}")
+    if methods is not None:  # before any training: an unknown name used to be skipped
+        if isinstance(methods, str):
+            raise TypeError(f"methods must be a sequence of method names, got {methods!r}")
+        unknown = [m for m in methods if m not in PERSONA_METHODS]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; known: {list(PERSONA_METHODS)}")
     targets = LORA_TARGETS if targets is None else list(targets)
     through = TINYLM_THROUGH if through is None else dict(through)
     prefixes = [n for n, _ in _residual_blocks(base)]
@@ -257,6 +277,7 @@ def run_persona_methods(
         "GRASP (residual shift + pull-back)": dict(grasp=pulled),
         "GRASP (oracle u)": dict(grasp="oracle"),
     }
+    assert tuple(plan) == PERSONA_METHODS
     for name, spec in plan.items():
         if want is not None and name not in want:
             continue

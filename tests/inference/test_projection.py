@@ -508,6 +508,11 @@ def test_persona_experiment_runner_tiny(tmp_path, monkeypatch):
     assert d8["residual_shift_cos_per_block"] != d_all["residual_shift_cos_per_block"]
     with pytest.raises(ValueError, match="shift_prefix"):
         run_persona_methods(deep, w, shift_prefix=0, methods=("naive",))
+    # a mistyped method (or a bare string) used to be skipped: a run with fewer rows
+    with pytest.raises(ValueError, match=r"^methods: unknown \['GRASP \(shared U\)'\]"):
+        run_persona_methods(deep, w, methods=("naive", "GRASP (shared U)"))
+    with pytest.raises(TypeError, match="^methods must be a sequence"):
+        run_persona_methods(deep, w, methods="naive")
     with pytest.raises(ValueError, match="n_layers"):
         pretrain_persona_model(w, num_steps=5, n_layers=0, cache=False, verbose=False)
 
