@@ -200,7 +200,9 @@ class _PrivateCovariance(BaseEstimator):
 
 
 _COMMON_DOC = """
-        epsilon, delta: the (epsilon, delta)-DP budget (converted to zCDP, never exceeded).
+        epsilon, delta: the (epsilon, delta)-DP budget (converted to zCDP, never exceeded)
+            of one fit. Every fit is a new release: k fits on the same data (refits,
+            cross-validation, a grid search) spend k times its rho.
         bounds: public per-coordinate bounds ``b_i`` (length ``d``, or one number); data are
             clipped to ``[-b_i, b_i]``.
         neighbouring: ``"replace"`` (one row replaced; public n) or ``"add_remove"``.
