@@ -39,7 +39,8 @@ class WeightedSamples:
     """Weighted particles of the latent sites.
 
     Attributes:
-        samples: site name -> ``N x event_shape`` tensor.
+        samples: site name -> ``N x event_shape`` tensor (a site inside plates keeps their
+            sizes: ``N x plate sizes x event_shape``).
         log_weights: ``N`` unnormalised log-weights.
     """
 
@@ -130,7 +131,8 @@ def importance_sample(
         max_plate_nesting: how many plates the model nests (the particle plate goes left of them).
 
     Returns:
-        :class:`WeightedSamples` with each latent site as ``N x event_shape``.
+        :class:`WeightedSamples` with each latent site as ``N x event_shape`` (``N x plate
+        sizes x event_shape`` inside plates).
     """
     num_particles = check_int("num_particles", num_particles)
     check_int("max_plate_nesting", max_plate_nesting, 0)

@@ -117,3 +117,32 @@ def test_a_guide_that_skips_or_invents_a_latent_site_is_an_error():
     set_seed(0)
     post = importance_sample(model, both, y, num_particles=100_000)
     assert abs(float(post.mean("a")) - 1.5 / 2.25) < 0.03  # exact E[a | y]
+
+
+def test_local_latents_inside_a_plate_keep_their_plate_dimension():
+    """A latent site inside a data plate (never run by a test before): its particles are
+    ``N x n`` and the self-normalised means equal the exact Gaussian posterior. Model:
+    mu ~ N(0, 1), z_i ~ N(mu, 1), y_i ~ N(z_i, 1); (mu, z) and y are jointly Gaussian."""
+    import pyro
+
+    y = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(y.new_zeros(()), 1.0))
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Normal(mu, 1.0))
+            pyro.sample("y", dist.Normal(z, 1.0), obs=y)
+
+    def guide(y):
+        pyro.sample("mu", dist.Normal(y.new_zeros(()), 1.5))
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Normal(y / 2, 1.0))
+
+    set_seed(0)
+    ws = importance_sample(model, guide, y, num_particles=100_000)
+    assert ws.samples["mu"].shape == (100_000,) and ws.samples["z"].shape == (100_000, 3)
+    C = torch.ones(4, 4, dtype=torch.float64)  # cov of (mu, z_1..z_3)
+    C[1:, 1:] += torch.eye(3, dtype=torch.float64)
+    exact = C[:, 1:] @ torch.linalg.solve(C[1:, 1:] + torch.eye(3, dtype=torch.float64), y)
+    got = torch.cat([ws.mean("mu").reshape(1), ws.mean("z")])
+    assert torch.allclose(got, exact, atol=0.03), (got, exact)
