@@ -157,6 +157,26 @@ def test_next_design_eig_under_a_posterior_without_particles():
     assert int(eig.argmax()) == int(exact.argmax())
 
 
+def test_plain_tree_planner_picks_informative_feasible_designs():
+    """The default tree planner (no policy, no refinement) was never run by a test. On a
+    linear-Gaussian experiment with prior variances (1, 0.2) the best design a 0.3 step from
+    the origin is (+-0.3, 0), of exact EIG 0.154; a uniform point of the disk gets about a
+    third of it. Over five seeds the planner's choices are feasible and get 0.80 of it
+    on average (measured; asserted > 0.65)."""
+    ex = LinearGaussianExperiment(torch.diag(torch.tensor([1.0, 0.2], dtype=torch.float64)), 0.5)
+    post = ParticlePosterior(ex, 4096, generator=0)
+    prev = torch.zeros(2, dtype=torch.float64)
+    cons = Constraints([StepBound(0.3, "2"), TravelBudget(1.0)], ex.design_bounds)
+    best = float(ex.eig(torch.tensor([[0.3, 0.0]], dtype=torch.float64)))
+    pl = ScenarioTreePlanner(depth=1, branching=2, num_candidates=16, root_candidates=64)
+    ratios = []
+    for seed in range(5):
+        xi = pl.plan(post, prev, cons, 1.0, torch.Generator().manual_seed(seed))
+        assert bool(cons.feasible(prev, xi, 1.0))
+        ratios.append(float(ex.eig(xi[None])) / best)
+    assert sum(ratios) / 5 > 0.65, ratios
+
+
 def test_tree_planner_returns_a_feasible_design_with_warm_starts_and_refinement():
     lf = LocationFinding()
     post = ParticlePosterior(lf, 512, generator=0)
