@@ -247,13 +247,12 @@ def pareto_front(risk, unfair) -> list[int]:
         )
     if not (np.isfinite(risk).all() and np.isfinite(unfair).all()):
         raise ValueError("risk and unfair must be finite: a NaN point cannot be ranked")
-    order = np.lexsort((risk, unfair))
-    front, best = [], np.inf
-    for i in order:
-        if risk[i] < best:
-            front.append(int(i))
-            best = risk[i]
-    return front
+    order = np.lexsort((risk, unfair))  # by unfairness, ties by risk
+    r = risk[order]
+    # on the front: strictly lower risk than every point before it in that order (a point
+    # equal to an earlier one is left out: one index per point of the front)
+    before = np.concatenate(([np.inf], np.minimum.accumulate(r)[:-1]))
+    return order[r < before].tolist()
 
 
 # ----------------------------------------------------------------------------- forecasting

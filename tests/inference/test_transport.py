@@ -208,6 +208,19 @@ def test_metrics_and_pareto():
     assert unfairness(np.r_[x, x + 0.5][:, None], s, "w2") == pytest.approx(0.25, rel=1e-6)
     assert ot.wasserstein_1d(x, x + 0.5, p=2) == pytest.approx(0.25)
     assert pareto_front([1.0, 2.0, 1.5, 0.5], [3.0, 1.0, 2.0, 4.0]) == [1, 2, 0, 3]
+    # dominated points (no test had one before): against a brute-force check of dominance
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        risk, unf = rng.integers(0, 6, 12) + 0.0, rng.integers(0, 6, 12) + 0.0
+        keep = {(a, b) for a, b in zip(risk, unf)}
+        front = {
+            (a, b)
+            for a, b in keep
+            if not any(c <= a and d <= b and (c, d) != (a, b) for c, d in keep)
+        }
+        got = pareto_front(risk, unf)
+        assert {(risk[i], unf[i]) for i in got} == front and len(got) == len(front)
+        assert list(unf[got]) == sorted(unf[got])
     # a NaN point was dropped from the front without a word, and unequal lengths failed in
     # NumPy's lexsort with a message that named neither argument
     with pytest.raises(ValueError, match="finite"):
