@@ -206,6 +206,35 @@ def test_stochastic_gates_mean_field_is_the_moa_layer_and_svi_runs():
             StochasticGates(layer, **kw)
 
 
+@pytest.mark.parametrize("ffn_type, variant", [("I", "bi_sided"), ("II", "one_sided")])
+def test_stochastic_gates_of_every_ffn_form_have_the_layer_as_their_mean(ffn_type, variant):
+    """Only the Type II bi-sided layer was tested. For Type I and one-sided layers (one gate
+    set) the output is linear in z, so the gate means q(x) reproduce ``layer(x)`` exactly; the
+    Monte Carlo mean of hard gate draws agrees, and the Pyro model's sites have the layer's
+    gate count."""
+    import pyro
+    from pyro import poutine
+
+    from probml.models.layers import StochasticGates
+
+    torch.manual_seed(1)
+    layer = MixtureOfActivationsFFN(6, 12, ffn_type, variant, dictionary=("relu", "tanh"))
+    with torch.no_grad():
+        layer.gate_proj.weight.normal_(std=0.5)
+        layer.gate_proj.bias.normal_(std=0.5)
+    x = torch.randn(5, 6)
+    sg = StochasticGates(layer, name=f"moa_{ffn_type}_{variant}")
+    q = torch.sigmoid(layer.gate_proj(x))
+    assert q.shape == (5, layer.K)  # one gate set
+    assert torch.allclose(sg._output(x, q), layer(x), atol=1e-6)
+    mc = sg.mean_output(x, 20000, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(mc, layer(x), atol=0.02 * layer(x).abs().max().item() + 1e-3)
+    pyro.clear_param_store()
+    tr = poutine.trace(sg.model).get_trace(x, torch.randn(5, 6))
+    assert tr.nodes["z"]["value"].shape == (5, layer.K)
+    pyro.clear_param_store()
+
+
 @pytest.fixture
 def registry(monkeypatch):
     """A private copy of the activation registry, restored after the test."""
