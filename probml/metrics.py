@@ -324,19 +324,35 @@ def _check_binary_forecasts(p, y):
 def calibration_slope_intercept(p, y) -> tuple[float, float]:
     r"""Logistic recalibration :math:`\mathrm{logit}\, P(Y=1) = a + b\, \mathrm{logit}(p)`
     by maximum likelihood: returns ``(b, a)``; a calibrated model has slope 1, intercept 0.
-    ``p`` is clipped to ``[1e-6, 1 - 1e-6]`` before the logit (0 and 1 have none)."""
+    ``p`` is clipped to ``[1e-6, 1 - 1e-6]`` before the logit (0 and 1 have none).
+
+    Where the maximum-likelihood fit does not exist the answer says so instead of returning
+    where the optimiser stopped: forecasts that separate the outcomes (every ``y = 1`` ranked
+    at or above every ``y = 0``, or at or below) give a slope of ``+inf`` (``-inf``) and a NaN
+    intercept; a single outcome class gives a NaN slope and an intercept of ``-inf``
+    (``+inf``); a constant forecast gives NaN for both (the slope is not identified)."""
     import numpy as np
     from scipy.optimize import minimize
 
     p, y = _check_binary_forecasts(p, y)
     p = np.clip(p, 1e-6, 1 - 1e-6)
     z = np.log(p / (1 - p))
+    pos, neg = z[y == 1], z[y == 0]
+    if pos.size == 0 or neg.size == 0:  # one class: P(Y = 1) is 0 or 1 everywhere
+        return float("nan"), float("inf") if pos.size else float("-inf")
+    if z.min() == z.max():
+        return float("nan"), float("nan")
+    if neg.max() <= pos.min():  # (quasi-)complete separation: the likelihood rises forever
+        return float("inf"), float("nan")
+    if pos.max() <= neg.min():
+        return float("-inf"), float("nan")
 
     def nll(theta):
         eta = theta[0] + theta[1] * z
-        return float(np.sum(np.logaddexp(0, eta) - y * eta))
+        r = 1.0 / (1.0 + np.exp(-eta)) - y  # d nll / d eta
+        return float(np.sum(np.logaddexp(0, eta) - y * eta)), np.array([r.sum(), (r * z).sum()])
 
-    res = minimize(nll, x0=np.array([0.0, 1.0]), method="BFGS")
+    res = minimize(nll, x0=np.array([0.0, 1.0]), jac=True, method="BFGS")
     return float(res.x[1]), float(res.x[0])
 
 

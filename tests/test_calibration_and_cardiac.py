@@ -18,6 +18,33 @@ def test_calibration_slope_intercept_recovers_a_known_miscalibration():
         expected_calibration_error([0.1], [0, 1])
 
 
+def test_calibration_slope_says_when_no_maximum_likelihood_fit_exists():
+    """Before, the optimiser's stopping point came back as the answer: forecasts that
+    separate the outcomes gave a slope of 9.17 (the MLE is +inf), reversed ones -28.3, and
+    one outcome class an intercept of -13.5 (the MLE is -inf)."""
+    p = [0.1, 0.2, 0.8, 0.9]
+    b, a = calibration_slope_intercept(p, [0, 0, 1, 1])
+    assert b == np.inf and np.isnan(a)
+    b, a = calibration_slope_intercept(p, [1, 0, 0, 0])
+    assert b == -np.inf and np.isnan(a)
+    b, a = calibration_slope_intercept([0.1, 0.5, 0.5, 0.9], [0, 0, 1, 1])  # a tie at the edge
+    assert b == np.inf
+    b, a = calibration_slope_intercept(p, [0, 0, 0, 0])
+    assert np.isnan(b) and a == -np.inf
+    assert np.isnan(calibration_slope_intercept([0.3] * 4, [0, 1, 0, 1])).all()
+    # overlapping outcomes: the fit exists and equals an unpenalised logistic regression
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    q = rng.uniform(0.05, 0.95, 3000)
+    y = (rng.uniform(size=3000) < q).astype(float)
+    z = np.log(q / (1 - q))[:, None]
+    ref = LogisticRegression(C=1e12, tol=1e-10, max_iter=1000).fit(z, y)
+    b, a = calibration_slope_intercept(q, y)
+    assert b == pytest.approx(ref.coef_[0, 0], abs=1e-5)
+    assert a == pytest.approx(ref.intercept_[0], abs=1e-5)
+
+
 def test_whas500_transfer_split():
     pytest.importorskip("sksurv")
     from probml.datasets.cardiac import load_whas500_transfer
