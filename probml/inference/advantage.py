@@ -95,8 +95,10 @@ def offline_values(k: torch.Tensor, K: int) -> torch.Tensor:
     """Smoothed offline success rates ``(k + 1/2) / (K + 1)`` from ``k`` of ``K`` reference samples."""
     K = check_int("K", K)
     k = torch.as_tensor(k)
-    if bool(((k < 0) | (k > K)).any()):
+    if not bool(((k >= 0) & (k <= K)).all()):  # NaN fails too
         raise ValueError(f"k must lie in [0, K={K}]")
+    if k.is_floating_point() and not bool((k == k.round()).all()):
+        raise ValueError("k must hold counts (whole numbers of correct reference samples)")
     return (k.double() + 0.5) / (K + 1)
 
 

@@ -192,6 +192,9 @@ def test_textbook_estimators_on_hand_computed_cases():
         (lambda: grpo_advantages(torch.tensor([1.0, 0.0])), "B x G"),
         (lambda: rloo_advantages(torch.ones(3, 1)), "G >= 2"),
         (lambda: offline_values(torch.tensor([5]), 4), "k must"),
+        # before: a NaN count gave a NaN value, and 2.5 of 4 passed as a count
+        (lambda: offline_values(torch.tensor([1.0, float("nan")]), 4), "k must lie"),
+        (lambda: offline_values(torch.tensor([2.5]), 4), "k must hold counts"),
         # before: a NaN prior value gave a NaN advantage without a word
         (lambda: offline_advantages(torch.ones(2), torch.tensor([0.5, float("nan")])), "(0, 1)"),
         (lambda: kl_optimal_values(torch.tensor([0.5]), -1.0), "beta"),
