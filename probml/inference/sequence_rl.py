@@ -263,7 +263,7 @@ def run_sequence_rl(
     g = make_generator(seed)
     reference = reference.to(dev).eval()
     if offline is not None and (
-        offline.shape != (task.num_prompts,) or bool((offline < 0).any() | (offline > K).any())
+        offline.shape != (task.num_prompts,) or not bool(((offline >= 0) & (offline <= K)).all())
     ):
         raise ValueError(
             f"offline must hold {task.num_prompts} counts in [0, K={K}], got shape "

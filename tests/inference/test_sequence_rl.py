@@ -98,6 +98,11 @@ def test_warmup_offline_counts_and_one_rl_run():
     assert both.value_mse == g8.value_mse and both.floor_mse == g8.floor_mse
     assert both.mean_reward == g8.mean_reward and both.rollouts == g8.rollouts
     assert both.side_value_mse["offline"] == alone.side_value_mse["offline"]
+    # a NaN count was let through to NaN offline values
+    bad = k.double().clone()
+    bad[0] = float("nan")
+    with pytest.raises(ValueError, match="^offline must hold"):
+        run_sequence_rl(m, task, "basis", **{**kw, "offline": bad})
     assert set(alone.side_value_mse) == {"offline"}  # the driver is not repeated
     # a side estimator is scored against the driver's Monte Carlo values: the offline values
     # are one member of the batch-wide family whose best member is the floor
