@@ -51,12 +51,9 @@ def _entry_mask(entries, dim: int, device=None) -> tuple[torch.Tensor, torch.Ten
     return idx, mask
 
 
-def _fill(idx: torch.Tensor, values, dim: int) -> torch.Tensor:
-    v = torch.as_tensor(values, dtype=torch.float64, device=idx.device).reshape(-1)
-    if v.numel() != idx.shape[0]:
-        raise ValueError(f"values has {v.numel()} entries for {idx.shape[0]} index pairs")
-    if not bool(torch.isfinite(v).all()):
-        raise ValueError("values must be finite")
+def _fill(idx: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
+    """The symmetric ``d x d`` matrix holding ``v`` at ``idx`` (one value per entry, checked
+    by :func:`_merge_repeats`), zero elsewhere."""
     S = torch.zeros(dim, dim, dtype=torch.float64, device=idx.device)
     S[idx[:, 0], idx[:, 1]] = v
     S[idx[:, 1], idx[:, 0]] = v
