@@ -254,15 +254,21 @@ def test_bayesian_q_learner_matches_mle_and_takes_custom_priors():
         BayesianQLearner().fit(d.X, d.w, d.y * 2.5)
 
 
+def _confounded(n):
+    """Observational data: e(x) = sigmoid(x_1), true log tau = 0.3 x_0 (binary y)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(n, 2))
+    w = (rng.uniform(size=n) < 1 / (1 + np.exp(-X[:, 1]))).astype(int)
+    y = (rng.uniform(size=n) < 0.2 * np.exp(0.3 * w * X[:, 0])).astype(float)
+    return X, w, y
+
+
 def test_a_callable_propensity_is_evaluated_at_the_rows():
     """A callable ``X -> e(X)`` (documented for every learner) was never run by a test. A
     constant one must equal the float. A varying one must enter row by row: with the true
     e(x) = sigmoid(x_1), log tau_hat = logit q - logit e loses the x_1 slope that the wrong
     constant 0.5 leaves in it (true log tau = 0.3 x_0, no x_1 term)."""
-    rng = np.random.default_rng(3)
-    X = rng.normal(size=(6000, 2))
-    w = (rng.uniform(size=6000) < 1 / (1 + np.exp(-X[:, 1]))).astype(int)
-    y = (rng.uniform(size=6000) < 0.2 * np.exp(0.3 * w * X[:, 0])).astype(float)
+    X, w, y = _confounded(6000)
     const = QLearner().fit(X, w, y, propensity=0.5).log_effect(X)
     same = QLearner().fit(X, w, y, propensity=lambda Z: np.full(len(Z), 0.5)).log_effect(X)
     assert np.array_equal(const, same)
@@ -287,10 +293,7 @@ def test_bayesian_q_learner_fits_the_propensity_jointly_when_it_is_not_given():
     """``propensity=None`` (e(x) fitted inside the Pyro model) was never run by a test. With
     flat-ish priors and 4000 rows the posterior mean of log tau is the maximum-likelihood
     Q-Learner's (both are logistic in x); the wrong constant 0.5 leaves the confounding in."""
-    rng = np.random.default_rng(3)
-    X = rng.normal(size=(4000, 2))
-    w = (rng.uniform(size=4000) < 1 / (1 + np.exp(-X[:, 1]))).astype(int)
-    y = (rng.uniform(size=4000) < 0.2 * np.exp(0.3 * w * X[:, 0])).astype(float)
+    X, w, y = _confounded(4000)
     mle = QLearner().fit(X, w, y).log_effect(X[:200])
     bayes = BayesianQLearner(num_samples=200, warmup_steps=200).fit(X, w, y)
     post = bayes.log_effect_samples(X[:200]).mean(0)
