@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from probml.utils import check_int, cholesky_factor
+from probml.utils import check_int, cholesky_factor, group_labels
 
 __all__ = [
     "relative_error",
@@ -185,7 +185,9 @@ def unfairness(pred, sensitive, kind: str = "w2", decimals: int = 8):
     from scipy.stats import ks_2samp
 
     pred = np.asarray(pred, float)
-    s = np.asarray(sensitive).reshape(-1)
+    s, groups = group_labels("sensitive", sensitive)
+    if not np.isfinite(pred).all():
+        raise ValueError("pred must be finite (a NaN prediction has no place in a distribution)")
     if pred.ndim == 2 and pred.shape == (len(s), 1) and len(s) > 1:
         pred = pred.reshape(-1)  # an n x 1 column is one prediction vector, as before
     one = pred.ndim == 1
@@ -194,7 +196,6 @@ def unfairness(pred, sensitive, kind: str = "w2", decimals: int = 8):
         raise ValueError(
             f"pred must be n or S x n with n = len(sensitive) = {len(s)}, got shape {pred.shape}"
         )
-    groups = np.unique(s)
     if len(groups) < 2:
         raise ValueError("need at least two groups")
     if kind not in ("w2", "ks", "tv"):

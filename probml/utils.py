@@ -283,6 +283,41 @@ def check_data(
     return A
 
 
+def group_labels(name: str, labels) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, groups)``: the labels as a 1-D array and their sorted distinct values.
+
+    A missing label (``None``, NaN, pandas' ``NA``) is refused by ``name``: it is no group,
+    and NaN never equals itself, so its rows would match no group's and be dropped from every
+    per-group computation. Labels of types that do not sort together (``1`` and ``"a"``) are
+    refused too."""
+    s = np.asarray(labels).reshape(-1)
+    if s.dtype.kind == "f":
+        missing = np.isnan(s)
+    elif s.dtype.kind == "O":  # one Python check per label: object arrays have no vector op
+        missing = np.array(
+            [
+                v is None
+                or (isinstance(v, float) and v != v)
+                or type(v).__name__ in ("NAType", "NaTType")
+                for v in s.tolist()
+            ],
+            dtype=bool,
+        )
+    else:
+        missing = np.zeros(s.shape, dtype=bool)
+    if missing.any():
+        raise ValueError(
+            f"{name} has {int(missing.sum())} missing label(s) (None or NaN), e.g. at index "
+            f"{int(np.flatnonzero(missing)[0])}: give every row a group or drop the row"
+        )
+    try:
+        groups = np.unique(s)
+    except TypeError:
+        kinds = sorted({type(v).__name__ for v in s.tolist()})
+        raise ValueError(f"{name} mixes label types that do not sort together: {kinds}") from None
+    return s, groups
+
+
 def check_prior(
     name: str,
     prior: torch.distributions.Distribution,

@@ -36,7 +36,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KNeighborsRegressor
 
-from probml.utils import check_data, check_int, check_prior, keep_global_rng
+from probml.utils import check_data, check_int, check_prior, group_labels, keep_global_rng
 
 __all__ = [
     "w2_interpolation_weight",
@@ -59,18 +59,22 @@ def _as_vector(name: str, v) -> np.ndarray:
     return check_data(name, v, ndim=1)
 
 
-def _eta_and_labels(eta, s, name: str = "predictions") -> tuple[np.ndarray, np.ndarray]:
+def _eta_and_labels(
+    eta, s, name: str = "predictions", label_name: str = "sensitive"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(eta, s, groups)``: a vector, its labels (none missing) and their distinct values."""
     eta = _as_vector(name, eta)
-    s = np.asarray(s).reshape(-1)
+    s, groups = group_labels(label_name, s)
     if len(s) != len(eta):
-        raise ValueError(f"sensitive must have the length of the {name} ({len(eta)}), got {len(s)}")
-    return eta, s
+        raise ValueError(
+            f"{label_name} must have the length of the {name} ({len(eta)}), got {len(s)}"
+        )
+    return eta, s, groups
 
 
 def _check_eta_s(eta, s, name: str = "predictions") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(eta, s, groups)``: a vector, its labels, and at least two groups among them."""
-    eta, s = _eta_and_labels(eta, s, name)
-    groups = np.unique(s)
+    eta, s, groups = _eta_and_labels(eta, s, name)
     if len(groups) < 2:
         raise ValueError(f"need at least two groups in sensitive, got {groups.tolist()}")
     return eta, s, groups
@@ -168,7 +172,7 @@ def fair_w2_aware(
         ref = (eta, s, groups)
     else:  # the reference needs two groups; the rows mapped may come from one
         ref = _check_eta_s(*reference, "reference predictions")
-        eta, s = _eta_and_labels(eta, s)
+        eta, s, _ = _eta_and_labels(eta, s, label_name="s")
         _check_known_groups("s", s, ref[2], "the reference")
     if not 0 <= t <= 1:
         raise ValueError(f"t must be in [0, 1], got {t}")
@@ -507,7 +511,7 @@ class FairRegressor(BaseEstimator):
         if self.aware:
             if sensitive is None:
                 raise ValueError("sensitive is required at prediction time for an aware model")
-            s = np.asarray(sensitive).reshape(-1)
+            s, _ = group_labels("sensitive", sensitive)
             if len(s) != len(X):
                 raise ValueError(f"sensitive must have length {len(X)}, got {len(s)}")
             _check_known_groups("sensitive", s, self.groups_, "fit")
@@ -562,7 +566,7 @@ def posterior_fair_predictions(
     y, s, groups = _check_eta_s(y, sensitive, "y")
     if len(X) != len(y):
         raise ValueError(f"X must have len(y) = {len(y)} rows, got shape {X.shape}")
-    s_new = np.asarray(sensitive_new).reshape(-1)
+    s_new, _ = group_labels("sensitive_new", sensitive_new)
     if len(s_new) != len(X_new):
         raise ValueError("sensitive_new must have the length of X_new")
     _check_known_groups("sensitive_new", s_new, groups, "sensitive")

@@ -174,6 +174,36 @@ def test_calibration_fraction_none_calibrates_on_every_row():
     assert np.allclose(full.eta_model_.coef_, ref.coef_)
 
 
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.where(np.arange(200) < 3, np.nan, np.arange(200) % 2),  # float NaN
+        np.array(["a", "b", None, "a"] * 50, dtype=object),  # None
+    ],
+)
+def test_a_missing_group_label_is_refused_by_name(labels):
+    """NaN never equals itself, so its rows matched no group. Before, FairRegressor blamed
+    the calibration split ("groups [nan] have no rows"), unfairness(kind="w2") failed with a
+    ZeroDivisionError, and the KS and TV values came back NaN without a word."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(200, 2)), rng.normal(size=200)
+    match = "^sensitive has [0-9]+ missing label"
+    with pytest.raises(ValueError, match=match):
+        FairRegressor().fit(X, y, labels)
+    for kind in ("w2", "ks", "tv"):
+        with pytest.raises(ValueError, match=match):
+            unfairness(y, labels, kind)
+    fitted = FairRegressor().fit(X, y, np.arange(200) % 2)
+    with pytest.raises(ValueError, match=match):
+        fitted.predict(X, labels)
+    with pytest.raises(ValueError, match="^s has [0-9]+ missing label"):
+        fair_w2_aware(y, labels, 0.5, reference=(y, np.arange(200) % 2))
+    with pytest.raises(ValueError, match="^sensitive mixes label types"):
+        unfairness(y, np.array(["a", 1] * 100, dtype=object))
+    with pytest.raises(ValueError, match="^pred must be finite"):
+        unfairness(np.where(np.arange(200) == 0, np.nan, y), np.arange(200) % 2)
+
+
 @pytest.mark.parametrize("fn", [fair_dp_unaware, fair_tv_unaware, fair_w2_unaware])
 def test_unaware_estimators_reject_bad_input(fn):
     eta = np.linspace(-1, 1, 20)
