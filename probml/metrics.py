@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from probml.utils import check_int, cholesky_factor, group_labels
+from probml.utils import check_finite, check_int, cholesky_factor, group_labels
 
 __all__ = [
     "relative_error",
@@ -27,6 +27,8 @@ def relative_error(estimate: torch.Tensor, truth: torch.Tensor, ord: str | int =
         raise ValueError(
             f"estimate shape {tuple(estimate.shape)} != truth shape {tuple(truth.shape)}"
         )
+    check_finite("estimate", estimate)
+    check_finite("truth", truth)
     diff = (estimate - truth).double()
     t = truth.double()
     norm = t.norm() if diff.dim() == 1 else torch.linalg.matrix_norm(t, ord=ord)
@@ -286,6 +288,8 @@ def crps_ensemble(
     n = particles.shape[-2]
     if n == 0:
         raise ValueError("particles must hold at least one particle (N >= 1)")
+    check_finite("particles", particles)
+    check_finite("truth", truth)
     if log_weights is None:
         w = particles.new_full(particles.shape[:-1], 1.0 / n)
     else:
@@ -294,6 +298,11 @@ def crps_ensemble(
                 f"log_weights must have shape {tuple(particles.shape[:-1])}, "
                 f"got {tuple(log_weights.shape)}"
             )
+        # -inf is a particle of weight zero; NaN, +inf or an all-zero ensemble is no weighting
+        if bool(torch.isnan(log_weights).any() | (log_weights == torch.inf).any()) or bool(
+            (log_weights == -torch.inf).all(-1).any()
+        ):
+            raise ValueError("log_weights must be finite or -inf, with a finite one per ensemble")
         w = torch.softmax(log_weights, dim=-1).to(particles)
     w = w.unsqueeze(-1).expand_as(particles)
     term1 = (w * (particles - truth.unsqueeze(-2)).abs()).sum(-2)

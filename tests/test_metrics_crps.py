@@ -35,3 +35,30 @@ def test_empty_inputs_are_refused_by_name():
         crps_ensemble(torch.zeros(0, 3), torch.zeros(3))
     with pytest.raises(ValueError, match="at least one ratio"):
         log_tau_mse(np.array([]), np.array([]))
+
+
+def test_nan_inputs_are_refused_and_zero_weights_allowed():
+    """A NaN particle, truth or log-weight gave a NaN CRPS without a word, and so did
+    relative_error; a -inf log-weight is a particle of weight zero and stays allowed."""
+    import pytest
+
+    from probml.metrics import relative_error
+
+    x = torch.tensor([[[0.0], [1.0], [5.0]]], dtype=torch.float64)
+    y = torch.tensor([[0.5]], dtype=torch.float64)
+    lw = torch.tensor([[0.0, 0.0, -torch.inf]], dtype=torch.float64)
+    two = crps_ensemble(x[:, :2], y)  # the third particle has weight zero
+    assert torch.allclose(crps_ensemble(x, y, lw), two)
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    for kw, name in (
+        ({"particles": x.clone().index_put_((torch.tensor([0]),), nan)}, "particles"),
+        ({"truth": y * nan}, "truth"),
+    ):
+        args = {"particles": x, "truth": y, **kw}
+        with pytest.raises(ValueError, match=f"^{name} must be finite"):
+            crps_ensemble(args["particles"], args["truth"])
+    for bad in (lw.clone().fill_(-torch.inf), torch.tensor([[0.0, nan, 0.0]]).double()):
+        with pytest.raises(ValueError, match="^log_weights must be finite or -inf"):
+            crps_ensemble(x, y, bad)
+    with pytest.raises(ValueError, match="^estimate must be finite"):
+        relative_error(torch.tensor([[nan]]), torch.tensor([[1.0]]).double())
