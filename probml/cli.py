@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 
 from probml import __version__
-from probml.registry import Registry, add_run_options, device_arg, run_demo, run_example, seed_arg
+from probml.registry import (
+    Registry,
+    add_run_options,
+    device_arg,
+    out_arg,
+    run_demo,
+    run_example,
+    seed_arg,
+)
 from probml.results import markdown_table
 
 
@@ -28,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--device", type=device_arg, default="cpu", help="cpu | cuda | cuda:N (default cpu)"
     )
-    d.add_argument("--out", default=None, help="report folder (default runs/<timestamp>)")
+    d.add_argument(
+        "--out", type=out_arg, default=None, help="report folder (default runs/<timestamp>)"
+    )
     return p
 
 

@@ -238,6 +238,18 @@ def device_arg(text: str) -> str:
     return text
 
 
+def out_arg(text: str) -> str:
+    """``--out``: a folder, created here, before any example runs (a file in the way, or a
+    parent that cannot be written, used to end the run with a traceback from ``mkdir``)."""
+    try:
+        Path(text).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"cannot create the folder {text!r}: {exc.strerror}"
+        ) from None
+    return text
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """``--fast``, ``--seed``, ``--device`` and ``--out`` of ``probml run`` and of every
     ``examples/NAME.py`` (one definition, so both check their input the same way)."""
@@ -246,7 +258,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", type=device_arg, default="cpu", help="cpu | cuda | cuda:N (default cpu)"
     )
-    p.add_argument("--out", default=None, help="output folder (default runs/<timestamp>/NAME)")
+    p.add_argument(
+        "--out", type=out_arg, default=None, help="output folder (default runs/<timestamp>/NAME)"
+    )
 
 
 def script_main(run: RunFn, argv: list[str] | None = None) -> None:

@@ -39,6 +39,9 @@ def test_run_unknown_name_lists_valid_names(capsys):
         (["run", "alpha", "--seed", "-1"], "argument --seed: must be a non-negative integer"),
         (["run", "alpha", "--seed", "x"], "argument --seed: must be a non-negative integer"),
         (["demo", "--device", "bogus"], "argument --device: device must be"),
+        # a file in the way of --out: a mkdir traceback before
+        (["run", "alpha", "--out", __file__], "argument --out: cannot create the folder"),
+        (["demo", "--out", __file__ + "/sub"], "argument --out: cannot create the folder"),
     ],
 )
 def test_bad_seed_or_device_is_a_usage_error_not_a_traceback(argv, message, capsys):
