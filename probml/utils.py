@@ -287,7 +287,7 @@ def group_labels(name: str, labels) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, groups)``: the labels as a 1-D array and their sorted distinct values.
 
     A missing label (``None``, NaN, pandas' ``NA``) is refused by ``name``: it is no group,
-    and NaN never equals itself, so its rows would match no group's and be dropped from every
+    and NaN never equals itself, so its rows would match no group and drop out of every
     per-group computation. Labels of types that do not sort together (``1`` and ``"a"``) are
     refused too."""
     s = np.asarray(labels).reshape(-1)
