@@ -52,6 +52,8 @@ def _check_uplift_inputs(score, w, y):
         raise ValueError("score, w, y must hold at least one unit")
     if not np.isin(w, (0.0, 1.0)).all():
         raise ValueError("w must be binary (0/1)")
+    if w.min() == w.max():  # one arm: the curve would rank outcomes, not uplift
+        raise ValueError("w must contain both treated (1) and control (0) units")
     if not (np.isfinite(score).all() and np.isfinite(y).all()):
         raise ValueError("score (or tau_pred) and y must be finite")
     return score, w, y

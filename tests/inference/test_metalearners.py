@@ -397,6 +397,10 @@ def test_qini_targets_tied_scores_as_one_block():
     np.testing.assert_allclose(q, [0.0, 2.0, 1.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="at least one unit"):
         qini_curve([], [], [])
+    # one arm only: the curve ranked outcomes, not uplift (all treated gave a Qini of 0.0108)
+    for one_arm in (np.ones(4), np.zeros(4)):
+        with pytest.raises(ValueError, match="both treated"):
+            qini_coefficient([4.0, 3.0, 2.0, 1.0], one_arm, [2.0, 1.0, 1.0, 0.0])
 
 
 @pytest.mark.parametrize("cls", [DRRatioLearner, LinearisedRatioLearner])
