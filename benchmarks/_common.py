@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+
+from probml.results import to_json
 
 OUT = Path(__file__).resolve().parent / "out"
 # exit status of a benchmark that cannot run on this machine (no CUDA, an optional extra not
@@ -64,5 +65,5 @@ def save(name: str, out_dir: str, payload: dict) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2, default=float))
+    path.write_text(to_json(payload))  # strict JSON: NaN and inf as null
     return path

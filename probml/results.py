@@ -1,7 +1,9 @@
 """Results writer shared by examples and benchmarks: markdown tables and JSON.
 
 A *table* is a list of rows, each a ``dict`` from column name to value. Floats are formatted
-with a fixed number of significant digits; the JSON copy keeps full precision.
+with a fixed number of significant digits; the JSON copy keeps full precision. The JSON is
+strict: a NaN or infinite value (a cell that does not apply, a standard error of one seed)
+is written as ``null``, since JSON has no NaN and strict parsers refuse Python's ``NaN``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["markdown_table", "write_table", "mean_se", "format_value"]
+__all__ = ["markdown_table", "write_table", "to_json", "mean_se", "format_value"]
 
 
 def format_value(v: Any, digits: int = 4) -> str:
@@ -54,15 +56,19 @@ def _jsonable(v: Any) -> Any:
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, (np.generic,)):
-        return v.item()
-    if hasattr(v, "tolist"):  # torch tensors
-        return v.tolist()
     if isinstance(v, Path):
         return str(v)
+    if hasattr(v, "tolist"):  # NumPy arrays and scalars, torch tensors
+        return _jsonable(v.tolist())
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # strict JSON has no NaN or inf
     return v
+
+
+def to_json(payload: Any, indent: int | None = 2) -> str:
+    """``payload`` as strict JSON: NumPy and torch values as plain numbers and lists, NaN and
+    infinities as ``null``."""
+    return json.dumps(_jsonable(payload), indent=indent, allow_nan=False, default=float)
 
 
 def write_table(
@@ -81,9 +87,7 @@ def write_table(
     out.mkdir(parents=True, exist_ok=True)
     md_path, json_path = out / f"{name}.md", out / f"{name}.json"
     md_path.write_text(markdown_table(rows, columns) + "\n")
-    json_path.write_text(
-        json.dumps({"meta": _jsonable(dict(meta or {})), "rows": _jsonable(list(rows))}, indent=2)
-    )
+    json_path.write_text(to_json({"meta": dict(meta or {}), "rows": list(rows)}))
     return md_path, json_path
 
 

@@ -70,6 +70,16 @@ def test_results_writer(tmp_path):
     md_p, js_p = write_table(tmp_path, "t", rows, meta={"cmd": "x"})
     data = json.loads(js_p.read_text())
     assert data["rows"][0]["b"] == 0.123456789 and data["meta"]["cmd"] == "x"
+    # strict JSON: NaN (a one-seed standard error) and inf are null, NumPy/torch values plain
+    rows = [{"se": float("nan"), "x": np.float32(0.5), "t": torch.tensor([1.0, float("inf")])}]
+    _, js_p = write_table(tmp_path, "nan", rows, meta={"n": np.int64(3)})
+
+    def refuse(constant):  # Python's json accepts NaN/Infinity; strict parsers do not
+        raise ValueError(f"not strict JSON: {constant}")
+
+    data = json.loads(js_p.read_text(), parse_constant=refuse)
+    assert data["rows"][0] == {"se": None, "x": 0.5, "t": [1.0, None]}
+    assert data["meta"] == {"n": 3}
     m, se = mean_se([1.0, 3.0])
     assert m == 2.0 and se == pytest.approx(1.0)
     assert relative_error(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])) == 1.0
