@@ -82,9 +82,29 @@ def _slant_gain():
     SlantWorld(slant_gain=NAN)
 
 
+def _ratio_data(**kw):
+    from probml.datasets.ratio import make_ratio_data
+
+    return lambda: make_ratio_data(100, d=3, **kw)
+
+
+def _gaussian_groups(**kw):
+    from probml.datasets.fairness import make_gaussian_groups
+
+    return lambda: make_gaussian_groups(50, **kw)
+
+
 @pytest.mark.parametrize(
     "call, name",
     [
+        # NaN confounding drew data with no treated unit; a NaN base logit no converter
+        (_ratio_data(confounding=NAN), "confounding"),
+        (_ratio_data(base_logit=NAN), "base_logit"),
+        (_ratio_data(log_tau_intercept=math.inf), "log_tau_intercept"),
+        (_ratio_data(gamma=[0.1, NAN, 0.0]), "gamma"),
+        (_gaussian_groups(mean_shift=NAN), "mean_shift"),
+        (_gaussian_groups(noise=-1.0), "noise"),
+        (_gaussian_groups(beta=[1.0, NAN]), "beta"),
         (_soft_cost, "lam"),
         (_astar, "beta"),
         (_relaxed_completion, "lam"),

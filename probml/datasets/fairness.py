@@ -46,8 +46,15 @@ def make_gaussian_groups(
         raise ValueError(f"p1 must be in (0, 1), got {p1}")
     check_int("n", n, 2)
     check_int("dim", dim)
-    rng = np.random.default_rng(seed)
+    for name, value in (("mean_shift", mean_shift), ("gamma", gamma)):
+        if not np.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+    if not (np.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be finite and >= 0, got {noise}")
     beta = np.ones(dim) if beta is None else np.asarray(beta, float)
+    if beta.shape != (dim,) or not np.isfinite(beta).all():
+        raise ValueError(f"beta must hold {dim} finite coefficients, got shape {beta.shape}")
+    rng = np.random.default_rng(seed)
     s = (rng.uniform(size=n) < p1).astype(np.int64)
     X = rng.normal(size=(n, dim))
     X[:, 0] += mean_shift * s
