@@ -88,6 +88,24 @@ def _ratio_data(**kw):
     return lambda: make_ratio_data(100, d=3, **kw)
 
 
+def _lorenz63_rho():
+    from probml.models.dynamics import Lorenz63
+
+    Lorenz63(rho=NAN)
+
+
+def _lorenz96_forcing():
+    from probml.models.dynamics import Lorenz96
+
+    Lorenz96(forcing=NAN)
+
+
+def _sparse_precision():
+    from probml.datasets.gaussian import make_sparse_precision
+
+    make_sparse_precision(5, scale_range=(NAN, 1.0))
+
+
 def _gaussian_groups(**kw):
     from probml.datasets.fairness import make_gaussian_groups
 
@@ -105,6 +123,10 @@ def _gaussian_groups(**kw):
         (_gaussian_groups(mean_shift=NAN), "mean_shift"),
         (_gaussian_groups(noise=-1.0), "noise"),
         (_gaussian_groups(beta=[1.0, NAN]), "beta"),
+        # NaN Lorenz parameters simulated NaN states; a NaN scale range overflowed in NumPy
+        (_lorenz63_rho, "rho"),
+        (_lorenz96_forcing, "forcing"),
+        (_sparse_precision, "scale_range"),
         (_soft_cost, "lam"),
         (_astar, "beta"),
         (_relaxed_completion, "lam"),

@@ -37,6 +37,9 @@ def make_sparse_precision(
     """
     check_int("d", d, 2)
     check_int("n_extra_edges", n_extra_edges, 0)
+    lo, hi = (float(v) for v in scale_range)
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
+        raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range}")
     rng = np.random.default_rng(seed)
     K = np.eye(d)
     for i in range(d - 1):

@@ -463,6 +463,9 @@ class Lorenz63(StateSpaceModel):
         dtype: torch.dtype = torch.float32,
     ):
         self.dt = check_positive("dt", dt)
+        for name, value in (("sigma", sigma), ("rho", rho), ("beta", beta)):
+            if not math.isfinite(value):  # NaN simulated NaN states without a word
+                raise ValueError(f"{name} must be finite, got {value}")
         self.params = (sigma, rho, beta)
         if observation == "atan":
             obs = GaussianObservation(lambda x: torch.atan(x[..., :1]), obs_noise, obs_dim=1)
@@ -519,6 +522,8 @@ class Lorenz96(Lorenz63):
         obs_every = check_int("obs_every", obs_every)
         check_positive("init_scale", init_scale)
         self.dt = check_positive("dt", dt)
+        if not math.isfinite(forcing):  # a NaN forcing simulated NaN states without a word
+            raise ValueError(f"forcing must be finite, got {forcing}")
         self.forcing = float(forcing)
         check_positive("process_noise", process_noise)
         eye = torch.eye(dim, dtype=dtype)
