@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from probml.utils import check_int
+from probml.utils import check_finite, check_int, check_positive
 
 __all__ = ["FairData", "make_gaussian_groups", "load_wage_data", "WAGE_DATASETS"]
 
@@ -46,14 +46,13 @@ def make_gaussian_groups(
         raise ValueError(f"p1 must be in (0, 1), got {p1}")
     check_int("n", n, 2)
     check_int("dim", dim)
-    for name, value in (("mean_shift", mean_shift), ("gamma", gamma)):
-        if not np.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value}")
-    if not (np.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be finite and >= 0, got {noise}")
+    check_finite("mean_shift", mean_shift)
+    check_finite("gamma", gamma)
+    check_positive("noise", noise, strict=False)
     beta = np.ones(dim) if beta is None else np.asarray(beta, float)
-    if beta.shape != (dim,) or not np.isfinite(beta).all():
-        raise ValueError(f"beta must hold {dim} finite coefficients, got shape {beta.shape}")
+    if beta.shape != (dim,):
+        raise ValueError(f"beta must hold {dim} coefficients, got shape {beta.shape}")
+    check_finite("beta", beta)
     rng = np.random.default_rng(seed)
     s = (rng.uniform(size=n) < p1).astype(np.int64)
     X = rng.normal(size=(n, dim))

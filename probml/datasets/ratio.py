@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from probml.utils import check_int
+from probml.utils import check_finite, check_int
 
 __all__ = ["RatioData", "make_ratio_data", "make_cell_data", "load_ratio_dataset", "REAL_DATASETS"]
 
@@ -90,13 +90,10 @@ def make_ratio_data(
         raise ValueError(f"need n >= 2 and d >= 1, got n={n}, d={d}")
     if not 0.0 < propensity < 1.0:
         raise ValueError(f"propensity must be in (0, 1), got {propensity}")
-    for name, value in (
-        ("base_logit", base_logit),
-        ("log_tau_intercept", log_tau_intercept),
-        ("confounding", confounding),
-    ):  # a NaN here drew data without a word (NaN confounding: no unit treated)
-        if not np.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value}")
+    # a NaN here drew data without a word (NaN confounding: no unit treated)
+    check_finite("base_logit", base_logit)
+    check_finite("log_tau_intercept", log_tau_intercept)
+    check_finite("confounding", confounding)
     rng = np.random.default_rng(seed)
     gamma = _default_vec(gamma, d, [0.4, -0.3, 0.2], "gamma")
     alpha = _default_vec(alpha, d, [0.5, 0.5], "alpha")
@@ -203,8 +200,7 @@ def _default_vec(v, d: int, head: list[float], name: str) -> np.ndarray:
     v = np.asarray(v, dtype=float)
     if v.shape != (d,):
         raise ValueError(f"{name} must have shape ({d},), got {v.shape}")
-    if not np.isfinite(v).all():
-        raise ValueError(f"{name} must be finite")
+    check_finite(name, v)
     return v
 
 

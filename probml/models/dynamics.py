@@ -29,7 +29,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_int, check_positive, cholesky_factor, make_generator, shape_of
+from probml.utils import (
+    check_finite,
+    check_int,
+    check_positive,
+    cholesky_factor,
+    make_generator,
+    shape_of,
+)
 
 __all__ = [
     "GaussianObservation",
@@ -464,8 +471,7 @@ class Lorenz63(StateSpaceModel):
     ):
         self.dt = check_positive("dt", dt)
         for name, value in (("sigma", sigma), ("rho", rho), ("beta", beta)):
-            if not math.isfinite(value):  # NaN simulated NaN states without a word
-                raise ValueError(f"{name} must be finite, got {value}")
+            check_finite(name, value)  # NaN simulated NaN states without a word
         self.params = (sigma, rho, beta)
         if observation == "atan":
             obs = GaussianObservation(lambda x: torch.atan(x[..., :1]), obs_noise, obs_dim=1)
@@ -522,8 +528,7 @@ class Lorenz96(Lorenz63):
         obs_every = check_int("obs_every", obs_every)
         check_positive("init_scale", init_scale)
         self.dt = check_positive("dt", dt)
-        if not math.isfinite(forcing):  # a NaN forcing simulated NaN states without a word
-            raise ValueError(f"forcing must be finite, got {forcing}")
+        check_finite("forcing", forcing)  # NaN simulated NaN states without a word
         self.forcing = float(forcing)
         check_positive("process_noise", process_noise)
         eye = torch.eye(dim, dtype=dtype)
