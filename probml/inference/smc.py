@@ -79,7 +79,8 @@ class FilterResult:
         ess: ``T x B`` effective sample size after each update.
         diffusion_ess: ``T x K x B`` ESS along the reverse diffusion (SURGE only).
         num_resamples: resampling events (summed over trajectories).
-        log_evidence: ``B`` running estimate of :math:`\\log p(y_{1:T})`.
+        log_evidence: ``B`` running estimate of :math:`\\log p(y_{1:T})` (float64; ``None``
+            for the unweighted filters).
     """
 
     means: torch.Tensor
@@ -94,7 +95,7 @@ class FilterResult:
 
 
 class ParticleFilter:
-    """Shared machinery: state, validation, adaptive resampling and the time loop.
+    r"""Shared machinery: state, validation, adaptive resampling and the time loop.
 
     Particles have shape ``batch x N x d`` (``B`` independent filters run side by side); an
     unbatched ``N x d`` input is treated as ``B = 1`` and results are squeezed back.
@@ -102,6 +103,12 @@ class ParticleFilter:
     ``seed`` (an int or a generator) drives the filter's own noise: transitions and
     resampling. Draw the initial particles from another stream: with the same integer seed,
     the first transition noise repeats the initial draws and biases the estimates.
+
+    After every assimilation step the log-weights are normalised (``logsumexp = 0``) and the
+    normaliser is added to :attr:`log_evidence`, a running sum kept in float64. Left
+    unnormalised, the weights would carry :math:`\log p(y_{1:t})` itself, which grows
+    linearly with ``t``; in float32 its rounding would swamp the differences between
+    particles in long runs (0.001 in log-weight at :math:`|\log p| \approx 2 \cdot 10^4`).
     """
 
     weighted: bool = True
@@ -154,6 +161,7 @@ class ParticleFilter:
             (b, n), -math.log(n), dtype=self.particles.dtype, device=self.particles.device
         )
         self.generator = make_generator(self.seed, device=self.particles.device)
+        self._log_norm = torch.zeros(b, dtype=torch.float64, device=self.particles.device)
         self.num_resamples = 0
         self.last_diffusion_ess: torch.Tensor | None = None
         return self
@@ -161,6 +169,27 @@ class ParticleFilter:
     @property
     def batch_shape(self) -> torch.Size:
         return self.particles.shape[:1]
+
+    @property
+    def log_evidence(self) -> torch.Tensor | None:
+        r"""Running estimate of :math:`\log p(y_{1:t})` (``[B]``, float64) over the steps since
+        :meth:`init`; ``None`` for the unweighted filters."""
+        if self.particles is None:
+            raise RuntimeError("call init(particles) before reading log_evidence")
+        if not self.weighted:
+            return None
+        return self._log_norm[0] if self._squeeze else self._log_norm
+
+    def _assimilate(self, y: torch.Tensor) -> None:
+        """One step on a raw observation, then move the weights' normaliser into the
+        evidence. An all ``-inf`` row stays as it is (ESS then raises
+        :class:`~probml.inference.particles.ParticleDegeneracyError`)."""
+        self._step(*self._check_y(y))
+        lse = torch.logsumexp(self.log_weights, -1)
+        self._log_norm = self._log_norm + lse.to(self._log_norm)
+        self.log_weights = self.log_weights - torch.where(
+            torch.isfinite(lse), lse, torch.zeros_like(lse)
+        ).unsqueeze(-1)
 
     def _check_y(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(y, observed)``: ``observed`` is the ``batch x p`` mask of non-NaN components, or
@@ -194,8 +223,8 @@ class ParticleFilter:
         """Assimilate one observation ``[B x] p``; returns particles and normalised
         log-weights. NaN marks a missing component: the update uses the observed ones, and a
         row with none observed only propagates the particles (weights unchanged)."""
-        self._step(*self._check_y(y))
-        lw = self.log_weights - torch.logsumexp(self.log_weights, -1, keepdim=True)
+        self._assimilate(y)
+        lw = self.log_weights
         if self._squeeze:
             return self.particles[0], lw[0]
         return self.particles, lw
@@ -218,14 +247,14 @@ class ParticleFilter:
             raise ValueError("ys must hold at least one observation (T >= 1)")
         means, stds, ess, parts, lws, dess = [], [], [], [], [], []
         for y in progress(ys, verbose=self.verbose, desc=type(self).__name__, total=len(ys)):
-            self._step(*self._check_y(y))
+            self._assimilate(y)
             m, s = weighted_moments(self.particles, self.log_weights)
             means.append(m)
             stds.append(s)
             ess.append(effective_sample_size(self.log_weights))
             if self.keep_particles:
                 parts.append(self.particles)
-                lws.append(self.log_weights - torch.logsumexp(self.log_weights, -1, True))
+                lws.append(self.log_weights)
             if self.last_diffusion_ess is not None:
                 dess.append(self.last_diffusion_ess)
         sq = (lambda t: t[:, 0]) if self._squeeze else (lambda t: t)  # noqa: E731
@@ -239,9 +268,7 @@ class ParticleFilter:
             if dess
             else None,
             num_resamples=self.num_resamples,
-            log_evidence=sq(torch.logsumexp(self.log_weights, -1).unsqueeze(0))[0]
-            if self.weighted
-            else None,
+            log_evidence=self.log_evidence,
         )
 
 

@@ -201,3 +201,30 @@ def test_all_weights_zero_raises_named_error():
     pf.step(torch.zeros(2, dtype=torch.float64))
     with pytest.raises(ParticleDegeneracyError):
         pf.step(torch.zeros(2, dtype=torch.float64))
+
+
+def test_float32_weights_stay_precise_in_long_runs():
+    """The weights must not carry log p(y_1:t): in float32 its rounding (0.001 at
+    |log p| ~ 2e4, growing with t) would swamp the differences between particles. With
+    resampling at every step the prior weights are flat, so each step's normalised
+    log-weights must equal the softmax of that step's likelihood increment. The evidence is
+    accumulated apart, in float64, and matches between step() and filter()."""
+    ssm = LinearGaussianSSM.random(dim=20, obs_every=1, obs_noise=0.3, dtype=torch.float32)
+    _, ys = ssm.simulate(300, 1, generator=1)
+    N = 300
+    x0 = ssm.sample_init(N, torch.Generator().manual_seed(5))
+    pf = BootstrapPF(ssm, ssm.observation, N, ess_threshold=1.0, seed=3, verbose=False)
+    pf.init(x0)
+    errors = []
+    for t in range(len(ys)):
+        parts, lw = pf.step(ys[t, 0])
+        inc = ssm.observation.log_prob(ys[t].double(), parts.double())
+        errors.append(float((lw.double() - (inc - torch.logsumexp(inc, -1))).abs().max()))
+    assert max(errors) < 2e-4, max(errors)
+    assert float(pf.log_evidence) < -1e4  # the regime where the old weights lost 1e-3
+    assert pf.log_evidence.dtype == torch.float64 and pf.log_evidence.shape == ()
+    res = BootstrapPF(
+        ssm, ssm.observation, N, ess_threshold=1.0, seed=3, keep_particles=True, verbose=False
+    ).filter(ys[:, 0], particles=x0)
+    assert torch.equal(res.log_evidence, pf.log_evidence)
+    assert torch.allclose(torch.logsumexp(res.log_weights, -1), torch.zeros(()), atol=1e-5)
