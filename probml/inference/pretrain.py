@@ -163,6 +163,25 @@ def _evaluate(model, data, batch_size, T, n_batches, device) -> float:
     return float(np.mean(losses))
 
 
+def _check_corpus_fits(model: nn.Module, corpus: CharCorpus) -> None:
+    """Refuse, before any step, a corpus the model cannot train or be scored on: a window is
+    ``context + 1`` tokens and must fit strictly inside each split; every token id must be
+    below the model's vocabulary size."""
+    T = model.cfg.context
+    for split in ("train", "val"):
+        n = len(getattr(corpus, split))
+        if n < T + 2:
+            raise ValueError(
+                f"corpus.{split} has {n} tokens, fewer than the model's context + 2 = {T + 2}; "
+                "use a longer corpus (or a larger val_fraction) or a shorter context"
+            )
+    if corpus.vocab_size > model.cfg.vocab_size:
+        raise ValueError(
+            f"corpus has {corpus.vocab_size} symbols but the model's vocab_size is "
+            f"{model.cfg.vocab_size}; build the model with vocab_size=corpus.vocab_size"
+        )
+
+
 def train_lm(
     model: nn.Module,
     corpus: CharCorpus,
@@ -187,9 +206,10 @@ def train_lm(
     ):  # fmt: skip
         check_int(name, value, low)
     check_positive("lr", lr, strict=False)
+    T = model.cfg.context
+    _check_corpus_fits(model, corpus)
     dev = resolve_device(device)
     model.to(dev).train()
-    T = model.cfg.context
     opt = torch.optim.AdamW(param_groups(model, weight_decay, rule), lr=lr, betas=(0.9, 0.95))
 
     def schedule(step: int) -> float:  # linear warm-up, cosine decay to 10%

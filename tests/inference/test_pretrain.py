@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from probml.inference.pretrain import (
@@ -92,3 +93,24 @@ def test_corpora_and_activation_memory():
     moa = activation_bytes(TinyLM(_cfg(ffn={"kind": "moa"})), x)
     moa_ck = TinyLM(_cfg(ffn={"kind": "moa", "checkpointing": True}))
     assert moa > base and activation_bytes(moa_ck, x) < moa
+
+
+def test_train_lm_refuses_a_corpus_it_cannot_use_before_training():
+    """A validation split shorter than one window used to fail only after every training
+    step (inside torch.randint, naming nothing); a corpus with more symbols than the model's
+    vocabulary failed inside the embedding. Both are refused before the first step."""
+    corpus = pydoc_corpus(max_chars=1500)  # 1350 train and 150 validation characters
+    long_context = TinyLM(
+        TinyLMConfig(vocab_size=corpus.vocab_size, d_model=16, n_layers=1, n_heads=2, context=160)
+    )
+    before = [p.detach().clone() for p in long_context.parameters()]
+    with pytest.raises(ValueError, match=r"corpus.val has 150 tokens.*context \+ 2 = 162"):
+        train_lm(long_context, corpus, steps=3, batch_size=2)
+    assert all(torch.equal(a, b) for a, b in zip(before, long_context.parameters()))
+    small_vocab = TinyLM(TinyLMConfig(vocab_size=10, d_model=16, n_layers=1, n_heads=2, context=8))
+    with pytest.raises(ValueError, match="vocab_size is 10"):
+        train_lm(small_vocab, corpus, steps=3, batch_size=2)
+    fits = TinyLM(
+        TinyLMConfig(vocab_size=corpus.vocab_size, d_model=16, n_layers=1, n_heads=2, context=148)
+    )  # the largest context the 150-token validation split takes
+    assert train_lm(fits, corpus, steps=2, batch_size=2, eval_batches=1).steps == 2
