@@ -370,9 +370,10 @@ class DRUM(_Validated):
         bias_correction: apply the cross-fitted correction (``divergence="kl"`` only).
         n_folds: cross-fitting folds of the correction.
         predictor: ``"mlp"`` (default), ``"linear"`` (logistic), ``"constant"`` or an
-            ``nn.Module`` mapping ``n x d_x`` to logits ``n`` (trained in place; an ``n x 1``
-            output is squeezed, any other shape is an error). ``predictor_`` then holds it
-            wrapped; the module itself is ``predictor_.fn``.
+            ``nn.Module`` mapping ``n x d_x`` to logits ``n`` (an ``n x 1`` output is
+            squeezed, any other shape is an error). A copy is trained, your module is left
+            as it was: ``predictor_`` holds the trained copy wrapped, and the copy itself is
+            ``predictor_.fn``.
         outcome_model: ``"mlp"``, ``"linear"`` or a callable ``mu(x, a)``: ``... x d_x`` and
             ``... x d_a`` to probabilities ``...`` (then treated as known; ``... x 1`` is
             squeezed).
