@@ -83,6 +83,7 @@ class ParticlePosterior:
         """The posterior after observing ``y`` at ``design`` (``D``)."""
         _check_design(design, self.experiment.D)
         y = torch.as_tensor(y, dtype=self.particles.dtype)
+        check_finite("y", y)  # NaN would blank every weight; name y, not the weights
         lw = self.log_weights + self.experiment.log_likelihood(self.particles, design, y)
         return ParticlePosterior(
             self.experiment,
@@ -157,7 +158,9 @@ class GaussianPosterior:
     def condition(self, design: torch.Tensor, y) -> GaussianPosterior:
         """The exact posterior after ``y`` at ``design`` (``... x P`` and ``...``: batched)."""
         _check_design(design, self.loc.shape[-1])
+        design = design.to(self.loc)  # a float32 design works, as with ParticlePosterior
         y = torch.as_tensor(y, dtype=self.loc.dtype)
+        check_finite("y", y)  # NaN would give a NaN mean without a word
         s2 = self.experiment.noise_scale**2
         Sx = (self.cov @ design.unsqueeze(-1)).squeeze(-1)  # ... x P
         denom = (design * Sx).sum(-1) + s2

@@ -29,6 +29,9 @@ def test_gaussian_posterior_is_the_conjugate_update_and_batches():
     assert torch.allclose(post.cov, cov, atol=1e-10)
     assert torch.allclose(post.loc, cov @ X.T @ y / 0.25, atol=1e-10)
     batch = GaussianPosterior(ex).condition(X[:1].expand(4, 2), torch.randn(4, dtype=torch.float64))
+    # a float32 design failed inside matmul (the particle posterior took it)
+    single = GaussianPosterior(ex).condition(X[1].float(), y[1])
+    assert torch.allclose(single.loc, GaussianPosterior(ex).condition(X[1], y[1]).loc, atol=1e-7)
     assert batch.sample(5, generator=0).shape == (5, 4, 2)
 
 
@@ -151,6 +154,18 @@ def test_bad_arguments_are_named():
         (lambda: ParticlePosterior(ex, 8, generator=0).sample(0), ValueError, "n must be"),
         (lambda: ParticlePosterior(ex, 8).condition(torch.zeros(3), 1.0), ValueError, "D = 2"),
         (lambda: GaussianPosterior(ex).condition(torch.zeros(3), 1.0), ValueError, "D = 2"),
+        # a NaN outcome gave a NaN Gaussian posterior without a word, and blanked every
+        # particle weight (the error then named the log-weights)
+        (
+            lambda: GaussianPosterior(ex).condition(torch.ones(2).double(), math.nan),
+            ValueError,
+            "y must",
+        ),
+        (
+            lambda: ParticlePosterior(ex, 8).condition(torch.ones(2).double(), math.nan),
+            ValueError,
+            "y must",
+        ),
         (lambda: PosteriorNet(2, 2, hidden=0), ValueError, "hidden must be >= 1"),
         (lambda: PosteriorNet(2, 2, components=0), ValueError, "components must be >= 1"),
         (lambda: train_posterior_net(ex, horizon=2, num_steps=1, lr=0.0), ValueError, "lr"),
