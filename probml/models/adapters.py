@@ -97,6 +97,14 @@ class LoRALinear(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         return self.scaling * self.lora_B @ self.lora_A
 
+    # ``merged`` travels with the weights: a merged state loaded into an unmerged module
+    # would otherwise add the update a second time (its base weight already holds it)
+    def get_extra_state(self) -> dict:
+        return {"merged": bool(self.merged)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.merged = bool(state["merged"])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         if self.merged:

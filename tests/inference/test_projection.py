@@ -153,6 +153,14 @@ def test_lora_merge_round_trip_and_validation():
     assert torch.allclose(model(x), y, atol=1e-6)
     unmerge_lora(model)
     assert torch.allclose(model(x), y, atol=1e-6)
+    # the merged flag travels with the state: a merged state loaded into a fresh (unmerged)
+    # adapter used to add the update twice, since its base weight already holds it
+    merge_lora(model)
+    fresh = nn.Sequential(LoRALinear(nn.Linear(5, 3), rank=2, alpha=2.0))
+    fresh.load_state_dict(model.state_dict())
+    assert fresh[0].merged and torch.allclose(fresh(x), y, atol=1e-6)
+    unmerge_lora(fresh)
+    assert torch.allclose(fresh(x), y, atol=1e-6)
     with pytest.raises(ValueError, match="rank"):
         LoRALinear(lin, rank=0)
     with pytest.raises(ValueError, match="no nn.Linear matched"):
