@@ -26,7 +26,7 @@ import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
 
-from probml.utils import check_batch_probabilities, check_finite
+from probml.utils import check_batch_probabilities, check_finite, check_positive
 
 __all__ = [
     "logit_shift_model",
@@ -101,6 +101,7 @@ def logit_shift_model(
     if c_probs is None:
         c_probs = torch.full_like(c_grid, 1.0 / c_grid.numel())
     c_probs = _check_c_probs(c_probs, c_grid)
+    tau = check_positive("tau", tau, strict=False)  # a negative or NaN tau meant "none"
     k = pyro.sample("c_index", dist.Categorical(c_probs))
     shift = c_grid[k]
     with pyro.plate("prompts", p0.shape[-1], dim=-1):

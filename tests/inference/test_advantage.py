@@ -233,6 +233,9 @@ def test_bayesian_loo_baseline_matches_direct_enumeration_and_ignores_r_i():
     assert abs(float(bayesian_loo_baseline(r2, p0, grid)[4] - b[4])) < 1e-12
     pyro.set_rng_seed(0)
     assert logit_shift_model(p0, tau=0.3).shape == (9,)
+    for bad in (-0.3, math.nan):  # both ran the model without the prompt drift, silently
+        with pytest.raises(ValueError, match="tau must be finite and >= 0"):
+            logit_shift_model(p0, tau=bad)
 
 
 def _shared_drift_batches(seed, T=60, B=64):
