@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from probml.models.layers import ScaleVector
+from probml.results import mean_se
 from probml.utils import check_int, check_positive, keep_global_rng, progress, resolve_device
 
 __all__ = [
@@ -307,7 +308,7 @@ def paired_comparison(
         v = np.array([raw[name, best[name], s].val_loss for s in seeds])
         b = np.array([raw[base, best[base], s].val_loss for s in seeds])
         d = v - b
-        se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+        _, se = mean_se(d)  # paired: the standard error of the difference
         secs = np.mean([raw[name, best[name], s].seconds for s in seeds])
         rows.append(
             {
