@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["markdown_table", "write_table", "to_json", "mean_se", "format_value"]
+__all__ = ["markdown_table", "write_table", "to_json", "mean_se", "mean_se_rows", "format_value"]
 
 
 def format_value(v: Any, digits: int = 4) -> str:
@@ -98,3 +98,19 @@ def mean_se(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
         raise ValueError("mean_se needs at least one value")
     se = float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else float("nan")
     return float(a.mean()), se
+
+
+def mean_se_rows(groups: dict[str, dict[str, Sequence[float]]], label: str) -> list[dict]:
+    """One table row per group: ``{label: name, metric: mean, "metric se": se, ...}``.
+
+    Args:
+        groups: ``name -> metric -> values over seeds``.
+        label: the column holding the group's name.
+    """
+    rows = []
+    for name, metrics in groups.items():
+        row: dict[str, Any] = {label: name}
+        for k, v in metrics.items():
+            row[k], row[f"{k} se"] = mean_se(v)
+        rows.append(row)
+    return rows

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from probml.metrics import relative_error
-from probml.results import markdown_table, mean_se, write_table
+from probml.results import markdown_table, mean_se, mean_se_rows, write_table
 from probml.utils import (
     check_batch_probabilities,
     check_finite,
@@ -82,6 +82,11 @@ def test_results_writer(tmp_path):
     assert data["meta"] == {"n": 3}
     m, se = mean_se([1.0, 3.0])
     assert m == 2.0 and se == pytest.approx(1.0)
+    # the benchmarks' seed tables (drum, drum_real, grasp, grasp_llama)
+    rows = mean_se_rows({"a": {"x": [1.0, 3.0], "y": [5.0]}, "b": {"x": [0.0, 0.0]}}, "method")
+    assert rows[0]["method"] == "a" and rows[0]["x"] == 2.0 and rows[0]["x se"] == 1.0
+    assert rows[0]["y"] == 5.0 and np.isnan(rows[0]["y se"])
+    assert rows[1] == {"method": "b", "x": 0.0, "x se": 0.0}
     assert relative_error(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])) == 1.0
 
 
