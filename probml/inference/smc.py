@@ -68,6 +68,21 @@ def weighted_moments(
     return mean, var.clamp_min(0).sqrt()
 
 
+def _check_transition_matches(transition, particles: torch.Tensor) -> None:
+    """A transition with weights (a trained diffusion model) computes in their dtype and on
+    their device: refuse particles that differ, naming both, before the first step (the
+    analytic models follow the particles)."""
+    if not isinstance(transition, torch.nn.Module):
+        return
+    p = next(transition.parameters(), None)
+    if p is not None and (p.dtype, p.device) != (particles.dtype, particles.device):
+        raise ValueError(
+            f"particles are {particles.dtype} on {particles.device} but the transition's "
+            f"weights are {p.dtype} on {p.device}: convert one to the other (e.g. "
+            "transition.to(particles) or particles.to(next(transition.parameters())))"
+        )
+
+
 @dataclass
 class FilterResult:
     """What :meth:`ParticleFilter.filter` returns (``T`` times, ``B`` trajectories).
@@ -154,6 +169,7 @@ class ParticleFilter:
             )
         if not bool(torch.isfinite(particles).all()):
             raise ValueError("particles contains NaN or inf")
+        _check_transition_matches(getattr(self, "transition", None), particles)
         self._squeeze = particles.dim() == 2
         self.particles = particles.unsqueeze(0) if self._squeeze else particles
         b, n = self.particles.shape[:2]

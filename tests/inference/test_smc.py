@@ -228,3 +228,26 @@ def test_float32_weights_stay_precise_in_long_runs():
     ).filter(ys[:, 0], particles=x0)
     assert torch.equal(res.log_evidence, pf.log_evidence)
     assert torch.allclose(torch.logsumexp(res.log_weights, -1), torch.zeros(()), atol=1e-5)
+
+
+def test_filters_refuse_particles_of_another_dtype_than_a_trained_transition():
+    """A trained diffusion model computes in its weights' dtype: float64 particles with a
+    float32 model failed inside the first matmul ("mat1 and mat2 must have the same dtype").
+    SURGE and a bootstrap filter on the unguided model now refuse them at init, naming both;
+    the analytic models follow the particles' dtype, as before."""
+    from probml.models.diffusion import train_transition_model
+
+    g = torch.Generator().manual_seed(0)
+    xp = torch.randn(64, 2, generator=g)
+    model, _ = train_transition_model(xp, 0.5 * xp, hidden=8, depth=1, num_iters=2, verbose=False)
+    obs = GaussianObservation(torch.eye(2), 0.5)
+    x0 = torch.randn(16, 2, generator=g)
+    ys = torch.zeros(2, 2)
+    for filt in (SURGE(model, obs, 16, 3, seed=0, verbose=False), BootstrapPF(model, obs, 16)):
+        with pytest.raises(ValueError, match="particles are torch.float64 .*torch.float32"):
+            filt.init(x0.double())
+        filt.verbose = False
+        assert filt.filter(ys, particles=x0).means.dtype == torch.float32
+    lg = LinearGaussianSSM.random(dim=2, obs_every=1)  # float64 matrices, float32 particles
+    lin = LinearGaussianDiffusion(lg.A, lg.Q)
+    assert SURGE(lin, obs, 16, 3, verbose=False).filter(ys, x0).means.dtype == torch.float32
