@@ -510,6 +510,7 @@ class GRASP:
         self.per_head = bool(per_head)
         self.seconds = 0.0
         self._cache: dict[str, tuple[str, torch.Tensor | None]] = {}
+        self._names_checked = False
 
     def _side_basis(self, model: nn.Module, f: LoRAFactors) -> tuple[str, torch.Tensor | None]:
         """``(side, orthonormal basis)`` for module ``f`` (cached: W_0 and U are fixed)."""
@@ -559,6 +560,8 @@ class GRASP:
         they are found again on every call, which costs a walk over all of ``model``'s
         modules (about two thirds of the projection's time on a CPU for a 6-layer TinyLM)."""
         t0 = time.perf_counter()
+        if self.modules is not None and not self._names_checked:
+            self._check_module_names(model)
         matched = False
         for f in lora_modules(model) if factors is None else factors:
             side, U = self._side_basis(model, f)
@@ -581,6 +584,18 @@ class GRASP:
             )
 
     init = project  # a fresh adapter: B = 0, and A <- A P on read modules
+
+    def _check_module_names(self, model: nn.Module) -> None:
+        """Every name in ``modules`` must name an adapted module of ``model`` (once per
+        GRASP: a typo would otherwise leave that module unconstrained without a word)."""
+        known = {f.name for f in lora_modules(model)}
+        unknown = sorted(self.modules - known)
+        if unknown:
+            raise ValueError(
+                f"modules {unknown} name no adapted module of the model; adapted modules: "
+                f"{sorted(known)[:8]}{' ...' if len(known) > 8 else ''}"
+            )
+        self._names_checked = True
 
     @torch.no_grad()
     def violation(self, model: nn.Module) -> float:

@@ -232,8 +232,12 @@ def test_grasp_rejects_directions_that_would_project_nothing_or_garbage():
         GRASP(torch.stack([u, 2 * u], 1)).project(net)
     with pytest.raises(ValueError, match="none of the model's adapted modules"):
         GRASP(torch.randn(5)).project(net)  # no module has residual-side width 5
-    with pytest.raises(ValueError, match="none of the model's adapted modules"):
+    with pytest.raises(ValueError, match=r"modules \['not.a.module'\] name no adapted module"):
         GRASP(u, modules=["not.a.module"]).project(net)
+    # a typo beside a valid name used to leave its module unconstrained without a word
+    valid = next(iter(lora_modules(net))).name
+    with pytest.raises(ValueError, match=r"modules \['not.a.module'\] name no adapted module"):
+        GRASP(u, modules=[valid, "not.a.module"]).project(net)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # untouched
     g = GRASP(u)
     assert g.violation(net) > 1e-2
