@@ -198,6 +198,14 @@ def identify_spurious_directions(
         svals[f.name] = S[:k]
     if not dirs:
         raise ValueError("model has no LoRA adapters (lora_A / lora_B modules)")
+    # a zero update (B = 0: an adapter never trained) has no singular direction: the SVD's
+    # vectors there are arbitrary, and projecting them out would constrain noise
+    idle = [name for name, sv in svals.items() if not bool(sv[0] > 0)]
+    if idle:
+        raise ValueError(
+            f"the adapters of {idle[:5]}{' ...' if len(idle) > 5 else ''} hold no update "
+            "(Delta W = 0): identify after the naive fine-tune, on adapters it trained"
+        )
     return SpuriousDirections(dirs, sides, svals)
 
 

@@ -555,7 +555,7 @@ def test_value_adapter_cannot_write_along_u_through_the_attention_output():
     assert float((un @ Wo @ dv_plain).abs().max()) > 1e-3
     # with `through`: u^T W_o dW_v = 0 (summed over heads; per head: the next test)
     assert float((un @ Wo @ dv_thru).abs().max()) < 1e-6
-    dirs = identify_spurious_directions(lm, through=TINYLM_THROUGH)
+    dirs = identify_spurious_directions(m, through=TINYLM_THROUGH)  # a trained adapter
     assert dirs.sides["blocks.0.attn.v"] == "through"
 
 
@@ -944,3 +944,23 @@ def test_grasp_on_half_precision_adapters(per_head):
 
     out = finetune_lora(lm, sampler, num_steps=3, lr=1e-2, grasp=g, verbose=False)
     assert np.isfinite(out["loss"]).all() and g.violation(lm) < 1e-2 * scale
+
+
+def test_identification_refuses_adapters_that_hold_no_update():
+    """Fresh adapters (B = 0) have Delta W = 0, whose SVD returns arbitrary vectors: they were
+    returned as 'spurious directions' without a word. A model partly trained names the idle
+    modules."""
+    from probml.models.adapters import lora_parameters
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+    add_lora(m, ["0", "2"], rank=2)
+    with pytest.raises(ValueError, match=r"adapters of \['0', '2'\] hold no update"):
+        identify_spurious_directions(m)
+    with torch.no_grad():
+        m[0].lora_B.normal_()
+    with pytest.raises(ValueError, match=r"adapters of \['2'\] hold no update"):
+        identify_spurious_directions(m)
+    for p in lora_parameters(m):
+        p.data.normal_()
+    assert set(identify_spurious_directions(m).directions) == {"0", "2"}

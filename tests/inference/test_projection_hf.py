@@ -125,6 +125,11 @@ def test_grasp_on_a_peft_llama_keeps_writes_off_u(device, kv_heads):
 def test_identification_on_a_peft_llama_with_grouped_heads():
     base = _llama(2, "cpu")
     model = _peft(base, ["v_proj", "o_proj"])
+    with torch.no_grad():  # a trained update: PEFT starts B at zero, and the SVD of a zero
+        # Delta W has arbitrary vectors (the comparison below then held for any head mapping)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
     dirs = identify_spurious_directions(model, k=1, through=HF_THROUGH)
     name = next(n for n in dirs.directions if n.endswith("layers.0.self_attn.v_proj"))
     assert dirs.sides[name] == "through" and dirs.directions[name].shape == (D, 1)
