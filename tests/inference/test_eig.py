@@ -24,6 +24,24 @@ def test_nmc_eig_matches_the_linear_gaussian_closed_form():
     assert torch.allclose(est, exact, atol=0.03)
 
 
+def test_history_bounds_reach_their_closed_form_limits():
+    """sPCE is 0 for an experiment that says nothing (every likelihood is equal) and
+    log(L + 1) for one that pins theta down (the contrastive likelihoods vanish); sNMC is 0 at
+    the first. Each holds here to 1e-6, whatever the draws. This pins the L + 1 and the L of
+    the two denominators: a slip between them moves the limits by log(4/3) = 0.29 at L = 3,
+    and hides in the Monte Carlo noise at the usual L."""
+    designs = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for noise, spce_limit in ((1e8, 0.0), (1e-4, math.log(4))):
+        ex = LinearGaussianExperiment(SIGMA, noise_scale=noise)
+        th0, ys = sample_histories(ex, designs, 50, generator=1)
+        lo, hi = history_bounds(ex, designs, ys, th0, L=3, generator=2, per_history=True)
+        assert torch.allclose(lo, torch.full_like(lo, spce_limit), atol=1e-6)
+        if noise > 1:
+            assert torch.allclose(hi, torch.zeros_like(hi), atol=1e-6)
+        else:
+            assert bool((hi > 100).all())  # the upper bound has no ceiling
+
+
 def test_history_bounds_bracket_and_converge():
     ex = LinearGaussianExperiment(SIGMA, noise_scale=0.5)
     designs = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

@@ -221,6 +221,13 @@ def test_refinement_is_feasible_and_raises_the_eig(norm):
     assert bool(tight.feasible(prev, r2, 0.05).all())
 
 
+def test_soft_cost_penalty_is_the_documented_formula():
+    # V / (1 + lam c); without a soft cost the value is unchanged
+    V, c = torch.tensor([3.0, 1.0]), torch.tensor([0.5, 2.0])
+    assert torch.equal(Constraints([SoftCost(2.0)]).penalise(V, c), torch.tensor([1.5, 0.2]))
+    assert torch.equal(Constraints([StepBound(0.1)]).penalise(V, c), V)
+
+
 def test_soft_cost_trades_information_for_movement():
     lf = LocationFinding()
     theta = torch.tensor([[0.9, 0.9]], dtype=torch.float64)
