@@ -417,3 +417,22 @@ def test_default_final_model_warns_where_it_cannot_split(cls):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cls(final_model=LinearRegression()).fit(d.X, d.w, d.y, propensity=0.5)
+
+
+def test_linearised_pseudo_outcome_has_its_closed_form_mean():
+    """With constant outcome models mu_0 = mu_1 = c (wrong on purpose), a known propensity of
+    1/2, half the units treated and noiseless outcomes m_0, m_1, the mean of
+    psi = mu_1/mu_0 + (phi_1 - mu_1)/mu_0 - mu_1 (phi_0 - mu_0)/mu_0^2 is exactly
+    1 + (m_1 - m_0)/c: the first-order correction of both arms, with mu_0 squared."""
+    from sklearn.dummy import DummyRegressor
+
+    n, c, m0, m1 = 200, 4.0, 2.0, 3.0
+    X = np.random.default_rng(0).normal(size=(n, 2))
+    w = np.tile([0, 1], n // 2)
+    y = np.where(w == 1, m1, m0)
+    est = LinearisedRatioLearner(
+        outcome_model=DummyRegressor(strategy="constant", constant=c),
+        final_model=DummyRegressor(),  # the mean of psi
+        n_folds=2,
+    ).fit(X, w, y, propensity=0.5)
+    assert np.allclose(est.effect(X[:3]), 1 + (m1 - m0) / c, atol=1e-12)

@@ -125,6 +125,23 @@ def test_sensitivity_formulas_bound_brute_force():
         assert worst_full <= float(D[iu[0], iu[1]].norm()) + 1e-12
 
 
+def test_sensitivity_formulas_are_attained():
+    """The bounds above are tight: some pair of neighbours moves each entry of S by exactly
+    Delta_ij (the extremes sit at the corners {-b, 0, b}^d, searched exhaustively). A looser
+    Delta (twice the diagonal's, say) keeps privacy but wastes the budget on noise, and the
+    brute-force test above cannot see it."""
+    import itertools
+
+    d, n = 3, 7
+    b = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    corners = torch.tensor(list(itertools.product((-1.0, 0.0, 1.0), repeat=d))) * b
+    outer = corners[:, :, None] * corners[:, None, :] / n  # C x d x d: one row's x x^T / n
+    replace = (outer[:, None] - outer[None, :]).abs().amax((0, 1))  # one row swapped
+    add_remove = outer.abs().amax(0)  # one row added (the same public n)
+    assert torch.allclose(replace, entry_sensitivities(b, n, "replace"), atol=1e-12)
+    assert torch.allclose(add_remove, entry_sensitivities(b, n, "add_remove"), atol=1e-12)
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     eps=st.floats(0.05, 5.0),

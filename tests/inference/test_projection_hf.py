@@ -273,3 +273,26 @@ def test_tinylm_calls_match_the_hugging_face_loss_and_run_the_persona_experiment
     assert kinds == ["down_proj", "o_proj", "v_proj"]  # writes and the value (through)
     v1 = next(U for n, U in oracle.directions.items() if n.endswith("layers.1.self_attn.v_proj"))
     assert torch.equal(v1[:, 0], -torch.ones(16) / 4)
+
+
+def test_our_lora_computes_what_peft_computes():
+    """Same A, B, rank and alpha: LoRALinear's output and update equal PEFT's, whose scaling
+    is alpha / r (a scaling of alpha alone passed every other test, which use alpha = r)."""
+    from probml.models.adapters import LoRAFactors
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(6, 5))
+    ours = copy.deepcopy(base)
+    add_lora(ours, ["0"], rank=2, alpha=6.0)
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base), peft.LoraConfig(r=2, lora_alpha=6, target_modules=["0"])
+    )
+    with torch.no_grad():
+        ours[0].lora_B.normal_()
+        f = next(f for f in lora_modules(theirs) if isinstance(f, LoRAFactors))
+        f.A.copy_(ours[0].lora_A)
+        f.B.copy_(ours[0].lora_B)
+    x = torch.randn(4, 6)
+    assert ours[0].scaling == f.scaling == 3.0
+    assert torch.allclose(ours(x), theirs(x), atol=1e-6)
+    assert torch.allclose(ours[0].delta_weight(), f.delta_weight(), atol=1e-6)

@@ -251,3 +251,41 @@ def test_filters_refuse_particles_of_another_dtype_than_a_trained_transition():
     lg = LinearGaussianSSM.random(dim=2, obs_every=1)  # float64 matrices, float32 particles
     lin = LinearGaussianDiffusion(lg.A, lg.Q)
     assert SURGE(lin, obs, 16, 3, verbose=False).filter(ys, x0).means.dtype == torch.float32
+
+
+def test_enkf_collapses_onto_a_perfect_observation_of_the_whole_state():
+    """With H = I and (nearly) no observation noise the Kalman gain of any full-rank ensemble
+    is the identity, so every member moves onto y. The gain uses the same ensemble
+    normaliser in C_xy and C_yy; mixing n and n - 1 leaves (1/n)(x - y) behind (0.2 here)."""
+
+    class Stay:  # a transition that leaves the state where it is
+        def sample(self, x, generator=None):
+            return x
+
+    obs = GaussianObservation(torch.eye(2, dtype=torch.float64), 1e-7)
+    x0 = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    filt = EnKF(Stay(), obs, 5, seed=1, verbose=False).init(x0)
+    parts, _ = filt.step(y)
+    assert torch.allclose(parts, y.expand(5, 2), atol=1e-5)
+
+
+def test_inflated_twist_is_the_exact_likelihood_under_a_flat_prior():
+    """r_k^2 = sigma_k^2 / alpha_k^2 is the variance of z_0 given z_k under a flat prior, so
+    with a nearly flat transition (Q = 1e9) the inflated twist equals the exact
+    p(y | z_k) = N(y; z_k / alpha_k, R + sigma_k^2 / alpha_k^2) at every level; the DPS twist
+    (r = 0) does not."""
+    A = torch.eye(1, dtype=torch.float64)
+    tr = LinearGaussianDiffusion(A, 1e9 * torch.eye(1, dtype=torch.float64))
+    obs = GaussianObservation(torch.eye(1, dtype=torch.float64), 0.3)
+    K = 20
+    z = torch.linspace(-2, 2, 7, dtype=torch.float64).reshape(1, 7, 1)
+    cond, y = torch.zeros(1, 7, 1, dtype=torch.float64), torch.tensor([[0.4]], dtype=torch.float64)
+    _, _, _, al, sg, _ = tr.schedule.reverse_coefficients(K)
+    for k in (3, 10, 17):
+        var = 0.3**2 + sg[k] ** 2 / al[k] ** 2
+        exact = torch.distributions.Normal(z[..., 0] / al[k], var.sqrt()).log_prob(y)
+        log_h, _, _ = GuidedReverseProposal(tr, obs, K).twist(z, k, cond, y, grad=False)
+        assert torch.allclose(log_h, exact, atol=1e-4), k
+        dps, _, _ = GuidedReverseProposal(tr, obs, K, twist="dps").twist(z, k, cond, y, grad=False)
+        assert float((dps - exact).abs().max()) > 0.1
