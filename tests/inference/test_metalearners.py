@@ -395,6 +395,9 @@ def test_qini_targets_tied_scores_as_one_block():
     frac, q = qini_curve([4.0, 3.0, 2.0, 1.0], [1, 0, 1, 0], [2.0, 1.0, 1.0, 0.0])
     # k=1: treated 2, no control -> 2; k=2: 2 - 1*1/1 = 1; k=3: 3 - 1*2/1 = 1; k=4: 3 - 1 = 2
     np.testing.assert_allclose(q, [0.0, 2.0, 1.0, 1.0, 2.0])
+    # its coefficient by hand: mean of Q(k) - (k/4) Q(4) = [1.5, 0, -0.5, 0] is 0.25; per unit / 4
+    coef = qini_coefficient([4.0, 3.0, 2.0, 1.0], [1, 0, 1, 0], [2.0, 1.0, 1.0, 0.0])
+    assert coef == pytest.approx(0.0625, abs=1e-15)
     with pytest.raises(ValueError, match="at least one unit"):
         qini_curve([], [], [])
     # one arm only: the curve ranked outcomes, not uplift (all treated gave a Qini of 0.0108)
