@@ -210,6 +210,13 @@ class SequenceRLResult:
     side_value_mse: dict[str, list[float]] = field(default_factory=dict)
 
 
+def _mc_value_variance(v_mc: torch.Tensor, n: int) -> torch.Tensor:
+    r"""Unbiased estimate :math:`\hat V(1 - \hat V)/(n - 1)` of the variance of
+    :math:`\hat V = k/n` (``k`` of ``n`` rollouts correct), so that
+    :math:`E[(v - \hat V)^2 - \hat V(1 - \hat V)/(n - 1)] = (v - V)^2` for a fixed ``v``."""
+    return v_mc * (1 - v_mc) / (n - 1)
+
+
 def run_sequence_rl(
     reference: TinyLM,
     task: AdditionTask,
@@ -293,7 +300,7 @@ def run_sequence_rl(
             batch = (rewards, p0[idx], idx, task.features[idx], group_size)
             adv, value, _ = estimate_on_first(estimator, tracker, *batch)
             side_values = {e: estimate_on_first(e, side_trackers[e], *batch)[1] for e in side}
-        noise = v_mc * (1 - v_mc) / (mc_rollouts - 1)
+        noise = _mc_value_variance(v_mc, mc_rollouts)
         out.value_mse.append(float(((value - v_mc) ** 2 - noise).mean()))
         for e, v in side_values.items():
             out.side_value_mse[e].append(float(((v - v_mc) ** 2 - noise).mean()))

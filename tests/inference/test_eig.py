@@ -24,6 +24,16 @@ def test_nmc_eig_matches_the_linear_gaussian_closed_form():
     assert torch.allclose(est, exact, atol=0.03)
 
 
+def test_nmc_eig_is_zero_for_an_experiment_that_says_nothing():
+    """With every likelihood equal, log p(y | theta_n) equals the log of the mean of the M
+    inner likelihoods: NMC is 0 for any M (a 1/M slip in the mean would give log 1.5 at
+    M = 2, hidden in the noise at the usual M)."""
+    ex = LinearGaussianExperiment(SIGMA, noise_scale=1e8)
+    pyro.set_rng_seed(0)
+    est = nmc_eig(ex, torch.ones(1, 3, dtype=torch.float64), "y", N=50, M=2)
+    assert float(est.abs().max()) < 1e-6
+
+
 def test_history_bounds_reach_their_closed_form_limits():
     """sPCE is 0 for an experiment that says nothing (every likelihood is equal) and
     log(L + 1) for one that pins theta down (the contrastive likelihoods vanish); sNMC is 0 at

@@ -1,3 +1,4 @@
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -146,3 +147,21 @@ def test_local_latents_inside_a_plate_keep_their_plate_dimension():
     exact = C[:, 1:] @ torch.linalg.solve(C[1:, 1:] + torch.eye(3, dtype=torch.float64), y)
     got = torch.cat([ws.mean("mu").reshape(1), ws.mean("z")])
     assert torch.allclose(got, exact, atol=0.03), (got, exact)
+
+
+def test_the_exact_posterior_as_guide_gives_the_exact_evidence_with_every_draw():
+    """Zero-variance importance sampling: with q = p(w | y) every weight equals p(y), so the
+    log-evidence is exact to rounding (float64) with 50 particles, and the ESS is N."""
+    X, y = _data()
+    X, y = X.double(), y.double()
+    mean, cov = linear_regression_posterior(X, y)
+
+    def exact_guide(X, y=None):
+        pyro.sample("w", dist.MultivariateNormal(mean, cov))
+
+    cov_y = X @ X.T + torch.eye(12, dtype=torch.float64)
+    exact = torch.distributions.MultivariateNormal(torch.zeros(12, dtype=torch.float64), cov_y)
+    set_seed(0)
+    ws = importance_sample(bayesian_linear_regression, exact_guide, X, y, num_particles=50)
+    assert ws.log_evidence == pytest.approx(exact.log_prob(y).item(), abs=1e-9)
+    assert ws.ess == pytest.approx(50.0, rel=1e-9)

@@ -125,3 +125,22 @@ def test_warmup_offline_counts_and_one_rl_run():
         run_sequence_rl(m, task, "basis", steps=1, offline=k + 100, K=8)
     with pytest.raises(ValueError, match="carry_weight"):
         supervised_warmup(m, task, 0.4, carry_weight=0)
+
+
+def test_value_mse_subtracts_an_unbiased_monte_carlo_variance():
+    """(v - V_hat)^2 - V_hat (1 - V_hat)/(n - 1) has expectation (v - V)^2 exactly over
+    V_hat = k/n, k ~ Binomial(n, V): the reported value MSE is not inflated by the Monte
+    Carlo error of its own reference (summed here over every k, no sampling)."""
+    import math
+
+    from probml.inference.sequence_rl import _mc_value_variance
+
+    n = 8
+    k = torch.arange(n + 1, dtype=torch.float64)
+    for V, v in ((0.3, 0.5), (0.9, 0.1), (0.5, 0.5)):
+        pk = torch.tensor(
+            [math.comb(n, i) * V**i * (1 - V) ** (n - i) for i in range(n + 1)], dtype=torch.float64
+        )
+        v_hat = k / n
+        expected = (pk * ((v - v_hat) ** 2 - _mc_value_variance(v_hat, n))).sum()
+        assert float(expected) == pytest.approx((v - V) ** 2, abs=1e-12)

@@ -289,3 +289,12 @@ def test_inflated_twist_is_the_exact_likelihood_under_a_flat_prior():
         assert torch.allclose(log_h, exact, atol=1e-4), k
         dps, _, _ = GuidedReverseProposal(tr, obs, K, twist="dps").twist(z, k, cond, y, grad=False)
         assert float((dps - exact).abs().max()) > 0.1
+
+
+def test_weighted_moments_by_hand():
+    # particles 0, 1, 3 with weights 1/2, 1/4, 1/4: mean 1, variance 1/2 + 0 + 4/4 = 1.5
+    parts = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)
+    lw = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64).log() + 7.0  # unnormalised
+    m, s = weighted_moments(parts, lw)
+    assert torch.allclose(m, torch.tensor([1.0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(s, torch.tensor([1.5], dtype=torch.float64).sqrt(), atol=1e-12)

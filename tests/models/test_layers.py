@@ -411,3 +411,25 @@ def test_scale_vector_priors_refuse_a_store_holding_another_models_tensors():
     fit(scale_vector_priors(second, weight_decay=0.5))
     assert not torch.equal(second.tok.weight, before)
     pyro.clear_param_store()
+
+
+def test_scaled_linear_placements_compute_their_documented_formulas():
+    """dp: gamma_out * W (gamma_in * x); dnp: gamma_out * Norm(W (gamma_in * Norm(x))). At
+    initialisation every gamma is 1, so the scales need values of their own to be seen."""
+    from probml.models.layers import ScaledLinear
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 6)
+    g_in, g_out = torch.rand(6) + 0.5, torch.rand(3) + 0.5
+    rms = lambda t: t / t.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()  # noqa: E731
+    for placement in ("dp", "dnp"):
+        lin = ScaledLinear(6, 3, placement=placement)
+        scales = (lin.pre, lin.post) if placement == "dp" else (lin.pre.scale, lin.post.scale)
+        with torch.no_grad():
+            scales[0].alpha.copy_(g_in)
+            scales[1].alpha.copy_(g_out)
+        W = lin.linear.weight
+        want = g_out * ((g_in * x) @ W.T)
+        if placement == "dnp":
+            want = g_out * rms((g_in * rms(x)) @ W.T)
+        assert torch.allclose(lin(x), want, atol=1e-5), placement
