@@ -1,3 +1,4 @@
+import math
 import warnings
 
 import numpy as np
@@ -408,3 +409,90 @@ def test_an_entry_given_twice_is_one_entry():
     )[0]
     assert torch.allclose(rep, ref, atol=1e-9)
     assert abs(float(rep[0, 1]) - pooled) < abs(float(rep[0, 1]) - ys[0])  # both used
+
+
+@pytest.mark.parametrize(
+    "neighbouring, diagonal, selection",
+    [
+        ("replace", "scaled", "exponential"),
+        ("replace", "isotropic", "permute_and_flip"),
+        ("add_remove", "scaled", "permute_and_flip"),
+        ("add_remove", "isotropic", "exponential"),
+    ],
+)
+def test_every_release_adds_the_noise_its_true_sensitivity_needs(
+    monkeypatch, neighbouring, diagonal, selection
+):
+    """A privacy audit of PACEGGM's releases. Each Gaussian release's noise sd must be
+    Delta / sqrt(2 rho) for the Delta written out here by hand (not the one the estimator
+    computes), with rho what it charged; each selection must be run at sensitivity 1 (its
+    score is normalised by Delta_ij). Passing a smaller sensitivity to any mechanism (half
+    an entry's, the scaled diagonal's 1 in place of sqrt(d), a replace mean's ||b||/n in
+    place of 2||b||/n) breaks privacy, stays within the budget's ledger and, before this
+    test, passed the suite."""
+    import probml.inference.pace as pace
+
+    b = np.array([0.5, 1.0, 2.0, 1.5])
+    n, d = 40, 4
+    X = np.random.default_rng(0).uniform(-1, 1, (n, d)) * b
+    two = 2.0 if neighbouring == "replace" else 1.0
+    true_sens = {"mean": two * np.linalg.norm(b) / n}
+    true_sens["diagonal"] = (
+        math.sqrt(d) if diagonal == "scaled" else math.sqrt((b**4).sum()) / n
+    )  # scaled: S_ii / Delta_ii, each moving by <= 1
+    for i in range(d):
+        for j in range(i + 1, d):
+            true_sens[f"measure ({i},{j})"] = two * b[i] * b[j] / n
+    gaussian, selections = [], []
+    real_gaussian = pace.gaussian_mechanism
+
+    def audited_gaussian(value, sensitivity, rho, budget, generator=None, label=""):
+        out, sigma = real_gaussian(
+            value, sensitivity, rho, budget, generator=generator, label=label
+        )
+        gaussian.append((label, rho, sigma))
+        return out, sigma
+
+    def audited(real):
+        def pick(scores, epsilon, sensitivity, budget, generator=None, label=""):
+            selections.append(sensitivity)
+            return real(scores, epsilon, sensitivity, budget, generator=generator, label=label)
+
+        return pick
+
+    monkeypatch.setattr(pace, "gaussian_mechanism", audited_gaussian)
+    monkeypatch.setattr(pace, "exponential_mechanism", audited(pace.exponential_mechanism))
+    monkeypatch.setattr(pace, "permute_and_flip", audited(pace.permute_and_flip))
+    est = PACEGGM(
+        epsilon=2.0, bounds=b, rounds=3, center=True, neighbouring=neighbouring,
+        diagonal=diagonal, selection=selection, random_state=0,
+        public_n=n if neighbouring == "add_remove" else None,
+    ).fit(X)  # fmt: skip
+    assert [g[0] for g in gaussian][:2] == ["mean", "diagonal"] and len(gaussian) == 2 + 3
+    for label, rho, sigma in gaussian:
+        assert sigma == pytest.approx(true_sens[label] / math.sqrt(2 * rho), rel=1e-12), label
+    assert selections == [1.0, 1.0, 1.0]
+    assert est.rho_spent_ <= est.budget_.rho
+
+
+def test_the_whole_matrix_baseline_adds_the_noise_of_its_l2_sensitivity(monkeypatch):
+    """The same audit for GaussianMechanismCovariance: one release of the d(d+1)/2 entries at
+    L2 sensitivity sqrt(sum_{i<=j} Delta_ij^2), Delta_ij written out by hand (replace)."""
+    import probml.inference.pace as pace
+
+    b = np.array([0.5, 1.0, 2.0])
+    n = 30
+    X = np.random.default_rng(1).uniform(-1, 1, (n, 3)) * b
+    calls = []
+    real = pace.gaussian_mechanism
+
+    def audited(value, sensitivity, rho, budget, generator=None, label=""):
+        out, sigma = real(value, sensitivity, rho, budget, generator=generator, label=label)
+        calls.append((rho, sigma))
+        return out, sigma
+
+    monkeypatch.setattr(pace, "gaussian_mechanism", audited)
+    pace.GaussianMechanismCovariance(epsilon=1.0, bounds=b, random_state=0).fit(X)
+    deltas = [(b[i] ** 2 if i == j else 2 * b[i] * b[j]) / n for i in range(3) for j in range(i, 3)]
+    ((rho, sigma),) = calls
+    assert sigma == pytest.approx(math.sqrt(sum(x**2 for x in deltas)) / math.sqrt(2 * rho))
