@@ -53,3 +53,22 @@ def test_fitted_flow_is_an_amortized_guide_for_a_user_model(flow, x):
     assert post.ess > 1.5 * prior.ess
     assert abs(float((w * z).sum()) - mean) < 0.1
     assert abs(float(w[z > 0].sum()) - p_pos) < 0.05
+
+
+def test_transport_perturbation_cost_is_the_squared_shift():
+    """DRUM's transport ball bounds E||G_phi(x, z) - G_0(x, z)||^2: the cost returned per row
+    is the squared Euclidean length of the shift, in A's own units (the standardised shift
+    times a_scale)."""
+    from probml.guides.generators import ConditionalFlow, TransportPerturbation
+
+    flow = ConditionalFlow(a_dim=2, x_dim=3)
+    with torch.no_grad():
+        flow.a_scale.copy_(torch.tensor([2.0, 0.5]))
+    adv = TransportPerturbation(flow)
+    with torch.no_grad():
+        adv.delta[-1].bias.copy_(torch.tensor([1.5, -4.0]))  # weight 0: a constant shift
+    x, z = torch.randn(5, 3), torch.randn(5, 2)
+    a, cost = adv(x, z)
+    shift = torch.tensor([3.0, -2.0])  # (1.5, -4) * a_scale
+    assert torch.allclose(a - flow.sample_with_noise(x, z), shift.expand(5, 2), atol=1e-6)
+    assert torch.allclose(cost, torch.full((5,), 13.0), atol=1e-5)

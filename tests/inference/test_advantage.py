@@ -597,3 +597,17 @@ def test_drift_prior_is_checked_by_name():
     assert torch.allclose(a, bayesian_loo_baseline(r, p0))
     one = bayesian_loo_baseline(r, p0, c_grid=[1.0])
     assert torch.allclose(one, torch.sigmoid(torch.logit(p0) + 1.0))
+
+
+def test_linearised_basis_baseline_by_hand():
+    """form='linearised' with one temperature (beta = inf, so V = p0):
+    b_i = V_i + s_i^2 sum_{j != i}(r_j - V_j) / sum_{j != i} s_j^2, s^2 = V (1 - V)."""
+    p0 = torch.tensor([0.2, 0.5, 0.7, 0.4], dtype=torch.float64)
+    r = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    adv, diag = basis_advantages(r, p0, beta_grid=(math.inf,), form="linearised")
+    s2 = p0 * (1 - p0)
+    want = torch.stack(
+        [p0[i] + s2[i] * ((r - p0).sum() - (r - p0)[i]) / (s2.sum() - s2[i]) for i in range(4)]
+    )
+    assert torch.allclose(diag["baseline"], want.clamp(0, 1), atol=1e-12)
+    assert torch.allclose(adv, r - diag["baseline"], atol=1e-12)
