@@ -67,7 +67,8 @@ class AdditionTask:
     vocab_size = 12
 
     def __init__(self, num_prompts: int = 2048, seed: int = 0):
-        if not 2 <= num_prompts <= 10_000:
+        check_int("num_prompts", num_prompts, minimum=2)  # 2.5 failed inside a slice
+        if not num_prompts <= 10_000:
             raise ValueError(f"num_prompts must be in [2, 10000], got {num_prompts}")
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(10_000, generator=g)[:num_prompts]

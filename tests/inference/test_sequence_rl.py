@@ -29,6 +29,8 @@ def test_task_tokens_and_exact_match_reward():
     assert torch.equal(r, torch.tensor([[1.0, 0.0]] * 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="num_prompts"):
         AdditionTask(1)
+    with pytest.raises(TypeError, match="num_prompts must be an integer"):
+        AdditionTask(2.5)  # failed inside a slice, naming nothing
     # a smaller task holds the first prompts of a larger one with the same seed, in order
     small = AdditionTask(16, seed=0)
     assert torch.equal(small.prompts, task.prompts[:16])
