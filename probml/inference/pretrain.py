@@ -81,8 +81,9 @@ def synthetic_corpus(
     seq = np.empty(n_chars, dtype=np.int64)
     seq[:2] = rng.integers(0, vocab, 2)
     u = rng.uniform(size=n_chars)
-    for t in range(2, n_chars):
-        c = np.searchsorted(np.cumsum(probs[seq[t - 2], seq[t - 1]]), u[t])
+    cum = np.cumsum(probs, axis=-1)  # once, not per step (the same sums, bit for bit)
+    for t in range(2, n_chars):  # a Markov chain: each symbol depends on the last two
+        c = np.searchsorted(cum[seq[t - 2], seq[t - 1]], u[t])
         seq[t] = nxt[seq[t - 2], seq[t - 1], min(c, branching - 1)]
     alphabet = [chr(ord("A") + i) if i < 26 else chr(ord("a") + i - 26) for i in range(vocab)]
     return CharCorpus("".join(alphabet[i] for i in seq))
