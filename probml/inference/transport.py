@@ -268,7 +268,10 @@ def _unaware_pairs(eta, pi, p1):
     pos, neg = np.flatnonzero(d > 1e-12), np.flatnonzero(d < -1e-12)
     n = len(eta)
     wp, wn = d[pos] / n, -d[neg] / n
-    total = 0.5 * (wp.sum() + wn.sum())  # equal in the population; rescale the sample's
+    # The two sides' delta masses are equal in the population, not in a sample: scale both to
+    # one common total. Which total is immaterial: the plans (full or partial, the dummy
+    # nodes included) scale with it, and the predictions use plan / weight ratios only.
+    total = 0.5 * (wp.sum() + wn.sum())
     if len(pos) and len(neg):
         wp, wn = wp * total / wp.sum(), wn * total / wn.sum()
     ap, an = np.abs(d[pos]), np.abs(d[neg])

@@ -124,6 +124,43 @@ def test_unaware_limits():
     assert unfairness(f_unaware, s, "w2") < 0.01
 
 
+def test_unaware_pairing_minimises_the_risk_with_unequal_deltas():
+    # Four units at p1 = 1/2, so delta = 4 pi - 2: two with delta > 0 (masses 0.5, 1.5) and two
+    # with delta < 0 (masses 1.5, 0.5). The transport polytope between those masses has two
+    # vertices: A = {(+0.5, -1.5): 0.5, (+1.5, -1.5): 1, (+1.5, -0.5): 0.5} and
+    # B = {(+0.5, -0.5): 0.5, (+1.5, -1.5): 1.5}. From first principles, delta-mass w taken
+    # from a unit with |delta| moves P-mass w / |delta| of it; a pair moves both shares to the
+    # point that minimises their squared error, their P-mass-weighted mean. B has the smaller
+    # risk here, and it splits no unit, so the exact answer is B's two pooled values. The
+    # tests before this one used equal |delta| only, where a wrong pair cost in the coupling
+    # (|d+| |d-| for |d+| + |d-|) picks the same plan.
+    delta = np.array([0.5, 1.5, -1.5, -0.5])
+    pi = (delta + 2) / 4
+    eta = np.array([-2.0, 1.1, 1.9, 0.4])
+
+    def risk(pairs):
+        total = 0.0
+        for i, j, w in pairs:
+            mi, mj = w / abs(delta[i]), w / abs(delta[j])
+            y = (mi * eta[i] + mj * eta[j]) / (mi + mj)
+            total += mi * (eta[i] - y) ** 2 + mj * (eta[j] - y) ** 2
+        return total
+
+    plan_a = [(0, 2, 0.5), (1, 2, 1.0), (1, 3, 0.5)]
+    plan_b = [(0, 3, 0.5), (1, 2, 1.5)]
+    assert risk(plan_b) < 0.8 * risk(plan_a)  # 3.2 against 4.14
+    f = fair_dp_unaware(eta, pi, 0.5)
+    assert np.allclose(f, [-0.8, 1.5, 1.5, -0.8], atol=1e-12)  # equal |delta| in each pair
+    # exact demographic parity: each value carries the same mass in both groups
+    for v in (-0.8, 1.5):
+        at = np.isclose(f, v)
+        assert pi[at].sum() / 2 == pytest.approx((1 - pi[at]).sum() / 2)
+    # TV pools a pair iff its cost (risk per unit of delta-mass) is below lam: B's second pair
+    # costs 0.8^2 / 3 = 0.213 (the wrong cost gives 0.284), its first 2.4^2 / 1 = 5.76
+    assert risk([(1, 2, 1.0)]) == pytest.approx(0.8**2 / 3)
+    assert np.allclose(fair_tv_unaware(eta, pi, 0.5, 0.25), [-2.0, 1.5, 1.5, 0.4], atol=1e-12)
+
+
 def test_unaware_w2_objective_never_increases():
     d = make_gaussian_groups(600, p1=0.4, mean_shift=2.0, seed=1)
     eta = d.X @ np.ones(2) + 1.0 * d.pi  # E[Y | X]
