@@ -3,11 +3,14 @@ import torch
 
 from probml.inference.expressivity import fit_shallow_net
 from probml.models.layers import (
+    GELUFFN,
     LearnableActivationFFN,
     MixtureOfActivationsFFN,
     Norm,
     ScaledLinear,
     ScaleVector,
+    ShallowNet,
+    SwiGLUFFN,
     ffn_factory,
 )
 
@@ -433,3 +436,110 @@ def test_scaled_linear_placements_compute_their_documented_formulas():
         if placement == "dnp":
             want = g_out * rms((g_in * rms(x)) @ W.T)
         assert torch.allclose(lin(x), want, atol=1e-5), placement
+
+
+def _act(name, z):
+    """The dictionary's activations written out (leaky slope 0.01; GELU with erf)."""
+    return {
+        "relu": torch.clamp(z, min=0),
+        "tanh": torch.tanh(z),
+        "leaky_relu": torch.where(z > 0, z, 0.01 * z),
+        "relu2": torch.clamp(z, min=0) ** 2,
+        "gelu": 0.5 * z * (1 + torch.erf(z / 2**0.5)),
+        "silu": z / (1 + torch.exp(-z)),
+    }[name]
+
+
+def _randomise(module):
+    """Every parameter drawn away from its initial value (all-ones alphas, zero gates)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p))
+    return module
+
+
+@pytest.mark.parametrize("gate", ["gated", "literal"])
+def test_every_ffn_form_computes_its_documented_formula(gate):
+    """LA, MoA (both gates), SwiGLU with branch scales and GELU against their formulas with
+    random parameters. At initialisation the alphas are all 1 and the gates constant, where a
+    form that reads the wrong coefficient (alpha for alpha2, alpha^T for alpha, a shared gate
+    or scale) computes the same numbers."""
+    torch.manual_seed(0)
+    dic = ("relu", "tanh", "leaky_relu", "relu2")
+    x = torch.randn(3, 5, 6, dtype=torch.float64)
+
+    def mix(z, coef):  # sum_k coef_k sigma_k(z); coef is K or ... x K
+        return sum(coef[..., k : k + 1] * _act(a, z) for k, a in enumerate(dic))
+
+    for ffn_type, variant in [("I", "one_sided"), ("II", "one_sided"), ("II", "bi_sided")]:
+        moa = _randomise(MixtureOfActivationsFFN(6, 8, ffn_type, variant, dic, gate=gate).double())
+        logits = x @ moa.gate_proj.weight.T
+        if gate == "gated":
+            pi = moa.alpha * 2 * torch.sigmoid(logits + moa.gate_proj.bias)
+        else:
+            pi = torch.sigmoid(logits)
+        h = mix(x @ moa.w1.weight.T, pi[..., :4])
+        if ffn_type == "II":
+            z2 = x @ moa.w2.weight.T
+            h = h * (mix(z2, pi[..., 4:]) if variant == "bi_sided" else z2)
+        assert torch.allclose(moa(x), h @ moa.w3.weight.T, atol=1e-10), (ffn_type, variant)
+    if gate == "literal":
+        return  # the gate is MoA's alone: the forms below run once
+    for ffn_type, variant in [("I", "one_sided"), ("II", "one_sided"), ("II", "bi_sided")]:
+        la = _randomise(LearnableActivationFFN(6, 8, ffn_type, variant, dic).double())
+        h = mix(x @ la.w1.weight.T, la.alpha)
+        if ffn_type == "II":
+            z2 = x @ la.w2.weight.T
+            h = h * (mix(z2, la.alpha2) if variant == "bi_sided" else z2)
+        assert torch.allclose(la(x), h @ la.w3.weight.T, atol=1e-10), (ffn_type, variant)
+    quad = _randomise(LearnableActivationFFN(6, 8, "II", "quadratic", dic).double())
+    a1 = [_act(a, x @ quad.w1.weight.T) for a in dic]
+    a2 = [_act(a, x @ quad.w2.weight.T) for a in dic]
+    h = sum(quad.alpha[k, l] * a1[k] * a2[l] for k in range(4) for l in range(4))
+    assert torch.allclose(quad(x), h @ quad.w3.weight.T, atol=1e-10)
+
+    swiglu = _randomise(SwiGLUFFN(6, 8, branch_scales=True).double())
+    gated = _act("silu", (x * swiglu.gate_scale.gamma) @ swiglu.gate.weight.T)
+    want = (gated * ((x * swiglu.up_scale.gamma) @ swiglu.up.weight.T)) @ swiglu.down.weight.T
+    assert torch.allclose(swiglu(x), want, atol=1e-10)
+    gelu = _randomise(GELUFFN(6, 8).double())
+    want = _act("gelu", x @ gelu.up.weight.T) @ gelu.down.weight.T
+    assert torch.allclose(gelu(x), want, atol=1e-10)
+
+
+def test_norms_and_the_shallow_moa_net_compute_their_documented_formulas():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    for kind in ("rms", "layer"):
+        norm = _randomise(Norm(6, kind, reparam="magnitude_direction").double())
+        centred = x - x.mean(-1, keepdim=True) if kind == "layer" else x
+        want = centred / centred.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+        want = want * norm.scale.beta * norm.scale.alpha
+        assert torch.allclose(norm(x), want, atol=1e-10), kind
+    dic = ("relu", "tanh")
+    net = _randomise(ShallowNet(6, 5, "moa", dic).double())
+    z = net.l1(x)
+    pi = net.alpha * 2 * torch.sigmoid(net.gate(x))
+    h = sum(pi[:, k : k + 1] * _act(a, z) for k, a in enumerate(dic))
+    assert torch.allclose(net(x), net.l2(h).squeeze(-1), atol=1e-10)
+
+
+def test_scale_vector_priors_put_a_prior_on_the_magnitude_too():
+    """Under ``scale_reparam="magnitude_direction"`` an Input-Norm scale is beta * alpha: both
+    factors are latent with the N(0, 1/lambda) prior (a plain beta would escape the decay)."""
+    import pyro
+    from pyro import poutine
+
+    from probml.models.layers import scale_vector_priors
+    from probml.models.lm import TinyLM, TinyLMConfig
+
+    pyro.clear_param_store()
+    cfg = TinyLMConfig(
+        vocab_size=11, d_model=8, n_layers=1, n_heads=2, scale_reparam="magnitude_direction"
+    )
+    m = scale_vector_priors(TinyLM(cfg), weight_decay=4.0)
+    tr = poutine.trace(lambda: m(torch.randint(0, 11, (2, 8)))).get_trace()
+    beta = tr.nodes["norm_f.scale.beta"]
+    assert beta["type"] == "sample" and "norm_f.scale.alpha" in tr.nodes
+    assert float(beta["fn"].scale) == pytest.approx(0.5)  # 1 / sqrt(lambda)
+    pyro.clear_param_store()
