@@ -338,3 +338,101 @@ def test_experiment_output_shapes_are_checked_once_before_the_run():
         run_experiment(Column(), RandomFeasiblePlanner(), k, 3, num_particles=64)
     with pytest.raises(ValueError, match=r"experiment.log_likelihood must return shape \(2, 2\)"):
         run_experiment(NoBroadcast(), GreedyPlanner(8, 8), k, 3, num_particles=64)
+
+
+class _TablePosterior:
+    """A stub posterior that remembers its path of designs; EIGs come from a table."""
+
+    def __init__(self, path=()):
+        self.path = path
+        self.experiment = self
+
+    def sample(self, n, generator=None):
+        return torch.zeros(n, 1, dtype=torch.float64)
+
+    def sample_y(self, theta, xi, generator=None):
+        return torch.zeros(theta.shape[0], dtype=torch.float64)
+
+    def condition(self, xi, y):
+        return _TablePosterior((*self.path, float(xi[0])))
+
+
+def _tree_with_tables(monkeypatch, eig, moves):
+    """Route the planner's EIGs and candidates through tables: ``eig[path][xi]`` and
+    ``moves[prev]``; returns the list of ``remaining`` values the candidate draws saw."""
+    import probml.inference.planning as planning
+
+    seen = []
+
+    def fake_eig(post, cand, num_outer, generator):
+        return torch.tensor([eig[post.path][float(c[0])] for c in cand], dtype=torch.float64)
+
+    def fake_sample(self, prev, n, remaining, generator):
+        seen.append(remaining)
+        return torch.tensor(moves[float(prev[0])], dtype=torch.float64).reshape(-1, 1)
+
+    monkeypatch.setattr(planning, "next_design_eig", fake_eig)
+    monkeypatch.setattr(Constraints, "sample", fake_sample)
+    return seen
+
+
+def test_tree_value_recursion_by_hand(monkeypatch):
+    r"""Depth 1 from prev = 0.5, candidates {0, 1}, soft cost |move| with lam = 1, discount
+    g = 1/2: a plan's value is V = EIG + g V_child, its mean cost S / W with
+    S = c + g S_child and W = 1 + g W_child, and it scores V / (1 + lam S / W). Worked out:
+    root 1 (EIG 0.8) then 0 (EIG 3, cost 1): V = 2.3, S = 1, W = 1.5, score 1.38. Root 0
+    (EIG 1.67) then stay (EIG 0.2, cost 0): V = 1.77, S = 0.5, W = 1.5, score 1.3275. Scoring
+    by S instead of S / W (a total cost for a mean one) would pick root 0 (1.15 against 1.18)."""
+    eig = {(): {0.0: 1.67, 1.0: 0.8}, (1.0,): {0.0: 3.0, 1.0: 0.5}, (0.0,): {0.0: 0.2, 1.0: 0.2}}
+    moves = {0.5: [0.0, 1.0], 0.0: [0.0, 1.0], 1.0: [0.0, 1.0]}
+    seen = _tree_with_tables(monkeypatch, eig, moves)
+    cons = Constraints([SoftCost(1.0), TravelBudget(5.0)])
+    tree = ScenarioTreePlanner(depth=1, branching=2, discount=0.5, expand_top=2)
+    prev = torch.tensor([0.5], dtype=torch.float64)
+    V, xi, S, W = tree._value(_TablePosterior(), prev, cons, 5.0, 1, None)
+    assert float(xi[0]) == 1.0
+    assert (V, S, W) == pytest.approx((2.3, 1.0, 1.5), abs=1e-12)
+    # every child's candidates were drawn under the budget left after the root move (0.5)
+    assert seen == [5.0] + [4.5] * 4
+
+    # a beam of one: only the root with the best immediate score is expanded, and the choice
+    # is among expanded roots only. Root 0 (immediate 1/1.5) must then move to 1 and learns
+    # nothing: V = 1, S = 1, W = 1.5, score 0.6; root 1 is not expanded, and its immediate
+    # score 0.95/1.5 = 0.633 is not comparable with a lookahead value.
+    eig = {(): {0.0: 1.0, 1.0: 0.95}, (0.0,): {1.0: 0.0}}
+    moves = {0.5: [0.0, 1.0], 0.0: [1.0]}
+    _tree_with_tables(monkeypatch, eig, moves)
+    beam = ScenarioTreePlanner(depth=1, branching=1, discount=0.5, expand_top=1)
+    V, xi, S, W = beam._value(_TablePosterior(), prev, cons, 5.0, 1, None)
+    assert float(xi[0]) == 0.0 and (V, S, W) == pytest.approx((1.0, 1.0, 1.5), abs=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_step_bound_feasibility_is_sharp(norm):
+    cons = Constraints([StepBound(0.2, norm)])
+    prev = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    unit = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    inside, outside = prev + 0.2 * (1 - 1e-12) * unit, prev + 0.2 * 1.01 * unit
+    assert bool(cons.feasible(prev, inside, 1.0)) and not bool(cons.feasible(prev, outside, 1.0))
+    diagonal = prev + 0.19 * torch.ones(2, dtype=torch.float64)  # L2 length 0.27, L_inf 0.19
+    assert bool(cons.feasible(prev, diagonal, 1.0)) == (norm == "inf")
+
+
+def test_l2_step_candidates_are_uniform_in_the_ball():
+    # uniform in a disc of radius delta: P(r < delta / 2) = 1/4 (a uniform radius gives 1/2)
+    cons = Constraints([StepBound(0.2, "2")], design_bounds=(-10, 10))
+    prev = torch.zeros(2, dtype=torch.float64)
+    cand = cons.sample(prev, 20_000, float("inf"), torch.Generator().manual_seed(0))[:-1]
+    r = cand.norm(dim=-1)
+    assert float(r.max()) <= 0.2
+    assert float((r < 0.1).double().mean()) == pytest.approx(0.25, abs=0.015)
+
+
+def test_projection_halves_an_over_budget_move_until_it_fits():
+    # a move of length 0.9 with 0.5 left: halved once to 0.45 (documented: halve towards prev)
+    cons = Constraints([TravelBudget(1.0)])
+    prev = torch.tensor([0.05, 0.05], dtype=torch.float64)
+    xi = prev + torch.tensor([0.9, 0.0], dtype=torch.float64)
+    out = cons.project(prev, xi, 0.5)
+    assert torch.allclose(out, prev + torch.tensor([0.45, 0.0], dtype=torch.float64))
+    assert torch.allclose(cons.project(prev, xi, 0.2), prev + torch.tensor([0.1125, 0.0]).double())
