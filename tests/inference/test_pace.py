@@ -516,3 +516,36 @@ def test_the_per_entry_baseline_adds_the_noise_of_each_entry_sensitivity():
         z.append((est.covariance_.numpy()[iu] - S[iu]) / sigma)
     sd = np.std(z, axis=0, ddof=1)
     assert np.all(np.abs(sd - 1) < 0.15), sd  # 300 draws: the sd's own sd is about 0.04
+
+
+@pytest.mark.parametrize("lam", [0.05, 1.0])
+def test_relaxed_completion_meets_its_stationarity_conditions(lam):
+    r"""At the optimum of sum_e (Sigma_e - y_e)^2 / 2 sigma_e^2 - lam log det Sigma, with each
+    entry e a single number (Sigma_ij and Sigma_ji together): on a diagonal entry
+    (Sigma_ii - y_ii) / sigma^2 = lam (Sigma^-1)_ii; on an off-diagonal one the log-det
+    derivative counts both halves, (Sigma_ij - y_ij) / sigma^2 = 2 lam (Sigma^-1)_ij; and off
+    the entries the precision is zero. A four-cycle with a chord missing, unequal noise."""
+    entries = [(0, 0), (1, 1), (2, 2), (3, 3), (0, 1), (1, 2), (2, 3), (0, 3)]
+    values = [1.0, 2.0, 1.5, 1.2, 0.9, -0.4, 1.3, 0.2]
+    noise = [0.1, 0.2, 0.1, 0.3, 0.05, 0.2, 0.1, 0.4]
+    Sig, P = relaxed_completion(entries, values, 4, noise, lam=lam)
+    inv = torch.linalg.inv(Sig)
+    fits = []
+    for (i, j), y, s in zip(entries, values, noise):
+        fits.append(float(Sig[i, j] - y) / s**2)
+        logdet = lam * (1 if i == j else 2) * float(inv[i, j])
+        assert fits[-1] == pytest.approx(logdet, abs=1e-5), (i, j)
+    assert max(abs(f) for f in fits) > 0.04  # both sides are far from zero: a real balance
+    assert abs(float(inv[0, 2])) < 1e-9 and abs(float(inv[1, 3])) < 1e-9
+    assert torch.allclose(P, inv, atol=1e-8)
+
+
+def test_exact_completion_ignores_the_values_a_warm_start_holds_on_the_entries():
+    # a warm start only seeds the unmeasured entries: the measured ones, the diagonal
+    # included, come from the values (the sweeps never rewrite a diagonal entry)
+    S, K = make_sparse_precision(8, seed=1)
+    E = _support(K)
+    cold = exact_completion(E, [S[i, j] for i, j in E], 8)[0]
+    A = torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    warm = exact_completion(E, [S[i, j] for i, j in E], 8, init=A @ A.T + 8 * torch.eye(8))[0]
+    assert torch.allclose(warm, cold, atol=1e-9) and torch.allclose(cold, S, atol=1e-8)
