@@ -202,6 +202,39 @@ def test_bias_correction_reduces_error_with_misspecified_outcome():
     assert errs[1] < 0.75 * errs[0], errs
 
 
+def test_bias_correction_recovers_the_adversarys_mean_outcome_from_any_predictor():
+    r"""The corrected predictor f + c^T phi solves an estimating equation that holds at the
+    truth when the density ratios are right, however wrong the outcome model: here
+    mu_hat(x, a) = 0.4 + 0.1 a against the true 0.2 + 0.5 a, a target shifted by 0.5 in x (so
+    omega = p_T / p_S varies, and logistic regression, the default domain classifier, is
+    well specified), and a target sample half the source's size. Binary A: the adversary's
+    ratio r_Q = q / p on a = 1 and (1 - q) / (1 - p) on a = 0 is exact. So the corrected
+    prediction must be E_Q mu = 0.2 + 0.5 q (q the fitted adversary's), from the fitted
+    predictor (0.43: the response to the wrong mu_hat) and from an arbitrary one (0.8) alike.
+    The second case sets the predictor and reruns the correction (private members)."""
+    from probml.inference.minimax import _ConstantLogit
+
+    prob = BinaryShiftProblem()
+    Xs, As, ys, Xt = prob.sample(20_000, 0)
+    Xt = Xt[:10_000] + 0.5
+    est = DRUM(
+        rho=0.1, outcome_model=lambda x, a: 0.4 + 0.1 * a.reshape(x.shape[:-1]).to(x),
+        source_conditional=_known_g0(0.15), predictor="constant", bias_correction=True,
+        num_iters=200, verbose=False,
+    ).fit(Xs, As, ys, Xt)  # fmt: skip
+    with torch.no_grad():
+        q = float(est.adversary_.prob(Xt[:1]))
+        plain = float(torch.sigmoid(est.predictor_(Xt[:1])))
+    truth = 0.2 + 0.5 * q
+    assert q > 0.3 and abs(plain - truth) > 0.06  # the adversary moved; f alone is off
+    assert abs(float(est.predict_proba(Xt)[:, 1].mean()) - truth) < 0.02
+    est.predictor_ = _ConstantLogit()
+    with torch.no_grad():
+        est.predictor_.bias.fill_(math.log(0.8 / 0.2))
+    est.correction_ = est._bias_correction(Xs, As, ys, Xt)
+    assert abs(float(est.predict_proba(Xt)[:, 1].mean()) - truth) < 0.02
+
+
 def test_brier_risk_is_the_expected_squared_error():
     mu = torch.tensor([0.2, 0.7])
     f = torch.tensor([0.4, 0.4])
