@@ -153,10 +153,13 @@ def test_q_dr_beats_q_and_t_when_both_nuisance_models_are_wrong():
 def test_weighted_q_learner_for_nonnegative_outcomes():
     rng = np.random.default_rng(0)
     d = make_ratio_data(100_000, d=2, base_logit=-1.0, gamma=np.array([0.3, -0.2]), seed=0)
-    # a non-negative outcome with the same ratio: amount = Bernoulli * Gamma(2, 1/2) (mean 1)
-    y = d.y * rng.gamma(2.0, 0.5, size=len(d.y))
+    # a non-negative outcome: amount = conversion * Gamma(2, scale), the mean amount 1 in
+    # control and 1.5 under treatment, so tau = 1.5 tau_conversion. Only the weights Y carry
+    # the amounts: a classifier of W among converters, unweighted, would find tau_conversion
+    # (log 1.5 = 0.41 off).
+    y = d.y * rng.gamma(2.0, 0.5 * (1 + 0.5 * d.w), size=len(d.y))
     q = QLearner(classifier=EXACT).fit(d.X, d.w, y, propensity=0.5)
-    assert log_tau_mse(q.effect(d.X[:5000]), d.tau[:5000]) < 0.01
+    assert log_tau_mse(q.effect(d.X[:5000]), 1.5 * d.tau[:5000]) < 0.01
 
 
 def test_s_learner_and_estimator_api():
@@ -439,3 +442,31 @@ def test_linearised_pseudo_outcome_has_its_closed_form_mean():
         n_folds=2,
     ).fit(X, w, y, propensity=0.5)
     assert np.allclose(est.effect(X[:3]), 1 + (m1 - m0) / c, atol=1e-12)
+
+
+def test_floors_and_clips_act_where_documented():
+    """Each documented floor or clip, where it binds: DR-ratio's default floors are 1% of
+    each arm's own mean outcome, the S-learner floors mu_hat at ``floor``, and a propensity
+    (given or fitted) is clipped to [clip, 1 - clip] before it divides."""
+    from sklearn.dummy import DummyRegressor
+
+    rng = np.random.default_rng(0)
+    n = 400
+    X = rng.normal(size=(n, 2))
+    w = np.tile([0, 1], n // 2)
+    y = np.where(w == 1, 3.0, 1.0) * rng.uniform(0.5, 1.5, n)
+    # a final stage that dips below zero everywhere: both arms sit on their floors
+    dr = DRRatioLearner(final_model=DummyRegressor(strategy="constant", constant=-1.0))
+    dr.fit(X, w, y, propensity=0.5)
+    assert np.allclose(dr.effect(X[:3]), y[w == 1].mean() / y[w == 0].mean())
+    # y = 0.001 + 1.999 w exactly: mu_hat(x, 0) = 0.001 is floored at 0.01
+    s = SRatioLearner(model=LinearRegression(), floor=0.01).fit(X, w, 0.001 + 1.999 * w)
+    assert np.allclose(s.effect(X[:3]), 2.0 / 0.01, rtol=1e-6)
+    # a given propensity of 0.001 at the first 10 units: clipped to 0.05
+    e = np.full(n, 0.5)
+    e[:10] = 0.001
+    q = QLearner(classifier=EXACT, clip=0.05).fit(X, w, y, propensity=lambda Z: e[: len(Z)])
+    assert np.allclose(q.propensity(X)[:10], 0.05)
+    dr = DRRatioLearner(final_model=LinearRegression(), clip=0.05)
+    dr.fit(X, w, y, propensity=lambda Z: e[: len(Z)] if len(Z) == n else np.full(len(Z), 0.5))
+    assert dr.nuisances_["e"].min() == pytest.approx(0.05)
