@@ -40,6 +40,9 @@ def test_linear_toy_strong_factor_identified_and_removed():
     u_hat = dirs.directions["out"][:, 0]
     assert abs(float(u_hat @ toy.u)) >= 0.95
     dW_naive = next(lora_modules(naive)).delta_weight().detach()
+    # the violation of the naive update: max |u_hat^T Delta W| (a write module), by hand
+    want = float((u_hat @ dW_naive).abs().max())
+    assert want > 0.5 and GRASP(dirs).violation(naive) == pytest.approx(want, rel=1e-5)
     assert toy.shift_along_u(dW_naive) > 2.5  # the naive fine-tune learns the spurious factor
     m = toy.model()
     add_lora(m, ["out"], rank=4, seed=1)
@@ -1029,3 +1032,26 @@ def test_persona_direction_reads_turns_two_to_four_only():
 
     (d,) = persona_direction(Writes(), w, n=400)
     assert float(d @ u) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_shared_residual_direction_weighs_modules_by_squared_singular_values():
+    r"""The shared basis is the top of sum_j sigma_j^2 u_j u_j^T over the residual-width
+    modules, largest first. Module a: e_1 with sigma 2 (weight 4); modules b and c: e_2 with
+    sigma 1.2 each (weight 2.88): e_1 leads. Weighing by sigma instead (2 against 2.4) would
+    put e_2 first. A module of another width takes no part."""
+    from probml.inference.projection import SpuriousDirections
+
+    e = torch.eye(4)
+    dirs = SpuriousDirections(
+        directions={"a": e[:, :1], "b": e[:, 1:2], "c": e[:, 1:2], "wide": torch.eye(6)[:, :1]},
+        sides={"a": "write", "b": "write", "c": "write", "wide": "read"},
+        singular_values={
+            "a": torch.tensor([2.0]),
+            "b": torch.tensor([1.2]),
+            "c": torch.tensor([1.2]),
+            "wide": torch.tensor([100.0]),
+        },
+    )
+    top = dirs.residual_direction(2)
+    assert top.shape == (4, 2)
+    assert torch.allclose(top.abs(), e[:, :2], atol=1e-6)  # e_1 first, then e_2
