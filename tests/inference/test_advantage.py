@@ -174,6 +174,10 @@ def test_textbook_estimators_on_hand_computed_cases():
     spo = SPOTracker(torch.tensor([0.5, 0.5]), strength=2.0, discount=1.0)
     a = spo.advantages(torch.tensor([0]), torch.tensor([1.0]))
     assert a.item() == 0.5 and spo.baseline(torch.tensor([0])).item() == pytest.approx(2 / 3)
+    # with forgetting: (a, b) = (2, 2) -> (0.5 * 2 + 1, 0.5 * 2 + 0) = (2, 1), mean 2/3
+    spo = SPOTracker(torch.tensor([0.5]), strength=4.0, discount=0.5)
+    spo.advantages(torch.tensor([0]), torch.tensor([1.0]))
+    assert spo.baseline(torch.tensor([0])).item() == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize(
