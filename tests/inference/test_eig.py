@@ -156,3 +156,50 @@ def test_cost_maps_and_path_costs():
     assert float(quadratic_cost(torch.zeros(2, dtype=torch.float64))) == pytest.approx(1.05)
     with pytest.raises(ValueError, match="num_points"):
         path_cost(constant_cost, 0)
+
+
+def test_experiment_formulas_by_hand_and_the_views_agree():
+    """Known answers for the formulas that every view of an experiment shares (so agreement
+    between the views cannot see them), and the agreements themselves: the packed
+    likelihood against the Pyro model's site, ``sample_prior`` against the Pyro priors."""
+    from probml.models.experiments import CES, terrain_cost
+
+    # CES utility (sum_i alpha_i x_i^rho)^(1/rho): rho = 1/2, alpha = (0.2, 0.3, 0.5),
+    # x = (1, 4, 9): (0.2 + 0.6 + 1.5)^2 = 5.29
+    alpha = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    x = torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64)
+    assert float(CES.utility(torch.tensor(0.5).double(), alpha, x)) == pytest.approx(5.29)
+    # the outcome's logit is N(u (U(x) - U(x')), (nu u (1 + |x - x'|))^2): identical baskets
+    # but for a distance of 3 give mean 0 and sd 0.005 * 2 * 4 = 0.04 at u = 2
+    ces = CES()
+    theta = torch.tensor([0.5, 0.2, 0.3, 0.5, math.log(2.0)], dtype=torch.float64)
+    d = torch.tensor([1.0, 4.0, 9.0, 1.0, 4.0, 12.0], dtype=torch.float64)
+    y = torch.tensor(0.51, dtype=torch.float64)  # mu = u (U(x) - U(x')) < 0 here
+    mu = 2.0 * (5.29 - float(CES.utility(torch.tensor(0.5).double(), alpha, d[3:])))
+    logit = math.log(0.51 / 0.49)
+    want = (
+        -0.5 * ((logit - mu) / 0.04) ** 2
+        - math.log(0.04 * math.sqrt(2 * math.pi))
+        - math.log(0.51 * 0.49)
+    )
+    assert float(ces.log_likelihood(theta, d, y)) == pytest.approx(want, rel=1e-9)
+    # CES's packed prior draws against the Pyro model's priors: rho ~ U(0, 1),
+    # alpha ~ Dir(1, 1, 1), log u ~ N(1, 3^2)
+    th = ces.sample_prior(40_000, generator=torch.Generator().manual_seed(0))
+    assert float(th[:, 0].mean()) == pytest.approx(0.5, abs=0.01)
+    assert float(th[:, 1].mean()) == pytest.approx(1 / 3, abs=0.01)
+    assert float(th[:, 4].mean()) == pytest.approx(1.0, abs=0.06)
+    assert float(th[:, 4].std()) == pytest.approx(3.0, abs=0.06)
+    # location finding: the packed likelihood is the Pyro model's Gaussian site
+    lf = LocationFinding(num_sources=2, dim=2, noise_scale=0.3)
+    pyro.set_rng_seed(0)
+    tr = pyro.poutine.trace(lf).get_trace(torch.rand(5, 2, dtype=torch.float64))
+    tr.compute_log_prob()
+    ll = lf.log_likelihood(tr.nodes["theta"]["value"], tr.nodes["_INPUT"]["args"][0],
+                           tr.nodes["y"]["value"])  # fmt: skip
+    assert torch.allclose(ll, tr.nodes["y"]["log_prob"])
+    # a terrain hill: floor + h at its centre, floor + h exp(-1/2) one width away
+    c = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    pts = torch.tensor([[0.5, 0.5], [0.65, 0.5]], dtype=torch.float64)
+    got = terrain_cost(pts, centers=c, heights=2.0, width=0.15, floor=0.2)
+    assert torch.allclose(got, torch.tensor([2.2, 0.2 + 2 * math.exp(-0.5)]).double())
