@@ -114,6 +114,9 @@ def test_policy_training_learns_the_informative_designs():
 def test_amortized_sampling_uses_only_its_generator_and_the_mean_is_exact():
     ex = LinearGaussianExperiment(SIGMA, noise_scale=0.5)
     net = train_posterior_net(ex, horizon=3, num_steps=20, hidden=16, seed=0)
+    # standardisation buffers away from (0, 1), where a missing shift or scale is invisible
+    net.theta_mean.copy_(torch.tensor([1.0, -2.0]))
+    net.theta_scale.copy_(torch.tensor([3.0, 0.5]))
     post = AmortizedPosterior(net, ex).condition(torch.tensor([1.0, 0.5]), torch.tensor(0.7))
     state = torch.get_rng_state()
     a = post.sample(20_000, generator=3)
@@ -123,6 +126,22 @@ def test_amortized_sampling_uses_only_its_generator_and_the_mean_is_exact():
     # the draws have the mixture's total variance (in the original coordinates)
     var = float((net.theta_scale**2 * post._q().variance).sum())
     assert float(a.var(0).sum()) == pytest.approx(var, rel=0.05)
+    # the density of the draws: E log q(theta) = E_z log q_std(z) - sum log scale, with z
+    # drawn by the mixture itself in standardised coordinates
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        z = post._q().sample((20_000,))
+    neg_entropy = float(post._q().log_prob(z).mean()) - float(net.theta_scale.log().sum())
+    assert float(post.log_prob(a).mean()) == pytest.approx(neg_entropy, abs=0.05)
+    # training and inference summarise a history alike: the NLL after every prefix equals
+    # the amortised posterior's log density after that prefix
+    X = torch.rand(4, 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    theta = ex.sample_prior(4, generator=torch.Generator().manual_seed(2))
+    ys = ex.sample_y(theta.unsqueeze(1), X, generator=torch.Generator().manual_seed(3))
+    nll = net.prefix_nll(X, ys, theta).detach()
+    for t in range(4):
+        q_t = AmortizedPosterior(net, ex, X[:, :t], ys[:, :t])
+        assert torch.allclose(-q_t.log_prob(theta), nll[:, t].double(), atol=1e-5), t
 
 
 def test_fit_amortized_is_reproducible_from_its_seed_alone():
