@@ -25,11 +25,13 @@ All computations are float64.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from scipy.optimize import minimize
+from sklearn.exceptions import ConvergenceWarning
 
 __all__ = ["CompletionError", "exact_completion", "relaxed_completion", "maxent_completion"]
 
@@ -226,15 +228,20 @@ def relaxed_completion(
         init: warm start ``Sigma`` (``d x d``), e.g. the previous round's; if it is not
             numerically positive definite, the default start (the diagonal of the values) is
             used instead.
+        max_iter: L-BFGS iterations; a ``sklearn.exceptions.ConvergenceWarning`` says when
+            the solver stopped before converging.
 
     Returns:
         ``(Sigma, precision)``: symmetric positive definite, precision zero off the entries.
 
-    The fit is scale-equivariant: values and noise scales times ``c`` give ``Sigma`` times
-    ``c`` (the log-det term only shifts by ``d log c``). It is therefore solved on values
-    divided by their largest magnitude and scaled back, so that L-BFGS, whose tolerances are
-    absolute, meets entries of any size alike (solved on the raw values, it can stop far from
-    the optimum on entries of order 1e4).
+    The fit is equivariant under a diagonal change of scale: values and noise scales
+    :math:`D y D` and :math:`D \sigma D` give :math:`D \Sigma D` (the log-det term only shifts
+    by :math:`2 \log\det D`). It is therefore solved in coordinates where every variance is
+    about 1, :math:`s_i = \sqrt{\max(|y_{ii}|, \sigma_{ii})}`, and scaled back. L-BFGS's
+    tolerances are absolute, and its conditioning follows the spread of the variances: solved
+    on the raw values it stopped far from the optimum on entries of order 1e4, and with one
+    common scale it needed over 10,000 iterations (0.7% off in correlation units after 2,000)
+    where variances spread over ten orders of magnitude; per coordinate, under 200.
     """
     idx, mask = _entry_mask(entries, dim)
     idx, values, noise_scales = _merge_repeats(idx, values, noise_scales)
@@ -242,11 +249,12 @@ def relaxed_completion(
     sig = _fill(idx, noise_scales, dim)  # positive: checked by _merge_repeats
     if not lam > 0:  # NaN fails too
         raise ValueError(f"lam must be > 0, got {lam}")
-    # solve at unit scale (see the docstring); Sigma scales by c and the precision by 1/c
-    c = float(y[mask].abs().max())
-    c = c if 0.0 < c < float("inf") else 1.0
-    y, sig = y / c, sig / c
-    init = None if init is None else init.to(torch.float64) / c
+    # solve on unit-scale coordinates (see the docstring): D y D and D sigma D with
+    # D = diag(1 / s); Sigma is D^-1 Sigma' D^-1, its precision D Sigma'^-1 D
+    s = torch.maximum(y.diagonal().abs(), sig.diagonal()).sqrt()
+    ss = s[:, None] * s[None, :]
+    y, sig = y / ss, sig / ss
+    init = None if init is None else init.to(torch.float64) / ss
     wmat = torch.where(mask, 1.0 / sig.clamp_min(1e-300) ** 2, torch.zeros_like(sig))
     # each off-diagonal entry appears twice in the symmetric sum: halve its weight
     wmat = torch.where(torch.eye(dim, dtype=torch.bool), wmat, 0.5 * wmat)
@@ -290,6 +298,18 @@ def relaxed_completion(
         method="L-BFGS-B",
         options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-10},
     )
+    # L-BFGS-B's "ABNORMAL" (a line search that cannot improve) once the gradient has fallen
+    # a millionfold is convergence to the floating-point floor (heavy weights, noise sds far
+    # below the entries, keep the last gradient well above zero); the iteration limit is not
+    g0 = float(np.abs(fun(theta0)[1]).max())
+    stalled = res.status == 2 and float(np.abs(res.jac).max()) <= 1e-6 * max(g0, 1.0)
+    if not (res.success or stalled):
+        warnings.warn(
+            f"relaxed_completion: L-BFGS stopped before convergence ({res.message}); the fit "
+            f"may be off its optimum (raise max_iter, now {max_iter})",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     L = torch.as_tensor(unpack(res.x), dtype=torch.float64, device=y.device)
     Sigma = L @ L.T
     # clean-up: the exact completion of the fitted entries (they have a PD completion: Sigma)
@@ -298,7 +318,7 @@ def relaxed_completion(
         Sigma, precision = exact_completion(idx, fitted, dim, init=Sigma)
     except CompletionError:  # pragma: no cover - numerical corner; Sigma itself is PD
         precision = torch.linalg.inv(Sigma)
-    return Sigma * c, precision / c
+    return Sigma * ss, precision / ss
 
 
 def maxent_completion(

@@ -27,12 +27,15 @@ the spec, checked numerically):
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import ot
 import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import spsolve
 from sklearn.base import BaseEstimator, clone
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KNeighborsRegressor
 
@@ -338,6 +341,9 @@ def fair_w2_unaware(
 ):
     """Unaware W2 by alternating minimisation with the interpolation warm start.
 
+    Stops when a round lowers the objective by at most ``tol`` (relative); a
+    ``sklearn.exceptions.ConvergenceWarning`` says when ``max_iter`` rounds did not get there.
+
     Returns:
         ``n`` predictions (and the list of objective values if ``return_history``).
     """
@@ -366,6 +372,14 @@ def fair_w2_unaware(
         history.append(obj)
         if history[-2] - obj <= tol * max(abs(obj), 1e-12):
             break
+    else:
+        warnings.warn(
+            f"fair_w2_unaware: the alternating minimisation did not converge in max_iter = "
+            f"{max_iter} rounds (last decrease {history[-2] - history[-1]:.3g}); the "
+            "predictions may be off the optimum",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     return (f, history) if return_history else f
 
 

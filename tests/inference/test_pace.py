@@ -549,3 +549,34 @@ def test_exact_completion_ignores_the_values_a_warm_start_holds_on_the_entries()
     A = torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     warm = exact_completion(E, [S[i, j] for i, j in E], 8, init=A @ A.T + 8 * torch.eye(8))[0]
     assert torch.allclose(warm, cold, atol=1e-9) and torch.allclose(cold, S, atol=1e-8)
+
+
+def test_relaxed_completion_converges_where_the_variances_spread_over_ten_orders():
+    """Variances from 1e-4 to 1e6 (real data has them, with the bounds at the raw maxima):
+    one common scale left L-BFGS badly conditioned (over 10,000 iterations; after the 2,000
+    allowed, 0.7% off the optimum in correlation units on a PACE benchmark set, without a
+    word). Solved per coordinate, it converges quietly and meets its stationarity
+    conditions."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    d = 6
+    sd = torch.logspace(-2, 3, d, dtype=torch.float64)
+    A = torch.randn(d, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    C = A @ A.T + d * torch.eye(d, dtype=torch.float64)
+    C = C / torch.outer(C.diagonal().sqrt(), C.diagonal().sqrt())
+    S = C * torch.outer(sd, sd)
+    entries = [(i, i) for i in range(d)] + [(i, i + 1) for i in range(d - 1)] + [(0, 5)]
+    noise = [0.05 * float(sd[i] * sd[j]) for i, j in entries]
+    g = torch.Generator().manual_seed(1)
+    values = [float(S[i, j]) + s * float(torch.randn(1, generator=g, dtype=torch.float64))
+              for (i, j), s in zip(entries, noise)]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        Sig, _ = relaxed_completion(entries, values, d, noise, lam=1.0)
+    inv = torch.linalg.inv(Sig)
+    for (i, j), y, s in zip(entries, values, noise):
+        fit = float(Sig[i, j] - y) / s**2
+        logdet = (1 if i == j else 2) * float(inv[i, j])
+        assert fit == pytest.approx(logdet, rel=1e-5, abs=1e-5), (i, j)

@@ -405,3 +405,25 @@ def test_base_model_column_output_and_a_group_classifier_without_probabilities()
         FairRegressor(Columns(2), strength=0.5).fit(X, y, s)
     with pytest.raises(TypeError, match="group_classifier: LinearSVC has no predict_proba"):
         FairRegressor(aware=False, group_classifier=LinearSVC()).fit(X, y, s)
+
+
+def test_inner_solvers_say_when_they_stop_before_converging():
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from probml.inference.maxent import relaxed_completion
+
+    d = make_gaussian_groups(600, p1=0.4, mean_shift=2.0, seed=1)
+    eta = d.X @ np.ones(2) + 1.0 * d.pi  # E[Y | X]
+    _, hist = fair_w2_unaware(eta, d.pi, 0.4, 1.0, return_history=True)
+    assert len(hist) > 2  # more than one round is needed here
+    with pytest.warns(ConvergenceWarning, match="max_iter = 1 rounds"):
+        fair_w2_unaware(eta, d.pi, 0.4, 1.0, max_iter=1)
+    args = ([(0, 0), (1, 1), (0, 1)], [1.0, 1.0, 1.5], 2, [0.1, 0.1, 0.5])
+    with pytest.warns(ConvergenceWarning, match="L-BFGS stopped before convergence"):
+        relaxed_completion(*args, max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        fair_w2_unaware(eta, d.pi, 0.4, 1.0)  # within the default 50 rounds
+        relaxed_completion(*args)
