@@ -33,6 +33,12 @@ def _sequence_zero_eval_every():
                     eval_every=0)  # fmt: skip
 
 
+def _relaxed_completion_fractional_max_iter():
+    from probml.inference.maxent import relaxed_completion
+
+    relaxed_completion([(0, 0)], [1.0], 1, [1.0], max_iter=2.5)
+
+
 def _cell_data_no_cells():
     from probml.datasets.ratio import make_cell_data
 
@@ -279,6 +285,7 @@ def _fair_posterior_no_draws():
         (_relative_error_zero_truth, "truth"),
         (_crps_no_member_axis, "particles"),
         (_fair_posterior_no_draws, "num_samples"),
+        (_relaxed_completion_fractional_max_iter, "max_iter"),
     ],
 )
 def test_bad_count_or_scale_is_rejected_by_name(call, name):

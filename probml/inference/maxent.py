@@ -33,6 +33,8 @@ import torch
 from scipy.optimize import minimize
 from sklearn.exceptions import ConvergenceWarning
 
+from probml.utils import check_int
+
 __all__ = ["CompletionError", "exact_completion", "relaxed_completion", "maxent_completion"]
 
 
@@ -249,6 +251,7 @@ def relaxed_completion(
     sig = _fill(idx, noise_scales, dim)  # positive: checked by _merge_repeats
     if not lam > 0:  # NaN fails too
         raise ValueError(f"lam must be > 0, got {lam}")
+    max_iter = check_int("max_iter", max_iter)
     # solve on unit-scale coordinates (see the docstring): D y D and D sigma D with
     # D = diag(1 / s); Sigma is D^-1 Sigma' D^-1, its precision D Sigma'^-1 D
     s = torch.maximum(y.diagonal().abs(), sig.diagonal()).sqrt()
