@@ -158,6 +158,16 @@ def test_generators_density_and_transport():
     a, cost = tp(X[:10], z)
     assert torch.allclose(a, flow.sample_with_noise(X[:10], z), atol=1e-5)  # starts at G0
     assert float(cost.detach().abs().max()) == 0.0
+    # the noise-outsourced draw is a draw of the flow itself, its output scale included:
+    # for A far from 0 and 1 in location and scale, its moments are those of the flow's own
+    # sampler at one context
+    far = fit_source_conditional(5.0 + 3.0 * A, X, num_iters=50, verbose=False)
+    x = X[:1].expand(4000, 2)
+    with torch.no_grad():
+        own = far.dist(x).sample(x.shape[:-1])
+        outsourced = far.sample_with_noise(x, torch.randn(4000, 2, generator=g))
+    assert torch.allclose(outsourced.mean(0), own.mean(0), atol=0.3)
+    assert torch.allclose(outsourced.std(0), own.std(0), rtol=0.1)
     for kw, match in (({"batch_size": 0}, "batch_size"), ({"lr": float("nan")}, "lr"),
                       ({"binary": True}, "binary")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
