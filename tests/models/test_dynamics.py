@@ -224,3 +224,17 @@ def test_a_user_system_with_wrong_shapes_is_named():
         _Decaying(lambda x: x[..., :1], init_loc=torch.zeros(2))
     with pytest.raises(ValueError, match=r"process_scale_tril must be a tensor of shape \(1, 1\)"):
         _Decaying(lambda x: x[..., :1], process_scale_tril=torch.ones(1))
+
+
+def test_initial_and_transition_draws_have_their_covariances():
+    """A correlated prior and process noise (every built-in model has diagonal ones, where
+    L and L^T give the same draws): the draws' covariances are L L^T."""
+    A = torch.eye(2, dtype=torch.float64)
+    Q = torch.tensor([[1.0, 0.8], [0.8, 1.0]], dtype=torch.float64)
+    P0 = torch.tensor([[4.0, -1.5], [-1.5, 1.0]], dtype=torch.float64)
+    ssm = LinearGaussianSSM(A, Q, torch.eye(2, dtype=torch.float64), 0.1, init_cov=P0)
+    g = torch.Generator().manual_seed(0)
+    x0 = ssm.sample_init(40_000, generator=g)
+    assert torch.allclose(torch.cov(x0.T), P0, atol=0.08)
+    x1 = ssm.sample_transition(torch.zeros(40_000, 2, dtype=torch.float64), generator=g)
+    assert torch.allclose(torch.cov(x1.T), Q, atol=0.03)
