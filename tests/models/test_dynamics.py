@@ -1,3 +1,5 @@
+import math
+
 import pyro.poutine as poutine
 import pytest
 import torch
@@ -152,6 +154,15 @@ def test_schedule_levels_and_validation():
     assert s.shape == (11,) and float(s[-1]) == 1.0 and bool((s.diff() > 0).all())
     al, sg = sch.alpha(s), sch.sigma(s)
     assert torch.allclose(al**2 + sg**2, torch.ones_like(s))
+    # alpha(s) = exp(-1/2 int_0^s beta), beta linear from 0.1 to 20: exp(-(0.1 + 19.9 / 2) / 2)
+    one = torch.ones((), dtype=torch.float64)
+    assert float(sch.alpha(one)) == pytest.approx(math.exp(-0.5 * (0.1 + 0.5 * 19.9)))
+    # the DDPM posterior q(z_{k-1} | z_k, z_0) carries the forward marginals back exactly:
+    # z_k ~ N(alpha_k x0, sigma_k^2) gives c_x0 x0 + c_z z_k + sqrt(var) eps with mean
+    # alpha_{k-1} x0 and variance sigma_{k-1}^2
+    c_x0, c_z, var, al, sg, _ = sch.reverse_coefficients(10)
+    assert torch.allclose(c_x0 + c_z * al[1:], al[:-1], atol=1e-12)
+    assert torch.allclose(c_z**2 * sg[1:] ** 2 + var, sg[:-1] ** 2, atol=1e-12)
     with pytest.raises(ValueError, match="num_diffusion_steps"):
         sch.levels(0)
 
