@@ -298,3 +298,15 @@ def test_weighted_moments_by_hand():
     m, s = weighted_moments(parts, lw)
     assert torch.allclose(m, torch.tensor([1.0], dtype=torch.float64), atol=1e-12)
     assert torch.allclose(s, torch.tensor([1.5], dtype=torch.float64).sqrt(), atol=1e-12)
+
+
+def test_resampling_count_is_summed_over_the_batch():
+    # ess_threshold = 1 resamples every entry at every step whose incoming weights are not
+    # exactly uniform: all but the first (the weights after init are), so B (T - 1) = 12;
+    # 0 never resamples
+    ssm = LinearGaussianSSM.random(dim=4)
+    _, ys = ssm.simulate(5, num_trajectories=3, generator=0)
+    x0 = torch.zeros(3, 32, 4, dtype=torch.float64)
+    for thr, want in ((1.0, 12), (0.0, 0)):
+        pf = BootstrapPF(ssm, ssm.observation, 32, seed=0, verbose=False, ess_threshold=thr)
+        assert pf.filter(ys, x0).num_resamples == want
