@@ -193,10 +193,10 @@ def test_experiment_formulas_by_hand_and_the_views_agree():
     # location finding: the packed likelihood is the Pyro model's Gaussian site
     lf = LocationFinding(num_sources=2, dim=2, noise_scale=0.3)
     pyro.set_rng_seed(0)
-    tr = pyro.poutine.trace(lf).get_trace(torch.rand(5, 2, dtype=torch.float64))
+    design = torch.rand(5, 2, dtype=torch.float64)
+    tr = pyro.poutine.trace(lf).get_trace(design)
     tr.compute_log_prob()
-    ll = lf.log_likelihood(tr.nodes["theta"]["value"], tr.nodes["_INPUT"]["args"][0],
-                           tr.nodes["y"]["value"])  # fmt: skip
+    ll = lf.log_likelihood(tr.nodes["theta"]["value"], design, tr.nodes["y"]["value"])
     assert torch.allclose(ll, tr.nodes["y"]["log_prob"])
     # a terrain hill: floor + h at its centre, floor + h exp(-1/2) one width away
     c = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
