@@ -382,7 +382,8 @@ def test_tree_value_recursion_by_hand(monkeypatch):
     S = c + g S_child and W = 1 + g W_child, and it scores V / (1 + lam S / W). Worked out:
     root 1 (EIG 0.8) then 0 (EIG 3, cost 1): V = 2.3, S = 1, W = 1.5, score 1.38. Root 0
     (EIG 1.67) then stay (EIG 0.2, cost 0): V = 1.77, S = 0.5, W = 1.5, score 1.3275. Scoring
-    by S instead of S / W (a total cost for a mean one) would pick root 0 (1.15 against 1.18)."""
+    by S instead of S / W (a total cost for a mean one) would pick root 0 (1.15 against 1.18).
+    The private ``_value`` is called because the public ``plan`` returns the design only."""
     eig = {(): {0.0: 1.67, 1.0: 0.8}, (1.0,): {0.0: 3.0, 1.0: 0.5}, (0.0,): {0.0: 0.2, 1.0: 0.2}}
     moves = {0.5: [0.0, 1.0], 0.0: [0.0, 1.0], 1.0: [0.0, 1.0]}
     seen = _tree_with_tables(monkeypatch, eig, moves)
