@@ -615,3 +615,15 @@ def test_linearised_basis_baseline_by_hand():
     )
     assert torch.allclose(diag["baseline"], want.clamp(0, 1), atol=1e-12)
     assert torch.allclose(adv, r - diag["baseline"], atol=1e-12)
+
+
+def test_prompt_drift_filter_starts_from_the_discretised_eta_prior():
+    # every prompt starts at N(0, tau^2) on the eta grid -4 .. 4 (step 0.2 resolves even
+    # tau = 0.25; the truncation at 4 tau costs 0.07% of the variance at tau = 1); tau = 0 is
+    # a point mass at 0
+    f = PromptDriftFilter(3, taus=(0.0, 0.25, 0.5, 1.0))
+    q = torch.softmax(f.log_q[2], -1)  # T x E
+    var = (q * f.eta_grid**2).sum(-1)
+    assert torch.allclose(var, torch.tensor([0.0, 0.0625, 0.25, 1.0], dtype=torch.float64),
+                          rtol=1e-3, atol=1e-9)  # fmt: skip
+    assert torch.allclose((q * f.eta_grid).sum(-1), torch.zeros(4, dtype=torch.float64))
