@@ -30,3 +30,16 @@ def test_ratio_q_model_sites_and_log_tau_identity():
     with pytest.raises(ValueError, match="Xe and we"):
         ratio_q_model(Xq, wq)
     assert default_coef_prior(3).event_shape == (3,)
+
+
+def test_default_coefficient_prior_is_the_documented_normal():
+    # Normal(0, 2.5) per coefficient (Gelman et al.'s weakly informative default), on both
+    # the q and the e regressions when no prior is given
+    X = torch.ones(4, 3, dtype=torch.float64)
+    w = torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    tr = poutine.trace(ratio_q_model).get_trace(X, w, X, w)
+    for site in ("beta_q", "beta_e"):
+        fn = tr.nodes[site]["fn"]
+        assert fn.event_shape == (3,)
+        assert torch.equal(fn.base_dist.scale, torch.full((3,), 2.5, dtype=torch.float64))
+        assert torch.equal(fn.base_dist.loc, torch.zeros(3, dtype=torch.float64))
