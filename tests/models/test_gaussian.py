@@ -147,3 +147,17 @@ def test_user_prior_in_svi_and_bad_event_shape():
         private_covariance_model(entries, None, scales, 3, 100, prior=prior)
     with pytest.raises(ValueError, match="square"):
         CholeskyFactorPrior(dist.Normal(torch.zeros(3), 1.0).to_event(1))
+
+
+def test_default_prior_puts_the_scales_on_the_marginal_standard_deviations():
+    # Sigma = diag(s) L L^T diag(s) with L an LKJ correlation factor: Sigma_ii = s_i^2 and
+    # Sigma / (s s^T) has a unit diagonal (scaling L's columns instead would not give that)
+    pyro.set_rng_seed(0)
+    entries = torch.tensor([[0, 0], [1, 1], [2, 2], [0, 1]])
+    tr = poutine.trace(private_covariance_model).get_trace(
+        entries, None, torch.full((4,), 0.1, dtype=torch.float64), 3, 100
+    )
+    Sigma, s = tr.nodes["Sigma"]["value"], tr.nodes["scales"]["value"]
+    assert torch.allclose(Sigma.diagonal(), s**2)
+    L = tr.nodes["L_omega"]["value"]
+    assert torch.allclose(Sigma, torch.outer(s, s) * (L @ L.T))
