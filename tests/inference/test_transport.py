@@ -427,3 +427,19 @@ def test_inner_solvers_say_when_they_stop_before_converging():
         warnings.simplefilter("error", ConvergenceWarning)
         fair_w2_unaware(eta, d.pi, 0.4, 1.0)  # within the default 50 rounds
         relaxed_completion(*args)
+
+
+def test_gaussian_groups_carry_their_true_quantities():
+    """The simulator's known answers: pi(x) = P(S = 1 | x) is calibrated (its mean over the
+    draws is p1, and so is its mean within each group's weight), and the group means of eta
+    differ by d = beta_1 mean_shift + gamma. Off the defaults (beta = 1, shift 1), where a
+    missing factor or term would show."""
+    d = make_gaussian_groups(200_000, p1=0.3, mean_shift=1.5, beta=[2.0, 1.0], gamma=0.5, seed=0)
+    s, pi = d.sensitive, d.pi
+    assert abs(pi.mean() - 0.3) < 0.004
+    for lo in (0.0, 0.25, 0.5, 0.75):  # calibration in bins of pi
+        b = (pi >= lo) & (pi < lo + 0.25)
+        assert abs(s[b].mean() - pi[b].mean()) < 0.01, lo
+    assert d.info["d"] == pytest.approx(3.5)
+    gap = d.eta_aware[s == 1].mean() - d.eta_aware[s == 0].mean()
+    assert gap == pytest.approx(3.5, abs=0.03)
