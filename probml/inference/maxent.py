@@ -243,7 +243,7 @@ def relaxed_completion(
     tolerances are absolute, and its conditioning follows the spread of the variances: solved
     on the raw values it stopped far from the optimum on entries of order 1e4, and with one
     common scale it needed over 10,000 iterations (0.7% off in correlation units after 2,000)
-    where variances spread over ten orders of magnitude; per coordinate, under 200.
+    where variances spread over six orders of magnitude; per coordinate, under 200.
     """
     idx, mask = _entry_mask(entries, dim)
     idx, values, noise_scales = _merge_repeats(idx, values, noise_scales)
