@@ -212,6 +212,24 @@ def test_bias_correction_reduces_error_with_misspecified_outcome():
     assert errs[1] < 0.75 * errs[0], errs
 
 
+def _corrected_under_a_wrong_outcome_model(seed, x_effect=0.0):
+    """DRUM with bias correction and the outcome model mu_hat = 0.4 + 0.1 a, on 20,000 source
+    rows of :class:`BinaryShiftProblem` (with ``x_effect * tanh(x)`` added to the outcome's
+    probability when given) and a target half that size, shifted by 0.5 in x."""
+    Xs, As, ys, Xt = BinaryShiftProblem().sample(20_000, seed)
+    if x_effect:
+        g = torch.Generator().manual_seed(5)
+        p = 0.2 + 0.5 * As + x_effect * torch.tanh(Xs[:, 0])
+        ys = (torch.rand(20_000, generator=g) < p).float()
+    Xt = Xt[:10_000] + 0.5
+    est = DRUM(
+        rho=0.1, outcome_model=lambda x, a: 0.4 + 0.1 * a.reshape(x.shape[:-1]).to(x),
+        source_conditional=_known_g0(0.15), predictor="constant", bias_correction=True,
+        num_iters=200, verbose=False,
+    ).fit(Xs, As, ys, Xt)  # fmt: skip
+    return est, Xs, As, ys, Xt
+
+
 def test_bias_correction_recovers_the_adversarys_mean_outcome_from_any_predictor():
     r"""The corrected predictor f + c^T phi solves an estimating equation that holds at the
     truth when the density ratios are right, however wrong the outcome model: here
@@ -224,14 +242,7 @@ def test_bias_correction_recovers_the_adversarys_mean_outcome_from_any_predictor
     The second case sets the predictor and reruns the correction (private members)."""
     from probml.inference.minimax import _ConstantLogit
 
-    prob = BinaryShiftProblem()
-    Xs, As, ys, Xt = prob.sample(20_000, 0)
-    Xt = Xt[:10_000] + 0.5
-    est = DRUM(
-        rho=0.1, outcome_model=lambda x, a: 0.4 + 0.1 * a.reshape(x.shape[:-1]).to(x),
-        source_conditional=_known_g0(0.15), predictor="constant", bias_correction=True,
-        num_iters=200, verbose=False,
-    ).fit(Xs, As, ys, Xt)  # fmt: skip
+    est, Xs, As, ys, Xt = _corrected_under_a_wrong_outcome_model(0)
     with torch.no_grad():
         q = float(est.adversary_.prob(Xt[:1]))
         plain = float(torch.sigmoid(est.predictor_(Xt[:1])))
@@ -243,6 +254,22 @@ def test_bias_correction_recovers_the_adversarys_mean_outcome_from_any_predictor
         est.predictor_.bias.fill_(math.log(0.8 / 0.2))
     est.correction_ = est._bias_correction(Xs, As, ys, Xt)
     assert abs(float(est.predict_proba(Xt)[:, 1].mean()) - truth) < 0.02
+
+
+def test_bias_correction_weighs_each_source_row_by_its_own_density_ratio():
+    r"""As above, with an outcome that depends on x, which the outcome model ignores:
+    mu(x, a) = 0.2 + 0.5 a + 0.15 tanh(x), so the residuals Y - mu_hat carry x and the
+    correction must reweigh each source row by omega(x) = p_T(x) / p_S(x) at that row. The
+    corrected prediction's target mean must be E_T E_Q mu (about 0.05 above the source-mean
+    answer here, the target being shifted by 0.5). Density ratios taken on other rows than
+    the residuals they weigh would give the source mean."""
+    est, Xs, _, _, Xt = _corrected_under_a_wrong_outcome_model(1, x_effect=0.15)
+    with torch.no_grad():
+        q = est.adversary_.prob(Xt)
+    truth = float((0.2 + 0.5 * q + 0.15 * torch.tanh(Xt[:, 0])).mean())
+    source_answer = float((0.2 + 0.5 * q).mean() + 0.15 * torch.tanh(Xs[:, 0]).mean())
+    assert truth - source_answer > 0.04
+    assert abs(float(est.predict_proba(Xt)[:, 1].mean()) - truth) < 0.015
 
 
 def test_brier_risk_is_the_expected_squared_error():
