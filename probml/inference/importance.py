@@ -150,12 +150,11 @@ def importance_sample(
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample" or site.get("is_observed", False):
             continue
+        # Pyro's particle plate sits at dim -(max_plate_nesting + 1) and every site is
+        # broadcast out to it, so particles are already the leading dimension
         v = site["value"]
         ev = tuple(site["fn"].event_shape)
-        nb = v.dim() - len(ev)
-        pdim = nb - (max_plate_nesting + 1)
-        v = v.movedim(pdim, 0) if pdim > 0 else v
-        rest = v.shape[1:nb]
+        rest = v.shape[1 : v.dim() - len(ev)]
         if all(s == 1 for s in rest):
             v = v.reshape(int(num_particles), *ev)
         samples[name] = v

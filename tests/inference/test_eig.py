@@ -24,13 +24,15 @@ def test_nmc_eig_matches_the_linear_gaussian_closed_form():
     assert torch.allclose(est, exact, atol=0.03)
 
 
-def test_nmc_eig_is_zero_for_an_experiment_that_says_nothing():
+@pytest.mark.parametrize("M, chunk_size", [(2, None), (5, 2)])
+def test_nmc_eig_is_zero_for_an_experiment_that_says_nothing(M, chunk_size):
     """With every likelihood equal, log p(y | theta_n) equals the log of the mean of the M
     inner likelihoods: NMC is 0 for any M (a 1/M slip in the mean would give log 1.5 at
-    M = 2, hidden in the noise at the usual M)."""
+    M = 2, hidden in the noise at the usual M). With chunks that do not divide M, a last
+    chunk drawing a full chunk's worth would give log(5/6)."""
     ex = LinearGaussianExperiment(SIGMA, noise_scale=1e8)
     pyro.set_rng_seed(0)
-    est = nmc_eig(ex, torch.ones(1, 3, dtype=torch.float64), "y", N=50, M=2)
+    est = nmc_eig(ex, torch.ones(1, 3, dtype=torch.float64), "y", N=50, M=M, chunk_size=chunk_size)
     assert float(est.abs().max()) < 1e-6
 
 

@@ -165,3 +165,27 @@ def test_the_exact_posterior_as_guide_gives_the_exact_evidence_with_every_draw()
     ws = importance_sample(bayesian_linear_regression, exact_guide, X, y, num_particles=50)
     assert ws.log_evidence == pytest.approx(exact.log_prob(y).item(), abs=1e-9)
     assert ws.ess == pytest.approx(50.0, rel=1e-9)
+
+
+def test_the_conjugate_posterior_and_simulator_follow_both_scales():
+    """At s_w = 3 and s_y = 0.5 (the other tests use 1 and 1) the closed form
+    Lambda = I / s_w^2 + X^T X / s_y^2, mu = Lambda^-1 X^T y / s_y^2 must equal Gaussian
+    conditioning on the joint: Cov(w, y) = s_w^2 X^T, Cov(y) = s_w^2 X X^T + s_y^2 I."""
+    sw, sy = 3.0, 0.5
+    X, y, w = simulate_linear_data(
+        6, 3, prior_scale=sw, noise_scale=sy, generator=torch.Generator().manual_seed(1)
+    )
+    X, y = X.double(), y.double()
+    mean, cov = linear_regression_posterior(X, y, prior_scale=sw, noise_scale=sy)
+    K = sw**2 * X @ X.T + sy**2 * torch.eye(6, dtype=torch.float64)
+    C = sw**2 * X.T  # Cov(w, y)
+    assert torch.allclose(mean, C @ torch.linalg.solve(K, y), atol=1e-10)
+    assert torch.allclose(
+        cov, sw**2 * torch.eye(3, dtype=torch.float64) - C @ torch.linalg.solve(K, C.T), atol=1e-10
+    )
+    # the simulator draws w with sd s_w and the noise with sd s_y
+    Xb, yb, wb = simulate_linear_data(
+        4000, 50, prior_scale=sw, noise_scale=sy, generator=torch.Generator().manual_seed(2)
+    )
+    assert float(wb.std()) == pytest.approx(sw, rel=0.15)
+    assert float((yb - Xb @ wb).std()) == pytest.approx(sy, rel=0.05)

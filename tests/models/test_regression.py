@@ -20,3 +20,18 @@ def test_linear_outcome_model_sites_and_custom_prior():
     assert torch.allclose(
         tr2.nodes["eta"]["value"], Zn @ torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64)
     )
+
+
+def test_default_priors_follow_coef_scale_and_noise_scale():
+    """The documented defaults: beta ~ N(0, coef_scale^2 I) (5 by default) and
+    sigma ~ HalfNormal(noise_scale) (2 by default), and both arguments are read."""
+    Z = torch.ones(4, 3, dtype=torch.float64)
+    for kwargs, (cs, ns) in (
+        ({}, (5.0, 2.0)),
+        ({"coef_scale": 0.3, "noise_scale": 7.0}, (0.3, 7.0)),
+    ):
+        tr = poutine.trace(linear_outcome_model).get_trace(Z, None, **kwargs)
+        beta_fn = tr.nodes["beta"]["fn"].base_dist
+        assert torch.allclose(beta_fn.loc, torch.zeros(3, dtype=torch.float64))
+        assert torch.allclose(beta_fn.scale, torch.full((3,), cs, dtype=torch.float64))
+        assert float(tr.nodes["sigma"]["fn"].scale) == ns
