@@ -265,6 +265,12 @@ def test_spurious_factor_model_recovers_a_shared_direction():
     assert out["detection"] > 0
     # the soft projector removes most of u
     assert float(u @ out["projector"] @ u) < 0.2
+    # u is the leading eigenvector of E[u u^T] = I - projector (sign-free, unlike a mean of
+    # the draws), and the detection score the mean gap of the last 100 losses
+    evals, evecs = torch.linalg.eigh(torch.eye(D) - out["projector"])
+    assert abs(float(evecs[:, -1] @ out["u"])) > 1 - 1e-6
+    gap = (sum(out["loss_null"][-100:]) - sum(out["loss_shared"][-100:])) / 100
+    assert out["detection"] == pytest.approx(gap, rel=1e-12)
 
 
 def test_persona_world_documents_and_metrics_shapes():

@@ -543,3 +543,30 @@ def test_scale_vector_priors_put_a_prior_on_the_magnitude_too():
     assert beta["type"] == "sample" and "norm_f.scale.alpha" in tr.nodes
     assert float(beta["fn"].scale) == pytest.approx(0.5)  # 1 / sqrt(lambda)
     pyro.clear_param_store()
+
+
+def test_fit_shallow_net_restarts_from_standard_normals_with_gates_at_zero(monkeypatch):
+    """The documented restart law, seen with the optimiser switched off: every weight
+    N(0, 1) (not torch's default init, whose sd is 1/sqrt(3 fan_in)), MoA gates at their zero
+    init; the best restart's error is the one returned."""
+
+    class NoStep:
+        def __init__(self, params, **kwargs):
+            pass
+
+        def zero_grad(self):
+            pass
+
+        def step(self, closure):
+            return closure()
+
+    monkeypatch.setattr(torch.optim, "LBFGS", NoStep)
+    X = torch.randn(50, 3, dtype=torch.float64)
+    y = X[:, 0]
+    mse, net = fit_shallow_net("moa", ("relu", "tanh"), X, y, width=400, restarts=3)
+    params = dict(net.named_parameters())
+    assert bool((params["gate.weight"] == 0).all()) and bool((params["gate.bias"] == 0).all())
+    w = torch.cat([params["l1.weight"].flatten(), params["l2.weight"].flatten()]).detach()
+    assert float(w.std()) == pytest.approx(1.0, abs=0.05)
+    with torch.no_grad():
+        assert mse == pytest.approx(float(((net(X) - y) ** 2).mean()))

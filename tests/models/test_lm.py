@@ -82,3 +82,62 @@ def test_roles_and_save_load(tmp_path):
         m(x.float())
     with pytest.raises(ValueError, match="B x T"):
         m(x[0])
+
+
+def test_a_model_without_blocks_is_embedding_position_final_norm_and_tied_head():
+    """With no blocks the logits are Norm(E[idx] + P[t]) E^T (tied head): token and position
+    embeddings both enter, and the final norm's scale with them."""
+    torch.manual_seed(0)
+    m = TinyLM(TinyLMConfig(vocab_size=11, d_model=8, n_layers=0, n_heads=2, context=6))
+    with torch.no_grad():
+        m.norm_f.scale.alpha.uniform_(0.5, 2.0)
+    idx = torch.randint(0, 11, (2, 6))
+    h = m.tok.weight[idx] + m.pos.weight[:6]
+    h = h / h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() * m.norm_f.scale.alpha
+    assert torch.allclose(m(idx), h @ m.tok.weight.T, atol=1e-5)
+
+
+def test_attention_by_hand_with_separate_query_and_key_norms():
+    """Causal softmax attention over heads, with q and k each RMS-normalised per head by its
+    own scale (set unequal here; both start at one)."""
+    torch.manual_seed(1)
+    cfg = TinyLMConfig(vocab_size=5, d_model=8, n_layers=1, n_heads=2, context=5, qk_norm=True)
+    att = TinyLM(cfg).blocks[0].attn
+    with torch.no_grad():
+        att.q_norm.scale.alpha.uniform_(0.5, 2.0)
+        att.k_norm.scale.alpha.uniform_(0.5, 2.0)
+    x = torch.randn(3, 5, 8)
+
+    def heads(y):
+        return y.view(3, 5, 2, 4).transpose(1, 2)
+
+    def rms(y, s):
+        return y / y.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() * s
+
+    q = rms(heads(x @ att.q.weight.T), att.q_norm.scale.alpha)
+    k = rms(heads(x @ att.k.weight.T), att.k_norm.scale.alpha)
+    v = heads(x @ att.v.weight.T)
+    scores = q @ k.transpose(-1, -2) / 2.0  # sqrt(head dim 4)
+    scores = scores.masked_fill(torch.ones(5, 5).triu(1).bool(), float("-inf"))
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(3, 5, 8)
+    assert torch.allclose(att(x), y @ att.o.linear.weight.T, atol=1e-5)
+
+
+def test_config_defaults_and_initialisation():
+    """d_ff defaults to 8/3 d rounded to a multiple of 16; MoA gates start at zero (an equal
+    mixture); with branch scales the blocks' shared pre-norms carry no scale of their own."""
+    assert TinyLMConfig(vocab_size=5, d_model=48).d_ff == 128
+    assert TinyLMConfig(vocab_size=5, d_model=64).d_ff == 176  # 170.7 -> 11 x 16
+    torch.manual_seed(0)
+    moa = TinyLM(TinyLMConfig(vocab_size=5, d_model=16, n_layers=1, n_heads=2, ffn={"kind": "moa"}))
+    gates = [p for n, p in moa.named_parameters() if "gate_proj" in n]
+    assert gates and all(bool((p == 0).all()) for p in gates)
+    assert all(
+        bool(p.detach().abs().sum() > 0)
+        for n, p in moa.named_parameters()
+        if "gate_proj" not in n and p.dim() == 2
+    )
+    br = TinyLM(TinyLMConfig(vocab_size=5, d_model=16, n_layers=1, n_heads=2, branch_scales=True))
+    blk = br.blocks[0]
+    assert blk.norm1.scale is None and blk.norm2.scale is None
+    assert blk.attn.q_scale is not None
