@@ -220,10 +220,15 @@ class _HistoryEncoder(SavableModule):
         return self.phi(torch.cat([x, y], -1))
 
     def summary(self, designs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        T = ys.shape[-1]
-        pooled = self.features(designs, ys).sum(-2)
-        t = torch.full((*pooled.shape[:-1], 1), math.log1p(T), dtype=pooled.dtype)
-        return torch.cat([pooled, t.to(pooled.device)], -1)
+        """``... x T x D``, ``... x T`` -> the history's summary ``... x (H + 1)``."""
+        return self.summary_from_pooled(self.features(designs, ys).sum(-2), ys.shape[-1])
+
+    @staticmethod
+    def summary_from_pooled(pooled: torch.Tensor, T: int) -> torch.Tensor:
+        """The summary of a ``T``-step history whose features sum to ``pooled``
+        (``... x H`` -> ``... x (H + 1)``): what a loop that adds one step's features at a
+        time passes to the heads."""
+        return torch.cat([pooled, pooled.new_full((*pooled.shape[:-1], 1), math.log1p(T))], -1)
 
     def fit_scaling(self, design_bounds, ys: torch.Tensor) -> None:
         self.design_low.fill_(float(design_bounds[0]))

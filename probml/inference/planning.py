@@ -58,6 +58,8 @@ __all__ = [
     "ScenarioTreePlanner",
     "MaskedPolicyPlanner",
     "train_design_policy",
+    "information_rewards",
+    "reinforce_loss",
     "fit_amortized",
     "ExperimentResult",
     "run_experiment",
@@ -572,6 +574,42 @@ class MaskedPolicyPlanner:
         return cand[int(torch.multinomial(p, 1, generator=generator))]
 
 
+def information_rewards(nll: torch.Tensor, gamma: float) -> torch.Tensor:
+    r"""The policy's rewards from a path of posterior NLLs.
+
+    Args:
+        nll: ``B x (T + 1)``, :math:`\mathrm{NLL}_t = -\log q(\theta \mid h_{1:t})` for
+            ``t = 0 .. T`` (``t = 0``: before any experiment).
+        gamma: the discount.
+
+    Returns:
+        ``B x T``: :math:`r_t = \gamma^t \max(0, \mathrm{NLL}_{t-1} - \mathrm{NLL}_t)`
+        (``t = 0 .. T - 1`` counting the first experiment as step 0).
+    """
+    gain = (nll[:, :-1] - nll[:, 1:]).clamp(min=0)
+    steps = torch.arange(gain.shape[1], dtype=torch.float64, device=gain.device)
+    return (gamma**steps).to(gain.dtype) * gain
+
+
+def reinforce_loss(
+    logp: torch.Tensor, rewards: torch.Tensor, entropy: torch.Tensor, entropy_weight: float
+) -> torch.Tensor:
+    r"""REINFORCE with rewards-to-go, a per-step batch-mean baseline and an entropy bonus:
+
+    .. math:: L = -\frac1B\sum_b\sum_t \log\pi(a_{bt})\,\big(G_{bt} - \bar G_t\big)
+              - \frac{w}{B}\sum_b\sum_t H_{bt}, \qquad G_{bt} = \sum_{s \ge t} r_{bs},
+              \quad \bar G_t = \frac1B\sum_b G_{bt}.
+
+    Args:
+        logp: ``B x T`` log-probabilities of the actions taken (differentiable).
+        rewards: ``B x T``; entropy: ``B x T`` policy entropies; entropy_weight: ``w``.
+    """
+    G = rewards.flip(1).cumsum(1).flip(1)  # reward-to-go
+    adv = (G - G.mean(0, keepdim=True)).to(logp.dtype)
+    loss = -(logp * adv).sum(1).mean()
+    return loss - entropy_weight * entropy.sum(1).mean()
+
+
 def train_design_policy(
     policy: DesignPolicy,
     posterior_net: PosteriorNet,
@@ -628,9 +666,9 @@ def train_design_policy(
         remaining = torch.full((B,), budget, dtype=torch.float64)
         f_pol = torch.zeros(B, policy.hidden)
         f_post = torch.zeros(B, posterior_net.hidden)
-        logps, rewards, entropies = [], [], []
+        logps, entropies = [], []
         with torch.no_grad():
-            nll_prev = _net_nll(posterior_net, f_post, 0, theta_flat)
+            nlls = [_net_nll(posterior_net, f_post, 0, theta_flat)]
         for t in range(T):
             cand = policy.designs_at(prev)  # B x A x D
             feas = cons.feasible(prev.unsqueeze(1), cand, math.inf)
@@ -638,7 +676,7 @@ def train_design_policy(
                 feas = feas & (
                     cons.edge_cost(prev.unsqueeze(1), cand) <= remaining.unsqueeze(1) + _TOL
                 )
-            summ = torch.cat([f_pol, torch.full((B, 1), math.log1p(t))], -1)
+            summ = policy.summary_from_pooled(f_pol, t)
             stuck = ~feas.any(1)  # nothing affordable (absolute candidates): stay put
             feas[stuck, 0] = True
             logits = policy.logits(summ, prev, t, feas)
@@ -653,14 +691,10 @@ def train_design_policy(
             f_pol = f_pol + policy.features(xi.unsqueeze(1), y.unsqueeze(1)).squeeze(1)
             with torch.no_grad():
                 f_post = f_post + posterior_net.features(xi.unsqueeze(1), y.unsqueeze(1)).squeeze(1)
-                nll = _net_nll(posterior_net, f_post, t + 1, theta_flat)
-            rewards.append(gamma**t * (nll_prev - nll).clamp(min=0))
-            nll_prev, prev = nll, xi
-        R = torch.stack(rewards, 1)  # B x T
-        G = R.flip(1).cumsum(1).flip(1)  # reward-to-go
-        adv = G - G.mean(0, keepdim=True)
-        loss = -(torch.stack(logps, 1) * adv.float()).sum(1).mean()
-        loss = loss - entropy_weight * torch.stack(entropies, 1).sum(1).mean()
+                nlls.append(_net_nll(posterior_net, f_post, t + 1, theta_flat))
+            prev = xi
+        R = information_rewards(torch.stack(nlls, 1), gamma)  # B x T
+        loss = reinforce_loss(torch.stack(logps, 1), R, torch.stack(entropies, 1), entropy_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -717,7 +751,7 @@ def fit_amortized(
 
 
 def _net_nll(net: PosteriorNet, pooled: torch.Tensor, t: int, theta_flat: torch.Tensor):
-    summ = torch.cat([pooled, torch.full((pooled.shape[0], 1), math.log1p(t))], -1)
+    summ = net.summary_from_pooled(pooled, t)
     return -net.log_prob_flat(net.distribution_from_summary(summ), theta_flat)
 
 

@@ -210,3 +210,71 @@ def test_bad_arguments_are_named():
         post.condition(torch.zeros(3), 1.0)
     with pytest.raises(ValueError, match="n must be >= 1"):
         post.sample(0)
+
+
+def test_information_rewards_and_the_reinforce_loss_by_hand():
+    """r_t = gamma^t max(0, NLL_{t-1} - NLL_t): a step that loses information earns 0, not a
+    penalty. The loss uses rewards-to-go with a per-step batch-mean baseline: for rewards
+    (1, 2) and (3, 0) the returns-to-go are (3, 2) and (3, 0), the baselines 3 and 1, so only
+    the second actions carry weight (+1 and -1); the entropy bonus is subtracted."""
+    from probml.inference.planning import information_rewards, reinforce_loss
+
+    nll = torch.tensor([[3.0, 2.0, 2.5, 1.0], [1.0, 1.0, 0.0, 0.0]])
+    r = information_rewards(nll, gamma=0.5)
+    assert torch.allclose(r, torch.tensor([[1.0, 0.0, 0.375], [0.0, 0.5, 0.0]]))
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]], requires_grad=True)
+    rewards = torch.tensor([[1.0, 2.0], [3.0, 0.0]], dtype=torch.float64)
+    entropy = torch.tensor([[1.0, 1.0], [2.0, 0.0]])
+    loss = reinforce_loss(logp, rewards, entropy, entropy_weight=0.1)
+    assert float(loss.detach()) == pytest.approx(-(-2.0 - -3.0) / 2 - 0.1 * 2.0)
+    loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[0.0, -0.5], [0.0, 0.5]]))
+
+
+def test_policy_training_spends_each_episodes_budget_once_and_keeps_the_encoders():
+    """Episodes are run under the constraints: every episode's path cost stays within the
+    travel budget (moves of length 1 between candidates sqrt(2) apart, budget 1.5: one move,
+    then only staying put is affordable). When nothing is affordable the episode stays put,
+    and such steps carry no gradient. The policy's encoder is the posterior net's, frozen
+    unless ``train_encoder``; the net is handed back trainable."""
+    from probml.inference.planning import TravelBudget
+
+    ex = LinearGaussianExperiment(SIGMA, noise_scale=0.5)
+    net = train_posterior_net(ex, horizon=3, num_steps=20, hidden=16, seed=0)
+    cand = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    designs = []
+    sample_y = ex.sample_y
+
+    def recording_sample_y(theta, xi, generator=None):
+        designs.append(xi.detach().clone())
+        return sample_y(theta, xi, generator=generator)
+
+    ex.sample_y = recording_sample_y
+    net_phi = {k: v.clone() for k, v in net.phi.state_dict().items()}
+
+    def run(budget, **kw):
+        designs.clear()
+        pol = DesignPolicy(cand, relative=False, horizon=3, hidden=16)
+        head = [p.detach().clone() for p in pol.head.parameters()]
+        hist = train_design_policy(
+            pol, net, ex, [TravelBudget(budget)], start=torch.zeros(2), num_iters=4,
+            batch_size=64, lr=1e-2, seed=0, **kw,
+        )  # fmt: skip
+        path = torch.stack(designs).reshape(4, 3, 64, 2)  # iteration x step x episode x D
+        full = torch.cat([torch.zeros(4, 1, 64, 2, dtype=path.dtype), path], 1)
+        cost = (full[:, 1:] - full[:, :-1]).norm(dim=-1).sum(1)  # 4 x 64
+        moved = [not torch.equal(p.detach(), h) for p, h in zip(pol.head.parameters(), head)]
+        return pol, hist, cost, any(moved)
+
+    pol, hist, cost, moved = run(1.5)
+    assert float(cost.max()) <= 1.5 + 1e-9 and float(cost.min()) == pytest.approx(1.0)
+    assert moved
+    pol, hist, cost, moved = run(0.5)  # every candidate out of reach from the start
+    assert float(cost.max()) == 0.0 and all(math.isfinite(h) for h in hist)
+    assert not moved  # stuck steps: log-probability 0, entropy 0, no gradient
+    # free moves, so later steps' choices depend on the encoder's summary of the history
+    pol, *_ = run(10.0)
+    assert all(torch.equal(v, pol.phi.state_dict()[k]) for k, v in net_phi.items())
+    assert all(p.requires_grad for p in net.parameters())
+    pol, *_ = run(10.0, train_encoder=True)
+    assert not all(torch.equal(v, pol.phi.state_dict()[k]) for k, v in net_phi.items())
