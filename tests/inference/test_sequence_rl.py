@@ -21,6 +21,9 @@ def test_task_tokens_and_exact_match_reward():
     s = task.answers[:, 0] * 100 + task.answers[:, 1] * 10 + task.answers[:, 2]
     assert torch.equal(a + b, s) and bool((task.prompts[:, 2] == 10).all())
     assert torch.equal(task.carries, (a % 10 + b % 10) >= 10)
+    # GP-BASIS features: the four digits scaled to [0, 1] and the carry flag
+    digits = task.prompts[:, [0, 1, 3, 4]].double()
+    assert torch.allclose(task.features, torch.cat([digits / 9, task.carries.double()[:, None]], 1))
     idx = torch.arange(4)
     right = task.answers[idx].unsqueeze(1)
     wrong = right.clone()
@@ -57,13 +60,21 @@ def test_answer_log_prob_is_a_normalised_distribution_matching_sampling():
     assert float((emp - first).abs().max()) < 0.03
 
 
-def test_warmup_offline_counts_and_one_rl_run():
+@pytest.fixture(scope="module")
+def warmed():
+    """A small policy warmed up to 15% on 256 prompts, its history and offline counts (K = 8).
+    Tests must not train it in place (``run_sequence_rl`` trains a copy)."""
     task = AdditionTask(256, seed=0)
     torch.manual_seed(0)
     m = addition_policy(d_model=32, n_layers=2)
     hist = supervised_warmup(m, task, 0.15, max_steps=1500, batch_size=64, lr=3e-3, seed=0)
-    assert hist[-1][1] >= 0.15
     k = offline_counts(m, task, 8, torch.Generator().manual_seed(0), "cpu")
+    return task, m, hist, k
+
+
+def test_warmup_offline_counts_and_one_rl_run(warmed):
+    task, m, hist, k = warmed
+    assert hist[-1][1] >= 0.15
     assert k.shape == (256,) and int(k.min()) >= 0 and int(k.max()) <= 8
     res = run_sequence_rl(
         m, task, "basis", steps=3, batch_size=32, mc_rollouts=8, eval_every=3, offline=k, K=8
@@ -127,6 +138,35 @@ def test_warmup_offline_counts_and_one_rl_run():
         run_sequence_rl(m, task, "basis", steps=1, offline=k + 100, K=8)
     with pytest.raises(ValueError, match="carry_weight"):
         supervised_warmup(m, task, 0.4, carry_weight=0)
+
+
+def test_group_policy_gradient_raises_the_success_rate(warmed):
+    """80 GRPO steps (ascent on the advantage-weighted log-likelihood of every rollout of the
+    group) from the 15% policy: measured gains of 0.07 to 0.13 over four seeds. Descending,
+    or pairing the group's advantages with one rollout's log-probability (a gradient of zero
+    in expectation: GRPO's advantages sum to zero over the group), gains nothing."""
+    task, m, _, k = warmed
+    res = run_sequence_rl(
+        m, task, "grpo", steps=80, batch_size=32, group_size=8, mc_rollouts=2, eval_every=80,
+        offline=k, K=8, lr=1e-3, seed=1,
+    )  # fmt: skip
+    start, end = res.mean_reward
+    assert end > start + 0.04, res.mean_reward
+
+
+def test_warmup_below_unit_carry_weight_leaves_the_carry_sums_hard():
+    """The documented design: with ``carry_weight`` 0.1 the reference policy is good at sums
+    without a carry and poor at those with one (measured: 0.40 against 0.09; at 10 the
+    other way round, 0.04 against 0.30)."""
+    from probml.inference.sequence_rl import _mean_success
+
+    task = AdditionTask(256, seed=0)
+    torch.manual_seed(0)
+    m = addition_policy(d_model=32, n_layers=2)
+    supervised_warmup(m, task, 0.15, max_steps=1500, batch_size=64, lr=3e-3, carry_weight=0.1)
+    s = _mean_success(m, task, torch.arange(256), 32, torch.Generator().manual_seed(9), "cpu")
+    c = task.carries
+    assert float(s[~c].mean()) > 2.5 * float(s[c].mean())
 
 
 def test_value_mse_subtracts_an_unbiased_monte_carlo_variance():
