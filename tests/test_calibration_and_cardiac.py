@@ -38,11 +38,39 @@ def test_calibration_slope_says_when_no_maximum_likelihood_fit_exists():
     rng = np.random.default_rng(1)
     q = rng.uniform(0.05, 0.95, 3000)
     y = (rng.uniform(size=3000) < q).astype(float)
+    # and forecasts at 1e-5 and 1 - 1e-5, which the documented clip at 1e-6 leaves alone
+    q = np.concatenate([q, [1e-5, 1e-5, 1 - 1e-5, 1 - 1e-5]])
+    y = np.concatenate([y, [1.0, 0.0, 1.0, 0.0]])
     z = np.log(q / (1 - q))[:, None]
     ref = LogisticRegression(C=1e12, tol=1e-10, max_iter=1000).fit(z, y)
     b, a = calibration_slope_intercept(q, y)
     assert b == pytest.approx(ref.coef_[0, 0], abs=1e-5)
     assert a == pytest.approx(ref.intercept_[0], abs=1e-5)
+
+
+def test_whas500_split_by_hand():
+    """The split's rules on a table of six patients (no scikit-survival needed): died within
+    the horizon -> y = 1, followed beyond it -> y = 0, censored alive before it -> dropped;
+    source strictly below the age threshold; covariates standardised by the source."""
+    pd = pytest.importorskip("pandas")
+    from probml.datasets.cardiac import SHARED_COVARIATES, whas500_split
+
+    ages = [50.0, 60.0, 65.0, 70.0, 80.0, 90.0]
+    df = pd.DataFrame({c: np.arange(6.0) + 1 for c in SHARED_COVARIATES})
+    df["age"] = ages
+    df["chf"] = [1, 0, 1, 0, 1, 0]
+    event = [True, False, False, True, False, True]
+    time = [100.0, 400.0, 200.0, 365.0, 366.0, 1000.0]  # patient 2: censored alive at 200
+    d = whas500_split(df, event, time, acute="chf", threshold=70, horizon=365)
+    assert d["y_source"].tolist() == [1.0, 0.0]  # patients 0, 1 (age < 70; 2 dropped)
+    assert d["y_target"].tolist() == [1.0, 0.0, 0.0]  # 70 is in the target; 90 died late
+    assert d["A_source"].tolist() == [1.0, 0.0]
+    src_age = np.array([50.0, 60.0])
+    z = (np.array([70.0, 80.0, 90.0]) - src_age.mean()) / src_age.std()
+    assert np.allclose(d["X_target"][:, 0].numpy(), z, atol=1e-5)
+    assert np.allclose(d["X_source"].mean(0).numpy(), 0, atol=1e-6)
+    with pytest.raises(ValueError, match="acute"):
+        whas500_split(df, event, time, acute="age")
 
 
 def test_whas500_transfer_split():

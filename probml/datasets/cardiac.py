@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["load_whas500_transfer", "SHARED_COVARIATES", "ACUTE_VARIABLES"]
+__all__ = ["load_whas500_transfer", "whas500_split", "SHARED_COVARIATES", "ACUTE_VARIABLES"]
 
 SHARED_COVARIATES = ("age", "gender", "hr", "sysbp", "diasbp", "bmi")
 ACUTE_VARIABLES = ("chf", "sho", "afb", "cvd", "av3", "miord", "mitype")
@@ -23,7 +23,8 @@ ACUTE_VARIABLES = ("chf", "sho", "afb", "cvd", "av3", "miord", "mitype")
 def load_whas500_transfer(
     acute: str = "chf", threshold: float = 70.0, horizon: float = 365.0
 ) -> dict[str, torch.Tensor | list[str]]:
-    """Source ``(X, A, y)`` and target ``X`` (plus the held-out target ``y``).
+    """Source ``(X, A, y)`` and target ``X`` (plus the held-out target ``y``) of WHAS500
+    (:func:`whas500_split` on scikit-survival's bundled file).
 
     Returns:
         ``X_source``, ``A_source``, ``y_source``, ``X_target``, ``y_target`` (float tensors)
@@ -38,8 +39,34 @@ def load_whas500_transfer(
             "the WHAS500 benchmark needs scikit-survival: pip install 'probml[survival]'"
         ) from exc
     df, surv = load_whas500()
-    died = surv["fstat"] & (surv["lenfol"] <= horizon)
-    known = died | (surv["lenfol"] > horizon)
+    return whas500_split(df, surv["fstat"], surv["lenfol"], acute, threshold, horizon)
+
+
+def whas500_split(
+    df,
+    event,
+    time,
+    acute: str = "chf",
+    threshold: float = 70.0,
+    horizon: float = 365.0,
+) -> dict[str, torch.Tensor | list[str]]:
+    """The transfer split of a WHAS500-like table (see the module docstring).
+
+    Args:
+        df: a table (``pandas.DataFrame``) with the columns of :data:`SHARED_COVARIATES` and
+            ``acute``, one row per patient.
+        event: ``n`` booleans, death observed; time: ``n`` follow-up lengths (days).
+        acute: the source-only covariate; threshold: the age split; horizon: days.
+
+    Patients who died within ``horizon`` have ``y = 1``; those followed beyond it, ``y = 0``;
+    those censored alive at or before it are dropped. Covariates are standardised by the
+    source's means and standard deviations.
+    """
+    if acute not in ACUTE_VARIABLES:
+        raise ValueError(f"acute must be one of {ACUTE_VARIABLES}, got {acute!r}")
+    event, time = np.asarray(event, dtype=bool), np.asarray(time, dtype=float)
+    died = event & (time <= horizon)
+    known = died | (time > horizon)
     df = df[known].copy()
     y = died[known].astype(float)
     X = np.column_stack([df[c].astype(float).to_numpy() for c in SHARED_COVARIATES])

@@ -1,0 +1,40 @@
+"""Metrics against values computed by hand (each case chosen so that a plausible wrong
+formula gives a different number)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from probml.metrics import multiplicative_calibration_error, relative_error
+
+
+def test_relative_error_in_both_norms():
+    """truth I, error diag(3, 4): Frobenius 5 / sqrt(2), spectral 4 / 1."""
+    truth = torch.eye(2)
+    est = truth + torch.diag(torch.tensor([3.0, 4.0]))
+    assert relative_error(est, truth) == pytest.approx(5 / math.sqrt(2))
+    assert relative_error(est, truth, ord=2) == pytest.approx(4.0)
+    assert relative_error(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 1.0])) == pytest.approx(
+        math.sqrt(9 + 9)
+    )
+
+
+def test_multiplicative_calibration_error_by_hand():
+    """Two quantile bins: tau_pred in {1, 2} and in {4, 16} (geometric means sqrt 2 and 8,
+    arithmetic 1.5 and 10, in another ratio). Bin 1: treated outcomes 3, 1 at propensities 0.5, 0.25 (weights 2, 4) and
+    controls 1, 1 (weights 2, 4/3): IPW means 10/6 and 1, observed ratio 5/3. Bin 2: treated
+    2, 2 and controls 1, 1 at propensity 0.5, observed ratio 2. The log errors,
+    log(5 / (3 sqrt 2)) > 0 and log(2 / 8) < 0, have opposite signs, so the mean of
+    their sizes differs from the size of their mean."""
+    tau = np.array([1.0, 2.0, 1.0, 2.0, 4.0, 16.0, 4.0, 16.0])
+    w = np.array([1, 1, 0, 0, 1, 1, 0, 0])
+    y = np.array([3.0, 1.0, 1.0, 1.0, 2.0, 2.0, 1.0, 1.0])
+    e = np.array([0.5, 0.25, 0.5, 0.25, 0.5, 0.5, 0.5, 0.5])
+    err2 = abs(math.log(2 / 8))
+    expected = math.exp((math.log(5 / (3 * math.sqrt(2))) + err2) / 2)
+    assert multiplicative_calibration_error(tau, w, y, e, n_bins=2) == pytest.approx(expected)
+    # without propensities bin 1's means are plain: 2 and 1, observed ratio 2
+    plain = math.exp((math.log(2 / math.sqrt(2)) + err2) / 2)
+    assert multiplicative_calibration_error(tau, w, y, n_bins=2) == pytest.approx(plain)
