@@ -128,7 +128,9 @@ class ContinuousShiftSimulation:
 
     Source: :math:`X \sim \mathcal N(0, I)`, :math:`A \mid X \sim \mathcal N(BX, I)`.
     Target: :math:`X \sim \mathcal N(m_T, I)`, :math:`A \mid X \sim \mathcal N(BX + \delta,
-    \tau^2 I)` over a grid of :math:`\|\delta\| \le 1.5`, :math:`\tau \in \{0.5, 1, 2\}`.
+    \tau^2 I)` over a grid of :math:`\|\delta\| \le 1.5`, :math:`\tau \in \{0.5, 1, 2\}`
+    (radii ``deltas``, each non-zero one in eight directions 45 degrees apart, times
+    ``taus``: 51 shifts by default).
     :math:`\mu(x, a) = \sigma(\eta)` with :math:`\eta = -0.5 + 0.5 x_1 - 0.5 x_2 + 0.8 a_1 -
     0.5 a_2 + 0.8 x_1 a_1 - 0.4 a_2^2` (the ``X*A`` and ``A^2`` terms make the minimax differ
     from the plug-in).

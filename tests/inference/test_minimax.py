@@ -117,7 +117,9 @@ def test_drum_with_fitted_nuisances_is_close_to_the_closed_form():
 def test_tilted_and_transfer_models_are_pyro_models():
     x = torch.randn(5, 1)
     g0 = _known_g0(0.3)
-    tr = poutine.trace(tilted_model).get_trace(
+    # a fixed a with ones in it (a draw of five zeros, p = 0.17, made the factor's check vacuous)
+    fixed = {"a": torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])}
+    tr = poutine.trace(poutine.condition(tilted_model, data=fixed)).get_trace(
         x, lambda z: pyro_dist.Bernoulli(logits=g0.logits(z)),
         lambda z, a: a * 2.0, 0.5,
     )  # fmt: skip
@@ -359,3 +361,27 @@ def test_a_given_source_conditional_must_fit_the_data():
     with pytest.raises(TypeError, match="must be a ConditionalBernoulli for a binary A"):
         DRUM(source_conditional=ConditionalFlow(1, 1), **kw).fit(Xb, Ab, yb, Xtb)
     DRUM(source_conditional=_known_g0(0.15), **kw).fit(Xb, Ab, yb, Xtb)  # the right one runs
+
+
+def test_continuous_simulation_by_hand():
+    """The simulation's pieces against their definitions: A | X = B X + noise in the source
+    (least squares recovers B), the shift grid (radius 0 once, other radii in eight
+    directions, times each tau), and the target risk of a constant predictor f = 0.2, which
+    is 0.04 + 0.6 E[mu(X, A)] under the shift, against an independent Monte Carlo draw of
+    X ~ N(m_T, I), A ~ N(B X + delta, tau^2 I)."""
+    sim = ContinuousShiftSimulation()
+    X, A, _ = sim.sample_source(20_000, 0)
+    coef = torch.linalg.lstsq(X, A).solution  # A = X coef: coef = B^T
+    assert torch.allclose(coef, torch.tensor(sim.B).T, atol=0.03)
+    assert len(sim.grid) == 3 + 2 * 8 * 3
+    r = 1.5 / math.sqrt(2)
+    assert any(abs(d[0] - r) < 1e-12 and abs(d[1] + r) < 1e-12 and t == 2.0 for d, t in sim.grid)
+    delta, tau = (0.75, 0.0), 2.0
+    risk = sim.target_risk(lambda x: torch.full(x.shape[:1], 0.2), delta, tau, n=20_000)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(400_000, 2, generator=g) + torch.tensor(sim.target_x_shift)
+    a = x @ torch.tensor(sim.B).T + torch.tensor(delta) + tau * torch.randn(400_000, 2, generator=g)
+    assert risk == pytest.approx(0.04 + 0.6 * float(sim.outcome(x, a).mean()), abs=0.004)
+    s = sim.summary(lambda x: torch.full(x.shape[:1], 0.2), n=2000)
+    assert s["mean"] == pytest.approx(sum(s["grid"].values()) / 51)
+    assert s["worst"] == max(s["grid"].values()) > s["mean"]
