@@ -35,6 +35,7 @@ __all__ = [
     "paired_models",
     "TrainResult",
     "train_lm",
+    "warmup_cosine",
     "activation_bytes",
     "paired_comparison",
 ]
@@ -184,6 +185,16 @@ def _check_corpus_fits(model: nn.Module, corpus: CharCorpus) -> None:
         )
 
 
+def warmup_cosine(step: int, warmup: int, steps: int) -> float:
+    r"""The learning-rate factor of step ``step`` (0-based) of ``steps``: linear warm-up
+    :math:`(s + 1)/w` over the first ``warmup`` steps, then cosine decay to 10%,
+    :math:`0.1 + 0.45\,(1 + \cos(\pi (s - w) / \max(1, S - w)))`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+
 def train_lm(
     model: nn.Module,
     corpus: CharCorpus,
@@ -198,7 +209,8 @@ def train_lm(
     eval_batches: int = 20,
     verbose: bool = False,
 ) -> TrainResult:
-    """Train ``model`` (a :class:`~probml.models.lm.TinyLM`) for ``steps`` AdamW steps.
+    """Train ``model`` (a :class:`~probml.models.lm.TinyLM`) for ``steps`` AdamW steps
+    (betas 0.9, 0.95; the schedule :func:`warmup_cosine`; gradients clipped to norm 1).
 
     The batch order depends only on ``batch_seed`` (identical across arms). Returns the final
     validation loss (mean cross-entropy in nats over fixed validation windows)."""
@@ -214,13 +226,7 @@ def train_lm(
     model.to(dev).train()
     opt = torch.optim.AdamW(param_groups(model, weight_decay, rule), lr=lr, betas=(0.9, 0.95))
 
-    def schedule(step: int) -> float:  # linear warm-up, cosine decay to 10%
-        if step < warmup:
-            return (step + 1) / warmup
-        frac = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, steps))
     g = torch.Generator().manual_seed(batch_seed)
     curve = []
     t0 = time.perf_counter()

@@ -9,6 +9,7 @@ from probml.inference.pretrain import (
     pydoc_corpus,
     synthetic_corpus,
     train_lm,
+    warmup_cosine,
 )
 from probml.models.layers import ScaleVector
 from probml.models.lm import TinyLM, TinyLMConfig
@@ -34,6 +35,15 @@ def test_param_groups_role_rule():
                 else:
                     assert ids <= no_decay
     assert any(isinstance(mod, ScaleVector) and mod.role == "output" for mod in m.modules())
+    # vectors that are not scales (MoA gate biases and mixing weights) are never decayed
+    moa = TinyLM(_cfg(ffn={"kind": "moa"}))
+    scales = {
+        id(p) for mod in moa.modules() if isinstance(mod, ScaleVector) for p in mod.parameters()
+    }
+    others = [p for p in moa.parameters() if p.ndim < 2 and id(p) not in scales]
+    assert others
+    decay, no_decay = (set(map(id, g["params"])) for g in param_groups(moa, 0.1, "role"))
+    assert all(id(p) in no_decay for p in others)
 
 
 def test_paired_models_share_initial_weights():
@@ -114,3 +124,66 @@ def test_train_lm_refuses_a_corpus_it_cannot_use_before_training():
         TinyLMConfig(vocab_size=corpus.vocab_size, d_model=16, n_layers=1, n_heads=2, context=148)
     )  # the largest context the 150-token validation split takes
     assert train_lm(fits, corpus, steps=2, batch_size=2, eval_batches=1).steps == 2
+
+
+def test_schedule_batches_clipping_and_activation_bytes_by_hand(monkeypatch):
+    """warmup_cosine: (s + 1) / w while warming up, 1 where the decay starts, 0.55 half way
+    and 0.1 at the end. A batch pairs each window with the window one token later. Every
+    step clips the gradient to norm 1. activation_bytes counts bytes, not elements: a
+    float64 twin needs almost twice the memory (the token ids stay int64)."""
+    from probml.inference import pretrain
+
+    f = [warmup_cosine(s, 4, 10) for s in (0, 3, 4, 7, 10)]
+    assert f == pytest.approx([0.25, 1.0, 1.0, 0.55, 0.1])
+    assert warmup_cosine(0, 0, 10) == 1.0
+    x, y = pretrain._batch(torch.arange(100), torch.tensor([0, 10]), 5)
+    assert x.tolist() == [[0, 1, 2, 3, 4], [10, 11, 12, 13, 14]]
+    assert torch.equal(y, x + 1)
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        norms.append(max_norm)
+        return clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    corpus = synthetic_corpus(5_000, vocab=8, seed=0)
+    m = TinyLM(TinyLMConfig(vocab_size=8, d_model=16, n_layers=1, n_heads=2, context=16))
+    train_lm(m, corpus, steps=3, batch_size=4, warmup=1, eval_batches=1)
+    assert norms == [1.0, 1.0, 1.0]
+    idx = torch.randint(0, 40, (2, 32))
+    torch.manual_seed(0)
+    b32 = activation_bytes(TinyLM(_cfg()), idx)
+    torch.manual_seed(0)
+    b64 = activation_bytes(TinyLM(_cfg()).double(), idx)
+    assert 1.8 * b32 < b64 < 2 * b32
+
+
+def test_paired_comparison_picks_each_arms_best_rate_and_differences_by_seed(monkeypatch):
+    """With train_lm replaced by a table of losses: each arm's best learning rate is the one
+    with the lowest mean over seeds, and the paired difference is arm minus first arm, seed
+    by seed, at each arm's own best rate."""
+    from probml.inference import pretrain
+
+    class Arm(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+    table = {  # (arm, lr) -> losses for seeds 0, 1
+        ("a", 0.1): (3.0, 3.2), ("a", 0.2): (2.9, 3.1),
+        ("b", 0.1): (2.5, 2.9), ("b", 0.2): (2.8, 2.8),
+    }  # fmt: skip
+
+    def fake_train(model, corpus, lr, batch_seed, verbose, **kw):
+        return pretrain.TrainResult(table[model.name, lr][batch_seed], seconds=1.0)
+
+    monkeypatch.setattr(pretrain, "train_lm", fake_train)
+    rows, raw = paired_comparison(
+        {"a": lambda: Arm("a"), "b": lambda: Arm("b")}, corpus=None, seeds=[0, 1], lrs=[0.1, 0.2]
+    )
+    assert [r["best lr"] for r in rows] == [0.2, 0.1]  # means 3.0 < 3.1; 2.7 < 2.8
+    assert rows[1]["val loss"] == pytest.approx(2.7)
+    assert rows[1]["paired diff vs a"] == pytest.approx(((2.5 - 2.9) + (2.9 - 3.1)) / 2)
+    assert rows[1]["se"] == pytest.approx(0.1)  # differences -0.4 and -0.2
+    assert len(raw) == 8
