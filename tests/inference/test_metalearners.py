@@ -347,6 +347,37 @@ def test_real_datasets_load_offline():
     assert np.all(np.isfinite(q.effect(d.X)))
     with pytest.raises(ValueError, match="available"):
         load_ratio_dataset("criteo")
+    # rows with a missing value in the used columns are dropped and counted
+    hiv = load_ratio_dataset("thornton_hiv")
+    assert hiv.info["dropped"] == 1991 and len(hiv.y) == 2829
+    assert np.isfinite(hiv.X).all() and np.isfinite(hiv.y).all()
+
+
+def test_synthetic_ratio_data_follow_their_formulas():
+    """Recomputed from X by the documented formulas: mu0 = sigmoid(b0 + x alpha),
+    tau_model = exp(c0 + x gamma), mu1 = min(mu0 tau_model, 1) (tau = mu1 / mu0, the capped
+    share reported), e = clip(sigmoid(kappa x zeta [+ 2 x3 x4 + 1.5 cos 3 x2]), 0.05, 0.95)."""
+
+    def sigmoid(z):
+        return 1 / (1 + np.exp(-z))
+
+    for shape in ("linear", "nonlinear"):
+        d = make_ratio_data(
+            5000, 5, base_logit=-1.0, log_tau_intercept=1.0, confounding=3.0,
+            propensity_shape=shape, seed=1,
+        )  # fmt: skip
+        X = d.X
+        mu0 = sigmoid(-1.0 + X @ np.array([0.5, 0.5, 0, 0, 0]))
+        tau_model = np.exp(1.0 + X @ np.array([0.4, -0.3, 0.2, 0, 0]))
+        assert np.allclose(d.mu0, mu0) and np.allclose(d.mu1, np.minimum(mu0 * tau_model, 1))
+        assert np.allclose(d.tau, d.mu1 / d.mu0)
+        capped = np.mean(mu0 * tau_model > 1)
+        assert 0.05 < capped == pytest.approx(d.info["capped_fraction"])
+        logit_e = 3.0 * (X @ np.array([1.0, 1, 0, 1, 0]))
+        if shape == "nonlinear":
+            logit_e = logit_e + 2 * X[:, 3] * X[:, 4] + 1.5 * np.cos(3 * X[:, 2])
+        assert np.allclose(d.e, np.clip(sigmoid(logit_e), 0.05, 0.95))
+        assert d.e.min() == 0.05 and d.e.max() == 0.95
 
 
 @pytest.mark.parametrize(
