@@ -32,7 +32,10 @@ maximum entropy (a Gaussian graphical model on the measured entries).
   that KL and the spectral error depend on most) noisier than any single measured covariance.
 * Score of an unmeasured :math:`(i,j)`:
   :math:`q_{ij} = (|S_{ij} - \hat\Sigma_{ij}| - \sqrt{2/\pi}\,\sigma_{ij}) / \Delta_{ij}`
-  (sensitivity 1).
+  (sensitivity 1). Every entry is measured at the same :math:`\rho_{entry}`, so
+  :math:`\sigma_{ij}/\Delta_{ij} = 1/\sqrt{2\rho_{entry}}` is one number and the correction
+  shifts all scores alike: it changes no selection probability of either mechanism (kept
+  for the spec's form; it would matter with per-entry budgets).
 * Reconstruction: the exact max-entropy completion of the noisy measured entries when one
   exists (the relaxed form's :math:`\lambda \to 0` limit), else the relaxed form
   (:mod:`probml.inference.maxent`); either is symmetric positive definite (``relaxed_``

@@ -580,3 +580,39 @@ def test_relaxed_completion_converges_where_the_variances_spread_over_ten_orders
         fit = float(Sig[i, j] - y) / s**2
         logdet = (1 if i == j else 2) * float(inv[i, j])
         assert fit == pytest.approx(logdet, rel=1e-5, abs=1e-5), (i, j)
+
+
+def test_post_processing_floors_and_the_recentred_data_stay_within_their_bounds(monkeypatch):
+    """Three documented steps no test looked at. (1) With ``center=True`` the centred data
+    are clipped again, so the released second moments keep the bounds the sensitivities
+    assume: data at +-b with a very noisy private mean must still give S_ii <= b_i^2 (without
+    the re-clip S_ii = b^2 + (mu - xbar)^2 - xbar^2, far above it). (2) A noisy variance below
+    its noise sd is raised to it. (3) ``project_to_pd`` clips eigenvalues at 1e-6 times the
+    mean absolute diagonal."""
+    import probml.inference.pace as pace
+    from probml.inference.pace import project_to_pd
+
+    b = np.array([1.0, 2.0, 0.5])
+    X = np.where(np.random.default_rng(0).uniform(size=(50, 3)) < 0.5, -1.0, 1.0) * b
+    released = {}
+    real = pace.gaussian_mechanism
+
+    def spy(value, sensitivity, rho, budget, generator=None, label=""):
+        released[label] = value.clone()
+        return real(value, sensitivity, rho, budget, generator=generator, label=label)
+
+    monkeypatch.setattr(pace, "gaussian_mechanism", spy)
+    est = PACEGGM(epsilon=0.5, bounds=b, rounds=0, center=True, diagonal="isotropic",
+                  random_state=0).fit(X)  # fmt: skip
+    assert float(est.mean_.abs().max()) > 1.0  # the mean's noise dwarfs the data
+    assert bool((released["diagonal"] <= torch.tensor(b**2) * (1 + 1e-12)).all())
+    # (2) six columns of variance 1e-6 under unit bounds: their noisy variances straddle 0
+    Z = np.random.default_rng(1).choice([-1e-3, 1e-3], size=(200, 6))
+    est = PACEGGM(epsilon=1.0, bounds=1.0, rounds=2, random_state=0).fit(Z)
+    _, values, scales = est.measurements_
+    v, s = np.array(values[:6]), np.array(scales[:6])
+    assert (v >= s).all() and (v == s).any()
+    # (3)
+    M = torch.diag(torch.tensor([2.0, -1.0, 4.0], dtype=torch.float64))
+    evals = torch.linalg.eigvalsh(project_to_pd(M))
+    assert torch.allclose(evals, torch.tensor([1e-6 * 7 / 3, 2.0, 4.0], dtype=torch.float64))
