@@ -1061,3 +1061,68 @@ def test_shared_residual_direction_weighs_modules_by_squared_singular_values():
     top = dirs.residual_direction(2)
     assert top.shape == (4, 2)
     assert torch.allclose(top.abs(), e[:, :2], atol=1e-6)  # e_1 first, then e_2
+
+
+def test_grasp_constrains_a_fresh_adapter_before_the_first_step():
+    """``finetune_lora`` applies the constraint once before training: a read-side adapter's
+    A already satisfies A u = 0 at the first forward pass (B = 0 there, so without it the
+    first step's gradient would flow through the unconstrained A)."""
+    from probml.inference.projection import SpuriousDirections
+
+    class Reader(nn.Module):  # the toy's regression through a module that reads ("up")
+        def __init__(self, W0):
+            super().__init__()
+            self.up = nn.Linear(W0.shape[1], W0.shape[0], bias=False)
+            with torch.no_grad():
+                self.up.weight.copy_(W0)
+
+        def forward(self, x, y):
+            pred = self.up(x)
+            return pred, (pred - y).pow(2).sum(-1).mean()
+
+    toy = LinearToy(dim=16, task_rank=4)
+    m = Reader(toy.W0)
+    add_lora(m, ["up"], rank=4, seed=1)
+    u = toy.c
+    seen, draw = [], toy.sample_batch()
+
+    def sampler(gen):
+        seen.append(float((next(lora_modules(m)).A @ u).detach().abs().max()))
+        return draw(gen)
+
+    g = GRASP(SpuriousDirections({"up": u[:, None]}, {"up": "read"}))
+    finetune_lora(m, sampler, num_steps=2, lr=1e-2, grasp=g, verbose=False)
+    assert seen[0] < 1e-6 and seen[1] < 1e-6
+
+
+def test_persona_runner_wires_each_method_to_its_intervention(tmp_path, monkeypatch):
+    """CAFT ablates u during fine-tuning, preventative steering adds it, the naive model's
+    inference-time row ablates it; the projection share is GRASP's projection seconds over
+    its run's seconds."""
+    import probml.inference.persona_experiment as pe
+
+    monkeypatch.setenv("PROBML_CACHE", str(tmp_path))
+    w = PersonaWorld()
+    base = pe.pretrain_persona_model(w, num_steps=5, d_model=16, verbose=False, cache=False)
+    modes, runs = [], []
+
+    class Recorded(pe.ResidualIntervention):
+        def __enter__(self):
+            modes.append(self.mode)
+            return super().__enter__()
+
+    real = pe.finetune_lora
+
+    def recorded_finetune(*args, **kwargs):
+        out = real(*args, **kwargs)
+        runs.append((kwargs.get("grasp") is not None, out))
+        return out
+
+    monkeypatch.setattr(pe, "ResidualIntervention", Recorded)
+    monkeypatch.setattr(pe, "finetune_lora", recorded_finetune)
+    methods = ("naive", "CAFT", "preventative steering", "GRASP")
+    _, diag = pe.run_persona_methods(base, w, num_steps=3, id_steps=2, methods=methods)
+    assert modes == ["ablate", "ablate", "add"]  # naive + inference ablation, CAFT, steering
+    grasp_run = [out for has_grasp, out in runs if has_grasp][-1]
+    share = grasp_run["projection_seconds"] / grasp_run["seconds"]
+    assert diag["projection_share_of_step"] == pytest.approx(share)
