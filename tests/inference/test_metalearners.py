@@ -3,7 +3,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from sklearn.base import clone
-from sklearn.dummy import DummyClassifier
+from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from probml.datasets.ratio import load_ratio_dataset, make_cell_data, make_ratio_data
@@ -501,3 +501,43 @@ def test_floors_and_clips_act_where_documented():
     dr = DRRatioLearner(final_model=LinearRegression(), clip=0.05)
     dr.fit(X, w, y, propensity=lambda Z: e[: len(Z)])  # evaluated once, on all rows
     assert dr.nuisances_["e"].min() == pytest.approx(0.05)
+
+
+class _RecordingClassifier(LogisticRegression):
+    """A logistic regression that keeps the sample weights of its last fit."""
+
+    def fit(self, X, y, sample_weight=None):
+        self.recorded_weights_ = np.asarray(sample_weight, float)
+        return super().fit(X, y, sample_weight=sample_weight)
+
+
+def test_qdr_nuisances_per_arm_and_the_final_stage_weights():
+    """The outcome model is fitted per arm (mu1 on treated units only: mean about 5 here,
+    where a fit on both arms would give about 3), and the final classifier sees the
+    pseudo-outcomes phi1, phi0 as weights: unchanged with ``negative_weights="keep"``,
+    max(phi, 0) with ``"clip"`` (zero weights dropped); the negative share counts phi < 0."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    X = rng.normal(size=(n, 1))
+    w = (rng.uniform(size=n) < 0.5).astype(np.int64)
+    y = (1 + 4 * w) * np.exp(0.1 * X[:, 0]) * rng.uniform(0.05, 1.95, n)
+    for mode in ("keep", "clip"):
+        est = QDRLearner(LinearRegression(), classifier=_RecordingClassifier(),
+                         negative_weights=mode).fit(X, w, y, propensity=0.5)  # fmt: skip
+        nu = est.nuisances_
+        assert nu["mu1"].mean() == pytest.approx(5 * np.exp(0.005), rel=0.03)
+        assert nu["mu0"].mean() == pytest.approx(np.exp(0.005), rel=0.03)
+        phi1 = nu["mu1"] + w * (y - nu["mu1"]) / 0.5
+        phi0 = nu["mu0"] + (1 - w) * (y - nu["mu0"]) / 0.5
+        phi = np.concatenate([phi1, phi0])
+        assert est.negative_weight_fraction_ == pytest.approx(np.mean(phi < 0))
+        want = phi if mode == "keep" else np.maximum(phi, 0)
+        got = est.classifier_.recorded_weights_
+        assert np.allclose(got, want[want != 0])
+    assert est.negative_weight_fraction_ > 0.05  # there was something to clip
+    # exact zeros are not negative: an outcome model predicting 0 makes every phi0 of a
+    # treated unit 0
+    zero = QDRLearner(DummyRegressor(strategy="constant", constant=0.0)).fit(
+        X, w, y, propensity=0.5
+    )
+    assert zero.negative_weight_fraction_ == 0.0
