@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from probml.datasets.persona import TURN_LEN, LinearToy, PersonaWorld, SlantWorld
+from probml.datasets.persona import SPECIAL, TURN_LEN, LinearToy, PersonaWorld, SlantWorld
 
 
 def _answer_sets(world, tokens):
     """Per turn: the topic ids and whether the answer came from template set 1."""
     n = tokens.shape[0]
     turns = tokens[:, 1:].reshape(n, 4, TURN_LEN)
-    topics = turns[..., 1] - 5  # after the five special tokens
+    topics = turns[..., 1] - len(SPECIAL)  # topic ids follow the special tokens
     first = turns[..., 4]
     set1 = world.templates[..., 1, :, 0].reshape(-1).unique()  # first words of set 1
     return topics, torch.isin(first, set1)

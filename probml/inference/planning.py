@@ -583,8 +583,10 @@ def information_rewards(nll: torch.Tensor, gamma: float) -> torch.Tensor:
         gamma: the discount.
 
     Returns:
-        ``B x T``: :math:`r_t = \gamma^t \max(0, \mathrm{NLL}_{t-1} - \mathrm{NLL}_t)`
-        (``t = 0 .. T - 1`` counting the first experiment as step 0).
+        ``B x T``: column ``t`` (experiment ``t = 0 .. T - 1``) is
+        :math:`\gamma^t \max(0, \mathrm{nll}_{:,t} - \mathrm{nll}_{:,t+1})`, the spec's
+        :math:`r_t = \gamma^t \max(0, \mathrm{NLL}_{t-1} - \mathrm{NLL}_t)` with experiments
+        counted from 0: the first reward is undiscounted.
     """
     gain = (nll[:, :-1] - nll[:, 1:]).clamp(min=0)
     steps = torch.arange(gain.shape[1], dtype=torch.float64, device=gain.device)
@@ -633,7 +635,9 @@ def train_design_policy(
     budget is tracked per episode), vectorised over the batch; the baseline is the batch mean
     return at each step, plus an entropy bonus. The policy's history encoder starts as a copy
     of the posterior net's (so ``policy.hidden`` must match) and stays frozen unless
-    ``train_encoder``. Returns the mean total reward per iteration."""
+    ``train_encoder``. The rewards are :func:`information_rewards` (its docstring fixes the
+    indexing) and the loss :func:`reinforce_loss`. Returns the mean total reward per
+    iteration."""
     cons = Constraints(constraints, experiment.design_bounds)
     T = policy.horizon if horizon is None else int(horizon)
     gen = make_generator(seed)
