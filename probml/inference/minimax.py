@@ -373,7 +373,8 @@ class DRUM(_Validated):
             ``nn.Module`` mapping ``n x d_x`` to logits ``n`` (an ``n x 1`` output is
             squeezed, any other shape is an error). A copy is trained, your module is left
             as it was: ``predictor_`` holds the trained copy wrapped, and the copy itself is
-            ``predictor_.fn``.
+            ``predictor_.fn``. The built-in predictors' output bias starts at the logit of
+            the source's mean outcome.
         outcome_model: ``"mlp"``, ``"linear"`` or a callable ``mu(x, a)``: ``... x d_x`` and
             ``... x d_a`` to probabilities ``...`` (then treated as known; ``... x 1`` is
             squeezed).

@@ -45,6 +45,21 @@ def test_closed_forms_of_the_spec():
     )
     assert abs(fs[risk.argmin()] - f) < 1e-4 and abs(risk.min() - wc) < 1e-8
     assert bernoulli_kl_interval(0.3, 0.0) == pytest.approx((0.3, 0.3), abs=1e-9)
+    # an end point within 1e-3 of 1 (KL(1 || 1/2) = log 2 = 0.693 just above rho = 0.69)
+    lo, hi = bernoulli_kl_interval(0.5, 0.69)
+    kl = hi * math.log(hi / 0.5) + (1 - hi) * math.log((1 - hi) / 0.5)
+    assert hi > 0.999 and kl == pytest.approx(0.69, abs=1e-9) and lo == pytest.approx(1 - hi)
+
+
+def test_the_predictor_starts_at_the_source_mean_outcome():
+    """The predictor's output bias starts at logit(mean y): with a learning rate of 1e-12
+    and no adversary, a constant predictor still predicts the source's mean outcome."""
+    Xs, As, ys, Xt = BinaryShiftProblem().sample(2000, 0)
+    est = DRUM(rho=0.0, predictor="constant", num_iters=1, lr=1e-12, verbose=False)
+    est.fit(Xs, As, ys, Xt)
+    assert float(est.predict_proba(Xt[:3])[:, 1].mean()) == pytest.approx(
+        float(ys.mean()), abs=1e-6
+    )
     assert bernoulli_kl_interval(0.3, math.inf) == (0.0, 1.0)
     for rho in (-0.1, math.nan):
         with pytest.raises(ValueError, match="rho"):
