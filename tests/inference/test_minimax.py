@@ -49,6 +49,10 @@ def test_closed_forms_of_the_spec():
     lo, hi = bernoulli_kl_interval(0.5, 0.69)
     kl = hi * math.log(hi / 0.5) + (1 - hi) * math.log((1 - hi) / 0.5)
     assert hi > 0.999 and kl == pytest.approx(0.69, abs=1e-9) and lo == pytest.approx(1 - hi)
+    assert bernoulli_kl_interval(0.3, math.inf) == (0.0, 1.0)
+    for rho in (-0.1, math.nan):
+        with pytest.raises(ValueError, match="rho"):
+            bernoulli_kl_interval(0.3, rho)
 
 
 def test_the_predictor_starts_at_the_source_mean_outcome():
@@ -60,10 +64,6 @@ def test_the_predictor_starts_at_the_source_mean_outcome():
     assert float(est.predict_proba(Xt[:3])[:, 1].mean()) == pytest.approx(
         float(ys.mean()), abs=1e-6
     )
-    assert bernoulli_kl_interval(0.3, math.inf) == (0.0, 1.0)
-    for rho in (-0.1, math.nan):
-        with pytest.raises(ValueError, match="rho"):
-            bernoulli_kl_interval(0.3, rho)
 
 
 def test_drum_matches_the_binary_minimax_with_known_nuisances():
