@@ -283,26 +283,36 @@ def check_data(
     return A
 
 
+def _missing_objects(values: np.ndarray) -> np.ndarray:
+    """Which entries of a 1-D object array are missing: ``None``, a float NaN, pandas' ``NA``
+    or ``NaT`` (one Python check per label: object arrays have no vector op)."""
+    return np.array(
+        [
+            v is None
+            or (isinstance(v, float) and v != v)
+            or type(v).__name__ in ("NAType", "NaTType")
+            for v in values.tolist()
+        ],
+        dtype=bool,
+    )
+
+
 def group_labels(name: str, labels) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, groups)``: the labels as a 1-D array and their sorted distinct values.
 
     A missing label (``None``, NaN, pandas' ``NA``) is refused by ``name``: it is no group,
     and NaN never equals itself, so its rows would match no group and drop out of every
-    per-group computation. Labels of types that do not sort together (``1`` and ``"a"``) are
-    refused too."""
+    per-group computation. A NaN in a list of strings is caught too (NumPy would have made it
+    the string ``"nan"``, a group of its own); the string ``"nan"`` in an array is a label.
+    Labels of types that do not sort together (``1`` and ``"a"``) are refused too."""
     s = np.asarray(labels).reshape(-1)
     if s.dtype.kind == "f":
         missing = np.isnan(s)
-    elif s.dtype.kind == "O":  # one Python check per label: object arrays have no vector op
-        missing = np.array(
-            [
-                v is None
-                or (isinstance(v, float) and v != v)
-                or type(v).__name__ in ("NAType", "NaTType")
-                for v in s.tolist()
-            ],
-            dtype=bool,
-        )
+    elif s.dtype.kind == "O":
+        missing = _missing_objects(s)
+    elif s.dtype.kind in "US" and not isinstance(labels, np.ndarray):
+        # NumPy turns a NaN among strings in a list into the string "nan", a group of its own
+        missing = _missing_objects(np.asarray(labels, dtype=object).reshape(-1))
     else:
         missing = np.zeros(s.shape, dtype=bool)
     if missing.any():

@@ -216,6 +216,8 @@ def test_calibration_fraction_none_calibrates_on_every_row():
     [
         np.where(np.arange(200) < 3, np.nan, np.arange(200) % 2),  # float NaN
         np.array(["a", "b", None, "a"] * 50, dtype=object),  # None
+        np.array(["a", "b", np.nan, "a"] * 50, dtype=object),  # NaN among objects
+        ["a", "b", float("nan"), "a"] * 50,  # a list: NumPy would make NaN the string "nan"
     ],
 )
 def test_a_missing_group_label_is_refused_by_name(labels):
@@ -239,6 +241,21 @@ def test_a_missing_group_label_is_refused_by_name(labels):
         unfairness(y, np.array(["a", 1] * 100, dtype=object))
     with pytest.raises(ValueError, match="^pred must be finite"):
         unfairness(np.where(np.arange(200) == 0, np.nan, y), np.arange(200) % 2)
+
+
+def test_pandas_missing_labels_are_refused_and_the_string_nan_is_a_label():
+    pd = pytest.importorskip("pandas")
+    y = np.linspace(0.0, 1.0, 8)
+    for labels in (
+        pd.array(["a", "b", None, "a"] * 2, dtype="string"),  # pandas' NA
+        pd.Series(["a", "b", np.nan, "a"] * 2),  # object dtype with a float NaN
+        pd.Series([0, 1, None, 0] * 2, dtype="Int64"),
+    ):
+        with pytest.raises(ValueError, match="^sensitive has 2 missing label"):
+            unfairness(y, labels, "tv")
+    # an array of strings holds "nan" as a string, a group like any other
+    s = np.array(["a", "nan"] * 4)
+    assert unfairness(y, s, "tv") == unfairness(y, np.array(["a", "b"] * 4), "tv")
 
 
 @pytest.mark.parametrize("fn", [fair_dp_unaware, fair_tv_unaware, fair_w2_unaware])
