@@ -217,8 +217,10 @@ class TinyLM(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """Logits ``B x T x V``; with ``targets`` (``B x T``) also the mean cross-entropy.
-        ``idx``: ``B x T`` integer token ids in ``[0, vocab_size)`` (not checked: the check
-        would cost a device synchronisation on every call)."""
+        ``idx``: ``B x T`` integer token ids in ``[0, vocab_size)``. The range is checked on
+        the CPU, where it costs nothing; not on an accelerator, where the check would cost a
+        device synchronisation on every call (there an id out of range trips the embedding's
+        device-side assertion)."""
         if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
             raise ValueError(
                 f"idx must be a B x T tensor of token ids (long), got shape {tuple(idx.shape)} "
@@ -227,6 +229,13 @@ class TinyLM(nn.Module):
         B, T = idx.shape
         if T > self.cfg.context:
             raise ValueError(f"sequence length {T} exceeds the context {self.cfg.context}")
+        if idx.device.type == "cpu" and idx.numel():
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= self.cfg.vocab_size:
+                raise ValueError(
+                    f"idx holds token ids in [{lo}, {hi}] but the model's vocab_size is "
+                    f"{self.cfg.vocab_size}: ids must lie in [0, {self.cfg.vocab_size})"
+                )
         x = self.tok(idx) + self.pos(torch.arange(T, device=idx.device))
         for blk in self.blocks:
             x = blk(x)

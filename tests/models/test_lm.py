@@ -34,6 +34,11 @@ def test_tinylm_forward_backward_and_causality(kw):
     assert torch.allclose(m(x)[:, :10], m(x2)[:, :10], atol=1e-6)
     with pytest.raises(ValueError, match="context"):
         m(torch.randint(0, 20, (1, 17)))
+    for bad in (20, -1):  # torch's own message names neither the argument nor the size
+        with pytest.raises(
+            ValueError, match=r"token ids in \[-?\d+, \d+\] but the model's vocab_size is 20"
+        ):
+            m(torch.where(x == x[0, 0], bad, x))
 
 
 def test_roles_and_save_load(tmp_path):
