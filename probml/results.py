@@ -24,10 +24,7 @@ def format_value(v: Any, digits: int = 4) -> str:
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v))
     if isinstance(v, (float, np.floating)):
-        v = float(v)
-        if math.isnan(v) or math.isinf(v):
-            return str(v)
-        return f"{v:.{digits}g}"
+        return f"{float(v):.{digits}g}"  # nan, inf and -inf print as themselves
     return str(v)
 
 

@@ -1,3 +1,4 @@
+import json
 import shutil
 import subprocess
 import sys
@@ -7,7 +8,14 @@ import pytest
 import torch
 
 from probml.cli import main
-from probml.registry import Example, ExampleResult, Registry, run_demo, script_main
+from probml.registry import (
+    Example,
+    ExampleResult,
+    Registry,
+    run_demo,
+    run_example,
+    script_main,
+)
 
 
 def _ok(fast, seed, device, out_dir):
@@ -98,6 +106,70 @@ def test_default_registry_has_the_examples():
     names = Registry().names()
     assert "importance_sampling" in names
     assert {"surge", "drum", "grasp"} <= set(names)
+
+
+CALLS = []
+
+
+def _record(fast, seed, device, out_dir):
+    """An example that records its arguments, draws from the global RNG (as real examples
+    do after run_example's set_seed) and saves a figure."""
+    CALLS.append({"fast": fast, "seed": seed, "device": device})
+    fig = out_dir / "fig.png"
+    fig.write_bytes(b"png")
+    x = float(torch.rand(1))
+    return ExampleResult(headline=f"x={x:.6f}", table=[{"x": x}], figures=[fig])
+
+
+def test_run_passes_its_options_seeds_and_prints_table_headline_and_figures(tmp_path, capsys):
+    reg = Registry([Example("rec", "records", _record)])
+    CALLS.clear()
+    outs = []
+    for argv in (["--seed", "4"], ["--fast", "--seed", "4"]):
+        torch.manual_seed(len(outs))  # another caller state each time: run_example seeds
+        assert main(["run", "rec", *argv, "--out", str(tmp_path / str(len(outs)))], reg) == 0
+        outs.append(capsys.readouterr().out)
+    assert [c["fast"] for c in CALLS] == [False, True]
+    assert all(c["seed"] == 4 and c["device"] == torch.device("cpu") for c in CALLS)
+    assert isinstance(CALLS[0]["device"], torch.device)  # resolved, not the string
+    torch.manual_seed(4)
+    expected = f"x={float(torch.rand(1)):.6f}"
+    for i, out in enumerate(outs):
+        assert out.startswith("| x |") and expected in out
+        assert f"figure: {tmp_path / str(i) / 'fig.png'}" in out
+    meta = json.loads((tmp_path / "1" / "results.json").read_text())["meta"]
+    assert meta == {"example": "rec", "fast": True, "seed": 4, "headline": expected}
+    script_main(_record, ["--fast", "--out", str(tmp_path / "s")])  # examples/NAME.py
+    out = capsys.readouterr().out
+    assert out.startswith("| x |") and out.strip().splitlines()[-1].startswith("x=")
+
+
+def test_demo_modes_and_its_report_sections(tmp_path):
+    reg = Registry([Example("rec", "records", _record)])
+    CALLS.clear()
+    assert main(["demo", "--out", str(tmp_path / "f")], registry=reg) == 0
+    assert main(["demo", "--full", "--out", str(tmp_path / "u")], registry=reg) == 0
+    assert [c["fast"] for c in CALLS] == [True, False]
+    fast, full = (
+        (tmp_path / "f" / "report.md").read_text(),
+        (tmp_path / "u" / "report.md").read_text(),
+    )
+    assert fast.startswith("# probml demo report (fast mode, seed 0)")
+    assert full.startswith("# probml demo report (full mode, seed 0)")
+    section = full.split("## rec\n\n")[1]
+    assert section.startswith("| x |") and "![fig.png](rec/fig.png)" in section
+
+
+def test_registry_files_and_results_are_checked(tmp_path, monkeypatch):
+    (tmp_path / "bare.py").write_text(
+        "from probml.registry import ExampleResult\n"
+        "def run(fast, seed, device, out_dir):\n    return {'headline': 'not a result'}\n"
+    )
+    monkeypatch.setenv("PROBML_EXAMPLES_DIR", str(tmp_path))
+    reg = Registry()
+    assert reg.describe() == [("bare", "(no description)")]
+    with pytest.raises(TypeError, match="example bare returned dict, not ExampleResult"):
+        run_example(reg.get("bare"), out_dir=tmp_path / "out")
 
 
 @pytest.mark.skipif(

@@ -38,7 +38,9 @@ def test_keep_global_rng_restores_and_nests_like_unguarded_code():
     assert _same(before, _states())  # restored
     assert value == _draw(3)  # and the draws were the seeded ones
     guarded_outer = keep_global_rng(lambda s: (guarded_draw(s), float(torch.rand(1))))
-    assert guarded_outer(3) == outer(3)  # the nested guard does not restore in between
+    torch.manual_seed(7)  # a caller state unlike the inner seed's (after _draw(3) above,
+    nested = guarded_outer(3)  # restoring in between would continue seed 3's stream too)
+    assert nested == outer(3)  # the nested guard does not restore in between
     torch.manual_seed(7)
     before = _states()
     guarded_outer(3)
@@ -168,6 +170,29 @@ def test_pyro_routines_put_the_callers_parameter_store_back():
     fit_spurious_factor(torch.randn(4, 6), num_task=2, num_steps=3, num_samples=2)
     pace = PACEGGM(2.0, 1e-5, np.ones(2), rounds=1, random_state=0).fit(np.zeros((50, 2)))
     covariance_posterior(pace, method="svi", num_samples=2, svi_steps=2)
+    store = pyro.get_param_store()
+    assert list(store.keys()) == ["user_w"] and torch.equal(store["user_w"].detach(), w.detach())
+    pyro.clear_param_store()
+
+
+def test_keep_param_store_runs_on_an_empty_store_and_puts_the_callers_back():
+    import pyro
+
+    from probml.utils import keep_param_store
+
+    @keep_param_store
+    def inner(fail=False):
+        seen = sorted(pyro.get_param_store().keys())
+        pyro.param("inner_w", torch.zeros(2))
+        if fail:
+            raise RuntimeError("boom")
+        return seen
+
+    pyro.clear_param_store()
+    w = pyro.param("user_w", torch.tensor([1.0, 2.0]))
+    assert inner() == []  # the caller's parameters are not visible inside
+    with pytest.raises(RuntimeError, match="boom"):
+        inner(fail=True)
     store = pyro.get_param_store()
     assert list(store.keys()) == ["user_w"] and torch.equal(store["user_w"].detach(), w.detach())
     pyro.clear_param_store()

@@ -60,6 +60,9 @@ def test_a_bad_prior_is_named(call, name, checks_dtype):
         call(_laplace(n + 1))
     with pytest.raises(ValueError, match=r"\.to_event\(1\)"):
         call(_laplace(n, event=False))
+    batched = dist.Laplace(torch.zeros(2, n, dtype=torch.float64), 1.0).to_event(1)
+    with pytest.raises(ValueError, match=r"no batch shape, got batch shape \(2,\)"):
+        call(batched)  # the right event shape, but a batch of two priors
     if checks_dtype:  # the design enters a matrix product with a draw
         with pytest.raises(ValueError, match=f"{name} must be built from torch.float64"):
             call(_laplace(n, dtype=torch.float32))

@@ -90,6 +90,84 @@ def test_results_writer(tmp_path):
     assert relative_error(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])) == 1.0
 
 
+def test_seed_arguments_refuse_bools_and_a_none_seed_follows_set_seed():
+    import random
+
+    for fn in (set_seed, make_generator):
+        with pytest.raises(ValueError, match="seed must be a non-negative int"):
+            fn(True)  # a bool is an int to Python, never a seed
+    draws = []
+    for seed in (1, 1, 2):
+        set_seed(seed)
+        draws.append(torch.rand(2, generator=make_generator(None)))
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    set_seed(3)
+    first = (random.random(), np.random.rand())  # noqa: NPY002
+    set_seed(3)
+    assert first == (random.random(), np.random.rand())  # noqa: NPY002
+
+
+def test_progress_bar_only_on_a_terminal_and_never_when_quiet(monkeypatch):
+    import sys
+
+    import tqdm.auto
+
+    from probml.utils import progress
+
+    bars = []
+
+    class Bar:
+        def __init__(self, iterable, **kwargs):
+            bars.append(kwargs)
+            self.iterable = iterable
+
+        def __iter__(self):
+            return iter(self.iterable)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    monkeypatch.delenv("PROBML_QUIET", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert list(progress(range(3), desc="steps", total=3)) == [0, 1, 2]
+    assert len(bars) == 1 and bars[0]["desc"] == "steps" and bars[0]["total"] == 3
+    assert list(progress(range(3), verbose=False)) == [0, 1, 2]
+    monkeypatch.setenv("PROBML_QUIET", "1")
+    assert list(progress(range(3))) == [0, 1, 2]
+    monkeypatch.delenv("PROBML_QUIET")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a log file or CI
+    assert list(progress(range(3))) == [0, 1, 2]
+    assert len(bars) == 1
+
+
+def test_validators_on_infinite_batched_and_misplaced_input():
+    from probml.utils import cholesky_factor, module_list
+
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="rho must be finite and > 0"):
+            check_positive("rho", bad)
+    M = torch.tensor([[4.0, 2.0], [2.0, 3.0]])
+    assert torch.allclose(cholesky_factor("cov", M), torch.linalg.cholesky(M))
+    with pytest.raises(ValueError, match="cov must be symmetric positive definite"):
+        cholesky_factor("cov", torch.stack([M, -M]))  # one bad matrix in a batch
+    model = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Linear(2, 2)]), torch.nn.Linear(2, 2))
+    assert module_list(model, "0", "layers") is model[0]
+    with pytest.raises(ValueError, match="layers: '1' is a Linear, not a ModuleList"):
+        module_list(model, "1", "layers")
+    with pytest.raises(ValueError, match="layers: the model has no submodule 'blocks'"):
+        module_list(model, "blocks", "layers")
+    with pytest.raises(ValueError, match=r"rewards and p0 must both have shape \(B,\)"):
+        check_batch_probabilities("p0", [[0.2], [0.5]], torch.zeros(2, 1), "rewards")
+
+
+def test_results_writer_empty_cells_paths_and_keys(tmp_path):
+    assert markdown_table([{"a": 1, "b": 2}, {"a": 3}]).splitlines()[-1] == "| 3 |  |"
+    meta = {"out": tmp_path / "x", "by_seed": {np.int64(1): 0.5}}  # a Path; a NumPy key
+    _, js_p = write_table(tmp_path, "p", [{"a": 1}], meta=meta)
+    data = json.loads(js_p.read_text())
+    assert data["meta"] == {"out": str(tmp_path / "x"), "by_seed": {"1": 0.5}}
+    with pytest.raises(ValueError, match="mean_se needs at least one value"):
+        mean_se([])
+
+
 def test_top_level_exports_resolve_lazily_to_their_modules():
     import importlib
     import subprocess

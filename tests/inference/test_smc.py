@@ -16,7 +16,7 @@ from probml.inference.smc import (
     kalman_filter,
     weighted_moments,
 )
-from probml.models.diffusion import LinearGaussianDiffusion
+from probml.models.diffusion import LinearGaussianDiffusion, NeuralDiffusionTransition
 from probml.models.dynamics import GaussianObservation, LinearGaussianSSM, Lorenz63
 
 K, B, D = 50, 20, 10
@@ -282,6 +282,10 @@ def test_inflated_twist_is_the_exact_likelihood_under_a_flat_prior():
     z = torch.linspace(-2, 2, 7, dtype=torch.float64).reshape(1, 7, 1)
     cond, y = torch.zeros(1, 7, 1, dtype=torch.float64), torch.tensor([[0.4]], dtype=torch.float64)
     _, _, _, al, sg, _ = tr.schedule.reverse_coefficients(K)
+    # h_0 = p(y | x_t) exactly: no inflation at level 0 (sigma_0 / alpha_0 = 0.0105 is not 0)
+    exact = torch.distributions.Normal(z[..., 0] / al[0], 0.3).log_prob(y)
+    log_h, _, _ = GuidedReverseProposal(tr, obs, K).twist(z, 0, cond, y, grad=False)
+    assert torch.allclose(log_h, exact, atol=1e-9)
     for k in (3, 10, 17):
         var = 0.3**2 + sg[k] ** 2 / al[k] ** 2
         exact = torch.distributions.Normal(z[..., 0] / al[k], var.sqrt()).log_prob(y)
@@ -289,6 +293,36 @@ def test_inflated_twist_is_the_exact_likelihood_under_a_flat_prior():
         assert torch.allclose(log_h, exact, atol=1e-4), k
         dps, _, _ = GuidedReverseProposal(tr, obs, K, twist="dps").twist(z, k, cond, y, grad=False)
         assert float((dps - exact).abs().max()) > 0.1
+
+
+def test_inflation_uses_the_mean_squared_decode_scale():
+    """r_k^2 = sigma_k^2 / alpha_k^2 * mean(v^2) with v the per-coordinate decode scale: here
+    v = (1, 3), mean(v^2) = 5 (the squared mean scale would be 4); "dps" has r = 0."""
+    tr = NeuralDiffusionTransition(2, hidden=4, depth=1)
+    tr.inc_scale.copy_(torch.tensor([1.0, 3.0]))
+    obs = GaussianObservation(torch.eye(2, dtype=torch.float64), 0.3)
+    _, _, _, al, sg, _ = tr.schedule.reverse_coefficients(10)
+    r2 = GuidedReverseProposal(tr, obs, 10).r2
+    assert r2[0] == 0.0 and torch.allclose(r2[1:], (sg**2 / al**2 * 5.0)[1:], rtol=1e-6)
+    assert torch.equal(GuidedReverseProposal(tr, obs, 10, twist="dps").r2, torch.zeros(11).to(r2))
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0])
+def test_guided_proposal_and_its_log_ratio_by_hand(scale, lg_problem):
+    """q = N(mu + scale * v g, v I); the returned log-ratio is log p(z' | z) - log q(z' | z)
+    with p = N(mu, v I), the unguided kernel (scale 0: q is p, the ratio 0)."""
+    prop = GuidedReverseProposal(lg_problem["tr"], lg_problem["ssm"].observation, K,
+                                 guidance_scale=scale)  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 5, D, dtype=torch.float64, generator=g)
+    z0, grad = torch.randn_like(z), torch.randn(z.shape, dtype=z.dtype, generator=g)
+    mean, v = prop.prior_moments(z, z0, 7)
+    z_new, log_ratio = prop.propose(z, z0, grad, 7, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(z.shape, dtype=z.dtype, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(z_new, mean + scale * v * grad + v.sqrt() * noise, atol=1e-12)
+    p = torch.distributions.Normal(mean, v.sqrt()).log_prob(z_new).sum(-1)
+    q = torch.distributions.Normal(mean + scale * v * grad, v.sqrt()).log_prob(z_new).sum(-1)
+    assert torch.allclose(log_ratio, p - q, atol=1e-9)
 
 
 def test_weighted_moments_by_hand():
