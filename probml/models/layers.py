@@ -550,8 +550,9 @@ def scale_vector_priors(model: nn.Module, weight_decay: float) -> nn.Module:
     :func:`pyro.nn.module.to_pyro_module_`; sites are named by module path. Use with a likelihood
     such as ``pyro.factor("lm", -n_tokens * loss)`` and an ``AutoDelta`` guide for MAP.
 
-    The priors are built on the scales' device and in their dtype: move the model first
-    (``model.to(device)`` does not move a ``PyroSample`` prior afterwards).
+    The priors' locations are (non-persistent) buffers of the scale modules, so they follow
+    the model: ``model.to(device)`` or ``model.double()`` before or after the call moves them
+    with the scales (a ``PyroSample`` built from fixed tensors would stay where it was made).
 
     Pyro keys its parameter store by module path, the same for every converted TinyLM. SVI on
     a second converted model would step the tensors the store holds for the first and leave
@@ -575,11 +576,12 @@ def scale_vector_priors(model: nn.Module, weight_decay: float) -> nn.Module:
     scale = 1.0 / math.sqrt(weight_decay)
     for m in model.modules():
         if isinstance(m, ScaleVector) and m.role == "input":
-            # the priors follow the scale's device and dtype (a CUDA model draws on CUDA)
-            zero = m.alpha.detach().new_zeros(m.alpha.shape)
-            m.alpha = PyroSample(dist.Normal(zero, scale).to_event(1))
+            # prior locations as buffers: they move with the model (a CUDA model draws on CUDA)
+            m.register_buffer("alpha_prior_loc", m.alpha.detach().new_zeros(m.alpha.shape), False)
+            m.alpha = PyroSample(lambda mod: dist.Normal(mod.alpha_prior_loc, scale).to_event(1))
             if m.beta is not None:
-                m.beta = PyroSample(dist.Normal(m.beta.detach().new_zeros(()), scale))
+                m.register_buffer("beta_prior_loc", m.beta.detach().new_zeros(()), False)
+                m.beta = PyroSample(lambda mod: dist.Normal(mod.beta_prior_loc, scale))
     return model
 
 

@@ -172,6 +172,15 @@ def test_scale_vector_priors_follow_the_models_dtype_and_device(to):
     value = tr.nodes["norm_f.scale.alpha"]["value"]
     assert value.device == device
     assert value.dtype == (torch.float64 if to == torch.float64 else torch.float32)
+    # moved after the call: the priors (buffers of the scale modules) move with the model
+    if to == torch.float64:
+        pyro.clear_param_store()
+        m = TinyLM(TinyLMConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, context=8))
+        scale_vector_priors(m, weight_decay=0.5).to(to)
+        assert "norm_f.scale.alpha_prior_loc" not in m.state_dict()  # not saved with the model
+        tr = poutine.trace(lambda: m(x)).get_trace()
+        assert tr.nodes["norm_f.scale.alpha"]["value"].dtype == torch.float64
+    pyro.clear_param_store()
 
 
 def test_stochastic_gates_mean_field_is_the_moa_layer_and_svi_runs():
