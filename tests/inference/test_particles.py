@@ -46,6 +46,24 @@ def test_low_variance_schemes_keep_floor_counts(scheme):
     assert torch.all(counts >= (4 * w).floor().long() - 1)
 
 
+def test_systematic_counts_are_floor_or_ceil_and_stratified_ones_need_not_be():
+    """Systematic points lie exactly 1/M apart, so particle i gets floor(M w_i) or
+    ceil(M w_i) offspring. Stratified points are independent within their strata: with
+    w = (0.3, 0.4, 0.3) and M = 3 the middle particle gets all three (ceil(1.2) = 2) when the
+    first point falls in [0.3, 1/3) and the last in [2/3, 0.7): probability 0.1 x 0.1."""
+    w = torch.tensor([0.3, 0.4, 0.3], dtype=torch.float64)
+    counts = {}
+    for scheme in ("systematic", "stratified"):
+        idx = resample(w.log().expand(5000, 3), scheme=scheme, generator=0)
+        counts[scheme] = torch.zeros(5000, 3, dtype=torch.long).scatter_add_(
+            1, idx, torch.ones_like(idx)
+        )
+    c = counts["systematic"]
+    assert bool(((c >= (3 * w).floor()) & (c <= (3 * w).ceil())).all())
+    share = float((counts["stratified"][:, 1] == 3).double().mean())
+    assert share == pytest.approx(0.01, abs=0.005)
+
+
 def test_ess_bounds():
     n = 37
     assert effective_sample_size(torch.zeros(n)).item() == pytest.approx(n)
@@ -76,6 +94,10 @@ def test_degenerate_weights_raise_named_error():
         normalize_log_weights(torch.full((2, 4), -math.inf))
     with pytest.raises(ParticleDegeneracyError, match="NaN"):
         resample(torch.tensor([0.0, float("nan")]))
+    with pytest.raises(ParticleDegeneracyError, match=r"NaN or \+inf"):
+        normalize_log_weights(torch.tensor([0.0, math.inf]))
+    with pytest.raises(ParticleDegeneracyError, match="all log-weights are -inf"):
+        effective_sample_size(torch.tensor([[0.0, 0.0], [-math.inf, -math.inf]]))  # one entry
     with pytest.raises(ValueError, match="scheme"):
         resample(torch.zeros(3), scheme="residual")
     with pytest.raises(ValueError, match="num_samples"):

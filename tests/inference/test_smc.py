@@ -133,6 +133,21 @@ def test_evaluate_filter_scores_match_the_kalman_posterior():
     assert out["result"].particles.shape == (5, 8, 4000, 4)  # kept for the CRPS
 
 
+def test_surge_scores_report_the_smallest_diffusion_ess_and_guidance_stays_unweighted():
+    ssm = LinearGaussianSSM.random(dim=2, obs_every=1, obs_noise=0.1)
+    tr = LinearGaussianDiffusion(ssm.A, ssm.Q)
+    xs, ys = ssm.simulate(3, num_trajectories=4, generator=0)
+    x0 = torch.randn(4, 32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = evaluate_filter(SURGE(tr, ssm.observation, 32, 10, seed=2, verbose=False), xs, ys, x0)
+    d = out["result"].diffusion_ess  # T x K x B
+    assert out["min_diffusion_ess"] == float(d.min()) / 32 and float(d.min()) < float(d.mean())
+    # the guidance-only filter carries no weights: they stay equal at every time
+    res = GuidedDiffusionFilter(tr, ssm.observation, 32, 10, seed=2, verbose=False,
+                                keep_particles=True).filter(ys, x0)  # fmt: skip
+    assert torch.allclose(res.log_weights, torch.full_like(res.log_weights, -math.log(32)))
+    assert res.log_evidence is None
+
+
 def test_unbatched_interface_and_seed():
     ssm = LinearGaussianSSM.random(dim=4)
     tr = LinearGaussianDiffusion(ssm.A, ssm.Q)
@@ -198,8 +213,8 @@ def test_all_weights_zero_raises_named_error():
         f.step(torch.zeros(2, dtype=torch.float64))
     pf = BootstrapPF(ssm, obs, 16, seed=0, verbose=False)
     pf.init(torch.zeros(16, 2, dtype=torch.float64))
-    pf.step(torch.zeros(2, dtype=torch.float64))
-    with pytest.raises(ParticleDegeneracyError):
+    pf.step(torch.zeros(2, dtype=torch.float64))  # the all -inf row stays -inf (not NaN)
+    with pytest.raises(ParticleDegeneracyError, match="every particle has weight zero"):
         pf.step(torch.zeros(2, dtype=torch.float64))
 
 
@@ -268,6 +283,12 @@ def test_enkf_collapses_onto_a_perfect_observation_of_the_whole_state():
     filt = EnKF(Stay(), obs, 5, seed=1, verbose=False).init(x0)
     parts, _ = filt.step(y)
     assert torch.allclose(parts, y.expand(5, 2), atol=1e-5)
+    # inflation scales the forecast spread about its mean (checked with nothing observed,
+    # where the update leaves the forecast alone)
+    filt = EnKF(Stay(), obs, 5, inflation=1.5, seed=1, verbose=False).init(x0)
+    parts, _ = filt.step(torch.full((2,), float("nan"), dtype=torch.float64))
+    mean = x0.mean(0)
+    assert torch.allclose(parts, mean + 1.5 * (x0 - mean), atol=1e-12)
 
 
 def test_inflated_twist_is_the_exact_likelihood_under_a_flat_prior():

@@ -17,6 +17,7 @@ from probml.models.dynamics import (
     Lorenz96,
     StateSpaceModel,
     kalman_filter,
+    rk4_step,
     simulate_transition_pairs,
 )
 
@@ -110,6 +111,29 @@ def test_transition_pairs_chain_and_carry_the_process_noise():
                     ({"spin_up": -1}, "spin_up"), ({"num_starts": 2.5}, "integer")):  # fmt: skip
         with pytest.raises((ValueError, TypeError), match=msg):
             simulate_transition_pairs(l63, **{"num_starts": 4, **kw})
+
+
+def test_rk4_step_is_the_fourth_order_taylor_step_on_a_linear_field():
+    # for dx/dt = a x, classical RK4 multiplies x by 1 + h + h^2/2 + h^3/6 + h^4/24 (h = a dt)
+    x = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    a, dt = -1.3, 0.2
+    h = a * dt
+    expected = x * (1 + h + h**2 / 2 + h**3 / 6 + h**4 / 24)
+    assert torch.allclose(rk4_step(lambda v: a * v, x, dt), expected, atol=1e-15)
+
+
+def test_random_linear_model_and_its_own_kalman_prior():
+    ssm = LinearGaussianSSM.random(dim=6, generator=3)
+    assert float(torch.linalg.eigvals(ssm.A).abs().max()) == pytest.approx(0.9, abs=1e-12)
+    C = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    A = torch.tensor([[0.9, 0.1], [0.0, 0.8]], dtype=torch.float64)
+    H = torch.eye(2, dtype=torch.float64)[:1]
+    ssm = LinearGaussianSSM(A, 0.1 * torch.eye(2, dtype=torch.float64), H, 0.3, init_cov=C)
+    _, ys = ssm.simulate(4, generator=0)
+    mine = ssm.kalman_filter(ys[:, 0])  # the model's own prior of x_0: N(0, C)
+    ref = kalman_filter(A, ssm.Q, H, 0.09, ys[:, 0], torch.zeros(2, dtype=torch.float64), C)
+    for a, b in zip(mine, ref):
+        assert torch.allclose(a, b, atol=1e-12)
 
 
 def test_observation_validation():
