@@ -29,6 +29,10 @@ def make_sparse_precision(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(Sigma, precision)`` (``d x d`` float64) with a chain + random-edge graph.
 
+    Before the rescaling, the precision has unit diagonal plus a margin of diagonal
+    dominance, chain edges ``(i, i + 1)`` of random sign and size in [0.2, 0.4], and
+    ``n_extra_edges`` edges ``(i, j)``, ``j > i + 1``, of random sign and size in [0.1, 0.3].
+
     Args:
         d: dimension (>= 2).
         n_extra_edges: random non-chain edges added (fewer if the graph is too small).

