@@ -72,3 +72,26 @@ def test_transport_perturbation_cost_is_the_squared_shift():
     shift = torch.tensor([3.0, -2.0])  # (1.5, -4) * a_scale
     assert torch.allclose(a - flow.sample_with_noise(x, z), shift.expand(5, 2), atol=1e-6)
     assert torch.allclose(cost, torch.full((5,), 13.0), atol=1e-5)
+
+
+def test_every_flow_output_depends_on_every_noise_coordinate():
+    """Two autoregressive blocks in one order would give a triangular Jacobian. Each of
+    Pyro's blocks draws its own random order and the flow reverses the coordinates between
+    blocks, so the Jacobian is dense (the reversal alone is a safeguard: with the random
+    orders this test passes without it)."""
+    from probml.guides.generators import ConditionalFlow
+
+    torch.manual_seed(0)
+    flow = ConditionalFlow(a_dim=3, x_dim=2)
+    x, z = torch.randn(2), torch.randn(3)
+    J = torch.autograd.functional.jacobian(lambda v: flow.sample_with_noise(x, v), z)
+    assert bool((J.abs() > 1e-4).all()), J
+
+
+def test_bernoulli_adversary_tilts_a_frozen_base():
+    from probml.guides.generators import ConditionalBernoulli
+
+    adv = ConditionalBernoulli.constant(0.3, x_dim=2).copy()
+    assert not any(p.requires_grad for p in adv.base.parameters())
+    assert all(p.requires_grad for p in adv.tilt.parameters())
+    assert torch.allclose(adv.prob(torch.randn(4, 2)), torch.full((4,), 0.3))  # tilt at zero

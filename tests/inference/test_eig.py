@@ -86,6 +86,32 @@ def test_our_nmc_agrees_with_pyro_on_location_finding():
     assert torch.allclose(ours, ref, atol=0.05), (ours, ref)
 
 
+def test_location_signal_linear_prior_and_cost_maps_by_hand():
+    from probml.models.experiments import LinearGaussianExperiment, quadratic_cost
+
+    lf = LocationFinding(num_sources=2, dim=2)
+    theta = torch.tensor([[0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    xi = torch.tensor([0.5, 0.0], dtype=torch.float64)
+    # both sources 0.5 away: log(0.1 + 2 / (1e-4 + 0.25)); on a source the 1e-4 caps it
+    assert float(lf.mean(theta, xi)) == pytest.approx(math.log(0.1 + 2 / 0.2501), rel=1e-12)
+    on_top = math.log(0.1 + 1e4 + 1 / 1.0001)
+    assert float(lf.mean(theta, theta[0])) == pytest.approx(on_top, rel=1e-12)
+    # a user's uniform prior on [2, 5]^(K x D): the draws fill that box
+    lo, hi = (torch.full((1, 2), v, dtype=torch.float64) for v in (2.0, 5.0))
+    box = LocationFinding(prior=pyro.distributions.Uniform(lo, hi).to_event(2))
+    th = box.sample_prior(20_000, generator=torch.Generator().manual_seed(0))
+    assert th.min() >= 2 and th.max() <= 5 and float(th.mean()) == pytest.approx(3.5, abs=0.03)
+    # linear-Gaussian prior draws have the prior covariance (a factor with L != L^T)
+    C = torch.tensor([[1.0, 0.8], [0.8, 2.0]], dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    draws = LinearGaussianExperiment(C).sample_prior(200_000, generator=g)
+    assert torch.allclose(draws.T.cov(), C, atol=0.03)
+    # the spec's cost map c(x) = 0.05 + exp(-|x|^2 / 4.5)
+    x = torch.tensor([[0.0, 0.0], [1.5, 1.5]], dtype=torch.float64)
+    want = torch.tensor([1.05, 0.05 + math.exp(-1.0)], dtype=torch.float64)
+    assert torch.allclose(quadratic_cost(x), want)
+
+
 def test_location_finding_model_and_priors():
     lf = LocationFinding(num_sources=2, dim=2)
     pyro.set_rng_seed(0)
