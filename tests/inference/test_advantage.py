@@ -118,6 +118,20 @@ def test_inactive_prompts_get_zero_baseline_and_fallback():
         basis_advantages(r, p0, inactive="drop")
 
 
+def test_bandit_correct_answers_are_the_top_scoring_ones_under_the_hidden_rule():
+    """Each prompt has m_i in 1..A-1 correct answers: the m_i with the highest score under the
+    hidden rule (so every prompt has a correct and a wrong answer, and the reference values
+    m_i / A spread over (0, 1))."""
+    b = LinearBandit(num_prompts=2000, num_answers=5, dim=4, seed=3)
+    m = b.correct.sum(1)
+    assert bool(((m >= 1) & (m <= 4)).all()) and set(m.long().tolist()) == {1, 2, 3, 4}
+    score = b.features @ b.hidden_rule
+    lowest_correct = torch.where(b.correct.bool(), score, math.inf).amin(1)
+    highest_wrong = torch.where(b.correct.bool(), -math.inf, score).amax(1)
+    assert bool((lowest_correct > highest_wrong).all())
+    assert torch.allclose(b.values(torch.zeros(4, dtype=torch.float64)), m / 5)
+
+
 @pytest.mark.parametrize("estimator", ["basis", "bayes-basis-rw", "bayes-basis-rw-eta"])
 def test_basis_policy_gradient_is_unbiased_on_a_tiny_bandit(estimator):
     bandit = LinearBandit(num_prompts=6, num_answers=4, dim=3, seed=1)
