@@ -7,6 +7,7 @@ from probml.guides.amortized import (
     AmortizedPosterior,
     DesignPolicy,
     GaussianPosterior,
+    ParticlePosterior,
     PosteriorNet,
     train_posterior_net,
 )
@@ -33,6 +34,12 @@ def test_gaussian_posterior_is_the_conjugate_update_and_batches():
     single = GaussianPosterior(ex).condition(X[1].float(), y[1])
     assert torch.allclose(single.loc, GaussianPosterior(ex).condition(X[1], y[1]).loc, atol=1e-7)
     assert batch.sample(5, generator=0).shape == (5, 4, 2)
+    # the importance-weighted particles agree with it (weights normalised in the mean: the
+    # likelihoods of three observations are far from summing to one)
+    parts = ParticlePosterior(ex, num_particles=200_000, generator=1)
+    for x, yy in zip(X, y):
+        parts = parts.condition(x, yy)
+    assert torch.allclose(parts.mean(), post.loc, atol=0.01)
 
 
 def test_ace_is_tight_with_the_exact_posterior_and_a_bound_otherwise():
@@ -142,6 +149,27 @@ def test_amortized_sampling_uses_only_its_generator_and_the_mean_is_exact():
     for t in range(4):
         q_t = AmortizedPosterior(net, ex, X[:, :t], ys[:, :t])
         assert torch.allclose(-q_t.log_prob(theta), nll[:, t].double(), atol=1e-5), t
+
+
+def test_mixture_mean_weighs_the_components_and_scaling_is_fitted_from_the_data():
+    ex = LinearGaussianExperiment(SIGMA, noise_scale=0.5)
+    torch.manual_seed(0)
+    net = PosteriorNet(design_dim=2, theta_dim=2, hidden=8, components=3).double()
+    with torch.no_grad():  # far from equal mixture weights, so weighing them matters
+        net.rho[-1].bias[:3] += torch.tensor([3.0, 0.0, -3.0], dtype=torch.float64)
+    net.theta_mean.copy_(torch.tensor([1.0, -2.0]))
+    net.theta_scale.copy_(torch.tensor([3.0, 0.5]))
+    post = AmortizedPosterior(net, ex).condition(torch.tensor([1.0, 0.5]), torch.tensor(0.7))
+    q = post._q()
+    assert float(q.mixture_distribution.probs.max()) > 0.8
+    expected = net.theta_mean + net.theta_scale * q.mean  # torch's own mixture mean
+    assert torch.allclose(post.mean(), expected.double(), atol=1e-10)
+    ys = torch.tensor([1.0, 2.0, 6.0], dtype=torch.float64)
+    net.fit_scaling((-2.0, 3.0), ys)
+    assert (float(net.design_low), float(net.design_high)) == (-2.0, 3.0)
+    assert float(net.y_mean) == pytest.approx(3.0) and float(net.y_scale) == pytest.approx(
+        float(ys.std())
+    )
 
 
 def test_fit_amortized_is_reproducible_from_its_seed_alone():
