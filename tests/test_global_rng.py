@@ -38,8 +38,10 @@ def test_keep_global_rng_restores_and_nests_like_unguarded_code():
     assert _same(before, _states())  # restored
     assert value == _draw(3)  # and the draws were the seeded ones
     guarded_outer = keep_global_rng(lambda s: (guarded_draw(s), float(torch.rand(1))))
-    torch.manual_seed(7)  # a caller state unlike the inner seed's (after _draw(3) above,
-    nested = guarded_outer(3)  # restoring in between would continue seed 3's stream too)
+    # from a caller state unlike the inner seed's: after _draw(3) above, a guard that
+    # restored in between would continue seed 3's stream too and pass unseen
+    torch.manual_seed(7)
+    nested = guarded_outer(3)
     assert nested == outer(3)  # the nested guard does not restore in between
     torch.manual_seed(7)
     before = _states()

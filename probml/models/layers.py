@@ -577,10 +577,12 @@ def scale_vector_priors(model: nn.Module, weight_decay: float) -> nn.Module:
     for m in model.modules():
         if isinstance(m, ScaleVector) and m.role == "input":
             # prior locations as buffers: they move with the model (a CUDA model draws on CUDA)
-            m.register_buffer("alpha_prior_loc", m.alpha.detach().new_zeros(m.alpha.shape), False)
+            loc = m.alpha.detach().new_zeros(m.alpha.shape)
+            m.register_buffer("alpha_prior_loc", loc, persistent=False)
             m.alpha = PyroSample(lambda mod: dist.Normal(mod.alpha_prior_loc, scale).to_event(1))
             if m.beta is not None:
-                m.register_buffer("beta_prior_loc", m.beta.detach().new_zeros(()), False)
+                loc = m.beta.detach().new_zeros(())
+                m.register_buffer("beta_prior_loc", loc, persistent=False)
                 m.beta = PyroSample(lambda mod: dist.Normal(mod.beta_prior_loc, scale))
     return model
 
