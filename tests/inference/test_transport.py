@@ -209,6 +209,28 @@ def test_calibration_fraction_none_calibrates_on_every_row():
 
     ref = LinearRegression().fit(full._design(d.X, d.sensitive), d.y)
     assert np.allclose(full.eta_model_.coef_, ref.coef_)
+    # with a split, eta sees the training rows only (the split is the documented draw)
+    train = ~(np.random.default_rng(0).uniform(size=2000) < 0.5)
+    split = FairRegressor(calibration_fraction=0.5, random_state=0).fit(d.X, d.y, d.sensitive)
+    ref = LinearRegression().fit(split._design(d.X[train], d.sensitive[train]), d.y[train])
+    assert np.allclose(split.eta_model_.coef_, ref.coef_)
+
+
+def test_fitted_group_shares_weight_and_group_model():
+    """The fitted p_ are the groups' empirical shares; two groups under the pairwise W2
+    penalty give t = lam / (lam + p_1 p_2); the unaware map's group model predicts
+    P(S = groups[1] | X). And fair_w2_aware refuses t outside [0, 1]."""
+    d = make_gaussian_groups(3000, p1=0.3, mean_shift=1.5, seed=2)
+    share = np.mean(d.sensitive == 1)
+    aware = FairRegressor(strength=0.1, calibration_fraction=None).fit(d.X, d.y, d.sensitive)
+    assert np.allclose(aware.p_, [1 - share, share])
+    assert aware.t_ == pytest.approx(0.1 / (0.1 + share * (1 - share)))
+    unaware = FairRegressor(aware=False).fit(d.X, d.y, d.sensitive)
+    pi = unaware.group_model_.predict_proba(d.X)[:, 1]
+    assert pi[d.sensitive == 1].mean() > pi[d.sensitive == 0].mean() + 0.2
+    for t in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="t must be in"):
+            fair_w2_aware(d.y, d.sensitive, t)
 
 
 @pytest.mark.parametrize(
