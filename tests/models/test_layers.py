@@ -445,6 +445,9 @@ def test_scaled_linear_placements_compute_their_documented_formulas():
         if placement == "dnp":
             want = g_out * rms((g_in * rms(x)) @ W.T)
         assert torch.allclose(lin(x), want, atol=1e-5), placement
+        # the scale before W is an Input scale (decayed under the role rule), the one after
+        # it an Output scale
+        assert (scales[0].role, scales[1].role) == ("input", "output"), placement
 
 
 def _act(name, z):
