@@ -112,6 +112,10 @@ def test_soft_projection_and_held_factors():
             assert torch.allclose(f.A @ U, 0.75 * (A0 @ U), atol=1e-6)
             assert torch.allclose(f.A - f.A @ P, A0 - A0 @ P, atol=1e-6)
             assert torch.equal(f.B, B0)
+    # alpha is the soft strength only: the hard mode removes the whole part along U
+    hard = GRASP(U, mode="hard", alpha=0.25)
+    hard.project(twin)
+    assert hard.violation(twin) < 1e-6
 
 
 class _PeftStandIn(nn.Module):
