@@ -489,6 +489,36 @@ def test_every_release_adds_the_noise_its_true_sensitivity_needs(
     assert est.rho_spent_ <= est.budget_.rho
 
 
+def test_selection_scores_have_sensitivity_one_and_rank_residuals_of_either_sign(monkeypatch):
+    """The selections run at sensitivity 1, so the scores must move by at most 1 between
+    neighbouring data sets: each is a residual divided by its entry's sensitivity Delta_ij.
+    Checked on the first round's scores for data and a neighbour (one row replaced by a
+    corner of the box) with Delta_ij = 20: the scores move by up to 0.37 here, an undivided
+    residual by up to 7.5. And the residual counts by its size: a strongly negative entry is
+    the one measured first."""
+    import probml.inference.pace as pace
+
+    real, scores = pace.exponential_mechanism, []
+
+    def spy(q, epsilon, sensitivity, budget, generator=None, label=""):
+        scores.append(np.array(q))
+        return real(q, epsilon, sensitivity, budget, generator=generator, label=label)
+
+    monkeypatch.setattr(pace, "exponential_mechanism", spy)
+    b, n = np.full(3, 10.0), 10
+    X = np.random.default_rng(2).uniform(-1, 1, (n, 3)) * b
+    Xn = X.copy()
+    Xn[0] = b * np.array([1.0, -1.0, 1.0])
+    for data in (X, Xn):
+        PACEGGM(epsilon=1.0, bounds=b, rounds=1, random_state=0).fit(data)
+    moved = np.abs(scores[0] - scores[1]).max()
+    assert 0.3 < moved <= 1.0 + 1e-9, moved
+    x = np.random.default_rng(3).uniform(-1, 1, (200, 3))
+    x[:, 1] = -x[:, 0]  # S_01 = -1/3; the other off-diagonal entries are near 0
+    est = PACEGGM(epsilon=5.0, bounds=1.0, rounds=1, random_state=0).fit(x)
+    assert est.measured_ == [(0, 1)]
+
+
 def test_the_whole_matrix_baseline_adds_the_noise_of_its_l2_sensitivity(monkeypatch):
     """The same audit for GaussianMechanismCovariance: one release of the d(d+1)/2 entries at
     L2 sensitivity sqrt(sum_{i<=j} Delta_ij^2), Delta_ij written out by hand (replace)."""
