@@ -504,6 +504,15 @@ def test_floors_and_clips_act_where_documented():
     dr = DRRatioLearner(final_model=LinearRegression(), clip=0.05)
     dr.fit(X, w, y, propensity=lambda Z: e[: len(Z)])  # evaluated once, on all rows
     assert dr.nuisances_["e"].min() == pytest.approx(0.05)
+    # the folds' q models are averaged in logit space: fold predictions 0.5 and 0.9 give
+    # sigmoid((0 + logit 0.9) / 2) = 0.75 (their plain mean would be 0.7)
+    folds = []
+    for p in (0.5, 0.9):
+        m = DummyClassifier(strategy="prior").fit(np.zeros((100, 1)), np.arange(100) < 100 * p)
+        m.classes_ = np.array([0, 1])
+        folds.append(m)
+    q.q_models_ = folds
+    assert np.allclose(q.q(X[:3]), 0.75)
 
 
 class _RecordingClassifier(LogisticRegression):
