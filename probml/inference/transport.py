@@ -402,7 +402,9 @@ class FairRegressor(BaseEstimator):
             slightly optimistic predictions).
         extension: regressor for the out-of-sample shift ``f - eta`` (default 15-NN), fitted on
             ``(eta, s)`` (aware TV) or ``(eta, delta)`` (unaware).
-        random_state: seed of the split.
+        random_state: seed of the split: row ``i`` is a calibration row when the ``i``-th
+            draw of ``numpy.random.default_rng(random_state).uniform`` is below
+            ``calibration_fraction``.
     """
 
     def __init__(

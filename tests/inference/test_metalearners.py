@@ -508,9 +508,8 @@ def test_floors_and_clips_act_where_documented():
     # sigmoid((0 + logit 0.9) / 2) = 0.75 (their plain mean would be 0.7)
     folds = []
     for p in (0.5, 0.9):
-        m = DummyClassifier(strategy="prior").fit(np.zeros((100, 1)), np.arange(100) < 100 * p)
-        m.classes_ = np.array([0, 1])
-        folds.append(m)
+        labels = (np.arange(100) < 100 * p).astype(int)
+        folds.append(DummyClassifier(strategy="prior").fit(np.zeros((100, 1)), labels))
     q.q_models_ = folds
     assert np.allclose(q.q(X[:3]), 0.75)
 

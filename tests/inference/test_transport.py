@@ -209,7 +209,8 @@ def test_calibration_fraction_none_calibrates_on_every_row():
 
     ref = LinearRegression().fit(full._design(d.X, d.sensitive), d.y)
     assert np.allclose(full.eta_model_.coef_, ref.coef_)
-    # with a split, eta sees the training rows only (the split is the documented draw)
+    # with a split, eta sees the training rows only (the split as documented: one uniform
+    # per row from default_rng(random_state))
     train = ~(np.random.default_rng(0).uniform(size=2000) < 0.5)
     split = FairRegressor(calibration_fraction=0.5, random_state=0).fit(d.X, d.y, d.sensitive)
     ref = LinearRegression().fit(split._design(d.X[train], d.sensitive[train]), d.y[train])
