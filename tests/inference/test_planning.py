@@ -419,7 +419,7 @@ def test_step_bound_feasibility_is_sharp(norm):
     assert bool(cons.feasible(prev, diagonal, 1.0)) == (norm == "inf")
 
 
-def test_l2_step_candidates_are_uniform_in_the_ball():
+def test_step_candidates_are_drawn_from_the_step_region():
     # uniform in a disc of radius delta: P(r < delta / 2) = 1/4 (a uniform radius gives 1/2)
     cons = Constraints([StepBound(0.2, "2")], design_bounds=(-10, 10))
     prev = torch.zeros(2, dtype=torch.float64)
@@ -427,6 +427,11 @@ def test_l2_step_candidates_are_uniform_in_the_ball():
     r = cand.norm(dim=-1)
     assert float(r.max()) <= 0.2
     assert float((r < 0.1).double().mean()) == pytest.approx(0.25, abs=0.015)
+    # L_inf: drawn from the step's box (every draw feasible), not the whole design box
+    cons = Constraints([StepBound(0.05)], design_bounds=(0, 1))
+    prev = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    cand = cons.sample(prev, 500, float("inf"), torch.Generator().manual_seed(0))
+    assert cand.shape == (501, 2) and float((cand - prev).abs().max()) <= 0.05
 
 
 def test_projection_halves_an_over_budget_move_until_it_fits():
@@ -437,3 +442,12 @@ def test_projection_halves_an_over_budget_move_until_it_fits():
     out = cons.project(prev, xi, 0.5)
     assert torch.allclose(out, prev + torch.tensor([0.45, 0.0], dtype=torch.float64))
     assert torch.allclose(cons.project(prev, xi, 0.2), prev + torch.tensor([0.1125, 0.0]).double())
+
+
+def test_projection_scales_a_long_step_onto_the_bound_and_leaves_a_short_one():
+    cons = Constraints([StepBound(0.1, norm="2")])
+    prev = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    near = prev + torch.tensor([0.03, -0.04], dtype=torch.float64)  # length 0.05: feasible
+    assert torch.equal(cons.project(prev, near, 1.0), near)
+    far = prev + torch.tensor([0.3, -0.4], dtype=torch.float64)  # length 0.5: scaled by 1/5
+    assert torch.allclose(cons.project(prev, far, 1.0), prev + torch.tensor([0.06, -0.08]).double())
