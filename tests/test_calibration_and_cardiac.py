@@ -120,3 +120,20 @@ def test_expected_calibration_error_matches_its_definition_bin_by_bin():
         if (idx == b).any()
     )
     assert expected_calibration_error(p, y, n_bins) == pytest.approx(direct, rel=1e-12)
+
+
+def test_whas500_split_reads_the_named_acute_column_and_drops_a_censoring_at_the_horizon():
+    """A patient censored alive exactly at the horizon has an unknown status there (dropped,
+    as the docstring says: "censored alive at or before it"); ``acute`` picks its column."""
+    pd = pytest.importorskip("pandas")
+    from probml.datasets.cardiac import SHARED_COVARIATES, whas500_split
+
+    df = pd.DataFrame({c: np.arange(4.0) + 1 for c in SHARED_COVARIATES})
+    df["age"] = [50.0, 55.0, 60.0, 80.0]
+    df["chf"] = [1, 1, 1, 1]
+    df["afb"] = [0, 1, 0, 1]
+    event = [False, False, True, False]
+    time = [365.0, 500.0, 30.0, 400.0]  # patient 0: censored alive on day 365
+    d = whas500_split(df, event, time, acute="afb", threshold=70, horizon=365)
+    assert d["y_source"].tolist() == [0.0, 1.0]  # patients 1 and 2
+    assert d["A_source"].tolist() == [1.0, 0.0]  # their afb, not their chf

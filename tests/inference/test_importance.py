@@ -189,3 +189,22 @@ def test_the_conjugate_posterior_and_simulator_follow_both_scales():
     )
     assert float(wb.std()) == pytest.approx(sw, rel=0.15)
     assert float((yb - Xb @ wb).std()) == pytest.approx(sy, rel=0.05)
+
+
+def test_the_model_reads_both_scales_and_the_posterior_covariance_is_symmetric():
+    """The Pyro model's default prior is N(0, s_w^2 I) and its likelihood N(X w, s_y^2) at the
+    scales passed (the other tests run at 1 and 1); the closed-form covariance is exactly
+    symmetric (a MultivariateNormal built from it is then valid)."""
+    from pyro import poutine
+
+    X = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    tr = poutine.trace(bayesian_linear_regression).get_trace(X, None, 3.0, 0.5)
+    w_fn, y_fn = tr.nodes["w"]["fn"].base_dist, tr.nodes["y"]["fn"]
+    assert torch.equal(w_fn.scale, torch.full((3,), 3.0, dtype=torch.float64))
+    assert torch.equal(y_fn.scale, torch.full((5,), 0.5, dtype=torch.float64))
+    assert torch.allclose(y_fn.loc, X @ tr.nodes["w"]["value"])
+    y = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    # columns on scales 1e-2 .. 1e3: the inverse of the precision alone is not symmetric here
+    Xs = X * torch.logspace(-2, 3, 3, dtype=torch.float64)
+    _, cov = linear_regression_posterior(Xs, y, prior_scale=3.0, noise_scale=0.5)
+    assert torch.equal(cov, cov.T)

@@ -35,3 +35,21 @@ def test_default_priors_follow_coef_scale_and_noise_scale():
         assert torch.allclose(beta_fn.loc, torch.zeros(3, dtype=torch.float64))
         assert torch.allclose(beta_fn.scale, torch.full((3,), cs, dtype=torch.float64))
         assert float(tr.nodes["sigma"]["fn"].scale) == ns
+
+
+def test_eta_is_recorded_at_new_rows_and_sigma_is_the_likelihood_scale():
+    """``eta`` is Z_new @ beta for rows that are not rows of Z; sigma's prior is a half-normal
+    (its density at 1, not just its scale parameter) and a conditioned sigma is the
+    likelihood's standard deviation, however small."""
+    g = torch.Generator().manual_seed(0)
+    Z = torch.randn(6, 3, dtype=torch.float64, generator=g)
+    Zn = torch.randn(4, 3, dtype=torch.float64, generator=g)
+    beta = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    sigma = torch.tensor(0.01, dtype=torch.float64)
+    model = poutine.condition(linear_outcome_model, data={"beta": beta, "sigma": sigma})
+    tr = poutine.trace(model).get_trace(Z, None, noise_scale=3.0, Z_new=Zn)
+    assert torch.allclose(tr.nodes["eta"]["value"], Zn @ beta)
+    assert torch.equal(tr.nodes["y"]["fn"].scale, sigma.expand(6))
+    half_normal = torch.distributions.HalfNormal(torch.tensor(3.0, dtype=torch.float64))
+    one = torch.tensor(1.0, dtype=torch.float64)
+    assert torch.allclose(tr.nodes["sigma"]["fn"].log_prob(one), half_normal.log_prob(one))
