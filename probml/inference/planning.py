@@ -228,15 +228,38 @@ class Constraints:
             )
         return cand
 
+    def _pull_back_to_budget(self, prev, xi, remaining, steps: int = 60):
+        """The farthest point of each segment ``prev -> xi`` whose move the remaining budget
+        pays for: bisection on the fraction of the move (``xi`` itself when affordable). Every
+        point kept is affordable, whatever the cost map; for a cost that grows along the
+        segment (a length, a path integral of a positive terrain) it is the budget's boundary
+        to ``2^-steps`` of the move."""
+        if self.budget is None:
+            return xi
+        over = self.edge_cost(prev, xi) > remaining
+        if not bool(over.any()):
+            return xi
+        move = xi - prev
+        lo = torch.zeros(xi.shape[:-1], dtype=xi.dtype, device=xi.device)  # affordable
+        hi = torch.ones_like(lo)
+        for _ in range(steps):
+            mid = 0.5 * (lo + hi)
+            ok = self.edge_cost(prev, prev + mid.unsqueeze(-1) * move) <= remaining
+            lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+        return torch.where(over.unsqueeze(-1), prev + lo.unsqueeze(-1) * move, xi)
+
     def project(self, prev: torch.Tensor, xi: torch.Tensor, remaining: float) -> torch.Tensor:
         """Map a nearly feasible design (e.g. an optimiser's output) into the feasible set:
-        clip to the box, scale the move into the step ball, halve it to fit the budget."""
+        clip to the box, scale the move into the step ball, then pull it back along the move
+        to where the remaining budget pays for it (bisection; an optimiser's output that
+        overshoots a binding budget by rounding stays on the budget's boundary). Box and step
+        feasibility are kept: both sets are convex and contain ``prev``."""
         xi = xi.clamp(self.low, self.high)
         if self.step is not None:
             d = self.step.distance(prev, xi)
             scale = torch.clamp(self.step.delta / d.clamp(min=1e-300), max=1.0)
             xi = prev + scale.unsqueeze(-1) * (xi - prev)
-        return self._shrink_to_budget(prev, xi, remaining)
+        return self._pull_back_to_budget(prev, xi, remaining)
 
 
 def _inner_particles(posterior, generator) -> tuple[torch.Tensor, torch.Tensor]:
