@@ -306,3 +306,41 @@ def test_policy_training_spends_each_episodes_budget_once_and_keeps_the_encoders
     assert all(p.requires_grad for p in net.parameters())
     pol, *_ = run(10.0, train_encoder=True)
     assert not all(torch.equal(v, pol.phi.state_dict()[k]) for k, v in net_phi.items())
+
+
+def test_policy_training_sees_the_history_as_deployment_does(monkeypatch):
+    """Inside an episode the rewards' NLLs are -log q(theta | h_{1:t}) of the posterior net
+    (its one-pass ``prefix_nll`` on the episode's own designs and outcomes), and the policy's
+    summary at step t is the one it computes from the first t steps at deployment
+    (``policy.summary``): the running sums of features are those of the whole history."""
+    import probml.inference.planning as planning
+
+    ex = LinearGaussianExperiment(SIGMA, noise_scale=0.5)
+    net = train_posterior_net(ex, horizon=3, num_steps=20, hidden=16, seed=0)
+    cand = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], dtype=torch.float64)
+    pol = DesignPolicy(cand, relative=False, horizon=3, hidden=16)
+    seen = {"theta": [], "xi": [], "y": [], "summ": [], "nll": []}
+    sample_prior, sample_y, logits = ex.sample_prior, ex.sample_y, pol.logits
+    rewards = planning.information_rewards
+
+    def record(key, value):
+        seen[key].append(value.detach().clone())
+        return value
+
+    ex.sample_prior = lambda n, generator=None: record("theta", sample_prior(n, generator))
+    ex.sample_y = lambda th, xi, generator=None: record(
+        "y", sample_y(th, record("xi", xi), generator)
+    )
+    pol.logits = lambda summ, prev, t, mask=None: logits(record("summ", summ), prev, t, mask)
+    monkeypatch.setattr(
+        planning, "information_rewards", lambda nll, gamma: rewards(record("nll", nll), gamma)
+    )
+    train_design_policy(pol, net, ex, num_iters=1, batch_size=8, seed=0)
+    designs, ys = torch.stack(seen["xi"], 1), torch.stack(seen["y"], 1)  # 8 x 3 x 2, 8 x 3
+    theta = seen["theta"][0].reshape(8, -1)
+    with torch.no_grad():
+        want = net.prefix_nll(designs, ys, theta)
+        assert torch.allclose(seen["nll"][0], want.to(seen["nll"][0]), atol=1e-5)
+        for t in range(3):
+            deploy = pol.summary(designs[:, :t], ys[:, :t])
+            assert torch.allclose(seen["summ"][t], deploy.to(seen["summ"][t]), atol=1e-5)
