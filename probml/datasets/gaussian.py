@@ -67,7 +67,11 @@ def make_sparse_precision(
 
 
 def sample_gaussian(Sigma: torch.Tensor, n: int, seed: int | None = 0) -> torch.Tensor:
-    """``n x d`` draws from ``N(0, Sigma)`` (float64)."""
+    """``n x d`` draws from ``N(0, Sigma)`` (float64), from a generator seeded with ``seed``.
+
+    ``seed=None`` is read as 0 (the same draws on every call, as the default), unlike
+    :func:`make_sparse_precision` and :func:`probml.utils.make_generator`, where ``None``
+    draws fresh randomness."""
     check_int("n", n, 0)
     g = torch.Generator().manual_seed(0 if seed is None else int(seed))
     S = torch.as_tensor(Sigma, dtype=torch.float64)

@@ -660,3 +660,12 @@ def test_post_processing_floors_and_the_recentred_data_stay_within_their_bounds(
     M = torch.diag(torch.tensor([2.0, -1.0, 4.0], dtype=torch.float64))
     evals = torch.linalg.eigvalsh(project_to_pd(M))
     assert torch.allclose(evals, torch.tensor([1e-6 * 7 / 3, 2.0, 4.0], dtype=torch.float64))
+
+
+def test_sample_gaussian_reads_seed_none_as_zero_and_has_the_covariance():
+    # documented: None is seed 0 (fixed draws), not fresh randomness as in make_generator
+    S = torch.tensor([[2.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
+    X = sample_gaussian(S, 20_000, seed=None)
+    assert torch.equal(X, sample_gaussian(S, 20_000))
+    assert not torch.equal(X, sample_gaussian(S, 20_000, seed=1))
+    assert torch.allclose(X.T @ X / 20_000, S, atol=0.05)
