@@ -454,7 +454,8 @@ def evaluate_persona_model(model, world: PersonaWorld) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- linear toy
 class _Regressor(torch.nn.Module):
-    """``y = out(x)`` with the ``(prediction, loss)`` interface of :func:`finetune_lora`."""
+    """``y = out(x)`` with the ``(prediction, loss)`` interface of :func:`finetune_lora`; the
+    loss is the squared error summed over the outputs and averaged over the rows."""
 
     def __init__(self, W0: torch.Tensor):
         super().__init__()
@@ -469,11 +470,12 @@ class _Regressor(torch.nn.Module):
 
 @dataclass
 class LinearToy:
-    r"""The linear toy of GRASP: a frozen ``W_0`` (``d x d``) and an oracle update
-    :math:`\Delta W^* = s\, u c^\top + \sum_{i \le k} p_i q_i^\top` (task rank ``k`` with unit
-    singular values, the spurious part rank 1 with strength ``s``; ``u`` orthogonal to the
-    task's output space and ``c`` to its input space). Data: :math:`x \sim \mathcal N(0, I)`,
-    :math:`y = (W_0 + \Delta W^*) x`. The module is named ``out`` (a residual *write*)."""
+    r"""The linear toy of GRASP: a frozen ``W_0`` (``d x d``, entries N(0, 1/d)) and an
+    oracle update :math:`\Delta W^* = s\, u c^\top + \sum_{i \le k} p_i q_i^\top` (task rank
+    ``k`` with unit singular values, the spurious part rank 1 with strength ``s``; ``u``
+    orthogonal to the task's output space and ``c`` to its input space). Data:
+    :math:`x \sim \mathcal N(0, I)`, :math:`y = (W_0 + \Delta W^*) x`. The module is named
+    ``out`` (a residual *write*)."""
 
     dim: int = 32
     task_rank: int = 12
