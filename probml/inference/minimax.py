@@ -254,7 +254,8 @@ def _as_tensor(name: str, v, ndim: tuple[int, ...], min_rows: int = 1) -> torch.
 
 
 def _is_binary(A: torch.Tensor) -> bool:
-    """A single 0/1 column: handled by the exact tilted-Bernoulli adversary."""
+    """A 1-D 0/1 ``A`` (an ``n x 1`` one is squeezed to it first): handled by the exact
+    tilted-Bernoulli adversary."""
     return A.dim() == 1 and bool(((A == 0) | (A == 1)).all())
 
 
@@ -265,6 +266,8 @@ class _Validated(BaseEstimator):
         # X_source sets the working dtype and device; the others follow it
         Xs = _as_tensor("X_source", X_source, (2,), min_rows=2)
         As = _as_tensor("A_source", A_source, (1, 2)).to(Xs)
+        if As.dim() == 2 and As.shape[1] == 1 and _is_binary(As[:, 0]):
+            As = As[:, 0]  # a single 0/1 column is a binary A, as a 1-D one is
         ys = _as_tensor("y_source", y_source, (1,)).to(Xs)
         Xt = _as_tensor("X_target", X_target, (2,)).to(Xs)
         if not (Xs.shape[0] == As.shape[0] == ys.shape[0]):
@@ -520,7 +523,8 @@ class DRUM(_Validated):
         """Fit nuisances, play the minimax game, then (optionally) bias-correct.
 
         Args:
-            X_source: ``n_S x d_x``; A_source: ``n_S x d_a`` (or ``n_S`` binary);
+            X_source: ``n_S x d_x``; A_source: ``n_S x d_a`` (or ``n_S`` binary; a single
+                0/1 column ``n_S x 1`` is binary too);
             y_source: ``n_S`` in {0, 1}; X_target: ``n_T x d_x``.
         """
         self._check_params()

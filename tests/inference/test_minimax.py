@@ -107,8 +107,8 @@ def test_penalised_form_reaches_the_tilted_fixed_point():
     # with penalty lambda: q = p e^{r1/lam} / Z, f = q mu1 + (1 - q) mu0 (fixed point)
     prob, lam, p = BinaryShiftProblem(), 0.05, 0.15
     Xs, As, ys, Xt = prob.sample(1000, 1)
-    est = DRUM(
-        penalty=lam, outcome_model=prob.outcome, source_conditional=_known_g0(p),
+    est = DRUM(  # rho = 0: the penalty replaces the radius (not the plug-in)
+        rho=0.0, penalty=lam, outcome_model=prob.outcome, source_conditional=_known_g0(p),
         predictor="constant", verbose=False, num_iters=600,
     ).fit(Xs, As, ys, Xt)  # fmt: skip
     from scipy.optimize import brentq
@@ -312,6 +312,10 @@ def test_bad_input():
         DRUM(**fast).fit(Xs, As, ys * 2, Xt)
     with pytest.raises(ValueError, match="bias_correction"):
         DRUM(divergence="transport", bias_correction=True, **fast).fit(Xs, As, ys, Xt)
+    with pytest.raises(ValueError, match="continuous A"):
+        DRUM(divergence="transport", **fast).fit(Xs, As, ys, Xt)
+    with pytest.raises(ValueError, match="n_folds"):
+        DRUM(bias_correction=True, n_folds=1, **fast).fit(Xs, As, ys, Xt)
     est = DRUM(rho=0.0, **fast)
     with pytest.raises(RuntimeError, match="not fitted"):
         est.predict_proba(Xt)
@@ -400,3 +404,135 @@ def test_continuous_simulation_by_hand():
     s = sim.summary(lambda x: torch.full(x.shape[:1], 0.2), n=2000)
     assert s["mean"] == pytest.approx(sum(s["grid"].values()) / 51)
     assert s["worst"] == max(s["grid"].values()) > s["mean"]
+
+
+def test_a_single_binary_column_gets_the_exact_adversary():
+    """An ``n x 1`` 0/1 ``A`` (a one-column table) is the binary case, as a 1-D one is: the
+    tilted-Bernoulli adversary and the same fit (a flow fitted to 0/1 values before)."""
+    prob = BinaryShiftProblem()
+    Xs, As, ys, Xt = prob.sample(1000, 0)
+    kw = dict(outcome_model=prob.outcome, predictor="constant", num_iters=40, verbose=False)
+    flat = DRUM(rho=0.1, **kw).fit(Xs, As, ys, Xt)
+    column = DRUM(rho=0.1, **kw).fit(Xs, As[:, None], ys, Xt)
+    assert isinstance(column.adversary_, ConditionalBernoulli)
+    assert np.array_equal(column.predict_proba(Xt[:20]), flat.predict_proba(Xt[:20]))
+    imp = ImputationBaseline(outcome_model=prob.outcome).fit(Xs, As[:, None], ys, Xt)
+    assert isinstance(imp.g0_, ConditionalBernoulli)
+    # two 0/1 columns are a continuous A (the flow's case): a Bernoulli generator is refused
+    two = torch.stack([As, 1 - As], 1)
+    with pytest.raises(TypeError, match="ConditionalFlow for a continuous A"):
+        DRUM(rho=0.1, source_conditional=_known_g0(0.15), **kw).fit(Xs, two, ys, Xt)
+
+
+def test_imputation_plugs_in_the_conditional_mean_of_a():
+    """Binary A: mu(x, P(A = 1 | x)), the probability itself (not a thresholded label);
+    continuous A: mu at the mean of ``num_draws`` draws from G0 (noise from a generator
+    seeded by ``seed``), recomputed here by hand."""
+    prob = BinaryShiftProblem()
+    Xs, As, ys, Xt = prob.sample(1000, 0)
+    imp = ImputationBaseline(outcome_model=prob.outcome).fit(Xs, As, ys, Xt)
+    with torch.no_grad():
+        q = imp.g0_.prob(Xt[:10])
+        want = prob.outcome(Xt[:10], q)
+    assert 0.05 < float(q.min()) and float(q.max()) < 0.95  # a threshold would give 0 or 1
+    assert np.allclose(imp.predict_proba(Xt[:10])[:, 1], want.numpy(), atol=1e-6)
+
+    sim = ContinuousShiftSimulation()
+    Xs, As, ys = sim.sample_source(500, 0)
+
+    def mu(x, a):  # nonlinear in a: the mean of the draws is not the mean of mu
+        return torch.sigmoid(3 * a[..., 0] + x[..., 0])
+
+    imp = ImputationBaseline(outcome_model=mu, num_draws=16, seed=4).fit(Xs, As, ys, Xs)
+    x = Xs[:10]
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(4)
+        a_bar = imp.g0_.rsample(x.expand(16, *x.shape), gen).mean(0)
+        want = mu(x, a_bar)
+    assert np.allclose(imp.predict_proba(x)[:, 1], want.numpy(), atol=1e-6)
+
+
+def test_a_linear_predictor_is_logistic_linear():
+    """``predictor="linear"``: the fitted logit is affine in x (the MLP's is not)."""
+    sim = ContinuousShiftSimulation()
+    Xs, As, ys = sim.sample_source(500, 0)
+    Xt = sim.sample_target_x(500, 100)
+    g0 = fit_source_conditional(As, Xs, num_iters=50, verbose=False)
+    x0, x1 = Xt[:1], Xt[1:2]
+    line = torch.cat([x0 + s * (x1 - x0) for s in (0.0, 1.0, 2.0, 3.0)])
+    for kind, affine in (("linear", True), ("mlp", False)):
+        est = DRUM(rho=0.1, predictor=kind, num_iters=30, outcome_model=sim.outcome,
+                   source_conditional=g0, verbose=False).fit(Xs, As, ys, Xt)  # fmt: skip
+        p = torch.as_tensor(est.predict_proba(line)[:, 1], dtype=torch.float64)
+        second = (p.logit()[2:] - 2 * p.logit()[1:-1] + p.logit()[:-2]).abs().max()
+        assert (float(second) < 1e-4) == affine, (kind, float(second))
+
+
+def test_each_step_draws_a_fresh_minibatch_of_target_rows():
+    """``batch_size`` target rows per step, drawn afresh (documented): over 60 steps of 16
+    rows out of 200, most rows are seen (a fixed first batch would show 16)."""
+    prob = BinaryShiftProblem()
+    Xs, As, ys, _ = prob.sample(300, 0)
+    Xt = torch.arange(200.0)[:, None]  # each target row is its own id
+    seen = set()
+
+    def outcome(x, a):
+        seen.update(x[..., 0].reshape(-1).tolist())
+        return prob.outcome(x, a)
+
+    DRUM(rho=0.1, batch_size=16, num_iters=60, outcome_model=outcome, predictor="constant",
+         source_conditional=_known_g0(0.15), verbose=False).fit(Xs, As, ys, Xt)  # fmt: skip
+    assert len(seen & set(range(200))) > 150
+
+
+def test_worst_case_risk_is_the_risk_of_the_corrected_predictions():
+    """With the bias correction, ``worst_case_risk`` is the adversary's expected Brier risk of
+    what ``predict_proba`` returns (the corrected predictions), by enumeration over A."""
+    prob = BinaryShiftProblem()
+    Xs, As, ys, Xt = prob.sample(2000, 0)
+    Xt = Xt + torch.linspace(-1, 1, Xt.shape[0])[:, None]  # an x-dependent correction
+    est = DRUM(rho=0.1, bias_correction=True, outcome_model="linear", predictor="constant",
+               source_conditional=_known_g0(0.15), num_iters=100, verbose=False)  # fmt: skip
+    est.fit(Xs, As, ys, Xt)
+    assert float(est.correction_.abs().max()) > 1e-3  # the correction moves the predictions
+    f = torch.as_tensor(est.predict_proba(Xt)[:, 1]).to(Xt)
+    with torch.no_grad():
+        q = est.adversary_.prob(Xt)
+        mu1 = est.outcome_model_(Xt, torch.ones_like(q))
+        mu0 = est.outcome_model_(Xt, torch.zeros_like(q))
+    risk = q * brier_risk(f, mu1) + (1 - q) * brier_risk(f, mu0)
+    assert est.worst_case_risk(Xt) == pytest.approx(float(risk.mean()), abs=1e-6)
+
+
+def test_nuisance_fits_do_not_depend_on_the_covariates_units():
+    """The logistic nets standardise their inputs: an outcome model (and ERM on X) fitted
+    with X in other units (x 1000, shifted) predicts the same, to rounding."""
+    from probml.inference.minimax import fit_outcome_model
+
+    sim = ContinuousShiftSimulation()
+    Xs, As, ys = sim.sample_source(400, 0)
+    Xs, As = Xs.double(), As.double()
+    Xb = 1000 * Xs + 50
+    mu, mu_b = (fit_outcome_model(x, As, ys, num_iters=100) for x in (Xs, Xb))
+    with torch.no_grad():
+        assert torch.allclose(mu(Xs[:20], As[:20]), mu_b(Xb[:20], As[:20]), atol=1e-6)
+    erm, erm_b = (ERMOnX(num_iters=100).fit(x, As, ys) for x in (Xs, Xb))
+    assert np.allclose(erm.predict_proba(Xs[:20]), erm_b.predict_proba(Xb[:20]), atol=1e-6)
+
+
+def test_the_transport_ball_holds_the_adversarys_cost_at_rho():
+    """``divergence="transport"``: the dual update keeps the adversary's transport cost
+    E ||G_phi(X, Z) - G_0(X, Z)||^2 near rho (measured: 0.051 at rho = 0.05, 0.299 at 0.3, mean
+    of the last 100 steps), and the adversary's own cost on the target agrees."""
+    sim = ContinuousShiftSimulation()
+    Xs, As, ys = sim.sample_source(1000, 0)
+    Xt = sim.sample_target_x(1000, 100)
+    g0 = fit_source_conditional(As, Xs, num_iters=200, verbose=False)
+    est = DRUM(rho=0.1, divergence="transport", num_iters=300, source_conditional=g0,
+               verbose=False).fit(Xs, As, ys, Xt)  # fmt: skip
+    tail = float(np.mean(est.history_["divergence"][-100:]))
+    assert tail == pytest.approx(0.1, rel=0.2)
+    z = torch.randn(Xt.shape[0], 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, cost = est.adversary_(Xt, z)
+    assert float(cost.mean()) == pytest.approx(0.1, rel=0.3)
