@@ -1130,3 +1130,71 @@ def test_persona_runner_wires_each_method_to_its_intervention(tmp_path, monkeypa
     grasp_run = [out for has_grasp, out in runs if has_grasp][-1]
     share = grasp_run["projection_seconds"] / grasp_run["seconds"]
     assert diag["projection_share_of_step"] == pytest.approx(share)
+
+
+class _GPT2StandIn(nn.Module):
+    """GPT-2's layout: the decoder layers are ``transformer.h``."""
+
+    def __init__(self, vocab=12, d=8, n=2):
+        super().__init__()
+        self.transformer = nn.Module()
+        self.transformer.wte = nn.Embedding(vocab, d)
+        self.transformer.h = nn.ModuleList(_TupleLayer(d) for _ in range(n))
+
+    def forward(self, input_ids):
+        h = self.transformer.wte(input_ids)
+        for layer in self.transformer.h:
+            h = layer(h)[0]
+        return h
+
+
+def test_residual_shift_by_hand_on_the_gpt2_layout():
+    """Recomputed from hooked block outputs: the mean shift's direction and norm, then (k = 3)
+    the principal directions of the shifts with the mean projected out, in descending order,
+    with the square roots of their eigenvalues; summed over every batch (7 documents each);
+    the pull-back column carries the last block's mean-shift norm. GPT-2's ``transformer.h``
+    is found by default, and both models' training modes are restored."""
+    torch.manual_seed(0)
+    base = _GPT2StandIn()
+    tuned = copy.deepcopy(base)
+    add_lora(tuned, ["up_proj", "down_proj"], rank=4)
+    with torch.no_grad():
+        for f in lora_modules(tuned):
+            f.B.normal_(0.0, 0.3)
+    tokens = torch.randint(0, 12, (40, 6), generator=torch.Generator().manual_seed(2))
+
+    def outputs(m):
+        outs = []
+        hooks = [
+            layer.register_forward_hook(lambda mod, i, o: outs.append(o[0].double()))
+            for layer in m.transformer.h
+        ]
+        with torch.no_grad():
+            m(tokens)
+        for h in hooks:
+            h.remove()
+        return outs
+
+    shifts = [(a - b).reshape(-1, 8) for a, b in zip(outputs(tuned), outputs(base))]
+    base.train(), tuned.train()
+    dirs = residual_shift_directions(tuned, base, tokens, k=3, batch_size=7)
+    assert base.training and tuned.training
+    eye = torch.eye(8, dtype=torch.float64)
+    for b, s in enumerate(shifts):
+        name = f"transformer.h.{b}.down_proj"
+        mean = s.mean(0)
+        u = mean / mean.norm()
+        P = eye - torch.outer(u, u)
+        evals, evecs = torch.linalg.eigh(P @ (s.T @ s / s.shape[0]) @ P)
+        U, S = dirs.directions[name].double(), dirs.singular_values[name].double()
+        assert torch.allclose(U[:, 0], u, atol=1e-5)
+        assert abs(float(U[:, 1] @ evecs[:, -1])) == pytest.approx(1.0, abs=1e-4)
+        assert abs(float(U[:, 2] @ evecs[:, -2])) == pytest.approx(1.0, abs=1e-4)
+        want = torch.stack([mean.norm(), evals[-1].sqrt(), evals[-2].sqrt()])
+        assert torch.allclose(S, want, rtol=1e-4)
+    pb = residual_shift_directions(tuned, base, tokens, pull_back=True, batch_size=7)
+    assert base.training and tuned.training  # the pull-back's pass through base too
+    last = float(shifts[1].mean(0).norm())
+    assert float(pb.singular_values["transformer.h.0.down_proj"][-1]) == pytest.approx(
+        last, rel=1e-4
+    )
