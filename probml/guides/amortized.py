@@ -411,8 +411,11 @@ def train_posterior_net(
     r"""Fit a :class:`PosteriorNet` by minimising :math:`-\frac{1}{T+1}\sum_{t=0}^{T}
     \log q(\theta \mid h_{1:t})` on simulated histories: ``theta`` from the prior, designs from
     ``design_sampler(B, T, generator)`` (default uniform in the design box), outcomes from the
-    likelihood; fresh histories every step (no overfitting to a fixed set). ``seed`` seeds
-    the simulation generator and the initial weights (torch's global RNG is left as it was)."""
+    likelihood; fresh histories every step (no overfitting to a fixed set). The net works in
+    coordinates fitted to 4096 simulated histories: ``theta`` standardised by their mean and
+    standard deviation (its ``theta_mean`` / ``theta_scale``), designs and outcomes by
+    :meth:`fit_scaling`. ``seed`` seeds the simulation generator and the initial weights
+    (torch's global RNG is left as it was)."""
     horizon, num_steps = check_int("horizon", horizon), check_int("num_steps", num_steps)
     batch_size = check_int("batch_size", batch_size, minimum=2)
     check_int("hidden", hidden)

@@ -9,11 +9,12 @@ from probml.guides.amortized import (
     GaussianPosterior,
     ParticlePosterior,
     PosteriorNet,
+    random_walk_designs,
     train_posterior_net,
 )
 from probml.inference.eig import ace_eig
 from probml.inference.planning import train_design_policy
-from probml.models.experiments import LinearGaussianExperiment
+from probml.models.experiments import LinearGaussianExperiment, LocationFinding
 
 SIGMA = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
 
@@ -220,6 +221,7 @@ def test_bad_arguments_are_named():
         (lambda: train_posterior_net(ex, batch_size=1), ValueError, "batch_size must be >= 2"),
         (lambda: DesignPolicy(offsets, horizon=0), ValueError, "horizon must be >= 1"),
         (lambda: DesignPolicy(offsets * math.nan), ValueError, "candidates must be finite"),
+        (lambda: DesignPolicy(offsets[:1]), ValueError, "A >= 2"),  # one move: no choice
         (lambda: DesignPolicy.grid_offsets(math.nan, 2), ValueError, "delta"),
         (lambda: DesignPolicy.grid_offsets(0.1, 2, 0), ValueError, "points must be >= 1"),
         (lambda: random_walk_designs(torch.zeros(2), 0.1, 1.0, -1.0), ValueError, "low < high"),
@@ -344,3 +346,45 @@ def test_policy_training_sees_the_history_as_deployment_does(monkeypatch):
         for t in range(3):
             deploy = pol.summary(designs[:, :t], ys[:, :t])
             assert torch.allclose(seen["summ"][t], deploy.to(seen["summ"][t]), atol=1e-5)
+
+
+def test_random_walk_designs_are_a_symmetric_walk_in_the_box():
+    """Uniform L_inf steps of at most delta, accumulated: consecutive designs (and the first
+    from ``start``) differ by at most delta, the walk wanders beyond delta from the start, its
+    displacement has mean 0 (steps on [-delta, delta]) and it stays in the box."""
+    start = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    walk = random_walk_designs(start, 0.05, 0.0, 1.0)(4000, 30, torch.Generator().manual_seed(0))
+    path = torch.cat([start.expand(4000, 1, 2), walk], 1)
+    assert float((path[:, 1:] - path[:, :-1]).abs().max()) <= 0.05 + 1e-12
+    moved = walk[:, -1] - start
+    assert float(moved.abs().max()) > 0.3  # sd of 30 steps: 0.05 sqrt(30 / 3) = 0.16
+    assert float(moved.mean(0).abs().max()) < 0.01
+    assert float(walk.min()) >= 0.0 and float(walk.max()) <= 1.0
+
+
+def test_the_posterior_net_standardises_theta_by_prior_draws():
+    """Documented: theta is standardised by the mean and standard deviation of prior draws
+    (location finding: U[0, 1] coordinates, mean 0.5 and sd 0.289)."""
+    lf = LocationFinding()
+    net = train_posterior_net(lf, horizon=2, num_steps=1, hidden=8, seed=0)
+    assert torch.allclose(net.theta_mean, torch.full((2,), 0.5), atol=0.02)
+    assert torch.allclose(net.theta_scale, torch.full((2,), 12**-0.5), atol=0.01)
+
+
+def test_policy_grid_and_time_input():
+    """``grid_offsets`` holds all ``points^dim`` moves, the zero move and the corners included;
+    the policy reads the step as ``t / horizon``: the same weights with twice the horizon give
+    at step 2t the logits of step t."""
+    grid = DesignPolicy.grid_offsets(0.1, 2, 5)
+    assert grid.shape == (25, 2) and bool((grid == 0).all(-1).any())
+    assert {tuple(c) for c in grid[(grid.abs() == 0.1).all(-1)].tolist()} == {
+        (-0.1, -0.1), (-0.1, 0.1), (0.1, -0.1), (0.1, 0.1),
+    }  # fmt: skip
+    torch.manual_seed(0)
+    pol = DesignPolicy(grid, horizon=8, hidden=16)
+    twice = DesignPolicy(grid, horizon=16, hidden=16)
+    twice.load_state_dict(pol.state_dict())
+    summary, prev = torch.randn(17), torch.tensor([0.3, 0.6], dtype=torch.float64)
+    with torch.no_grad():
+        a, b = pol.logits(summary, prev, 3), twice.logits(summary, prev, 6)
+        assert torch.allclose(a, b) and not torch.allclose(a, pol.logits(summary, prev, 0))

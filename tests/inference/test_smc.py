@@ -365,3 +365,17 @@ def test_resampling_count_is_summed_over_the_batch():
     for thr, want in ((1.0, 12), (0.0, 0)):
         pf = BootstrapPF(ssm, ssm.observation, 32, seed=0, verbose=False, ess_threshold=thr)
         assert pf.filter(ys, x0).num_resamples == want
+
+
+def test_surge_resamples_at_each_assimilation_time_when_degenerate():
+    """With one diffusion level there is no resampling inside the reverse path, so every
+    resampling happens at the start of an assimilation time. At ``ess_threshold = 0.999``
+    any visibly unequal weights count as degenerate: after the first observation every step
+    resamples (2 of 3 steps; the first starts from equal weights)."""
+    ssm = LinearGaussianSSM.random(dim=2, obs_every=1, obs_noise=0.5)
+    tr = LinearGaussianDiffusion(ssm.A, ssm.Q)
+    xs, ys = ssm.simulate(3, 1, generator=0)
+    filt = SURGE(tr, ssm.observation, 64, num_diffusion_steps=1, ess_threshold=0.999, seed=1,
+                 verbose=False)  # fmt: skip
+    res = filt.filter(ys[:, 0], particles=xs[0, 0] + torch.randn(64, 2, dtype=xs.dtype))
+    assert res.num_resamples == 2
