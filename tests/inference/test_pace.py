@@ -669,3 +669,20 @@ def test_sample_gaussian_reads_seed_none_as_zero_and_has_the_covariance():
     assert torch.equal(X, sample_gaussian(S, 20_000))
     assert not torch.equal(X, sample_gaussian(S, 20_000, seed=1))
     assert torch.allclose(X.T @ X / 20_000, S, atol=0.05)
+
+
+def test_the_last_release_never_trips_the_ledger_by_rounding():
+    """After the private mean each estimator spends what is left of the budget. At
+    epsilon = 0.155 (delta 1e-5, mean fraction 0.05) the rho left plus the rho spent sum to
+    more than the budget in floating point, so the release takes a hair less (1 - 1e-9 of
+    it). The reported epsilon is that of the rho actually spent, and the precision is the
+    covariance's inverse."""
+    from probml.inference.privacy import zcdp_to_dp
+
+    X = sample_gaussian(torch.eye(3, dtype=torch.float64), 300, seed=0).numpy()
+    for cls in (GaussianMechanismCovariance, PerEntryGaussianCovariance, PACEGGM):
+        est = cls(epsilon=0.155, delta=1e-5, bounds=4.0, center=True, random_state=0).fit(X)
+        assert 0.999 * est.budget_.rho < est.rho_spent_ <= est.budget_.rho
+        assert est.privacy_spent_[0] == zcdp_to_dp(est.rho_spent_, 1e-5) <= 0.155
+        eye = torch.eye(3, dtype=torch.float64)
+        assert torch.allclose(est.precision_ @ est.covariance_, eye, atol=1e-8)
