@@ -230,10 +230,11 @@ class Constraints:
 
     def _pull_back_to_budget(self, prev, xi, remaining, steps: int = 60):
         """The farthest point of each segment ``prev -> xi`` whose move the remaining budget
-        pays for: bisection on the fraction of the move (``xi`` itself when affordable). Every
-        point kept is affordable, whatever the cost map; for a cost that grows along the
-        segment (a length, a path integral of a positive terrain) it is the budget's boundary
-        to ``2^-steps`` of the move."""
+        pays for: bisection on the fraction of the move (``xi`` itself when affordable). When
+        staying put is affordable, every point kept is, whatever the cost map (otherwise
+        ``prev`` comes back and the caller's feasibility check refuses it); for a cost that
+        grows along the segment (a length, a path integral of a positive terrain) it is the
+        budget's boundary to ``2^-steps`` of the move."""
         if self.budget is None:
             return xi
         over = self.edge_cost(prev, xi) > remaining
