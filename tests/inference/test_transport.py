@@ -494,3 +494,39 @@ def test_gaussian_groups_carry_their_true_quantities():
     assert d.info["d"] == pytest.approx(3.5)
     gap = d.eta_aware[s == 1].mean() - d.eta_aware[s == 0].mean()
     assert gap == pytest.approx(3.5, abs=0.03)
+
+
+def test_aware_tv_by_hand_with_unequal_groups_and_partial_pooling():
+    """Group 0 = (2, 12), group 1 = (3): p = (2/3, 1/3), costs p0 p1 (y0 - y1)^2 = (2/9, 18),
+    lam = 1 (an unmatched unit of mass costs lam / 2 on each side). The optimum pools half of
+    the mass (the individual at 2, with all of group 1's) and leaves 12 alone. A pooled pair
+    moves to p0 y0 + p1 y1 = 7/3; the individual at 2 (weight 1/2, all pooled) lands there,
+    group 1's (weight 1, half pooled) at 7/3 / 2 + 3 / 2 = 8/3; the objective is
+    (2/9) / 2 + 1 / 2."""
+    out, plan, value = fair_tv_aware([2.0, 12.0, 3.0], [0, 0, 1], 1.0, return_plan=True)
+    assert np.allclose(plan, [[0.5], [0.0]], atol=1e-12)
+    assert np.allclose(out, [7 / 3, 12.0, 8 / 3], atol=1e-12)
+    assert value == pytest.approx(1 / 9 + 1 / 2, abs=1e-12)
+
+
+def test_unaware_pairs_every_nonzero_delta_and_warm_starts_on_the_segment():
+    """Rows whose delta is tiny but not zero are paired too (delta = +-0.01 at p1 = 1/2: the
+    pair moves to its mean); the W2 iteration starts from the best of 21 points on the
+    segment from eta to the exact-DP solution (documented warm start)."""
+    from probml.inference.transport import unaware_w2_objective
+
+    pi = (np.array([0.01, -0.01]) + 2) / 4  # delta = 4 pi - 2
+    assert np.allclose(fair_dp_unaware(np.array([0.0, 1.0]), pi, 0.5), [0.5, 0.5], atol=1e-12)
+    d = make_gaussian_groups(300, p1=0.4, mean_shift=2.0, seed=3)
+    eta = d.X @ np.ones(2) + d.pi
+    n, lam = len(eta), 10.0
+    a, b = d.pi / (n * 0.4), (1 - d.pi) / (n * 0.6)
+    a, b = a / a.sum(), b / b.sum()
+    f_dp = fair_dp_unaware(eta, d.pi, 0.4)
+    segment = [
+        unaware_w2_objective((1 - t) * eta + t * f_dp, eta, a, b, lam)[0]
+        for t in np.linspace(0, 1, 21)
+    ]
+    assert int(np.argmin(segment)) > 0  # the warm start is not eta itself
+    _, hist = fair_w2_unaware(eta, d.pi, 0.4, lam, return_history=True)
+    assert hist[0] == pytest.approx(min(segment), rel=1e-12)
