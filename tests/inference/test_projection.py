@@ -723,15 +723,22 @@ class _TupleLayer(nn.Module):
 
 
 class _HFStandIn(nn.Module):
-    def __init__(self, vocab=12, d=8, n=2):
+    """A stand-in decoder: ``model.embed`` and ``model.layers`` (Llama's layout) by default;
+    ``outer="transformer", embed="wte", layers="h"`` gives GPT-2's."""
+
+    def __init__(self, vocab=12, d=8, n=2, outer="model", embed="embed", layers="layers"):
         super().__init__()
-        self.model = nn.Module()
-        self.model.embed = nn.Embedding(vocab, d)
-        self.model.layers = nn.ModuleList(_TupleLayer(d) for _ in range(n))
+        body = nn.Module()
+        setattr(body, embed, nn.Embedding(vocab, d))
+        setattr(body, layers, nn.ModuleList(_TupleLayer(d) for _ in range(n)))
+        setattr(self, outer, body)
+        self._path = (outer, embed, layers)
 
     def forward(self, input_ids):
-        h = self.model.embed(input_ids)
-        for layer in self.model.layers:
+        outer, embed, layers = self._path
+        body = getattr(self, outer)
+        h = getattr(body, embed)(input_ids)
+        for layer in getattr(body, layers):
             h = layer(h)[0]
         return h
 
@@ -1132,22 +1139,6 @@ def test_persona_runner_wires_each_method_to_its_intervention(tmp_path, monkeypa
     assert diag["projection_share_of_step"] == pytest.approx(share)
 
 
-class _GPT2StandIn(nn.Module):
-    """GPT-2's layout: the decoder layers are ``transformer.h``."""
-
-    def __init__(self, vocab=12, d=8, n=2):
-        super().__init__()
-        self.transformer = nn.Module()
-        self.transformer.wte = nn.Embedding(vocab, d)
-        self.transformer.h = nn.ModuleList(_TupleLayer(d) for _ in range(n))
-
-    def forward(self, input_ids):
-        h = self.transformer.wte(input_ids)
-        for layer in self.transformer.h:
-            h = layer(h)[0]
-        return h
-
-
 def test_residual_shift_by_hand_on_the_gpt2_layout():
     """Recomputed from hooked block outputs: the mean shift's direction and norm, then (k = 3)
     the principal directions of the shifts with the mean projected out, in descending order,
@@ -1155,7 +1146,7 @@ def test_residual_shift_by_hand_on_the_gpt2_layout():
     the pull-back column carries the last block's mean-shift norm. GPT-2's ``transformer.h``
     is found by default, and both models' training modes are restored."""
     torch.manual_seed(0)
-    base = _GPT2StandIn()
+    base = _HFStandIn(outer="transformer", embed="wte", layers="h")  # GPT-2's layout
     tuned = copy.deepcopy(base)
     add_lora(tuned, ["up_proj", "down_proj"], rank=4)
     with torch.no_grad():
