@@ -293,7 +293,9 @@ class SRatioLearner(_RatioLearner):
     """One outcome model with ``W`` as the last feature; :math:`\\hat\\tau = \\hat\\mu(x,1)/\\hat\\mu(x,0)`.
 
     Args:
-        model: classifier (binary ``Y``) or regressor; default by the outcome's type.
+        model: classifier (binary ``Y``) or regressor; default by the outcome's type: a
+            logistic regression for 0/1 outcomes, else gradient boosting with the Poisson
+            loss (its predictions are positive, as a ratio's terms must be).
         floor: :math:`\\hat\\mu` is floored at ``floor`` before the ratio (documented clipping).
     """
 

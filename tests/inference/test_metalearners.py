@@ -552,3 +552,47 @@ def test_qdr_nuisances_per_arm_and_the_final_stage_weights():
         X, w, y, propensity=0.5
     )
     assert zero.negative_weight_fraction_ == 0.0
+
+
+def _small_counts(seed=0, n=600):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 2))
+    w = (rng.uniform(size=n) < 0.5).astype(float)
+    y = rng.poisson(np.exp(0.3 * X[:, 0] + 0.4 * w)).astype(float)
+    return X, w, y
+
+
+def test_floors_and_model_slots_of_the_outcome_learners():
+    """Documented clipping and model slots, with constant stand-in models: the T-learner uses
+    ``model_treated`` for the treated arm and floors a zero control mean; the linearised
+    learner floors mu_0 inside psi and a negative final prediction; DR-ratio floors both
+    arms at a given ``floor``; counts get the Poisson-loss default."""
+    X, w, y = _small_counts()
+    zero = DummyRegressor(strategy="constant", constant=0.0)
+    two = DummyRegressor(strategy="constant", constant=2.0)
+    t = TRatioLearner(model=zero, model_treated=two, floor=1e-3).fit(X, w, y)
+    assert np.allclose(t.log_effect(X[:5]), np.log(2.0) - np.log(1e-3))
+    lin = LinearisedRatioLearner(outcome_model=zero, final_model=DummyRegressor(), n_folds=2)
+    assert np.isfinite(lin.fit(X, w, y, propensity=0.5).log_effect(X[:5])).all()
+    negative = DummyRegressor(strategy="constant", constant=-1.0)
+    lin = LinearisedRatioLearner(final_model=negative, floor=1e-3, n_folds=2)
+    assert np.allclose(lin.fit(X, w, y, propensity=0.5).log_effect(X[:5]), np.log(1e-3))
+    dr = DRRatioLearner(final_model=negative, floor=1e-3, n_folds=2)
+    assert np.allclose(dr.fit(X, w, y, propensity=0.5).log_effect(X[:5]), 0.0)
+    assert SRatioLearner().fit(X, w, y).model_.loss == "poisson"
+
+
+def test_folds_follow_random_state_and_converters_are_checked_per_fold():
+    """``random_state`` seeds a shuffled fold split (the cross-fitted nuisances change with it
+    and repeat with it); the Q-learner refuses a fold whose converters (y > 0) are all in one
+    arm."""
+    X, w, y = _small_counts(1)
+    kw = dict(outcome_model=LinearRegression(), final_model=LinearRegression(), n_folds=3)
+    a = DRRatioLearner(random_state=0, **kw).fit(X, w, y, propensity=0.5).nuisances_["mu0"]
+    b = DRRatioLearner(random_state=0, **kw).fit(X, w, y, propensity=0.5).nuisances_["mu0"]
+    c = DRRatioLearner(random_state=1, **kw).fit(X, w, y, propensity=0.5).nuisances_["mu0"]
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+    y_rare = y * w  # every converter is treated but one: the fold that holds it out sees
+    y_rare[np.flatnonzero(w == 0)[0]] = 1.0  # converters in one arm only
+    with pytest.raises(ValueError, match="converters"):
+        QLearner(n_folds=2).fit(X, w, y_rare, propensity=0.5)
