@@ -527,44 +527,31 @@ def test_l2_step_candidates_are_projected_on_the_box_not_dropped():
     assert int((cand[:-1] == 0).any(-1).sum()) > 200  # 3/4 of the disc projects onto an edge
 
 
-def _stub_eig_and_candidates(monkeypatch, cand, eig_of):
-    """Every candidate draw returns ``cand``; the EIG of a design is ``eig_of[xi_0]``; calls to
-    ``refine_designs`` are recorded (their starts come back unchanged, with their penalised
-    EIGs as values)."""
-    import probml.inference.planning as planning
-
-    starts_seen = []
-
-    def fake_eig(post, c, num_outer, generator):
-        return torch.tensor([eig_of[float(x[0])] for x in c], dtype=torch.float64)
-
-    def fake_refine(posterior, starts, prev, constraints, remaining, num_outer, generator=None):
-        starts_seen.append(starts.clone())
-        eig = fake_eig(None, starts, 0, None)
-        return starts, constraints.penalise(eig, constraints.soft_cost(prev, starts))
-
-    monkeypatch.setattr(Constraints, "sample", lambda self, prev, n, rem, gen: cand.clone())
-    monkeypatch.setattr(planning, "next_design_eig", fake_eig)
-    monkeypatch.setattr(planning, "refine_designs", fake_refine)
-    return starts_seen
-
-
 def test_refinement_restarts_from_the_best_candidates(monkeypatch):
     """GreedyPlanner refines its ``num_restarts`` best candidates by the cost-penalised EIG;
     the tree refines its root's best by the immediate EIG (documented). From prev = 0.5 with
     lam = 10 and an L2 soft cost, the penalised scores of 0.1, 0.9, 0.5, 0.7, 0.3 are 0.02,
-    0.18, 0.5, 0.23, 0.1."""
-    cand = torch.tensor([[0.1], [0.9], [0.5], [0.7], [0.3]], dtype=torch.float64)
-    seen = _stub_eig_and_candidates(
-        monkeypatch, cand, {0.1: 0.1, 0.9: 0.9, 0.5: 0.5, 0.7: 0.7, 0.3: 0.3}
-    )
+    0.18, 0.5, 0.23, 0.1. The recorded refinements hand their starts back unchanged, with
+    their penalised EIGs as values."""
+    import probml.inference.planning as planning
+
+    designs = [0.1, 0.9, 0.5, 0.7, 0.3]
+    _tree_with_tables(monkeypatch, {(): {x: x for x in designs}}, {0.5: designs})
+    seen = []
+
+    def fake_refine(posterior, starts, prev, constraints, remaining, num_outer, generator=None):
+        seen.append(starts.flatten().tolist())
+        eig = planning.next_design_eig(posterior, starts, num_outer, generator)
+        return starts, constraints.penalise(eig, constraints.soft_cost(prev, starts))
+
+    monkeypatch.setattr(planning, "refine_designs", fake_refine)
     cons = Constraints([SoftCost(10.0)], design_bounds=(0, 1))
-    prev, g = torch.tensor([0.5], dtype=torch.float64), torch.Generator().manual_seed(0)
-    xi = GreedyPlanner(5, 8, refine="slsqp", num_restarts=2).plan(None, prev, cons, 1.0, g)
-    assert seen[0].flatten().tolist() == [0.5, 0.7] and float(xi[0]) == 0.5
+    prev, post = torch.tensor([0.5], dtype=torch.float64), _TablePosterior()
+    xi = GreedyPlanner(5, 8, refine="slsqp", num_restarts=2).plan(post, prev, cons, 1.0, None)
+    assert seen[0] == [0.5, 0.7] and float(xi[0]) == 0.5
     tree = ScenarioTreePlanner(depth=0, root_candidates=5, refine="slsqp", num_restarts=2)
-    tree.plan(None, prev, cons, 1.0, g)
-    assert seen[1].flatten().tolist() == [0.9, 0.7]
+    tree.plan(post, prev, cons, 1.0, None)
+    assert seen[1] == [0.9, 0.7]
 
 
 def test_the_tree_root_takes_the_policys_top_k_designs():
