@@ -224,11 +224,14 @@ class _HistoryEncoder(SavableModule):
         return self.summary_from_pooled(self.features(designs, ys).sum(-2), ys.shape[-1])
 
     @staticmethod
-    def summary_from_pooled(pooled: torch.Tensor, T: int) -> torch.Tensor:
+    def summary_from_pooled(pooled: torch.Tensor, T: int | torch.Tensor) -> torch.Tensor:
         """The summary of a ``T``-step history whose features sum to ``pooled``
         (``... x H`` -> ``... x (H + 1)``): what a loop that adds one step's features at a
-        time passes to the heads."""
-        return torch.cat([pooled, pooled.new_full((*pooled.shape[:-1], 1), math.log1p(T))], -1)
+        time passes to the heads. ``T`` is an int, or a tensor of step counts that broadcasts
+        to ``...`` (one per prefix, as in :meth:`PosteriorNet.prefix_nll`); ``log1p(T)`` is
+        taken in float64 and then cast, so every caller builds the same feature."""
+        t = torch.log1p(torch.as_tensor(T, dtype=torch.float64, device=pooled.device))
+        return torch.cat([pooled, t.to(pooled.dtype).expand(pooled.shape[:-1]).unsqueeze(-1)], -1)
 
     def fit_scaling(self, design_bounds, ys: torch.Tensor) -> None:
         self.design_low.fill_(float(design_bounds[0]))
@@ -287,9 +290,7 @@ class PosteriorNet(_HistoryEncoder):
         ``B x (T + 1)``."""
         f = self.features(designs, ys)  # B x T x H
         pooled = torch.cat([torch.zeros_like(f[:, :1]), f.cumsum(1)], 1)  # B x (T+1) x H
-        T = ys.shape[1]
-        t = torch.log1p(torch.arange(T + 1, dtype=f.dtype, device=f.device))
-        summary = torch.cat([pooled, t.expand(f.shape[0], T + 1).unsqueeze(-1)], -1)
+        summary = self.summary_from_pooled(pooled, torch.arange(ys.shape[1] + 1))
         q = self.distribution_from_summary(summary)
         return -self.log_prob_flat(q, theta_flat.unsqueeze(1))
 

@@ -388,3 +388,27 @@ def test_policy_grid_and_time_input():
     with torch.no_grad():
         a, b = pol.logits(summary, prev, 3), twice.logits(summary, prev, 6)
         assert torch.allclose(a, b) and not torch.allclose(a, pol.logits(summary, prev, 0))
+
+
+def test_prefix_summaries_carry_the_same_step_feature_as_deployment():
+    """``prefix_nll`` builds its per-prefix summaries with ``summary_from_pooled``, as the
+    deployed loops do: the last coordinate is ``log1p(t)`` exactly (taken in float64, then
+    cast), and after the prefix of ``t`` steps the NLL is that of ``distribution`` on the
+    first ``t`` steps."""
+    pooled = torch.randn(3, 5, 4)
+    summ = PosteriorNet.summary_from_pooled(pooled, torch.arange(5))
+    assert summ.shape == (3, 5, 5) and torch.equal(summ[..., :4], pooled)
+    for t in range(5):
+        one = PosteriorNet.summary_from_pooled(pooled[:, t], t)
+        assert torch.equal(summ[:, t], one)
+        assert float(one[0, -1]) == pytest.approx(math.log1p(t), rel=1e-7)
+    torch.manual_seed(0)
+    net = PosteriorNet(design_dim=2, theta_dim=2, hidden=8)
+    g = torch.Generator().manual_seed(4)
+    X, ys = torch.rand(6, 3, 2, generator=g), torch.randn(6, 3, generator=g)
+    theta = torch.randn(6, 2, generator=g)
+    with torch.no_grad():
+        nll = net.prefix_nll(X, ys, theta)
+        for t in range(4):
+            q = net.distribution(X[:, :t], ys[:, :t])
+            assert torch.allclose(nll[:, t], -net.log_prob_flat(q, theta), atol=1e-5), t
