@@ -986,44 +986,6 @@ def test_identification_refuses_adapters_that_hold_no_update():
     assert set(identify_spurious_directions(m).directions) == {"0", "2"}
 
 
-def test_misalignment_and_roleplay_metrics_by_hand():
-    """The persona world's exact metrics on stub models with known answer probabilities. A
-    stub adds b to the logits of every set-1 (misaligned) template word, whatever the
-    context: each set-1 template then has e^{2b} times a set-0 template's probability, so the
-    misaligned mass is sigmoid(2b) (both answer words count). A second stub reads the persona
-    z from the first turn's answer and boosts the set-z words of ROLE: its roleplay accuracy
-    is sigmoid(2b) for both z."""
-    from probml.datasets.persona import misalignment, roleplay_accuracy
-
-    w = PersonaWorld()
-    set1 = torch.zeros(w.vocab_size, dtype=torch.bool)
-    set1[w.templates[:, :, 1].flatten()] = True
-    set0 = torch.zeros(w.vocab_size, dtype=torch.bool)
-    set0[w.templates[:, :, 0].flatten()] = True
-    assert not bool((set1 & set0).any())
-    b = 0.6
-    want = float(torch.sigmoid(torch.tensor(2 * b)))
-
-    class _Stub(nn.Module):  # the metrics read the device from a parameter
-        def __init__(self):
-            super().__init__()
-            self.anchor = nn.Parameter(torch.zeros(()))
-
-    class Misaligned(_Stub):
-        def forward(self, x):
-            return (b * set1.float()).expand(*x.shape, -1)
-
-    class ReadsPersona(_Stub):  # z from the first turn's first answer word (position 5)
-        def forward(self, x):
-            z = set1[x[:, 5]]  # n
-            boost = torch.where(z[:, None], set1[None, :], set0[None, :]).float()
-            return (b * boost)[:, None].expand(-1, x.shape[1], -1)
-
-    assert misalignment(Misaligned(), w) == pytest.approx(want, abs=1e-6)
-    assert roleplay_accuracy(ReadsPersona(), w) == pytest.approx(want, abs=1e-6)
-    assert roleplay_accuracy(Misaligned(), w) == pytest.approx(0.5, abs=1e-6)  # ignores z
-
-
 def test_persona_direction_reads_turns_two_to_four_only():
     """u_true is the z = 1 minus z = 0 mean residual over turns 2-4. A stub block writes u at
     set-1 answer words of turns 2-4 and an orthogonal v at those of turn 1: the direction
