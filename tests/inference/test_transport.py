@@ -426,6 +426,9 @@ def test_wage_data_loads_offline():
     d = load_wage_data("wage1", sensitive="nonwhite")
     assert "nonwhite" not in d.feature_names
     assert d.X.shape[1] == len(d.feature_names) == 12 and set(np.unique(d.sensitive)) == {0, 1}
+    # a column that is not 0/1 (years of education) is refused, not cast to groups
+    with pytest.raises(ValueError, match="sensitive must name a binary 0/1 column.*'educ'"):
+        load_wage_data("wage1", sensitive="educ")
 
 
 def test_base_model_column_output_and_a_group_classifier_without_probabilities():
