@@ -586,3 +586,67 @@ def test_fit_shallow_net_restarts_from_standard_normals_with_gates_at_zero(monke
     assert float(w.std()) == pytest.approx(1.0, abs=0.05)
     with torch.no_grad():
         assert mse == pytest.approx(float(((net(X) - y) ** 2).mean()))
+
+
+def test_parameters_follow_the_documented_forms():
+    """LA: a second coefficient vector only for the Type II bi-sided form (the one-sided form
+    mixes the W_1 branch alone); the literal MoA gate of the shallow net is bias-free, so at
+    initialisation every gate is sigmoid(0) = 1/2; the stochastic gates' prior is
+    Bernoulli(1/2), the guide's gate means at initialisation."""
+    import pyro
+    from pyro import poutine
+
+    from probml.models.layers import StochasticGates
+
+    keys = {
+        (t, v): set(dict(LearnableActivationFFN(4, 8, t, v).named_parameters()))
+        for t, v in (
+            ("I", "bi_sided"),
+            ("II", "one_sided"),
+            ("II", "bi_sided"),
+            ("II", "quadratic"),
+        )
+    }
+    assert keys[("II", "bi_sided")] == {"w1.weight", "w2.weight", "w3.weight", "alpha", "alpha2"}
+    assert keys[("II", "one_sided")] == {"w1.weight", "w2.weight", "w3.weight", "alpha"}
+    assert keys[("I", "bi_sided")] == {"w1.weight", "w3.weight", "alpha"}
+    assert keys[("II", "quadratic")] == {"w1.weight", "w2.weight", "w3.weight", "alpha"}
+    torch.manual_seed(0)
+    net = ShallowNet(3, 5, kind="moa", dictionary=("relu", "tanh"), gate="literal")
+    assert net.gate.bias is None and net.alpha is not None
+    x = torch.randn(7, 3)
+    z = net.l1(x)
+    half = 0.5 * (torch.relu(z) + torch.tanh(z))
+    assert torch.allclose(net(x), net.l2(half).squeeze(-1), atol=1e-6)
+    layer = MixtureOfActivationsFFN(6, 12, "II", "bi_sided", dictionary=("relu", "tanh"))
+    pyro.clear_param_store()
+    tr = poutine.trace(StochasticGates(layer, name="prior_check").model).get_trace(
+        x[:, :2].repeat(1, 3)
+    )
+    prior = tr.nodes["z"]["fn"].base_dist
+    assert prior.probs.shape == (7, 4) and bool((prior.probs == 0.5).all())
+    pyro.clear_param_store()
+
+
+def test_checkpointing_recomputes_the_hidden_layer_in_training_only():
+    """``checkpointing`` recomputes the activation stack in the backward pass of a training
+    step; in eval mode (even with gradients on, as when directions are identified from a
+    model in eval mode) the hidden layer is computed once. Outputs and gradients agree."""
+    torch.manual_seed(0)
+    plain = MixtureOfActivationsFFN(6, 12, dictionary=("relu", "tanh"))
+    ckpt = MixtureOfActivationsFFN(6, 12, dictionary=("relu", "tanh"), checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    calls = []
+    hidden = ckpt._hidden
+    ckpt._hidden = lambda x: calls.append(1) or hidden(x)
+    x = torch.randn(3, 6)
+    for training, want in ((True, 2), (False, 1)):
+        calls.clear()
+        ckpt.train(training)
+        plain.train(training)
+        ckpt.zero_grad()
+        plain.zero_grad()
+        ckpt(x).square().sum().backward()
+        plain(x).square().sum().backward()
+        assert len(calls) == want, training
+        assert torch.allclose(ckpt.w1.weight.grad, plain.w1.weight.grad, atol=1e-6)
