@@ -61,6 +61,12 @@ def test_whitened_advantages_are_the_plain_ones_over_their_sd():
     assert torch.allclose(white, plain / plain.std())
     assert abs(float(white.std()) - 1.0) < 1e-12
     assert torch.equal(d["baseline"], dw["baseline"]) and torch.equal(d["beta"], dw["beta"])
+    # a batch whose advantages spread by less than 1e-2 (every prompt inactive, offline
+    # baselines 0.0050 .. 0.0058): still divided by their own sd, not by a floor
+    p0 = torch.linspace(0.005, 0.0058, 5, dtype=torch.float64)
+    plain, _ = basis_advantages(torch.zeros(5), p0, inactive="offline")
+    white, _ = basis_advantages(torch.zeros(5), p0, inactive="offline", whiten=True)
+    assert float(plain.std()) < 1e-3 and torch.allclose(white, plain / plain.std())
 
 
 @pytest.mark.parametrize("form", ["blue", "linearised"])
@@ -449,6 +455,9 @@ def test_batch_wide_floor_recovers_a_shared_shift_and_sees_prompt_specific_drift
     v = 0.8 * torch.sigmoid(torch.logit(p0) - 1.3)
     floor, a, c = batch_wide_floor(v, p0)
     assert floor < 1e-10 and abs(a - 0.8) < 1e-6 and abs(c + 1.3) < 1e-6
+    # the default grid steps by 0.01: a shift between tenths is found too
+    floor, a, c = batch_wide_floor(0.8 * torch.sigmoid(torch.logit(p0) + 0.37), p0)
+    assert floor < 1e-10 and abs(a - 0.8) < 1e-6 and abs(c - 0.37) < 1e-6
     # prompt-specific drift: the floor is the residual around the best shared fit, and it
     # equals the MSE of the fitted member; it never exceeds the offline values' MSE (a=1, c=0)
     eta = torch.randn(256, generator=g, dtype=torch.float64)
@@ -689,3 +698,38 @@ def test_bandit_group_policy_gradient_learns_from_every_rollout_of_the_group():
     bandit = LinearBandit(num_prompts=256, seed=0)
     res = run_bandit_rl(bandit, "grpo", steps=30, batch_size=32, K=16, lr=0.05, seed=0)
     assert res.mean_reward[-1] > res.mean_reward[0] + 0.02, res.mean_reward[::10]
+
+
+@pytest.mark.parametrize("form", ["blue", "linearised", "calibrated"])
+def test_inactive_prompts_take_no_part_in_the_active_baselines(form):
+    """Documented: prompts whose p0 lies within eps of 0 or 1 (p0 = eps included) are outside
+    the active set and take no part in the calibration or the leave-one-out sums, so flipping
+    their rewards leaves every active prompt's baseline unchanged."""
+    g = torch.Generator().manual_seed(2)
+    p0 = torch.rand(10, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    p0[[2, 7]] = torch.tensor([0.02, 0.01], dtype=torch.float64)  # eps exactly, and below
+    r = (torch.rand(10, generator=g, dtype=torch.float64) < p0).double()
+    _, d = basis_advantages(r, p0, eps=0.02, form=form)
+    assert d["active"].tolist() == [i not in (2, 7) for i in range(10)]
+    for flip in ([2], [7], [2, 7]):
+        r2 = r.clone()
+        r2[flip] = 1 - r2[flip]
+        _, d2 = basis_advantages(r2, p0, eps=0.02, form=form)
+        assert torch.allclose(d2["baseline"], d["baseline"], atol=1e-12), flip
+    with pytest.raises(ValueError, match="eps"):
+        basis_advantages(r, p0, eps=0.5)
+
+
+def test_output_dtypes_and_a_single_prompt_batch():
+    """Advantages come back in the rewards' floating dtype (float64 for integer rewards);
+    REINFORCE++ on one prompt has no spread to whiten by: its advantage is 0, not NaN."""
+    p0 = torch.tensor([0.3, 0.6, 0.5], dtype=torch.float64)
+    for r, dtype in (
+        (torch.tensor([1.0, 0.0, 1.0]), torch.float32),
+        (torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64), torch.float64),
+        (torch.tensor([1, 0, 1]), torch.float64),
+    ):
+        adv, _ = basis_advantages(r, p0)
+        assert adv.dtype == dtype
+    one = reinforce_pp_advantages(torch.tensor([1.0]))
+    assert one.tolist() == [0.0]
