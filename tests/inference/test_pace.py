@@ -686,3 +686,60 @@ def test_the_last_release_never_trips_the_ledger_by_rounding():
         assert est.privacy_spent_[0] == zcdp_to_dp(est.rho_spent_, 1e-5) <= 0.155
         eye = torch.eye(3, dtype=torch.float64)
         assert torch.allclose(est.precision_ @ est.covariance_, eye, atol=1e-8)
+
+
+def test_completion_inputs_tolerances_and_warnings(monkeypatch):
+    """Edges of the completion solvers: an index equal to ``dim`` and a zero variance are
+    refused by name; repeats of an exact entry must agree to 1e-12 relative (1e-6 is
+    refused); the sweeps' tolerance is relative to the largest variance, so the completion
+    is equivariant under a diagonal rescaling over eight orders of magnitude; the relaxed fit
+    warns when L-BFGS stops early (the iteration limit, or a line search that gives up while
+    the gradient is still large) and not when it stalls at the floating-point floor;
+    ``maxent_completion`` passes ``lam`` and ``init`` on."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    from probml.inference import maxent
+
+    diag = [(0, 0), (1, 1), (2, 2)]
+    with pytest.raises(ValueError, match="entries must index a 2 x 2"):
+        exact_completion(diag, [1.0, 1.0, 1.0], 2)
+    with pytest.raises(CompletionError, match="diagonal values must be positive"):
+        exact_completion(diag, [1.0, 0.0, 1.0], 3)
+    with pytest.raises(ValueError, match="more than once"):
+        exact_completion([*diag, (0, 1), (1, 0)], [1.0, 1.0, 1.0, 0.5, 0.5 * (1 + 1e-6)], 3)
+    # a 4-cycle (not chordal: the sweeps iterate) with variances rescaled over 1e-8 .. 1e8
+    entries = [*diag, (3, 3), (0, 1), (1, 2), (2, 3), (0, 3)]
+    vals = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.5, -0.4, 0.3, 0.2], dtype=torch.float64)
+    D = torch.tensor([1e-4, 1.0, 1e2, 1e4], dtype=torch.float64)
+    idx = torch.tensor(entries)
+    W, K = exact_completion(entries, vals, 4)
+    Ws, Ks = exact_completion(entries, vals * D[idx[:, 0]] * D[idx[:, 1]], 4)
+    assert torch.allclose(Ws / (D[:, None] * D[None, :]), W, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(Ks * (D[:, None] * D[None, :]), K, rtol=1e-8, atol=1e-12)
+    # the relaxed fit's convergence report
+    args = (entries, vals, 4, [0.1] * 8)
+    with pytest.warns(ConvergenceWarning, match="max_iter"):
+        relaxed_completion(*args, max_iter=1)
+    real = maxent.minimize
+
+    def gives_up(max_iter):
+        def minimize(*a, **k):
+            res = real(*a, **{**k, "options": {**k["options"], "maxiter": max_iter}})
+            res.success, res.status, res.message = False, 2, "ABNORMAL (forced)"
+            return res
+
+        return minimize
+
+    monkeypatch.setattr(maxent, "minimize", gives_up(1))
+    with pytest.warns(ConvergenceWarning, match="ABNORMAL"):
+        relaxed_completion(*args)
+    monkeypatch.setattr(maxent, "minimize", gives_up(2000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        relaxed_completion(*args)
+    monkeypatch.setattr(maxent, "minimize", real)
+    seen = {}
+    monkeypatch.setattr(maxent, "relaxed_completion", lambda *a, **k: seen.update(k) or ("S", "P"))
+    init = torch.eye(4, dtype=torch.float64)
+    assert maxent_completion(*args, lam=0.3, init=init) == ("S", "P")
+    assert seen["lam"] == 0.3 and seen["init"] is init
