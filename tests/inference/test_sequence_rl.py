@@ -186,3 +186,73 @@ def test_value_mse_subtracts_an_unbiased_monte_carlo_variance():
         v_hat = k / n
         expected = (pk * ((v - v_hat) ** 2 - _mc_value_variance(v_hat, n))).sum()
         assert float(expected) == pytest.approx((v - V) ** 2, abs=1e-12)
+
+
+class _Adder(torch.nn.Module):
+    """A stand-in policy with known answer probabilities: at each answer position the right
+    digit's logit is ``boost`` and the other 11 tokens' are 0, so each digit is right with
+    probability e^b / (e^b + 11) (1/2 for b = log 11). It records the mode of every call."""
+
+    def __init__(self, boost: float):
+        super().__init__()
+        self.boost = torch.nn.Parameter(torch.tensor(float(boost)))
+        self.modes = []
+
+    def forward(self, x):
+        self.modes.append(self.training)
+        d = x[:, :6]
+        s = (d[:, 0] * 10 + d[:, 1]) + (d[:, 3] * 10 + d[:, 4])
+        digits = torch.stack([s // 100, (s // 10) % 10, s % 10], 1)  # B x 3
+        out = torch.zeros(*x.shape, 12)
+        for t in range(5, min(x.shape[1], 8)):  # position t predicts answer digit t - 5
+            out[torch.arange(x.shape[0]), t, digits[:, t - 5]] = 1.0
+        return out * self.boost
+
+
+def test_sampling_counts_and_the_loop_by_hand_on_a_known_policy(monkeypatch):
+    """On a policy with known probabilities: answers are sampled at temperature 1 (each
+    digit right half the time); ``offline_counts`` covers every prompt across its chunks of
+    512; the loop samples the reference in eval mode, gives each batch prompt its own
+    offline value, and its value MSE is the documented noise-corrected mean, by hand."""
+    from probml.inference import sequence_rl
+
+    task = AdditionTask(600, seed=1)
+    half = _Adder(np.log(11.0))
+    ans = sample_answers(half, task.prompts[:50], 80, torch.Generator().manual_seed(0))
+    right = (ans == task.answers[:50, None]).double()
+    assert abs(float(right.mean()) - 0.5) < 0.02
+    perfect = _Adder(50.0).train()
+    k = offline_counts(perfect, task, 3, torch.Generator().manual_seed(0), "cpu")
+    assert k.shape == (600,) and bool((k == 3).all())
+    perfect.modes.clear()
+    k0 = torch.arange(600) % 9  # offline counts that differ from prompt to prompt
+    seen, v_mc = [], []
+    real_est, real_mean = sequence_rl.estimate_on_first, sequence_rl._mean_success
+
+    def est(name, tracker, rewards, p0, idx, *rest):
+        out = real_est(name, tracker, rewards, p0, idx, *rest)
+        seen.append((p0, idx, out[1]))
+        return out
+
+    def mean_success(model, task_, prompt_idx, num, *rest):
+        out = real_mean(model, task_, prompt_idx, num, *rest)
+        if num == 16:
+            v_mc.append(out)
+        return out
+
+    monkeypatch.setattr(sequence_rl, "estimate_on_first", est)
+    monkeypatch.setattr(sequence_rl, "_mean_success", mean_success)
+    res = run_sequence_rl(
+        half, task, "basis", steps=3, batch_size=20, lr=0.0, mc_rollouts=16, offline=k0, K=8,
+        eval_prompts=8,
+    )  # fmt: skip
+    p0_all = (k0.double() + 0.5) / 9
+    for (p0, idx, value), v, mse in zip(seen, v_mc, res.value_mse):
+        assert torch.equal(p0, p0_all[idx])
+        want = ((value - v) ** 2 - v * (1 - v) / 15).mean()
+        assert mse == pytest.approx(float(want), abs=1e-12)
+    assert len(seen) == 3
+    run_sequence_rl(perfect, task, "basis", steps=1, batch_size=4, K=2, eval_prompts=4)
+    assert perfect.modes and not any(perfect.modes)  # the reference samples in eval mode
+    with pytest.raises(ValueError, match="batch_size"):
+        run_sequence_rl(half, task, "basis", steps=1, batch_size=1, offline=k0, K=8)
