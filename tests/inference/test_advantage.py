@@ -576,6 +576,8 @@ def test_gp_loo_baseline_is_exact_leave_one_out_and_ignores_r_i():
     assert float((b2 - base).abs().max()) > 1e-4  # the others do see r_5
     with pytest.raises(ValueError, match="features"):
         gp_loo_baseline(r, p0, x[:5])
+    with pytest.raises(ValueError, match="at least 3 prompts"):
+        gp_loo_baseline(r[:2], p0[:2], x[:2])
 
 
 def test_gp_basis_beats_basis_under_feature_correlated_drift():
@@ -733,3 +735,25 @@ def test_output_dtypes_and_a_single_prompt_batch():
         assert adv.dtype == dtype
     one = reinforce_pp_advantages(torch.tensor([1.0]))
     assert one.tolist() == [0.0]
+
+
+def test_filters_at_extreme_offline_values_and_the_models_eta_scale():
+    """The prompt-drift filter clamps its success probabilities only at 1e-15 from 0 and 1:
+    with tau = 0 it still equals the drift filter for offline values of 1e-6 and 1 - 1e-6
+    (whose baselines are of that order, not of a coarser floor). The Pyro model's
+    prompt-specific drift is N(0, tau^2)."""
+    from pyro import poutine
+
+    grid = torch.linspace(0, 1, 5, dtype=torch.float64)
+    plain = DriftFilter(grid, step_sds=(0.1,))
+    eta0 = PromptDriftFilter(4, taus=(0.0,), c_grid=grid, step_sds=(0.1,))
+    p0 = torch.tensor([1e-6, 0.4, 0.6, 1 - 1e-6], dtype=torch.float64)
+    r = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    b, b0 = plain.loo_baseline(r, p0), eta0.loo_baseline(r, p0, torch.arange(4))
+    assert torch.allclose(b0, b, rtol=1e-9, atol=1e-15)
+    assert float(b0[0]) < 1e-5 and float(1 - b0[3]) < 1e-5
+    tr = poutine.trace(logit_shift_model).get_trace(p0, None, None, None, 0.3)
+    eta = tr.nodes["eta"]["fn"]
+    assert torch.equal(eta.loc, torch.zeros(4, dtype=torch.float64)) and bool(
+        (eta.scale == 0.3).all()
+    )
