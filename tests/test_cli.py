@@ -196,3 +196,25 @@ def test_console_script(tmp_path):
         [sys.executable, "-m", "probml", "run", "zzz"], capture_output=True, text=True
     )
     assert r.returncode == 2 and "valid names" in r.stderr
+
+
+def test_registry_order_failures_and_extras(tmp_path):
+    """Names are listed sorted whatever the order given; a file whose ``run`` is not callable
+    is refused by name; a failing example's headline names the exception's type; an
+    example's ``extra`` lands in its JSON metadata."""
+    reg = Registry([Example("zeta", "z", _ok), Example("alpha", "a", _ok)])
+    assert reg.names() == ["alpha", "zeta"]
+    (tmp_path / "notrun.py").write_text("run = 3\n")
+    with pytest.raises(TypeError, match="notrun.py defines no run"):
+        Registry(directory=tmp_path).get("notrun")
+    summary, _ = run_demo(
+        Registry([Example("bad", "fails", _boom)]), out_root=tmp_path / "d", echo=lambda s: None
+    )
+    assert summary[0]["headline"] == "RuntimeError: deliberate failure"
+
+    def extra(fast, seed, device, out_dir):
+        return ExampleResult(headline="h", extra={"note": "kept", "n": 3})
+
+    run_example(Example("ex", "", extra), out_dir=tmp_path / "e")
+    meta = json.loads((tmp_path / "e" / "results.json").read_text())["meta"]
+    assert meta["note"] == "kept" and meta["n"] == 3 and meta["headline"] == "h"

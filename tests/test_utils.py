@@ -70,6 +70,7 @@ def test_results_writer(tmp_path):
     md_p, js_p = write_table(tmp_path, "t", rows, meta={"cmd": "x"})
     data = json.loads(js_p.read_text())
     assert data["rows"][0]["b"] == 0.123456789 and data["meta"]["cmd"] == "x"
+    assert data["rows"] == rows and md_p.read_text() == md + "\n"  # every row, both files
     # strict JSON: NaN (a one-seed standard error) and inf are null, NumPy/torch values plain
     rows = [{"se": float("nan"), "x": np.float32(0.5), "t": torch.tensor([1.0, float("inf")])}]
     _, js_p = write_table(tmp_path, "nan", rows, meta={"n": np.int64(3)})
