@@ -86,6 +86,10 @@ def test_every_flow_output_depends_on_every_noise_coordinate():
     x, z = torch.randn(2), torch.randn(3)
     J = torch.autograd.functional.jacobian(lambda v: flow.sample_with_noise(x, v), z)
     assert bool((J.abs() > 1e-4).all()), J
+    # the documented chain: block, reversal, block, then the unstandardisation
+    chain = [type(t).__name__ for t in flow.dist(x).transforms]
+    assert chain[1] == "Permute" and chain[-1] == "AffineTransform" and len(chain) == 4, chain
+    assert flow.dist(x).transforms[1].permutation.tolist() == [2, 1, 0]
 
 
 def test_bernoulli_adversary_tilts_a_frozen_base():
@@ -95,3 +99,18 @@ def test_bernoulli_adversary_tilts_a_frozen_base():
     assert not any(p.requires_grad for p in adv.base.parameters())
     assert all(p.requires_grad for p in adv.tilt.parameters())
     assert torch.allclose(adv.prob(torch.randn(4, 2)), torch.full((4,), 0.3))  # tilt at zero
+
+
+def test_fitting_the_binary_source_trains_the_base_only():
+    """Documented: the source conditional is fitted with the tilt g = 0 (frozen), so its
+    adversary's tilt starts at zero and the copy's probabilities are the fitted source's."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(400, 2, generator=g)
+    A = (torch.rand(400, generator=g) < torch.sigmoid(2 * X[:, 0])).float()
+    src = fit_source_conditional(A, X, binary=True, num_iters=200, verbose=False)
+    assert all(float(p.abs().max()) == 0.0 for p in src.tilt[-1].parameters())
+    adv = src.copy()
+    x = torch.randn(5, 2, generator=g)
+    with torch.no_grad():
+        assert torch.equal(adv.prob(x), src.prob(x))
+        assert float(src.prob(torch.tensor([[2.0, 0.0]]))) > 0.8  # the base did learn
