@@ -177,7 +177,11 @@ class ConditionalBernoulli(nn.Module):
 
 
 class TransportPerturbation(nn.Module):
-    """:math:`G_\\phi(x, z) = G_0(x, z) + \\Delta_\\phi(x, z)`, ``Delta`` an MLP started at 0."""
+    """:math:`G_\\phi(x, z) = G_0(x, z) + \\Delta_\\phi(x, z)`, ``Delta`` an MLP started at 0.
+
+    ``Delta`` reads the base noise ``z`` and the context standardised by the source's own
+    buffers, ``(x - x_loc) / x_scale``, and its output is in standardised units of ``A``:
+    the shift added to ``G_0`` is that output times ``a_scale``."""
 
     def __init__(self, source: ConditionalFlow, hidden: int = 32):
         super().__init__()
@@ -215,6 +219,11 @@ def fit_source_conditional(
         A: ``n x d_a`` (or ``n`` for binary) source covariates; X: ``n x d_x``.
         binary: ``A`` in {0, 1}: a :class:`ConditionalBernoulli`; else a
             :class:`ConditionalFlow`.
+        hidden: width of the flow's conditioner networks; the binary case's logistic MLP
+            takes ``min(hidden, 16)`` units.
+
+    Returns:
+        The fitted conditional, in eval mode (a binary one with its tilt at zero).
     """
     check_finite("A", A)
     check_finite("X", X)

@@ -58,8 +58,13 @@ def test_fitted_flow_is_an_amortized_guide_for_a_user_model(flow, x):
 def test_transport_perturbation_cost_is_the_squared_shift():
     """DRUM's transport ball bounds E||G_phi(x, z) - G_0(x, z)||^2: the cost returned per row
     is the squared Euclidean length of the shift, in A's own units (the standardised shift
-    times a_scale)."""
-    from probml.guides.generators import ConditionalFlow, TransportPerturbation
+    times a_scale). Delta reads z and the standardised context; a constant source
+    probability must lie strictly inside (0, 1)."""
+    from probml.guides.generators import (
+        ConditionalBernoulli,
+        ConditionalFlow,
+        TransportPerturbation,
+    )
 
     flow = ConditionalFlow(a_dim=2, x_dim=3)
     with torch.no_grad():
@@ -72,6 +77,23 @@ def test_transport_perturbation_cost_is_the_squared_shift():
     shift = torch.tensor([3.0, -2.0])  # (1.5, -4) * a_scale
     assert torch.allclose(a - flow.sample_with_noise(x, z), shift.expand(5, 2), atol=1e-6)
     assert torch.allclose(cost, torch.full((5,), 13.0), atol=1e-5)
+    # Delta reads z and the context standardised by the source's buffers
+    with torch.no_grad():
+        flow.x_loc.copy_(torch.tensor([100.0, -50.0, 3.0]))
+        flow.x_scale.copy_(torch.tensor([10.0, 5.0, 0.5]))
+    adv = TransportPerturbation(flow)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in adv.delta.parameters():
+            p.normal_()
+        x = flow.x_loc + flow.x_scale * torch.randn(5, 3)
+        a, _ = adv(x, z)
+        want = adv.delta(torch.cat((z, (x - flow.x_loc) / flow.x_scale), -1)) * flow.a_scale
+        assert torch.allclose(a - flow.sample_with_noise(x, z), want, atol=1e-5)
+    with pytest.raises(ValueError, match="p must be in"):
+        ConditionalBernoulli.constant(0.0)
+    with pytest.raises(ValueError, match="p must be in"):
+        ConditionalBernoulli.constant(1.0)
 
 
 def test_every_flow_output_depends_on_every_noise_coordinate():
@@ -109,7 +131,10 @@ def test_fitting_the_binary_source_trains_the_base_only():
     A = (torch.rand(400, generator=g) < torch.sigmoid(2 * X[:, 0])).float()
     src = fit_source_conditional(A, X, binary=True, num_iters=200, verbose=False)
     assert all(float(p.abs().max()) == 0.0 for p in src.tilt[-1].parameters())
+    assert not src.training and src.base[0].out_features == 16  # min(hidden = 32, 16)
     adv = src.copy()
+    assert not any(p.requires_grad for p in adv.base.parameters())  # the fitted base frozen
+    assert all(p.requires_grad for p in adv.tilt.parameters())
     x = torch.randn(5, 2, generator=g)
     with torch.no_grad():
         assert torch.equal(adv.prob(x), src.prob(x))
