@@ -27,11 +27,12 @@ def make_sparse_precision(
     scale_range: tuple[float, float] = (0.1, 10.0),
     seed: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(Sigma, precision)`` (``d x d`` float64) with a chain + random-edge graph.
+    r"""Return ``(Sigma, precision)`` (``d x d`` float64) with a chain + random-edge graph.
 
-    Before the rescaling, the precision has unit diagonal plus a margin of diagonal
-    dominance, chain edges ``(i, i + 1)`` of random sign and size in [0.2, 0.4], and
-    ``n_extra_edges`` edges ``(i, j)``, ``j > i + 1``, of random sign and size in [0.1, 0.3].
+    Before the rescaling, the precision has chain edges ``(i, i + 1)`` of random sign and
+    size in [0.2, 0.4], ``n_extra_edges`` edges ``(i, j)``, ``j > i + 1``, of random sign and
+    size in [0.1, 0.3], and the diagonally dominant diagonal
+    :math:`K_{ii} = 1.5 + \sum_{j \ne i} |K_{ij}|` (so its eigenvalues are at least 1.5).
 
     Args:
         d: dimension (>= 2).

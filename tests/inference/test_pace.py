@@ -326,6 +326,14 @@ def test_synthetic_precision_graph_and_the_bundled_bounds():
     assert int((torch.triu(K, 2) != 0).sum()) == 5
     X, b, _ = load_covariance_dataset("diabetes")
     assert (X < 0).any() and np.array_equal(b, np.abs(X).max(0))
+    # before the rescaling K_ii = 1.5 + sum_{j != i} |K_ij|: on two coordinates the partial
+    # correlation is |k| / (1.5 + |k|) with |k| in [0.2, 0.4], which the diagonal rescaling
+    # leaves unchanged; a scale range of one value gives equal marginal sds
+    for seed in range(20):
+        S, K = make_sparse_precision(2, n_extra_edges=0, scale_range=(2.0, 2.0), seed=seed)
+        partial = float(K[0, 1].abs() / (K[0, 0] * K[1, 1]).sqrt())
+        assert 0.2 / 1.7 - 1e-12 <= partial <= 0.4 / 1.9 + 1e-12, (seed, partial)
+        assert torch.allclose(S.diagonal(), torch.full((2,), 4.0, dtype=torch.float64))
 
 
 def test_seeded_refits_repeat_and_none_draws_fresh_noise():
