@@ -146,3 +146,40 @@ def test_config_defaults_and_initialisation():
     blk = br.blocks[0]
     assert blk.norm1.scale is None and blk.norm2.scale is None
     assert blk.attn.q_scale is not None
+
+
+def test_block_formula_branch_scales_placement_and_init_scale(tmp_path):
+    """A block is x1 = x + Attn(Norm_1 x), then x1 + FFN(Norm_2 x1) (checked with the two
+    norms' scales made different); with branch scales the value branch has its own input
+    scale (zeroing it silences attention); under a placement the LA / MoA FFNs end with the
+    placement's scaled map; linear weights start at N(0, 0.02^2); ``load`` honours
+    ``map_location``."""
+    from probml.models.layers import ScaledLinear
+
+    torch.manual_seed(0)
+    cfg = TinyLMConfig(vocab_size=7, d_model=16, n_layers=1, n_heads=2, context=8)
+    blk = TinyLM(cfg).blocks[0]
+    with torch.no_grad():
+        blk.norm1.scale.alpha.uniform_(0.5, 1.5)
+        blk.norm2.scale.alpha.uniform_(-2.0, 2.0)
+        x = torch.randn(3, 5, 16)
+        x1 = x + blk.attn(blk.norm1(x))
+        assert torch.allclose(blk(x), x1 + blk.ffn(blk.norm2(x1)), atol=1e-6)
+    br = TinyLM(TinyLMConfig(vocab_size=7, d_model=16, n_layers=1, n_heads=2, branch_scales=True))
+    attn = br.blocks[0].attn
+    assert all(isinstance(s, ScaleVector) for s in (attn.q_scale, attn.k_scale, attn.v_scale))
+    with torch.no_grad():
+        attn.v_scale.alpha.zero_()
+        assert torch.equal(attn(torch.randn(2, 4, 16)), torch.zeros(2, 4, 16))
+    for kind in ("la", "moa"):
+        m = TinyLM(TinyLMConfig(vocab_size=7, d_model=16, n_layers=1, n_heads=2,
+                                placement="dp", ffn={"kind": kind}))  # fmt: skip
+        assert isinstance(m.blocks[0].ffn.w3, ScaledLinear) and m.blocks[0].ffn.w3.placement == "dp"
+    big = TinyLM(TinyLMConfig(vocab_size=7, d_model=128, n_layers=1, n_heads=4))
+    w = torch.cat([big.blocks[0].attn.q.weight.flatten(), big.blocks[0].ffn.up.weight.flatten()])
+    assert float(w.detach().std()) == pytest.approx(0.02, rel=0.05)
+    path = tmp_path / "m.pt"
+    big.save(path)
+    seen = []
+    TinyLM.load(path, map_location=lambda storage, loc: seen.append(loc) or storage)
+    assert seen and set(seen) == {"cpu"}
