@@ -208,3 +208,21 @@ def test_the_model_reads_both_scales_and_the_posterior_covariance_is_symmetric()
     Xs = X * torch.logspace(-2, 3, 3, dtype=torch.float64)
     _, cov = linear_regression_posterior(Xs, y, prior_scale=3.0, noise_scale=0.5)
     assert torch.equal(cov, cov.T)
+
+
+def test_ess_and_resampling_schemes_by_hand():
+    """``ess`` is 1 / sum w^2 of the normalised weights; ``resample`` follows its ``scheme``
+    (the particle toolkit's draws of the same scheme and generator)."""
+    from probml.inference.importance import WeightedSamples
+    from probml.inference.particles import gather_particles, resample
+
+    log_w = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)) + 3.0
+    ws = WeightedSamples({"z": torch.arange(4.0)[:, None] * torch.ones(4, 2)}, log_w)
+    assert ws.ess == pytest.approx(1 / (0.01 + 0.04 + 0.09 + 0.16), rel=1e-12)
+    for scheme in ("multinomial", "systematic"):
+        got = ws.resample(200, scheme=scheme, generator=7)["z"]
+        idx = resample(log_w, 200, scheme=scheme, generator=7)
+        assert torch.equal(got, gather_particles(ws.samples["z"], idx)), scheme
+    a = ws.resample(200, scheme="multinomial", generator=7)["z"]
+    b = ws.resample(200, scheme="systematic", generator=7)["z"]
+    assert not torch.equal(a, b)
