@@ -161,3 +161,27 @@ def test_default_prior_puts_the_scales_on_the_marginal_standard_deviations():
     assert torch.allclose(Sigma.diagonal(), s**2)
     L = tr.nodes["L_omega"]["value"]
     assert torch.allclose(Sigma, torch.outer(s, s) * (L @ L.T))
+
+
+def test_default_priors_read_eta_and_kappa_and_the_wrapper_checks_and_expands():
+    """The default prior is LKJ(eta) x HalfNormal(kappa) with the arguments given (a number
+    or one kappa per coordinate); CholeskyFactorPrior refuses a non-square event and expands
+    to a batch like any distribution."""
+    from probml.models.gaussian import CholeskyFactorPrior
+
+    entries = torch.tensor([[0, 0], [1, 1], [2, 2]])
+    scales = torch.full((3,), 0.1, dtype=torch.float64)
+    kappa = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    for sp, want in ((2.5, torch.full((3,), 2.5, dtype=torch.float64)), (kappa, kappa)):
+        tr = poutine.trace(private_covariance_model).get_trace(
+            entries, None, scales, 3, 100, scale_prior=sp, eta=4.0
+        )
+        assert float(tr.nodes["L_omega"]["fn"].concentration) == 4.0
+        assert torch.equal(tr.nodes["scales"]["fn"].base_dist.scale, want)
+    L = torch.tensor([[1.0, 0.0], [0.3, 2.0]], dtype=torch.float64)
+    prior = CholeskyFactorPrior(dist.Delta(L, event_dim=2))
+    big = prior.expand((4,))
+    assert isinstance(big, CholeskyFactorPrior) and big.batch_shape == (4,)
+    assert big.sample().shape == (4, 2, 2) and big.log_prob(L).shape == (4,)
+    with pytest.raises(ValueError, match="square"):
+        CholeskyFactorPrior(dist.Delta(torch.zeros(2, 3), event_dim=2))
