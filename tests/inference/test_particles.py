@@ -102,6 +102,20 @@ def test_degenerate_weights_raise_named_error():
         resample(torch.zeros(3), scheme="residual")
     with pytest.raises(ValueError, match="num_samples"):
         resample(torch.zeros(3), num_samples=0)
+    with pytest.raises(ValueError, match="N >= 1"):
+        normalize_log_weights(torch.zeros(2, 0))  # no particle is not "all weights zero"
+    with pytest.raises(TypeError, match="floating point"):
+        resample(torch.zeros(3, dtype=torch.long))
+
+
+def test_systematic_resampling_of_a_million_equal_float32_weights_keeps_each_once():
+    """Equal weights and M = N: every systematic bin [i/N, (i+1)/N) holds one point, so each
+    particle is kept exactly once. Float32 log-weights normalised in float32 sum to
+    1 - 2.4e-7 here: without the division of the cumulative sums by their total, the bins
+    shift by a quarter of their width by the end and some particles get two copies."""
+    n = 1_000_000
+    idx = resample(torch.zeros(n, dtype=torch.float32), scheme="systematic", generator=0)
+    assert torch.equal(torch.bincount(idx, minlength=n), torch.ones(n, dtype=torch.long))
 
 
 def test_resample_seed_reproducible_and_num_samples():
