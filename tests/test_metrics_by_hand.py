@@ -38,3 +38,26 @@ def test_multiplicative_calibration_error_by_hand():
     # without propensities bin 1's means are plain: 2 and 1, observed ratio 2
     plain = math.exp((math.log(2 / math.sqrt(2)) + err2) / 2)
     assert multiplicative_calibration_error(tau, w, y, n_bins=2) == pytest.approx(plain)
+    # a bin whose control outcomes are all zero carries no ratio: skipped (documented), so
+    # the error is bin 2's alone
+    y0 = y.copy()
+    y0[[2, 3]] = 0.0
+    assert multiplicative_calibration_error(tau, w, y0, n_bins=2) == pytest.approx(8 / 2)
+
+
+def test_gaussian_kl_against_torch_and_by_hand():
+    """KL(N(0, S) || N(0, H)) = (tr(H^-1 S) - d + log det H - log det S) / 2: for S = I and
+    H = 2I in two dimensions, (1 - 2 + log 4) / 2; and torch's closed form on a dense pair
+    (both orders: the divergence is not symmetric)."""
+    from probml.metrics import gaussian_kl
+
+    eye = torch.eye(2, dtype=torch.float64)
+    assert gaussian_kl(eye, 2 * eye) == pytest.approx((1 - 2 + math.log(4)) / 2, rel=1e-12)
+    g = torch.Generator().manual_seed(0)
+    A, B = (torch.randn(4, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    S, H = A @ A.T + 0.5 * torch.eye(4), B @ B.T + 0.5 * torch.eye(4)
+    mvn = torch.distributions.MultivariateNormal
+    z = torch.zeros(4, dtype=torch.float64)
+    for P, Q in ((S, H), (H, S)):
+        want = float(torch.distributions.kl_divergence(mvn(z, P), mvn(z, Q)))
+        assert gaussian_kl(P, Q) == pytest.approx(want, rel=1e-10)
