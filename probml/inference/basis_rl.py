@@ -216,6 +216,11 @@ def run_bandit_rl(
             state; they never touch the policy. Every step then draws the most rollouts any
             of them needs; single-rollout estimators, the driver included, see the first
             rollout of each prompt (as in :func:`~probml.inference.sequence_rl.run_sequence_rl`).
+
+    Estimator details fixed by the loop: ``"spo"`` tracks with :class:`SPOTracker`'s
+    defaults and records the baseline before its update; ``"gp-basis"`` describes a prompt
+    by the mean of its answers' features (``d``) and fits its hyperparameters by 20 Adam
+    steps on each batch.
     """
     check_estimator(estimator)
     side = side_estimators(estimator, side_by_side)

@@ -491,6 +491,53 @@ def test_bandit_loop_records_the_batch_wide_floor():
     assert all(f <= v + 1e-12 for f, v in zip(off.floor_mse, off.value_mse))
 
 
+def test_bandit_loop_details_by_hand(monkeypatch):
+    """The bandit loop's records by hand: the floor of each step's batch (recomputed from the
+    exact values of the same prompts), SPO's value is the tracker's baseline before its
+    update (with SPOTracker's defaults), GP-BASIS sees each prompt's mean answer features
+    and fits for 20 steps; a batch of one prompt is refused."""
+    from probml.inference import basis_rl
+
+    bandit = LinearBandit(num_prompts=64, seed=1)
+    seen, real_floor = [], basis_rl.batch_wide_floor
+    monkeypatch.setattr(
+        basis_rl, "batch_wide_floor", lambda v, p0: seen.append((v, p0)) or real_floor(v, p0)
+    )
+    out = run_bandit_rl(bandit, "offline", steps=3, batch_size=16, lr=0.05, seed=2)
+    assert [real_floor(v, p0)[0] for v, p0 in seen] == out.floor_mse
+    assert all(not math.isclose(f, 0.0, abs_tol=1e-12) for f in out.floor_mse)
+    trackers, calls = [], []
+    real_make, real_gp = basis_rl.make_tracker, basis_rl.gp_loo_baseline
+    monkeypatch.setattr(
+        basis_rl, "make_tracker", lambda e, p0: trackers.append(real_make(e, p0)) or trackers[-1]
+    )
+    monkeypatch.setattr(
+        basis_rl,
+        "gp_loo_baseline",
+        lambda r, p0, f, **k: calls.append((f, k)) or real_gp(r, p0, f, **k),
+    )
+    spo = run_bandit_rl(bandit, "spo", steps=1, batch_size=16, lr=0.05, seed=3)
+    t = trackers[0]
+    assert isinstance(t, SPOTracker) and t.discount == SPOTracker(torch.ones(1) / 2).discount
+    # replay the step: the recorded value is the baseline the advantages were taken against
+    g = torch.Generator().manual_seed(3)
+    v_ref = bandit.values(bandit.reference_theta)
+    k = torch.binomial(torch.full_like(v_ref, 16.0), v_ref, generator=g)
+    prompts = torch.randperm(64, generator=g)[:16]
+    _, r = bandit.sample(bandit.reference_theta, prompts, 1, g)
+    before = SPOTracker(offline_values(k, 16)).baseline(prompts)
+    v_true = bandit.values(bandit.reference_theta, prompts)
+    assert spo.value_mse[0] == pytest.approx(float(((before - v_true) ** 2).mean()), rel=1e-12)
+    run_bandit_rl(bandit, "gp-basis", steps=1, batch_size=16, lr=0.05, seed=4)
+    feats, kw = calls[0]
+    g = torch.Generator().manual_seed(4)
+    torch.binomial(torch.full_like(v_ref, 16.0), v_ref, generator=g)
+    prompts = torch.randperm(64, generator=g)[:16]
+    assert torch.equal(feats, bandit.features[prompts].mean(1)) and kw == {"fit_steps": 20}
+    with pytest.raises(ValueError, match="batch_size"):
+        run_bandit_rl(bandit, "basis", steps=1, batch_size=1)
+
+
 def test_bandit_loop_side_by_side():
     bandit = LinearBandit(num_prompts=256, seed=0)
     kw = dict(steps=6, batch_size=32, K=16, lr=0.01, seed=2)

