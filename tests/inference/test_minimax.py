@@ -294,6 +294,19 @@ def test_brier_risk_is_the_expected_squared_error():
     f = torch.tensor([0.4, 0.4])
     direct = mu * (f - 1) ** 2 + (1 - mu) * f**2
     assert torch.allclose(brier_risk(f, mu), direct)
+    # the log loss clamps a prediction of exactly 0 or 1 to [eps, 1 - eps] (a finite loss)
+    half = torch.full((2,), 0.5, dtype=torch.float64)
+    edge = log_risk(torch.tensor([0.0, 1.0], dtype=torch.float64), half, eps=1e-6)
+    want = -0.5 * (math.log(1e-6) + math.log(1 - 1e-6))
+    assert torch.allclose(edge, torch.full((2,), want, dtype=torch.float64), rtol=1e-12)
+
+
+def test_continuous_simulation_outcome_is_the_documented_logit():
+    """mu(x, a) = sigmoid(-0.5 + 0.5 x1 - 0.5 x2 + 0.8 a1 - 0.5 a2 + 0.8 x1 a1 - 0.4 a2^2)."""
+    sim = ContinuousShiftSimulation()
+    x, a = torch.tensor([[1.0, -1.0]]), torch.tensor([[0.5, 2.0]])
+    eta = -0.5 + 0.5 * 1 - 0.5 * (-1) + 0.8 * 0.5 - 0.5 * 2 + 0.8 * 1 * 0.5 - 0.4 * 2**2
+    assert float(sim.outcome(x, a)) == pytest.approx(1 / (1 + math.exp(-eta)), rel=1e-6)
 
 
 def test_bad_input():
