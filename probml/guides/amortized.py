@@ -229,9 +229,13 @@ class _HistoryEncoder(SavableModule):
         (``... x H`` -> ``... x (H + 1)``): what a loop that adds one step's features at a
         time passes to the heads. ``T`` is an int, or a tensor of step counts that broadcasts
         to ``...`` (one per prefix, as in :meth:`PosteriorNet.prefix_nll`); ``log1p(T)`` is
-        taken in float64 and then cast, so every caller builds the same feature."""
-        t = torch.log1p(torch.as_tensor(T, dtype=torch.float64, device=pooled.device))
-        return torch.cat([pooled, t.to(pooled.dtype).expand(pooled.shape[:-1]).unsqueeze(-1)], -1)
+        taken in float64 and then cast, so every caller builds the same feature. An int
+        (every deployed step) costs no host-to-device copy; a tensor is evaluated on the CPU
+        (float64 everywhere, MPS included) and copied once."""
+        if isinstance(T, int):
+            return torch.cat([pooled, pooled.new_full((*pooled.shape[:-1], 1), math.log1p(T))], -1)
+        t = torch.log1p(torch.as_tensor(T, dtype=torch.float64, device="cpu")).to(pooled)
+        return torch.cat([pooled, t.expand(pooled.shape[:-1]).unsqueeze(-1)], -1)
 
     def fit_scaling(self, design_bounds, ys: torch.Tensor) -> None:
         self.design_low.fill_(float(design_bounds[0]))
