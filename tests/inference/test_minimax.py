@@ -302,11 +302,21 @@ def test_brier_risk_is_the_expected_squared_error():
 
 
 def test_continuous_simulation_outcome_is_the_documented_logit():
-    """mu(x, a) = sigmoid(-0.5 + 0.5 x1 - 0.5 x2 + 0.8 a1 - 0.5 a2 + 0.8 x1 a1 - 0.4 a2^2)."""
+    """mu(x, a) = sigmoid(-0.5 + 0.5 x1 - 0.5 x2 + 0.8 a1 - 0.5 a2 + 0.8 x1 a1 - 0.4 a2^2);
+    the summary's no-shift entry and the oracle response to an adversary's draws."""
     sim = ContinuousShiftSimulation()
     x, a = torch.tensor([[1.0, -1.0]]), torch.tensor([[0.5, 2.0]])
     eta = -0.5 + 0.5 * 1 - 0.5 * (-1) + 0.8 * 0.5 - 0.5 * 2 + 0.8 * 1 * 0.5 - 0.4 * 2**2
     assert float(sim.outcome(x, a)) == pytest.approx(1 / (1 + math.exp(-eta)), rel=1e-6)
+    # the summary's no-shift risk is the grid point delta = 0, tau = 1; the oracle response
+    # to an adversary is the mean of mu over its draws
+    out = sim.summary(lambda x: torch.full((x.shape[0],), 0.4), n=500)
+    want = sim.target_risk(lambda x: torch.full((x.shape[0],), 0.4), (0.0, 0.0), 1.0, n=500)
+    assert out["no_shift"] == want and out["grid"][((0.0, 0.0), 1.0)] == want
+    assert out["no_shift"] != out["grid"][((0.0, 0.0), 0.5)]
+    draws = torch.stack([a, torch.zeros(1, 2)])  # S = 2 draws for one x
+    both = (sim.outcome(x, a) + sim.outcome(x, torch.zeros(1, 2))) / 2
+    assert torch.allclose(sim.oracle_q_prediction(x, draws), both)
 
 
 def test_bad_input():
