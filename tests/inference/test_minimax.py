@@ -320,6 +320,9 @@ def test_continuous_simulation_outcome_is_the_documented_logit():
 
 
 def test_bad_input():
+    for mu in ((0.2, 1.5), (-0.1, 0.7), (0.2, 0.5, 0.7)):  # two probabilities in [0, 1]
+        with pytest.raises(ValueError, match="mu must be two outcome probabilities"):
+            BinaryShiftProblem(mu=mu)
     prob = BinaryShiftProblem()
     Xs, As, ys, Xt = prob.sample(200, 0)
     fast = dict(verbose=False, num_iters=2)
