@@ -86,8 +86,8 @@ def make_ratio_data(
             (**[design]**, for the case where both nuisance models are wrong).
         seed: seed or NumPy generator.
     """
-    if n < 2 or d < 1:
-        raise ValueError(f"need n >= 2 and d >= 1, got n={n}, d={d}")
+    check_int("n", n, minimum=2)
+    check_int("d", d)
     if not 0.0 < propensity < 1.0:
         raise ValueError(f"propensity must be in (0, 1), got {propensity}")
     # a NaN here drew data without a word (NaN confounding: no unit treated)

@@ -387,6 +387,21 @@ def test_synthetic_ratio_data_follow_their_formulas():
 
 
 @pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"n": 2.5}, TypeError, "n must be an integer"),
+        ({"n": 1}, ValueError, "n must be >= 2"),
+        ({"n": 10, "d": 0}, ValueError, "d must be >= 1"),
+        ({"n": 10, "d": 2.0}, TypeError, "d must be an integer"),
+    ],
+)
+def test_synthetic_ratio_data_name_bad_sizes(kwargs, exc, match):
+    """A non-integer ``n`` used to reach NumPy's own error; sizes are checked and named."""
+    with pytest.raises(exc, match=match):
+        make_ratio_data(**kwargs)
+
+
+@pytest.mark.parametrize(
     "make, slot",
     [
         (lambda m: QLearner(classifier=m), "classifier"),
