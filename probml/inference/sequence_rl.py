@@ -239,7 +239,9 @@ def run_sequence_rl(
     """Policy-gradient training of a copy of ``reference`` with one estimator.
 
     Args:
-        reference: the warmed-up policy (left unchanged; it also defines the offline values).
+        reference: the warmed-up policy; it defines the offline values, and a copy of it
+            (moved to ``device``) is trained. The caller's model itself is left as it was:
+            its weights, its device and its train/eval mode.
         estimator: see :data:`probml.inference.basis_rl.SINGLE_ROLLOUT` and ``GROUP``.
         K: reference samples per prompt for the offline values (ignored when ``offline`` is
             given: precomputed ``N`` counts ``k_i`` out of ``K``).
@@ -269,7 +271,8 @@ def run_sequence_rl(
     check_positive("lr", lr, strict=False)  # lr = 0 keeps the reference policy
     dev = resolve_device(device)
     g = make_generator(seed)
-    reference = reference.to(dev).eval()
+    # the copy is the policy; the caller's model keeps its device, mode and weights
+    policy = copy.deepcopy(reference).to(dev).eval()
     if offline is not None and (
         offline.shape != (task.num_prompts,) or not bool(((offline >= 0) & (offline <= K)).all())
     ):
@@ -277,9 +280,11 @@ def run_sequence_rl(
             f"offline must hold {task.num_prompts} counts in [0, K={K}], got shape "
             f"{tuple(offline.shape)}"
         )
-    k = offline_counts(reference, task, K, g, dev) if offline is None else offline
+    k = (
+        offline_counts(policy, task, K, g, dev) if offline is None else offline
+    )  # policy = reference
     p0 = offline_values(k.double(), K)
-    policy = copy.deepcopy(reference).train()
+    policy.train()
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     tracker = make_tracker(estimator, p0)
     side_trackers = {e: make_tracker(e, p0) for e in side}

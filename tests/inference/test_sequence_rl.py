@@ -213,7 +213,8 @@ def test_sampling_counts_and_the_loop_by_hand_on_a_known_policy(monkeypatch):
     """On a policy with known probabilities: answers are sampled at temperature 1 (each
     digit right half the time); ``offline_counts`` covers every prompt across its chunks of
     512; the loop samples the reference in eval mode, gives each batch prompt its own
-    offline value, and its value MSE is the documented noise-corrected mean, by hand."""
+    offline value, and its value MSE is the documented noise-corrected mean, by hand; the
+    caller's reference comes back in the mode it was given in."""
     from probml.inference import sequence_rl
 
     task = AdditionTask(600, seed=1)
@@ -252,7 +253,18 @@ def test_sampling_counts_and_the_loop_by_hand_on_a_known_policy(monkeypatch):
         want = ((value - v) ** 2 - v * (1 - v) / 15).mean()
         assert mse == pytest.approx(float(want), abs=1e-12)
     assert len(seen) == 3
+    modes = []
+
+    def counts(model, *rest):
+        modes.append(model.training)
+        return real_counts(model, *rest)
+
+    real_counts = sequence_rl.offline_counts
+    monkeypatch.setattr(sequence_rl, "offline_counts", counts)
+    boost = perfect.boost.detach().clone()
     run_sequence_rl(perfect, task, "basis", steps=1, batch_size=4, K=2, eval_prompts=4)
-    assert perfect.modes and not any(perfect.modes)  # the reference samples in eval mode
+    assert modes == [False]  # the reference's copy samples the offline counts in eval mode
+    # the caller's model is left as it was: its mode, its weights, never called
+    assert perfect.training and not perfect.modes and torch.equal(perfect.boost, boost)
     with pytest.raises(ValueError, match="batch_size"):
         run_sequence_rl(half, task, "basis", steps=1, batch_size=1, offline=k0, K=8)
