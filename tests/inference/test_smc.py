@@ -188,6 +188,12 @@ def test_bad_input_raises_clear_errors(lg_problem):
         f.step(torch.tensor([0.0, float("inf"), 0.0, 0.0, 0.0]))
     with pytest.raises(ValueError, match="num_particles"):
         f.init(torch.zeros(8, D))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        f.init(torch.full((16, D), float("nan"), dtype=torch.float64))
+    with pytest.raises(ValueError, match="num_particles must be >= 2"):
+        SURGE(tr, ssm.observation, 1, 5)
+    with pytest.raises(ValueError, match=r"ess_threshold must be in \[0, 1\]"):
+        SURGE(tr, ssm.observation, 16, 5, ess_threshold=1.5)
     with pytest.raises(ValueError, match="at least one observation"):
         f.filter(torch.zeros(0, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="noise_scale"):

@@ -108,6 +108,30 @@ def test_bootstrap_pf_and_enkf_match_kalman_with_missing_values(lg):
     assert float((pf.log_evidence - ll).abs().max()) < 0.25
 
 
+def test_enkf_gain_with_a_missing_component_is_the_observed_components_own(lg):
+    """One EnKF step with y_2 missing, by hand from the same draws: forecast members,
+    perturbed observations, then the gain from the ensemble covariances of the observed
+    components alone, K = C_xo (C_oo + r^2 I)^-1; the missing component moves nothing."""
+    ssm, _ = lg
+    N, r = 50, ssm.observation.noise_scale
+    x0 = torch.randn(2, N, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([[0.4, -0.2, NAN], [1.0, NAN, 0.3]], dtype=torch.float64)
+    f = EnKF(ssm, ssm.observation, N, seed=7, verbose=False)
+    f.init(x0)
+    f.step(y)
+    g = torch.Generator().manual_seed(7)
+    x = ssm.sample(x0, generator=g)
+    hx = ssm.observation.mean(x)
+    eps = r * torch.randn(hx.shape, generator=g, dtype=hx.dtype)
+    for b in range(2):
+        o = ~torch.isnan(y[b])
+        Xa = x[b] - x[b].mean(0)
+        Ya = (hx[b] - hx[b].mean(0))[:, o]
+        gain = Xa.T @ Ya @ torch.linalg.inv(Ya.T @ Ya + (N - 1) * r**2 * torch.eye(int(o.sum())))
+        want = x[b] + (y[b, o] + eps[b][:, o] - hx[b][:, o]) @ gain.T
+        torch.testing.assert_close(f.particles[b], want)
+
+
 def test_surge_propagates_unobserved_steps_and_conditions_on_observed_components():
     """On the linear-Gaussian surrogate with its exact score, a step with nothing observed
     leaves the weights as they were (uniform here) and moves the cloud to the predictive;
