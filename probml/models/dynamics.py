@@ -510,7 +510,9 @@ class Lorenz63(StateSpaceModel):
 class Lorenz96(Lorenz63):
     r"""Stochastic Lorenz-96, :math:`\dot x_i = (x_{i+1} - x_{i-2}) x_{i-1} - x_i + F`
     (cyclic), RK4 with ``dt`` and additive :math:`\mathcal N(0, q^2 I)` noise; every
-    ``obs_every``-th coordinate observed with noise ``obs_noise``."""
+    ``obs_every``-th coordinate observed with noise ``obs_noise``. The initial distribution
+    is :math:`\mathcal N(F \mathbf 1, \mathrm{init\_scale}^2 I)`, centred on the (unstable)
+    fixed point :math:`x_i = F`."""
 
     def __init__(
         self,

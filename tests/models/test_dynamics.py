@@ -335,3 +335,54 @@ def test_pyro_observation_site_and_lorenz_defaults():
         states.append(xs)
     dist_to_attractor = (torch.cat(states) - l63.init_loc).norm(dim=-1).min()
     assert float(dist_to_attractor) < 0.3
+
+
+def test_simulated_noise_seeds_and_the_pyro_model_by_hand():
+    """``simulate`` draws observations with noise ``obs_noise`` (not its square) and follows
+    its generator; the Pyro model's ``y_t`` sites hold the rows of ``ys`` and score them with
+    N(H x_t, r^2 I); ``simulate_transition_pairs`` starts from ``attractor_states`` with its
+    ``spin_up``; Lorenz-96 starts around its fixed point x_i = F."""
+    ssm = LinearGaussianSSM.random(dim=4, obs_every=1, obs_noise=0.25)
+    xs, ys = ssm.simulate(50, num_trajectories=400, generator=1)
+    resid = ys - xs[1:] @ ssm.observation.H.T
+    assert abs(float(resid.std()) - 0.25) < 0.01
+    assert not torch.equal(ys, ssm.simulate(50, num_trajectories=400, generator=2)[1])
+    tr = poutine.trace(ssm.model).get_trace(2, ys[:2, 0])
+    tr.compute_log_prob()
+    for t in (1, 2):
+        node, x = tr.nodes[f"y_{t}"], tr.nodes[f"x_{t}"]["value"]
+        assert node["is_observed"] and torch.equal(node["value"], ys[t - 1, 0])
+        want = torch.distributions.Normal(x @ ssm.observation.H.T, 0.25).log_prob(ys[t - 1, 0])
+        assert torch.allclose(node["log_prob"], want.sum())
+    l63 = Lorenz63()
+    xp, _ = simulate_transition_pairs(l63, 30, 2, spin_up=7, generator=3)
+    torch.testing.assert_close(xp[:30], l63.attractor_states(30, spin_up=7, generator=3))
+    l96 = Lorenz96(dim=5, forcing=3.0, init_scale=0.5)
+    assert torch.equal(l96.init_loc, torch.full((5,), 3.0))
+    assert torch.equal(l96.init_scale_tril, 0.5 * torch.eye(5))
+
+
+def test_models_name_bad_settings():
+    """Shapes, sizes and scales are checked where they are given, naming the argument."""
+    H = torch.eye(2)
+    cases = [
+        (lambda: GaussianObservation(torch.ones(3), 0.1), "p x d matrix"),
+        (lambda: GaussianObservation(torch.sin, 0.1, obs_dim=0), "obs_dim"),
+        (lambda: LinearGaussianSSM(torch.eye(2), torch.eye(3), H, 0.1), "A and Q must be d x d"),
+        (lambda: LinearGaussianSSM.random(dim=2).simulate(0), "num_steps"),
+        (lambda: Lorenz96(dim=3), "dim must be >= 4"),
+        (lambda: Lorenz63(dt=0.0), "dt"),
+        (lambda: Lorenz63(process_noise=-0.1), "process_noise"),
+        (lambda: Lorenz63(init_scale=0.0), "init_scale"),
+    ]
+    for make, match in cases:
+        with pytest.raises(ValueError, match=match):
+            make()
+    ssm = LinearGaussianSSM.random(dim=2)
+    _, ys = ssm.simulate(3, generator=0)
+    with pytest.raises(ValueError, match="ys must have 3 rows"):
+        poutine.trace(ssm.model).get_trace(3, ys[:2, 0])
+    bad = ys[:, 0].clone()
+    bad[1, 0] = float("inf")
+    with pytest.raises(ValueError, match="ys contains inf"):
+        ssm.kalman_filter(bad)
