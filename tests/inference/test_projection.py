@@ -1101,6 +1101,112 @@ def test_persona_runner_wires_each_method_to_its_intervention(tmp_path, monkeypa
     assert diag["projection_share_of_step"] == pytest.approx(share)
 
 
+def test_persona_runner_passes_its_settings_through(tmp_path, monkeypatch):
+    """Every setting of ``run_persona_methods`` reaches its call: ``id_steps`` the
+    identification run and ``num_steps`` the others, ``k`` the identification,
+    ``steer_alpha`` the steering, ``per_head`` every GRASP, ``seed + 1000`` the unlabelled
+    documents; the residual direction (not another unit vector) is what the interventions
+    use; the diagnostics are computed from what the runs returned (write-side modules only,
+    one shared cosine and one shift cosine per block, seconds per step from the clock)."""
+    import types
+
+    import probml.inference.persona_experiment as pe
+    from probml.datasets.persona import persona_direction
+
+    monkeypatch.setenv("PROBML_CACHE", str(tmp_path))
+    w = PersonaWorld()
+    base = pe.pretrain_persona_model(w, num_steps=5, d_model=16, n_layers=3, verbose=False)
+    calls, ks, gens, got = [], [], [], {}
+    real_ft, real_id, real_shift = (
+        pe.finetune_lora,
+        pe.identify_spurious_directions,
+        pe._residual_shift,
+    )
+    real_docs = w.sample_documents
+
+    def finetune(model, sampler, num_steps, **kw):
+        g, iv = kw.get("grasp"), kw.get("intervention")
+        calls.append((num_steps, g and g.per_head, iv and (iv.mode, iv.alpha, iv.u.clone())))
+        return real_ft(model, sampler, num_steps=num_steps, **kw)
+
+    def identify(model, k, **kw):
+        ks.append(k)
+        got["dirs"] = real_id(model, k=k, **kw)
+        return got["dirs"]
+
+    def shift(*args, **kw):
+        got["shift"] = real_shift(*args, **kw)
+        return got["shift"]
+
+    def docs(n, generator=None, **kw):
+        if not kw:  # the unlabelled documents (the task data pass topics)
+            gens.append(generator)
+        return real_docs(n, generator, **kw)
+
+    clock = iter(range(0, 10_000, 10))  # every reading 10 s after the last
+    monkeypatch.setattr(pe, "finetune_lora", finetune)
+    monkeypatch.setattr(pe, "identify_spurious_directions", identify)
+    monkeypatch.setattr(pe, "_residual_shift", shift)
+    monkeypatch.setattr(pe, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(w, "sample_documents", docs)
+    methods = ("naive", "preventative steering", "GRASP", "GRASP (residual shift)")
+    _, diag = pe.run_persona_methods(
+        base, w, seed=3, num_steps=4, id_steps=2, k=2, steer_alpha=0.7, methods=methods,
+        shift_docs=30, per_head=True,
+    )  # fmt: skip
+    assert [c[0] for c in calls] == [2, 4, 4, 4, 4] and ks == [2]
+    assert gens == [0, 1003]  # u_true's documents (seed 0), then the unlabelled ones
+    dirs = got["dirs"]
+    u_res = dirs.residual_direction(1)[:, 0]
+    mode, alpha, u = calls[2][2]
+    assert (mode, alpha) == ("add", 0.7) and torch.allclose(u, u_res / u_res.norm())
+    assert calls[3][1] is True and calls[4][1] is True  # per_head in both GRASP runs
+    assert diag["seconds_per_step_naive"] == diag["seconds_per_step_grasp"] == 10 / 4
+    u_true = persona_direction(base, w)
+    want = {n for n, side in dirs.sides.items() if side in ("write", "through")}
+    assert set(diag["identification_cos_per_module"]) == want
+    assert {side for side in dirs.sides.values()} - {"write", "through"}  # read ones left out
+    assert diag["identification_cos_shared"] == pytest.approx(
+        [abs(float(u_res @ u)) for u in u_true]
+    )
+    assert len(u_true) == 3
+    sdirs = got["shift"][0].directions
+    for b, cos in enumerate(diag["residual_shift_cos_per_block"]):
+        U = next(U for n, U in sdirs.items() if n.startswith(f"blocks.{b}."))
+        assert cos == pytest.approx(abs(float(U[:, 0] @ u_true[b])))
+
+
+def test_persona_pretraining_seeds_its_data_caches_on_request_and_returns_eval_mode(
+    tmp_path, monkeypatch
+):
+    """The documents are drawn from a generator seeded by ``seed``; ``cache=False`` neither
+    reads nor writes the cache; the model comes back in eval mode; a one-block model's
+    pull-back falls back to the plain residual shift (nothing before the last block)."""
+    from probml.inference.persona_experiment import pretrain_persona_model, run_persona_methods
+
+    monkeypatch.setenv("PROBML_CACHE", str(tmp_path))
+    w = PersonaWorld()
+    seeds, real = [], w.sample_documents
+
+    def docs(n, generator=None):
+        seeds.append(generator.initial_seed())
+        return real(n, generator=generator)
+
+    monkeypatch.setattr(w, "sample_documents", docs)
+    m = pretrain_persona_model(w, num_steps=2, d_model=8, seed=5, verbose=False)
+    assert seeds == [5, 5] and not m.training
+    (path,) = tmp_path.glob("persona_*.pt")
+    path.write_bytes(b"not a model")  # a cached entry that cannot be read
+    fresh = pretrain_persona_model(w, num_steps=2, d_model=8, seed=5, verbose=False, cache=False)
+    assert torch.equal(fresh.tok.weight, m.tok.weight)  # trained again, same seed, same model
+    assert path.read_bytes() == b"not a model"  # and not written
+    monkeypatch.setattr(w, "sample_documents", real)
+    one = pretrain_persona_model(w, num_steps=2, d_model=8, n_layers=1, verbose=False)
+    rows, _ = run_persona_methods(one, w, num_steps=2, id_steps=2, shift_docs=20,
+                                  methods=("GRASP (residual shift + pull-back)",))  # fmt: skip
+    assert rows[-1]["method"] == "GRASP (residual shift + pull-back)"
+
+
 def test_residual_shift_by_hand_on_the_gpt2_layout():
     """Recomputed from hooked block outputs: the mean shift's direction and norm, then (k = 3)
     the principal directions of the shifts with the mean projected out, in descending order,
