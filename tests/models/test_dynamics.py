@@ -386,3 +386,56 @@ def test_models_name_bad_settings():
     bad[1, 0] = float("inf")
     with pytest.raises(ValueError, match="ys contains inf"):
         ssm.kalman_filter(bad)
+
+
+def test_diffusion_settings_are_checked_and_training_follows_its_documentation(monkeypatch):
+    """Schedules, the exact model's Q and the guidance scale are checked; training draws its
+    minibatches from a generator seeded by ``seed``, decays the learning rate to 0 (cosine),
+    keeps a constant coordinate finite (its scale floored at 1e-6), returns eval mode; the
+    learned noise predictor sees the condition standardised."""
+    from probml.guides.diffusion import GuidedReverseProposal
+    from probml.models import diffusion
+
+    with pytest.raises(ValueError, match="beta_min <= beta_max"):
+        VPSchedule(beta_min=2.0, beta_max=1.0)
+    with pytest.raises(ValueError, match="s_min"):
+        VPSchedule(s_min=1.0)
+    with pytest.raises(ValueError, match="positive definite"):
+        LinearGaussianDiffusion(torch.eye(2), -torch.eye(2))
+    ssm = LinearGaussianSSM.random(dim=2)
+    tr = LinearGaussianDiffusion(ssm.A, ssm.Q)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        GuidedReverseProposal(tr, ssm.observation, 5, guidance_scale=-1.0)
+    g = torch.Generator().manual_seed(0)
+    xp = torch.randn(300, 2, generator=g)
+    xp[:, 1] = 3.0  # a constant condition coordinate
+    xn = xp + torch.stack((0.2 * torch.randn(300, generator=g), torch.zeros(300)), 1)
+    with pytest.raises(ValueError, match="x_prev"):
+        train_transition_model(xp.index_fill(0, torch.tensor([0]), float("nan")), xn)
+    with pytest.raises(ValueError, match="lr"):
+        train_transition_model(xp, xn, lr=0.0)
+    seeds, opts = [], []
+    real_gen, real_adam = diffusion.make_generator, torch.optim.Adam
+
+    def gen(seed, **kw):
+        seeds.append(seed)
+        return real_gen(seed, **kw)
+
+    class Adam(real_adam):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            opts.append(self)
+
+    monkeypatch.setattr(diffusion, "make_generator", gen)
+    monkeypatch.setattr(torch.optim, "Adam", Adam)
+    model, _ = train_transition_model(xp, xn, hidden=8, depth=1, num_iters=4, seed=7,
+                                      verbose=False)  # fmt: skip
+    assert seeds == [7] and opts[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert not model.training
+    assert model.inc_scale[1] == 1e-6 and model.cond_scale[1] == 1e-6
+    assert bool(torch.isfinite(model.sample(xp[:50], 5, generator=0)).all())
+    z, c = torch.randn(4, 2), torch.randn(4, 2)
+    s = torch.tensor(0.3)
+    torch.testing.assert_close(
+        model.eps(z, s, c), model.net(z, s, (c - model.cond_mean) / model.cond_scale)
+    )
