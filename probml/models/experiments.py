@@ -221,12 +221,16 @@ class LinearGaussianExperiment:
 
 
 class LocationFinding:
-    """Location finding with ``num_sources`` sources in ``dim`` dimensions.
+    r"""Location finding with ``num_sources`` sources in ``dim`` dimensions.
 
     Args:
         num_sources: ``K``; dim: ``D``; noise_scale: ``s``.
         prior: a distribution over ``theta`` with event shape ``(K, D)`` (default
             ``U[0, 1]^{K x D}``).
+        base_signal: ``b`` (>= 0), the background in
+            :math:`y = \log(b + \sum_k 1/(m + \|\xi - \theta_k\|^2)) + N(0, s^2)`.
+        max_signal: ``m`` (> 0; the spec's ``1e-4``): ``1/m`` is the largest signal one
+            source gives, reached at :math:`\xi = \theta_k`, where it keeps ``y`` finite.
     """
 
     def __init__(
@@ -244,7 +248,8 @@ class LocationFinding:
                 f"num_sources and dim must be >= 1 and noise_scale > 0, got {num_sources}, "
                 f"{dim}, {noise_scale}"
             )
-        self.base_signal, self.max_signal = base_signal, max_signal
+        self.base_signal = check_positive("base_signal", base_signal, strict=False)
+        self.max_signal = check_positive("max_signal", max_signal)
         self.design_bounds = (0.0, 1.0)
         if prior is None:
             prior = dist.Uniform(
