@@ -139,3 +139,29 @@ def test_a_tiny_rho_converts_to_epsilon_zero_never_below(delta):
     assert eps[-1] > 0.0
     # a small budget given in (epsilon, delta) still round-trips
     assert zcdp_to_dp(dp_to_zcdp(1e-3, delta), delta) == pytest.approx(1e-3, rel=1e-9)
+
+
+def test_budget_refuses_the_smallest_overspend_and_bad_charges():
+    """Spending exactly the budget is allowed; one part in 10^12 more is not. A charge must
+    be positive (a negative one would refund privacy), a budget too; the epsilon reported is
+    that of what was spent, not of the whole budget; rho = 0 is (0, delta)-DP exactly."""
+    b = PrivacyBudget(1.0)
+    b.charge(0.5, "a")
+    with pytest.raises(PrivacyBudgetExceeded):
+        b.charge(0.5 * (1 + 1e-12), "b")
+    b.charge(0.5, "b")
+    assert b.spent == 1.0 and b.remaining == 0.0
+    for bad in (-0.1, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="rho"):
+            PrivacyBudget(1.0).charge(bad)
+        with pytest.raises(ValueError, match="rho"):
+            PrivacyBudget(bad)
+    half = PrivacyBudget(1.0)
+    half.charge(0.25)
+    assert half.epsilon(1e-5) == zcdp_to_dp(0.25, 1e-5) < zcdp_to_dp(1.0, 1e-5)
+    assert zcdp_to_dp(0.0, 1e-5) == 0.0 and PrivacyBudget(1.0).epsilon(1e-5) == 0.0
+    for scores in ([0.0, float("nan")], [1.0, float("inf")], []):
+        with pytest.raises(ValueError, match="scores"):
+            exponential_mechanism(scores, 1.0)
+        with pytest.raises(ValueError, match="scores"):
+            permute_and_flip(scores, 1.0)
