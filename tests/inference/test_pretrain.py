@@ -187,3 +187,84 @@ def test_paired_comparison_picks_each_arms_best_rate_and_differences_by_seed(mon
     assert rows[1]["paired diff vs a"] == pytest.approx(((2.5 - 2.9) + (2.9 - 3.1)) / 2)
     assert rows[1]["se"] == pytest.approx(0.1)  # differences -0.4 and -0.2
     assert len(raw) == 8
+
+
+def test_harness_settings_reach_training_and_the_paired_setup(monkeypatch):
+    """The documented details: corpora need 1000 characters and sort their vocabulary;
+    frozen parameters are in no group; every arm is built from the seed itself (its own
+    parameters are those of a fresh seeded build) and only same-shape entries are copied;
+    AdamW runs with betas (0.9, 0.95); the batch order follows ``batch_seed``; warm-up 0
+    is allowed, a negative rate is not; the model comes back in training mode; a window must
+    fit strictly inside the validation split (context + 2 tokens)."""
+    with pytest.raises(ValueError, match="corpus too small"):
+        pydoc_corpus(max_chars=999)
+    with pytest.raises(ValueError, match="n_chars"):
+        synthetic_corpus(999)
+    c = pydoc_corpus(max_chars=3000)
+    assert c.vocab == sorted(c.vocab)
+    m = TinyLM(_cfg())
+    m.tok.weight.requires_grad_(False)
+    grouped = {id(p) for g in param_groups(m, 0.1) for p in g["params"]}
+    assert id(m.tok.weight) not in grouped and len(grouped) == len(list(m.parameters())) - 1
+    moa_cfg = _cfg(ffn={"kind": "moa"})
+    wide_cfg = TinyLMConfig(vocab_size=40, d_model=48, n_layers=2, n_heads=4, context=32)
+    arms = paired_models(
+        {"a": lambda: TinyLM(_cfg()), "moa": lambda: TinyLM(moa_cfg), "wide": lambda: TinyLM(wide_cfg)},
+        seed=3,
+    )  # fmt: skip
+    for name, cfg in (("moa", moa_cfg), ("wide", wide_cfg)):
+        torch.manual_seed(3)
+        fresh, ref = TinyLM(cfg).state_dict(), arms["a"].state_dict()
+        for k, v in arms[name].state_dict().items():
+            if k not in ref or ref[k].shape != v.shape:
+                assert torch.equal(v, fresh[k]), (name, k)
+    assert arms["wide"].tok.weight.shape[1] == 48
+    betas, real = [], torch.optim.AdamW
+
+    class AdamW(real):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            betas.append(self.defaults["betas"])
+
+    monkeypatch.setattr(torch.optim, "AdamW", AdamW)
+    corpus = synthetic_corpus(5_000, vocab=8, seed=0)
+
+    def run(batch_seed, **kw):
+        torch.manual_seed(0)
+        model = TinyLM(TinyLMConfig(vocab_size=8, d_model=16, n_layers=1, n_heads=2, context=16))
+        kw = {"steps": 3, "batch_size": 4, "warmup": 0, "eval_batches": 1, **kw}
+        return model, train_lm(model, corpus, batch_seed=batch_seed, **kw)
+
+    model, r0 = run(0)
+    assert betas == [(0.9, 0.95)] and model.training
+    assert run(0)[1].train_curve == r0.train_curve != run(1)[1].train_curve
+    with pytest.raises(ValueError, match="lr"):
+        run(0, lr=-1e-3)
+    short = pydoc_corpus(max_chars=1500)  # 150 validation characters
+    cfg = TinyLMConfig(vocab_size=short.vocab_size, d_model=16, n_layers=1, n_heads=2, context=149)
+    with pytest.raises(ValueError, match=r"context \+ 2 = 151"):
+        train_lm(TinyLM(cfg), short, steps=1, batch_size=2)
+
+
+def test_paired_comparison_means_over_seeds_with_per_arm_rates(monkeypatch):
+    """Three seeds with a skewed loss (mean differs from median) and seconds that vary; the
+    arms have sweeps of different lengths (``lrs`` as a dict)."""
+    from probml.inference import pretrain
+
+    class Arm(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+    table = {("a", 0.1): (3.0, 3.0, 3.6), ("b", 0.1): (2.0, 2.1, 2.9), ("b", 0.3): (3.0,) * 3}
+
+    def fake_train(model, corpus, lr, batch_seed, verbose, **kw):
+        return pretrain.TrainResult(table[model.name, lr][batch_seed], seconds=batch_seed + 1.0)
+
+    monkeypatch.setattr(pretrain, "train_lm", fake_train)
+    rows, raw = paired_comparison(
+        {"a": lambda: Arm("a"), "b": lambda: Arm("b")}, None, [0, 1, 2], {"a": [0.1], "b": [0.1, 0.3]}
+    )  # fmt: skip
+    assert len(raw) == 9 and [r["best lr"] for r in rows] == [0.1, 0.1]
+    assert rows[0]["val loss"] == pytest.approx(3.2) and rows[1]["val loss"] == pytest.approx(7 / 3)
+    assert rows[1]["seconds/run"] == pytest.approx(2.0)
