@@ -231,3 +231,33 @@ def test_experiment_formulas_by_hand_and_the_views_agree():
     pts = torch.tensor([[0.5, 0.5], [0.65, 0.5]], dtype=torch.float64)
     got = terrain_cost(pts, centers=c, heights=2.0, width=0.15, floor=0.2)
     assert torch.allclose(got, torch.tensor([2.2, 0.2 + 2 * math.exp(-0.5)]).double())
+
+
+def test_estimator_inputs_are_checked_and_the_wrappers_and_histories_follow_their_seeds():
+    """spce / snmc are the lower and upper halves of history_bounds; sample_histories draws
+    theta and y from its generator alone (the same seed, the same histories); sizes below 1
+    and a posterior without a density are refused by name."""
+    from probml.inference.eig import ace_eig, snmc, spce
+
+    ex = LinearGaussianExperiment(SIGMA, noise_scale=0.5)
+    designs = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    th0, ys = sample_histories(ex, designs, 200, generator=1)
+    th0b, ysb = sample_histories(ex, designs, 200, generator=1)
+    assert torch.equal(th0, th0b) and torch.equal(ys, ysb)
+    lo, hi = history_bounds(ex, designs, ys, th0, L=20, generator=2)
+    assert float(lo) < float(hi)
+    assert spce(ex, designs, ys, th0, L=20, generator=2) == lo
+    assert snmc(ex, designs, ys, th0, L=20, generator=2) == hi
+    with pytest.raises(ValueError, match="L must be >= 1"):
+        history_bounds(ex, designs, ys, th0, L=0)
+    xi = torch.zeros(2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="N and M must be >= 1"):
+        nmc_eig(ex, xi, "y", N=10, M=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        nmc_eig(ex, xi, "y", N=10, M=5, chunk_size=0)
+
+    class NoDensity:
+        experiment = ex
+
+    with pytest.raises(TypeError, match="log_prob"):
+        ace_eig(NoDensity(), xi)
