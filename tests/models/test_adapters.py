@@ -66,3 +66,72 @@ def test_spurious_factor_model_mean_is_a_unit_direction_plus_task_loadings():
         tr0.nodes["b"]["fn"].base_dist.loc,
         tr0.nodes["eta"]["value"] @ tr0.nodes["T"]["value"].T,
     )
+
+
+def test_lora_freezing_seeding_merging_and_peft_layers_with_several_adapters():
+    """LoRALinear freezes its base; add_lora freezes the whole model unless ``freeze=False``
+    and seeds the A matrices with ``seed``; merging twice adds the update once (and
+    unmerging twice removes it once); a PEFT layer with several adapters and no word on
+    which is active is refused by name."""
+    from probml.models.adapters import lora_modules, merge_lora, unmerge_lora
+
+    lin = LoRALinear(nn.Linear(3, 2), rank=1)
+    assert not any(p.requires_grad for p in lin.base.parameters())
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+
+    m = model()
+    add_lora(m, ["1"], rank=2, seed=3)
+    assert not m[0].weight.requires_grad and m[1].lora_A.requires_grad
+    kept = model()
+    add_lora(kept, ["1"], rank=2, seed=3, freeze=False)
+    assert kept[0].weight.requires_grad and not kept[1].base.weight.requires_grad
+    assert torch.equal(kept[1].lora_A, m[1].lora_A)
+    other = model()
+    add_lora(other, ["1"], rank=2, seed=4)
+    assert not torch.equal(other[1].lora_A, m[1].lora_A)
+    with torch.no_grad():
+        m[1].lora_B.normal_()
+    x = torch.randn(5, 4)
+    want, w0 = m(x), m[1].base.weight.clone()
+    merge_lora(m)
+    merge_lora(m)
+    torch.testing.assert_close(m(x), want)
+    torch.testing.assert_close(m[1].base.weight, w0 + m[1].delta_weight())
+    unmerge_lora(m)
+    unmerge_lora(m)
+    torch.testing.assert_close(m[1].base.weight, w0)
+
+    class TwoAdapters(nn.Module):  # PEFT's layout without ``active_adapters``
+        def __init__(self):
+            super().__init__()
+            self.lora_A = nn.ModuleDict({"a": nn.Linear(4, 2), "b": nn.Linear(4, 2)})
+            self.lora_B = nn.ModuleDict({"a": nn.Linear(2, 4), "b": nn.Linear(2, 4)})
+
+    holder = nn.Sequential()
+    holder.down = TwoAdapters()
+    with pytest.raises(ValueError, match=r"'down' holds adapters \['a', 'b'\]"):
+        list(lora_modules(holder))
+
+
+def test_spurious_factor_model_and_fit_settings():
+    """``loading_scale`` is the prior scale of the loadings; the fit needs J >= 2 update
+    vectors and a positive rate, and its detection score averages the last
+    ``min(100, num_steps)`` ELBO differences."""
+    from probml.models.adapters import fit_spurious_factor
+
+    b = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    tr = poutine.trace(spurious_factor_model).get_trace(b, 2, True, 3.0)
+    tr.compute_log_prob()
+    lam = tr.nodes["lam"]["value"]
+    want = torch.distributions.Normal(0.0, 3.0).log_prob(lam).sum()
+    assert torch.allclose(tr.nodes["lam"]["log_prob_sum"], want)
+    with pytest.raises(ValueError, match="J >= 2"):
+        fit_spurious_factor(b[:1])
+    with pytest.raises(ValueError, match="lr"):
+        fit_spurious_factor(b, lr=0.0)
+    out = fit_spurious_factor(b, num_task=2, num_steps=10, num_samples=5)
+    gain = -(sum(out["loss_shared"]) - sum(out["loss_null"])) / 10
+    assert len(out["loss_shared"]) == 10 and out["detection"] == pytest.approx(gain)
