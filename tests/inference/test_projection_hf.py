@@ -242,6 +242,9 @@ def test_tinylm_calls_match_the_hugging_face_loss_and_run_the_persona_experiment
     assert logits.shape == (3, 8, VOCAB) and torch.equal(m(ids[:, :-1]), logits)
     with torch.no_grad():  # the same next-token loss as transformers' own shifted labels
         assert torch.allclose(loss, hf(input_ids=ids, labels=ids).loss, atol=1e-6)
+        masked = ids.masked_fill(torch.arange(9) < 4, -100)  # targets -100 are ignored
+        want = hf(input_ids=ids, labels=masked).loss
+        assert torch.allclose(m(ids[:, :-1], masked[:, 1:])[1], want, atol=1e-6)
     assert len(m.blocks) == 2 and m.blocks[0] is hf.model.layers[0]
     with pytest.raises(ValueError, match="layers"):
         TinyLMCalls(hf, layers="model.nothing")

@@ -30,6 +30,8 @@ def test_moa_width_one_fits_a_gated_product_that_la_cannot():
     # the gate sigmoid(3 x_0) times relu(x_1) is one width-1 MoA unit: fitted to rounding
     # (4.7e-17 measured)
     assert fit_shallow_net("moa", ("relu",), X, y, restarts=12)[0] < 1e-13
+    with pytest.raises(ValueError, match=r"y of shape \(n,\)"):  # n x 1 would broadcast
+        fit_shallow_net("moa", ("relu",), X, y[:, None], restarts=1)
     assert fit_shallow_net("la", ("relu",), X, y, restarts=12)[0] > 1e-3
 
 
