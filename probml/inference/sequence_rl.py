@@ -280,9 +280,8 @@ def run_sequence_rl(
             f"offline must hold {task.num_prompts} counts in [0, K={K}], got shape "
             f"{tuple(offline.shape)}"
         )
-    k = (
-        offline_counts(policy, task, K, g, dev) if offline is None else offline
-    )  # policy = reference
+    # the copy still holds the reference's weights: these are the reference's counts
+    k = offline_counts(policy, task, K, g, dev) if offline is None else offline
     p0 = offline_values(k.double(), K)
     policy.train()
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
