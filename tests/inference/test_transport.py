@@ -533,3 +533,16 @@ def test_unaware_pairs_every_nonzero_delta_and_warm_starts_on_the_segment():
     assert int(np.argmin(segment)) > 0  # the warm start is not eta itself
     _, hist = fair_w2_unaware(eta, d.pi, 0.4, lam, return_history=True)
     assert hist[0] == pytest.approx(min(segment), rel=1e-12)
+
+
+def test_unaware_tv_pools_a_pair_exactly_when_its_cost_is_below_lam():
+    """Two units with deltas +1.6 and -1.6 (pi = 0.9, 0.1 at p1 = 1/2) and predictions 0 and
+    1: the pair's cost is (0 - 1)^2 / (1.6 + 1.6) = 0.3125. Leaving both unmatched costs
+    lam / 2 per side, so the exact partial plan pools them iff 0.3125 < lam."""
+    from probml.inference.transport import fair_tv_unaware
+
+    eta, pi = np.array([0.0, 1.0]), np.array([0.9, 0.1])
+    for lam in (0.2, 0.31):
+        np.testing.assert_allclose(fair_tv_unaware(eta, pi, 0.5, lam), eta)
+    for lam in (0.32, 1.0):
+        np.testing.assert_allclose(fair_tv_unaware(eta, pi, 0.5, lam), [0.5, 0.5])
