@@ -19,6 +19,14 @@ def _cfg(**kw):
     return TinyLMConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=4, context=32, **kw)
 
 
+class _Arm(torch.nn.Module):
+    """A stand-in arm for paired_comparison with train_lm replaced: only its name matters."""
+
+    def __init__(self, name):
+        super().__init__()
+        self.name = name
+
+
 def test_param_groups_role_rule():
     m = TinyLM(
         _cfg(qk_norm=True, branch_scales=True, placement="dnp", scale_reparam="magnitude_direction")
@@ -165,11 +173,6 @@ def test_paired_comparison_picks_each_arms_best_rate_and_differences_by_seed(mon
     by seed, at each arm's own best rate."""
     from probml.inference import pretrain
 
-    class Arm(torch.nn.Module):
-        def __init__(self, name):
-            super().__init__()
-            self.name = name
-
     table = {  # (arm, lr) -> losses for seeds 0, 1
         ("a", 0.1): (3.0, 3.2), ("a", 0.2): (2.9, 3.1),
         ("b", 0.1): (2.5, 2.9), ("b", 0.2): (2.8, 2.8),
@@ -180,7 +183,7 @@ def test_paired_comparison_picks_each_arms_best_rate_and_differences_by_seed(mon
 
     monkeypatch.setattr(pretrain, "train_lm", fake_train)
     rows, raw = paired_comparison(
-        {"a": lambda: Arm("a"), "b": lambda: Arm("b")}, corpus=None, seeds=[0, 1], lrs=[0.1, 0.2]
+        {"a": lambda: _Arm("a"), "b": lambda: _Arm("b")}, corpus=None, seeds=[0, 1], lrs=[0.1, 0.2]
     )
     assert [r["best lr"] for r in rows] == [0.2, 0.1]  # means 3.0 < 3.1; 2.7 < 2.8
     assert rows[1]["val loss"] == pytest.approx(2.7)
@@ -251,11 +254,6 @@ def test_paired_comparison_means_over_seeds_with_per_arm_rates(monkeypatch):
     arms have sweeps of different lengths (``lrs`` as a dict)."""
     from probml.inference import pretrain
 
-    class Arm(torch.nn.Module):
-        def __init__(self, name):
-            super().__init__()
-            self.name = name
-
     table = {("a", 0.1): (3.0, 3.0, 3.6), ("b", 0.1): (2.0, 2.1, 2.9), ("b", 0.3): (3.0,) * 3}
 
     def fake_train(model, corpus, lr, batch_seed, verbose, **kw):
@@ -263,7 +261,7 @@ def test_paired_comparison_means_over_seeds_with_per_arm_rates(monkeypatch):
 
     monkeypatch.setattr(pretrain, "train_lm", fake_train)
     rows, raw = paired_comparison(
-        {"a": lambda: Arm("a"), "b": lambda: Arm("b")}, None, [0, 1, 2], {"a": [0.1], "b": [0.1, 0.3]}
+        {"a": lambda: _Arm("a"), "b": lambda: _Arm("b")}, None, [0, 1, 2], {"a": [0.1], "b": [0.1, 0.3]}
     )  # fmt: skip
     assert len(raw) == 9 and [r["best lr"] for r in rows] == [0.1, 0.1]
     assert rows[0]["val loss"] == pytest.approx(3.2) and rows[1]["val loss"] == pytest.approx(7 / 3)
