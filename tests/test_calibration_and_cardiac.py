@@ -137,3 +137,65 @@ def test_whas500_split_reads_the_named_acute_column_and_drops_a_censoring_at_the
     d = whas500_split(df, event, time, acute="afb", threshold=70, horizon=365)
     assert d["y_source"].tolist() == [0.0, 1.0]  # patients 1 and 2
     assert d["A_source"].tolist() == [1.0, 0.0]  # their afb, not their chf
+
+
+def _whas_table(pd, ages):
+    from probml.datasets.cardiac import SHARED_COVARIATES
+
+    df = pd.DataFrame({c: np.arange(len(ages), dtype=float) + 1 for c in SHARED_COVARIATES})
+    df["age"] = ages
+    df["chf"] = [i % 2 for i in range(len(ages))]
+    return df
+
+
+def test_whas500_split_refuses_what_would_give_nan_or_misaligned_rows():
+    """Before, a threshold below every age gave an empty source and NaN target covariates
+    (the mean of nothing), a NaN follow-up time dropped its patient silently, a NaN covariate
+    went through to the tensors, ``horizon <= 0`` labelled everyone alive and short
+    ``event``/``time`` failed inside pandas naming neither."""
+    pd = pytest.importorskip("pandas")
+    from probml.datasets.cardiac import whas500_split
+
+    df = _whas_table(pd, [50.0, 60.0, 80.0, 90.0])
+    event, time = [True, False, True, False], [100.0, 400.0, 30.0, 500.0]
+    assert whas500_split(df, event, time)["X_target"].isfinite().all()
+    cases = [
+        (dict(threshold=40.0), "source"),
+        (dict(threshold=100.0), "target"),
+        (dict(threshold=float("nan")), "threshold"),
+        (dict(horizon=0.0), "horizon"),
+        (dict(horizon=float("nan")), "horizon"),
+        (dict(time=[100.0, np.nan, 30.0, 500.0]), "time"),
+        (dict(time=[100.0, -1.0, 30.0, 500.0]), "time"),
+        (dict(time=time[:3]), "time"),
+        (dict(event=event[:3]), "event"),
+    ]
+    for kw, what in cases:
+        args = {"event": event, "time": time, **kw}
+        e, t = args.pop("event"), args.pop("time")
+        with pytest.raises(ValueError, match=what):
+            whas500_split(df, e, t, **args)
+    bad = df.copy()
+    bad.loc[1, "bmi"] = np.nan
+    with pytest.raises(ValueError, match="bmi"):
+        whas500_split(bad, event, time)
+    bad = df.copy()
+    bad.loc[0, "chf"] = np.nan
+    with pytest.raises(ValueError, match="chf"):
+        whas500_split(bad, event, time)
+
+
+def test_whas500_split_centres_a_covariate_constant_in_the_source_without_dividing_by_zero():
+    """A covariate constant in the source keeps scale 1 (StandardScaler's rule): its target
+    values are the raw differences from the source value, not blown up by 1e9."""
+    pd = pytest.importorskip("pandas")
+    from probml.datasets.cardiac import SHARED_COVARIATES, whas500_split
+
+    df = _whas_table(pd, [50.0, 60.0, 80.0, 90.0])
+    df["gender"] = [1.0, 1.0, 0.0, 1.0]
+    d = whas500_split(df, [True, False, True, False], [100.0, 400.0, 30.0, 500.0])
+    g = SHARED_COVARIATES.index("gender")
+    assert d["X_source"][:, g].tolist() == [0.0, 0.0]
+    assert d["X_target"][:, g].tolist() == [-1.0, 0.0]
+    hr = SHARED_COVARIATES.index("hr")  # 1, 2 in the source: mean 1.5, sd 0.5
+    assert d["X_target"][:, hr].tolist() == pytest.approx([3.0, 5.0])

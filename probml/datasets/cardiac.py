@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from probml.utils import check_finite, check_positive
+
 __all__ = ["load_whas500_transfer", "whas500_split", "SHARED_COVARIATES", "ACUTE_VARIABLES"]
 
 SHARED_COVARIATES = ("age", "gender", "hr", "sysbp", "diasbp", "bmi")
@@ -60,19 +62,45 @@ def whas500_split(
 
     Patients who died within ``horizon`` have ``y = 1``; those followed beyond it, ``y = 0``;
     those censored alive at or before it are dropped. Covariates are standardised by the
-    source's means and standard deviations.
+    source's means and standard deviations; a covariate constant in the source keeps scale 1
+    (as scikit-learn's ``StandardScaler``), so its target values are only centred.
+
+    Raises:
+        ValueError: ``event``/``time`` not one entry per row of ``df``; a NaN, infinite or
+            negative ``time``; a missing (NaN) covariate; ``horizon <= 0``; a non-finite
+            ``threshold``; or a split that leaves the source or the target without patients.
     """
     if acute not in ACUTE_VARIABLES:
         raise ValueError(f"acute must be one of {ACUTE_VARIABLES}, got {acute!r}")
-    event, time = np.asarray(event, dtype=bool), np.asarray(time, dtype=float)
+    horizon = check_positive("horizon", horizon)
+    if not np.isfinite(float(threshold)):
+        raise ValueError(f"threshold must be finite, got {threshold!r}")
+    event, time = np.asarray(event, dtype=bool).reshape(-1), np.asarray(time, dtype=float)
+    time = time.reshape(-1)
+    for name, a in (("event", event), ("time", time)):
+        if a.shape[0] != len(df):
+            raise ValueError(
+                f"{name} must have one entry per row of df ({len(df)}), got {a.shape[0]}"
+            )
+    check_finite("time", time)
+    if (time < 0).any():
+        raise ValueError(f"time must be >= 0 (days of follow-up), got min {time.min():g}")
     died = event & (time <= horizon)
     known = died | (time > horizon)
     df = df[known].copy()
     y = died[known].astype(float)
     X = np.column_stack([df[c].astype(float).to_numpy() for c in SHARED_COVARIATES])
     A = df[acute].astype(float).to_numpy()
+    for name, a in zip((*SHARED_COVARIATES, acute), (*X.T, A)):
+        check_finite(f"df[{name!r}]", a)
     src = X[:, 0] < threshold
-    mu, sd = X[src].mean(0), X[src].std(0) + 1e-9
+    if not src.any() or src.all():
+        side = "source (age < threshold)" if not src.any() else "target (age >= threshold)"
+        raise ValueError(
+            f"threshold={threshold!r} leaves the {side} without patients of known status"
+        )
+    mu, sd = X[src].mean(0), X[src].std(0)
+    sd = np.where(sd > 0, sd, 1.0)
     Xs = (X - mu) / sd
     t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
     return {
