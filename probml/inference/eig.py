@@ -73,15 +73,14 @@ def nmc_eig(
     """
     if isinstance(observation_labels, str):
         observation_labels = [observation_labels]
-    if N < 1 or M < 1:
-        raise ValueError(f"N and M must be >= 1, got N={N}, M={M}")
-    if chunk_size is not None and int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size!r}")
+    N, M = check_int("N", N), check_int("M", M)
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size)
     trace = poutine.trace(model).get_trace(_lexpand(design, N))
     trace.compute_log_prob()
     y = {lab: trace.nodes[lab]["value"] for lab in observation_labels}
     conditional = sum(trace.nodes[lab]["log_prob"] for lab in observation_labels)  # N x batch
-    chunk = M if chunk_size is None else int(chunk_size)
+    chunk = M if chunk_size is None else chunk_size
     log_sum = None  # running log-sum-exp over the inner draws: memory m x N x batch per chunk
     for start in range(0, M, chunk):
         m = min(chunk, M - start)
@@ -131,10 +130,7 @@ def history_bounds(
         ``(spce, snmc)``: scalars (means over the ``N`` histories), or the ``N`` per-history
         terms when ``per_history`` (for standard errors).
     """
-    if L < 1:
-        raise ValueError(f"L must be >= 1, got {L}")
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    L, chunk_size = check_int("L", L), check_int("chunk_size", chunk_size)
     N, T = ys.shape
     if designs.dim() == 2:
         designs = designs.unsqueeze(0).expand(N, *designs.shape)
@@ -145,7 +141,7 @@ def history_bounds(
     run = torch.full((N,), -math.inf, dtype=log_p0.dtype, device=log_p0.device)
     done = 0
     while done < L:
-        c = min(int(chunk_size), L - done)
+        c = min(chunk_size, L - done)
         th = experiment.sample_prior(c, generator=gen)  # c x ...
         th = th.unsqueeze(0).unsqueeze(2)  # 1 x c x 1 x ...
         lp = experiment.log_likelihood(th, designs.unsqueeze(1), ys.unsqueeze(1)).sum(-1)  # N x c

@@ -251,10 +251,17 @@ def test_estimator_inputs_are_checked_and_the_wrappers_and_histories_follow_thei
     with pytest.raises(ValueError, match="L must be >= 1"):
         history_bounds(ex, designs, ys, th0, L=0)
     xi = torch.zeros(2, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="N and M must be >= 1"):
+    with pytest.raises(ValueError, match="M must be >= 1"):
         nmc_eig(ex, xi, "y", N=10, M=0)
     with pytest.raises(ValueError, match="chunk_size"):
         nmc_eig(ex, xi, "y", N=10, M=5, chunk_size=0)
+    # fractions: before, N = 2.5 reached torch's expand, and chunk_size = 2.5 ran as 2
+    for kw, name in ((dict(N=2.5), "N"), (dict(M=2.5), "M"), (dict(chunk_size=2.5), "chunk_size")):
+        with pytest.raises(TypeError, match=name):
+            nmc_eig(ex, xi, "y", **{"N": 10, "M": 5, **kw})
+    for kw, name in ((dict(L=2.5), "L"), (dict(chunk_size=2.5), "chunk_size")):
+        with pytest.raises(TypeError, match=name):
+            history_bounds(ex, designs, ys, th0, **{"L": 20, **kw})
 
     class NoDensity:
         experiment = ex
