@@ -188,3 +188,70 @@ def test_top_level_exports_resolve_lazily_to_their_modules():
     code = "import sys, probml; print(any(m.startswith('probml.inference') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_check_prior_dtype_and_device_each_on_their_own():
+    """Callers pass only a dtype (transport, metalearners) or only a device (the Gaussian
+    models); each is checked alone. A prior without a closed-form mean passes (its dtype and
+    device are unknown); the device check runs without CUDA through the meta device."""
+    from probml.utils import check_prior
+
+    mvn = torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))  # float32, CPU
+    assert check_prior("prior", mvn, (2,), torch.float32) is mvn
+    with pytest.raises(ValueError, match="prior must be built from torch.float64"):
+        check_prior("prior", mvn, (2,), torch.float64)
+    assert check_prior("prior", mvn, (2,), device="cpu") is mvn
+    with pytest.raises(ValueError, match="prior must be built from tensors on meta"):
+        check_prior("prior", mvn, (2,), device="meta")
+    no_mean = torch.distributions.TransformedDistribution(
+        torch.distributions.Independent(torch.distributions.Normal(torch.zeros(2), 1.0), 1),
+        [torch.distributions.transforms.ExpTransform()],
+    )
+    with pytest.raises(NotImplementedError):
+        no_mean.mean  # noqa: B018 - the case under test
+    assert check_prior("prior", no_mean, (2,), torch.float64, "meta") is no_mean
+
+
+def test_cholesky_factor_reads_only_the_lower_triangle_and_auto_is_a_device():
+    from probml.utils import cholesky_factor
+
+    lower = torch.tensor([[4.0, 99.0], [2.0, 3.0]])  # the upper entry is never read
+    want = torch.linalg.cholesky(torch.tensor([[4.0, 2.0], [2.0, 3.0]]))
+    assert torch.equal(cholesky_factor("cov", lower), want)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected and resolve_device(None).type == expected
+
+
+def test_check_data_refuses_an_unknown_ndim_by_name():
+    from probml.utils import check_data
+
+    with pytest.raises(ValueError, match="ndim must be 1 or 2, got 3"):
+        check_data("X", np.zeros((2, 2, 2)), ndim=3)
+
+
+def test_savable_module_round_trip_is_strict_and_honours_map_location(tmp_path):
+    """``load`` rebuilds from the saved config, refuses a state dict that does not fit it (a
+    missing or extra tensor) and passes ``map_location`` on to ``torch.load``."""
+    from probml.utils import SavableModule
+
+    class Lin(SavableModule):
+        def __init__(self, d: int):
+            super().__init__()
+            self.config = {"d": d}
+            self.lin = torch.nn.Linear(d, d)
+
+    m = Lin(3)
+    m.save(tmp_path / "m.pt")
+    seen = []
+    back = Lin.load(
+        tmp_path / "m.pt", map_location=lambda storage, loc: seen.append(loc) or storage
+    )
+    assert seen and all(v == "cpu" for v in seen)
+    assert all(
+        torch.equal(a, b) for a, b in zip(m.state_dict().values(), back.state_dict().values())
+    )
+    blob = torch.load(tmp_path / "m.pt", weights_only=True)
+    del blob["state_dict"]["lin.bias"]
+    torch.save(blob, tmp_path / "short.pt")
+    with pytest.raises(RuntimeError, match="lin.bias"):
+        Lin.load(tmp_path / "short.pt")

@@ -632,3 +632,112 @@ def test_run_experiment_conditions_its_posterior_and_records_both_costs():
     assert torch.allclose(torch.tensor(r.costs).double(), moves.norm(dim=-1))
     r1 = run_experiment(lf, GreedyPlanner(16, 16), theta[None], 4, cons, num_particles=256, seed=0)
     assert torch.equal(r1.designs, r.designs) and torch.equal(r1.ys, r.ys)
+
+
+def test_budget_candidates_are_halved_towards_prev_until_affordable():
+    """``sample`` halves each draw over the remaining budget towards ``prev`` until it is
+    affordable: same direction, ``2^k`` times shorter for the first ``k`` that fits (so its
+    cost lies in (left/2, left]); affordable draws and ``prev`` come back as drawn."""
+    cons = Constraints([TravelBudget(1.0)], design_bounds=(0, 1))
+    prev, n, left = torch.zeros(2, dtype=torch.float64), 300, 0.2
+    cand = cons.sample(prev, n, left, torch.Generator().manual_seed(0))
+    raw = torch.rand(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert cand.shape == (n + 1, 2) and torch.equal(cand[-1], prev)
+    over = raw.norm(dim=-1) > left
+    assert 100 < int(over.sum()) < n  # most need halving, some several times (up to 3)
+    assert torch.equal(cand[:-1][~over], raw[~over])
+    cost = cand[:-1][over].norm(dim=-1)
+    assert bool(((cost > left / 2) & (cost <= left)).all())
+    ratio = raw[over].norm(dim=-1) / cost
+    assert torch.allclose(ratio, 2 ** ratio.log2().round(), rtol=1e-12)
+    assert torch.allclose(cand[:-1][over] * ratio.unsqueeze(-1), raw[over], rtol=1e-12)
+
+
+def test_a_budget_that_pays_for_no_move_is_refused_by_sample():
+    """A cost with a fixed charge per measurement (0.5 even for staying put) and 0.3 left:
+    no candidate is affordable, however far it is pulled back, and ``sample`` says so."""
+    fixed = Constraints([TravelBudget(1.0, cost=lambda p, x: 0.5 + (x - p).norm(dim=-1))])
+    prev = torch.full((2,), 0.5, dtype=torch.float64)
+    with pytest.raises(ConstraintViolation, match="pays for no move"):
+        fixed.sample(prev, 50, 0.3, torch.Generator().manual_seed(0))
+    cand = fixed.sample(prev, 50, 0.6, torch.Generator().manual_seed(0))
+    assert bool(fixed.feasible(prev, cand, 0.6).all()) and cand.shape[0] == 51
+
+
+def test_projection_clips_to_the_design_box_first():
+    """``project`` clips to the box, then scales into the step ball: a design outside the box
+    comes back on its edge (without a step bound or budget, exactly the clipped point)."""
+    box = Constraints([], design_bounds=(0, 1))
+    prev = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    xi = torch.tensor([[1.5, -0.2], [0.3, 0.7]], dtype=torch.float64)
+    assert torch.equal(
+        box.project(prev, xi, 1.0), torch.tensor([[1.0, 0.0], [0.3, 0.7]], dtype=torch.float64)
+    )
+    ball = Constraints([StepBound(0.6, "2")], design_bounds=(0, 1))
+    out = ball.project(prev, torch.tensor([2.5, 0.5], dtype=torch.float64), 1.0)
+    assert torch.allclose(out, torch.tensor([1.0, 0.5], dtype=torch.float64))  # clipped: 0.5 < 0.6
+
+
+def test_refinement_from_prev_works_with_a_cost_whose_gradient_at_zero_is_nan():
+    """A hand-written length ``sqrt(sum dx^2)`` has a NaN gradient at a zero move; the budget
+    constraint is differentiated 1e-12 away from ``prev``, so a start at ``prev`` still moves
+    to the best affordable design ((+-0.2, 0) under Sigma = diag(1, 0.2) and 0.2 left)."""
+    ex = LinearGaussianExperiment(torch.diag(torch.tensor([1.0, 0.2], dtype=torch.float64)), 0.5)
+    post = ParticlePosterior(ex, 4096, generator=0)
+    prev = torch.zeros(2, dtype=torch.float64)
+    hand_l2 = lambda p, x: ((x - p) ** 2).sum(-1).sqrt()  # noqa: E731
+    cons = Constraints([TravelBudget(1.0, cost=hand_l2)], ex.design_bounds)
+    out, _ = refine_designs(post, prev[None], prev, cons, 0.2, 256, generator=0)
+    assert bool(cons.feasible(prev, out, 0.2).all())
+    top = float(ex.eig(torch.tensor([[0.2, 0.0]], dtype=torch.float64)))
+    assert float(ex.eig(out)) > 0.95 * top  # 0.9986 of it measured; 0 when stuck at prev
+
+
+def test_refinement_reports_the_value_of_the_design_it_returns(monkeypatch):
+    """Where SLSQP's result is worse than its start the start is kept, and so is the start's
+    value: each returned value is the common-random-numbers EIG of the returned design (the
+    same draws as ``next_design_eig`` with the same seed and ``num_outer``)."""
+    import numpy as np
+    import scipy.optimize
+
+    real = scipy.optimize.minimize
+
+    def worse_for_the_first(fun, x0, **kw):
+        res = real(fun, x0, **kw)
+        if x0[0] > 0.5:  # the first start: SLSQP "returns" the least informative design
+            res.x = np.zeros_like(x0)
+        return res
+
+    monkeypatch.setattr(scipy.optimize, "minimize", worse_for_the_first)
+    ex = LinearGaussianExperiment(torch.diag(torch.tensor([1.0, 0.2], dtype=torch.float64)), 0.5)
+    post = ParticlePosterior(ex, 2048, generator=0)
+    prev = torch.zeros(2, dtype=torch.float64)
+    cons = Constraints([], ex.design_bounds)
+    starts = torch.tensor([[0.6, 0.1], [0.1, 0.2]], dtype=torch.float64)
+    out, values = refine_designs(post, starts, prev, cons, float("inf"), 128, generator=4)
+    assert torch.equal(out[0], starts[0]) and not torch.equal(out[1], starts[1])
+    assert torch.equal(values, next_design_eig(post, out, num_outer=128, generator=4))
+
+
+def test_next_design_eig_weights_the_inner_particles_by_the_posterior():
+    """After three observations the weighted particles' EIG of the next design matches the
+    exact linear-Gaussian posterior's 1/2 log(1 + x^T Sigma_post x / s^2) (errors under 0.008
+    measured; equal inner weights would give errors over 0.25)."""
+    ex = LinearGaussianExperiment(torch.eye(2, dtype=torch.float64), 0.5)
+    post, exact = ParticlePosterior(ex, 8192, generator=0), GaussianPosterior(ex)
+    for x, y in (([1.0, 0.0], 1.0), ([1.0, 0.0], 0.8), ([0.0, 1.0], -0.5)):
+        x = torch.tensor(x, dtype=torch.float64)
+        post, exact = post.condition(x, y), exact.condition(x, y)
+    xs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]], dtype=torch.float64)
+    want = 0.5 * torch.log1p((xs @ exact.cov * xs).sum(-1) / 0.25)
+    got = next_design_eig(post, xs, num_outer=4000, generator=1)
+    assert torch.allclose(got, want, atol=0.02), (got, want)
+
+
+def test_constraint_parameters_are_checked():
+    """A zero budget and an unknown norm are refused by name (a zero budget would make every
+    move infeasible; ``norm="1"`` would be read as the L2 norm)."""
+    with pytest.raises(ValueError, match="budget"):
+        TravelBudget(0.0)
+    with pytest.raises(ValueError, match="norm"):
+        StepBound(0.1, norm="1")

@@ -321,6 +321,9 @@ def test_slant_world_latent_base_rate_and_right_skewed_task():
     assert abs(frac - 0.9) < 0.02  # right-skewed, not all right
     with pytest.raises(ValueError, match="slant_gain"):
         SlantWorld(slant_gain=0.0)
+    for p_task in (0.0, 1.5):  # p_task = 0: a fine-tuning set with no right answer at all
+        with pytest.raises(ValueError, match="p_task"):
+            SlantWorld(p_task=p_task)
     # the benchmark's left-leaning world: GEN right rate E[sigmoid(3 (s - 1.5))], s ~ N(0, 1)
     lw = SlantWorld.left_leaning()
     assert (lw.slant_gain, lw.slant_offset, lw.p_task, lw.code_variety) == (3.0, 1.5, 1.0, 8)
