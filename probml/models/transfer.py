@@ -28,7 +28,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import make_generator
+from probml.utils import check_int, check_positive, make_generator
 
 __all__ = [
     "transfer_model",
@@ -46,7 +46,9 @@ def brier_risk(f: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
 
 
 def log_risk(f: torch.Tensor, mu: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    r"""Conditional log loss :math:`-\mu \log f - (1 - \mu)\log(1 - f)`."""
+    r"""Conditional log loss :math:`-\mu \log f - (1 - \mu)\log(1 - f)`, with ``f`` clipped
+    to ``[eps, 1 - eps]`` first (a forecast of exactly 0 or 1 would cost an infinite loss
+    wherever :math:`\mu` is not 0 or 1)."""
     f = f.clamp(eps, 1 - eps)
     return -(mu * f.log() + (1 - mu) * (1 - f).log())
 
@@ -114,12 +116,24 @@ class BinaryShiftProblem:
 
     def sample(self, n: int, generator: torch.Generator | int | None = 0):
         """``(X_source n x 1, A_source n, y_source n, X_target n x 1)``."""
+        n = check_int("n", n)
         gen = make_generator(generator)
         x = torch.randn(n, 1, generator=gen)
         a = (torch.rand(n, generator=gen) < self.p).float()
         y = (torch.rand(n, generator=gen) < self.outcome(x, a)).float()
         xt = torch.randn(n, 1, generator=gen)
         return x, a, y, xt
+
+
+def _float_pair(name: str, v) -> tuple[float, float]:
+    """``v`` as two finite floats; errors name ``name``."""
+    try:
+        a, b = (float(x) for x in v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be two numbers, got {v!r}") from None
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise ValueError(f"{name} must be finite, got {v!r}")
+    return a, b
 
 
 @dataclass
@@ -143,6 +157,16 @@ class ContinuousShiftSimulation:
     grid: list[tuple[tuple[float, float], float]] = field(init=False)
 
     def __post_init__(self):
+        self.target_x_shift = _float_pair("target_x_shift", self.target_x_shift)
+        B = tuple(tuple(row) for row in self.B)
+        if len(B) != 2 or any(len(row) != 2 for row in B):
+            raise ValueError(f"B must be a 2 x 2 matrix (two rows of two), got {self.B!r}")
+        self.B = (_float_pair("B[0]", B[0]), _float_pair("B[1]", B[1]))
+        self.deltas, self.taus = tuple(self.deltas), tuple(self.taus)
+        if not self.deltas or not all(math.isfinite(r) and r >= 0 for r in self.deltas):
+            raise ValueError(f"deltas must be finite radii >= 0 (at least one), got {self.deltas}")
+        if not self.taus or not all(math.isfinite(t) and t > 0 for t in self.taus):
+            raise ValueError(f"taus must be finite scales > 0 (at least one), got {self.taus}")
         grid = []
         for r, tau in itertools.product(self.deltas, self.taus):
             angles = [0.0] if r == 0 else [k * math.pi / 4 for k in range(8)]
@@ -164,6 +188,7 @@ class ContinuousShiftSimulation:
 
     def sample_source(self, n: int, generator: torch.Generator | int | None = 0):
         """``(X n x 2, A n x 2, y n)`` from the source."""
+        n = check_int("n", n)
         gen = make_generator(generator)
         x = torch.randn(n, 2, generator=gen)
         a = x @ self._Bt(x) + torch.randn(n, 2, generator=gen)
@@ -173,6 +198,7 @@ class ContinuousShiftSimulation:
     def sample_target_x(self, n: int, generator: torch.Generator | int | None = 1):
         """``n x 2`` target covariates: standard normal shifted by ``target_x_shift`` (``A``
         and ``Y`` are not observed in the target)."""
+        n = check_int("n", n)
         gen = make_generator(generator)
         return torch.randn(n, 2, generator=gen) + torch.tensor(self.target_x_shift)
 
@@ -187,6 +213,7 @@ class ContinuousShiftSimulation:
         """Target Brier risk of ``predict`` (``n x 2 -> n`` probabilities) under one shift,
         integrating ``Y`` exactly and ``(X, A)`` by ``n`` fixed draws (common random numbers
         across predictors)."""
+        n, tau = check_int("n", n), check_positive("tau", tau)
         gen = make_generator(generator)
         x = self.sample_target_x(n, gen)
         a = x @ self._Bt(x) + torch.tensor(delta) + tau * torch.randn(n, 2, generator=gen)
@@ -201,12 +228,17 @@ class ContinuousShiftSimulation:
 
     def summary(self, predict, n: int = 20000) -> dict:
         """``worst`` (max over the grid), ``mean`` (grid average) and ``no_shift`` (delta = 0,
-        tau = 1) target Brier risks of ``predict``, plus ``grid`` (every point's risk)."""
+        tau = 1: the source's law of ``A`` given ``X``) target Brier risks of ``predict``, plus
+        ``grid`` (every point's risk). ``no_shift`` is computed on its own when the grid lacks
+        that point (``deltas`` without 0 or ``taus`` without 1); it never enters ``worst``
+        or ``mean`` then."""
         worst, risks = self.worst_case_risk(predict, n)
+        key = ((0.0, 0.0), 1.0)
+        no_shift = risks[key] if key in risks else self.target_risk(predict, *key, n)
         return {
             "worst": worst,
             "mean": float(sum(risks.values()) / len(risks)),
-            "no_shift": risks[((0.0, 0.0), 1.0)],
+            "no_shift": no_shift,
             "grid": risks,
         }
 
