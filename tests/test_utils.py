@@ -255,3 +255,14 @@ def test_savable_module_round_trip_is_strict_and_honours_map_location(tmp_path):
     torch.save(blob, tmp_path / "short.pt")
     with pytest.raises(RuntimeError, match="lin.bias"):
         Lin.load(tmp_path / "short.pt")
+
+
+def test_markdown_cells_use_significant_digits():
+    """Floats get ``digits`` significant digits (``g`` format: small and large values keep
+    their precision in scientific notation), in a single cell and through the table."""
+    from probml.results import format_value
+
+    assert format_value(1234567.0) == "1.235e+06" and format_value(0.000123456) == "0.0001235"
+    assert format_value(3.14159, digits=2) == "3.1"
+    table = markdown_table([{"a": 3.14159, "b": 2}], digits=2)
+    assert table.splitlines()[2] == "| 3.1 | 2 |"

@@ -226,3 +226,17 @@ def test_ess_and_resampling_schemes_by_hand():
     a = ws.resample(200, scheme="multinomial", generator=7)["z"]
     b = ws.resample(200, scheme="systematic", generator=7)["z"]
     assert not torch.equal(a, b)
+
+
+def test_samples_hold_the_latent_sites_only_even_when_the_guide_observes():
+    """A guide that carries an observed site (here the model itself, ``y`` observed) gives
+    samples of the latent sites only; the observed values are data, not particles."""
+    import warnings
+
+    X, y = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pyro: "y" in the guide, not the model
+        ws = importance_sample(
+            bayesian_linear_regression, bayesian_linear_regression, X, y, num_particles=10
+        )
+    assert set(ws.samples) == {"w"} and ws.samples["w"].shape == (10, 3)

@@ -324,6 +324,9 @@ def test_synthetic_precision_graph_and_the_bundled_bounds():
     chain = torch.diagonal(K, 1)
     assert bool((chain > 0).any()) and bool((chain < 0).any()) and bool((chain != 0).all())
     assert int((torch.triu(K, 2) != 0).sum()) == 5
+    extra = torch.triu(make_sparse_precision(30, n_extra_edges=20, seed=2)[1], 2)
+    extra = extra[extra != 0]  # the off-chain edges have random signs too
+    assert extra.numel() == 20 and bool((extra > 0).any()) and bool((extra < 0).any())
     X, b, _ = load_covariance_dataset("diabetes")
     assert (X < 0).any() and np.array_equal(b, np.abs(X).max(0))
     # before the rescaling K_ii = 1.5 + sum_{j != i} |K_ij|: on two coordinates the partial
@@ -751,3 +754,13 @@ def test_completion_inputs_tolerances_and_warnings(monkeypatch):
     init = torch.eye(4, dtype=torch.float64)
     assert maxent_completion(*args, lam=0.3, init=init) == ("S", "P")
     assert seen["lam"] == 0.3 and seen["init"] is init
+
+
+def test_synthetic_data_settings_are_checked_by_name():
+    """An infinite end of ``scale_range`` and a non-square ``Sigma`` are refused by name
+    (before: NaN marginal scales, and torch's Cholesky error naming no argument)."""
+    for bad in ((0.1, float("inf")), (float("-inf"), 1.0)):
+        with pytest.raises(ValueError, match="scale_range"):
+            make_sparse_precision(5, scale_range=bad)
+    with pytest.raises(ValueError, match="Sigma must be a square"):
+        sample_gaussian(torch.ones(2, 3, dtype=torch.float64), 10)

