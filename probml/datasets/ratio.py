@@ -248,7 +248,9 @@ def load_ratio_dataset(name: str) -> RatioData:
     Available: ``thornton_hiv`` (RCT, binary: learned HIV result), ``jtrain2`` (RCT, binary:
     unemployed in 1978), ``nsw_mixtape`` (RCT, non-negative: 1978 earnings), ``jtrain3`` and
     ``nhefs`` (observational, binary). Rows with a missing value in the used columns are
-    dropped (the count is in ``info["dropped"]``).
+    dropped (the count is in ``info["dropped"]``; 1991 of ``thornton_hiv``'s, none of the
+    others'). A treatment column that is not 0/1 or a negative outcome is refused (neither
+    occurs in the bundled tables).
     """
     if name not in REAL_DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {sorted(REAL_DATASETS)}")
@@ -268,10 +270,15 @@ def load_ratio_dataset(name: str) -> RatioData:
         ) from exc
     cols = [treat, outcome, *covs]
     sub = df[cols].dropna()
+    w, y = sub[treat].to_numpy(dtype=float), sub[outcome].to_numpy(dtype=float)
+    if not np.isin(w, (0.0, 1.0)).all():  # an int64 cast would truncate other values
+        raise ValueError(f"{name}: treatment {treat!r} must be 0/1, got values {np.unique(w)[:6]}")
+    if (y < 0).any():  # a ratio of means is an effect only for a non-negative outcome
+        raise ValueError(f"{name}: outcome {outcome!r} must be >= 0, got min {y.min():g}")
     return RatioData(
         X=sub[covs].to_numpy(dtype=float),
-        w=sub[treat].to_numpy(dtype=np.int64),
-        y=sub[outcome].to_numpy(dtype=float),
+        w=w.astype(np.int64),
+        y=y,
         feature_names=list(covs),
         info={
             "name": name,

