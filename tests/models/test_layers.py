@@ -329,6 +329,10 @@ def test_a_registered_ffn_builds_trains_saves_and_takes_the_placement(monkeypatc
     cfg = dict(vocab_size=11, d_model=16, n_heads=2, n_layers=2, context=8)
     lm = TinyLM(TinyLMConfig(**cfg, ffn={"kind": "relu2", "bias": True}))
     assert all(isinstance(b.ffn, _ReluSquaredFFN) and b.ffn.up.bias is not None for b in lm.blocks)
+    # TinyLM's initialisation reaches the registered FFN: biases zero, weights N(0, 0.02^2)
+    assert all(bool((b.ffn.up.bias == 0).all()) for b in lm.blocks)
+    w = torch.cat([b.ffn.up.weight.detach().flatten() for b in lm.blocks])
+    assert 0.015 < float(w.std()) < 0.025
     tok = torch.randint(0, 11, (3, 8))
     loss = torch.nn.functional.cross_entropy(lm(tok).flatten(0, 1), tok.flatten())
     loss.backward()

@@ -76,6 +76,7 @@ def test_roles_and_save_load(tmp_path):
     # "dictionary update sequence ...", or a string taken for True)
     for kw, err, match in (
         ({"norm": "batch"}, ValueError, "norm must be one of"),
+        ({"placement": "pre"}, ValueError, "placement must be one of"),
         ({"scale_reparam": "x"}, ValueError, "scale_reparam must be one of"),
         ({"d_model": 64.0}, TypeError, "d_model must be an integer"),
         ({"ffn": "gelu"}, TypeError, "ffn must be a dict"),
@@ -183,3 +184,18 @@ def test_block_formula_branch_scales_placement_and_init_scale(tmp_path):
     seen = []
     TinyLM.load(path, map_location=lambda storage, loc: seen.append(loc) or storage)
     assert seen and set(seen) == {"cpu"}
+
+
+def test_load_is_strict_and_the_factory_applies_its_overrides(tmp_path):
+    """``load`` refuses weights that do not fit the saved config (a missing tensor), and
+    ``tinylm_factory``'s overrides reach the config."""
+    from probml.models.lm import tinylm_factory
+
+    m = tinylm_factory(d_model=16, n_heads=2, n_layers=1, context=8)(11)
+    assert (m.cfg.vocab_size, m.cfg.d_model, m.cfg.n_heads, m.cfg.n_layers) == (11, 16, 2, 1)
+    m.save(tmp_path / "m.pt")
+    blob = torch.load(tmp_path / "m.pt", weights_only=True)
+    del blob["state"]["norm_f.scale.alpha"]
+    torch.save(blob, tmp_path / "short.pt")
+    with pytest.raises(RuntimeError, match="norm_f.scale.alpha"):
+        TinyLM.load(tmp_path / "short.pt")
