@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from probml.utils import make_generator
+from probml.utils import check_int, make_generator
 
 __all__ = [
     "ParticleDegeneracyError",
@@ -134,9 +134,7 @@ def resample(
         raise ValueError(f"scheme must be one of {RESAMPLING_SCHEMES}, got {scheme!r}")
     lw = normalize_log_weights(log_w)
     batch_shape, n = lw.shape[:-1], lw.shape[-1]
-    m = n if num_samples is None else int(num_samples)
-    if m < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
+    m = n if num_samples is None else check_int("num_samples", num_samples)
     gen = make_generator(generator, device=lw.device)
     # float64 cumulative sums keep the last bin from being starved by rounding
     w = lw.double().exp().reshape(-1, n)

@@ -102,6 +102,9 @@ def test_degenerate_weights_raise_named_error():
         resample(torch.zeros(3), scheme="residual")
     with pytest.raises(ValueError, match="num_samples"):
         resample(torch.zeros(3), num_samples=0)
+    for bad in (2.5, True):  # before: int(2.5) drew 2 ancestors, True drew 1
+        with pytest.raises(TypeError, match="num_samples must be an integer"):
+            resample(torch.zeros(3), num_samples=bad)
     with pytest.raises(ValueError, match="N >= 1"):
         normalize_log_weights(torch.zeros(2, 0))  # no particle is not "all weights zero"
     with pytest.raises(TypeError, match="floating point"):
