@@ -246,6 +246,20 @@ def _fair_posterior_no_draws():
     posterior_fair_predictions(X, X[:, 0], s, X, s, num_samples=0)
 
 
+def _source_conditional_fractional_batch():
+    from probml.guides.generators import fit_source_conditional
+
+    X = torch.randn(20, 2)
+    fit_source_conditional(X[:, :1], X, num_iters=1, batch_size=8.5, verbose=False)
+
+
+def _source_conditional_fractional_iters():
+    from probml.guides.generators import fit_source_conditional
+
+    X = torch.randn(20, 2)
+    fit_source_conditional(X[:, :1], X, num_iters=2.5, verbose=False)
+
+
 @pytest.mark.parametrize(
     "call, name",
     [
@@ -286,6 +300,8 @@ def _fair_posterior_no_draws():
         (_crps_no_member_axis, "particles"),
         (_fair_posterior_no_draws, "num_samples"),
         (_relaxed_completion_fractional_max_iter, "max_iter"),
+        (_source_conditional_fractional_batch, "batch_size"),
+        (_source_conditional_fractional_iters, "num_iters"),
     ],
 )
 def test_bad_count_or_scale_is_rejected_by_name(call, name):

@@ -233,10 +233,8 @@ def fit_source_conditional(
         raise ValueError(f"X must be n x d_x with n >= 1, got shape {tuple(X.shape)}")
     if binary and not bool(((A == 0) | (A == 1)).all()):
         raise ValueError("binary=True needs A in {0, 1}")
-    if int(batch_size) < 1 or int(num_iters) < 0:
-        raise ValueError(
-            f"batch_size must be >= 1 and num_iters >= 0, got {batch_size} and {num_iters}"
-        )
+    batch_size = check_int("batch_size", batch_size)
+    num_iters = check_int("num_iters", num_iters, 0)
     check_positive("lr", lr)
     torch.manual_seed(seed)
     gen = torch.Generator(device=X.device).manual_seed(seed)
