@@ -764,3 +764,27 @@ def test_synthetic_data_settings_are_checked_by_name():
             make_sparse_precision(5, scale_range=bad)
     with pytest.raises(ValueError, match="Sigma must be a square"):
         sample_gaussian(torch.ones(2, 3, dtype=torch.float64), 10)
+
+
+def test_completion_settings_and_warm_starts_are_checked_by_name():
+    """Before, ``max_sweeps = 2.5`` and ``dim = 2.5`` failed inside ``range``/``torch.zeros``
+    naming nothing, a negative ``tol`` could never be met, and a warm start of the wrong
+    shape failed in an index assignment."""
+    args = ([(0, 0), (1, 1), (0, 1)], [1.0, 1.0, 0.5])
+    cases = (
+        (lambda: exact_completion(*args, 2, max_sweeps=2.5), TypeError, "max_sweeps"),
+        (lambda: exact_completion(*args, 2.5), TypeError, "dim"),
+        (lambda: exact_completion(*args, 2, tol=-1.0), ValueError, "tol"),
+        (lambda: exact_completion(*args, 2, init=torch.eye(3)), ValueError, "init must be a 2 x 2"),
+        (lambda: relaxed_completion(*args, 2, [0.1] * 3, init=torch.eye(3)), ValueError, "init"),
+        (
+            lambda: relaxed_completion(*args, 2, [0.1] * 3, init=torch.full((2, 2), float("nan"))),
+            ValueError,
+            "init must be finite",
+        ),
+    )
+    for call, err, match in cases:
+        with pytest.raises(err, match=match):
+            call()
+    W, _ = exact_completion(*args, 2, init=torch.eye(2, dtype=torch.float64))
+    assert torch.allclose(W, torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64))
