@@ -739,6 +739,16 @@ def test_the_loops_dispatch_to_the_documented_estimator_forms():
     assert beta == pytest.approx(float(betas.median())) and beta < float(betas.mean()) - 1
     _, v, _ = advantages_and_values("reinforce++", r, p0, prompts)
     assert torch.allclose(v, r[:, 0].mean().expand(40))
+    # the offline estimator's value is the offline p0 itself; the two named BASIS forms run
+    # their own form, not the BLUE one (their advantages differ from BLUE's on this batch)
+    _, v, _ = advantages_and_values("offline", r, p0, prompts)
+    assert torch.equal(v, p0)
+    blue = basis_advantages(r[:, 0], p0)[0]
+    for form in ("linearised", "calibrated"):
+        a, v, _ = advantages_and_values(f"basis-{form}", r, p0, prompts)
+        a_ref, d_ref = basis_advantages(r[:, 0], p0, form=form)
+        assert torch.allclose(a[:, 0], a_ref) and torch.allclose(v, d_ref["baseline"])
+        assert not torch.allclose(a_ref, blue)
 
 
 def test_bandit_group_policy_gradient_learns_from_every_rollout_of_the_group():

@@ -83,6 +83,11 @@ def test_normalisation_is_stable_for_very_negative_log_weights():
     assert effective_sample_size(lw).item() == pytest.approx(1 / (expected**2).sum().item())
     expected_lme = -1e4 + torch.logsumexp(offsets, 0).item() - math.log(3)
     assert log_mean_exp(lw).item() == pytest.approx(expected_lme, abs=1e-9)
+    with pytest.raises(ValueError, match="at least one element"):  # not math's "domain error"
+        log_mean_exp(torch.zeros(2, 0))
+    # along another dim: log mean of (0, log 3) per column is log 2
+    assert torch.allclose(log_mean_exp(torch.tensor([[0.0], [math.log(3.0)]]), dim=0),
+                          torch.tensor([math.log(2.0)]))  # fmt: skip
     # float32: finite, and only float32 rounding of the -1e4 offset remains (spacing ~1e-3)
     nlw32 = normalize_log_weights(lw.float())
     assert torch.isfinite(nlw32).all()
