@@ -52,8 +52,11 @@ def test_completion_errors_and_relaxed_form_is_pd():
     args = ([(0, 0), (1, 1), (0, 1)], [1.0, 1.0, 1.5], 2, [0.1, 0.1, 0.5])
     bad = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
     assert torch.equal(relaxed_completion(*args, init=bad)[0], relaxed_completion(*args)[0])
-    with pytest.raises(ValueError, match="diagonal"):
+    with pytest.raises(ValueError, match=r"every diagonal entry must be measured; missing \[1\]"):
         exact_completion([(0, 0), (0, 1)], [1.0, 0.1], 2)
+    for bad in (float("inf"), float("nan"), 0.0):  # an infinite sd would weigh its entry 0
+        with pytest.raises(ValueError, match="noise_scales must be finite and positive"):
+            relaxed_completion([(0, 0), (1, 1), (0, 1)], [1.0, 1.0, 0.5], 2, [0.1, bad, 0.1])
 
 
 def _large_scale_chain(seed=26):
