@@ -412,3 +412,25 @@ def test_prefix_summaries_carry_the_same_step_feature_as_deployment():
         for t in range(4):
             q = net.distribution(X[:, :t], ys[:, :t])
             assert torch.allclose(nll[:, t], -net.log_prob_flat(q, theta), atol=1e-5), t
+
+
+def test_posterior_net_floors_its_scales_and_outcome_scaling():
+    """Two safeguards of the network: a component scale never falls below 1e-3 (a head that
+    drives its softplus to 0 would give an infinite density), and constant simulated outcomes
+    get an outcome scale of 1e-6, not 0 (whose features would be NaN). A design box with an
+    infinite end is refused by name."""
+
+    net = PosteriorNet(design_dim=2, theta_dim=2, hidden=8, components=3)
+    with torch.no_grad():
+        net.rho[-1].weight.zero_()
+        net.rho[-1].bias.fill_(-1000.0)  # every logit, location and pre-softplus scale
+    q = net.distribution(torch.zeros(1, 2), torch.zeros(1))
+    scale = q.component_distribution.base_dist.scale
+    assert torch.allclose(scale, torch.full_like(scale, 1e-3))
+    assert bool(torch.isfinite(q.log_prob(torch.zeros(2))).all())
+    net.fit_scaling((0.0, 1.0), torch.full((50,), 3.0))
+    assert float(net.y_scale) == pytest.approx(1e-6)
+    assert bool(torch.isfinite(net.features(torch.rand(4, 2), torch.full((4,), 3.0))).all())
+    for low, high in ((0.0, math.inf), (-math.inf, 1.0)):
+        with pytest.raises(ValueError, match="finite"):
+            random_walk_designs(torch.zeros(2), 0.1, low, high)
