@@ -307,3 +307,22 @@ def _source_conditional_fractional_iters():
 def test_bad_count_or_scale_is_rejected_by_name(call, name):
     with pytest.raises((ValueError, TypeError), match=rf"\b{name}\b"):
         call()
+
+
+def test_bandit_loop_checks_its_group_and_batch_sizes_up_front():
+    """The bandit loop shares the sequence loop's checks: a group estimator with one rollout
+    per prompt is refused by ``group_size`` before any step (before: inside
+    ``grpo_advantages``, naming ``G``), and fractional sizes by type."""
+    from probml.models.rollouts import LinearBandit
+    from probml.inference.basis_rl import run_bandit_rl
+
+    bandit = LinearBandit(num_prompts=32, seed=0)
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        run_bandit_rl(bandit, "rloo", steps=1, batch_size=8, group_size=1)
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        run_bandit_rl(bandit, "basis", steps=1, batch_size=8, group_size=1, side_by_side=("grpo",))
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        run_bandit_rl(bandit, "basis", steps=1, batch_size=8.5)
+    with pytest.raises(ValueError, match=r"batch_size must be in \[2, 32\]"):
+        run_bandit_rl(bandit, "basis", steps=1, batch_size=33)
+    run_bandit_rl(bandit, "basis", steps=1, batch_size=8, group_size=1)  # no group estimator

@@ -81,6 +81,23 @@ def side_estimators(estimator: str, side_by_side: Sequence[str]) -> tuple[str, .
     return side
 
 
+def check_loop_sizes(
+    batch_size: int, num_prompts: int, group_size: int, estimators: Sequence[str]
+) -> tuple[int, int]:
+    """``(batch_size, group_size)`` of an RL loop as ints, after checking ``2 <= batch_size
+    <= num_prompts`` and ``group_size >= 1`` (``>= 2`` when one of ``estimators`` is a
+    group estimator, whose advantages need two rollouts per prompt); errors name them."""
+    batch_size = check_int("batch_size", batch_size, 2)
+    if batch_size > num_prompts:
+        raise ValueError(f"batch_size must be in [2, {num_prompts}], got {batch_size}")
+    group_size = check_int("group_size", group_size)
+    if group_size < 2 and any(e in GROUP for e in estimators):
+        raise ValueError(
+            f"group_size must be >= 2 for the group estimators {GROUP}, got {group_size}"
+        )
+    return batch_size, group_size
+
+
 def estimate_on_first(
     estimator: str,
     tracker: SPOTracker | DriftFilter | None,
@@ -227,8 +244,9 @@ def run_bandit_rl(
     check_int("steps", steps)
     check_int("K", K)
     check_positive("lr", lr, strict=False)  # lr = 0 keeps the reference policy
-    if batch_size < 2 or batch_size > bandit.num_prompts:
-        raise ValueError(f"batch_size must be in [2, {bandit.num_prompts}], got {batch_size}")
+    batch_size, group_size = check_loop_sizes(
+        batch_size, bandit.num_prompts, group_size, (estimator, *side)
+    )
     dev = bandit.features.device
     g = torch.Generator(device=dev).manual_seed(seed)
     theta = bandit.reference_theta.detach().clone().requires_grad_(True)

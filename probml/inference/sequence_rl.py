@@ -29,6 +29,7 @@ from probml.inference.advantage import batch_wide_floor, offline_values
 from probml.inference.basis_rl import (
     GROUP,
     check_estimator,
+    check_loop_sizes,
     estimate_on_first,
     make_tracker,
     side_estimators,
@@ -164,6 +165,11 @@ def supervised_warmup(
         raise ValueError(f"target_accuracy must be in (0, 1), got {target_accuracy}")
     if not carry_weight > 0:  # NaN fails too
         raise ValueError(f"carry_weight must be > 0, got {carry_weight}")
+    max_steps, batch_size = check_int("max_steps", max_steps), check_int("batch_size", batch_size)
+    check_every = check_int("check_every", check_every)  # 0 failed as a modulo by zero
+    if check_every > max_steps:  # no check would run (and the final message had no history)
+        raise ValueError(f"check_every ({check_every}) must be <= max_steps ({max_steps})")
+    check_positive("lr", lr)
     dev = resolve_device(device)
     model.to(dev).train()
     g = make_generator(seed)
@@ -261,10 +267,10 @@ def run_sequence_rl(
 
     check_estimator(estimator)
     side = side_estimators(estimator, side_by_side)
-    if batch_size < 2 or batch_size > task.num_prompts:
-        raise ValueError(f"batch_size must be in [2, {task.num_prompts}], got {batch_size}")
-    if mc_rollouts < 2:
-        raise ValueError(f"mc_rollouts must be >= 2, got {mc_rollouts}")
+    batch_size, group_size = check_loop_sizes(
+        batch_size, task.num_prompts, group_size, (estimator, *side)
+    )
+    mc_rollouts = check_int("mc_rollouts", mc_rollouts, 2)
     for name, value in (("steps", steps), ("K", K), ("eval_every", eval_every)):
         check_int(name, value)
     check_int("eval_prompts", eval_prompts)

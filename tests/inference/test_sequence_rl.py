@@ -138,6 +138,33 @@ def test_warmup_offline_counts_and_one_rl_run(warmed):
         run_sequence_rl(m, task, "basis", steps=1, offline=k + 100, K=8)
     with pytest.raises(ValueError, match="carry_weight"):
         supervised_warmup(m, task, 0.4, carry_weight=0)
+    # counts checked by name before any sampling (before: a group estimator with one rollout
+    # per prompt failed inside grpo_advantages naming "G", after the offline counts; 2.5
+    # rollouts failed inside torch; check_every = 0 divided by zero; check_every above
+    # max_steps ended in an IndexError building the failure message)
+    for kw_bad, err, match in (
+        (dict(group_size=1), ValueError, "group_size must be >= 2"),
+        (dict(group_size=2.5), TypeError, "group_size must be an integer"),
+        (dict(batch_size=16.5), TypeError, "batch_size must be an integer"),
+        (dict(mc_rollouts=1), ValueError, "mc_rollouts"),
+        (dict(mc_rollouts=4.5), TypeError, "mc_rollouts"),
+    ):
+        with pytest.raises(err, match=match):
+            run_sequence_rl(m, task, "grpo", **{**kw, **kw_bad})
+    run_sequence_rl(m, task, "basis", **{**kw, "steps": 1, "group_size": 1})  # no group: fine
+    for kw_bad, err, match in (
+        (dict(check_every=0), ValueError, "check_every"),
+        (
+            dict(check_every=30, max_steps=10),
+            ValueError,
+            r"check_every \(30\) must be <= max_steps",
+        ),
+        (dict(batch_size=2.5), TypeError, "batch_size"),
+        (dict(max_steps=2.5), TypeError, "max_steps"),
+        (dict(lr=-1.0), ValueError, "lr"),
+    ):
+        with pytest.raises(err, match=match):
+            supervised_warmup(m, task, 0.4, **kw_bad)
 
 
 def test_group_policy_gradient_raises_the_success_rate(warmed):
