@@ -313,8 +313,8 @@ def test_bandit_loop_checks_its_group_and_batch_sizes_up_front():
     """The bandit loop shares the sequence loop's checks: a group estimator with one rollout
     per prompt is refused by ``group_size`` before any step (before: inside
     ``grpo_advantages``, naming ``G``), and fractional sizes by type."""
-    from probml.models.rollouts import LinearBandit
     from probml.inference.basis_rl import run_bandit_rl
+    from probml.models.rollouts import LinearBandit
 
     bandit = LinearBandit(num_prompts=32, seed=0)
     with pytest.raises(ValueError, match="group_size must be >= 2"):
@@ -326,3 +326,39 @@ def test_bandit_loop_checks_its_group_and_batch_sizes_up_front():
     with pytest.raises(ValueError, match=r"batch_size must be in \[2, 32\]"):
         run_bandit_rl(bandit, "basis", steps=1, batch_size=33)
     run_bandit_rl(bandit, "basis", steps=1, batch_size=8, group_size=1)  # no group estimator
+
+
+def test_fractional_counts_are_refused_not_truncated():
+    """Each of these took ``int(value)`` (or compared a float) and ran with a truncated or
+    fractional count; now each is refused by name as a non-integer."""
+    import numpy as np
+
+    from probml.inference.metalearners import DRRatioLearner, QLearner
+    from probml.inference.minimax import DRUM
+    from probml.inference.sequence_rl import AdditionTask, addition_policy, offline_counts
+    from probml.inference.smc import ParticleFilter
+    from probml.models.dynamics import GaussianObservation
+    from probml.models.experiments import path_cost
+
+    rng = np.random.default_rng(0)
+    X, w = rng.normal(size=(40, 2)), np.arange(40) % 2
+    y = rng.integers(0, 2, 40).astype(float)
+    obs = GaussianObservation(torch.eye(2), 0.1)
+    Xs, As, ys = torch.randn(30, 1), torch.randn(30, 1), (torch.rand(30) < 0.5).float()
+    for name, call in (
+        ("n_folds", lambda: QLearner(n_folds=2.5).fit(X, w, y, propensity=0.5)),
+        ("n_folds", lambda: DRRatioLearner(n_folds=2.5).fit(X, w, y)),
+        ("num_iters", lambda: DRUM(num_iters=2.5, verbose=False).fit(Xs, As, ys, Xs)),
+        ("batch_size", lambda: DRUM(batch_size=8.5, verbose=False).fit(Xs, As, ys, Xs)),
+        ("n_folds", lambda: DRUM(n_folds=2.5, verbose=False).fit(Xs, As, ys, Xs)),
+        ("num_particles", lambda: ParticleFilter(obs, num_particles=10.5)),
+        ("num_points", lambda: path_cost(num_points=2.5)),
+        (
+            "K",
+            lambda: offline_counts(
+                addition_policy(16, 1, 2), AdditionTask(8), 2.5, torch.Generator(), "cpu"
+            ),
+        ),  # fmt: skip
+    ):
+        with pytest.raises(TypeError, match=rf"\b{name} must be an integer"):
+            call()

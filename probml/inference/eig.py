@@ -180,8 +180,7 @@ def ace_eig(
             likelihood.
         num_outer: ``N`` outer draws ``(theta_0, y)``; L: contrastive draws per outer draw.
     """
-    if num_outer < 1 or L < 1:
-        raise ValueError(f"num_outer and L must be >= 1, got {num_outer}, {L}")
+    num_outer, L = check_int("num_outer", num_outer), check_int("L", L)
     if not hasattr(posterior, "log_prob"):
         raise TypeError("ace_eig needs a posterior with log_prob (e.g. AmortizedPosterior)")
     ex = posterior.experiment

@@ -164,11 +164,10 @@ def _fit(model, X, y, sample_weight=None):
 
 
 def _folds(n_folds: int, w: np.ndarray, random_state) -> list[tuple[np.ndarray, np.ndarray]]:
+    n_folds = check_int("n_folds", n_folds)
     idx = np.arange(len(w))
     if n_folds == 1:
         return [(idx, idx)]
-    if n_folds < 1:
-        raise ValueError(f"n_folds must be >= 1, got {n_folds}")
     splitter = StratifiedKFold(n_folds, shuffle=True, random_state=random_state)
     return list(splitter.split(idx, w))
 
@@ -376,8 +375,7 @@ class _PseudoOutcomeLearner(_RatioLearner):
         m_e = self.propensity_model if self.propensity_model is not None else _default_classifier()
         n = len(y)
         mu0, mu1, e = np.empty(n), np.empty(n), np.empty(n)
-        if self.n_folds < 2:
-            raise ValueError(f"n_folds must be >= 2 for cross-fitting, got {self.n_folds}")
+        check_int("n_folds", self.n_folds, 2)  # cross-fitting needs two folds
         for train, test in _folds(self.n_folds, w, self.random_state):
             t0, t1 = train[w[train] == 0], train[w[train] == 1]
             mu0[test] = _mean_prediction(_fit(m_out, X[t0], y[t0]), X[test])

@@ -57,6 +57,7 @@ from probml.models.transfer import brier_risk, log_risk
 from probml.utils import (
     check_data,
     check_finite,
+    check_int,
     check_positive,
     keep_global_rng,
     make_generator,
@@ -449,10 +450,9 @@ class DRUM(_Validated):
         for name in ("lr", "adversary_lr", "dual_lr"):
             check_positive(name, getattr(self, name))
         for name in ("num_iters", "inner_steps", "num_draws"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.batch_size is not None and int(self.batch_size) < 1:
-            raise ValueError(f"batch_size must be None or >= 1, got {self.batch_size!r}")
+            check_int(name, getattr(self, name))
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size)
         if self.divergence not in ("kl", "transport"):
             raise ValueError(f"divergence must be 'kl' or 'transport', got {self.divergence!r}")
         if self.loss not in ("brier", "log"):
@@ -462,8 +462,7 @@ class DRUM(_Validated):
                 "bias_correction needs density ratios r_Q, i.e. divergence='kl'; "
                 "set bias_correction=False for the transport ball"
             )
-        if int(self.n_folds) < 2:
-            raise ValueError(f"n_folds must be >= 2, got {self.n_folds!r}")
+        check_int("n_folds", self.n_folds, 2)
 
     # ------------------------------------------------------------------ pieces
     def _risk(self, f: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:

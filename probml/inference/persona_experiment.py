@@ -29,7 +29,7 @@ from probml.inference.projection import (
 )
 from probml.models.adapters import add_lora, lora_modules
 from probml.models.lm import TinyLM, TinyLMConfig
-from probml.utils import keep_global_rng, progress, resolve_device
+from probml.utils import check_int, keep_global_rng, progress, resolve_device
 
 __all__ = [
     "LORA_TARGETS",
@@ -88,8 +88,7 @@ def pretrain_persona_model(
     accelerator is cached under its own key (its numbers differ from a CPU run's), so CPU
     runs keep their cached models.
     """
-    if int(n_layers) < 1:
-        raise ValueError(f"n_layers must be >= 1, got {n_layers!r}")
+    check_int("n_layers", n_layers)
     if model_factory is not None:
         cache = False
     fields = asdict(world)
@@ -212,8 +211,8 @@ def run_persona_methods(
         rows (``method``, ``misalignment``, ``task``, ``roleplay``) and diagnostics
         (identification cosines, projection overhead ratio, seconds per step).
     """
-    if shift_prefix is not None and int(shift_prefix) < 1:
-        raise ValueError(f"shift_prefix must be None or >= 1, got {shift_prefix!r}")
+    if shift_prefix is not None:
+        check_int("shift_prefix", shift_prefix)
     if methods is not None:  # before any training: an unknown name used to be skipped
         if isinstance(methods, str):
             raise TypeError(f"methods must be a sequence of method names, got {methods!r}")

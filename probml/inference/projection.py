@@ -325,13 +325,10 @@ def _residual_shift(
     """:func:`residual_shift_directions` without and (``pull_back``, when a block before the
     last has adapters) with the pull-back, from one pass over ``tokens``: the plain directions
     are the same tensors a call with ``pull_back=False`` returns."""
-    if int(k) < 1:
-        raise ValueError(f"k must be >= 1, got {k!r}")
-    k = int(k)
+    k = check_int("k", k)
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[0] < 1:
         raise ValueError("tokens must be an N x T tensor of token ids with N >= 1")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size)
     names = [n for n, _ in _residual_blocks(tuned, blocks)]
     if len(names) != len(_residual_blocks(base, blocks)):
         raise ValueError("tuned and base must have the same number of residual blocks")

@@ -335,8 +335,7 @@ def offline_counts(
     reference: TinyLM, task: AdditionTask, K: int, generator: torch.Generator, device
 ) -> torch.Tensor:
     """``k_i``: correct answers among ``K`` reference samples, for every prompt (``N``)."""
-    if K < 1:
-        raise ValueError(f"K must be >= 1, got {K}")
+    K = check_int("K", K)
     out = []
     for start in range(0, task.num_prompts, 512):
         idx = torch.arange(start, min(start + 512, task.num_prompts))

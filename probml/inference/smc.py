@@ -43,7 +43,7 @@ from probml.inference.particles import (
 )
 from probml.models.diffusion import DiffusionTransition
 from probml.models.dynamics import GaussianObservation, kalman_filter
-from probml.utils import make_generator, progress
+from probml.utils import check_int, make_generator, progress
 
 __all__ = [
     "FilterResult",
@@ -142,8 +142,7 @@ class ParticleFilter:
             raise TypeError(
                 f"observation must be a GaussianObservation, got {type(observation).__name__}"
             )
-        if int(num_particles) < 2:
-            raise ValueError(f"num_particles must be >= 2, got {num_particles!r}")
+        check_int("num_particles", num_particles, 2)
         if not 0.0 <= float(ess_threshold) <= 1.0:
             raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold!r}")
         if resampling not in RESAMPLING_SCHEMES:  # else only noticed at the first resampling

@@ -25,7 +25,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_positive, check_prior, cholesky_factor, shape_of
+from probml.utils import check_int, check_positive, check_prior, cholesky_factor, shape_of
 
 __all__ = [
     "Experiment",
@@ -472,8 +472,7 @@ def path_cost(cost_map=constant_cost, num_points: int = 8):
     :math:`c(\xi_{t-1}, \xi_t) = \|\xi_t - \xi_{t-1}\| \cdot \frac1P\sum_p c(x_p)` with
     ``x_p`` the midpoints of ``P = num_points`` equal pieces of the segment (midpoint rule;
     exact for the constant map). Vectorised over leading dimensions."""
-    if num_points < 1:
-        raise ValueError(f"num_points must be >= 1, got {num_points}")
+    num_points = check_int("num_points", num_points)
 
     def edge_cost(prev: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         s = (torch.arange(num_points, dtype=xi.dtype, device=xi.device) + 0.5) / num_points

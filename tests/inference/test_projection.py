@@ -543,6 +543,11 @@ def test_persona_experiment_runner_tiny(tmp_path, monkeypatch):
         run_persona_methods(deep, w, methods="naive")
     with pytest.raises(ValueError, match="n_layers"):
         pretrain_persona_model(w, num_steps=5, n_layers=0, cache=False, verbose=False)
+    # fractions are refused, not truncated (before: 2.5 layers built 2, a prefix of 8.5 read 8)
+    with pytest.raises(TypeError, match="n_layers must be an integer"):
+        pretrain_persona_model(w, num_steps=5, n_layers=2.5, cache=False, verbose=False)
+    with pytest.raises(TypeError, match="shift_prefix must be an integer"):
+        run_persona_methods(deep, w, shift_prefix=8.5, methods=("naive",))
 
 
 def test_value_adapter_cannot_write_along_u_through_the_attention_output():
@@ -707,6 +712,9 @@ def test_residual_shift_validation():
         residual_shift_directions(tuned, base, tokens[0])
     with pytest.raises(ValueError, match="batch_size"):
         residual_shift_directions(tuned, base, tokens, batch_size=0)
+    for kw in (dict(k=1.5), dict(batch_size=2.5)):  # before: truncated to 1 and 2
+        with pytest.raises(TypeError, match=f"{next(iter(kw))} must be an integer"):
+            residual_shift_directions(tuned, base, tokens, **kw)
     with pytest.raises(ValueError, match="residual blocks"):
         residual_shift_directions(tuned, _tiny_lm(n_layers=1), tokens)
     with pytest.raises(TypeError, match="module list"):
