@@ -42,7 +42,7 @@ from probml.guides.amortized import (
     train_posterior_net,
 )
 from probml.models.experiments import check_experiment, check_experiment_shapes
-from probml.utils import check_int, make_generator, progress
+from probml.utils import check_int, check_positive, make_generator, progress
 
 __all__ = [
     "StepBound",
@@ -663,7 +663,15 @@ def train_design_policy(
     indexing) and the loss :func:`reinforce_loss`. Returns the mean total reward per
     iteration."""
     cons = Constraints(constraints, experiment.design_bounds)
-    T = policy.horizon if horizon is None else int(horizon)
+    T = policy.horizon if horizon is None else check_int("horizon", horizon)
+    num_iters, batch_size = (
+        check_int("num_iters", num_iters, 0),
+        check_int("batch_size", batch_size),
+    )
+    check_positive("lr", lr)
+    check_positive("entropy_weight", entropy_weight, strict=False)
+    if not 0 < gamma <= 1:  # NaN fails too
+        raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
     gen = make_generator(seed)
     D = int(experiment.D)
     start = cons.start_position(start, D)

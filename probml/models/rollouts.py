@@ -26,7 +26,7 @@ import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
 
-from probml.utils import check_batch_probabilities, check_finite, check_positive
+from probml.utils import check_batch_probabilities, check_finite, check_int, check_positive
 
 __all__ = [
     "logit_shift_model",
@@ -506,6 +506,8 @@ def gp_loo_baseline(
         )
     if r.shape[0] < 3:
         raise ValueError("gp_loo_baseline needs at least 3 prompts")
+    fit_steps = check_int("fit_steps", fit_steps, 0)
+    check_positive("lr", lr)
     e = r - p0
 
     class _GP(gpytorch.models.ExactGP):

@@ -117,6 +117,19 @@ def test_policy_training_learns_the_informative_designs():
     assert sum(hist[-10:]) > sum(hist[:10])
     with pytest.raises(ValueError, match="hidden"):
         train_design_policy(DesignPolicy(cand, hidden=8), net, ex, num_iters=1)
+    # its settings, by name (before: a fractional horizon was truncated, and a NaN or
+    # negative lr, gamma or entropy weight trained without a word)
+    for kw, err, name in (
+        (dict(horizon=2.5), TypeError, "horizon"),
+        (dict(num_iters=1.5), TypeError, "num_iters"),
+        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(lr=float("nan")), ValueError, "lr"),
+        (dict(gamma=0.0), ValueError, "gamma"),
+        (dict(gamma=1.5), ValueError, "gamma"),
+        (dict(entropy_weight=-0.1), ValueError, "entropy_weight"),
+    ):
+        with pytest.raises(err, match=name):
+            train_design_policy(pol, net, ex, **{"num_iters": 1, **kw})
 
 
 def test_amortized_sampling_uses_only_its_generator_and_the_mean_is_exact():

@@ -625,6 +625,10 @@ def test_gp_loo_baseline_is_exact_leave_one_out_and_ignores_r_i():
         gp_loo_baseline(r, p0, x[:5])
     with pytest.raises(ValueError, match="at least 3 prompts"):
         gp_loo_baseline(r[:2], p0[:2], x[:2])
+    with pytest.raises(TypeError, match="fit_steps"):
+        gp_loo_baseline(r, p0, x, fit_steps=2.5)
+    with pytest.raises(ValueError, match="lr"):
+        gp_loo_baseline(r, p0, x, lr=0.0)
 
 
 def test_gp_basis_beats_basis_under_feature_correlated_drift():
