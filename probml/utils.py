@@ -176,10 +176,17 @@ def progress(
 
 
 def check_finite(name: str, x: torch.Tensor | np.ndarray) -> None:
-    """Raise ``ValueError`` naming ``name`` if ``x`` has a NaN or infinite entry."""
-    t = torch.as_tensor(x)
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        n_bad = int((~torch.isfinite(t)).sum())
+    """Raise ``ValueError`` naming ``name`` if ``x`` has a NaN or infinite entry (a tensor is
+    checked by torch on its device; anything else by NumPy, without a copy to torch, so a
+    read-only array such as a pandas column's is fine)."""
+    if isinstance(x, torch.Tensor):
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            n_bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{name} must be finite; it has {n_bad} NaN/inf entries")
+        return
+    a = np.asarray(x)
+    if a.dtype.kind in "fc" and not np.isfinite(a).all():
+        n_bad = int((~np.isfinite(a)).sum())
         raise ValueError(f"{name} must be finite; it has {n_bad} NaN/inf entries")
 
 

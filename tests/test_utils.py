@@ -266,3 +266,26 @@ def test_markdown_cells_use_significant_digits():
     assert format_value(3.14159, digits=2) == "3.1"
     table = markdown_table([{"a": 3.14159, "b": 2}], digits=2)
     assert table.splitlines()[2] == "| 3.1 | 2 |"
+
+
+def test_check_finite_reads_arrays_in_numpy_without_a_torch_copy():
+    """A read-only array (a pandas column's) is checked without torch's non-writable warning;
+    NaN and inf are counted in arrays, lists and scalars alike."""
+    import warnings
+
+    a = np.array([1.0, 2.0])
+    a.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_finite("a", a)
+    b = np.array([1.0, np.nan, np.inf])
+    b.setflags(write=False)
+    for bad, n in (
+        (b, 2),
+        ([0.0, float("inf")], 1),
+        (float("nan"), 1),
+        (torch.tensor([np.nan]), 1),
+    ):
+        with pytest.raises(ValueError, match=f"x must be finite; it has {n} NaN/inf"):
+            check_finite("x", bad)
+    check_finite("k", np.arange(3))  # integers cannot be NaN
