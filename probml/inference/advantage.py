@@ -318,6 +318,7 @@ def grpo_advantages(
     r = _check_rewards(rewards)
     if r.dim() != 2 or r.shape[1] < 2:
         raise ValueError(f"grpo_advantages needs B x G rewards with G >= 2, got {tuple(r.shape)}")
+    check_positive("eps", eps, strict=False)  # a negative eps could cancel a group's std
     adv = r - r.mean(1, keepdim=True)
     return adv / (r.std(1, keepdim=True) + eps) if scale_std else adv
 
@@ -359,6 +360,10 @@ class SPOTracker:
 
     def __init__(self, prior_values: torch.Tensor, strength: float = 4.0, discount: float = 0.9):
         p = torch.as_tensor(prior_values, dtype=torch.float64)
+        if p.dim() != 1 or p.numel() == 0 or not bool(((p >= 0) & (p <= 1)).all()):
+            raise ValueError(  # NaN fails too; a mean outside [0, 1] gave a negative count
+                f"prior_values must be N means in [0, 1] (a 1-D tensor), got shape {tuple(p.shape)}"
+            )
         if not 0 < discount <= 1:
             raise ValueError(f"discount must be in (0, 1], got {discount}")
         strength = check_positive("strength", strength)
@@ -371,8 +376,18 @@ class SPOTracker:
         return self.a[prompts] / (self.a[prompts] + self.b[prompts])
 
     def advantages(self, prompts: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
-        """Advantages for ``prompts`` (``B`` indices) with the pre-update baseline, then update."""
+        """Advantages for ``prompts`` (``B`` distinct indices) with the pre-update baseline,
+        then update. A prompt repeated within one call is refused: its counts are written
+        once, so all but one of its rewards would be lost."""
         r = _check_rewards(rewards, binary=True).double()
+        prompts = torch.as_tensor(prompts, device=self.a.device)
+        if prompts.shape != r.shape:
+            raise ValueError(
+                f"prompts and rewards must have the same shape (B,), got {tuple(prompts.shape)} "
+                f"and {tuple(r.shape)}"
+            )
+        if torch.unique(prompts).numel() != prompts.numel():
+            raise ValueError("prompts must be distinct within one call to advantages")
         adv = r - self.baseline(prompts)
         self.a[prompts] = self.discount * self.a[prompts] + r
         self.b[prompts] = self.discount * self.b[prompts] + (1 - r)

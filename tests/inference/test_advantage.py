@@ -198,6 +198,18 @@ def test_textbook_estimators_on_hand_computed_cases():
     spo = SPOTracker(torch.tensor([0.5]), strength=4.0, discount=0.5)
     spo.advantages(torch.tensor([0]), torch.tensor([1.0]))
     assert spo.baseline(torch.tensor([0])).item() == pytest.approx(2 / 3)
+    # a prompt twice in one call lost all but one reward (its counts are written once), and a
+    # prior mean outside [0, 1] gave a negative pseudo-count: both refused now
+    spo = SPOTracker(torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="distinct"):
+        spo.advantages(torch.tensor([0, 0]), torch.tensor([1.0, 1.0]))
+    with pytest.raises(ValueError, match="same shape"):
+        spo.advantages(torch.tensor([0, 1]), torch.tensor([1.0]))
+    for bad in (torch.tensor([0.5, 1.5]), torch.tensor([float("nan")]), torch.ones(2, 2) / 2):
+        with pytest.raises(ValueError, match="prior_values"):
+            SPOTracker(bad)
+    with pytest.raises(ValueError, match="eps"):
+        grpo_advantages(torch.tensor([[1.0, 0.0]]), eps=-1e-6)
 
 
 @pytest.mark.parametrize(
