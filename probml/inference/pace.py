@@ -186,7 +186,10 @@ class _PrivateCovariance(BaseEstimator):
     def _seed_noise(self) -> None:
         """A fresh noise source for this fit: seeded by ``random_state`` (the same release on
         every fit), or from the operating system's entropy when it is ``None``."""
-        seed = secrets.randbits(63) if self.random_state is None else int(self.random_state)
+        if self.random_state is None:
+            seed = secrets.randbits(63)
+        else:  # a fraction was truncated (2.5 and 2 gave the same noise)
+            seed = check_int("random_state", self.random_state, 0)
         self._generator_ = torch.Generator().manual_seed(seed)
         self._rng_ = np.random.default_rng(seed)
 

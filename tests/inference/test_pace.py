@@ -359,6 +359,12 @@ def test_seeded_refits_repeat_and_none_draws_fresh_noise():
     with pytest.raises(ValueError, match="rounds"):
         est.fit(X)
     assert not hasattr(est, "mean_")
+    # a fractional seed was truncated (2.5 drew seed 2's noise); refused before any release
+    for cls in (PACEGGM, GaussianMechanismCovariance):
+        est = cls(1.0, 1e-5, 3.0, center=True, random_state=2.5)
+        with pytest.raises(TypeError, match="random_state must be an integer"):
+            est.fit(X)
+        assert not hasattr(est, "mean_")
 
 
 def _adversarial_pair(n=20, b=(1.0, 2.0)):
