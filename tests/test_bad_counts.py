@@ -362,3 +362,23 @@ def test_fractional_counts_are_refused_not_truncated():
     ):
         with pytest.raises(TypeError, match=rf"\b{name} must be an integer"):
             call()
+
+
+def test_fractional_seeds_are_refused_not_truncated():
+    """These built ``torch.Generator().manual_seed(seed)`` (torch's own error names no
+    argument) or took ``int(seed)`` (2.5 drew seed 2's numbers); now ``make_generator``
+    names ``seed``."""
+    from probml.datasets.gaussian import sample_gaussian
+    from probml.inference.basis_rl import run_bandit_rl
+    from probml.inference.sequence_rl import AdditionTask
+    from probml.models.rollouts import LinearBandit
+
+    for call in (
+        lambda: sample_gaussian(torch.eye(2, dtype=torch.float64), 5, seed=2.5),
+        lambda: AdditionTask(8, seed=2.5),
+        lambda: run_bandit_rl(
+            LinearBandit(num_prompts=16, seed=0), "basis", steps=1, batch_size=4, seed=2.5
+        ),  # fmt: skip
+    ):
+        with pytest.raises(ValueError, match="seed must be a non-negative int"):
+            call()

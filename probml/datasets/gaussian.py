@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probml.utils import check_int, cholesky_factor
+from probml.utils import check_int, cholesky_factor, make_generator
 
 __all__ = [
     "make_sparse_precision",
@@ -74,7 +74,7 @@ def sample_gaussian(Sigma: torch.Tensor, n: int, seed: int | None = 0) -> torch.
     :func:`make_sparse_precision` and :func:`probml.utils.make_generator`, where ``None``
     draws fresh randomness."""
     check_int("n", n, 0)
-    g = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    g = make_generator(0 if seed is None else seed)  # a fraction was truncated
     S = torch.as_tensor(Sigma, dtype=torch.float64)
     if S.dim() != 2 or S.shape[0] != S.shape[1]:
         raise ValueError(f"Sigma must be a square d x d matrix, got shape {tuple(S.shape)}")

@@ -31,7 +31,7 @@ from probml.models.rollouts import (
     bayesian_loo_baseline,
     gp_loo_baseline,
 )
-from probml.utils import check_int, check_positive, progress
+from probml.utils import check_int, check_positive, make_generator, progress
 
 __all__ = [
     "BanditRLResult",
@@ -248,7 +248,7 @@ def run_bandit_rl(
         batch_size, bandit.num_prompts, group_size, (estimator, *side)
     )
     dev = bandit.features.device
-    g = torch.Generator(device=dev).manual_seed(seed)
+    g = make_generator(seed, device=dev)
     theta = bandit.reference_theta.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
     with torch.no_grad():

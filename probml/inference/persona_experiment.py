@@ -29,7 +29,7 @@ from probml.inference.projection import (
 )
 from probml.models.adapters import add_lora, lora_modules
 from probml.models.lm import TinyLM, TinyLMConfig
-from probml.utils import check_int, keep_global_rng, progress, resolve_device
+from probml.utils import check_int, keep_global_rng, make_generator, progress, resolve_device
 
 __all__ = [
     "LORA_TARGETS",
@@ -107,6 +107,7 @@ def pretrain_persona_model(
     path = cache_dir() / f"persona_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
     if cache and path.exists():
         return TinyLM.load(path).to(device)
+    gen = make_generator(seed)  # checks seed before torch.manual_seed reads it
     torch.manual_seed(seed)
     if model_factory is None:
         cfg = TinyLMConfig(vocab_size=world.vocab_size, d_model=d_model, n_layers=int(n_layers),
@@ -117,7 +118,6 @@ def pretrain_persona_model(
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=num_steps, pct_start=0.05)
-    gen = torch.Generator().manual_seed(seed)
     for _ in progress(range(num_steps), verbose=verbose, desc="pretrain persona LM"):
         tok, _, _ = world.sample_documents(batch_size, gen)
         _, loss = model(*(t.to(device) for t in world.batch(tok)))

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from probml.models.adapters import LoRAFactors, lora_modules
-from probml.utils import check_int, check_positive, module_list, progress, shape_of
+from probml.utils import check_int, check_positive, make_generator, module_list, progress, shape_of
 
 __all__ = [
     "SpuriousDirections",
@@ -713,7 +713,7 @@ def finetune_lora(
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
+    gen = make_generator(seed)
     device = params[0].device
     if grasp is not None:
         grasp.seconds = 0.0

@@ -71,7 +71,7 @@ class AdditionTask:
         check_int("num_prompts", num_prompts, minimum=2)  # 2.5 failed inside a slice
         if not num_prompts <= 10_000:
             raise ValueError(f"num_prompts must be in [2, 10000], got {num_prompts}")
-        g = torch.Generator().manual_seed(seed)
+        g = make_generator(seed)
         idx = torch.randperm(10_000, generator=g)[:num_prompts]
         a, b = idx // 100, idx % 100
         self.a, self.b = a, b
