@@ -797,3 +797,18 @@ def test_completion_settings_and_warm_starts_are_checked_by_name():
             call()
     W, _ = exact_completion(*args, 2, init=torch.eye(2, dtype=torch.float64))
     assert torch.allclose(W, torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64))
+
+
+def test_pace_ends_with_the_exact_completion_of_its_measurements_when_one_exists():
+    """With a generous budget the noisy entries have a positive-definite completion: every
+    round completes them exactly (ESL 17.1, up to 100 sweeps), so the estimate is that exact
+    completion (to 1e-12; 1e-15 measured) and ``relaxed_`` is False. Cutting the sweeps
+    made every round fall back to the relaxed form (4e-5 away, ``relaxed_`` True)."""
+    S, _ = make_sparse_precision(6, n_extra_edges=2, scale_range=(0.5, 2.0), seed=1)
+    X = sample_gaussian(S, 2000, seed=2).numpy()
+    b = 4 * np.sqrt(np.diag(S.numpy()))
+    est = PACEGGM(50.0, 1e-5, b, rounds=6, random_state=0).fit(X)
+    entries, values, _ = est.measurements_
+    W, _ = exact_completion(entries, values, 6)
+    assert est.relaxed_ is False
+    assert torch.allclose(est.covariance_, W, atol=1e-12, rtol=0)
