@@ -803,7 +803,8 @@ def test_pace_ends_with_the_exact_completion_of_its_measurements_when_one_exists
     """With a generous budget the noisy entries have a positive-definite completion: every
     round completes them exactly (ESL 17.1, up to 100 sweeps), so the estimate is that exact
     completion (to 1e-12; 1e-15 measured) and ``relaxed_`` is False. Cutting the sweeps
-    made every round fall back to the relaxed form (4e-5 away, ``relaxed_`` True)."""
+    made every round fall back to the relaxed form (4e-5 away, ``relaxed_`` True). The
+    precision is exactly symmetric, as documented."""
     S, _ = make_sparse_precision(6, n_extra_edges=2, scale_range=(0.5, 2.0), seed=1)
     X = sample_gaussian(S, 2000, seed=2).numpy()
     b = 4 * np.sqrt(np.diag(S.numpy()))
@@ -812,3 +813,5 @@ def test_pace_ends_with_the_exact_completion_of_its_measurements_when_one_exists
     W, _ = exact_completion(entries, values, 6)
     assert est.relaxed_ is False
     assert torch.allclose(est.covariance_, W, atol=1e-12, rtol=0)
+    # the documented symmetric precision: exactly (an inverse alone is off by ~1e-18 here)
+    assert torch.equal(est.precision_, est.precision_.T)
