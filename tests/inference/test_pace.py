@@ -359,6 +359,9 @@ def test_seeded_refits_repeat_and_none_draws_fresh_noise():
     with pytest.raises(ValueError, match="rounds"):
         est.fit(X)
     assert not hasattr(est, "mean_")
+    for lam in (0.0, float("inf")):  # an infinite log-det weight: no fit at all
+        with pytest.raises(ValueError, match="lam must be finite and > 0"):
+            PACEGGM(1.0, 1e-5, 3.0, lam=lam, random_state=0).fit(X)
     # a fractional seed was truncated (2.5 drew seed 2's noise); refused before any release
     for cls in (PACEGGM, GaussianMechanismCovariance):
         est = cls(1.0, 1e-5, 3.0, center=True, random_state=2.5)
