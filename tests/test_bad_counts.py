@@ -337,8 +337,11 @@ def test_fractional_counts_are_refused_not_truncated():
     from probml.inference.minimax import DRUM
     from probml.inference.sequence_rl import AdditionTask, addition_policy, offline_counts
     from probml.inference.smc import ParticleFilter
-    from probml.models.dynamics import GaussianObservation
+    from probml.models.adapters import add_lora
+    from probml.models.diffusion import VPSchedule
+    from probml.models.dynamics import GaussianObservation, Lorenz96
     from probml.models.experiments import path_cost
+    from probml.models.rollouts import LinearBandit
 
     rng = np.random.default_rng(0)
     X, w = rng.normal(size=(40, 2)), np.arange(40) % 2
@@ -358,7 +361,13 @@ def test_fractional_counts_are_refused_not_truncated():
             lambda: offline_counts(
                 addition_policy(16, 1, 2), AdditionTask(8), 2.5, torch.Generator(), "cpu"
             ),
-        ),  # fmt: skip
+        ),
+        ("rank", lambda: add_lora(torch.nn.Sequential(torch.nn.Linear(2, 2)), ["0"], rank=1.5)),
+        ("obs_dim", lambda: GaussianObservation(lambda x: x, 0.1, obs_dim=2.5)),
+        ("dim", lambda: Lorenz96(dim=5.5)),
+        ("num_steps", lambda: Lorenz96(dim=5).simulate(2.5)),
+        ("num_answers", lambda: LinearBandit(num_prompts=8, num_answers=2.5)),
+        ("num_diffusion_steps", lambda: VPSchedule().levels(2.5)),
     ):
         with pytest.raises(TypeError, match=rf"\b{name} must be an integer"):
             call()

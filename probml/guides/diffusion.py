@@ -28,7 +28,7 @@ import torch
 
 from probml.models.diffusion import DiffusionTransition
 from probml.models.dynamics import GaussianObservation
-from probml.utils import check_positive
+from probml.utils import check_int, check_positive
 
 __all__ = ["GuidedReverseProposal", "TWISTS"]
 
@@ -60,7 +60,7 @@ class GuidedReverseProposal:
         check_positive("guidance_scale", guidance_scale, strict=False)
         self.transition = transition
         self.observation = observation
-        self.num_steps = int(num_steps)
+        self.num_steps = check_int("num_steps", num_steps)
         self.twist_kind = twist
         self.guidance_scale = float(guidance_scale)
         self.coeffs = transition.schedule.reverse_coefficients(self.num_steps)

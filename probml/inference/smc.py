@@ -330,7 +330,7 @@ class SURGE(ParticleFilter):
                 f"transition must be a DiffusionTransition, got {type(transition).__name__}"
             )
         self.transition = transition
-        self.num_diffusion_steps = int(num_diffusion_steps)
+        self.num_diffusion_steps = check_int("num_diffusion_steps", num_diffusion_steps)
         self.proposal = GuidedReverseProposal(transition, observation, num_diffusion_steps, twist)
 
     def _step(self, y: torch.Tensor, observed: torch.Tensor | None) -> None:

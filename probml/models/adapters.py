@@ -81,8 +81,7 @@ class LoRALinear(nn.Module):
         generator: torch.Generator | None = None,
     ):
         super().__init__()
-        if int(rank) < 1:
-            raise ValueError(f"rank must be >= 1, got {rank!r}")
+        rank = check_int("rank", rank)
         check_positive("alpha", alpha)  # 0 adapts nothing, a negative one flips the update
         self.base = base.requires_grad_(False)
         out_f, in_f = base.weight.shape

@@ -42,6 +42,7 @@ from torch import nn
 from probml.utils import (
     SavableModule,
     check_finite,
+    check_int,
     check_positive,
     keep_global_rng,
     make_generator,
@@ -86,9 +87,8 @@ class VPSchedule:
         """Diffusion times ``s_0 < ... < s_K`` (``K + 1`` values, ``s_K = 1``), quadratically
         spaced (``s_k = s_min + (1 - s_min) (k/K)^2``): finer steps at low noise, where
         the DDPM kernel's discretisation error concentrates."""
-        if int(num_steps) < 1:
-            raise ValueError(f"num_diffusion_steps must be >= 1, got {num_steps!r}")
-        u = torch.linspace(0.0, 1.0, int(num_steps) + 1, dtype=dtype, device=device)
+        num_steps = check_int("num_diffusion_steps", num_steps)
+        u = torch.linspace(0.0, 1.0, num_steps + 1, dtype=dtype, device=device)
         return self.s_min + (1.0 - self.s_min) * u**2
 
     def reverse_coefficients(self, num_steps: int, dtype=torch.float64, device=None):

@@ -74,10 +74,10 @@ class GaussianObservation:
             self.obs_dim = h.shape[0]
             self._fn = None
         elif callable(h):
-            if obs_dim is None or int(obs_dim) < 1:
+            if obs_dim is None:
                 raise ValueError("obs_dim (>= 1) is required when h is a callable")
             self.H = None
-            self.obs_dim = int(obs_dim)
+            self.obs_dim = check_int("obs_dim", obs_dim)
             self._fn = h
         else:
             raise TypeError(f"h must be a tensor H or a callable, got {type(h).__name__}")
@@ -266,8 +266,7 @@ class StateSpaceModel:
         Returns:
             ``xs``: ``T+1 x B x d`` (``xs[0] = x_0``) and ``ys``: ``T x B x p``.
         """
-        if int(num_steps) < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps!r}")
+        num_steps = check_int("num_steps", num_steps)
         gen = make_generator(generator, device=self.init_loc.device)
         if x0 is None:
             x0 = self.sample_init(num_trajectories, gen)
@@ -525,8 +524,7 @@ class Lorenz96(Lorenz63):
         init_scale: float = 1.0,
         dtype: torch.dtype = torch.float32,
     ):
-        if int(dim) < 4:
-            raise ValueError(f"dim must be >= 4 for Lorenz-96, got {dim!r}")
+        check_int("dim", dim, 4)  # Lorenz-96 couples i-2 .. i+1
         obs_every = check_int("obs_every", obs_every)
         check_positive("init_scale", init_scale)
         self.dt = check_positive("dt", dt)

@@ -413,10 +413,9 @@ class LinearBandit:
     ):
         if not (reference_scale >= 0 and math.isfinite(reference_scale)):
             raise ValueError(f"reference_scale must be finite and >= 0, got {reference_scale}")
-        if int(num_prompts) < 1 or int(dim) < 1:
-            raise ValueError(f"num_prompts and dim must be >= 1, got {num_prompts} and {dim}")
-        if int(num_answers) < 2:  # a prompt needs a correct and a wrong answer
-            raise ValueError(f"num_answers must be >= 2, got {num_answers}")
+        check_int("num_prompts", num_prompts)
+        check_int("dim", dim)
+        check_int("num_answers", num_answers, 2)  # a prompt needs a correct and a wrong answer
         g = torch.Generator().manual_seed(seed)
         self.features = torch.randn(num_prompts, num_answers, dim, generator=g, dtype=torch.float64)
         w = torch.randn(dim, generator=g, dtype=torch.float64)
