@@ -341,7 +341,7 @@ def test_fractional_counts_are_refused_not_truncated():
     from probml.models.diffusion import VPSchedule
     from probml.models.dynamics import GaussianObservation, Lorenz96
     from probml.models.experiments import path_cost
-    from probml.models.rollouts import LinearBandit
+    from probml.models.rollouts import LinearBandit, PromptDriftFilter
 
     rng = np.random.default_rng(0)
     X, w = rng.normal(size=(40, 2)), np.arange(40) % 2
@@ -368,6 +368,7 @@ def test_fractional_counts_are_refused_not_truncated():
         ("num_steps", lambda: Lorenz96(dim=5).simulate(2.5)),
         ("num_answers", lambda: LinearBandit(num_prompts=8, num_answers=2.5)),
         ("num_diffusion_steps", lambda: VPSchedule().levels(2.5)),
+        ("num_prompts", lambda: PromptDriftFilter(3.0)),  # was accepted as a whole number
     ):
         with pytest.raises(TypeError, match=rf"\b{name} must be an integer"):
             call()

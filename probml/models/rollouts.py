@@ -284,8 +284,7 @@ class PromptDriftFilter(DriftFilter):
         step_sds: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3),
     ):
         super().__init__(c_grid, step_sds)
-        if int(num_prompts) != num_prompts or num_prompts < 1:
-            raise ValueError(f"num_prompts must be a positive integer, got {num_prompts}")
+        num_prompts = check_int("num_prompts", num_prompts)
         t = torch.as_tensor(taus, dtype=torch.float64)
         if t.dim() != 1 or t.numel() == 0 or not bool((t >= 0).all() & torch.isfinite(t).all()):
             raise ValueError(f"taus must be a non-empty list of finite values >= 0, got {taus}")
