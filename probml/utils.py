@@ -185,6 +185,8 @@ def check_finite(name: str, x: torch.Tensor | np.ndarray) -> None:
             raise ValueError(f"{name} must be finite; it has {n_bad} NaN/inf entries")
         return
     a = np.asarray(x)
+    if a.dtype.kind not in "biufc":  # None, strings, mixed objects: not numbers at all
+        raise TypeError(f"{name} must be numeric, got {type(x).__name__} of {a.dtype}")
     if a.dtype.kind in "fc" and not np.isfinite(a).all():
         n_bad = int((~np.isfinite(a)).sum())
         raise ValueError(f"{name} must be finite; it has {n_bad} NaN/inf entries")

@@ -289,3 +289,6 @@ def test_check_finite_reads_arrays_in_numpy_without_a_torch_copy():
         with pytest.raises(ValueError, match=f"x must be finite; it has {n} NaN/inf"):
             check_finite("x", bad)
     check_finite("k", np.arange(3))  # integers cannot be NaN
+    for bad in (None, "1.0", [1.0, None]):  # torch refused these too, naming nothing
+        with pytest.raises(TypeError, match="x must be numeric"):
+            check_finite("x", bad)
