@@ -664,10 +664,8 @@ def train_design_policy(
     iteration."""
     cons = Constraints(constraints, experiment.design_bounds)
     T = policy.horizon if horizon is None else check_int("horizon", horizon)
-    num_iters, batch_size = (
-        check_int("num_iters", num_iters, 0),
-        check_int("batch_size", batch_size),
-    )
+    num_iters = check_int("num_iters", num_iters, 0)
+    batch_size = check_int("batch_size", batch_size)
     check_positive("lr", lr)
     check_positive("entropy_weight", entropy_weight, strict=False)
     if not 0 < gamma <= 1:  # NaN fails too
