@@ -338,7 +338,7 @@ def test_fractional_counts_are_refused_not_truncated():
     from probml.inference.sequence_rl import AdditionTask, addition_policy, offline_counts
     from probml.inference.smc import ParticleFilter
     from probml.models.adapters import add_lora
-    from probml.models.diffusion import VPSchedule
+    from probml.models.diffusion import DiffusionTransition, VPSchedule
     from probml.models.dynamics import GaussianObservation, Lorenz96
     from probml.models.experiments import path_cost
     from probml.models.rollouts import LinearBandit, PromptDriftFilter
@@ -369,6 +369,7 @@ def test_fractional_counts_are_refused_not_truncated():
         ("num_answers", lambda: LinearBandit(num_prompts=8, num_answers=2.5)),
         ("num_diffusion_steps", lambda: VPSchedule().levels(2.5)),
         ("num_prompts", lambda: PromptDriftFilter(3.0)),  # was accepted as a whole number
+        ("state_dim", lambda: DiffusionTransition(2.5)),
     ):
         with pytest.raises(TypeError, match=rf"\b{name} must be an integer"):
             call()

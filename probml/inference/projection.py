@@ -23,6 +23,7 @@ fine-tuning). :func:`finetune_lora` trains any of them with a progress bar.
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -643,7 +644,10 @@ class ResidualIntervention:
             raise ValueError(f"mode must be 'add' or 'ablate', got {mode!r}")
         found = [blk for _, blk in _residual_blocks(model, blocks)]
         idx = list(range(len(found)) if layers is None else layers)
-        bad = [i for i in idx if not -len(found) <= int(i) < len(found)]
+        for i in idx:  # 1.5 passed the range check as int(1.5) and failed as a list index
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+                raise TypeError(f"layers must hold integer block indices, got {i!r}")
+        bad = [i for i in idx if not -len(found) <= i < len(found)]
         if bad:
             raise ValueError(f"layers {bad} out of range for a model with {len(found)} blocks")
         self.blocks = [found[i] for i in idx]

@@ -113,7 +113,7 @@ class DiffusionTransition(nn.Module):
 
     def __init__(self, state_dim: int, schedule: VPSchedule | None = None):
         super().__init__()
-        self.state_dim = int(state_dim)
+        self.state_dim = check_int("state_dim", state_dim)
         self.schedule = schedule or VPSchedule()
 
     def eps(self, z: torch.Tensor, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

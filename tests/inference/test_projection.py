@@ -217,6 +217,9 @@ def test_residual_intervention_ablates_and_adds():
         ResidualIntervention(lm, torch.zeros(16))
     with pytest.raises(ValueError, match="out of range"):
         ResidualIntervention(lm, u, layers=[2])
+    for bad in (1.5, True):  # 1.5 passed the range check and failed as a list index
+        with pytest.raises(TypeError, match="layers must hold integer block indices"):
+            ResidualIntervention(lm, u, layers=[0, bad])
 
 
 def test_grasp_rejects_directions_that_would_project_nothing_or_garbage():
