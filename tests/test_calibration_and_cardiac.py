@@ -175,6 +175,8 @@ def test_whas500_split_refuses_what_would_give_nan_or_misaligned_rows():
         e, t = args.pop("event"), args.pop("time")
         with pytest.raises(ValueError, match=what):
             whas500_split(df, e, t, **args)
+    with pytest.raises(TypeError, match="threshold must be numeric"):
+        whas500_split(df, event, time, threshold="70")
     bad = df.copy()
     bad.loc[1, "bmi"] = np.nan
     with pytest.raises(ValueError, match="bmi"):

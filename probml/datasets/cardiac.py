@@ -73,8 +73,7 @@ def whas500_split(
     if acute not in ACUTE_VARIABLES:
         raise ValueError(f"acute must be one of {ACUTE_VARIABLES}, got {acute!r}")
     horizon = check_positive("horizon", horizon)
-    if not np.isfinite(float(threshold)):
-        raise ValueError(f"threshold must be finite, got {threshold!r}")
+    check_finite("threshold", threshold)
     event, time = np.asarray(event, dtype=bool).reshape(-1), np.asarray(time, dtype=float)
     time = time.reshape(-1)
     for name, a in (("event", event), ("time", time)):
