@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from probml.results import markdown_table, write_table
-from probml.utils import resolve_device, set_seed
+from probml.utils import check_seed, resolve_device, set_seed
 
 __all__ = [
     "ExampleResult",
@@ -140,6 +140,7 @@ def run_example(
     out_dir: str | Path | None = None,
 ) -> ExampleResult:
     """Seed everything, run one example, write its table (``results.md``/``.json``)."""
+    seed = check_seed("seed", seed)  # before the output directory is made
     out = Path(out_dir) if out_dir is not None else _timestamp_dir() / example.name
     out.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
@@ -181,6 +182,7 @@ def run_demo(
     A failing example is recorded (status ``FAILED`` and its traceback in the report) and the
     demo goes on with the next one.
     """
+    seed = check_seed("seed", seed)  # not once per example, as a FAILED row each
     root = Path(out_root) if out_root is not None else _timestamp_dir()
     root.mkdir(parents=True, exist_ok=True)
     summary: list[dict[str, Any]] = []
@@ -219,14 +221,14 @@ def run_demo(
 
 
 def seed_arg(text: str) -> int:
-    """``--seed``: a non-negative integer (argparse turns the error into a usage message)."""
+    """``--seed``: an integer in ``[0, 2**32)`` (argparse turns the error into a usage
+    message)."""
     try:
-        value = int(text)
+        return check_seed("seed", int(text))
     except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"must be a non-negative integer below 2**32, got {text!r}"
+        ) from None
 
 
 def device_arg(text: str) -> str:

@@ -26,7 +26,9 @@ T = TypeVar("T")
 
 __all__ = [
     "set_seed",
+    "check_seed",
     "make_generator",
+    "numpy_generator",
     "resolve_device",
     "progress",
     "check_finite",
@@ -48,13 +50,11 @@ def set_seed(seed: int) -> None:
     """Seed ``random``, NumPy, torch (CPU and CUDA) and Pyro with one integer.
 
     Args:
-        seed: a non-negative integer.
+        seed: an integer in ``[0, 2**32)`` (:func:`check_seed`).
     """
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    seed = int(seed)
+    seed = check_seed("seed", seed)
     random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - user code may use the legacy global RNG
+    np.random.seed(seed)  # noqa: NPY002 - user code may use the legacy global RNG
     torch.manual_seed(seed)
     try:  # pyro is a hard dependency, but keep utils importable on its own
         import pyro
@@ -116,6 +116,20 @@ def keep_param_store(fn: F) -> F:
     return guarded  # type: ignore[return-value]
 
 
+def check_seed(name: str, seed) -> int:
+    """Return ``seed`` as an ``int`` after checking that it is an integer in ``[0, 2**32)``.
+
+    Every seed of the library goes through here before it reaches an RNG: ``torch.manual_seed``
+    itself truncates ``2.5`` to 2 and reads ``"3"`` as 3 without a word, NumPy refuses a
+    negative seed, and ``pyro.set_rng_seed`` (through ``np.random.seed``) one of ``2**32`` or
+    more, with messages that name no argument. A bool is refused too (``True`` is not a seed).
+    Errors are ``ValueError`` naming ``name``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ValueError(f"{name} must be a non-negative int below 2**32, got {seed!r}")
+    return int(seed)
+
+
 def make_generator(
     seed: int | torch.Generator | None, device: torch.device | str | None = None
 ) -> torch.Generator:
@@ -130,10 +144,19 @@ def make_generator(
     gen = torch.Generator(device=dev)
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
-    elif not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int or a torch.Generator, got {seed!r}")
-    gen.manual_seed(int(seed))
+    else:
+        seed = check_seed("seed", seed)
+    gen.manual_seed(seed)
     return gen
+
+
+def numpy_generator(seed, name: str = "seed") -> np.random.Generator:
+    """``np.random.default_rng(seed)`` for ``seed`` ``None`` (fresh entropy), a
+    :class:`numpy.random.Generator` (returned unchanged) or an integer checked by
+    :func:`check_seed` under ``name``."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return np.random.default_rng(seed)
+    return np.random.default_rng(check_seed(name, seed))
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

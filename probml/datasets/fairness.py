@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from probml.utils import check_finite, check_int, check_positive
+from probml.utils import check_finite, check_int, check_positive, numpy_generator
 
 __all__ = ["FairData", "make_gaussian_groups", "load_wage_data", "WAGE_DATASETS"]
 
@@ -53,7 +53,7 @@ def make_gaussian_groups(
     if beta.shape != (dim,):
         raise ValueError(f"beta must hold {dim} coefficients, got shape {beta.shape}")
     check_finite("beta", beta)
-    rng = np.random.default_rng(seed)
+    rng = numpy_generator(seed)
     s = (rng.uniform(size=n) < p1).astype(np.int64)
     X = rng.normal(size=(n, dim))
     X[:, 0] += mean_shift * s

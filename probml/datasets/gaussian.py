@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probml.utils import check_int, cholesky_factor, make_generator
+from probml.utils import check_int, cholesky_factor, make_generator, numpy_generator
 
 __all__ = [
     "make_sparse_precision",
@@ -45,7 +45,7 @@ def make_sparse_precision(
     lo, hi = (float(v) for v in scale_range)
     if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
         raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range}")
-    rng = np.random.default_rng(seed)
+    rng = numpy_generator(seed)
     K = np.eye(d)
     for i in range(d - 1):
         K[i, i + 1] = K[i + 1, i] = rng.choice([-1, 1]) * rng.uniform(0.2, 0.4)

@@ -489,7 +489,7 @@ class LinearToy:
             raise ValueError(f"task_rank must be < dim = {d}, got {k}")
         if not (math.isfinite(self.strength) and self.strength >= 0):
             raise ValueError(f"strength must be finite and >= 0, got {self.strength!r}")
-        g = torch.Generator().manual_seed(self.seed)
+        g = make_generator(self.seed)
         Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
         R, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
         self.u, self.c = Q[:, k], R[:, k]  # orthogonal to the task's spaces

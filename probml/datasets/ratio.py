@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from probml.utils import check_finite, check_int
+from probml.utils import check_finite, check_int, numpy_generator
 
 __all__ = ["RatioData", "make_ratio_data", "make_cell_data", "load_ratio_dataset", "REAL_DATASETS"]
 
@@ -94,7 +94,7 @@ def make_ratio_data(
     check_finite("base_logit", base_logit)
     check_finite("log_tau_intercept", log_tau_intercept)
     check_finite("confounding", confounding)
-    rng = np.random.default_rng(seed)
+    rng = numpy_generator(seed)
     gamma = _default_vec(gamma, d, [0.4, -0.3, 0.2], "gamma")
     alpha = _default_vec(alpha, d, [0.5, 0.5], "alpha")
     zeta = _default_vec(zeta, d, [1.0, 1.0, 0.0, 1.0], "zeta")
@@ -168,7 +168,7 @@ def make_cell_data(
     """
     check_int("n", n, 2)
     check_int("n_cells", n_cells)
-    rng = np.random.default_rng(seed)
+    rng = numpy_generator(seed)
     e_c = rng.uniform(0.2, 0.8, n_cells)
     mu0_c = rng.uniform(0.1, 0.3, n_cells)
     tau_c = rng.uniform(0.6, 2.5, n_cells)

@@ -24,7 +24,14 @@ import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
-from probml.utils import check_finite, check_int, check_positive, keep_global_rng, progress
+from probml.utils import (
+    check_finite,
+    check_int,
+    check_positive,
+    keep_global_rng,
+    make_generator,
+    progress,
+)
 
 __all__ = [
     "ConditionalFlow",
@@ -236,8 +243,8 @@ def fit_source_conditional(
     batch_size = check_int("batch_size", batch_size)
     num_iters = check_int("num_iters", num_iters, 0)
     check_positive("lr", lr)
+    gen = make_generator(seed, device=X.device)  # checks seed before the global RNG reads it
     torch.manual_seed(seed)
-    gen = torch.Generator(device=X.device).manual_seed(seed)
     if binary:
         model: nn.Module = ConditionalBernoulli(X.shape[1], hidden=min(hidden, 16))
         A = A.reshape(-1)

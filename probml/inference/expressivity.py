@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from probml.models.layers import ShallowNet
-from probml.utils import check_int, keep_global_rng
+from probml.utils import check_int, check_seed, keep_global_rng
 
 __all__ = ["fit_shallow_net"]
 
@@ -42,6 +42,7 @@ def fit_shallow_net(
     check_int("restarts", restarts)
     check_int("width", width)
     check_int("max_iter", max_iter)
+    seed = check_seed("seed", seed)
     if X.dim() != 2 or y.shape != (X.shape[0],):
         raise ValueError(
             f"X must be n x d and y of shape (n,), got {tuple(X.shape)} and {tuple(y.shape)}"

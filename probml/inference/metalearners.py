@@ -42,6 +42,7 @@ from probml.utils import (
     check_int,
     check_positive,
     check_prior,
+    check_seed,
     keep_global_rng,
     keep_param_store,
 )
@@ -165,6 +166,8 @@ def _fit(model, X, y, sample_weight=None):
 
 def _folds(n_folds: int, w: np.ndarray, random_state) -> list[tuple[np.ndarray, np.ndarray]]:
     n_folds = check_int("n_folds", n_folds)
+    if random_state is not None and not isinstance(random_state, np.random.RandomState):
+        check_seed("random_state", random_state)  # scikit-learn's own message names no argument
     idx = np.arange(len(w))
     if n_folds == 1:
         return [(idx, idx)]
@@ -641,6 +644,7 @@ class BayesianQLearner(_RatioLearner):
         if self.method not in ("nuts", "svi"):
             raise ValueError(f"method must be 'nuts' or 'svi', got {self.method!r}")
         check_int("num_samples", self.num_samples, 1)
+        check_seed("seed", self.seed)
         if self.method == "nuts":
             check_int("warmup_steps", self.warmup_steps, 0)
         else:

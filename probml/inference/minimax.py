@@ -59,6 +59,7 @@ from probml.utils import (
     check_finite,
     check_int,
     check_positive,
+    check_seed,
     keep_global_rng,
     make_generator,
     progress,
@@ -201,7 +202,8 @@ class _Outcome(nn.Module):
 def _fit_logistic_net(
     Z: torch.Tensor, y: torch.Tensor, linear: bool, hidden: int, num_iters: int, seed: int
 ) -> _MLP:
-    torch.manual_seed(seed)
+    hidden, num_iters = check_int("hidden", hidden), check_int("num_iters", num_iters)
+    torch.manual_seed(check_seed("seed", seed))
     net = _MLP(Z.shape[1], hidden, linear).to(Z)
     net.loc.copy_(Z.mean(0))
     net.scale.copy_(Z.std(0).clamp_min(1e-6))
@@ -347,6 +349,8 @@ class ImputationBaseline(_Validated):
         """Fit on the source sample (``n_S x d_x``, ``A`` ``n_S [x d_a]``, binary ``y``);
         ``X_target`` (default ``X_source``) is only checked, for the same call as :class:`DRUM`."""
         X_target = X_source if X_target is None else X_target
+        check_int("num_draws", self.num_draws)
+        check_seed("seed", self.seed)  # before either model is fitted
         Xs, As, ys, _ = self._check_fit(X_source, A_source, y_source, X_target)
         binary = _is_binary(As)
         self.mu_ = _resolve_outcome(self.outcome_model, Xs, As, ys, self.seed)
@@ -463,6 +467,7 @@ class DRUM(_Validated):
                 "set bias_correction=False for the transport ball"
             )
         check_int("n_folds", self.n_folds, 2)
+        check_seed("seed", self.seed)
 
     # ------------------------------------------------------------------ pieces
     def _risk(self, f: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:

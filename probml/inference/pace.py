@@ -69,6 +69,7 @@ from probml.utils import (
     check_data,
     check_int,
     check_positive,
+    check_seed,
     keep_global_rng,
     keep_param_store,
     progress,
@@ -189,7 +190,7 @@ class _PrivateCovariance(BaseEstimator):
         if self.random_state is None:
             seed = secrets.randbits(63)
         else:  # a fraction was truncated (2.5 and 2 gave the same noise)
-            seed = check_int("random_state", self.random_state, 0)
+            seed = check_seed("random_state", self.random_state)
         self._generator_ = torch.Generator().manual_seed(seed)
         self._rng_ = np.random.default_rng(seed)
 
@@ -516,6 +517,7 @@ def covariance_posterior(
         method = "nuts" if d <= 20 else "svi"
     if method not in ("nuts", "svi"):
         raise ValueError(f"method must be 'auto', 'nuts' or 'svi', got {method!r}")
+    seed = check_seed("seed", seed)
     kw = dict(
         entries=torch.as_tensor(entries, dtype=torch.long),
         values=torch.as_tensor(values, dtype=torch.float64),

@@ -25,7 +25,14 @@ from torch import nn
 
 from probml.models.layers import ScaleVector
 from probml.results import mean_se
-from probml.utils import check_int, check_positive, keep_global_rng, progress, resolve_device
+from probml.utils import (
+    check_int,
+    check_positive,
+    check_seed,
+    keep_global_rng,
+    progress,
+    resolve_device,
+)
 
 __all__ = [
     "CharCorpus",
@@ -76,7 +83,7 @@ def synthetic_corpus(
     check_int("n_chars", n_chars, 1000)
     check_int("vocab", vocab, 2)
     check_int("branching", branching)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed("seed", seed))
     nxt = rng.integers(0, vocab, size=(vocab, vocab, branching))
     probs = rng.dirichlet(np.ones(branching), size=(vocab, vocab))
     seq = np.empty(n_chars, dtype=np.int64)
@@ -127,6 +134,7 @@ def paired_models(factories: dict[str, Callable[[], nn.Module]], seed: int) -> d
     into every parameter/buffer the others share by name and shape."""
     if not factories:
         raise ValueError("factories must name at least one arm")
+    seed = check_seed("seed", seed)
     models = {}
     for name, make in factories.items():
         torch.manual_seed(seed)
@@ -220,6 +228,7 @@ def train_lm(
     ):  # fmt: skip
         check_int(name, value, low)
     check_positive("lr", lr, strict=False)
+    batch_seed = check_seed("batch_seed", batch_seed)
     T = model.cfg.context
     _check_corpus_fits(model, corpus)
     dev = resolve_device(device)

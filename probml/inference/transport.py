@@ -39,7 +39,15 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KNeighborsRegressor
 
-from probml.utils import check_data, check_int, check_prior, group_labels, keep_global_rng
+from probml.utils import (
+    check_data,
+    check_int,
+    check_prior,
+    check_seed,
+    group_labels,
+    keep_global_rng,
+    numpy_generator,
+)
 
 __all__ = [
     "w2_interpolation_weight",
@@ -456,7 +464,7 @@ class FairRegressor(BaseEstimator):
         if (not self.aware or self.penalty == "tv") and len(groups) != 2:
             raise ValueError("unaware and TV fair regression are implemented for two groups")
         self.groups_ = groups
-        rng = np.random.default_rng(self.random_state)
+        rng = numpy_generator(self.random_state, "random_state")
         if self.calibration_fraction is None:
             cal = train = np.ones(len(y), dtype=bool)
         else:
@@ -580,6 +588,7 @@ def posterior_fair_predictions(
 
     check_int("num_samples", num_samples)
     check_int("warmup_steps", warmup_steps, 0)
+    seed = check_seed("seed", seed)
     X = check_data("X", X)
     X_new = check_data("X_new", X_new, n_features=X.shape[1])
     y, s, groups = _check_eta_s(y, sensitive, "y")

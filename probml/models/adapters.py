@@ -41,7 +41,14 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from probml.utils import check_int, check_positive, keep_global_rng, keep_param_store
+from probml.utils import (
+    check_int,
+    check_positive,
+    check_seed,
+    keep_global_rng,
+    keep_param_store,
+    make_generator,
+)
 
 __all__ = [
     "LoRALinear",
@@ -223,10 +230,10 @@ def add_lora(
     Returns:
         The names of the adapted modules (raises if none matched).
     """
+    gen = make_generator(seed)  # checked before the model is touched
     pats = [re.compile(f"(^|\\.){t}$") for t in targets]
     if freeze:
         model.requires_grad_(False)
-    gen = torch.Generator().manual_seed(seed)
     names = [
         n
         for n, m in model.named_modules()
@@ -322,6 +329,7 @@ def fit_spurious_factor(
     ):
         check_int(name, value)
     check_positive("lr", lr)
+    seed = check_seed("seed", seed)
     b = b / b.norm(dim=-1).mean().clamp_min(1e-12)
     out = {}
     for shared in (True, False):

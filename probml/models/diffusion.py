@@ -302,8 +302,8 @@ def train_transition_model(
     check_finite("x_prev", x_prev)
     check_finite("x_next", x_next)
     check_positive("lr", lr)
+    gen = make_generator(seed, device=x_prev.device)  # checks seed before the global RNG reads it
     torch.manual_seed(seed)
-    gen = make_generator(seed, device=x_prev.device)
     n, d = x_prev.shape
     model = NeuralDiffusionTransition(d, hidden, depth, schedule).to(x_prev)
     inc = x_next - x_prev

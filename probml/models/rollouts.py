@@ -26,7 +26,13 @@ import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
 
-from probml.utils import check_batch_probabilities, check_finite, check_int, check_positive
+from probml.utils import (
+    check_batch_probabilities,
+    check_finite,
+    check_int,
+    check_positive,
+    make_generator,
+)
 
 __all__ = [
     "logit_shift_model",
@@ -415,7 +421,7 @@ class LinearBandit:
         check_int("num_prompts", num_prompts)
         check_int("dim", dim)
         check_int("num_answers", num_answers, 2)  # a prompt needs a correct and a wrong answer
-        g = torch.Generator().manual_seed(seed)
+        g = make_generator(seed)
         self.features = torch.randn(num_prompts, num_answers, dim, generator=g, dtype=torch.float64)
         w = torch.randn(dim, generator=g, dtype=torch.float64)
         score = self.features @ w  # N x A

@@ -365,7 +365,7 @@ def test_seeded_refits_repeat_and_none_draws_fresh_noise():
     # a fractional seed was truncated (2.5 drew seed 2's noise); refused before any release
     for cls in (PACEGGM, GaussianMechanismCovariance):
         est = cls(1.0, 1e-5, 3.0, center=True, random_state=2.5)
-        with pytest.raises(TypeError, match="random_state must be an integer"):
+        with pytest.raises(ValueError, match="random_state must be a non-negative int"):
             est.fit(X)
         assert not hasattr(est, "mean_")
 
