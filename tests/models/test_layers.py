@@ -76,6 +76,16 @@ def test_bad_dictionary_and_options():
         ScaleVector(4, role="middle")
     with pytest.raises(ValueError, match="placement"):
         ScaledLinear(4, 4, placement="both")
+    # an empty dictionary would make an FFN whose hidden layer is 0 for every input
+    for cls in (LearnableActivationFFN, MixtureOfActivationsFFN):
+        with pytest.raises(ValueError, match="dictionary must not be empty"):
+            cls(4, 8, dictionary=())
+        with pytest.raises(ValueError, match="ffn_type must be 'I' or 'II'"):
+            cls(4, 8, ffn_type="III")
+    with pytest.raises(ValueError, match="reparam must be None or 'magnitude_direction'"):
+        ScaleVector(4, reparam="magnitude")  # else a plain scale, silently
+    with pytest.raises(ValueError, match="kind must be 'rms' or 'layer'"):
+        Norm(4, kind="batch")  # else a LayerNorm, silently
 
 
 def test_prenorm_scale_is_absorbable_into_the_next_linear():
