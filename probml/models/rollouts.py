@@ -500,18 +500,23 @@ def gp_loo_baseline(
     """
     import gpytorch
 
-    r = torch.as_tensor(rewards, dtype=torch.float64)
-    p0 = torch.as_tensor(p0, dtype=torch.float64, device=r.device)
+    r, p0 = _check_batch(rewards, p0)  # binary rewards, p0 inside (0, 1), both B
     X = torch.as_tensor(features, dtype=torch.float64, device=r.device)
-    if r.dim() != 1 or p0.shape != r.shape or X.dim() != 2 or X.shape[0] != r.shape[0]:
-        raise ValueError(
-            "rewards and p0 must be B vectors and features B x F; got "
-            f"{tuple(r.shape)}, {tuple(p0.shape)}, {tuple(X.shape)}"
-        )
+    if X.dim() != 2 or X.shape[0] != r.shape[0]:
+        raise ValueError(f"features must be B x F with B = {r.shape[0]}, got {tuple(X.shape)}")
+    check_finite("features", X)
     if r.shape[0] < 3:
         raise ValueError("gp_loo_baseline needs at least 3 prompts")
     fit_steps = check_int("fit_steps", fit_steps, 0)
     check_positive("lr", lr)
+    if hyperparameters is not None:  # checked here: gpytorch's own errors name no key
+        keys = {"mean", "outputscale", "lengthscale", "noise"}
+        if not isinstance(hyperparameters, dict) or set(hyperparameters) != keys:
+            got = sorted(hyperparameters) if isinstance(hyperparameters, dict) else hyperparameters
+            raise ValueError(f"hyperparameters must be a dict with keys {sorted(keys)}, got {got}")
+        check_finite("hyperparameters['mean']", hyperparameters["mean"])
+        for key in ("outputscale", "lengthscale", "noise"):
+            check_positive(f"hyperparameters[{key!r}]", hyperparameters[key])
     e = r - p0
 
     class _GP(gpytorch.models.ExactGP):

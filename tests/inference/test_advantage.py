@@ -641,6 +641,20 @@ def test_gp_loo_baseline_is_exact_leave_one_out_and_ignores_r_i():
         gp_loo_baseline(r, p0, x, fit_steps=2.5)
     with pytest.raises(ValueError, match="lr"):
         gp_loo_baseline(r, p0, x, lr=0.0)
+    # these went into the GP without a word: a reward of 0.5, an offline value of 0 or 1, a
+    # NaN feature; and a misspelt or negative hyperparameter failed inside gpytorch
+    with pytest.raises(ValueError, match="rewards must be binary"):
+        gp_loo_baseline(torch.full_like(r, 0.5), p0, x)
+    with pytest.raises(ValueError, match=r"p0 must lie strictly inside \(0, 1\)"):
+        gp_loo_baseline(r, torch.zeros_like(p0), x)
+    bad_x = x.clone()
+    bad_x[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="features must be finite"):
+        gp_loo_baseline(r, p0, bad_x)
+    with pytest.raises(ValueError, match="hyperparameters must be a dict with keys"):
+        gp_loo_baseline(r, p0, x, hyperparameters={**hp, "noise_var": 0.1})
+    with pytest.raises(ValueError, match=r"hyperparameters\['noise'\] must be finite and > 0"):
+        gp_loo_baseline(r, p0, x, hyperparameters={**hp, "noise": -0.1})
 
 
 def test_gp_basis_beats_basis_under_feature_correlated_drift():
