@@ -210,6 +210,7 @@ def test_bad_input(kwargs, match):
         (lambda: QDRLearner(floor=0.5, n_folds=2), "floor must be < 0.5"),
         (lambda: LinearisedRatioLearner(floor=-1e-3, n_folds=2), "floor"),
         (lambda: QLearner(clip=0.5), r"clip must be in \[0, 0.5\)"),  # would clip e, q to 1/2
+        (lambda: QDRLearner(n_folds=1), "n_folds must be >= 2"),  # no cross-fitting at all
         (lambda: BayesianQLearner(num_samples=0), "num_samples"),
         (lambda: BayesianQLearner(warmup_steps=-1), "warmup_steps"),
         (lambda: BayesianQLearner(method="svi", svi_steps=0), "svi_steps"),
@@ -532,6 +533,11 @@ def test_floors_and_clips_act_where_documented():
         folds.append(DummyClassifier(strategy="prior").fit(np.zeros((100, 1)), labels))
     q.q_models_ = folds
     assert np.allclose(q.q(X[:3]), 0.75)
+    # fitted q and e are clipped too, fold by fold before the logit average: a fold model
+    # that says 0.998 reads 1 - clip
+    near_one = DummyClassifier(strategy="prior").fit(np.zeros((500, 1)), np.arange(500) > 0)
+    q.q_models_, q.e_models_, q.propensity_ = [near_one], [near_one], None
+    assert np.allclose(q.q(X[:3]), 0.95) and np.allclose(q.propensity(X[:3]), 0.95)
 
 
 class _RecordingClassifier(LogisticRegression):

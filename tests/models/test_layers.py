@@ -86,6 +86,8 @@ def test_bad_dictionary_and_options():
         ScaleVector(4, reparam="magnitude")  # else a plain scale, silently
     with pytest.raises(ValueError, match="kind must be 'rms' or 'layer'"):
         Norm(4, kind="batch")  # else a LayerNorm, silently
+    with pytest.raises(ValueError, match="exactly one activation"):
+        ShallowNet(2, 3, kind="fixed", dictionary=("relu", "tanh"))  # else relu alone
 
 
 def test_prenorm_scale_is_absorbable_into_the_next_linear():
@@ -232,6 +234,12 @@ def test_stochastic_gates_mean_field_is_the_moa_layer_and_svi_runs():
     for kw, name in (({"noise": 0.0}, "noise"), ({"temperature": -1.0}, "temperature")):
         with pytest.raises(ValueError, match=name):
             StochasticGates(layer, **kw)
+    # the guide's relaxation runs at the given temperature, its probabilities are q(x)
+    pyro.clear_param_store()
+    guide = pyro.poutine.trace(StochasticGates(layer, temperature=0.3).guide).get_trace(x)
+    relaxed = guide.nodes["z"]["fn"].base_dist
+    assert float(relaxed.temperature) == pytest.approx(0.3)
+    assert torch.allclose(relaxed.probs, torch.sigmoid(layer.gate_proj(x)))
 
 
 @pytest.mark.parametrize("ffn_type, variant", [("I", "bi_sided"), ("II", "one_sided")])
