@@ -58,6 +58,8 @@ def ratio_q_model(
     The model vectorises under outer plates (``Predictive(parallel=True)``, vectorised ELBO
     particles): the coefficients are then ``S x 1 x p``.
     """
+    if e0 is not None and not 0.0 < float(e0) < 1.0:  # logit e0 below: 0 and 1 have none
+        raise ValueError(f"e0 must be a propensity in (0, 1), got {e0!r}")
     p = Xq.shape[-1]
     prior_q = (
         check_prior("prior_q", prior_q, (p,), Xq.dtype, Xq.device)

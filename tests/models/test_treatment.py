@@ -29,6 +29,9 @@ def test_ratio_q_model_sites_and_log_tau_identity():
     assert torch.allclose(tr0.nodes["log_tau"]["value"], expected)
     with pytest.raises(ValueError, match="Xe and we"):
         ratio_q_model(Xq, wq)
+    for bad in (0.0, 1.0, float("nan")):  # ZeroDivisionError, a math domain error, NaN bands
+        with pytest.raises(ValueError, match=r"e0 must be a propensity in \(0, 1\)"):
+            ratio_q_model(Xq, wq, e0=bad, X_new=Xn)
     assert default_coef_prior(3).event_shape == (3,)
 
 
