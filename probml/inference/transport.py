@@ -42,6 +42,7 @@ from sklearn.neighbors import KNeighborsRegressor
 from probml.utils import (
     check_data,
     check_int,
+    check_positive,
     check_prior,
     check_seed,
     group_labels,
@@ -238,13 +239,11 @@ def fair_tv_aware(eta, s, lam: float, method: str = "partial", return_plan: bool
     w1, w2 = np.full(len(i1), 1 / len(i1)), np.full(len(i2), 1 / len(i2))
     if method == "partial":
         plan = _partial_pooling(y1, y2, w1, w2, cost, lam)
-    elif method == "threshold":
+    else:  # "threshold" (checked above)
         full = sp.coo_array(ot.emd_1d(y1, y2, w1, w2, dense=False))
         keep = cost[full.row, full.col] < lam
         plan = np.zeros_like(cost)
         plan[full.row[keep], full.col[keep]] = full.data[keep]
-    else:
-        raise ValueError(f"method must be 'partial' or 'threshold', got {method!r}")
     pooled = p1 * y1[:, None] + p2 * y2[None, :]
     out = eta.copy()
     m1, m2 = plan.sum(1), plan.sum(0)
@@ -358,6 +357,7 @@ def fair_w2_unaware(
     eta, pi, p1 = _check_unaware(eta, group_probability, p1)
     lam = _check_strength(lam)
     check_int("max_iter", max_iter)
+    tol = check_positive("tol", tol, strict=False)  # a negative tol never stops
     if not (pi > 0).any() or not (pi < 1).any():
         raise ValueError("group_probability must be above 0 and below 1 somewhere (both groups)")
     n = len(eta)

@@ -474,6 +474,9 @@ def test_inner_solvers_say_when_they_stop_before_converging():
     assert len(hist) > 2  # more than one round is needed here
     with pytest.warns(ConvergenceWarning, match="max_iter = 1 rounds"):
         fair_w2_unaware(eta, d.pi, 0.4, 1.0, max_iter=1)
+    for bad in (-1e-6, float("nan")):  # ran all max_iter rounds, then warned of non-convergence
+        with pytest.raises(ValueError, match="tol must be finite and >= 0"):
+            fair_w2_unaware(eta, d.pi, 0.4, 1.0, tol=bad)
     args = ([(0, 0), (1, 1), (0, 1)], [1.0, 1.0, 1.5], 2, [0.1, 0.1, 0.5])
     with pytest.warns(ConvergenceWarning, match="L-BFGS stopped before convergence"):
         relaxed_completion(*args, max_iter=1)
