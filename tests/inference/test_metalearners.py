@@ -252,6 +252,18 @@ def test_bayesian_q_learner_matches_mle_and_takes_custom_priors():
     assert np.max(np.abs(svi.log_effect(x) - b.log_effect(x))) < 0.1
     slo, shi = svi.credible_interval(x)
     assert slo.shape == (50,) and shi.shape == (50,) and np.all(slo < shi)
+    # the band is equal-tailed: the 5% and 95% quantiles of the draws (the same draws: the
+    # learner reseeds Pyro before each), and only a level in (0, 1) has one
+    draws = svi.log_effect_samples(x)
+    assert np.allclose(np.log(slo), np.quantile(draws, 0.05, axis=0))
+    assert np.allclose(np.log(shi), np.quantile(draws, 0.95, axis=0))
+    for level in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=r"level must be in \(0, 1\)"):
+            svi.credible_interval(x, level=level)
+    # a constant covariate standardises to 0 (its sd is 0): the fit stays finite
+    Xc = np.column_stack([d.X, np.ones(len(d.X))])
+    c = BayesianQLearner(method="svi", svi_steps=50, num_samples=20).fit(Xc, d.w, d.y, 0.5)
+    assert np.isfinite(c.log_effect(Xc[:5])).all()
     # a tight prior pins beta_q at zero: log tau = -logit(e0) = 0 everywhere
     tight = dist.Normal(torch.zeros(3, dtype=torch.float64), 1e-4).to_event(1)
     bt = BayesianQLearner(prior_q=tight, num_samples=100, warmup_steps=100).fit(

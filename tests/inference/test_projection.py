@@ -909,14 +909,19 @@ def test_write_through_widths_grouped_heads_and_clear_errors():
     m.attn.num_heads = 4  # counts query heads: not trusted for grouped heads
     with pytest.raises(ValueError, match="grouped-query"):
         identify_spurious_directions(m, through=through)
+    m.attn.num_key_value_heads = 3  # 3 heads do not split 4 value features (4 // 3 = 1 would)
+    with pytest.raises(ValueError, match="grouped-query"):
+        identify_spurious_directions(m, through=through)
     m.attn.num_key_value_heads = 2
     dirs = identify_spurious_directions(m, through=through)
     Wo = m.attn.o.weight  # query head q reads value head q // 2
     R = torch.zeros(8, 4)
     for q in range(4):
         R[2 * q : 2 * q + 2, 2 * (q // 2) : 2 * (q // 2) + 2] = torch.eye(2)
-    top = torch.linalg.svd((Wo @ R @ m.attn.v.delta_weight()).detach())[0][:, 0]
-    assert abs(float(dirs.directions["attn.v"][:, 0] @ top)) > 1 - 1e-5
+    U, S, _ = torch.linalg.svd((Wo @ R @ m.attn.v.delta_weight()).detach())
+    assert abs(float(dirs.directions["attn.v"][:, 0] @ U[:, 0])) > 1 - 1e-5
+    # W_o R sums a value head's copies (a mean would halve the weight residual_direction uses)
+    assert float(dirs.singular_values["attn.v"][0]) == pytest.approx(float(S[0]), rel=1e-5)
     u = torch.randn(8)
     g = GRASP(u, through=through, per_head=True)
     g.project(m)
@@ -948,6 +953,14 @@ def test_k_is_a_count_no_larger_than_the_lora_rank():
         identify_spurious_directions(m, k=1.5)
     with pytest.raises(ValueError, match="k must be <= the LoRA rank of every module"):
         identify_spurious_directions(m, k=3)
+    # a rank above the layer's own dimensions: Delta W (3 x 2) has rank 2 at most, not 4
+    small = nn.Sequential(nn.Linear(2, 3))
+    add_lora(small, ["0"], rank=4)
+    for p in lora_parameters(small):
+        p.data.normal_()
+    assert identify_spurious_directions(small, k=2).directions["0"].shape == (2, 2)  # read side
+    with pytest.raises(ValueError, match="'0' has rank 2, got k=3"):
+        identify_spurious_directions(small, k=3)
 
 
 @pytest.mark.parametrize("per_head", [False, True])
