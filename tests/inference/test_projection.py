@@ -1284,3 +1284,59 @@ def test_residual_shift_by_hand_on_the_gpt2_layout():
     assert float(pb.singular_values["transformer.h.0.down_proj"][-1]) == pytest.approx(
         last, rel=1e-4
     )
+
+
+def test_grasp_options_act_where_documented():
+    """Each GRASP option where it binds: float64 adapters are projected in float64, ``alpha``
+    lies in [0, 1], ``modules`` restricts the projection, ``per_head`` needs a head width,
+    the soft strength holds on the half-precision path too, and ``finetune_lora`` reports
+    the projection time of its own run."""
+    torch.manual_seed(0)
+    cfg = TinyLMConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, context=12,
+                       ffn={"kind": "gelu"})  # fmt: skip
+    u = torch.randn(16, dtype=torch.float64)
+    u = u / u.norm()
+    lm = TinyLM(cfg).double()
+    add_lora(lm, ["attn.o.linear", "ffn.down"], rank=2)
+    for f in lora_modules(lm):
+        f.B.data.normal_()
+    before = {f.name: f.B.detach().clone() for f in lora_modules(lm)}
+    GRASP(u, modules=["blocks.0.ffn.down"]).project(lm)
+    for f in lora_modules(lm):  # only the named module moved
+        assert torch.equal(f.B, before[f.name]) == (f.name != "blocks.0.ffn.down")
+    g = GRASP(u)
+    g.project(lm)
+    assert g.violation(lm) < 1e-13  # float64 round-off, not float32's
+    for alpha in (1.5, -0.1):
+        with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+            GRASP(u, mode="soft", alpha=alpha)
+
+    class Attn(nn.Module):  # equal widths, and no head count to read a head width from
+        def __init__(self):
+            super().__init__()
+            self.v, self.o = nn.Linear(8, 8, bias=False), nn.Linear(8, 8, bias=False)
+
+    m = nn.Module()
+    m.attn = Attn()
+    add_lora(m, ["attn.v"], rank=2)
+    with pytest.raises(ValueError, match="per_head: no head width on 'attn.v'"):
+        GRASP(torch.randn(8), through={"attn.v": "attn.o"}, per_head=True).project(m)
+
+    half = TinyLM(cfg).to(torch.bfloat16)
+    add_lora(half, ["attn.o.linear"], rank=2)
+    for f in lora_modules(half):
+        f.B.data.normal_()
+    B0 = {f.name: f.B.detach().float().clone() for f in lora_modules(half)}
+    uf = u.float()
+    GRASP(uf, mode="soft", alpha=0.25).project(half)
+    for f in lora_modules(half):  # the part along u scaled by 1 - alpha, to bf16 round-off
+        want = 0.75 * (uf @ B0[f.name])
+        assert torch.allclose(uf @ f.B.float(), want, atol=2e-2 * float(B0[f.name].abs().max()))
+
+    def sampler(gen):
+        t = torch.randint(0, 20, (4, 13), generator=gen)
+        return t[:, :-1], t[:, 1:]
+
+    g.seconds = 1e6  # left from an earlier run: finetune_lora starts its own count
+    out = finetune_lora(lm, sampler, num_steps=2, grasp=g, verbose=False)
+    assert 0 < out["projection_seconds"] < out["seconds"] + 1.0
