@@ -1340,3 +1340,18 @@ def test_grasp_options_act_where_documented():
     g.seconds = 1e6  # left from an earlier run: finetune_lora starts its own count
     out = finetune_lora(lm, sampler, num_steps=2, grasp=g, verbose=False)
     assert 0 < out["projection_seconds"] < out["seconds"] + 1.0
+    # the adapters train even when the caller froze the whole model, in training mode (a
+    # model with dropout would otherwise train without it), and the model ends in eval mode
+    lm.requires_grad_(False).eval()
+    B_before = [f.B.detach().clone() for f in lora_modules(lm)]
+    modes = []
+
+    def loss_fn(model, batch):
+        modes.append(model.training)
+        return model(*batch)[1]
+
+    finetune_lora(lm, sampler, num_steps=2, lr=1e-2, verbose=False, loss_fn=loss_fn)
+    assert modes == [True, True] and not lm.training
+    assert all(not torch.equal(f.B, b) for f, b in zip(lora_modules(lm), B_before))
+    with pytest.raises(ValueError, match="model has no LoRA parameters; call add_lora first"):
+        finetune_lora(nn.Linear(2, 2), sampler, num_steps=1, verbose=False)
