@@ -159,7 +159,8 @@ def supervised_warmup(
     ``carry_weight`` is the relative sampling weight of prompts whose units digits carry
     (**[design]**: below 1 the reference policy is good at no-carry sums and poor at carry
     sums, so prompt difficulties spread out as they do for real reasoning prompts; 1 gives a
-    uniform warm-up and nearly equal difficulties). Returns ``(step, success rate)``
+    uniform warm-up and nearly equal difficulties). The success rate is measured on 256
+    fixed prompts (every prompt of a smaller task). Returns ``(step, success rate)``
     checkpoints; raises if the target is not reached."""
     if not 0 < target_accuracy < 1:
         raise ValueError(f"target_accuracy must be in (0, 1), got {target_accuracy}")
@@ -253,7 +254,8 @@ def run_sequence_rl(
             given: precomputed ``N`` counts ``k_i`` out of ``K``).
         mc_rollouts: rollouts per batch prompt for the true value at every step.
         eval_every, eval_prompts: success rate (4 samples per prompt) every
-            ``eval_every`` steps on ``eval_prompts`` fixed prompts.
+            ``eval_every`` steps on ``eval_prompts`` fixed prompts (every prompt of the task
+            when it has fewer).
         side_by_side: further estimators whose value estimates are recorded on the same
             batches of the same trajectory (``side_value_mse``), each with its own state
             across steps; they never touch the policy. Every step then draws the largest
