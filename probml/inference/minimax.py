@@ -494,10 +494,12 @@ class DRUM(_Validated):
             last.fill_(math.log(ybar / (1 - ybar)))
         return net
 
-    def _expected_risk(self, adv, f, x, mu, grad_adv: bool):
+    def _expected_risk(self, adv, f, x, mu, grad_adv: bool, generator=None):
         """``(E_Q risk per x, divergence per x)`` for the current adversary. With
         ``grad_adv=False`` (the predictor's step and evaluation) a flow adversary's divergence
-        is not needed and is returned as zeros."""
+        is not needed and is returned as zeros. The draws of a continuous adversary come from
+        ``generator`` where given (not with ``grad_adv``), else from torch's global RNG (seeded
+        by :meth:`fit`)."""
         if isinstance(adv, ConditionalBernoulli):  # exact enumeration over a in {0, 1}
             q = adv.prob(x)
             p0 = self.source_conditional_.prob(x).detach()
@@ -511,11 +513,12 @@ class DRUM(_Validated):
             return q * r1 + (1 - q) * r0, kl
         xs = x.expand(self.num_draws, *x.shape)
         if isinstance(adv, TransportPerturbation):
-            z = torch.randn(*xs.shape[:-1], self.a_dim_, dtype=x.dtype, device=x.device)
+            shape = (*xs.shape[:-1], self.a_dim_)
+            z = torch.randn(shape, dtype=x.dtype, device=x.device, generator=generator)
             a, cost = adv(xs, z)
             return self._risk(f, mu(xs, a)).mean(0), cost.mean(0)
         if not grad_adv:
-            a = adv.rsample(xs).detach()
+            a = adv.rsample(xs, generator).detach()
             return self._risk(f, mu(xs, a)).mean(0), x.new_zeros(x.shape[:-1])
         a, log_q = adv.rsample_and_log_prob(xs)  # S x n x d_a, reparameterised
         kl = log_q - self.source_conditional_.log_prob(a, xs)
@@ -679,11 +682,15 @@ class DRUM(_Validated):
         return p
 
     def worst_case_risk(self, X_target) -> float:
-        """The fitted adversary's expected risk of the fitted predictor on ``X_target``."""
+        """The fitted adversary's expected risk of the fitted predictor on ``X_target``. For a
+        continuous ``A`` it is a Monte Carlo mean over ``num_draws`` draws per row, from a
+        generator seeded by ``seed``: the same answer on every call, and torch's global RNG
+        is left alone."""
         X = self._check_predict(X_target)
+        gen = make_generator(self.seed, device=X.device)
         with torch.no_grad():
             r, _ = self._expected_risk(
-                self.adversary_, self._predict(X), X, self.outcome_model_, grad_adv=False
+                self.adversary_, self._predict(X), X, self.outcome_model_, False, gen
             )
         return float(r.mean())
 

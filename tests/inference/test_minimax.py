@@ -530,6 +530,31 @@ def test_worst_case_risk_is_the_risk_of_the_corrected_predictions():
     assert est.worst_case_risk(Xt) == pytest.approx(float(risk.mean()), abs=1e-6)
 
 
+@pytest.mark.parametrize("divergence", ["kl", "transport"])
+def test_worst_case_risk_of_a_continuous_a_is_reproducible_and_leaves_the_global_rng(divergence):
+    """A continuous adversary's risk is a Monte Carlo mean: its draws drew from torch's global
+    RNG (a different answer on every call, and the caller's stream moved). Now they come
+    from a generator seeded by ``seed``, the same ``num_draws`` draws per row by hand."""
+    sim = ContinuousShiftSimulation()
+    Xs, As, ys = sim.sample_source(400, 0)
+    est = DRUM(rho=0.1, divergence=divergence, num_iters=3, num_draws=8, seed=2, verbose=False)
+    est.fit(Xs, As, ys, Xs)
+    state = torch.get_rng_state()
+    first = est.worst_case_risk(Xs[:50])
+    assert est.worst_case_risk(Xs[:50]) == first and torch.equal(torch.get_rng_state(), state)
+    x = Xs[:50]
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        f = torch.as_tensor(est.predict_proba(x)[:, 1]).to(x)
+        xs = x.expand(8, *x.shape)
+        if divergence == "kl":
+            a = est.adversary_.rsample(xs, gen)
+        else:
+            a = est.adversary_(xs, torch.randn(8, 50, est.a_dim_, generator=gen).to(x))[0]
+        want = brier_risk(f, est.outcome_model_(xs, a)).mean()
+    assert first == pytest.approx(float(want), abs=1e-6)  # float32 data
+
+
 def test_nuisance_fits_do_not_depend_on_the_covariates_units():
     """The logistic nets standardise their inputs: an outcome model (and ERM on X) fitted
     with X in other units (x 1000, shifted) predicts the same, to rounding."""
