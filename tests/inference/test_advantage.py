@@ -358,10 +358,21 @@ def test_prompt_drift_filter_with_tau_zero_is_the_drift_filter_and_ignores_r_i()
         filt.loo_baseline(r, p0, idx + 1)  # index 12 is out of range
     with pytest.raises(ValueError, match="integer"):
         filt.loo_baseline(r, p0, idx + 0.5)  # not truncated silently
+    with pytest.raises(ValueError, match="prompts must be integer indices, got dtype torch.bool"):
+        filt.loo_baseline(r, p0, idx % 2 == 0)  # a mask is not a list of indices
+    # an offline value a hair below 1 makes sigmoid(logit p0 + c) round to 1 at large c; a
+    # miss there has likelihood 0, and without the clamp (-inf) - (-inf) made its baseline NaN
+    edge = PromptDriftFilter(3)
+    p_edge = torch.tensor([1 - 1e-16, 0.5, 0.5], dtype=torch.float64)
+    b = edge.loo_baseline(torch.tensor([0.0, 1.0, 1.0]), p_edge, torch.arange(3))
+    assert bool(torch.isfinite(b).all()) and bool(torch.isfinite(edge.posterior).all())
     with pytest.raises(ValueError, match="taus"):
         PromptDriftFilter(12, taus=(0.0, -0.5))
     with pytest.raises(ValueError, match="eta_grid"):
         PromptDriftFilter(12, eta_grid=torch.tensor([-1.0, 1.0]))
+    for grid in ([0.0], [0.0, float("nan")]):  # one point is no grid; a NaN poisons q
+        with pytest.raises(ValueError, match="eta_grid must be a vector of >= 2 finite values"):
+            PromptDriftFilter(12, eta_grid=torch.tensor(grid))
     with pytest.raises(ValueError, match="num_prompts"):
         PromptDriftFilter(0)
 

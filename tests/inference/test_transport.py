@@ -57,6 +57,14 @@ def test_aware_w2_barycentric_closed_forms_for_three_groups():
     assert ratio == pytest.approx((1 - t) ** 2, rel=0.05)
     with pytest.raises(ValueError, match="barycentric"):
         w2_interpolation_weight(0.5, p)
+    # no penalty, no transport: t = 0 and the fair predictions are the regressor's own
+    assert w2_interpolation_weight(0.0, p[:2], "pairwise") == 0.0
+    assert w2_interpolation_weight(0.0, p, "barycentric") == 0.0
+    free = FairRegressor(strength=0.0).fit(X, eta, s)
+    assert np.array_equal(free.predict(X, s), free.eta_model_.predict(free._design(X, s)))
+    for bad in (float("inf"), -1.0, float("nan")):  # an infinite lambda gave t = nan
+        with pytest.raises(ValueError, match="strength must be finite and >= 0"):
+            w2_interpolation_weight(bad, p, "barycentric")
     # data drawn from the split's own seed: group 2 is exactly the rows the split trains on
     s0 = np.random.default_rng(0).choice(3, size=3000, p=[0.2, 0.3, 0.5])
     with pytest.raises(ValueError, match=r"groups \[2\] have no rows in the calibration split"):
