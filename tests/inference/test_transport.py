@@ -62,6 +62,16 @@ def test_aware_w2_barycentric_closed_forms_for_three_groups():
     assert w2_interpolation_weight(0.0, p, "barycentric") == 0.0
     free = FairRegressor(strength=0.0).fit(X, eta, s)
     assert np.array_equal(free.predict(X, s), free.eta_model_.predict(free._design(X, s)))
+    # the group shares weigh the barycentre: from every row, not the calibration half only
+    assert np.array_equal(free.p_, [np.mean(s == g) for g in range(3)])
+    # three groups only where the barycentric penalty applies: the unaware maps and the TV
+    # coupling are for two (an unaware fit would have set group 1 against the rest)
+    for kw in ({"aware": False}, {"penalty": "tv"}, {"aware": False, "penalty": "tv"}):
+        with pytest.raises(ValueError, match="implemented for two groups"):
+            FairRegressor(**kw).fit(X, eta, s)
+    for frac in (0.0, 1.0, 1.5):  # else refused later, as a split with an empty side
+        with pytest.raises(ValueError, match=r"calibration_fraction must be in \(0, 1\) or None"):
+            FairRegressor(calibration_fraction=frac).fit(X, eta, s)
     for bad in (float("inf"), -1.0, float("nan")):  # an infinite lambda gave t = nan
         with pytest.raises(ValueError, match="strength must be finite and >= 0"):
             w2_interpolation_weight(bad, p, "barycentric")
