@@ -69,6 +69,8 @@ def test_aware_w2_barycentric_closed_forms_for_three_groups():
     for kw in ({"aware": False}, {"penalty": "tv"}, {"aware": False, "penalty": "tv"}):
         with pytest.raises(ValueError, match="implemented for two groups"):
             FairRegressor(**kw).fit(X, eta, s)
+    with pytest.raises(ValueError, match="sensitive must have length 30000, got 29999"):
+        free.predict(X, s[1:])  # else a broadcasting error deep in the design
     for frac in (0.0, 1.0, 1.5):  # else refused later, as a split with an empty side
         with pytest.raises(ValueError, match=r"calibration_fraction must be in \(0, 1\) or None"):
             FairRegressor(calibration_fraction=frac).fit(X, eta, s)
