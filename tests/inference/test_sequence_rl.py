@@ -34,6 +34,8 @@ def test_task_tokens_and_exact_match_reward():
         AdditionTask(1)
     with pytest.raises(TypeError, match="num_prompts must be an integer"):
         AdditionTask(2.5)  # failed inside a slice, naming nothing
+    with pytest.raises(ValueError, match=r"num_prompts must be in \[2, 10000\], got 10001"):
+        AdditionTask(10_001)  # there are 10 000 distinct 2-digit additions
     # a smaller task holds the first prompts of a larger one with the same seed, in order
     small = AdditionTask(16, seed=0)
     assert torch.equal(small.prompts, task.prompts[:16])
@@ -138,6 +140,9 @@ def test_warmup_offline_counts_and_one_rl_run(warmed):
         run_sequence_rl(m, task, "basis", steps=1, offline=k + 100, K=8)
     with pytest.raises(ValueError, match="carry_weight"):
         supervised_warmup(m, task, 0.4, carry_weight=0)
+    for target in (0.0, 1.0):  # 1 is never sure to be reached: the warm-up would run out
+        with pytest.raises(ValueError, match=r"target_accuracy must be in \(0, 1\)"):
+            supervised_warmup(m, task, target)
     # counts checked by name before any sampling (before: a group estimator with one rollout
     # per prompt failed inside grpo_advantages naming "G", after the offline counts; 2.5
     # rollouts failed inside torch; check_every = 0 divided by zero; check_every above
