@@ -82,6 +82,10 @@ def test_warmup_offline_counts_and_one_rl_run(warmed):
         m, task, "basis", steps=3, batch_size=32, mc_rollouts=8, eval_every=3, offline=k, K=8
     )
     assert len(res.value_mse) == 3 and res.rollouts == [32, 32, 32]
+    # the success rate is read before steps 0, eval_every, ... and once after the last
+    assert res.eval_steps == [0, 3] and len(res.mean_reward) == 2
+    with pytest.raises(ValueError, match="lr must be finite and >= 0"):
+        run_sequence_rl(m, task, "basis", steps=1, offline=k, K=8, lr=-1e-3)  # ascent
     off = run_sequence_rl(
         m, task, "offline", steps=3, batch_size=32, mc_rollouts=8, eval_every=3, offline=k, K=8
     )
