@@ -1,6 +1,7 @@
 """Small shared utilities: seeding, device resolution, progress bars, validation.
 
-Everything random in probml takes a ``seed`` (int) or a :class:`torch.Generator`;
+Everything random in probml takes a ``seed`` (an int in ``[0, 2**32)``, checked by
+:func:`check_seed` before any RNG reads it) or a :class:`torch.Generator`;
 :func:`set_seed` seeds every generator a routine may touch (``random``, NumPy, torch and
 Pyro's parameter store RNG) so that the same seed gives the same result. Library routines
 that seed the global RNGs themselves are wrapped in :func:`keep_global_rng`, so they leave the
@@ -136,7 +137,8 @@ def make_generator(
     """Return a :class:`torch.Generator` on ``device`` seeded by ``seed``.
 
     A generator passed in is returned unchanged; ``None`` draws a fresh seed from torch's
-    global RNG (so :func:`set_seed` still makes the result reproducible).
+    global RNG (so :func:`set_seed` still makes the result reproducible); an integer must be
+    in ``[0, 2**32)`` (:func:`check_seed`).
     """
     if isinstance(seed, torch.Generator):
         return seed
