@@ -414,6 +414,21 @@ def module_list(model: torch.nn.Module, path: str, arg: str) -> torch.nn.ModuleL
     return mod
 
 
+def check_indices(name: str, idx, n: int, shape: tuple[int, ...], device=None) -> torch.Tensor:
+    """``idx`` as a long tensor on ``device`` after checking that it holds integer indices
+    (not floats, which would be truncated, nor a bool mask) of shape ``shape``, each in
+    ``[0, n)``; errors name ``name``."""
+    t = torch.as_tensor(idx, device=device)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be integer indices, got dtype {t.dtype}")
+    t = t.long()
+    if t.shape != shape or bool(((t < 0) | (t >= n)).any()):
+        raise ValueError(
+            f"{name} must be {tuple(shape)} indices in [0, {n}), got shape {tuple(t.shape)}"
+        )
+    return t
+
+
 def check_batch_probabilities(
     name: str, values, like: torch.Tensor, like_name: str, hint: str = ""
 ) -> torch.Tensor:

@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from probml.utils import check_batch_probabilities, check_int, check_positive
+from probml.utils import check_batch_probabilities, check_indices, check_int, check_positive
 
 __all__ = [
     "offline_values",
@@ -380,12 +380,11 @@ class SPOTracker:
         then update. A prompt repeated within one call is refused: its counts are written
         once, so all but one of its rewards would be lost."""
         r = _check_rewards(rewards, binary=True).double()
-        prompts = torch.as_tensor(prompts, device=self.a.device)
-        if prompts.shape != r.shape:
-            raise ValueError(
-                f"prompts and rewards must have the same shape (B,), got {tuple(prompts.shape)} "
-                f"and {tuple(r.shape)}"
-            )
+        if r.dim() != 1:
+            raise ValueError(f"rewards must have shape (B,), got {tuple(r.shape)}")
+        # a float index or one past the last prompt was an IndexError naming nothing; a bool
+        # mask failed inside the update
+        prompts = check_indices("prompts", prompts, self.a.numel(), r.shape, self.a.device)
         if torch.unique(prompts).numel() != prompts.numel():
             raise ValueError("prompts must be distinct within one call to advantages")
         adv = r - self.baseline(prompts)

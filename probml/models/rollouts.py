@@ -29,6 +29,7 @@ from pyro.infer import config_enumerate
 from probml.utils import (
     check_batch_probabilities,
     check_finite,
+    check_indices,
     check_int,
     check_positive,
     make_generator,
@@ -341,15 +342,7 @@ class PromptDriftFilter(DriftFilter):
         r, p0 = _check_batch(rewards, p0)
         if prompts is None:
             raise ValueError("prompts (the batch's prompt indices) are required")
-        idx = torch.as_tensor(prompts, device=self.log_q.device)
-        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-            raise ValueError(f"prompts must be integer indices, got dtype {idx.dtype}")
-        idx = idx.long()
-        if idx.shape != r.shape or bool((idx < 0).any() | (idx >= self.num_prompts).any()):
-            raise ValueError(
-                f"prompts must be {tuple(r.shape)} indices in [0, {self.num_prompts}), got "
-                f"shape {tuple(idx.shape)}"
-            )
+        idx = check_indices("prompts", prompts, self.num_prompts, r.shape, self.log_q.device)
         prior = self.predictive_prior()  # T S G
         T, S, G = prior.shape
         q = torch.softmax(self.log_q[idx], -1)  # B T E

@@ -203,8 +203,22 @@ def test_textbook_estimators_on_hand_computed_cases():
     spo = SPOTracker(torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="distinct"):
         spo.advantages(torch.tensor([0, 0]), torch.tensor([1.0, 1.0]))
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match=r"prompts must be \(1,\) indices in \[0, 2\)"):
         spo.advantages(torch.tensor([0, 1]), torch.tensor([1.0]))
+    # indices as PromptDriftFilter takes them: a float or an index past the last prompt (an
+    # IndexError naming nothing) and a bool mask (it failed inside the update) are refused,
+    # and the counts are left as they were
+    a0, b0 = spo.a.clone(), spo.b.clone()
+    for bad, match in (
+        (torch.tensor([0.0, 1.0]), "prompts must be integer indices, got dtype torch.float32"),
+        (torch.tensor([True, False]), "prompts must be integer indices, got dtype torch.bool"),
+        (torch.tensor([0, 2]), r"prompts must be \(2,\) indices in \[0, 2\)"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            spo.advantages(bad, torch.tensor([1.0, 0.0]))
+    assert torch.equal(spo.a, a0) and torch.equal(spo.b, b0)
+    with pytest.raises(ValueError, match=r"rewards must have shape \(B,\)"):
+        spo.advantages(torch.tensor([[0, 1]]), torch.tensor([[1.0, 0.0]]))
     for bad in (torch.tensor([0.5, 1.5]), torch.tensor([float("nan")]), torch.ones(2, 2) / 2):
         with pytest.raises(ValueError, match="prior_values"):
             SPOTracker(bad)
