@@ -163,8 +163,11 @@ def gaussian_mechanism(
     if budget is not None:
         budget.charge(rho, label)
     sigma = sensitivity / math.sqrt(2.0 * rho)
-    seed = secrets.randbits(62) if generator is None else generator
-    gen = make_generator(seed, device=value.device)
+    if generator is None:  # fresh noise: a 62-bit seed from the OS (beyond check_seed's range)
+        gen = torch.Generator(device=value.device)
+        gen.manual_seed(secrets.randbits(62))
+    else:
+        gen = make_generator(generator, device=value.device)
     noise = torch.randn(value.shape, generator=gen, dtype=value.dtype, device=value.device)
     return value + sigma * noise, sigma
 
