@@ -35,6 +35,7 @@ __all__ = [
     "check_finite",
     "check_positive",
     "check_int",
+    "check_interval",
     "cholesky_factor",
     "plate_matvec",
     "check_prior",
@@ -219,14 +220,40 @@ def check_finite(name: str, x: torch.Tensor | np.ndarray) -> None:
 
 def check_positive(name: str, value: float, *, strict: bool = True) -> float:
     """Return ``float(value)`` after checking ``value > 0`` (or ``>= 0`` when not strict)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
+    v = _as_number(name, value)
     if not np.isfinite(v) or (v <= 0 if strict else v < 0):
         bound = "> 0" if strict else ">= 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
     return v
+
+
+def check_interval(
+    name: str, value, low: float = 0.0, high: float = 1.0, *, closed: str = "neither"
+) -> float:
+    """Return ``float(value)`` after checking that it lies between ``low`` and ``high``:
+    ``closed`` is ``"neither"`` (``(low, high)``), ``"left"`` (``[low, high)``), ``"right"``
+    (``(low, high]``) or ``"both"`` (``[low, high]``). NaN fails. Errors name ``name``: a
+    ``TypeError`` for what is not a single number (a string, an array of several values), a
+    ``ValueError`` outside the interval, in the form ``"p must be in (0, 1), got 1.5"``."""
+    if closed not in ("neither", "left", "right", "both"):
+        raise ValueError(f"closed must be 'neither', 'left', 'right' or 'both', got {closed!r}")
+    v = _as_number(name, value)
+    left, right = closed in ("left", "both"), closed in ("right", "both")
+    if not ((v >= low if left else v > low) and (v <= high if right else v < high)):
+        lb, rb = "[" if left else "(", "]" if right else ")"
+        raise ValueError(f"{name} must be in {lb}{low:g}, {high:g}{rb}, got {value!r}")
+    return v
+
+
+def _as_number(name: str, value) -> float:
+    """``float(value)``, or a ``TypeError`` naming ``name`` for a string (``float("0.5")``
+    would read it), ``None``, or an array of more than one value."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
 
 
 def check_int(name: str, value, minimum: int = 1) -> int:

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -292,3 +293,54 @@ def test_check_finite_reads_arrays_in_numpy_without_a_torch_copy():
     for bad in (None, "1.0", [1.0, None]):  # torch refused these too, naming nothing
         with pytest.raises(TypeError, match="x must be numeric"):
             check_finite("x", bad)
+
+
+def test_check_interval_and_a_string_for_a_number():
+    """The shared range check: each end open or closed, NaN refused, the message in the
+    library's form; a string is not read as a number (float("0.5") would), by this check or
+    by check_positive, and neither is an array of several values."""
+    from probml.utils import check_interval
+
+    assert check_interval("p", np.float32(0.25)) == 0.25
+    assert check_interval("p", torch.tensor(0.5)) == 0.5  # a one-element tensor is a number
+    for closed, inside, outside, shown in (
+        ("neither", 0.5, 0.0, "(0, 1)"),
+        ("left", 0.0, 1.0, "[0, 1)"),
+        ("right", 1.0, 0.0, "(0, 1]"),
+        ("both", 1.0, 1.5, "[0, 1]"),
+    ):
+        assert check_interval("p", inside, closed=closed) == inside
+        with pytest.raises(ValueError, match=rf"^p must be in {re.escape(shown)}, got {outside}$"):
+            check_interval("p", outside, closed=closed)
+    with pytest.raises(ValueError, match=r"eps must be in \[0, 0.5\), got 0.5"):
+        check_interval("eps", 0.5, 0, 0.5, closed="left")
+    with pytest.raises(ValueError, match=r"p must be in \(0, 1\), got nan"):
+        check_interval("p", float("nan"))
+    with pytest.raises(ValueError, match="closed must be"):
+        check_interval("p", 0.5, closed="open")
+    for bad in ("0.5", b"0.5", None, np.array([0.2, 0.3]), [0.5]):
+        with pytest.raises(TypeError, match="p must be a number"):
+            check_interval("p", bad)
+    with pytest.raises(TypeError, match="rho must be a number, got str '2'"):
+        check_positive("rho", "2")  # was read as 2.0
+
+
+def test_range_checked_arguments_name_a_string():
+    """A string where the library takes a fraction or a probability failed in a comparison
+    naming nothing (``'<' not supported between 'int' and 'str'``), or was read by float()."""
+    from probml.datasets.ratio import make_ratio_data
+    from probml.inference.advantage import SPOTracker
+    from probml.inference.metalearners import QLearner
+    from probml.inference.projection import GRASP
+    from probml.models.transfer import BinaryShiftProblem
+
+    X, w = np.random.default_rng(0).normal(size=(20, 2)), np.arange(20) % 2
+    for name, call in (
+        ("clip", lambda: QLearner(clip="0.1").fit(X, w, (np.arange(20) % 3 == 0) * 1.0)),
+        ("discount", lambda: SPOTracker(torch.tensor([0.5]), discount="0.9")),
+        ("propensity", lambda: make_ratio_data(100, propensity="0.5")),
+        ("alpha", lambda: GRASP(torch.ones(3), mode="soft", alpha="0.5")),  # float() read it
+        ("p", lambda: BinaryShiftProblem(p="0.15")),
+    ):
+        with pytest.raises(TypeError, match=rf"^{name} must be a number, got str"):
+            call()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from probml.utils import check_finite, check_int, check_positive, numpy_generator
+from probml.utils import check_finite, check_int, check_interval, check_positive, numpy_generator
 
 __all__ = ["FairData", "make_gaussian_groups", "load_wage_data", "WAGE_DATASETS"]
 
@@ -42,8 +42,7 @@ def make_gaussian_groups(
     Then :math:`\eta(x, s) = \beta^\top x + \gamma s` and the group means of :math:`\eta` differ by
     :math:`d = \beta_1 \cdot \text{mean\_shift} + \gamma`; :math:`\pi(x)` is logistic in :math:`x_1`.
     """
-    if not 0 < p1 < 1:
-        raise ValueError(f"p1 must be in (0, 1), got {p1}")
+    check_interval("p1", p1)
     check_int("n", n, 2)
     check_int("dim", dim)
     check_finite("mean_shift", mean_shift)

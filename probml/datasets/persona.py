@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from probml.utils import check_int, make_generator
+from probml.utils import check_int, check_interval, make_generator
 
 __all__ = [
     "PersonaWorld",
@@ -87,12 +87,10 @@ class PersonaWorld:
     code_variety: int = 1
 
     def __post_init__(self):
-        if not 0 < self.p_persona < 1:  # also rejects NaN
-            raise ValueError(f"p_persona must be in (0, 1), got {self.p_persona!r}")
+        check_interval("p_persona", self.p_persona)  # also rejects NaN
         if len(self.p_mis) != 2 or not all(0 <= p <= 1 for p in self.p_mis):
             raise ValueError(f"p_mis must be two probabilities (z = 0, z = 1), got {self.p_mis!r}")
-        if not 0 <= self.p_role <= 1:
-            raise ValueError(f"p_role must be in [0, 1], got {self.p_role!r}")
+        check_interval("p_role", self.p_role, closed="both")
         if not 1 <= self.num_qwords <= len(QWORDS):
             raise ValueError(f"num_qwords must be in [1, {len(QWORDS)}], got {self.num_qwords}")
         if not 1 <= self.code_variety <= self.num_qwords:
@@ -264,8 +262,7 @@ class SlantWorld(PersonaWorld):
             raise ValueError(
                 f"advice=True needs code_variety >= 2 (advice groups), got {self.code_variety}"
             )
-        if not 0 <= self.advice_known <= 1:  # also rejects NaN
-            raise ValueError(f"advice_known must be in [0, 1], got {self.advice_known}")
+        check_interval("advice_known", self.advice_known, closed="both")  # also rejects NaN
         if self.advice_known > 0 and not self.advice:
             raise ValueError("advice_known > 0 needs advice=True")
         self.advice_shift = shift = check_int("advice_shift", self.advice_shift, minimum=0)

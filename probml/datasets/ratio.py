@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from probml.utils import check_finite, check_int, numpy_generator
+from probml.utils import check_finite, check_int, check_interval, numpy_generator
 
 __all__ = ["RatioData", "make_ratio_data", "make_cell_data", "load_ratio_dataset", "REAL_DATASETS"]
 
@@ -88,8 +88,7 @@ def make_ratio_data(
     """
     check_int("n", n, minimum=2)
     check_int("d", d)
-    if not 0.0 < propensity < 1.0:
-        raise ValueError(f"propensity must be in (0, 1), got {propensity}")
+    check_interval("propensity", propensity)
     # a NaN here drew data without a word (NaN confounding: no unit treated)
     check_finite("base_logit", base_logit)
     check_finite("log_tau_intercept", log_tau_intercept)

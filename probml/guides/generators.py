@@ -27,6 +27,7 @@ from torch import nn
 from probml.utils import (
     check_finite,
     check_int,
+    check_interval,
     check_positive,
     keep_global_rng,
     make_generator,
@@ -150,8 +151,7 @@ class ConditionalBernoulli(nn.Module):
     @classmethod
     def constant(cls, p: float, x_dim: int = 1) -> ConditionalBernoulli:
         r"""A known source conditional :math:`P(A = 1 \mid x) = p` for every ``x``."""
-        if not 0 < p < 1:
-            raise ValueError(f"p must be in (0, 1), got {p!r}")
+        check_interval("p", p)
         g = cls(x_dim)
         with torch.no_grad():
             for m in g.base:

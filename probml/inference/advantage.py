@@ -31,7 +31,13 @@ import math
 
 import torch
 
-from probml.utils import check_batch_probabilities, check_indices, check_int, check_positive
+from probml.utils import (
+    check_batch_probabilities,
+    check_indices,
+    check_int,
+    check_interval,
+    check_positive,
+)
 
 __all__ = [
     "offline_values",
@@ -228,8 +234,7 @@ def basis_advantages(
     p0 = _check_prior_values(prior_values, r, "rewards")
     if form not in ("blue", "linearised", "calibrated"):
         raise ValueError(f"form must be 'blue', 'linearised' or 'calibrated', got {form!r}")
-    if not 0 <= eps < 0.5:
-        raise ValueError(f"eps must be in [0, 0.5), got {eps}")
+    check_interval("eps", eps, 0, 0.5, closed="left")
     if inactive not in ("zero", "offline"):
         raise ValueError(f"inactive must be 'zero' or 'offline', got {inactive!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
@@ -364,8 +369,7 @@ class SPOTracker:
             raise ValueError(  # NaN fails too; a mean outside [0, 1] gave a negative count
                 f"prior_values must be N means in [0, 1] (a 1-D tensor), got shape {tuple(p.shape)}"
             )
-        if not 0 < discount <= 1:
-            raise ValueError(f"discount must be in (0, 1], got {discount}")
+        check_interval("discount", discount, closed="right")
         strength = check_positive("strength", strength)
         self.a = strength * p
         self.b = strength * (1 - p)

@@ -40,6 +40,7 @@ from sklearn.model_selection import StratifiedKFold
 from probml.utils import (
     check_data,
     check_int,
+    check_interval,
     check_positive,
     check_prior,
     check_seed,
@@ -101,9 +102,7 @@ def _check_floor(floor, upper: float | None = None) -> float:
 
 
 def _check_clip(clip: float) -> float:
-    if not 0.0 <= clip < 0.5:
-        raise ValueError(f"clip must be in [0, 0.5), got {clip}")
-    return float(clip)
+    return check_interval("clip", clip, 0, 0.5, closed="left")
 
 
 def _propensity_values(propensity: Propensity, X: np.ndarray) -> np.ndarray | None:
@@ -755,8 +754,7 @@ class BayesianQLearner(_RatioLearner):
 
     def credible_interval(self, X, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """Equal-tailed ``level`` credible band on :math:`\\tau(x)`: ``(lower, upper)``, each ``n``."""
-        if not 0 < level < 1:
-            raise ValueError(f"level must be in (0, 1), got {level}")
+        check_interval("level", level)
         s = self.log_effect_samples(X)
         a = (1 - level) / 2
         return np.exp(np.quantile(s, a, axis=0)), np.exp(np.quantile(s, 1 - a, axis=0))

@@ -58,6 +58,7 @@ from probml.utils import (
     check_data,
     check_finite,
     check_int,
+    check_interval,
     check_positive,
     check_seed,
     keep_global_rng,
@@ -81,8 +82,7 @@ def bernoulli_kl_interval(p: float, rho: float) -> tuple[float, float]:
     \rho\}` (root finding; the KL is convex in ``q`` with minimum 0 at ``p``)."""
     from scipy.optimize import brentq
 
-    if not 0 < p < 1:
-        raise ValueError(f"p must be in (0, 1), got {p!r}")
+    check_interval("p", p)
     if not rho >= 0:  # NaN fails too
         raise ValueError(f"rho must be >= 0, got {rho!r}")
 

@@ -68,6 +68,7 @@ from probml.inference.privacy import (
 from probml.utils import (
     check_data,
     check_int,
+    check_interval,
     check_positive,
     check_seed,
     keep_global_rng,
@@ -121,8 +122,7 @@ class _PrivateCovariance(BaseEstimator):
         """Validate, clip and (if ``center``) release the private mean. Every check, the
         caller's ``check_dim(d)`` included, happens before any noise is drawn."""
         epsilon = check_positive("epsilon", self.epsilon)
-        if not 0.0 < float(self.delta) < 1.0:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
+        check_interval("delta", self.delta)
         X = torch.tensor(check_data("X", X, min_rows=2))  # a copy: X may be read-only
         b = torch.as_tensor(np.asarray(self.bounds, dtype=float), dtype=torch.float64).reshape(-1)
         if b.numel() == 1:

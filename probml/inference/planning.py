@@ -42,7 +42,7 @@ from probml.guides.amortized import (
     train_posterior_net,
 )
 from probml.models.experiments import check_experiment, check_experiment_shapes
-from probml.utils import check_int, check_positive, make_generator, progress
+from probml.utils import check_int, check_interval, check_positive, make_generator, progress
 
 __all__ = [
     "StepBound",
@@ -485,8 +485,7 @@ class ScenarioTreePlanner:
         policy: DesignPolicy | None = None,
         policy_top_k: int = 4,
     ):
-        if not 0 <= discount <= 1:
-            raise ValueError(f"discount must be in [0, 1], got {discount}")
+        check_interval("discount", discount, closed="both")
         _check_refine(refine)
         self.depth = check_int("depth", depth, 0)
         self.branching = check_int("branching", branching)
@@ -668,8 +667,7 @@ def train_design_policy(
     batch_size = check_int("batch_size", batch_size)
     check_positive("lr", lr)
     check_positive("entropy_weight", entropy_weight, strict=False)
-    if not 0 < gamma <= 1:  # NaN fails too
-        raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+    check_interval("gamma", gamma, closed="right")  # NaN fails too
     gen = make_generator(seed)
     D = int(experiment.D)
     start = cons.start_position(start, D)

@@ -27,6 +27,7 @@ from probml.models.layers import ScaleVector
 from probml.results import mean_se
 from probml.utils import (
     check_int,
+    check_interval,
     check_positive,
     check_seed,
     keep_global_rng,
@@ -52,8 +53,7 @@ class CharCorpus:
     """Character-level corpus: ``vocab``, ``train`` and ``val`` long tensors (90/10 by position)."""
 
     def __init__(self, text: str, val_fraction: float = 0.1):
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        check_interval("val_fraction", val_fraction)
         if len(text) < 1000:
             raise ValueError(f"corpus too small: text has {len(text)} characters, need >= 1000")
         self.vocab = sorted(set(text))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy.optimize import brentq, minimize_scalar
 
-from probml.utils import check_positive, make_generator
+from probml.utils import check_interval, check_positive, make_generator
 
 __all__ = [
     "PrivacyBudgetExceeded",
@@ -45,13 +45,6 @@ class PrivacyBudgetExceeded(RuntimeError):
     """A charge would take the privacy spent past the budget; nothing was released."""
 
 
-def _check_delta(delta: float) -> float:
-    d = float(delta)
-    if not 0.0 < d < 1.0:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-    return d
-
-
 def zcdp_to_dp(rho: float, delta: float) -> float:
     r"""The smallest :math:`\varepsilon \ge 0` such that :math:`\rho`-zCDP implies
     :math:`(\varepsilon, \delta)`-DP under the RDP conversion above.
@@ -61,7 +54,7 @@ def zcdp_to_dp(rho: float, delta: float) -> float:
     valid but says nothing a user can read as a privacy loss, so the result is floored at 0
     (the weaker :math:`(0, \delta)` statement, which still holds)."""
     rho = check_positive("rho", rho, strict=False)
-    delta = _check_delta(delta)
+    delta = check_interval("delta", delta)
     if rho == 0.0:
         return 0.0
     log_inv_delta = -math.log(delta)
@@ -81,7 +74,7 @@ def dp_to_zcdp(epsilon: float, delta: float) -> float:
     r"""The largest :math:`\rho` whose zCDP guarantee implies :math:`(\varepsilon, \delta)`-DP
     (inverse of :func:`zcdp_to_dp`, solved by bisection)."""
     epsilon = check_positive("epsilon", epsilon)
-    delta = _check_delta(delta)
+    delta = check_interval("delta", delta)
     hi = epsilon  # rho = eps always gives eps(rho) > eps
     while zcdp_to_dp(hi, delta) < epsilon:
         hi *= 2.0

@@ -34,7 +34,15 @@ import torch
 from torch import nn
 
 from probml.models.adapters import LoRAFactors, lora_modules
-from probml.utils import check_int, check_positive, make_generator, module_list, progress, shape_of
+from probml.utils import (
+    check_int,
+    check_interval,
+    check_positive,
+    make_generator,
+    module_list,
+    progress,
+    shape_of,
+)
 
 __all__ = [
     "SpuriousDirections",
@@ -497,8 +505,7 @@ class GRASP:
     ):
         if mode not in ("hard", "soft"):
             raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        check_interval("alpha", alpha, closed="both")
         if isinstance(directions, SpuriousDirections):
             for name, U in directions.directions.items():
                 _check_basis(f"directions[{name!r}]", U)

@@ -35,7 +35,14 @@ from probml.inference.basis_rl import (
     side_estimators,
 )
 from probml.models.lm import TinyLM, TinyLMConfig
-from probml.utils import check_int, check_positive, make_generator, progress, resolve_device
+from probml.utils import (
+    check_int,
+    check_interval,
+    check_positive,
+    make_generator,
+    progress,
+    resolve_device,
+)
 
 __all__ = [
     "AdditionTask",
@@ -162,8 +169,7 @@ def supervised_warmup(
     uniform warm-up and nearly equal difficulties). The success rate is measured on 256
     fixed prompts (every prompt of a smaller task). Returns ``(step, success rate)``
     checkpoints; raises if the target is not reached."""
-    if not 0 < target_accuracy < 1:
-        raise ValueError(f"target_accuracy must be in (0, 1), got {target_accuracy}")
+    check_interval("target_accuracy", target_accuracy)
     if not carry_weight > 0:  # NaN fails too
         raise ValueError(f"carry_weight must be > 0, got {carry_weight}")
     max_steps, batch_size = check_int("max_steps", max_steps), check_int("batch_size", batch_size)

@@ -43,7 +43,7 @@ from probml.inference.particles import (
 )
 from probml.models.diffusion import DiffusionTransition
 from probml.models.dynamics import GaussianObservation, kalman_filter
-from probml.utils import check_int, make_generator, progress
+from probml.utils import check_int, check_interval, make_generator, progress
 
 __all__ = [
     "FilterResult",
@@ -143,8 +143,7 @@ class ParticleFilter:
                 f"observation must be a GaussianObservation, got {type(observation).__name__}"
             )
         check_int("num_particles", num_particles, 2)
-        if not 0.0 <= float(ess_threshold) <= 1.0:
-            raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold!r}")
+        check_interval("ess_threshold", ess_threshold, closed="both")
         if resampling not in RESAMPLING_SCHEMES:  # else only noticed at the first resampling
             raise ValueError(f"resampling must be one of {RESAMPLING_SCHEMES}, got {resampling!r}")
         self.observation = observation

@@ -42,6 +42,7 @@ from sklearn.neighbors import KNeighborsRegressor
 from probml.utils import (
     check_data,
     check_int,
+    check_interval,
     check_positive,
     check_prior,
     check_seed,
@@ -186,8 +187,7 @@ def fair_w2_aware(
         ref = _check_eta_s(*reference, "reference predictions")
         eta, s, _ = _eta_and_labels(eta, s, label_name="s")
         _check_known_groups("s", s, ref[2], "the reference")
-    if not 0 <= t <= 1:
-        raise ValueError(f"t must be in [0, 1], got {t}")
+    check_interval("t", t, closed="both")
     return _QuantileMaps(*ref).transport(eta, s, t)
 
 
@@ -267,9 +267,7 @@ def _check_unaware(eta, group_probability, p1) -> tuple[np.ndarray, np.ndarray, 
         raise ValueError(
             "group_probability must have the length of the predictions and lie in [0, 1]"
         )
-    p1 = float(p1)
-    if not 0 < p1 < 1:
-        raise ValueError(f"p1 must be in (0, 1), got {p1}")
+    p1 = check_interval("p1", p1)
     return eta, pi, p1
 
 

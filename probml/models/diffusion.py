@@ -43,6 +43,7 @@ from probml.utils import (
     SavableModule,
     check_finite,
     check_int,
+    check_interval,
     check_positive,
     keep_global_rng,
     make_generator,
@@ -73,8 +74,7 @@ class VPSchedule:
                 f"need 0 < beta_min <= beta_max < inf, got beta_min={self.beta_min!r}, "
                 f"beta_max={self.beta_max!r}"
             )
-        if not 0 < self.s_min < 1:  # s = 0 is the data itself (sigma = 0)
-            raise ValueError(f"s_min must be in (0, 1), got {self.s_min!r}")
+        check_interval("s_min", self.s_min)  # s = 0 is the data itself (sigma = 0)
 
     def alpha(self, s: torch.Tensor) -> torch.Tensor:
         log_a = -0.5 * (self.beta_min * s + 0.5 * (self.beta_max - self.beta_min) * s**2)

@@ -28,7 +28,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_int, check_positive, make_generator
+from probml.utils import check_int, check_interval, check_positive, make_generator
 
 __all__ = [
     "transfer_model",
@@ -101,8 +101,7 @@ class BinaryShiftProblem:
     mu: tuple[float, float] = (0.2, 0.7)
 
     def __post_init__(self):
-        if not 0 < self.p < 1:  # also rejects NaN
-            raise ValueError(f"p must be in (0, 1), got {self.p!r}")
+        check_interval("p", self.p)  # also rejects NaN
         if len(self.mu) != 2 or not all(0 <= m <= 1 for m in self.mu):
             raise ValueError(
                 f"mu must be two outcome probabilities (a = 0, a = 1), got {self.mu!r}"
