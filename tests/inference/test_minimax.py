@@ -44,6 +44,13 @@ def test_closed_forms_of_the_spec():
         *(q * ((fs - 0.7) ** 2 + 0.21) + (1 - q) * ((fs - 0.2) ** 2 + 0.16) for q in (lo, hi))
     )
     assert abs(fs[risk.argmin()] - f) < 1e-4 and abs(risk.min() - wc) < 1e-8
+    # the same brute force where the worst case is the interval's lower end (the risk falls
+    # with q here): the worst case is the larger of the two ends, not the upper one
+    f, (lo, hi), wc = binary_brier_minimax(0.3, 0.05, (0.45, 0.9))
+    ends = [q * ((fs - 0.9) ** 2 + 0.09) + (1 - q) * ((fs - 0.45) ** 2 + 0.2475) for q in (lo, hi)]
+    risk = np.maximum(*ends)
+    assert abs(fs[risk.argmin()] - f) < 1e-4 and abs(risk.min() - wc) < 1e-8
+    assert ends[0][risk.argmin()] > ends[1][risk.argmin()] + 1e-3
     assert bernoulli_kl_interval(0.3, 0.0) == pytest.approx((0.3, 0.3), abs=1e-9)
     # an end point within 1e-3 of 1 (KL(1 || 1/2) = log 2 = 0.693 just above rho = 0.69)
     lo, hi = bernoulli_kl_interval(0.5, 0.69)
