@@ -594,3 +594,19 @@ def test_the_transport_ball_holds_the_adversarys_cost_at_rho():
     with torch.no_grad():
         _, cost = est.adversary_(Xt, z)
     assert float(cost.mean()) == pytest.approx(0.1, rel=0.3)
+
+
+def test_binary_divergence_stays_finite_when_the_adversary_reaches_zero():
+    """A binary adversary pushed to q = 0 (its logit underflows, here a logit of -inf) has
+    KL(q || p0) = -log(1 - p0) in the limit; the divergence uses q log q -> 0 (a small eps
+    inside the logs), where 0 * log 0 would be NaN and poison the adversary's gradient."""
+    est = DRUM(verbose=False)
+    est.source_conditional_ = ConditionalBernoulli.constant(0.3)
+    zero = ConditionalBernoulli.constant(1e-60)  # float32 logit of 1e-60: -inf
+    x = torch.zeros(4, 1)
+    with torch.no_grad():
+        assert float(zero.prob(x).max()) == 0.0
+    risk, kl = est._expected_risk(
+        zero, torch.full((4,), 0.5), x, lambda x, a: torch.full(x.shape[:-1], 0.4), True
+    )
+    assert torch.isfinite(risk).all() and torch.allclose(kl, torch.full((4,), -math.log(0.7)))
