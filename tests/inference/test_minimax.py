@@ -535,6 +535,11 @@ def test_worst_case_risk_is_the_risk_of_the_corrected_predictions():
         mu0 = est.outcome_model_(Xt, torch.zeros_like(q))
     risk = q * brier_risk(f, mu1) + (1 - q) * brier_risk(f, mu0)
     assert est.worst_case_risk(Xt) == pytest.approx(float(risk.mean()), abs=1e-6)
+    # a correction that would carry a prediction past 0 or 1 is clamped to [1e-4, 1 - 1e-4]
+    est.correction_ = torch.zeros_like(est.correction_)
+    est.correction_[0] = 5.0
+    p = est.predict_proba(Xt)
+    assert np.allclose(p[:, 1], 1 - 1e-4) and np.allclose(p.sum(1), 1.0)
 
 
 @pytest.mark.parametrize("divergence", ["kl", "transport"])

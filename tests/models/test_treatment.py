@@ -29,6 +29,8 @@ def test_ratio_q_model_sites_and_log_tau_identity():
     assert torch.allclose(tr0.nodes["log_tau"]["value"], expected)
     with pytest.raises(ValueError, match="Xe and we"):
         ratio_q_model(Xq, wq)
+    with pytest.raises(ValueError, match="Xe and we"):  # else w_e sampled, not observed
+        ratio_q_model(Xq, wq, Xe)
     for bad in (0.0, 1.0, float("nan")):  # ZeroDivisionError, a math domain error, NaN bands
         with pytest.raises(ValueError, match=r"e0 must be a propensity in \(0, 1\)"):
             ratio_q_model(Xq, wq, e0=bad, X_new=Xn)
@@ -46,3 +48,5 @@ def test_default_coefficient_prior_is_the_documented_normal():
         assert fn.event_shape == (3,)
         assert torch.equal(fn.base_dist.scale, torch.full((3,), 2.5, dtype=torch.float64))
         assert torch.equal(fn.base_dist.loc, torch.zeros(3, dtype=torch.float64))
+    wide = default_coef_prior(2, scale=10.0, dtype=torch.float32)  # the scale is a parameter
+    assert torch.equal(wide.base_dist.scale, torch.full((2,), 10.0)) and wide.event_shape == (2,)
