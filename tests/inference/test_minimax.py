@@ -615,3 +615,44 @@ def test_binary_divergence_stays_finite_when_the_adversary_reaches_zero():
         zero, torch.full((4,), 0.5), x, lambda x, a: torch.full(x.shape[:-1], 0.4), True
     )
     assert torch.isfinite(risk).all() and torch.allclose(kl, torch.full((4,), -math.log(0.7)))
+
+
+def test_the_play_uses_target_minibatches_and_returns_the_averaged_predictor(monkeypatch):
+    """Each round of the game sees ``batch_size`` target rows (all of them for ``None``), and
+    the fitted predictor is the Polyak average of the second half of the play (the
+    AveragedModel's module, updated once per round from ``num_iters // 2`` on), not the last
+    iterate."""
+
+    class Recording(torch.nn.Module):
+        rows: list = []  # a class attribute: shared with the copy DRUM trains
+
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(1, 1)
+
+        def forward(self, x):
+            Recording.rows.append(x.shape[0])
+            return self.lin(x).squeeze(-1)
+
+    made = []
+
+    class Averaged(torch.optim.swa_utils.AveragedModel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.updates = 0
+            made.append(self)
+
+        def update_parameters(self, model):
+            self.updates += 1
+            super().update_parameters(model)
+
+    monkeypatch.setattr(torch.optim.swa_utils, "AveragedModel", Averaged)
+    prob = BinaryShiftProblem()
+    Xs, As, ys, Xt = prob.sample(400, 0)
+    kw = dict(rho=0.1, outcome_model=prob.outcome, source_conditional=_known_g0(0.15),
+              predictor=Recording(), num_iters=6, verbose=False)  # fmt: skip
+    for batch_size, want in ((7, 7), (None, Xt.shape[0])):
+        Recording.rows.clear()
+        est = DRUM(batch_size=batch_size, **kw).fit(Xs, As, ys, Xt)
+        assert set(Recording.rows) == {want}
+        assert est.predictor_.fn is made[-1].module.fn and made[-1].updates == 3
