@@ -120,6 +120,9 @@ def test_expected_calibration_error_matches_its_definition_bin_by_bin():
         if (idx == b).any()
     )
     assert expected_calibration_error(p, y, n_bins) == pytest.approx(direct, rel=1e-12)
+    # p = 1 joins the last bin (not a bin of its own past the end, nor the first): with
+    # y = 0 there and p = 0.95, y = 1 beside it, the last bin's gap is |-1 + 0.05| / 2
+    assert expected_calibration_error([1.0, 0.95], [0, 1], n_bins=2) == pytest.approx(0.475)
 
 
 def test_whas500_split_reads_the_named_acute_column_and_drops_a_censoring_at_the_horizon():

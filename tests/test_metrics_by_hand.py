@@ -43,6 +43,9 @@ def test_multiplicative_calibration_error_by_hand():
     y0 = y.copy()
     y0[[2, 3]] = 0.0
     assert multiplicative_calibration_error(tau, w, y0, n_bins=2) == pytest.approx(8 / 2)
+    for bad in (0.0, -1.0):  # a ratio's log: log 0 = -inf, a negative one has none
+        with pytest.raises(ValueError, match="tau_pred must be positive"):
+            multiplicative_calibration_error(np.r_[tau[:-1], bad], w, y, n_bins=2)
 
 
 def test_gaussian_kl_against_torch_and_by_hand():
