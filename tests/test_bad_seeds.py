@@ -3,8 +3,9 @@
 Before, ``torch.manual_seed`` read ``2.5`` as 2 and ``"3"`` as 3 without a word, a
 ``torch.Generator`` and ``torch.manual_seed`` took ``-1``, NumPy took ``True`` as 1, and
 ``pyro.set_rng_seed`` refused ``2**32`` with a message that names no argument. Each call
-below accepted at least one of these values or refused it in words that did not name the
-argument (measured before the change; see docs/architecture.md)."""
+below but ``numpy_generator`` (added with the check) accepted at least one of these values
+or refused it in words that did not name the argument (measured before the change; see
+docs/architecture.md)."""
 
 import numpy as np
 import pytest
