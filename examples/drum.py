@@ -15,6 +15,7 @@ import torch
 from probml.inference.minimax import DRUM, ERMOnX, ImputationBaseline
 from probml.models.transfer import ContinuousShiftSimulation
 from probml.registry import ExampleResult, script_main
+from probml.utils import derive_seed
 
 DESCRIPTION = "DRUM: robust transfer when covariates A are missing in the target"
 
@@ -23,7 +24,7 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
     sim = ContinuousShiftSimulation()
     n = 3000 if fast else 6000
     Xs, As, ys = sim.sample_source(n, seed)
-    Xt = sim.sample_target_x(n, seed + 100)
+    Xt = sim.sample_target_x(n, derive_seed(seed, 100))
     Xs, As, ys, Xt = (t.to(device) for t in (Xs, As, ys, Xt))  # DRUM works on X_source's device
     iters = 150 if fast else 400
     methods = {

@@ -20,6 +20,7 @@ from probml.models.linear import (
 )
 from probml.registry import ExampleResult, script_main
 from probml.results import mean_se
+from probml.utils import derive_seed
 
 DESCRIPTION = "Importance sampling + resampling on Bayesian linear regression vs exact posterior"
 
@@ -38,7 +39,9 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
             ws = importance_sample(bayesian_linear_regression, None, X, y, num_particles=n)
             err_w.append(float((ws.mean("w").double() - mean).norm()))
             err_c.append(float((ws.covariance("w").double() - cov).norm() / cov.norm()))
-            draws = ws.resample(scheme="systematic", generator=seed + 7919 * len(ess) + n)["w"]
+            draws = ws.resample(
+                scheme="systematic", generator=derive_seed(seed, 7919 * len(ess) + n)
+            )["w"]
             err_r.append(float((draws.double().mean(0) - mean).norm()))
             ess.append(ws.ess)
         m_w, se_w = mean_se(err_w)

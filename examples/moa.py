@@ -18,6 +18,7 @@ from probml.inference.expressivity import fit_shallow_net
 from probml.inference.pretrain import paired_comparison, pydoc_corpus
 from probml.models.lm import tinylm_factory
 from probml.registry import ExampleResult, script_main
+from probml.utils import derive_seed
 
 DESCRIPTION = "Mixture of Activations: expressivity separation + paired-seed TinyLM pretraining"
 
@@ -55,7 +56,7 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
     lm_rows, _ = paired_comparison(
         arms,
         corpus,
-        seeds=[seed, seed + 1] if fast else list(range(seed, seed + 3)),
+        seeds=[derive_seed(seed, i) for i in range(2 if fast else 3)],
         lrs=[3e-3],
         steps=30 if fast else 300,
         batch_size=8 if fast else 16,

@@ -17,6 +17,7 @@ from probml.inference.pace import PACEGGM, GaussianMechanismCovariance, PerEntry
 from probml.inference.privacy import zcdp_to_dp
 from probml.metrics import gaussian_kl, relative_error
 from probml.registry import ExampleResult, script_main
+from probml.utils import derive_seed
 
 DESCRIPTION = "PACE-GGM private covariance vs Gaussian mechanisms (synthetic GGM + sklearn digits)"
 
@@ -32,7 +33,7 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
     rhos = [0.01, 0.1, 1.0] if fast else [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
     seeds = 1 if fast else 5
     Sigma, _ = make_sparse_precision(30, seed=seed)
-    X = sample_gaussian(Sigma, 10_000, seed=seed + 1).numpy()
+    X = sample_gaussian(Sigma, 10_000, seed=derive_seed(seed, 1)).numpy()
     b = (3 * Sigma.diagonal().sqrt()).numpy()
     Xd, bd, _ = load_covariance_dataset("digits")
     emp = torch.as_tensor(np.cov(Xd.T, bias=True))
@@ -47,7 +48,11 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
                 eps = zcdp_to_dp(rho, delta)
                 fits = [
                     cls(
-                        epsilon=eps, delta=delta, bounds=bs, center=center, random_state=seed + s
+                        epsilon=eps,
+                        delta=delta,
+                        bounds=bs,
+                        center=center,
+                        random_state=derive_seed(seed, s),
                     ).fit(Xs)
                     for s in range(seeds)
                 ]

@@ -17,6 +17,7 @@ from probml.inference.pretrain import paired_models, pydoc_corpus, train_lm
 from probml.models.lm import tinylm_factory
 from probml.registry import ExampleResult, script_main
 from probml.results import mean_se
+from probml.utils import derive_seed
 
 DESCRIPTION = "Scale vectors: gamma^2 - ||w||^2 invariant, role-aware decay and the unified strategy on TinyLM"
 
@@ -59,7 +60,7 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
     factories = {
         k: partial(tinylm_factory(**small, **kw), corpus.vocab_size) for k, (kw, _) in arms.items()
     }
-    seeds = [seed, seed + 1] if fast else list(range(seed, seed + 3))
+    seeds = [derive_seed(seed, i) for i in range(2 if fast else 3)]
     vals = {k: [] for k in arms}
     for s in seeds:
         models = paired_models(factories, s)

@@ -16,6 +16,7 @@ from probml.inference.smc import SURGE, BootstrapPF, EnKF, GuidedDiffusionFilter
 from probml.models.diffusion import train_transition_model
 from probml.models.dynamics import Lorenz63, simulate_transition_pairs
 from probml.registry import ExampleResult, script_main
+from probml.utils import derive_seed
 
 DESCRIPTION = "SURGE: SMC over diffusion paths on Lorenz-63 with atan observations"
 
@@ -30,9 +31,9 @@ def run(fast: bool, seed: int, device: torch.device, out_dir: Path) -> ExampleRe
     transition.save(out_dir / "lorenz63_transition.pt")
 
     B, T, N, K = (6, 15, 256, 30) if fast else (32, 15, 512, 50)
-    x0 = ssm.attractor_states(B, generator=seed + 1)
-    xs, ys = ssm.simulate(T, B, x0=x0, generator=seed + 2)
-    g = torch.Generator().manual_seed(seed + 3)
+    x0 = ssm.attractor_states(B, generator=derive_seed(seed, 1))
+    xs, ys = ssm.simulate(T, B, x0=x0, generator=derive_seed(seed, 2))
+    g = torch.Generator().manual_seed(derive_seed(seed, 3))
     init = x0[:, None] + ssm.init_scale_tril.diagonal() * torch.randn(B, N, 3, generator=g)
     xs, ys, init = xs.to(device), ys.to(device), init.to(device)
     obs = ssm.observation

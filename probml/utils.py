@@ -28,6 +28,7 @@ T = TypeVar("T")
 __all__ = [
     "set_seed",
     "check_seed",
+    "derive_seed",
     "make_generator",
     "numpy_generator",
     "resolve_device",
@@ -130,6 +131,18 @@ def check_seed(name: str, seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
         raise ValueError(f"{name} must be a non-negative int below 2**32, got {seed!r}")
     return int(seed)
+
+
+def derive_seed(seed, offset: int, name: str = "seed") -> int:
+    """A seed derived from the user's: ``(seed + offset) % 2**32``.
+
+    Where one seed feeds several streams (a fit and its restarts, a data set and a model),
+    the others are ``seed + offset``; taken modulo ``2**32`` they stay valid seeds for every
+    ``seed`` :func:`check_seed` accepts (``seed + 1000`` was refused for a seed near the top of
+    the range, in words naming the derived value, not the user's). ``seed`` is checked under
+    ``name``; below ``2**32 - offset`` the result is plainly ``seed + offset``.
+    """
+    return (check_seed(name, seed) + int(offset)) % 2**32
 
 
 def make_generator(

@@ -94,3 +94,24 @@ def test_a_good_seed_still_gives_the_same_draws():
     g = np.random.default_rng(1)
     assert numpy_generator(g) is g  # a generator passes through, as make_generator's does
     assert numpy_generator(None).random() != numpy_generator(None).random()
+
+
+def test_derived_seeds_wrap_at_the_top_of_the_range():
+    """A seed that feeds several streams derives the others as ``(seed + k) % 2**32``: the
+    largest accepted seed works where ``seed + k`` was refused (naming the derived value)."""
+    from probml.inference.metalearners import BayesianQLearner
+    from probml.inference.minimax import DRUM
+    from probml.utils import derive_seed
+
+    assert derive_seed(5, 3) == 8 and derive_seed(2**32 - 1, 1000) == 999
+    with pytest.raises(ValueError, match="random_state must be"):
+        derive_seed(-1, 1, name="random_state")
+    top = 2**32 - 1
+    X, A, y, Xn, yn, sn = _small()
+    yb = (yn > 0).astype(float)
+    # log_effect_samples seeds Pyro with seed + 1 (NumPy refused 2**32)
+    q = BayesianQLearner("svi", svi_steps=1, num_samples=4, seed=top).fit(Xn, sn, yb)
+    assert q.log_effect_samples(Xn[:3]).shape == (4, 3)
+    # the cross-fitted correction fits fold k's outcome model with seed + k + 1
+    drum = DRUM(seed=top, verbose=False, num_iters=1, bias_correction=True, n_folds=2)
+    assert drum.fit(X, A, y, X).correction_ is not None

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from probml.models.layers import ShallowNet
-from probml.utils import check_int, check_seed, keep_global_rng
+from probml.utils import check_int, check_seed, derive_seed, keep_global_rng
 
 __all__ = ["fit_shallow_net"]
 
@@ -34,7 +34,8 @@ def fit_shallow_net(
     Args:
         kind: ``"fixed"``, ``"la"`` or ``"moa"``; dictionary: activation names.
         X: ``n x d`` inputs; y: ``n`` targets (their dtype is used for the network).
-        seed: restart ``r`` uses ``torch.manual_seed(seed + r)``.
+        seed: restart ``r`` uses ``torch.manual_seed(seed + r)`` (modulo ``2**32``,
+            :func:`probml.utils.derive_seed`).
 
     Returns:
         ``(mse, net)`` of the best restart.
@@ -49,7 +50,7 @@ def fit_shallow_net(
         )
     best, best_net = float("inf"), None
     for r in range(restarts):
-        torch.manual_seed(seed + r)
+        torch.manual_seed(derive_seed(seed, r))
         net = ShallowNet(X.shape[1], width, kind, dictionary).to(X.dtype)
         for name, p in net.named_parameters():
             if name.startswith("gate"):

@@ -44,6 +44,7 @@ from probml.utils import (
     check_positive,
     check_prior,
     check_seed,
+    derive_seed,
     keep_global_rng,
     keep_param_store,
 )
@@ -732,7 +733,7 @@ class BayesianQLearner(_RatioLearner):
         if not hasattr(self, "n_features_in_"):
             raise RuntimeError("BayesianQLearner is not fitted; call fit(X, w, y) first")
         Xn = self._design(_check_X(X, self.n_features_in_))
-        pyro.set_rng_seed(self.seed + 1)
+        pyro.set_rng_seed(derive_seed(self.seed, 1))
         if self.guide_ is None:
             samples = self.posterior_samples_  # {site: S x p}
         else:

@@ -61,6 +61,7 @@ from probml.utils import (
     check_interval,
     check_positive,
     check_seed,
+    derive_seed,
     keep_global_rng,
     make_generator,
     progress,
@@ -641,7 +642,7 @@ class DRUM(_Validated):
             te_t = torch.as_tensor(te, device=Xs.device)
             # nuisances on the other folds
             mu_k = _resolve_outcome(
-                self.outcome_model, Xs[tr_t], As[tr_t], ys[tr_t], self.seed + k + 1
+                self.outcome_model, Xs[tr_t], As[tr_t], ys[tr_t], derive_seed(self.seed, k + 1)
             )
             clf = self.domain_classifier
             if clf is None:

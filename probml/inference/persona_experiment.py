@@ -29,7 +29,14 @@ from probml.inference.projection import (
 )
 from probml.models.adapters import add_lora, lora_modules
 from probml.models.lm import TinyLM, TinyLMConfig
-from probml.utils import check_int, keep_global_rng, make_generator, progress, resolve_device
+from probml.utils import (
+    check_int,
+    derive_seed,
+    keep_global_rng,
+    make_generator,
+    progress,
+    resolve_device,
+)
 
 __all__ = [
     "LORA_TARGETS",
@@ -251,7 +258,7 @@ def run_persona_methods(
     if want is None or any(m.startswith("GRASP (residual shift") for m in want):
         # the same naive run seen from the activations: its mean residual shift on unlabelled
         # documents (their personas are drawn and discarded)
-        docs, _, _ = world.sample_documents(shift_docs, generator=seed + 1000)
+        docs, _, _ = world.sample_documents(shift_docs, generator=derive_seed(seed, 1000))
         docs = docs if shift_prefix is None else docs[:, : int(shift_prefix)]
         # one pass gives both: the plain directions and (if asked for) the pulled-back ones
         need_pulled = want is None or "GRASP (residual shift + pull-back)" in want
@@ -280,7 +287,7 @@ def run_persona_methods(
     for name, spec in plan.items():
         if want is not None and name not in want:
             continue
-        m = fresh(seed + 1)
+        m = fresh(derive_seed(seed, 1))
         kw: dict = {}
         if "intervention" in spec:
             kw["intervention"] = ResidualIntervention(m, u_res, spec["intervention"], steer_alpha)
@@ -289,7 +296,7 @@ def run_persona_methods(
             g = _oracle_directions(m, u_true, through) if g == "oracle" else g
             kw["grasp"] = GRASP(g, through=through, per_head=per_head)
         t0 = time.perf_counter()
-        out = finetune_lora(m, sampler, num_steps=num_steps, lr=lr, seed=seed + 2,
+        out = finetune_lora(m, sampler, num_steps=num_steps, lr=lr, seed=derive_seed(seed, 2),
                             verbose=False, **kw)  # fmt: skip
         secs = time.perf_counter() - t0
         rows.append({"method": name, **evaluate_persona_model(m, world)})

@@ -42,7 +42,14 @@ from probml.guides.amortized import (
     train_posterior_net,
 )
 from probml.models.experiments import check_experiment, check_experiment_shapes
-from probml.utils import check_int, check_interval, check_positive, make_generator, progress
+from probml.utils import (
+    check_int,
+    check_interval,
+    check_positive,
+    derive_seed,
+    make_generator,
+    progress,
+)
 
 __all__ = [
     "StepBound",
@@ -762,7 +769,7 @@ def fit_amortized(
         experiment, walk, horizon, net_steps, hidden=hidden, seed=seed, verbose=verbose
     )
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
-        torch.manual_seed(seed + 1)
+        torch.manual_seed(derive_seed(seed, 1))
         policy = DesignPolicy(
             DesignPolicy.grid_offsets(cons.step.delta, D, grid_points),
             horizon=horizon,
