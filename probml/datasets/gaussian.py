@@ -68,13 +68,11 @@ def make_sparse_precision(
 
 
 def sample_gaussian(Sigma: torch.Tensor, n: int, seed: int | None = 0) -> torch.Tensor:
-    """``n x d`` draws from ``N(0, Sigma)`` (float64), from a generator seeded with ``seed``.
-
-    ``seed=None`` is read as 0 (the same draws on every call, as the default), unlike
-    :func:`make_sparse_precision` and :func:`probml.utils.make_generator`, where ``None``
-    draws fresh randomness."""
+    """``n x d`` draws from ``N(0, Sigma)`` (float64), from a generator seeded with ``seed``
+    (:func:`probml.utils.make_generator`: ``None`` draws fresh randomness, as in
+    :func:`make_sparse_precision`)."""
     check_int("n", n, 0)
-    g = make_generator(0 if seed is None else seed)  # a fraction was truncated
+    g = make_generator(seed)  # a fraction was truncated
     S = torch.as_tensor(Sigma, dtype=torch.float64)
     if S.dim() != 2 or S.shape[0] != S.shape[1]:
         raise ValueError(f"Sigma must be a square d x d matrix, got shape {tuple(S.shape)}")

@@ -685,12 +685,13 @@ def test_post_processing_floors_and_the_recentred_data_stay_within_their_bounds(
     assert torch.allclose(evals, torch.tensor([1e-6 * 7 / 3, 2.0, 4.0], dtype=torch.float64))
 
 
-def test_sample_gaussian_reads_seed_none_as_zero_and_has_the_covariance():
-    # documented: None is seed 0 (fixed draws), not fresh randomness as in make_generator
+def test_sample_gaussian_reads_seed_none_as_fresh_randomness_and_has_the_covariance():
+    # None draws fresh randomness, as every other seed of the library (it was read as 0)
     S = torch.tensor([[2.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
     X = sample_gaussian(S, 20_000, seed=None)
-    assert torch.equal(X, sample_gaussian(S, 20_000))
-    assert not torch.equal(X, sample_gaussian(S, 20_000, seed=1))
+    assert not torch.equal(X, sample_gaussian(S, 20_000, seed=None))
+    assert not torch.equal(X, sample_gaussian(S, 20_000))
+    assert torch.equal(sample_gaussian(S, 5), sample_gaussian(S, 5, seed=0))  # the default
     assert torch.allclose(X.T @ X / 20_000, S, atol=0.05)
 
 
