@@ -260,9 +260,15 @@ def check_interval(
 
 def _as_number(name: str, value) -> float:
     """``float(value)``, or a ``TypeError`` naming ``name`` for a string (``float("0.5")``
-    would read it), ``None``, or an array of more than one value."""
+    would read it), ``None``, or an array or tensor with a dimension (``float`` read a
+    one-element one, which NumPy deprecates; a zero-dimensional one is a number)."""
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if getattr(value, "ndim", 0) != 0:
+        raise TypeError(
+            f"{name} must be a number (a scalar), got {type(value).__name__} of shape "
+            f"{tuple(value.shape)}"
+        )
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -321,6 +321,11 @@ def test_check_interval_and_a_string_for_a_number():
     for bad in ("0.5", b"0.5", None, np.array([0.2, 0.3]), [0.5]):
         with pytest.raises(TypeError, match="p must be a number"):
             check_interval("p", bad)
+    # one value with a dimension is not a scalar either (float() read it; NumPy deprecates it)
+    for bad in (np.array([0.5]), torch.tensor([0.5]), np.array([[0.5]])):
+        for check in (check_interval, check_positive):
+            with pytest.raises(TypeError, match=r"p must be a number \(a scalar\), got .* shape"):
+                check("p", bad)
     with pytest.raises(TypeError, match="rho must be a number, got str '2'"):
         check_positive("rho", "2")  # was read as 2.0
 
