@@ -311,8 +311,9 @@ class _Validated(BaseEstimator):
         return np.stack((1 - p, p), axis=1)
 
     def predict(self, X) -> np.ndarray:
-        """``n`` labels in {0, 1}: the class probability thresholded at 0.5."""
-        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+        """``n`` labels in {0, 1}: 1 where the class probability exceeds 0.5 (a tie at exactly
+        0.5 is labelled 0, as scikit-learn's linear classifiers label a zero decision value)."""
+        return (self.predict_proba(X)[:, 1] > 0.5).astype(int)
 
 
 class ERMOnX(_Validated):

@@ -656,3 +656,14 @@ def test_the_play_uses_target_minibatches_and_returns_the_averaged_predictor(mon
         est = DRUM(batch_size=batch_size, **kw).fit(Xs, As, ys, Xt)
         assert set(Recording.rows) == {want}
         assert est.predictor_.fn is made[-1].module.fn and made[-1].updates == 3
+
+
+def test_predict_labels_a_tie_at_one_half_as_zero_like_scikit_learn():
+    """``predict`` thresholds the probability: 1 strictly above 0.5, 0 at or below it, as a
+    scikit-learn logistic regression labels a zero decision value."""
+    g = torch.Generator().manual_seed(0)
+    X, A = torch.randn(20, 2, generator=g), torch.randn(20, 1, generator=g)
+    y = (torch.arange(20) % 2).double()
+    m = ERMOnX(num_iters=1).fit(X, A, y)
+    m._predict = lambda x: torch.tensor([0.5, 0.5 + 1e-12, 0.5 - 1e-12], dtype=torch.float64)
+    assert m.predict(X[:3]).tolist() == [0, 1, 0]
