@@ -196,3 +196,15 @@ def test_persona_experiment_runs_on_device(device, tmp_path, monkeypatch):
     again = pretrain_persona_model(w, num_steps=5, d_model=16, verbose=False)
     assert len(list(tmp_path.glob("persona_*.pt"))) == (1 if device == "cpu" else 2)
     assert next(again.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fit_shallow_net_on_device_matches_the_cpu(device):
+    """The network lives on X's device (it stayed on the CPU) with the CPU's restarts."""
+    from probml.inference.expressivity import fit_shallow_net
+
+    x = torch.linspace(-2, 2, 401, dtype=torch.float64)[:, None]
+    y = torch.relu(x[:, 0]) + torch.relu(x[:, 0]) ** 2
+    mse, net = fit_shallow_net("la", ("relu", "relu2"), x.to(device), y.to(device), restarts=12)
+    assert all(p.device.type == device for p in net.parameters())
+    assert mse < 1e-12  # an exact representation, fitted to rounding on every device

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from probml.models.layers import ShallowNet
-from probml.utils import check_int, check_seed, derive_seed, keep_global_rng
+from probml.utils import check_finite, check_int, check_seed, derive_seed, keep_global_rng
 
 __all__ = ["fit_shallow_net"]
 
@@ -33,12 +33,16 @@ def fit_shallow_net(
 
     Args:
         kind: ``"fixed"``, ``"la"`` or ``"moa"``; dictionary: activation names.
-        X: ``n x d`` inputs; y: ``n`` targets (their dtype is used for the network).
+        X: ``n x d`` finite inputs (the network takes their dtype and device); y: ``n``
+            finite targets.
         seed: restart ``r`` uses ``torch.manual_seed(seed + r)`` (modulo ``2**32``,
             :func:`probml.utils.derive_seed`).
 
     Returns:
         ``(mse, net)`` of the best restart.
+
+    Raises:
+        RuntimeError: when no restart reaches a finite error (it returned ``(inf, None)``).
     """
     check_int("restarts", restarts)
     check_int("width", width)
@@ -48,6 +52,8 @@ def fit_shallow_net(
         raise ValueError(
             f"X must be n x d and y of shape (n,), got {tuple(X.shape)} and {tuple(y.shape)}"
         )
+    check_finite("X", X)  # a NaN made every restart's error NaN: (inf, None) came back
+    check_finite("y", y)
     best, best_net = float("inf"), None
     for r in range(restarts):
         torch.manual_seed(derive_seed(seed, r))
@@ -57,6 +63,7 @@ def fit_shallow_net(
                 torch.nn.init.zeros_(p)
             else:
                 torch.nn.init.normal_(p)
+        net.to(X.device)  # drawn on the CPU first: the same restarts on every device
         opt = torch.optim.LBFGS(
             net.parameters(),
             max_iter=max_iter,
@@ -76,4 +83,9 @@ def fit_shallow_net(
             mse = float(((net(X) - y) ** 2).mean())
         if mse < best:
             best, best_net = mse, net
+    if best_net is None:
+        raise RuntimeError(
+            f"no restart of {restarts} reached a finite error (every fit overflowed or "
+            "diverged); rescale X and y"
+        )
     return best, best_net

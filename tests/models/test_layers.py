@@ -35,6 +35,21 @@ def test_moa_width_one_fits_a_gated_product_that_la_cannot():
     assert fit_shallow_net("la", ("relu",), X, y, restarts=12)[0] > 1e-3
 
 
+def test_fit_shallow_net_refuses_nan_data_and_reports_when_every_restart_overflows():
+    """A NaN target made every restart's error NaN and ``(inf, None)`` came back; so did
+    data so large that every fit overflows. Both are now errors."""
+    x = torch.linspace(-1, 1, 11, dtype=torch.float64)[:, None]
+    y = x[:, 0].clone()
+    y[3] = float("nan")
+    with pytest.raises(ValueError, match="y must be finite"):
+        fit_shallow_net("fixed", ("relu",), x, y, restarts=1, max_iter=2)
+    with pytest.raises(ValueError, match="X must be finite"):
+        fit_shallow_net("fixed", ("relu",), x / 0, x[:, 0], restarts=1, max_iter=2)
+    big = torch.full((4, 1), 1e300, dtype=torch.float64)  # relu(w x)^2 overflows to inf
+    with pytest.raises(RuntimeError, match="no restart of 2 reached a finite error"):
+        fit_shallow_net("la", ("relu2",), big, torch.zeros(4, dtype=torch.float64), restarts=2)
+
+
 @pytest.mark.parametrize(
     "ffn_type, variant", [("I", "bi_sided"), ("II", "one_sided"), ("II", "bi_sided")]
 )
