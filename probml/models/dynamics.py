@@ -283,10 +283,11 @@ class StateSpaceModel:
 
         Returns the final state. Usable with ``pyro.infer.Predictive`` or ``poutine.trace``.
         """
+        num_steps = check_int("num_steps", num_steps)  # 2.5 ran 2 steps without a word
         if ys is not None and ys.shape[0] != num_steps:
             raise ValueError(f"ys must have {num_steps} rows (num_steps), got {ys.shape[0]}")
         x = pyro.sample("x_0", self.init_dist())
-        for t in range(1, int(num_steps) + 1):
+        for t in range(1, num_steps + 1):
             x = pyro.sample(f"x_{t}", self.transition_dist(x))
             pyro.sample(
                 f"y_{t}", self.observation.pyro_dist(x), obs=None if ys is None else ys[t - 1]
@@ -342,6 +343,7 @@ class LinearGaussianSSM(StateSpaceModel):
         """The spec's test problem: a stable random ``A`` (spectral radius 0.9), a random SPD
         ``Q`` with scale ``process_scale``, every ``obs_every``-th coordinate observed."""
         dim, obs_every = check_int("dim", dim), check_int("obs_every", obs_every)
+        check_positive("process_scale", process_scale)  # NaN failed in Q's Cholesky factor
         gen = make_generator(generator)
         M = torch.randn(dim, dim, generator=gen, dtype=dtype)
         A = 0.9 * M / torch.linalg.eigvals(M).abs().max()

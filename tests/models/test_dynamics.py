@@ -374,6 +374,9 @@ def test_models_name_bad_settings():
         (lambda: Lorenz63(dt=0.0), "dt"),
         (lambda: Lorenz63(process_noise=-0.1), "process_noise"),
         (lambda: Lorenz63(init_scale=0.0), "init_scale"),
+        # NaN failed inside Q's Cholesky factor, naming Q
+        (lambda: LinearGaussianSSM.random(dim=2, process_scale=float("nan")), "process_scale"),
+        (lambda: LinearGaussianSSM.random(dim=2).model(0), "num_steps must be >= 1"),
     ]
     for make, match in cases:
         with pytest.raises(ValueError, match=match):
@@ -382,6 +385,8 @@ def test_models_name_bad_settings():
     _, ys = ssm.simulate(3, generator=0)
     with pytest.raises(ValueError, match="ys must have 3 rows"):
         poutine.trace(ssm.model).get_trace(3, ys[:2, 0])
+    with pytest.raises(TypeError, match="num_steps must be an integer"):  # ran 2 steps
+        poutine.trace(ssm.model).get_trace(2.5)
     bad = ys[:, 0].clone()
     bad[1, 0] = float("inf")
     with pytest.raises(ValueError, match="ys contains inf"):
