@@ -237,8 +237,8 @@ def basis_advantages(
     check_interval("eps", eps, 0, 0.5, closed="left")
     if inactive not in ("zero", "offline"):
         raise ValueError(f"inactive must be 'zero' or 'offline', got {inactive!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size)  # True is not a count
     grid = torch.as_tensor(beta_grid, dtype=torch.float64, device=r.device).reshape(-1)
     if grid.numel() == 0 or not bool((grid > 0).all()):  # NaN fails too
         raise ValueError("beta_grid must be a non-empty set of positive temperatures")

@@ -50,6 +50,66 @@ def test_baseline_of_prompt_i_ignores_r_i(form):
         assert not torch.equal(d2["baseline"], d["baseline"])  # but the others see r_i
 
 
+def _basis_by_loops(r, p0, grid, eps, form):
+    """BASIS by the module docstring's formulas, one prompt and one temperature at a time:
+    prompt i's temperature minimises sum_{j in A, j != i} (r_j - b_j^{(-i, -j)})^2, and its
+    baseline is b_i^{(-i)} at that temperature, clamped to [0, 1]; 0 off the active set."""
+    B = len(r)
+    active = [eps < float(p) < 1 - eps for p in p0]
+
+    def value(k, beta):
+        return float(kl_optimal_values(p0[k : k + 1], beta)[0])
+
+    def b(j, beta, out):  # baseline of j from the active prompts not in `out`
+        ks = [k for k in range(B) if active[k] and k not in out]
+        if form == "blue":
+            num = sum(float(r[k]) / (1 - value(k, beta)) for k in ks)
+            den = sum(value(k, beta) / (1 - value(k, beta)) for k in ks)
+            return value(j, beta) * num / den if den > 0 else 0.0
+        s2 = {k: value(k, beta) * (1 - value(k, beta)) for k in [*ks, j]}
+        den = sum(s2[k] for k in ks)
+        res = sum(float(r[k]) - value(k, beta) for k in ks)
+        return value(j, beta) + s2[j] * (res / den if den > 0 else 0.0)
+
+    baselines, betas = [], []
+    for i in range(B):
+        if not active[i]:
+            baselines.append(0.0)
+            betas.append(None)
+            continue
+        losses = [
+            sum((float(r[j]) - b(j, beta, {i, j})) ** 2 for j in range(B) if active[j] and j != i)
+            for beta in grid
+        ]
+        beta = grid[int(np.argmin(losses))]
+        baselines.append(min(max(b(i, beta, {i}), 0.0), 1.0))
+        betas.append(beta)
+    return torch.tensor(baselines, dtype=torch.float64), betas
+
+
+@pytest.mark.parametrize("seed", [1, 3, 7])
+@pytest.mark.parametrize("form", ["blue", "linearised"])
+def test_basis_matches_its_formulas_computed_by_loops(form, seed):
+    """The vectorised leave-two-out calibration (chunked G x c x B tensors) against the
+    formulas evaluated one prompt, one temperature and one leave-out set at a time, with two
+    prompts outside the active set. (The chosen temperatures are what the calibration
+    decides: a fine grid, and draws where the prompts pick several, make a wrong
+    leave-two-out sum change them; with a coarse grid one survived.)"""
+    g = torch.Generator().manual_seed(seed)
+    p0 = torch.rand(9, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    p0[2], p0[6] = 0.01, 0.995  # inactive at eps = 0.02
+    r = (torch.rand(9, generator=g, dtype=torch.float64) < p0).double()
+    grid = (0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, float("inf"))
+    want, betas = _basis_by_loops(r, p0, grid, 0.02, form)
+    adv, d = basis_advantages(r, p0, beta_grid=grid, form=form, chunk_size=4)
+    assert torch.allclose(d["baseline"], want, atol=1e-12, rtol=0)
+    assert torch.allclose(adv, r - want, atol=1e-12, rtol=0)
+    act = d["active"].tolist()
+    assert act == [b is not None for b in betas]
+    assert [float(x) for x, a in zip(d["beta"], act) if a] == [b for b in betas if b is not None]
+    assert len(set(betas) - {None}) > 1  # the prompts do not all pick one temperature
+
+
 def test_whitened_advantages_are_the_plain_ones_over_their_sd():
     """``whiten=True`` (never run by a test before) rescales the advantages by their standard
     deviation and changes neither the baseline nor the chosen temperatures."""
@@ -61,6 +121,27 @@ def test_whitened_advantages_are_the_plain_ones_over_their_sd():
     assert torch.allclose(white, plain / plain.std())
     assert abs(float(white.std()) - 1.0) < 1e-12
     assert torch.equal(d["baseline"], dw["baseline"]) and torch.equal(d["beta"], dw["beta"])
+    # advantages that are all equal have sd 0: they stay finite (zero), not 0 / 0
+    flat, _ = basis_advantages(torch.zeros(4), torch.full((4,), 0.01), whiten=True)
+    assert torch.equal(flat, torch.zeros(4))
+
+
+def test_integer_rewards_give_the_float_answers():
+    """Integer rewards (0/1 counts) are read as float64, not rejected by mean() or std()."""
+    r = torch.tensor([1, 0, 0, 1, 1])
+    R = torch.tensor([[1, 0, 1], [0, 0, 1]])
+    assert torch.equal(reinforce_pp_advantages(r), reinforce_pp_advantages(r.double()))
+    assert torch.equal(grpo_advantages(R), grpo_advantages(R.double()))
+    assert torch.equal(rloo_advantages(R), rloo_advantages(R.double()))
+    p0 = torch.full((5,), 0.4, dtype=torch.float64)
+    assert torch.equal(basis_advantages(r, p0)[0], basis_advantages(r.double(), p0)[0])
+
+
+@pytest.mark.parametrize("bad", [2.5, True, 0])
+def test_basis_chunk_size_is_a_positive_count(bad):
+    r, p0 = torch.tensor([1.0, 0.0, 1.0]), torch.full((3,), 0.5)
+    with pytest.raises((TypeError, ValueError), match="chunk_size must be"):
+        basis_advantages(r, p0, chunk_size=bad)
     # a batch whose advantages spread by less than 1e-2 (every prompt inactive, offline
     # baselines 0.0050 .. 0.0058): still divided by their own sd, not by a floor
     p0 = torch.linspace(0.005, 0.0058, 5, dtype=torch.float64)
@@ -517,6 +598,9 @@ def test_batch_wide_floor_recovers_a_shared_shift_and_sees_prompt_specific_drift
         batch_wide_floor(v, p0[:10])
     with pytest.raises(ValueError, match="shifts"):
         batch_wide_floor(v, p0, shifts=torch.tensor([]))
+    for bad in (float("inf"), float("nan")):  # an inf shift put a NaN or 1 in the grid
+        with pytest.raises(ValueError, match="shifts must be .* finite"):
+            batch_wide_floor(v, p0, shifts=torch.tensor([0.0, bad]))
     with pytest.raises(ValueError, match="noise"):
         batch_wide_floor(v, p0, noise=torch.ones(3))
 
