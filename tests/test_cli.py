@@ -27,11 +27,15 @@ def _boom(fast, seed, device, out_dir):
     raise RuntimeError("deliberate failure")
 
 
-def test_list_prints_registered_examples(capsys):
+def test_list_prints_registered_examples(capsys, tmp_path, monkeypatch):
     reg = Registry([Example("alpha", "first example", _ok), Example("beta", "second", _ok)])
     assert main(["list"], registry=reg) == 0
     out = capsys.readouterr().out
-    assert "alpha" in out and "first example" in out and "beta" in out
+    assert out.splitlines() == ["alpha  first example", "beta   second"]  # one column
+    # no examples folder: a message and exit status 2, not a traceback
+    monkeypatch.setenv("PROBML_EXAMPLES_DIR", str(tmp_path / "missing"))
+    assert main(["list"]) == 2
+    assert "probml: examples folder" in capsys.readouterr().err
 
 
 def test_run_unknown_name_lists_valid_names(capsys):
@@ -47,6 +51,7 @@ def test_run_unknown_name_lists_valid_names(capsys):
         (["run", "alpha", "--seed", "-1"], "argument --seed: must be a non-negative integer"),
         (["run", "alpha", "--seed", "x"], "argument --seed: must be a non-negative integer"),
         (["demo", "--device", "bogus"], "argument --device: device must be"),
+        (["demo", "--seed", "-1"], "argument --seed: must be a non-negative integer"),
         # a file in the way of --out: a mkdir traceback before
         (["run", "alpha", "--out", __file__], "argument --out: cannot create the folder"),
         (["demo", "--out", __file__ + "/sub"], "argument --out: cannot create the folder"),
@@ -139,9 +144,10 @@ def test_run_passes_its_options_seeds_and_prints_table_headline_and_figures(tmp_
         assert f"figure: {tmp_path / str(i) / 'fig.png'}" in out
     meta = json.loads((tmp_path / "1" / "results.json").read_text())["meta"]
     assert meta == {"example": "rec", "fast": True, "seed": 4, "headline": expected}
-    script_main(_record, ["--fast", "--out", str(tmp_path / "s")])  # examples/NAME.py
+    script_main(_record, ["--fast", "--seed", "4", "--out", str(tmp_path / "s")])  # NAME.py
     out = capsys.readouterr().out
-    assert out.startswith("| x |") and out.strip().splitlines()[-1].startswith("x=")
+    assert out.startswith("| x |") and out.strip().splitlines()[-1] == expected
+    assert CALLS[-1]["seed"] == 4
 
 
 def test_demo_modes_and_its_report_sections(tmp_path):
@@ -156,6 +162,13 @@ def test_demo_modes_and_its_report_sections(tmp_path):
     )
     assert fast.startswith("# probml demo report (fast mode, seed 0)")
     assert full.startswith("# probml demo report (full mode, seed 0)")
+    assert main(["demo", "--seed", "4", "--out", str(tmp_path / "s")], registry=reg) == 0
+    assert CALLS[-1]["seed"] == 4
+    assert (
+        (tmp_path / "s" / "report.md")
+        .read_text()
+        .startswith("# probml demo report (fast mode, seed 4)")
+    )
     section = full.split("## rec\n\n")[1]
     assert section.startswith("| x |") and "![fig.png](rec/fig.png)" in section
 
@@ -218,3 +231,23 @@ def test_registry_order_failures_and_extras(tmp_path):
     run_example(Example("ex", "", extra), out_dir=tmp_path / "e")
     meta = json.loads((tmp_path / "e" / "results.json").read_text())["meta"]
     assert meta["note"] == "kept" and meta["n"] == 3 and meta["headline"] == "h"
+
+
+def test_a_bad_seed_is_refused_before_anything_is_written(tmp_path):
+    """``run_example`` checks the seed before it makes its folder, and ``run_demo`` once,
+    before any example (not a FAILED row per example); an empty registry still gets its
+    report folder; a failure's traceback lands in the report."""
+    reg = Registry([Example("good", "ok", _ok)])
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        run_example(reg.get("good"), seed=-1, out_dir=tmp_path / "ex")
+    assert not (tmp_path / "ex").exists()
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        run_demo(reg, seed=2.5, out_root=tmp_path / "demo", echo=lambda s: None)
+    assert not (tmp_path / "demo").exists()
+    summary, report = run_demo(Registry([]), out_root=tmp_path / "empty", echo=lambda s: None)
+    assert summary == [] and report.read_text().startswith("# probml demo report")
+    _, report = run_demo(
+        Registry([Example("bad", "fails", _boom)]), out_root=tmp_path / "b", echo=lambda s: None
+    )
+    text = report.read_text()
+    assert "Traceback (most recent call last)" in text and 'raise RuntimeError("deliberate' in text
