@@ -139,3 +139,28 @@ def test_fitting_the_binary_source_trains_the_base_only():
     with torch.no_grad():
         assert torch.equal(adv.prob(x), src.prob(x))
         assert float(src.prob(torch.tensor([[2.0, 0.0]]))) > 0.8  # the base did learn
+
+
+def test_a_known_source_is_frozen_and_the_fit_checks_its_data():
+    """``ConditionalBernoulli.constant`` is a known conditional: nothing in it trains. The
+    fit names a NaN in ``A`` and a row count of ``A`` unlike ``X``'s; and a flow fitted to
+    an ``A`` with a constant column keeps a positive scale there (its log-density finite)."""
+    from probml.guides.generators import ConditionalBernoulli
+
+    known = ConditionalBernoulli.constant(0.3, x_dim=2)
+    assert not any(p.requires_grad for p in known.parameters())
+    g = torch.Generator().manual_seed(0)
+    X, A = torch.randn(50, 2, generator=g), torch.randn(50, 2, generator=g)
+    bad = A.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="A must be finite"):
+        fit_source_conditional(bad, X, num_iters=1, verbose=False)
+    with pytest.raises(ValueError, match="A and X must have the same rows, got 49 and 50"):
+        fit_source_conditional(A[:49], X, num_iters=1, verbose=False)
+    with pytest.raises(ValueError, match="X must be n x d_x with n >= 1, got shape"):
+        fit_source_conditional(A[:0], X[:0], num_iters=1, verbose=False)
+    A[:, 1] = 2.0  # a constant column: standard deviation 0
+    flow = fit_source_conditional(A, X, num_iters=0, verbose=False)
+    assert float(flow.a_scale[1]) > 0 and float(flow.a_loc[1]) == 2.0
+    with torch.no_grad():
+        assert bool(torch.isfinite(flow.log_prob(A, X)).all())
