@@ -444,3 +444,23 @@ def test_diffusion_settings_are_checked_and_training_follows_its_documentation(m
     torch.testing.assert_close(
         model.eps(z, s, c), model.net(z, s, (c - model.cond_mean) / model.cond_scale)
     )
+
+
+def test_missing_components_give_finite_gradients_and_the_filter_symmetric_covariances():
+    """With a NaN (missing) component of ``y`` the gradient of the log-density in ``x`` (what
+    a guided proposal follows) is finite, zero along the missing component; the Kalman
+    covariances are symmetric to the last bit (symmetrised after each update); ``H``
+    with the wrong number of columns is named."""
+    obs = GaussianObservation(torch.eye(2, dtype=torch.float64), 0.5)
+    y = torch.tensor([[0.3, float("nan")]], dtype=torch.float64)
+    x = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+    obs.log_prob(y, x, observed=~torch.isnan(y)).sum().backward()
+    assert bool(torch.isfinite(x.grad).all()) and float(x.grad[0, 1]) == 0.0
+    assert float(x.grad[0, 0]) == pytest.approx(0.3 / 0.25)
+    ssm = LinearGaussianSSM.random(dim=5, obs_every=2, generator=3)
+    _, ys = ssm.simulate(20, generator=4)
+    for data in (ys[:, 0], torch.where(torch.arange(3) == 1, float("nan"), ys[:, 0])):
+        covs = ssm.kalman_filter(data)[1]
+        assert torch.equal(covs, covs.mT)
+    with pytest.raises(ValueError, match="H p x d"):
+        LinearGaussianSSM(ssm.A, ssm.Q, torch.eye(3, dtype=torch.float64), 0.1)
