@@ -393,3 +393,46 @@ def test_fractional_seeds_are_refused_not_truncated():
     ):
         with pytest.raises(ValueError, match="seed must be a non-negative int"):
             call()
+
+
+def test_posterior_fit_and_planner_sizes_are_named():
+    """Found by probing every count of the public entry points with 2.5, -1 and 0 (session
+    36): these failed inside Pyro or torch naming nothing, ran with a truncated or empty loop
+    (``svi_steps=-1`` drew from the untrained guide), or were named after an internal helper's
+    argument (``fit_amortized``'s ``grid_points`` as ``points``). A continuous source
+    conditional or a transition model fitted to one row standardised by a NaN sd."""
+    import numpy as np
+
+    from probml.guides.generators import fit_source_conditional
+    from probml.inference.pace import PACEGGM, covariance_posterior
+    from probml.inference.planning import StepBound, fit_amortized
+    from probml.models.diffusion import NeuralDiffusionTransition, train_transition_model
+    from probml.models.experiments import LocationFinding
+
+    X = np.random.default_rng(0).normal(size=(100, 2)).clip(-2, 2)
+    pace = PACEGGM(epsilon=2.0, bounds=2.0, random_state=0).fit(X)
+    post = {"method": "svi", "svi_steps": 2, "num_samples": 2}
+    xp = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    plan = {"horizon": 2, "net_steps": 1, "policy_iters": 1}
+    cases = [
+        ("num_samples", lambda v: covariance_posterior(pace, **{**post, "num_samples": v})),
+        ("svi_steps", lambda v: covariance_posterior(pace, **{**post, "svi_steps": v})),
+        ("warmup_steps", lambda v: covariance_posterior(pace, "nuts", warmup_steps=v)),
+        ("hidden", lambda v: train_transition_model(xp, xp, hidden=v, num_iters=1, verbose=False)),
+        ("depth", lambda v: NeuralDiffusionTransition(2, depth=v)),
+        ("num_iters", lambda v: train_transition_model(xp, xp, num_iters=v, verbose=False)),
+        ("batch_size", lambda v: train_transition_model(xp, xp, batch_size=v, verbose=False)),
+        ("net_steps", lambda v: fit_amortized(LocationFinding(), [StepBound(0.5)], **{**plan, "net_steps": v})),
+        ("policy_iters", lambda v: fit_amortized(LocationFinding(), [StepBound(0.5)], **{**plan, "policy_iters": v})),
+        ("grid_points", lambda v: fit_amortized(LocationFinding(), [StepBound(0.5)], grid_points=v, **plan)),
+    ]  # fmt: skip
+    for name, call in cases:
+        for bad in (2.5, -1):
+            with pytest.raises((TypeError, ValueError), match=rf"^{name} must be"):
+                call(bad)
+    one = xp[:1]
+    with pytest.raises(ValueError, match="a continuous A needs n >= 2 rows"):
+        fit_source_conditional(one, one, num_iters=1, verbose=False)
+    with pytest.raises(ValueError, match="need n >= 2 pairs"):
+        train_transition_model(one, one, num_iters=1, verbose=False)
+    fit_source_conditional(one[:, 0] > 0, one, binary=True, num_iters=1, verbose=False)  # fine

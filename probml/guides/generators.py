@@ -240,6 +240,8 @@ def fit_source_conditional(
         raise ValueError(f"X must be n x d_x with n >= 1, got shape {tuple(X.shape)}")
     if binary and not bool(((A == 0) | (A == 1)).all()):
         raise ValueError("binary=True needs A in {0, 1}")
+    if not binary and X.shape[0] < 2:  # the flow standardises A and X by their sds
+        raise ValueError(f"a continuous A needs n >= 2 rows to standardise, got {X.shape[0]}")
     batch_size = check_int("batch_size", batch_size)
     num_iters = check_int("num_iters", num_iters, 0)
     check_positive("lr", lr)

@@ -492,6 +492,8 @@ def covariance_posterior(
     Args:
         estimator: a fitted PACEGGM (its ``measurements_`` are the only data used).
         method: ``"nuts"``, ``"svi"`` (AutoMultivariateNormal) or ``"auto"`` (NUTS for d <= 20).
+        num_samples: posterior draws returned (``>= 1``); warmup_steps: NUTS warm-up steps
+            (``>= 0``); svi_steps: SVI steps (``>= 1``).
         scale_prior: HalfNormal scales of the marginal sds (default: the public bounds / 2), or
             a distribution over the ``d`` scales.
         prior: a user prior over the Cholesky factor of ``Sigma`` (support ``lower_cholesky``;
@@ -517,6 +519,11 @@ def covariance_posterior(
         method = "nuts" if d <= 20 else "svi"
     if method not in ("nuts", "svi"):
         raise ValueError(f"method must be 'auto', 'nuts' or 'svi', got {method!r}")
+    # as BayesianQLearner's: a fraction failed inside Pyro, svi_steps <= 0 drew from the
+    # untrained guide without a word
+    num_samples = check_int("num_samples", num_samples)
+    warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+    svi_steps = check_int("svi_steps", svi_steps)
     seed = check_seed("seed", seed)
     kw = dict(
         entries=torch.as_tensor(entries, dtype=torch.long),

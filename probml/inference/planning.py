@@ -759,6 +759,14 @@ def fit_amortized(
     under the step bound, then a relative-move policy (a ``grid_points^D`` grid of moves)
     trained by :func:`train_design_policy` under the constraints. Reproducible from ``seed``
     alone (torch's global RNG is neither used nor changed)."""
+    for name, value, low in (
+        ("horizon", horizon, 1),
+        ("net_steps", net_steps, 1),
+        ("policy_iters", policy_iters, 0),
+        ("hidden", hidden, 1),
+        ("grid_points", grid_points, 1),
+    ):
+        check_int(name, value, low)  # by these names: the helpers' errors named their own
     cons = Constraints(constraints, experiment.design_bounds)
     if cons.step is None:
         raise ValueError("fit_amortized needs a StepBound (the policy's moves are relative)")

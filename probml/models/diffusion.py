@@ -244,6 +244,8 @@ class NeuralDiffusionTransition(DiffusionTransition, SavableModule):
         depth: int = 3,
         schedule: VPSchedule | None = None,
     ):
+        for name, value in (("state_dim", state_dim), ("hidden", hidden), ("depth", depth)):
+            check_int(name, value)  # 2.5 or -1 failed inside nn.Linear, naming nothing
         super().__init__(state_dim, schedule)
         self.net = NoiseMLP(state_dim, hidden, depth)
         self.config = {"state_dim": state_dim, "hidden": hidden, "depth": depth}
@@ -286,7 +288,8 @@ def train_transition_model(
     \sigma\varepsilon, s, c) - \varepsilon\|^2` with :math:`s \sim U(s_{\min}, 1)`.
 
     Args:
-        x_prev, x_next: ``n x d`` simulated transition pairs :math:`(x_{t-1}, x_t)`.
+        x_prev, x_next: ``n x d`` simulated transition pairs :math:`(x_{t-1}, x_t)`,
+            ``n >= 2``.
         hidden, depth: MLP width and number of hidden layers.
         num_iters, batch_size, lr: Adam with cosine decay.
         seed: seeds initialisation and minibatches.
@@ -301,6 +304,10 @@ def train_transition_model(
         )
     check_finite("x_prev", x_prev)
     check_finite("x_next", x_next)
+    if x_prev.shape[0] < 2:  # the increments are standardised by their sd
+        raise ValueError(f"x_prev and x_next need n >= 2 pairs, got {x_prev.shape[0]}")
+    num_iters = check_int("num_iters", num_iters, 0)
+    batch_size = check_int("batch_size", batch_size)
     check_positive("lr", lr)
     gen = make_generator(seed, device=x_prev.device)  # checks seed before the global RNG reads it
     torch.manual_seed(seed)
