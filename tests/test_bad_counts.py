@@ -436,3 +436,48 @@ def test_posterior_fit_and_planner_sizes_are_named():
     with pytest.raises(ValueError, match="need n >= 2 pairs"):
         train_transition_model(one, one, num_iters=1, verbose=False)
     fit_source_conditional(one[:, 0] > 0, one, binary=True, num_iters=1, verbose=False)  # fine
+
+
+def test_constructor_sizes_and_small_counts_are_named():
+    """The same probe on constructors and small helpers: a width, input size or count of 2.5
+    or -1 failed inside ``nn.Linear`` or ``torch.multinomial`` naming nothing,
+    ``pydoc_corpus(max_chars=-1)`` dropped the last character (0 kept all of it),
+    ``unfairness`` rounded to 2.5 decimals, and ``ShallowNet`` read any ``gate`` word but
+    ``"gated"`` as the literal gate."""
+    import numpy as np
+
+    from probml.guides.generators import (
+        ConditionalBernoulli,
+        ConditionalFlow,
+        TransportPerturbation,
+    )
+    from probml.inference.pretrain import pydoc_corpus
+    from probml.metrics import unfairness
+    from probml.models.dynamics import LinearGaussianSSM
+    from probml.models.layers import ShallowNet
+    from probml.models.rollouts import LinearBandit
+
+    bandit = LinearBandit(num_prompts=8, dim=2)
+    ssm = LinearGaussianSSM.random(dim=2)
+    cases = [
+        ("x_dim", lambda v: ConditionalBernoulli(v)),
+        ("hidden", lambda v: ConditionalBernoulli(2, hidden=v)),
+        ("x_dim", lambda v: ConditionalBernoulli.constant(0.3, x_dim=v)),
+        ("hidden", lambda v: TransportPerturbation(ConditionalFlow(2, 2), hidden=v)),
+        ("in_dim", lambda v: ShallowNet(v, 2)),
+        ("width", lambda v: ShallowNet(2, v)),
+        ("num", lambda v: bandit.sample(bandit.reference_theta, torch.arange(2), v, None)),
+        ("num_trajectories", lambda v: ssm.simulate(2, num_trajectories=v)),
+        ("max_chars", lambda v: pydoc_corpus(v)),
+    ]
+    for name, call in cases:
+        for bad in (2.5, -1):
+            with pytest.raises((TypeError, ValueError), match=rf"^{name} must be"):
+                call(bad)
+    with pytest.raises(TypeError, match="decimals must be an integer"):
+        unfairness(np.linspace(0, 1, 20), np.arange(20) % 2, kind="tv", decimals=2.5)
+    assert unfairness(np.linspace(0, 1, 20), np.arange(20) % 2, kind="tv", decimals=-1) == 0.0
+    with pytest.raises(ValueError, match="gate must be 'gated' or 'literal'"):
+        ShallowNet(2, 2, kind="moa", gate="gatd")
+    c = pydoc_corpus(1000)
+    assert c.train.numel() + c.val.numel() == 1000

@@ -141,6 +141,8 @@ class ConditionalBernoulli(nn.Module):
 
     def __init__(self, x_dim: int, hidden: int = 16):
         super().__init__()
+        check_int("x_dim", x_dim)
+        check_int("hidden", hidden)
         self.base = nn.Sequential(nn.Linear(x_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         self.tilt = nn.Sequential(nn.Linear(x_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.tilt[-1].weight)
@@ -192,6 +194,7 @@ class TransportPerturbation(nn.Module):
 
     def __init__(self, source: ConditionalFlow, hidden: int = 32):
         super().__init__()
+        check_int("hidden", hidden)
         self.source = source.copy().requires_grad_(False)
         d_a, d_x = source.a_dim, source.x_dim
         self.a_dim, self.x_dim = d_a, d_x

@@ -68,11 +68,14 @@ class CharCorpus:
 
 
 def pydoc_corpus(max_chars: int | None = None) -> CharCorpus:
-    """The text of ``pydoc_data.topics`` (about 465k characters), topics in sorted order."""
+    """The text of ``pydoc_data.topics`` (about 465k characters), topics in sorted order;
+    ``max_chars`` (``>= 1``) keeps the first characters only."""
     from pydoc_data.topics import topics
 
+    if max_chars is not None:  # -1 dropped the last character, 0 kept the whole text
+        max_chars = check_int("max_chars", max_chars)
     text = "\n".join(topics[k] for k in sorted(topics))
-    return CharCorpus(text[:max_chars] if max_chars else text)
+    return CharCorpus(text if max_chars is None else text[:max_chars])
 
 
 def synthetic_corpus(

@@ -267,6 +267,7 @@ class StateSpaceModel:
             ``xs``: ``T+1 x B x d`` (``xs[0] = x_0``) and ``ys``: ``T x B x p``.
         """
         num_steps = check_int("num_steps", num_steps)
+        num_trajectories = check_int("num_trajectories", num_trajectories)
         gen = make_generator(generator, device=self.init_loc.device)
         if x0 is None:
             x0 = self.sample_init(num_trajectories, gen)

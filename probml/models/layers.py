@@ -445,6 +445,10 @@ class ShallowNet(nn.Module):
         super().__init__()
         if kind not in ("fixed", "la", "moa"):
             raise ValueError(f"kind must be fixed, la or moa, got {kind!r}")
+        check_int("in_dim", in_dim)
+        check_int("width", width)
+        if gate not in ("gated", "literal"):  # as the MoA layer's (any other word was literal)
+            raise ValueError(f"gate must be 'gated' or 'literal', got {gate!r}")
         self.kind, self.dictionary, self.gate_kind = kind, _check_dictionary(dictionary), gate
         K = len(self.dictionary)
         if kind == "fixed" and K != 1:

@@ -445,6 +445,7 @@ class LinearBandit:
         self, theta: torch.Tensor, prompts: torch.Tensor, num: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``num`` answers per prompt: ``(answers B x num, rewards B x num)``."""
+        num = check_int("num", num)  # <= 0 failed inside torch.multinomial, naming nothing
         pi = self.policy(theta, prompts)
         a = torch.multinomial(pi, num, replacement=True, generator=generator)
         return a, self.correct[prompts].gather(1, a)
