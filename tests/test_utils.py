@@ -146,6 +146,8 @@ def test_validators_on_infinite_batched_and_misplaced_input():
     for bad in (float("inf"), float("nan")):
         with pytest.raises(ValueError, match="rho must be finite and > 0"):
             check_positive("rho", bad)
+        with pytest.raises(ValueError, match="x must be finite; it has 1 NaN/inf entries"):
+            check_finite("x", torch.tensor([0.0, bad]))  # a tensor: checked by torch
     M = torch.tensor([[4.0, 2.0], [2.0, 3.0]])
     assert torch.allclose(cholesky_factor("cov", M), torch.linalg.cholesky(M))
     with pytest.raises(ValueError, match="cov must be symmetric positive definite"):
@@ -158,6 +160,12 @@ def test_validators_on_infinite_batched_and_misplaced_input():
         module_list(model, "blocks", "layers")
     with pytest.raises(ValueError, match=r"rewards and p0 must both have shape \(B,\)"):
         check_batch_probabilities("p0", [[0.2], [0.5]], torch.zeros(2, 1), "rewards")
+    from probml.utils import check_indices
+
+    assert check_indices("prompts", [1, 0], 2, (2,)).tolist() == [1, 0]
+    for bad in ([-1, 0], [0, 2]):  # -1 would index from the end without a word
+        with pytest.raises(ValueError, match=r"prompts must be \(2,\) indices in \[0, 2\)"):
+            check_indices("prompts", bad, 2, (2,))
 
 
 def test_results_writer_empty_cells_paths_and_keys(tmp_path):
@@ -211,6 +219,12 @@ def test_check_prior_dtype_and_device_each_on_their_own():
     with pytest.raises(NotImplementedError):
         no_mean.mean  # noqa: B018 - the case under test
     assert check_prior("prior", no_mean, (2,), torch.float64, "meta") is no_mean
+    # the right shape declared as a batch names the fix; another shape does not
+    batch = torch.distributions.Normal(torch.zeros(2, 3), 1.0)
+    with pytest.raises(ValueError, match=r"batch shape \(2, 3\) .*: \.to_event\(2\)\)$"):
+        check_prior("prior", batch, (2, 3))
+    with pytest.raises(ValueError, match=r"event shape \(\)$"):
+        check_prior("prior", batch, (3,))
 
 
 def test_cholesky_factor_reads_only_the_lower_triangle_and_auto_is_a_device():
