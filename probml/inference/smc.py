@@ -43,7 +43,7 @@ from probml.inference.particles import (
 )
 from probml.models.diffusion import DiffusionTransition
 from probml.models.dynamics import GaussianObservation, kalman_filter
-from probml.utils import check_int, check_interval, make_generator, progress
+from probml.utils import check_int, check_interval, make_generator, progress, shape_of
 
 __all__ = [
     "FilterResult",
@@ -467,6 +467,16 @@ def evaluate_filter(
 
     from probml.metrics import crps_ensemble
 
+    if not (isinstance(xs, torch.Tensor) and isinstance(ys, torch.Tensor)) or (
+        xs.dim() != 3
+        or ys.dim() != 3
+        or xs.shape[0] != ys.shape[0] + 1
+        or xs.shape[1] != ys.shape[1]
+    ):  # xs of T rows failed in a broadcast naming nothing (for T = 2 it broadcast silently)
+        raise ValueError(
+            "xs must be T+1 x B x d and ys T x B x p (xs[0] the initial state), got "
+            f"{shape_of(xs)} and {shape_of(ys)}"
+        )
     filt.keep_particles = True
     t0 = time.perf_counter()
     res = filt.filter(ys, particles=particles)

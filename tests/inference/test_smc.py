@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from probml.guides.diffusion import GuidedReverseProposal
-from probml.inference.particles import ParticleDegeneracyError
+from probml.inference.particles import ParticleDegeneracyError, effective_sample_size
 from probml.inference.smc import (
     SURGE,
     BootstrapPF,
@@ -131,6 +131,11 @@ def test_evaluate_filter_scores_match_the_kalman_posterior():
     assert out["crps"] == pytest.approx(float(crps.mean()), rel=0.03)
     assert 0 < out["mean_ess"] <= 1 and math.isnan(out["min_diffusion_ess"])
     assert out["result"].particles.shape == (5, 8, 4000, 4)  # kept for the CRPS
+    # the ESS recorded after each update is the kept weights' own, and mean_ess its mean / N
+    res = out["result"]
+    assert torch.allclose(res.ess, effective_sample_size(res.log_weights), rtol=1e-12)
+    assert float(res.ess.min()) < 0.99 * 4000  # the weights are not all equal
+    assert out["mean_ess"] == pytest.approx(float(res.ess.mean()) / 4000, rel=1e-12)
 
 
 def test_surge_scores_report_the_smallest_diffusion_ess_and_guidance_stays_unweighted():
@@ -206,6 +211,30 @@ def test_bad_input_raises_clear_errors(lg_problem):
         SURGE(tr, ssm.observation, 16, 5, resampling="residual")
     with pytest.raises(ValueError, match="inflation"):
         EnKF(ssm, ssm.observation, 16, inflation=float("nan"))
+    for bad in (torch.zeros(16, dtype=torch.float64), torch.zeros(1, 1, 16, D)):
+        with pytest.raises(ValueError, match="particles must be a tensor of shape N x d or B x N"):
+            f.init(bad)
+    f.init(torch.zeros(1, 16, D, dtype=torch.float64))  # batched: y must be B x p too
+    with pytest.raises(ValueError, match=r"y must have shape \(1, 5\)"):
+        f.step(torch.zeros(5, dtype=torch.float64))
+    xs, ys = ssm.simulate(2, 1, generator=0)
+    with pytest.raises(ValueError, match=r"xs must be T\+1 x B x d and ys T x B x p"):
+        evaluate_filter(f, xs[1:], ys, torch.zeros(1, 16, D, dtype=torch.float64))
+
+
+def test_weighted_moments_of_particles_far_from_the_origin():
+    """Two passes (mean, then squared deviations): a one-pass E[x^2] - E[x]^2 loses every
+    digit of a spread of 0.01 around 1e8 in float64."""
+    g = torch.Generator().manual_seed(0)
+    parts = 1e8 + 0.01 * torch.randn(1, 500, 2, generator=g, dtype=torch.float64)
+    lw = torch.randn(1, 500, generator=g, dtype=torch.float64)
+    m, s = weighted_moments(parts, lw)
+    w = torch.softmax(lw, -1)[..., None]
+    dev = parts - 1e8  # the same moments computed on the centred values
+    m0 = (w * dev).sum(-2)
+    s0 = (w * (dev - m0[:, None]).pow(2)).sum(-2).sqrt()
+    assert torch.allclose(m - 1e8, m0, rtol=0, atol=1e-7)
+    assert torch.allclose(s, s0, rtol=1e-6, atol=0)
 
 
 def test_all_weights_zero_raises_named_error():
@@ -318,6 +347,11 @@ def test_inflated_twist_is_the_exact_likelihood_under_a_flat_prior():
         exact = torch.distributions.Normal(z[..., 0] / al[k], var.sqrt()).log_prob(y)
         log_h, _, _ = GuidedReverseProposal(tr, obs, K).twist(z, k, cond, y, grad=False)
         assert torch.allclose(log_h, exact, atol=1e-4), k
+        # the gradient path evaluates the same twist (level k's inflation) and its gradient
+        log_g, g, _ = GuidedReverseProposal(tr, obs, K).twist(z, k, cond, y, grad=True)
+        assert torch.allclose(log_g, log_h, rtol=0, atol=1e-12), k
+        slope = (y - z[..., 0] / al[k]) / var / al[k]  # d/dz of the exact log-density
+        assert torch.allclose(g[..., 0], slope, rtol=1e-3, atol=1e-6), k
         dps, _, _ = GuidedReverseProposal(tr, obs, K, twist="dps").twist(z, k, cond, y, grad=False)
         assert float((dps - exact).abs().max()) > 0.1
 
@@ -385,3 +419,21 @@ def test_surge_resamples_at_each_assimilation_time_when_degenerate():
                  verbose=False)  # fmt: skip
     res = filt.filter(ys[:, 0], particles=xs[0, 0] + torch.randn(64, 2, dtype=xs.dtype))
     assert res.num_resamples == 2
+
+
+def test_surge_resamples_inside_the_reverse_path_at_every_level_but_the_last():
+    """At ``ess_threshold = 1`` every non-uniform weight vector is degenerate. Inside the
+    reverse path SURGE checks after each level k = K..2 (not after the last, where the
+    particles are decoded), so T times give at least T (K - 1) resamplings there, plus one at
+    each assimilation time after the first (its incoming weights are unequal)."""
+    ssm = LinearGaussianSSM.random(dim=2, obs_every=1, obs_noise=0.5)
+    tr = LinearGaussianDiffusion(ssm.A, ssm.Q)
+    xs, ys = ssm.simulate(3, 1, generator=0)
+    T, K = 3, 5
+    filt = SURGE(tr, ssm.observation, 64, num_diffusion_steps=K, ess_threshold=1.0, seed=1,
+                 verbose=False)  # fmt: skip
+    x0 = xs[0, 0] + torch.randn(64, 2, dtype=xs.dtype, generator=torch.Generator().manual_seed(2))
+    res = filt.filter(ys[:, 0], particles=x0)
+    assert T * (K - 1) + (T - 1) <= res.num_resamples <= T * K
+    with pytest.raises(TypeError, match="sample"):  # BootstrapPF needs a sampler
+        BootstrapPF(object(), ssm.observation, 16)
