@@ -268,3 +268,31 @@ def test_estimator_inputs_are_checked_and_the_wrappers_and_histories_follow_thei
 
     with pytest.raises(TypeError, match="log_prob"):
         ace_eig(NoDensity(), xi)
+
+
+def test_nmc_eig_takes_one_label_as_a_string_whatever_its_length():
+    """``observation_labels="obs"`` is one site, not the sites "o", "b" and "s": a model whose
+    label is longer than one character gives the same estimate as with ``["obs"]``."""
+    import pyro.distributions as dist
+
+    def model(design):
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(design.shape[:-1]), 1.0))
+        return pyro.sample("obs", dist.Normal(theta * design[..., 0], 0.5))
+
+    xi = torch.tensor([[1.0], [0.3]])
+    pyro.set_rng_seed(0)
+    a = nmc_eig(model, xi, "obs", N=2000, M=1000)
+    pyro.set_rng_seed(0)
+    b = nmc_eig(model, xi, ["obs"], N=2000, M=1000)
+    assert torch.equal(a, b) and a.shape == (2,)
+    exact = 0.5 * torch.log1p(xi[:, 0] ** 2 / 0.25)  # the linear-Gaussian closed form
+    assert torch.allclose(a, exact, atol=0.05)
+
+    def two_sites(design):  # two observations of theta: both labels enter the estimate
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(design.shape[:-1]), 1.0))
+        pyro.sample("obs1", dist.Normal(theta * design[..., 0], 0.5))
+        return pyro.sample("obs2", dist.Normal(theta * design[..., 0], 0.5))
+
+    pyro.set_rng_seed(0)
+    both = nmc_eig(two_sites, xi, ["obs1", "obs2"], N=2000, M=1000)
+    assert torch.allclose(both, 0.5 * torch.log1p(2 * xi[:, 0] ** 2 / 0.25), atol=0.05)
