@@ -819,3 +819,27 @@ def test_pace_ends_with_the_exact_completion_of_its_measurements_when_one_exists
     assert torch.allclose(est.covariance_, W, atol=1e-12, rtol=0)
     # the documented symmetric precision: exactly (an inverse alone is off by ~1e-18 here)
     assert torch.equal(est.precision_, est.precision_.T)
+
+
+def test_posterior_defaults_and_the_projection_of_an_asymmetric_matrix():
+    """``covariance_posterior``: ``method="auto"`` is NUTS for d <= 20 and the default scale
+    prior is the public bounds / 2 (each equal, draw for draw, to saying so). And
+    ``project_to_pd`` symmetrises first: ``eigh`` alone would read one triangle only."""
+    from probml.inference.pace import project_to_pd
+
+    X = np.random.default_rng(0).normal(size=(300, 3)).clip(-2, 2)
+    est = PACEGGM(epsilon=2.0, bounds=2.0, random_state=0).fit(X)
+    nuts = {"num_samples": 4, "warmup_steps": 4}
+    assert torch.equal(
+        covariance_posterior(est, "auto", **nuts), covariance_posterior(est, "nuts", **nuts)
+    )
+    svi = {"num_samples": 4, "svi_steps": 5}
+    default = covariance_posterior(est, "svi", **svi)
+    assert torch.equal(
+        default, covariance_posterior(est, "svi", scale_prior=est.bounds_ / 2, **svi)
+    )
+    assert not torch.equal(
+        default, covariance_posterior(est, "svi", scale_prior=est.bounds_, **svi)
+    )
+    M = torch.tensor([[2.0, 1.0], [0.0, 2.0]], dtype=torch.float64)
+    assert torch.allclose(project_to_pd(M), 0.5 * (M + M.T), atol=1e-12)
