@@ -242,12 +242,9 @@ class LocationFinding:
         base_signal: float = 0.1,
         max_signal: float = 1e-4,
     ):
-        self.K, self.D, self.noise_scale = int(num_sources), int(dim), float(noise_scale)
-        if self.K < 1 or self.D < 1 or not self.noise_scale > 0:
-            raise ValueError(
-                f"num_sources and dim must be >= 1 and noise_scale > 0, got {num_sources}, "
-                f"{dim}, {noise_scale}"
-            )
+        # int() truncated 2.5 sources to 2 without a word; an infinite noise passed
+        self.K, self.D = check_int("num_sources", num_sources), check_int("dim", dim)
+        self.noise_scale = check_positive("noise_scale", noise_scale)
         self.base_signal = check_positive("base_signal", base_signal, strict=False)
         self.max_signal = check_positive("max_signal", max_signal)
         self.design_bounds = (0.0, 1.0)
@@ -270,7 +267,11 @@ class LocationFinding:
             return pyro.sample("y", dist.Normal(self.mean(theta, design), self.noise_scale))
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n x K x D`` source positions from the prior (:class:`Experiment`)."""
+        """``n x K x D`` source positions from the prior (:class:`Experiment`). A user prior
+        samples through torch's global RNG, so with a ``generator`` it runs on a fork of that
+        RNG seeded from the generator: the draws follow the generator and the caller's
+        global stream does not move (it drew from, and moved, the global RNG)."""
+        n = check_int("n", n, 0)
         if isinstance(self.prior, dist.Independent) and isinstance(
             self.prior.base_dist, dist.Uniform
         ):
@@ -278,7 +279,12 @@ class LocationFinding:
             return lo + (hi - lo) * torch.rand(
                 n, self.K, self.D, dtype=lo.dtype, generator=generator
             )
-        return self.prior.sample((n,))
+        if generator is None:
+            return self.prior.sample((n,))
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):  # the BED experiments run on the CPU
+            torch.manual_seed(seed)
+            return self.prior.sample((n,))
 
     def sample_y(self, theta: torch.Tensor, design: torch.Tensor, generator=None) -> torch.Tensor:
         """The log signal plus :math:`N(0, s^2)` noise, broadcast (:class:`Experiment`)."""

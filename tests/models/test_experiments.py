@@ -123,3 +123,25 @@ def test_ces_outcomes_are_clipped_to_the_censoring_points():
     y = ces.sample_y(theta, design, generator=torch.Generator().manual_seed(1))
     assert bool(((y >= 0.01) & (y <= 0.99)).all())
     assert float((y == 0.99).double().mean()) > 0.8
+
+
+def test_a_user_prior_follows_the_generator_and_leaves_the_global_rng_alone():
+    """``LocationFinding.sample_prior`` with a user prior drew from, and moved, torch's
+    global RNG whatever ``generator`` said; it now runs on a fork seeded from the
+    generator. And its counts are integers (2.5 sources was 2)."""
+    import pyro.distributions as dist
+
+    prior = dist.Normal(torch.zeros(1, 2, dtype=torch.float64), 0.3).to_event(2)
+    lf = LocationFinding(prior=prior)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = lf.sample_prior(5, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), before)
+    b = lf.sample_prior(5, generator=torch.Generator().manual_seed(7))
+    c = lf.sample_prior(5, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == (5, 1, 2)
+    for name, kw in (("num_sources", {"num_sources": 2.5}), ("dim", {"dim": 1.5})):
+        with pytest.raises(TypeError, match=f"{name} must be an integer"):
+            LocationFinding(**kw)
+    with pytest.raises(ValueError, match="noise_scale must be finite"):
+        LocationFinding(noise_scale=float("inf"))
