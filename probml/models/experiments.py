@@ -25,7 +25,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_int, check_positive, check_prior, cholesky_factor, shape_of
+from probml.utils import (
+    check_int,
+    check_interval,
+    check_positive,
+    check_prior,
+    cholesky_factor,
+    shape_of,
+)
 
 __all__ = [
     "Experiment",
@@ -380,9 +387,10 @@ class CES:
     """
 
     def __init__(self, nu: float = 0.005, eps: float = 2.0**-22, log_u_scale: float = 3.0):
-        if not nu > 0 or not 0 < eps < 0.5 or not log_u_scale > 0:
-            raise ValueError("nu > 0, 0 < eps < 0.5 and log_u_scale > 0 are required")
-        self.nu, self.eps, self.log_u_scale = float(nu), float(eps), float(log_u_scale)
+        # one message named all three, and an infinite nu or log_u_scale passed
+        self.nu = check_positive("nu", nu)
+        self.eps = check_interval("eps", eps, 0, 0.5)
+        self.log_u_scale = check_positive("log_u_scale", log_u_scale)
         self.D = 6
         self.design_bounds = (0.0, 100.0)
         one = torch.ones((), dtype=torch.float64)

@@ -58,8 +58,11 @@ def test_built_in_experiments_name_bad_settings():
         LinearGaussianExperiment(torch.ones(2, 3))
     with pytest.raises(ValueError, match="low < high"):
         LinearGaussianExperiment(torch.eye(2), design_bounds=(1.0, 1.0))
-    with pytest.raises(ValueError, match="0 < eps < 0.5"):
+    with pytest.raises(ValueError, match=r"eps must be in \(0, 0.5\), got 0.6"):
         CES(eps=0.6)
+    for name in ("nu", "log_u_scale"):  # each by its name; inf passed before
+        with pytest.raises(ValueError, match=f"{name} must be finite and > 0"):
+            CES(**{name: float("inf")})
 
 
 def test_location_finding_signal_uses_its_base_and_max_signal():
