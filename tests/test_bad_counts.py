@@ -481,3 +481,19 @@ def test_constructor_sizes_and_small_counts_are_named():
         ShallowNet(2, 2, kind="moa", gate="gatd")
     c = pydoc_corpus(1000)
     assert c.train.numel() + c.val.numel() == 1000
+
+
+def test_persona_methods_check_their_sizes_before_any_work():
+    """``run_persona_methods`` checked ``id_steps`` only inside its identification run (after
+    the base model's evaluation), under ``finetune_lora``'s name ``num_steps``; every size
+    is now checked up front by its own name (no model is touched: the base here is a stub)."""
+    from probml.datasets.persona import PersonaWorld
+    from probml.inference.persona_experiment import run_persona_methods
+
+    world = PersonaWorld()
+    for name in ("num_steps", "id_steps", "rank", "k", "shift_docs"):
+        for bad, err in ((2.5, TypeError), (0, ValueError)):
+            with pytest.raises(err, match=f"^{name} must be"):
+                run_persona_methods(object(), world, **{name: bad})
+    with pytest.raises(ValueError, match="^lr must be finite and > 0"):
+        run_persona_methods(object(), world, lr=0.0)

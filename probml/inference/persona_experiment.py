@@ -31,6 +31,7 @@ from probml.models.adapters import add_lora, lora_modules
 from probml.models.lm import TinyLM, TinyLMConfig
 from probml.utils import (
     check_int,
+    check_positive,
     derive_seed,
     keep_global_rng,
     make_generator,
@@ -218,6 +219,17 @@ def run_persona_methods(
         rows (``method``, ``misalignment``, ``task``, ``roleplay``) and diagnostics
         (identification cosines, projection overhead ratio, seconds per step).
     """
+    # every size before any work, by its own name (id_steps failed after the base model's
+    # evaluation, named num_steps by finetune_lora)
+    for name, value in (
+        ("num_steps", num_steps),
+        ("id_steps", id_steps),
+        ("rank", rank),
+        ("k", k),
+        ("shift_docs", shift_docs),
+    ):
+        check_int(name, value)
+    check_positive("lr", lr)
     if shift_prefix is not None:
         check_int("shift_prefix", shift_prefix)
     if methods is not None:  # before any training: an unknown name used to be skipped
