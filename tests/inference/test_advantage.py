@@ -863,6 +863,9 @@ def test_the_loops_dispatch_to_the_documented_estimator_forms():
     ag, vg, _ = estimate_on_first("grpo", None, rewards, p0, prompts, None, 4)
     assert torch.allclose(ag, grpo_advantages(rewards[:, :4]))
     assert torch.allclose(vg, rewards[:, :4].mean(1))
+    ar, vr, _ = estimate_on_first("rloo", None, rewards, p0, prompts, None, 4)
+    assert torch.allclose(ar, rloo_advantages(rewards[:, :4]))
+    assert torch.allclose(vr, rewards[:, :4].mean(1))  # the group mean, as GRPO's
     assert side_estimators("basis", ["offline", "basis", "grpo", "offline"]) == ("offline", "grpo")
     r = rewards[:, :1]
     a, v, beta = advantages_and_values("basis-inactive-offline", r, p0, prompts)
@@ -888,6 +891,22 @@ def test_the_loops_dispatch_to_the_documented_estimator_forms():
         a_ref, d_ref = basis_advantages(r[:, 0], p0, form=form)
         assert torch.allclose(a[:, 0], a_ref) and torch.allclose(v, d_ref["baseline"])
         assert not torch.allclose(a_ref, blue)
+
+
+def test_bandit_loop_draws_only_the_rollouts_its_estimators_need_and_checks_lr():
+    """A single-rollout estimator draws one rollout per prompt whatever ``group_size`` says
+    (the group size matters only when a group estimator runs), and a negative ``lr`` (a
+    descent on the expected reward) is refused; ``lr = 0`` keeps the reference policy."""
+    bandit = LinearBandit(num_prompts=64, seed=0)
+    one = run_bandit_rl(bandit, "basis", steps=3, batch_size=16, group_size=8, K=4)
+    assert one.rollouts == [16] * 3
+    both = run_bandit_rl(bandit, "basis", steps=3, batch_size=16, group_size=8, K=4,
+                         side_by_side=("grpo",))  # fmt: skip
+    assert both.rollouts == [16 * 8] * 3
+    with pytest.raises(ValueError, match="lr must be finite and >= 0"):
+        run_bandit_rl(bandit, "basis", steps=1, batch_size=16, lr=-0.1)
+    still = run_bandit_rl(bandit, "basis", steps=3, batch_size=16, K=4, lr=0.0)
+    assert len(set(still.mean_reward)) == 1
 
 
 def test_bandit_group_policy_gradient_learns_from_every_rollout_of_the_group():
