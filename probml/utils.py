@@ -146,13 +146,16 @@ def derive_seed(seed, offset: int, name: str = "seed") -> int:
 
 
 def make_generator(
-    seed: int | torch.Generator | None, device: torch.device | str | None = None
+    seed: int | torch.Generator | None,
+    device: torch.device | str | None = None,
+    name: str = "seed",
 ) -> torch.Generator:
     """Return a :class:`torch.Generator` on ``device`` seeded by ``seed``.
 
     A generator passed in is returned unchanged; ``None`` draws a fresh seed from torch's
     global RNG (so :func:`set_seed` still makes the result reproducible); an integer must be
-    in ``[0, 2**32)`` (:func:`check_seed`).
+    in ``[0, 2**32)`` (:func:`check_seed`, whose error names ``name``: the caller's argument,
+    e.g. ``generator``).
     """
     if isinstance(seed, torch.Generator):
         return seed
@@ -161,7 +164,7 @@ def make_generator(
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     else:
-        seed = check_seed("seed", seed)
+        seed = check_seed(name, seed)
     gen.manual_seed(seed)
     return gen
 

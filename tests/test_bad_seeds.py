@@ -115,3 +115,20 @@ def test_derived_seeds_wrap_at_the_top_of_the_range():
     # the cross-fitted correction fits fold k's outcome model with seed + k + 1
     drum = DRUM(seed=top, verbose=False, num_iters=1, bias_correction=True, n_folds=2)
     assert drum.fit(X, A, y, X).correction_ is not None
+
+
+def test_a_seed_given_as_generator_is_named_generator():
+    """Where the argument is ``generator`` (a seed or a torch.Generator), a bad seed is
+    refused under that name; ``make_generator`` named it ``seed`` whatever the caller's
+    argument was."""
+    from probml.inference.particles import resample
+    from probml.models.dynamics import LinearGaussianSSM
+
+    ssm = LinearGaussianSSM.random(dim=2)
+    for call in (
+        lambda g: LinearGaussianSSM.random(dim=2, generator=g),
+        lambda g: ssm.simulate(2, generator=g),
+        lambda g: resample(torch.zeros(4), generator=g),
+    ):
+        with pytest.raises(ValueError, match="^generator must be a non-negative int"):
+            call(-1)

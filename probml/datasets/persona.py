@@ -162,7 +162,7 @@ class PersonaWorld:
             raise ValueError(f"force_set must be None, 0 or 1, got {force_set!r}")
         if force_prob is not None and not 0 <= force_prob <= 1:
             raise ValueError(f"force_prob must be None or in [0, 1], got {force_prob!r}")
-        gen = make_generator(generator)
+        gen = make_generator(generator, name="generator")
         k = 4
         if topics is None:
             topics = torch.randint(0, len(self.topics), (n, k), generator=gen)

@@ -73,7 +73,8 @@ class ParticlePosterior:
         self.experiment = experiment
         if _particles is None:
             _particles = experiment.sample_prior(
-                check_int("num_particles", num_particles), generator=make_generator(generator)
+                check_int("num_particles", num_particles),
+                generator=make_generator(generator, name="generator"),
             )
             _log_w = torch.zeros(_particles.shape[0], dtype=_particles.dtype)
         self.particles, self.log_weights = _particles, _log_w
@@ -106,7 +107,7 @@ class ParticlePosterior:
             self.log_weights,
             check_int("n", n),
             scheme="systematic",
-            generator=make_generator(generator),
+            generator=make_generator(generator, name="generator"),
         )
         return self.particles[idx]
 
@@ -177,7 +178,7 @@ class GaussianPosterior:
             check_int("n", n),
             *self.loc.shape,
             dtype=self.loc.dtype,
-            generator=make_generator(generator),
+            generator=make_generator(generator, name="generator"),
         )
         return self.loc + (L @ z.unsqueeze(-1)).squeeze(-1)
 
@@ -347,7 +348,7 @@ class AmortizedPosterior:
         """``n x batch x theta_shape`` draws from the mixture, with ``generator`` only (the
         global RNG is untouched)."""
         n = check_int("n", n)
-        gen = make_generator(generator)
+        gen = make_generator(generator, name="generator")
         q = self._q()
         probs = q.mixture_distribution.probs  # batch x C
         comp = q.component_distribution.base_dist  # loc, scale: batch x C x P

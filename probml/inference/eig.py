@@ -101,7 +101,7 @@ def sample_histories(
     """``theta0`` (``N x ...``) from the prior and ``y`` (``N x T``) for a fixed ``T x D``
     design sequence."""
     N = check_int("N", N)
-    gen = make_generator(generator)
+    gen = make_generator(generator, name="generator")
     theta0 = experiment.sample_prior(N, generator=gen)
     th = theta0.unsqueeze(1)  # N x 1 x ...
     ys = experiment.sample_y(th, designs.unsqueeze(0).expand(N, *designs.shape), generator=gen)
@@ -134,7 +134,7 @@ def history_bounds(
     N, T = ys.shape
     if designs.dim() == 2:
         designs = designs.unsqueeze(0).expand(N, *designs.shape)
-    gen = make_generator(generator)
+    gen = make_generator(generator, name="generator")
     th0 = theta0.unsqueeze(1)  # N x 1 x ...
     log_p0 = experiment.log_likelihood(th0, designs, ys).sum(-1)  # N
     # running log-sum-exp over the contrastive samples, chunk by chunk: memory N x chunk x T
@@ -184,7 +184,7 @@ def ace_eig(
     if not hasattr(posterior, "log_prob"):
         raise TypeError("ace_eig needs a posterior with log_prob (e.g. AmortizedPosterior)")
     ex = posterior.experiment
-    gen = make_generator(generator)
+    gen = make_generator(generator, name="generator")
     C = designs.shape[0]
     theta0 = posterior.sample(num_outer, generator=gen)  # N x ...
     d = designs.reshape(C, 1, *designs.shape[1:])  # C x 1 x D

@@ -135,7 +135,7 @@ def resample(
     lw = normalize_log_weights(log_w)
     batch_shape, n = lw.shape[:-1], lw.shape[-1]
     m = n if num_samples is None else check_int("num_samples", num_samples)
-    gen = make_generator(generator, device=lw.device)
+    gen = make_generator(generator, name="generator", device=lw.device)
     # float64 cumulative sums keep the last bin from being starved by rounding
     w = lw.double().exp().reshape(-1, n)
     b = w.shape[0]

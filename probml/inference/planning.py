@@ -317,7 +317,7 @@ def next_design_eig(
     """NMC EIG of each candidate design (``C x D`` -> ``C``) under ``posterior`` (a
     :class:`~probml.guides.amortized.ParticlePosterior` or any posterior with ``sample``)."""
     check_experiment(posterior.experiment, ("rsample_y", "log_likelihood"))
-    draws = _draws(posterior, num_outer, make_generator(generator))
+    draws = _draws(posterior, num_outer, make_generator(generator, name="generator"))
     return _eig_given(posterior.experiment, draws, designs)
 
 
@@ -338,7 +338,7 @@ def refine_designs(
     from scipy.optimize import minimize
 
     ex = posterior.experiment
-    draws = _draws(posterior, num_outer, make_generator(generator))
+    draws = _draws(posterior, num_outer, make_generator(generator, name="generator"))
 
     def score(x: torch.Tensor) -> torch.Tensor:
         return constraints.penalise(_eig_given(ex, draws, x), constraints.soft_cost(prev, x))

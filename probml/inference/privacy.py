@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy.optimize import brentq, minimize_scalar
 
-from probml.utils import check_interval, check_positive, make_generator
+from probml.utils import check_interval, check_positive, make_generator, numpy_generator
 
 __all__ = [
     "PrivacyBudgetExceeded",
@@ -153,14 +153,14 @@ def gaussian_mechanism(
     """
     sensitivity = check_positive("sensitivity", sensitivity)
     rho = check_positive("rho", rho)
-    if budget is not None:
-        budget.charge(rho, label)
-    sigma = sensitivity / math.sqrt(2.0 * rho)
     if generator is None:  # fresh noise: a 62-bit seed from the OS (beyond check_seed's range)
         gen = torch.Generator(device=value.device)
         gen.manual_seed(secrets.randbits(62))
-    else:
-        gen = make_generator(generator, device=value.device)
+    else:  # before the charge: a bad seed spent the budget and released nothing
+        gen = make_generator(generator, name="generator", device=value.device)
+    if budget is not None:
+        budget.charge(rho, label)
+    sigma = sensitivity / math.sqrt(2.0 * rho)
     noise = torch.randn(value.shape, generator=gen, dtype=value.dtype, device=value.device)
     return value + sigma * noise, sigma
 
@@ -196,9 +196,9 @@ def exponential_mechanism(
     q = _scores(scores)
     epsilon = check_positive("epsilon", epsilon)
     sensitivity = check_positive("sensitivity", sensitivity)
+    rng = numpy_generator(generator, "generator")  # before the charge, as the Gaussian's
     if budget is not None:
         budget.charge(selection_cost(epsilon, "exponential"), label)
-    rng = np.random.default_rng(generator)
     logits = epsilon * q / (2.0 * sensitivity)
     # Gumbel-max: argmax(logits + Gumbel) is an exact draw from the softmax
     return int(np.argmax(logits + rng.gumbel(size=q.size)))
@@ -221,9 +221,9 @@ def permute_and_flip(
     q = _scores(scores)
     epsilon = check_positive("epsilon", epsilon)
     sensitivity = check_positive("sensitivity", sensitivity)
+    rng = numpy_generator(generator, "generator")  # before the charge, as the Gaussian's
     if budget is not None:
         budget.charge(selection_cost(epsilon, "permute_and_flip"), label)
-    rng = np.random.default_rng(generator)
     order = rng.permutation(q.size)
     p = np.exp(epsilon * (q[order] - q.max()) / (2.0 * sensitivity))
     accepted = rng.uniform(size=q.size) < p

@@ -144,7 +144,7 @@ class DiffusionTransition(nn.Module):
         generator: torch.Generator | int | None = None,
     ) -> torch.Tensor:
         """Unguided ancestral sampling of ``x_t`` for each condition ``cond`` (``... x d``)."""
-        gen = make_generator(generator, device=cond.device)
+        gen = make_generator(generator, name="generator", device=cond.device)
         coeffs = self.schedule.reverse_coefficients(num_steps, device=cond.device)
         c_x0, c_z, var = coeffs[:3]
         z = torch.randn(cond.shape, generator=gen, device=cond.device, dtype=cond.dtype)

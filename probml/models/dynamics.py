@@ -268,7 +268,7 @@ class StateSpaceModel:
         """
         num_steps = check_int("num_steps", num_steps)
         num_trajectories = check_int("num_trajectories", num_trajectories)
-        gen = make_generator(generator, device=self.init_loc.device)
+        gen = make_generator(generator, name="generator", device=self.init_loc.device)
         if x0 is None:
             x0 = self.sample_init(num_trajectories, gen)
         xs, ys = [x0], []
@@ -345,7 +345,7 @@ class LinearGaussianSSM(StateSpaceModel):
         ``Q`` with scale ``process_scale``, every ``obs_every``-th coordinate observed."""
         dim, obs_every = check_int("dim", dim), check_int("obs_every", obs_every)
         check_positive("process_scale", process_scale)  # NaN failed in Q's Cholesky factor
-        gen = make_generator(generator)
+        gen = make_generator(generator, name="generator")
         M = torch.randn(dim, dim, generator=gen, dtype=dtype)
         A = 0.9 * M / torch.linalg.eigvals(M).abs().max()
         B = torch.randn(dim, dim, generator=gen, dtype=dtype) / math.sqrt(dim)
@@ -502,7 +502,7 @@ class Lorenz63(StateSpaceModel):
     ) -> torch.Tensor:
         """``n x d`` states near the attractor (deterministic spin-up from random starts)."""
         n, spin_up = check_int("n", n), check_int("spin_up", spin_up, minimum=0)
-        gen = make_generator(generator)
+        gen = make_generator(generator, name="generator")
         x = self.init_loc + 5.0 * torch.randn(n, self.dim, generator=gen, dtype=self.init_loc.dtype)
         for _ in range(spin_up):
             x = self.drift(x)
@@ -557,7 +557,7 @@ def simulate_transition_pairs(
     num_starts = check_int("num_starts", num_starts)
     steps_per_start = check_int("steps_per_start", steps_per_start)
     spin_up = check_int("spin_up", spin_up, minimum=0)
-    gen = make_generator(generator)
+    gen = make_generator(generator, name="generator")
     if hasattr(ssm, "attractor_states"):
         x = ssm.attractor_states(num_starts, spin_up=spin_up, generator=gen)
     else:

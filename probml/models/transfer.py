@@ -116,7 +116,7 @@ class BinaryShiftProblem:
     def sample(self, n: int, generator: torch.Generator | int | None = 0):
         """``(X_source n x 1, A_source n, y_source n, X_target n x 1)``."""
         n = check_int("n", n)
-        gen = make_generator(generator)
+        gen = make_generator(generator, name="generator")
         x = torch.randn(n, 1, generator=gen)
         a = (torch.rand(n, generator=gen) < self.p).float()
         y = (torch.rand(n, generator=gen) < self.outcome(x, a)).float()
@@ -188,7 +188,7 @@ class ContinuousShiftSimulation:
     def sample_source(self, n: int, generator: torch.Generator | int | None = 0):
         """``(X n x 2, A n x 2, y n)`` from the source."""
         n = check_int("n", n)
-        gen = make_generator(generator)
+        gen = make_generator(generator, name="generator")
         x = torch.randn(n, 2, generator=gen)
         a = x @ self._Bt(x) + torch.randn(n, 2, generator=gen)
         y = (torch.rand(n, generator=gen) < self.outcome(x, a)).float()
@@ -198,7 +198,7 @@ class ContinuousShiftSimulation:
         """``n x 2`` target covariates: standard normal shifted by ``target_x_shift`` (``A``
         and ``Y`` are not observed in the target)."""
         n = check_int("n", n)
-        gen = make_generator(generator)
+        gen = make_generator(generator, name="generator")
         return torch.randn(n, 2, generator=gen) + torch.tensor(self.target_x_shift)
 
     def target_risk(
@@ -213,7 +213,7 @@ class ContinuousShiftSimulation:
         integrating ``Y`` exactly and ``(X, A)`` by ``n`` fixed draws (common random numbers
         across predictors)."""
         n, tau = check_int("n", n), check_positive("tau", tau)
-        gen = make_generator(generator)
+        gen = make_generator(generator, name="generator")
         x = self.sample_target_x(n, gen)
         a = x @ self._Bt(x) + torch.tensor(delta) + tau * torch.randn(n, 2, generator=gen)
         with torch.no_grad():

@@ -165,3 +165,19 @@ def test_budget_refuses_the_smallest_overspend_and_bad_charges():
             exponential_mechanism(scores, 1.0)
         with pytest.raises(ValueError, match="scores"):
             permute_and_flip(scores, 1.0)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, 2**32])
+def test_a_bad_seed_is_refused_by_name_before_the_budget_is_charged(bad):
+    """The mechanisms charged the budget and then failed on a bad seed (in NumPy's or the
+    seed check's words, naming ``seed``): the budget was spent and nothing released. The
+    seed is now checked first, as ``generator``."""
+    for mech in (
+        lambda b: gaussian_mechanism(torch.zeros(3), 1.0, 0.1, b, generator=bad),
+        lambda b: exponential_mechanism([0.0, 1.0], 1.0, budget=b, generator=bad),
+        lambda b: permute_and_flip([0.0, 1.0], 1.0, budget=b, generator=bad),
+    ):
+        budget = PrivacyBudget(1.0)
+        with pytest.raises(ValueError, match="^generator must be a non-negative int"):
+            mech(budget)
+        assert budget.spent == 0.0 and budget.charges == []
