@@ -45,6 +45,8 @@ def test_fit_shallow_net_refuses_nan_data_and_reports_when_every_restart_overflo
         fit_shallow_net("fixed", ("relu",), x, y, restarts=1, max_iter=2)
     with pytest.raises(ValueError, match="X must be finite"):
         fit_shallow_net("fixed", ("relu",), x / 0, x[:, 0], restarts=1, max_iter=2)
+    with pytest.raises(ValueError, match="restarts must be >= 1"):  # not "no restart of 0"
+        fit_shallow_net("fixed", ("relu",), x, x[:, 0], restarts=0)
     big = torch.full((4, 1), 1e300, dtype=torch.float64)  # relu(w x)^2 overflows to inf
     with pytest.raises(RuntimeError, match="no restart of 2 reached a finite error"):
         fit_shallow_net("la", ("relu2",), big, torch.zeros(4, dtype=torch.float64), restarts=2)
