@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
 from probml.utils import check_finite, check_int, cholesky_factor, group_labels
@@ -190,8 +188,7 @@ def unfairness(pred, sensitive, kind: str = "w2", decimals: int = 8):
     import ot
     from scipy.stats import ks_2samp
 
-    if isinstance(decimals, bool) or not isinstance(decimals, numbers.Integral):
-        raise TypeError(f"decimals must be an integer, got {decimals!r}")  # 2.5 passed
+    decimals = check_int("decimals", decimals, None)  # 2.5 passed (negative rounds to tens)
     pred = np.asarray(pred, float)
     s, groups = group_labels("sensitive", sensitive)
     if not np.isfinite(pred).all():

@@ -278,12 +278,13 @@ def _as_number(name: str, value) -> float:
         raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
 
 
-def check_int(name: str, value, minimum: int = 1) -> int:
+def check_int(name: str, value, minimum: int | None = 1) -> int:
     """Return ``value`` as an ``int`` after checking that it is an integer (not a bool, not a
-    float such as ``2.5``) and at least ``minimum``; errors name ``name``."""
+    float such as ``2.5``) and at least ``minimum`` (``None``: any integer, e.g. a number of
+    decimals); errors name ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
+    if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
 

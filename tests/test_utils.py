@@ -49,6 +49,9 @@ def test_validation_helpers():
     with pytest.raises(TypeError, match="rho"):
         check_positive("rho", "a")
     assert check_int("n", np.int64(3)) == 3 and check_int("n", 0, minimum=0) == 0
+    assert check_int("decimals", -3, None) == -3  # no lower bound; still an integer
+    with pytest.raises(TypeError, match="decimals must be an integer"):
+        check_int("decimals", True, None)
     for bad in (2.5, float("nan"), True, "3"):
         with pytest.raises(TypeError, match="n must be an integer"):
             check_int("n", bad)

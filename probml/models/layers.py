@@ -111,6 +111,12 @@ def register_activation(
     ACTIVATIONS[name] = fn
 
 
+def _check_gate(gate: str) -> None:
+    """The MoA gate's form: ``"gated"`` or ``"literal"`` (see :class:`MixtureOfActivationsFFN`)."""
+    if gate not in ("gated", "literal"):
+        raise ValueError(f"gate must be 'gated' or 'literal', got {gate!r}")
+
+
 def _check_dictionary(dictionary: Sequence[str]) -> tuple[str, ...]:
     dictionary = tuple(dictionary)
     if not dictionary:
@@ -381,8 +387,7 @@ class MixtureOfActivationsFFN(_MixedFFN):
         checkpointing: bool = False,
     ):
         super().__init__()
-        if gate not in ("gated", "literal"):
-            raise ValueError(f"gate must be 'gated' or 'literal', got {gate!r}")
+        _check_gate(gate)
         self._setup(
             d_model, d_ff, ffn_type, variant, ("one_sided", "bi_sided"), dictionary, checkpointing
         )
@@ -447,8 +452,7 @@ class ShallowNet(nn.Module):
             raise ValueError(f"kind must be fixed, la or moa, got {kind!r}")
         check_int("in_dim", in_dim)
         check_int("width", width)
-        if gate not in ("gated", "literal"):  # as the MoA layer's (any other word was literal)
-            raise ValueError(f"gate must be 'gated' or 'literal', got {gate!r}")
+        _check_gate(gate)  # as the MoA layer's (any other word was the literal gate)
         self.kind, self.dictionary, self.gate_kind = kind, _check_dictionary(dictionary), gate
         K = len(self.dictionary)
         if kind == "fixed" and K != 1:
