@@ -77,6 +77,10 @@ class ConditionalFlow(nn.Module):
         self.register_buffer("x_scale", torch.ones(x_dim))
 
     def standardise(self, A: torch.Tensor, X: torch.Tensor) -> None:
+        """Set the buffers to the means and sds of ``A`` (``n x d_a``) and ``X`` (``n x d_x``);
+        a constant column keeps a tiny positive scale. One row has no sd (it was NaN)."""
+        if A.shape[0] < 2:
+            raise ValueError(f"a continuous A needs n >= 2 rows to standardise, got {A.shape[0]}")
         self.a_loc.copy_(A.mean(0))
         self.a_scale.copy_(A.std(0).clamp_min(1e-6))
         self.x_loc.copy_(X.mean(0))
@@ -243,8 +247,6 @@ def fit_source_conditional(
         raise ValueError(f"X must be n x d_x with n >= 1, got shape {tuple(X.shape)}")
     if binary and not bool(((A == 0) | (A == 1)).all()):
         raise ValueError("binary=True needs A in {0, 1}")
-    if not binary and X.shape[0] < 2:  # the flow standardises A and X by their sds
-        raise ValueError(f"a continuous A needs n >= 2 rows to standardise, got {X.shape[0]}")
     batch_size = check_int("batch_size", batch_size)
     num_iters = check_int("num_iters", num_iters, 0)
     check_positive("lr", lr)
