@@ -3,6 +3,8 @@ run, a planner with nothing to choose), a fractional one (silently truncated), a
 pseudo-count or edge count, a matrix with no Cholesky factor. Each must be rejected with an
 error that names the argument."""
 
+import math
+
 import pytest
 import torch
 
@@ -497,3 +499,5 @@ def test_persona_methods_check_their_sizes_before_any_work():
                 run_persona_methods(object(), world, **{name: bad})
     with pytest.raises(ValueError, match="^lr must be finite and > 0"):
         run_persona_methods(object(), world, lr=0.0)
+    with pytest.raises(ValueError, match="^steer_alpha must be finite"):
+        run_persona_methods(object(), world, steer_alpha=math.nan)

@@ -110,11 +110,18 @@ def binary_brier_minimax(
     :math:`f^* = \mathrm{clip}(\tfrac12, f(q_{lo}), f(q_{hi}))`, :math:`f(q) = q\mu_1 +
     (1-q)\mu_0`.
 
+    Args:
+        p: the source :math:`P(A = 1 | x)`, in (0, 1); rho: the ball's radius (>= 0).
+        mu: :math:`(\mu_0, \mu_1)`, :math:`\mu_a = P(Y = 1 | A = a, x)`, each in [0, 1].
+
     Returns:
         ``(f_star, (q_lo, q_hi), worst_case_brier)``.
     """
     lo, hi = bernoulli_kl_interval(p, rho)
-    m0, m1 = mu
+    if isinstance(mu, (str, bytes)) or len(mu) != 2:
+        raise ValueError(f"mu must be a pair (mu_0, mu_1), got {mu!r}")
+    m0 = check_interval("mu[0]", mu[0], closed="both")  # E[Y | A = 0, x], a probability
+    m1 = check_interval("mu[1]", mu[1], closed="both")
     fl, fh = lo * m1 + (1 - lo) * m0, hi * m1 + (1 - hi) * m0
     f = min(max(0.5, min(fl, fh)), max(fl, fh))
 

@@ -30,6 +30,7 @@ from probml.inference.projection import (
 from probml.models.adapters import add_lora, lora_modules
 from probml.models.lm import TinyLM, TinyLMConfig
 from probml.utils import (
+    check_finite,
     check_int,
     check_positive,
     derive_seed,
@@ -230,6 +231,8 @@ def run_persona_methods(
     ):
         check_int(name, value)
     check_positive("lr", lr)
+    check_finite("steer_alpha", steer_alpha)  # before any training (the intervention's check
+    # comes after the naive fine-tune)
     if shift_prefix is not None:
         check_int("shift_prefix", shift_prefix)
     if methods is not None:  # before any training: an unknown name used to be skipped

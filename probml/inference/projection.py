@@ -35,6 +35,7 @@ from torch import nn
 
 from probml.models.adapters import LoRAFactors, lora_modules
 from probml.utils import (
+    check_finite,
     check_int,
     check_interval,
     check_positive,
@@ -661,6 +662,7 @@ class ResidualIntervention:
         u = torch.as_tensor(u).reshape(-1)
         _check_basis("u", u)
         self.u = u / u.norm()
+        check_finite("alpha", alpha)  # NaN made every hidden state NaN in "add" mode
         self.mode, self.alpha = mode, float(alpha)
         self._handles: list = []
 

@@ -157,6 +157,7 @@ class GaussianObservation:
 
 def rk4_step(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dt: float) -> torch.Tensor:
     """One classical Runge-Kutta step of ``dx/dt = f(x)`` (batched over leading dims)."""
+    check_finite("dt", dt)
     k1 = f(x)
     k2 = f(x + 0.5 * dt * k1)
     k3 = f(x + 0.5 * dt * k2)

@@ -26,6 +26,7 @@ import pyro.distributions as dist
 import torch
 
 from probml.utils import (
+    check_finite,
     check_int,
     check_interval,
     check_positive,
@@ -460,7 +461,11 @@ def constant_cost(x: torch.Tensor) -> torch.Tensor:
 
 
 def quadratic_cost(x: torch.Tensor, scale: float = 4.5, floor: float = 0.05) -> torch.Tensor:
-    r"""The spec's map :math:`c(x) = 0.05 + \exp(-\|x\|^2 / 4.5)`."""
+    r"""The spec's map :math:`c(x) = c_0 + \exp(-\|x\|^2 / s)`, by default
+    :math:`0.05 + \exp(-\|x\|^2 / 4.5)`. ``scale`` :math:`s > 0`; ``floor`` :math:`c_0 \ge 0`
+    (a negative cost would refill a travel budget)."""
+    scale = check_positive("scale", scale)
+    floor = check_positive("floor", floor, strict=False)
     return floor + torch.exp(-(x**2).sum(-1) / scale)
 
 
@@ -472,12 +477,29 @@ def terrain_cost(
     floor: float = 0.2,
 ) -> torch.Tensor:
     r"""A bump ("terrain") map :math:`c(x) = c_0 + \sum_j h_j \exp(-\|x - m_j\|^2 / 2w^2)`;
-    default: two hills in the unit square."""
+    default: two hills in the unit square. ``centers`` is ``K x D``, ``heights`` a number or
+    ``K`` values, each finite and ``>= 0``, as is ``floor``: a negative cost would refill a
+    travel budget."""
     check_positive("width", width)
+    floor = check_positive("floor", floor, strict=False)
     if centers is None:
         centers = torch.tensor([[0.3, 0.7], [0.7, 0.3]], dtype=x.dtype, device=x.device)
-    sq = ((x.unsqueeze(-2) - centers) ** 2).sum(-1)
+    centers = torch.as_tensor(centers, dtype=x.dtype, device=x.device)
+    if centers.dim() != 2 or centers.shape[-1] != x.shape[-1]:
+        raise ValueError(
+            f"centers must be K x {x.shape[-1]} (K hills in the designs' dimension), got "
+            f"{tuple(centers.shape)}"
+        )
     h = torch.as_tensor(heights, dtype=x.dtype, device=x.device)
+    if h.dim() > 1 or (h.dim() == 1 and h.numel() != centers.shape[0]):
+        raise ValueError(
+            f"heights must be a number or {centers.shape[0]} values (one per centre), got "
+            f"shape {tuple(h.shape)}"
+        )
+    check_finite("heights", h)
+    if bool((h < 0).any()):
+        raise ValueError(f"heights must be >= 0, got {h.tolist()}")
+    sq = ((x.unsqueeze(-2) - centers) ** 2).sum(-1)
     return floor + (h * torch.exp(-sq / (2 * width**2))).sum(-1)
 
 

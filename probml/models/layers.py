@@ -188,7 +188,8 @@ class Norm(nn.Module):
         super().__init__()
         if kind not in ("rms", "layer"):
             raise ValueError(f"kind must be 'rms' or 'layer', got {kind!r}")
-        self.kind, self.eps, self.dim = kind, eps, dim
+        self.kind, self.dim = kind, check_int("dim", dim)
+        self.eps = check_positive("eps", eps, strict=False)  # NaN normalised every input to NaN
         self.scale = ScaleVector(dim, role, reparam) if scale else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_int, check_prior, plate_matvec
+from probml.utils import check_finite, check_int, check_positive, check_prior, plate_matvec
 
 __all__ = ["bayesian_linear_regression", "linear_regression_posterior", "simulate_linear_data"]
 
@@ -40,8 +40,9 @@ def bayesian_linear_regression(
         plates, e.g. a particle plate).
     """
     n, d = X.shape
+    noise_scale = check_positive("noise_scale", noise_scale)
     if prior is None:
-        prior = dist.Normal(X.new_zeros(d), prior_scale).to_event(1)
+        prior = dist.Normal(X.new_zeros(d), check_positive("prior_scale", prior_scale)).to_event(1)
     check_prior("prior", prior, (d,), X.dtype, X.device)
     w = pyro.sample("w", prior)  # batch x 1 x d under a particle plate, else d
     mean = plate_matvec(X, w)  # batch x n (or n)
@@ -52,7 +53,11 @@ def bayesian_linear_regression(
 def linear_regression_posterior(
     X: torch.Tensor, y: torch.Tensor, prior_scale: float = 1.0, noise_scale: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact posterior mean (``d``) and covariance (``d x d``) of ``w``, in float64."""
+    """Exact posterior mean (``d``) and covariance (``d x d``) of ``w``, in float64, for ``X``
+    (``n x d``) and ``y`` (``n``)."""
+    prior_scale = check_positive("prior_scale", prior_scale)  # its square hid a sign
+    noise_scale = check_positive("noise_scale", noise_scale)
+    _check_xy(X, y)
     X64, y64 = X.double(), y.double()
     d = X.shape[1]
     precision = torch.eye(d, dtype=torch.float64, device=X.device) / prior_scale**2
@@ -73,7 +78,23 @@ def simulate_linear_data(
     """Draw ``X`` (``n x d``, standard normal), ``w`` from the prior and ``y``; returns
     ``(X, y, w)``."""
     n, d = check_int("n", n), check_int("d", d)
+    prior_scale = check_positive("prior_scale", prior_scale, strict=False)  # 0: w = 0
+    noise_scale = check_positive("noise_scale", noise_scale, strict=False)  # 0: no noise
     X = torch.randn(n, d, generator=generator)
     w = prior_scale * torch.randn(d, generator=generator)
     y = X @ w + noise_scale * torch.randn(n, generator=generator)
     return X, y, w
+
+
+def _check_xy(X: torch.Tensor, y: torch.Tensor) -> None:
+    """``X`` a finite ``n x d`` tensor and ``y`` a finite ``n`` one (a ``n x 1`` ``y``
+    broadcast in ``X.T @ y`` to a ``d x 1`` mean)."""
+    if not isinstance(X, torch.Tensor) or X.dim() != 2:
+        raise ValueError(f"X must be an n x d tensor, got {getattr(X, 'shape', type(X))}")
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (X.shape[0],):
+        raise ValueError(
+            f"y must be a tensor of shape ({X.shape[0]},) to match X, got "
+            f"{getattr(y, 'shape', type(y))}"
+        )
+    check_finite("X", X)
+    check_finite("y", y)
