@@ -452,7 +452,8 @@ def evaluate_filter(
     """Run ``filt`` on ``B`` trajectories and score it against the truth.
 
     Args:
-        filt: any filter of this module (``keep_particles`` is switched on for CRPS).
+        filt: any filter of this module (its ``keep_particles`` is switched on for this run,
+            CRPS needs the ensembles, and set back afterwards).
         xs: ``T+1 x B x d`` true states (``xs[0]`` is the initial state).
         ys: ``T x B x p`` observations.
         particles: ``B x N x d`` initial particles.
@@ -477,10 +478,13 @@ def evaluate_filter(
             "xs must be T+1 x B x d and ys T x B x p (xs[0] the initial state), got "
             f"{shape_of(xs)} and {shape_of(ys)}"
         )
-    filt.keep_particles = True
-    t0 = time.perf_counter()
-    res = filt.filter(ys, particles=particles)
-    seconds = time.perf_counter() - t0
+    kept, filt.keep_particles = filt.keep_particles, True  # CRPS needs the ensembles
+    try:
+        t0 = time.perf_counter()
+        res = filt.filter(ys, particles=particles)
+        seconds = time.perf_counter() - t0
+    finally:
+        filt.keep_particles = kept  # the caller's setting, as it was
     truth = xs[1:].to(res.means)
     rmse = float((res.means - truth).pow(2).mean().sqrt())
     crps = float(crps_ensemble(res.particles, truth, res.log_weights).mean())

@@ -413,7 +413,8 @@ def test_step_bound_feasibility_is_sharp(norm):
     cons = Constraints([StepBound(0.2, norm)])
     prev = torch.tensor([0.5, 0.5], dtype=torch.float64)
     unit = torch.tensor([1.0, 0.0], dtype=torch.float64)
-    inside, outside = prev + 0.2 * (1 - 1e-12) * unit, prev + 0.2 * 1.01 * unit
+    # held to the feasibility tolerance (1e-9, relative): a move 1e-6 too long is refused
+    inside, outside = prev + 0.2 * (1 - 1e-12) * unit, prev + 0.2 * (1 + 1e-6) * unit
     assert bool(cons.feasible(prev, inside, 1.0)) and not bool(cons.feasible(prev, outside, 1.0))
     diagonal = prev + 0.19 * torch.ones(2, dtype=torch.float64)  # L2 length 0.27, L_inf 0.19
     assert bool(cons.feasible(prev, diagonal, 1.0)) == (norm == "inf")
@@ -741,3 +742,15 @@ def test_constraint_parameters_are_checked():
         TravelBudget(0.0)
     with pytest.raises(ValueError, match="norm"):
         StepBound(0.1, norm="1")
+    with pytest.raises(ValueError, match="design_bounds"):  # an empty box holds no move
+        Constraints([], design_bounds=(0.5, 0.5))
+
+
+def test_budget_feasibility_is_sharp():
+    """A move costing the remaining budget is affordable, one costing 1e-6 more is not (the
+    tolerance is 1e-9: rounding, not a discount on the budget)."""
+    cons = Constraints([TravelBudget(1.0)])
+    prev = torch.tensor([0.2, 0.2], dtype=torch.float64)
+    unit = torch.tensor([0.6, 0.8], dtype=torch.float64)  # a unit vector: cost = length
+    assert bool(cons.feasible(prev, prev + 0.5 * unit, 0.5))
+    assert not bool(cons.feasible(prev, prev + (0.5 + 1e-6) * unit, 0.5))
