@@ -226,7 +226,8 @@ def basis_advantages(
 
     Returns:
         ``(advantages, diagnostics)``: advantages ``B``; diagnostics has ``beta`` (``B``, the
-        temperature chosen for each prompt), ``active`` (``B`` bool), ``baseline`` (``B``) and
+        temperature chosen for each prompt; NaN where the calibration sets no baseline: an
+        inactive prompt, or every prompt in a fallback), ``active`` (``B`` bool), ``baseline`` (``B``) and
         ``fallback`` (True when fewer than two prompts are active: every prompt then gets the
         ``inactive`` baseline).
     """
@@ -298,12 +299,15 @@ def basis_advantages(
     # a value of a binary reward lies in [0, 1]; clamping keeps b_i a function of r_{-i} only
     baseline = b_loo.gather(0, best[None]).squeeze(0).clamp(0.0, 1.0)
     fallback = int(active.sum()) < 2
+    calibrated = active & (not fallback)  # the prompts whose baseline the calibration sets
     off = torch.zeros_like(baseline) if inactive == "zero" else p0
-    baseline = torch.where(active & (not fallback), baseline, off)
+    baseline = torch.where(calibrated, baseline, off)
     adv = r - baseline
     if whiten:
         adv = adv / adv.std().clamp_min(1e-8)
-    diag = {"beta": grid[best], "active": active, "baseline": baseline, "fallback": fallback}
+    # an inactive prompt's loss is zero at every temperature: argmin's grid[0] means nothing
+    beta = torch.where(calibrated, grid[best], torch.full_like(baseline, math.nan))
+    diag = {"beta": beta, "active": active, "baseline": baseline, "fallback": fallback}
     return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float64), diag
 
 

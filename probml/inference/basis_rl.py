@@ -138,7 +138,8 @@ def advantages_and_values(
     """One estimator's advantages (``B x G``) and the value estimate it uses (``B``; for group
     estimators the group mean) from rewards ``B x G`` (``G = 1`` for single-rollout ones).
 
-    Returns ``(advantages, values, chosen beta or None)``; ``p0`` are the batch's offline
+    Returns ``(advantages, values, chosen beta or None)`` (BASIS: the median temperature
+    over the prompts the calibration set, NaN when it set none); ``p0`` are the batch's offline
     values, ``prompts`` their indices (for the SPO tracker and the prompt-drift filter),
     ``tracker`` the estimator's state across steps (:func:`make_tracker`; ``"spo"``,
     ``"bayes-basis-rw"``, ``"bayes-basis-rw-eta"``), ``features`` the batch's prompt features
@@ -155,7 +156,7 @@ def advantages_and_values(
         inactive = "offline" if estimator == "basis-inactive-offline" else "zero"
         a, diag = basis_advantages(r, p0, form=form, inactive=inactive)
         value = diag["baseline"]
-        beta = float(diag["beta"].median())
+        beta = float(diag["beta"].nanmedian())  # over calibrated prompts (NaN: none)
     elif estimator == "bayes-basis":
         value = bayesian_loo_baseline(r, p0)
         a = r - value

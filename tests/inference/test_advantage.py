@@ -107,6 +107,7 @@ def test_basis_matches_its_formulas_computed_by_loops(form, seed):
     act = d["active"].tolist()
     assert act == [b is not None for b in betas]
     assert [float(x) for x, a in zip(d["beta"], act) if a] == [b for b in betas if b is not None]
+    assert bool(d["beta"][~d["active"]].isnan().all())  # no temperature set their baseline
     assert len(set(betas) - {None}) > 1  # the prompts do not all pick one temperature
 
 
@@ -159,7 +160,8 @@ def test_chunked_calibration_equals_one_chunk(form):
     a_one, d_one = basis_advantages(r, p0, form=form)
     for chunk in (1, 5, 36):
         a, d = basis_advantages(r, p0, form=form, chunk_size=chunk)
-        assert torch.equal(d["beta"], d_one["beta"]) and torch.equal(a, a_one)
+        torch.testing.assert_close(d["beta"], d_one["beta"], rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(a, a_one)
     with pytest.raises(ValueError, match="chunk_size"):
         basis_advantages(r, p0, chunk_size=0)
 
@@ -879,6 +881,9 @@ def test_the_loops_dispatch_to_the_documented_estimator_forms():
     betas = basis_advantages(r8, p8)[1]["beta"]
     _, _, beta = advantages_and_values("basis", r8[:, None], p8, torch.arange(8))
     assert beta == pytest.approx(float(betas.median())) and beta < float(betas.mean()) - 1
+    # no prompt calibrated (all inactive, a fallback): no temperature to report (it said grid[0])
+    _, _, beta = advantages_and_values("basis", r8[:, None] * 0, p8 * 0 + 0.005, torch.arange(8))
+    assert math.isnan(beta)
     _, v, _ = advantages_and_values("reinforce++", r, p0, prompts)
     assert torch.allclose(v, r[:, 0].mean().expand(40))
     # the offline estimator's value is the offline p0 itself; the two named BASIS forms run
