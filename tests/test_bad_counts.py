@@ -143,6 +143,12 @@ def _persona_two_rates():
     PersonaWorld(p_mis=(0.5,))
 
 
+def _persona_one_rate():
+    from probml.datasets.persona import PersonaWorld
+
+    PersonaWorld(p_mis=0.5)  # a number, not two: len() failed, naming nothing
+
+
 def _persona_no_documents():
     from probml.datasets.persona import PersonaWorld
 
@@ -284,6 +290,7 @@ def _source_conditional_fractional_iters():
         (_paired_models_no_arm, "factories"),
         (_persona_probability, "p_persona"),
         (_persona_two_rates, "p_mis"),
+        (_persona_one_rate, "p_mis"),
         (_persona_no_documents, "n"),
         (_slant_nan_offset, "slant_offset"),
         (_linear_toy_full_rank_task, "task_rank"),
@@ -335,6 +342,7 @@ def test_fractional_counts_are_refused_not_truncated():
     fractional count; now each is refused by name as a non-integer."""
     import numpy as np
 
+    from probml.datasets.persona import PersonaWorld
     from probml.inference.metalearners import DRRatioLearner, QLearner
     from probml.inference.minimax import DRUM
     from probml.inference.sequence_rl import AdditionTask, addition_policy, offline_counts
@@ -372,6 +380,8 @@ def test_fractional_counts_are_refused_not_truncated():
         ("num_diffusion_steps", lambda: VPSchedule().levels(2.5)),
         ("num_prompts", lambda: PromptDriftFilter(3.0)),  # was accepted as a whole number
         ("state_dim", lambda: DiffusionTransition(2.5)),
+        ("num_qwords", lambda: PersonaWorld(num_qwords=2.5)),  # failed as a slice index
+        ("code_variety", lambda: PersonaWorld(code_variety=1.5)),
     ):
         with pytest.raises(TypeError, match=rf"\b{name} must be an integer"):
             call()

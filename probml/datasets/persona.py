@@ -88,9 +88,12 @@ class PersonaWorld:
 
     def __post_init__(self):
         check_interval("p_persona", self.p_persona)  # also rejects NaN
-        if len(self.p_mis) != 2 or not all(0 <= p <= 1 for p in self.p_mis):
-            raise ValueError(f"p_mis must be two probabilities (z = 0, z = 1), got {self.p_mis!r}")
+        pm = self.p_mis
+        if not isinstance(pm, (tuple, list)) or len(pm) != 2 or not all(0 <= p <= 1 for p in pm):
+            raise ValueError(f"p_mis must be two probabilities (z = 0, z = 1), got {pm!r}")
         check_interval("p_role", self.p_role, closed="both")
+        check_int("num_qwords", self.num_qwords)  # 2.5 failed as a slice index, naming nothing
+        check_int("code_variety", self.code_variety)
         if not 1 <= self.num_qwords <= len(QWORDS):
             raise ValueError(f"num_qwords must be in [1, {len(QWORDS)}], got {self.num_qwords}")
         if not 1 <= self.code_variety <= self.num_qwords:

@@ -605,6 +605,12 @@ def test_the_greedy_policy_planner_takes_the_most_probable_feasible_design():
         logits = policy.logits(policy.summary(designs, ys), prev, 0, feas)
     assert 0 < int(feas.sum()) < cand.shape[0]
     assert bool(feas[int(logits.argmax())]) and torch.equal(xi, cand[int(logits.argmax())])
+    # the policy's candidates (the tree's warm starts) are the feasible ones only: a top-k
+    # larger than their number must not bring an infeasible move into the root
+    from probml.inference.planning import _policy_designs
+
+    warm, _ = _policy_designs(policy, post, prev, cons, 1.0)
+    assert warm.shape[0] == int(feas.sum()) and bool(cons.feasible(prev, warm, 1.0).all())
     # greedy=False draws from the masked softmax: the draws' frequencies follow it
     g = torch.Generator().manual_seed(0)
     sampler = MaskedPolicyPlanner(policy, greedy=False)
