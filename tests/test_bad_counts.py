@@ -511,3 +511,15 @@ def test_persona_methods_check_their_sizes_before_any_work():
         run_persona_methods(object(), world, lr=0.0)
     with pytest.raises(ValueError, match="^steer_alpha must be finite"):
         run_persona_methods(object(), world, steer_alpha=math.nan)
+
+
+def test_persona_pretraining_names_its_sizes():
+    """``pretrain_persona_model`` left its sizes to torch's scheduler (``total_steps``), the
+    world's sampler (``n``) and AdamW ("Invalid learning rate"); each is named up front."""
+    from probml.datasets.persona import PersonaWorld
+    from probml.inference.persona_experiment import pretrain_persona_model
+
+    world = PersonaWorld()
+    for name, bad in (("num_steps", 2.5), ("num_steps", 0), ("batch_size", 0), ("lr", -1.0)):
+        with pytest.raises((TypeError, ValueError), match=f"^{name} must be"):
+            pretrain_persona_model(world, cache=False, verbose=False, **{name: bad})

@@ -97,7 +97,14 @@ def pretrain_persona_model(
     accelerator is cached under its own key (its numbers differ from a CPU run's), so CPU
     runs keep their cached models.
     """
-    check_int("n_layers", n_layers)
+    for name, value in (
+        ("num_steps", num_steps),  # named total_steps by torch's scheduler
+        ("batch_size", batch_size),  # named n by the world's sampler
+        ("d_model", d_model),
+        ("n_layers", n_layers),
+    ):
+        check_int(name, value)
+    check_positive("lr", lr)
     if model_factory is not None:
         cache = False
     fields = asdict(world)
