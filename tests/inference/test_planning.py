@@ -87,7 +87,8 @@ def test_infeasible_start_and_spent_budget_are_clear_errors():
         )
     tiny = TravelBudget(1e-6, cost=lambda prev, xi: torch.ones(xi.shape[:-1], dtype=xi.dtype))
     # every move costs 1 > budget, staying put included: nothing is executable
-    with pytest.raises(ConstraintViolation):
+    # the planner's own words reach the user when the first design already fails
+    with pytest.raises(ConstraintViolation, match="no feasible design"):
         run_experiment(lf, GreedyPlanner(8, 8), theta, 3, [StepBound(0.1), tiny])
     with pytest.raises(ConstraintViolation):
         run_experiment(lf, MaskedPolicyPlanner(_POLICY), theta, 3, [StepBound(0.1), tiny])
@@ -622,6 +623,23 @@ def test_the_greedy_policy_planner_takes_the_most_probable_feasible_design():
     freq = (draws[:, None] == cand[None]).all(-1).double().mean(0)
     assert float(p.max()) > 0.3  # far from uniform over the feasible moves
     assert float((freq - p).abs().max()) < 0.035
+
+
+class _StepRight:
+    """A planner that moves 0.1 along the first axis (an L2 cost of exactly 0.1)."""
+
+    def plan(self, posterior, prev, constraints, remaining, generator):
+        return prev + torch.tensor([0.1, 0.0], dtype=prev.dtype)
+
+
+def test_run_experiment_stops_when_the_budget_is_spent():
+    """A budget of 0.3 pays for three moves of 0.1: the run stops there (documented), short
+    of its ten steps, without asking the planner for a fourth move."""
+    lf = LocationFinding()
+    theta = torch.tensor([[0.3, 0.7]], dtype=torch.float64)
+    start = torch.tensor([0.1, 0.5], dtype=torch.float64)
+    r = run_experiment(lf, _StepRight(), theta, 10, [TravelBudget(0.3)], start=start)
+    assert r.designs.shape == (3, 2) and sum(r.costs) == pytest.approx(0.3)
 
 
 def test_run_experiment_conditions_its_posterior_and_records_both_costs():
