@@ -640,6 +640,9 @@ def test_run_experiment_stops_when_the_budget_is_spent():
     start = torch.tensor([0.1, 0.5], dtype=torch.float64)
     r = run_experiment(lf, _StepRight(), theta, 10, [TravelBudget(0.3)], start=start)
     assert r.designs.shape == (3, 2) and sum(r.costs) == pytest.approx(0.3)
+    # a planner's design outside the step bound is never executed
+    with pytest.raises(ConstraintViolation, match="the planner proposed an infeasible design"):
+        run_experiment(lf, _StepRight(), theta, 2, [StepBound(0.05)], start=start)
 
 
 def test_run_experiment_conditions_its_posterior_and_records_both_costs():
