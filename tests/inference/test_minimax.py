@@ -51,6 +51,13 @@ def test_closed_forms_of_the_spec():
     risk = np.maximum(*ends)
     assert abs(fs[risk.argmin()] - f) < 1e-4 and abs(risk.min() - wc) < 1e-8
     assert ends[0][risk.argmin()] > ends[1][risk.argmin()] + 1e-3
+    # mu_1 < mu_0: f(q) falls with q, so the clip's interval is [f(q_hi), f(q_lo)]; here it
+    # holds 1/2, the minimax prediction (an interval read the other way round gave f(q_hi))
+    f, (lo, hi), wc = binary_brier_minimax(0.5, 0.1, (0.8, 0.1))
+    ends = [q * ((fs - 0.1) ** 2 + 0.09) + (1 - q) * ((fs - 0.8) ** 2 + 0.16) for q in (lo, hi)]
+    risk = np.maximum(*ends)
+    assert hi * 0.1 + (1 - hi) * 0.8 < 0.5 < lo * 0.1 + (1 - lo) * 0.8
+    assert f == 0.5 and abs(fs[risk.argmin()] - f) < 1e-4 and abs(risk.min() - wc) < 1e-8
     assert bernoulli_kl_interval(0.3, 0.0) == pytest.approx((0.3, 0.3), abs=1e-9)
     # an end point within 1e-3 of 1 (KL(1 || 1/2) = log 2 = 0.693 just above rho = 0.69)
     lo, hi = bernoulli_kl_interval(0.5, 0.69)
