@@ -231,16 +231,19 @@ def add_lora(
         The names of the adapted modules (raises if none matched).
     """
     gen = make_generator(seed)  # checked before the model is touched
+    if isinstance(targets, (str, bytes)):  # its characters would each be a pattern
+        raise TypeError(f"targets must be a list of patterns, got the string {targets!r}")
+    targets = list(targets)
     pats = [re.compile(f"(^|\\.){t}$") for t in targets]
-    if freeze:
-        model.requires_grad_(False)
     names = [
         n
         for n, m in model.named_modules()
         if isinstance(m, nn.Linear) and any(p.search(n) for p in pats)
     ]
-    if not names:
-        raise ValueError(f"no nn.Linear matched targets {list(targets)}")
+    if not names:  # before anything is frozen: a failed call leaves the model as it was
+        raise ValueError(f"no nn.Linear matched targets {targets}")
+    if freeze:
+        model.requires_grad_(False)
     for n in names:
         parent_name, _, child = n.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

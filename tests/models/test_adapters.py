@@ -32,8 +32,15 @@ def test_add_lora_targets_match_whole_name_components():
     m.attn = Attn()
     assert add_lora(m, ["q"], rank=2) == ["attn.q"]
     assert isinstance(m.attn.q, LoRALinear) and isinstance(m.attn.seq, nn.Linear)
+    unmatched = nn.Sequential(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="no nn.Linear matched"):
-        add_lora(nn.Sequential(nn.Linear(2, 2)), ["q"])
+        add_lora(unmatched, ["q"])
+    # a failed call leaves the model as it was (it froze every parameter first)
+    assert all(p.requires_grad for p in unmatched.parameters())
+    # one string is not a list: each character was a pattern ("." any one-letter name)
+    with pytest.raises(TypeError, match="targets must be a list"):
+        add_lora(m, "attn.q")
+    assert add_lora(m, iter(["seq"])) == ["attn.seq"]  # any iterable of patterns
 
 
 def test_lora_initialisation_is_kaiming_uniform_like_peft():
