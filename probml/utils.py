@@ -37,6 +37,7 @@ __all__ = [
     "check_positive",
     "check_int",
     "check_interval",
+    "check_names",
     "cholesky_factor",
     "plate_matvec",
     "check_prior",
@@ -287,6 +288,22 @@ def check_int(name: str, value, minimum: int | None = 1) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_names(name: str, value) -> list[str]:
+    """``value`` as a list of strings: any iterable of names (a list, a tuple, a generator),
+    but not one string, whose characters would each be read as a name. Errors name
+    ``name``."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a list of names, got the string {value!r}")
+    try:
+        out = list(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of names, got {type(value).__name__}") from None
+    bad = [v for v in out if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"{name} must hold strings, got {bad[:3]!r}")
+    return out
 
 
 def cholesky_factor(name: str, M: torch.Tensor) -> torch.Tensor:

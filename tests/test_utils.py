@@ -366,3 +366,30 @@ def test_range_checked_arguments_name_a_string():
     ):
         with pytest.raises(TypeError, match=rf"^{name} must be a number, got str"):
             call()
+
+
+def test_a_list_of_names_is_not_one_string():
+    """A single string is iterable: where a list of names is asked for, its characters were
+    each read as a name (``add_lora(model, "attn.q")`` adapted every one-letter module, as
+    the pattern ``.`` matches any letter). ``check_names`` refuses it, and every site that
+    takes names uses it."""
+    from torch import nn
+
+    from probml.inference.projection import GRASP
+    from probml.models.adapters import add_lora, module_side
+    from probml.models.layers import MixtureOfActivationsFFN
+    from probml.utils import check_names
+
+    assert check_names("x", ("a", "b")) == ["a", "b"]
+    assert check_names("x", (n for n in "ab")) == ["a", "b"]  # any iterable of strings
+    for bad, words in (("ab", "the string"), (3, "int"), ([1, "a"], "hold strings")):
+        with pytest.raises(TypeError, match=f"^x must .*{words}"):
+            check_names("x", bad)
+    for name, call in (
+        ("targets", lambda: add_lora(nn.Sequential(nn.Linear(2, 2)), "0")),
+        ("modules", lambda: GRASP(torch.ones(2), modules="attn.q")),
+        ("dictionary", lambda: MixtureOfActivationsFFN(4, 8, dictionary="gelu")),
+        ("write_names", lambda: module_side("blocks.0.o", write_names="o")),
+    ):
+        with pytest.raises(TypeError, match=f"^{name} must be a list of names"):
+            call()

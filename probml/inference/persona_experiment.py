@@ -32,6 +32,7 @@ from probml.models.lm import TinyLM, TinyLMConfig
 from probml.utils import (
     check_finite,
     check_int,
+    check_names,
     check_positive,
     derive_seed,
     keep_global_rng,
@@ -243,12 +244,11 @@ def run_persona_methods(
     if shift_prefix is not None:
         check_int("shift_prefix", shift_prefix)
     if methods is not None:  # before any training: an unknown name used to be skipped
-        if isinstance(methods, str):
-            raise TypeError(f"methods must be a sequence of method names, got {methods!r}")
+        methods = check_names("methods", methods)
         unknown = [m for m in methods if m not in PERSONA_METHODS]
         if unknown:
             raise ValueError(f"methods: unknown {unknown}; known: {list(PERSONA_METHODS)}")
-    targets = LORA_TARGETS if targets is None else list(targets)
+    targets = LORA_TARGETS if targets is None else check_names("targets", targets)
     through = TINYLM_THROUGH if through is None else dict(through)
     prefixes = [n for n, _ in _residual_blocks(base)]
     u_true = persona_direction(base, world)

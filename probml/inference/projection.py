@@ -38,6 +38,7 @@ from probml.utils import (
     check_finite,
     check_int,
     check_interval,
+    check_names,
     check_positive,
     make_generator,
     module_list,
@@ -518,7 +519,7 @@ class GRASP:
                 f"{type(directions).__name__}"
             )
         self.directions = directions
-        self.modules = None if modules is None else set(modules)
+        self.modules = None if modules is None else set(check_names("modules", modules))
         self.strength = 1.0 if mode == "hard" else float(alpha)
         self.through = through
         self.per_head = bool(per_head)

@@ -43,6 +43,7 @@ from torch import nn
 
 from probml.utils import (
     check_int,
+    check_names,
     check_positive,
     check_seed,
     keep_global_rng,
@@ -140,7 +141,9 @@ def module_side(name: str, write_names: Iterable[str] = WRITE_NAMES) -> str:
     in ``write_names``.
     """
     parts = [p for p in name.split(".") if p not in ("linear", "base", "base_layer")]
-    return "write" if parts and parts[-1] in set(write_names) else "read"
+    return (
+        "write" if parts and parts[-1] in set(check_names("write_names", write_names)) else "read"
+    )
 
 
 def _peft_weight(obj, key: str | None = None) -> torch.Tensor | None:
@@ -231,9 +234,7 @@ def add_lora(
         The names of the adapted modules (raises if none matched).
     """
     gen = make_generator(seed)  # checked before the model is touched
-    if isinstance(targets, (str, bytes)):  # its characters would each be a pattern
-        raise TypeError(f"targets must be a list of patterns, got the string {targets!r}")
-    targets = list(targets)
+    targets = check_names("targets", targets)  # one string's characters would be patterns
     pats = [re.compile(f"(^|\\.){t}$") for t in targets]
     names = [
         n

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from probml.utils import check_int, check_positive, shape_of
+from probml.utils import check_int, check_names, check_positive, shape_of
 
 __all__ = [
     "ACTIVATIONS",
@@ -118,7 +118,7 @@ def _check_gate(gate: str) -> None:
 
 
 def _check_dictionary(dictionary: Sequence[str]) -> tuple[str, ...]:
-    dictionary = tuple(dictionary)
+    dictionary = tuple(check_names("dictionary", dictionary))  # "gelu" is not g, e, l, u
     if not dictionary:
         raise ValueError("the activation dictionary must not be empty")
     unknown = [a for a in dictionary if a not in ACTIVATIONS]

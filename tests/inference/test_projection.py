@@ -542,7 +542,7 @@ def test_persona_experiment_runner_tiny(tmp_path, monkeypatch):
     # a mistyped method (or a bare string) used to be skipped: a run with fewer rows
     with pytest.raises(ValueError, match=r"^methods: unknown \['GRASP \(shared U\)'\]"):
         run_persona_methods(deep, w, methods=("naive", "GRASP (shared U)"))
-    with pytest.raises(TypeError, match="^methods must be a sequence"):
+    with pytest.raises(TypeError, match="^methods must be a list of names"):
         run_persona_methods(deep, w, methods="naive")
     with pytest.raises(ValueError, match="n_layers"):
         pretrain_persona_model(w, num_steps=5, n_layers=0, cache=False, verbose=False)
