@@ -487,12 +487,14 @@ def test_refinement_reaches_the_boundary_of_a_binding_step_or_budget():
         ([StepBound(0.3, "2")], zero, inf, [0.3, 0.0]),
         ([StepBound(0.3, "2"), TravelBudget(0.2)], zero, 0.2, [0.2, 0.0]),
         ([StepBound(0.3)], edge, inf, [1.0, 0.3]),
+        ([StepBound(0.3)], -edge, inf, [-1.0, -0.3]),  # the step box's lower corner
         # a budget on 10 |dx_1| + |dx_2|: moving along the cheap axis beats pulling the
         # step-bound optimum back (0.05, 0); the best lies where the ball meets the budget
         ([StepBound(0.3, "2"), TravelBudget(0.5, cost=_skewed_cost)], zero, 0.5, _CORNER),
     ):
         c = Constraints(cons, ex.design_bounds)
-        starts = prev + torch.tensor([[0.05, 0.05], [-0.05, 0.08]], dtype=torch.float64)
+        side = -1.0 if float(prev[0]) < 0 else 1.0  # mirrored starts for the mirrored case
+        starts = prev + side * torch.tensor([[0.05, 0.05], [-0.05, 0.08]], dtype=torch.float64)
         out, _ = refine_designs(post, starts, prev, c, left, 256, generator=0)
         assert bool(c.feasible(prev, out, left).all())
         top = float(ex.eig(torch.tensor([best], dtype=torch.float64)))
@@ -500,7 +502,7 @@ def test_refinement_reaches_the_boundary_of_a_binding_step_or_budget():
         assert float(got.min()) > 0.99 * top, (best, out, got, top)
         if cons[0].norm == "inf":  # the box's corner itself: SLSQP's bounds are the step's box
             corner = torch.tensor(best, dtype=torch.float64).expand_as(out)
-            assert torch.allclose(out.abs(), corner, atol=1e-6), out
+            assert torch.allclose(out, corner, atol=1e-6), out
 
 
 def test_projection_scales_a_long_step_onto_the_bound_and_leaves_a_short_one():
