@@ -162,6 +162,12 @@ def test_drum_refuses_degenerate_sources():
         DRUM(**kw).fit(torch.tensor(X) + 1j, w, yb, X)
     with pytest.raises(ValueError, match="X_target must have at least 1 row"):
         DRUM(**kw).fit(X, w, yb, torch.zeros(0, 3))
+    # a tensor with rows and no column (a slice X[:, :0]) is refused by name, as NumPy's is
+    with pytest.raises(ValueError, match=r"X_source must have at least 2 row\(s\) and one column"):
+        DRUM(**kw).fit(torch.tensor(X)[:, :0], w, yb, X)
+    # y_source with all 1s has one class too, as all 0s does
+    with pytest.raises(ValueError, match="y_source must contain both classes"):
+        DRUM(**kw).fit(X, w, np.ones(60), X)
 
 
 def test_drum_family_supports_get_params_and_clone():
