@@ -60,6 +60,12 @@ def test_batch_targets_are_the_next_answer_words_only():
     assert torch.equal(keep, mask[:, 1:])
     assert torch.equal(targets[keep], tokens[:, 1:][keep])
     assert int(keep.sum()) == 50 * 8  # two answer words in each of four turns
+    # and they are the answer words: ids past the special, topic and question-word tokens,
+    # the first of each pair right after "A"
+    first_word = len(w.vocab) - 4 * len(w.topics)  # each topic has four answer words here
+    assert bool((tokens[mask] >= first_word).all()) and bool((tokens[~mask] < first_word).all())
+    after_a = torch.roll(tokens == w.stoi["A"], 1, dims=1)
+    assert int((after_a & mask).sum()) == 50 * 4
 
 
 def test_slant_persona_is_the_slant_above_the_offset():

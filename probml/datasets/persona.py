@@ -187,9 +187,8 @@ class PersonaWorld:
         turns = self._turns(topics, qwords, sets, tpl_idx, rows)
         tokens = torch.cat((torch.full((n, 1), self.stoi["BOS"]), turns.reshape(n, -1)), 1)
         mask = torch.zeros_like(tokens, dtype=torch.bool)
-        for j in range(k):  # answer words of turn j sit at 1 + 7 j + (4, 5)
-            mask[:, 1 + TURN_LEN * j + 4] = True
-            mask[:, 1 + TURN_LEN * j + 5] = True
+        turn_starts = 1 + TURN_LEN * torch.arange(k)  # answer words of turn j: + 4 and + 5
+        mask[:, torch.cat((turn_starts + 4, turn_starts + 5))] = True
         return tokens, mask, z
 
     def _answer_rows(self, topics, qwords, task_data: bool, gen) -> torch.Tensor | None:
