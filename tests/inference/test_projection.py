@@ -931,6 +931,24 @@ def test_write_through_widths_grouped_heads_and_clear_errors():
             float((u @ Wo[:, 2 * q : 2 * q + 2] @ dv[2 * (q // 2) : 2 * (q // 2) + 2]).abs().max())
             < 1e-5
         )
+    # a u that value head 0's query heads (0, 1: columns 0-3 of W_o) do not write along puts
+    # no constraint on that head: the basis keeps only head 1's (rank 2, not the whole space)
+    # and head 0's rows of B stay as they were
+    Q, _ = torch.linalg.qr(Wo[:, :4].detach(), mode="complete")
+    u_off = Q[:, 4]  # orthogonal to columns 0-3
+    with torch.no_grad():
+        m.attn.v.lora_B.normal_(generator=torch.Generator().manual_seed(3))
+    B0 = m.attn.v.lora_B.detach().clone()
+    g = GRASP(u_off, through=through, per_head=True)
+    f_v = next(f for f in lora_modules(m) if f.name == "attn.v")
+    assert g._side_basis(m, f_v)[1].shape == (4, 2)
+    g.project(m)
+    assert torch.allclose(m.attn.v.lora_B[:2], B0[:2], atol=1e-6)
+    assert not torch.allclose(m.attn.v.lora_B[2:], B0[2:], atol=1e-2)
+    # a head width that does not divide the value width is no head width at all
+    m.attn.head_dim = 3
+    with pytest.raises(ValueError, match="grouped-query"):
+        identify_spurious_directions(m, through=through)
 
 
 def test_k_is_a_count_no_larger_than_the_lora_rank():
