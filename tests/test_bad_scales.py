@@ -62,6 +62,16 @@ def _brier_minimax(mu):
     return lambda: binary_brier_minimax(0.3, 0.1, mu)
 
 
+def _drum(**kw):
+    import numpy as np
+
+    from probml.inference.minimax import DRUM
+
+    rng = np.random.default_rng(0)
+    X, A, y = rng.normal(size=(20, 2)), rng.integers(0, 2, 20), np.arange(20) % 2
+    return lambda: DRUM(num_iters=1, verbose=False, **kw).fit(X, A, y, X)
+
+
 @pytest.mark.parametrize(
     "call, name",
     [
@@ -85,6 +95,10 @@ def _brier_minimax(mu):
         (_brier_minimax((NAN, 0.5)), r"mu\[0\]"),
         (_brier_minimax((0.2, 1.5)), r"mu\[1\]"),
         (_brier_minimax((0.2,)), "mu"),
+        # a NaN or infinite radius passed a plain "rho < 0" test; a zero penalty is no penalty
+        (_drum(rho=NAN), "rho"),
+        (_drum(rho=math.inf), "rho"),
+        (_drum(penalty=0.0), "penalty"),
     ],
 )
 def test_bad_scale_is_rejected_by_name(call, name):
