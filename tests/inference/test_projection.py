@@ -208,6 +208,8 @@ def test_residual_intervention_ablates_and_adds():
     with ResidualIntervention(lm, u, mode="add", alpha=2.0, layers=[1]) as iv:
         assert len(iv.blocks) == 1
         steered = block_output()
+    with ResidualIntervention(lm, u, mode="add", alpha=2.0, layers=[-1]) as iv:  # as a list's
+        assert iv.blocks == [lm.blocks[1]]
     plain = block_output()
     assert torch.allclose(steered - plain, 2.0 * un.expand_as(plain), atol=1e-5)
     assert len(lm.blocks[1]._forward_hooks) == 0  # removed on exit
@@ -1373,3 +1375,30 @@ def test_grasp_options_act_where_documented():
     assert all(not torch.equal(f.B, b) for f, b in zip(lora_modules(lm), B_before))
     with pytest.raises(ValueError, match="model has no LoRA parameters; call add_lora first"):
         finetune_lora(nn.Linear(2, 2), sampler, num_steps=1, verbose=False)
+
+
+def test_violation_is_the_worst_module_and_finetuning_has_no_weight_decay():
+    """``violation`` is the largest over every constrained module (not the last one's), and
+    ``finetune_lora``'s AdamW has no weight decay: a loss with zero gradient leaves every
+    adapter weight where it was (a decay would shrink A at each step)."""
+    from probml.models.adapters import lora_parameters
+
+    lm = _tiny_lm()
+    add_lora(lm, ["ffn.down"], rank=2)
+    with torch.no_grad():
+        for f in lora_modules(lm):
+            f.B.normal_(generator=torch.Generator().manual_seed(0))
+    u = torch.randn(16)
+    g = GRASP(u / u.norm())
+    g.project(lm)
+    assert g.violation(lm) < 1e-6
+    first = next(iter(lora_modules(lm)))  # blocks.0: not the last module visited
+    with torch.no_grad():
+        first.B.add_(torch.outer(u / u.norm(), torch.ones(2)))
+    assert g.violation(lm) > 0.1
+    before = [p.detach().clone() for p in lora_parameters(lm)]
+    finetune_lora(
+        lm, lambda gen: None, num_steps=3, verbose=False,
+        loss_fn=lambda m, batch: sum((0.0 * p).sum() for p in lora_parameters(m)),
+    )  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(before, lora_parameters(lm)))
