@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from probml.utils import (
+    check_finite,
     check_int,
     check_names,
     check_positive,
@@ -49,6 +50,7 @@ from probml.utils import (
     keep_global_rng,
     keep_param_store,
     make_generator,
+    shape_of,
 )
 
 __all__ = [
@@ -324,8 +326,11 @@ def fit_spurious_factor(
     from pyro.infer import SVI, Predictive, Trace_ELBO
     from pyro.infer.autoguide import AutoNormal
 
-    if b.dim() != 2 or b.shape[0] < 2:
-        raise ValueError(f"b must be J x D with J >= 2, got shape {tuple(b.shape)}")
+    if not isinstance(b, torch.Tensor) or b.dim() != 2 or b.shape[0] < 2:
+        raise ValueError(f"b must be a J x D tensor with J >= 2, got {shape_of(b)}")
+    check_finite("b", b)  # NaN failed inside Pyro's support check at site 'b'
+    if not bool((b.norm(dim=-1) > 0).any()):
+        raise ValueError("b is all zeros: there is no update to find a direction in")
     for name, value in (
         ("num_task", num_task),
         ("num_steps", num_steps),

@@ -142,3 +142,15 @@ def test_spurious_factor_model_and_fit_settings():
     out = fit_spurious_factor(b, num_task=2, num_steps=10, num_samples=5)
     gain = -(sum(out["loss_shared"]) - sum(out["loss_null"])) / 10
     assert len(out["loss_shared"]) == 10 and out["detection"] == pytest.approx(gain)
+
+
+def test_spurious_factor_fit_refuses_updates_with_no_direction():
+    """NaN updates failed inside Pyro's support check at site ``b`` (naming a site, not the
+    argument); all-zero updates ran and returned a direction drawn from the prior."""
+    from probml.models.adapters import fit_spurious_factor
+
+    bad_b = torch.ones(4, 3)
+    bad_b[0, 0] = math.nan
+    for b, words in ((bad_b, "b must be finite"), (torch.zeros(4, 3), "b is all zeros")):
+        with pytest.raises(ValueError, match=f"^{words}"):
+            fit_spurious_factor(b, num_steps=2, num_samples=2)
