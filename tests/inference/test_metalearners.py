@@ -181,7 +181,8 @@ def test_s_learner_and_estimator_api():
     [
         ({"w": np.full(100, 2)}, "binary"),
         ({"y": -np.ones(100)}, "non-negative"),
-        ({"y": np.ones(99)}, "shape"),
+        ({"y": np.ones(99)}, r"^y must have shape \(100,\)"),
+        ({"w": np.arange(99) % 2}, r"^w must have shape \(100,\)"),
         ({"w": np.ones(100)}, "both treated"),
         ({"y": (np.arange(100) % 2).astype(float)}, r"every outcome in arm w=0 is zero"),
         ({"propensity": 1.5}, r"\(0, 1\)"),
