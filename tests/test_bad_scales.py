@@ -72,6 +72,24 @@ def _drum(**kw):
     return lambda: DRUM(num_iters=1, verbose=False, **kw).fit(X, A, y, X)
 
 
+def _linear_diffusion(A, Q):
+    from probml.models.diffusion import LinearGaussianDiffusion
+
+    return lambda: LinearGaussianDiffusion(A, Q)
+
+
+def _linear_ssm_nan_A():
+    from probml.models.dynamics import LinearGaussianSSM
+
+    LinearGaussianSSM(torch.eye(2) * NAN, torch.eye(2), torch.eye(2), 0.1)
+
+
+def _noise_mlp_odd_time_features():
+    from probml.models.diffusion import NoiseMLP
+
+    NoiseMLP(2, time_features=15)  # built a layer one input too wide
+
+
 @pytest.mark.parametrize(
     "call, name",
     [
@@ -99,6 +117,14 @@ def _drum(**kw):
         (_drum(rho=NAN), "rho"),
         (_drum(rho=math.inf), "rho"),
         (_drum(penalty=0.0), "penalty"),
+        # matrices of the wrong shape failed in a matmul naming nothing; NaN ones (including a
+        # NaN Q, whose NaN eigenvalues passed "lam <= 0") simulated NaN without a word
+        (_linear_diffusion(torch.eye(2), torch.eye(3)), "Q"),
+        (_linear_diffusion(torch.ones(2, 3), torch.eye(2)), "A"),
+        (_linear_diffusion(torch.eye(2), torch.full((2, 2), NAN)), "Q"),
+        (_linear_diffusion(torch.eye(2) * NAN, torch.eye(2)), "A"),
+        (_linear_ssm_nan_A, "A"),
+        (_noise_mlp_odd_time_features, "time_features"),
     ],
 )
 def test_bad_scale_is_rejected_by_name(call, name):

@@ -48,6 +48,7 @@ from probml.utils import (
     keep_global_rng,
     make_generator,
     progress,
+    shape_of,
 )
 
 __all__ = [
@@ -163,10 +164,21 @@ class LinearGaussianDiffusion(DiffusionTransition):
     The noised marginal is :math:`z_s \mid c \sim \mathcal N(\alpha A c, \alpha^2 Q +
     \sigma^2 I)`, so the exact noise predictor is
     :math:`\hat\varepsilon = \sigma (\alpha^2 Q + \sigma^2 I)^{-1} (z_s - \alpha A c)`
-    (computed through the eigendecomposition of ``Q``).
+    (computed through the eigendecomposition of ``Q``; only ``Q``'s lower triangle is read, as
+    by :func:`torch.linalg.eigh` and :class:`~probml.models.dynamics.LinearGaussianSSM`).
+
+    Args:
+        A: ``d x d`` transition matrix; Q: ``d x d`` positive definite covariance (both
+            finite); schedule: the VP schedule (default :class:`VPSchedule`).
     """
 
     def __init__(self, A: torch.Tensor, Q: torch.Tensor, schedule: VPSchedule | None = None):
+        if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != A.shape[1]:
+            raise ValueError(f"A must be a d x d tensor, got {shape_of(A)}")
+        if not isinstance(Q, torch.Tensor) or tuple(Q.shape) != tuple(A.shape):
+            raise ValueError(f"Q must be a tensor of A's shape {tuple(A.shape)}, got {shape_of(Q)}")
+        check_finite("A", A)  # NaN gave NaN samples without a word
+        check_finite("Q", Q)
         super().__init__(A.shape[0], schedule)
         lam, V = torch.linalg.eigh(Q)
         if bool((lam <= 0).any()):
@@ -214,6 +226,9 @@ class NoiseMLP(nn.Module):
 
     def __init__(self, state_dim: int, hidden: int = 128, depth: int = 3, time_features: int = 16):
         super().__init__()
+        # sine and cosine features come in pairs: an odd count built a layer one input too wide
+        if check_int("time_features", time_features, 2) % 2:
+            raise ValueError(f"time_features must be even, got {time_features}")
         self.time_features = time_features
         layers: list[nn.Module] = []
         width = 2 * state_dim + time_features

@@ -324,6 +324,7 @@ class LinearGaussianSSM(StateSpaceModel):
                 f"A and Q must be d x d and H p x d; got A {tuple(A.shape)}, Q {tuple(Q.shape)},"
                 f" H {tuple(H.shape)}"
             )
+        check_finite("A", A)  # NaN simulated NaN states without a word
         init_loc = A.new_zeros(d) if init_loc is None else init_loc
         init_cov = torch.eye(d, dtype=A.dtype, device=A.device) if init_cov is None else init_cov
         super().__init__(
