@@ -170,6 +170,15 @@ def test_s_learner_and_estimator_api():
     assert clone(s).get_params()["floor"] == 1e-6
     assert s.fit(d.X, d.w, d.y) is s and s.effect(d.X[:10]).shape == (10,)
     assert np.all(s.effect(d.X[:10]) > 0)
+    # the default outcome model follows the outcome's type: a logistic regression for 0/1,
+    # Poisson boosting (positive predictions) for amounts
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    default = SRatioLearner().fit(d.X[:2000], d.w[:2000], d.y[:2000])
+    assert isinstance(default.model_, LogisticRegression)
+    amounts = SRatioLearner().fit(d.X[:2000], d.w[:2000], 2.5 * d.y[:2000])
+    assert isinstance(amounts.model_, HistGradientBoostingRegressor)
+    assert amounts.model_.loss == "poisson"
     with pytest.raises(RuntimeError, match="not fitted"):
         QLearner().effect(d.X)
     with pytest.raises(ValueError, match="shape"):
