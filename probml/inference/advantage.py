@@ -227,9 +227,9 @@ def basis_advantages(
     Returns:
         ``(advantages, diagnostics)``: advantages ``B``; diagnostics has ``beta`` (``B``, the
         temperature chosen for each prompt; NaN where the calibration sets no baseline: an
-        inactive prompt, or every prompt in a fallback), ``active`` (``B`` bool), ``baseline`` (``B``) and
-        ``fallback`` (True when fewer than two prompts are active: every prompt then gets the
-        ``inactive`` baseline).
+        inactive prompt, or every prompt in a fallback), ``active`` (``B`` bool),
+        ``baseline`` (``B``) and ``fallback`` (True when fewer than two prompts are active:
+        every prompt then gets the ``inactive`` baseline).
     """
     r = _check_rewards(rewards, binary=True).double()
     p0 = _check_prior_values(prior_values, r, "rewards")

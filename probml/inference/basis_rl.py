@@ -139,8 +139,8 @@ def advantages_and_values(
     estimators the group mean) from rewards ``B x G`` (``G = 1`` for single-rollout ones).
 
     Returns ``(advantages, values, chosen beta or None)`` (BASIS: the median temperature
-    over the prompts the calibration set, NaN when it set none); ``p0`` are the batch's offline
-    values, ``prompts`` their indices (for the SPO tracker and the prompt-drift filter),
+    over the prompts the calibration set, NaN when it set none); ``p0`` are the batch's
+    offline values, ``prompts`` their indices (for the SPO tracker and the prompt-drift filter),
     ``tracker`` the estimator's state across steps (:func:`make_tracker`; ``"spo"``,
     ``"bayes-basis-rw"``, ``"bayes-basis-rw-eta"``), ``features`` the batch's prompt features
     (``B x F``, for ``"gp-basis"``)."""
