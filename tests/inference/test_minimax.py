@@ -244,9 +244,11 @@ def test_bias_correction_reduces_error_with_misspecified_outcome():
 
 
 def _corrected_under_a_wrong_outcome_model(seed, x_effect=0.0):
-    """DRUM with bias correction and the outcome model mu_hat = 0.4 + 0.1 a, on 20,000 source
-    rows of :class:`BinaryShiftProblem` (with ``x_effect * tanh(x)`` added to the outcome's
-    probability when given) and a target half that size, shifted by 0.5 in x."""
+    """DRUM with bias correction and the outcome model mu_hat = 0.4 + 0.1 a^2 (0.4 + 0.1 a on
+    a in {0, 1}; the square tells E_Q mu(x, A) from mu(x, E_Q A), which a model linear in a
+    cannot), on 20,000 source rows of :class:`BinaryShiftProblem` (with ``x_effect *
+    tanh(x)`` added to the outcome's probability when given) and a target half that size,
+    shifted by 0.5 in x."""
     Xs, As, ys, Xt = BinaryShiftProblem().sample(20_000, seed)
     if x_effect:
         g = torch.Generator().manual_seed(5)
@@ -254,7 +256,7 @@ def _corrected_under_a_wrong_outcome_model(seed, x_effect=0.0):
         ys = (torch.rand(20_000, generator=g) < p).float()
     Xt = Xt[:10_000] + 0.5
     est = DRUM(
-        rho=0.1, outcome_model=lambda x, a: 0.4 + 0.1 * a.reshape(x.shape[:-1]).to(x),
+        rho=0.1, outcome_model=lambda x, a: 0.4 + 0.1 * a.reshape(x.shape[:-1]).to(x) ** 2,
         source_conditional=_known_g0(0.15), predictor="constant", bias_correction=True,
         num_iters=200, verbose=False,
     ).fit(Xs, As, ys, Xt)  # fmt: skip
