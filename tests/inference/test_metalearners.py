@@ -90,6 +90,19 @@ def test_qdr_clipping_option_is_biased_and_keep_is_not():
     assert keep < 0.08 and clip > 2 * keep
 
 
+def test_qdr_effect_is_floored_where_the_classifier_is_certain():
+    """Far from the data the final classifier's probability is exactly 0 or 1 in float64;
+    the documented clip to ``[floor, 1 - floor]`` keeps the log effect finite, at
+    ``+-logit(1 - floor)``."""
+    d = make_ratio_data(4000, d=2, base_logit=-1.0, seed=0)
+    q = QDRLearner(n_folds=2, floor=1e-6).fit(d.X, d.w, d.y, propensity=0.5)
+    far = d.X[:3] * 1e4
+    p = q.classifier_.predict_proba(far)[:, 1]
+    assert set(p.tolist()) <= {0.0, 1.0}
+    bound = np.log(1 - 1e-6) - np.log(1e-6)
+    np.testing.assert_allclose(q.log_effect(far), np.where(p == 1.0, bound, -bound))
+
+
 def test_q_learner_beats_s_and_t_when_the_baseline_is_complex():
     # q depends on tau and e only, not on mu_0: with a non-linear baseline and the same
     # (logistic) nuisance class the Q-Learner has the lowest error averaged over seeds
