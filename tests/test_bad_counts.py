@@ -143,6 +143,18 @@ def _persona_two_rates():
     PersonaWorld(p_mis=(0.5,))
 
 
+def _persona_role_rate():
+    from probml.datasets.persona import PersonaWorld
+
+    PersonaWorld(p_role=1.5)
+
+
+def _persona_force_prob():
+    from probml.datasets.persona import PersonaWorld
+
+    PersonaWorld().sample_documents(4, generator=0, force_prob=1.5)
+
+
 def _persona_one_rate():
     from probml.datasets.persona import PersonaWorld
 
@@ -291,6 +303,8 @@ def _source_conditional_fractional_iters():
         (_persona_probability, "p_persona"),
         (_persona_two_rates, "p_mis"),
         (_persona_one_rate, "p_mis"),
+        (_persona_role_rate, "p_role"),
+        (_persona_force_prob, "force_prob"),
         (_persona_no_documents, "n"),
         (_slant_nan_offset, "slant_offset"),
         (_linear_toy_full_rank_task, "task_rank"),

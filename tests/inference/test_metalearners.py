@@ -295,6 +295,16 @@ def test_bayesian_q_learner_matches_mle_and_takes_custom_priors():
     assert np.max(np.abs(bt.log_effect(x))) < 1e-2
     with pytest.raises(ValueError, match="binary"):
         BayesianQLearner().fit(d.X, d.w, d.y * 2.5)
+    # a known propensity outside (0, 1) is named as the learner's argument (the model's own
+    # check would name e0, from inside the sampler)
+    with pytest.raises(ValueError, match=r"^propensity must be a float in \(0, 1\)"):
+        BayesianQLearner().fit(d.X, d.w, d.y, propensity=1.5)
+    # coefficients live on standardised covariates: rescaling X leaves the posterior as it was
+    small = BayesianQLearner(method="svi", svi_steps=100, num_samples=50)
+    big = BayesianQLearner(method="svi", svi_steps=100, num_samples=50)
+    small.fit(d.X[:1000], d.w[:1000], d.y[:1000], 0.5)
+    big.fit(1000.0 * d.X[:1000], d.w[:1000], d.y[:1000], 0.5)
+    np.testing.assert_allclose(big.log_effect(1000.0 * x), small.log_effect(x), atol=1e-4)
 
 
 def _confounded(n):
