@@ -365,6 +365,7 @@ def test_fractional_counts_are_refused_not_truncated():
     from probml.models.diffusion import DiffusionTransition, VPSchedule
     from probml.models.dynamics import GaussianObservation, Lorenz96
     from probml.models.experiments import path_cost
+    from probml.models.layers import GELUFFN, MixtureOfActivationsFFN, ScaledLinear
     from probml.models.rollouts import LinearBandit, PromptDriftFilter
 
     rng = np.random.default_rng(0)
@@ -396,6 +397,10 @@ def test_fractional_counts_are_refused_not_truncated():
         ("state_dim", lambda: DiffusionTransition(2.5)),
         ("num_qwords", lambda: PersonaWorld(num_qwords=2.5)),  # failed as a slice index
         ("code_variety", lambda: PersonaWorld(code_variety=1.5)),
+        # layer sizes failed inside torch.empty, naming nothing
+        ("d_ff", lambda: GELUFFN(4, 2.5)),
+        ("d_out", lambda: ScaledLinear(4, 2.5)),
+        ("d_ff", lambda: MixtureOfActivationsFFN(4, 2.5)),
     ):
         with pytest.raises(TypeError, match=rf"\b{name} must be an integer"):
             call()
@@ -537,3 +542,17 @@ def test_persona_pretraining_names_its_sizes():
     for name, bad in (("num_steps", 2.5), ("num_steps", 0), ("batch_size", 0), ("lr", -1.0)):
         with pytest.raises((TypeError, ValueError), match=f"^{name} must be"):
             pretrain_persona_model(world, cache=False, verbose=False, **{name: bad})
+
+
+def test_a_zero_layer_width_is_refused():
+    """A zero width built an empty layer (torch only warns that initialising it is a no-op),
+    and a negative one failed in torch naming nothing."""
+    from probml.models.layers import GELUFFN, LearnableActivationFFN, SwiGLUFFN
+
+    for make in (
+        lambda: GELUFFN(4, 0),
+        lambda: SwiGLUFFN(4, -1),
+        lambda: LearnableActivationFFN(4, 0),
+    ):
+        with pytest.raises(ValueError, match="^d_ff must be >= 1"):
+            make()

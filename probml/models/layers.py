@@ -117,6 +117,13 @@ def _check_gate(gate: str) -> None:
         raise ValueError(f"gate must be 'gated' or 'literal', got {gate!r}")
 
 
+def _check_sizes(**sizes: int) -> None:
+    """Each layer size a positive integer, by its name (torch's own errors name none, and a
+    zero width built an empty layer without a word)."""
+    for name, value in sizes.items():
+        check_int(name, value)
+
+
 def _check_dictionary(dictionary: Sequence[str]) -> tuple[str, ...]:
     dictionary = tuple(check_names("dictionary", dictionary))  # "gelu" is not g, e, l, u
     if not dictionary:
@@ -220,6 +227,7 @@ class ScaledLinear(nn.Module):
         super().__init__()
         if placement not in ("none", "dp", "dnp"):
             raise ValueError(f"placement must be 'none', 'dp' or 'dnp', got {placement!r}")
+        _check_sizes(d_in=d_in, d_out=d_out)
         self.placement = placement
         self.linear = nn.Linear(d_in, d_out, bias=bias)
         if placement == "none":
@@ -244,6 +252,7 @@ class GELUFFN(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, down: nn.Module | None = None):
         super().__init__()
+        _check_sizes(d_model=d_model, d_ff=d_ff)
         self.up = nn.Linear(d_model, d_ff, bias=False)
         self.down = down if down is not None else nn.Linear(d_ff, d_model, bias=False)
 
@@ -264,6 +273,7 @@ class SwiGLUFFN(nn.Module):
         reparam: str | None = None,
     ):
         super().__init__()
+        _check_sizes(d_model=d_model, d_ff=d_ff)
         self.gate = nn.Linear(d_model, d_ff, bias=False)
         self.up = nn.Linear(d_model, d_ff, bias=False)
         self.down = down if down is not None else nn.Linear(d_ff, d_model, bias=False)
@@ -284,6 +294,7 @@ class _MixedFFN(nn.Module):
 
     def _setup(self, d_model, d_ff, ffn_type, variant, variants, dictionary, checkpointing) -> None:
         """Validate the options and build the projections ``w1`` (``w2`` for Type II), ``w3``."""
+        _check_sizes(d_model=d_model, d_ff=d_ff)
         if ffn_type not in ("I", "II"):
             raise ValueError(f"ffn_type must be 'I' or 'II', got {ffn_type!r}")
         if variant not in variants:
@@ -451,8 +462,7 @@ class ShallowNet(nn.Module):
         super().__init__()
         if kind not in ("fixed", "la", "moa"):
             raise ValueError(f"kind must be fixed, la or moa, got {kind!r}")
-        check_int("in_dim", in_dim)
-        check_int("width", width)
+        _check_sizes(in_dim=in_dim, width=width)
         _check_gate(gate)  # as the MoA layer's (any other word was the literal gate)
         self.kind, self.dictionary, self.gate_kind = kind, _check_dictionary(dictionary), gate
         K = len(self.dictionary)
