@@ -90,6 +90,14 @@ def _noise_mlp_odd_time_features():
     NoiseMLP(2, time_features=15)  # built a layer one input too wide
 
 
+def _infinite_weight_decay():
+    from torch import nn
+
+    from probml.models.layers import scale_vector_priors
+
+    scale_vector_priors(nn.Linear(2, 2), math.inf)
+
+
 @pytest.mark.parametrize(
     "call, name",
     [
@@ -125,6 +133,7 @@ def _noise_mlp_odd_time_features():
         (_linear_diffusion(torch.eye(2) * NAN, torch.eye(2)), "A"),
         (_linear_ssm_nan_A, "A"),
         (_noise_mlp_odd_time_features, "time_features"),
+        (_infinite_weight_decay, "weight_decay"),  # a prior scale of 0
     ],
 )
 def test_bad_scale_is_rejected_by_name(call, name):

@@ -583,8 +583,8 @@ def scale_vector_priors(model: nn.Module, weight_decay: float) -> nn.Module:
     from pyro.nn import PyroSample
     from pyro.nn.module import to_pyro_module_
 
-    if not weight_decay > 0:  # NaN fails too
-        raise ValueError(f"weight_decay must be > 0 for a Gaussian prior, got {weight_decay}")
+    # finite and > 0: an infinite decay gave a prior scale of 0, refused by Pyro at sampling
+    weight_decay = check_positive("weight_decay", weight_decay)
     if not any(isinstance(m, ScaleVector) and m.role == "input" for m in model.modules()):
         raise ValueError(  # a view with no latent site would look like one that works
             "model has no Input-Norm scale (ScaleVector with role='input'): nothing to put the "
