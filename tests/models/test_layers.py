@@ -105,6 +105,18 @@ def test_bad_dictionary_and_options():
         Norm(4, kind="batch")  # else a LayerNorm, silently
     with pytest.raises(ValueError, match="exactly one activation"):
         ShallowNet(2, 3, kind="fixed", dictionary=("relu", "tanh"))  # else relu alone
+    # the variant is Type II's: a Type I layer named "quadratic" mixes its one branch with one
+    # coefficient per activation, sum_k alpha_k sigma_k(W_1 x)
+    torch.manual_seed(0)
+    la = LearnableActivationFFN(
+        4, 8, ffn_type="I", variant="quadratic", dictionary=("relu", "tanh")
+    )
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        la.alpha.copy_(torch.tensor([0.5, 2.0]))
+        want = la.w3(0.5 * torch.relu(la.w1(x)) + 2.0 * torch.tanh(la.w1(x)))
+        assert la.alpha.shape == (2,) and la.w2 is None
+        assert torch.allclose(la(x), want, atol=1e-6)
 
 
 def test_prenorm_scale_is_absorbable_into_the_next_linear():
