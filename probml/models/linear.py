@@ -14,7 +14,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from probml.utils import check_finite, check_int, check_positive, check_prior, plate_matvec
+from probml.utils import (
+    check_finite,
+    check_int,
+    check_positive,
+    check_prior,
+    plate_matvec,
+    shape_of,
+)
 
 __all__ = ["bayesian_linear_regression", "linear_regression_posterior", "simulate_linear_data"]
 
@@ -90,11 +97,10 @@ def _check_xy(X: torch.Tensor, y: torch.Tensor) -> None:
     """``X`` a finite ``n x d`` tensor and ``y`` a finite ``n`` one (a ``n x 1`` ``y``
     broadcast in ``X.T @ y`` to a ``d x 1`` mean)."""
     if not isinstance(X, torch.Tensor) or X.dim() != 2:
-        raise ValueError(f"X must be an n x d tensor, got {getattr(X, 'shape', type(X))}")
+        raise ValueError(f"X must be an n x d tensor, got {shape_of(X)}")
     if not isinstance(y, torch.Tensor) or tuple(y.shape) != (X.shape[0],):
         raise ValueError(
-            f"y must be a tensor of shape ({X.shape[0]},) to match X, got "
-            f"{getattr(y, 'shape', type(y))}"
+            f"y must be a tensor of shape ({X.shape[0]},) to match X, got {shape_of(y)}"
         )
     check_finite("X", X)
     check_finite("y", y)
