@@ -289,6 +289,31 @@ def test_bias_correction_recovers_the_adversarys_mean_outcome_from_any_predictor
     assert abs(float(est.predict_proba(Xt)[:, 1].mean()) - truth) < 0.02
 
 
+def test_bias_correction_is_cross_fitted(monkeypatch):
+    """Each fold's residuals and plug-in use the outcome model fitted without that fold: the
+    model fitted on every source row (``outcome_model_``, the game's) does not enter the
+    correction at all. Fold models are replaced by a constant here; changing the full-data
+    model must leave the correction exactly as it was."""
+    import probml.inference.minimax as minimax
+
+    Xs, As, ys, Xt = BinaryShiftProblem().sample(2000, 3)
+    est = DRUM(
+        rho=0.1, outcome_model="linear", source_conditional=_known_g0(0.15),
+        predictor="constant", bias_correction=True, num_iters=5, verbose=False,
+    ).fit(Xs, As, ys, Xt[:1000])  # fmt: skip
+
+    def const(c):
+        return lambda x, a: torch.full(x.shape[:-1], c, dtype=x.dtype)
+
+    monkeypatch.setattr(minimax, "_resolve_outcome", lambda *args: const(0.6))
+    corrections = []
+    for full in (0.3, 0.9):
+        est.outcome_model_ = const(full)
+        corrections.append(est._bias_correction(Xs, As, ys, Xt[:1000]))
+    assert torch.equal(corrections[0], corrections[1])
+    assert float(corrections[0].abs().max()) > 1e-3  # a correction that does something
+
+
 def test_bias_correction_weighs_each_source_row_by_its_own_density_ratio():
     r"""As above, with an outcome that depends on x, which the outcome model ignores:
     mu(x, a) = 0.2 + 0.5 a + 0.15 tanh(x), so the residuals Y - mu_hat carry x and the
