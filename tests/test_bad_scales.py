@@ -121,6 +121,7 @@ def _infinite_weight_decay():
         (_brier_minimax((NAN, 0.5)), r"mu\[0\]"),
         (_brier_minimax((0.2, 1.5)), r"mu\[1\]"),
         (_brier_minimax((0.2,)), "mu"),
+        (_brier_minimax(0.5), "mu"),  # a number, not a pair: len() failed, naming nothing
         # a NaN or infinite radius passed a plain "rho < 0" test; a zero penalty is no penalty
         (_drum(rho=NAN), "rho"),
         (_drum(rho=math.inf), "rho"),

@@ -90,7 +90,9 @@ class PersonaWorld:
         check_interval("p_persona", self.p_persona)  # also rejects NaN
         pm = self.p_mis
         if not isinstance(pm, (tuple, list)) or len(pm) != 2 or not all(0 <= p <= 1 for p in pm):
-            raise ValueError(f"p_mis must be two probabilities (z = 0, z = 1), got {pm!r}")
+            raise ValueError(  # a tuple or list: the world's fields key the pretraining cache (JSON)
+                f"p_mis must be a tuple or list of two probabilities (z = 0, z = 1), got {pm!r}"
+            )
         check_interval("p_role", self.p_role, closed="both")
         check_int("num_qwords", self.num_qwords)  # 2.5 failed as a slice index, naming nothing
         check_int("code_variety", self.code_variety)

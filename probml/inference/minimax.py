@@ -118,7 +118,7 @@ def binary_brier_minimax(
         ``(f_star, (q_lo, q_hi), worst_case_brier)``.
     """
     lo, hi = bernoulli_kl_interval(p, rho)
-    if isinstance(mu, (str, bytes)) or len(mu) != 2:
+    if isinstance(mu, (str, bytes)) or np.ndim(mu) != 1 or len(mu) != 2:  # 0.5 failed in len()
         raise ValueError(f"mu must be a pair (mu_0, mu_1), got {mu!r}")
     m0 = check_interval("mu[0]", mu[0], closed="both")  # E[Y | A = 0, x], a probability
     m1 = check_interval("mu[1]", mu[1], closed="both")
