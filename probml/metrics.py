@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from probml.utils import check_finite, check_int, cholesky_factor, group_labels
+from probml.utils import check_binary, check_finite, check_int, cholesky_factor, group_labels
 
 __all__ = [
     "relative_error",
@@ -50,8 +50,7 @@ def _check_uplift_inputs(score, w, y):
         )
     if len(y) == 0:
         raise ValueError("score, w, y must hold at least one unit")
-    if not np.isin(w, (0.0, 1.0)).all():
-        raise ValueError("w must be binary (0/1)")
+    check_binary("w", w)
     if w.min() == w.max():  # one arm: the curve would rank outcomes, not uplift
         raise ValueError("w must contain both treated (1) and control (0) units")
     if not (np.isfinite(score).all() and np.isfinite(y).all()):
@@ -329,8 +328,7 @@ def _check_binary_forecasts(p, y):
         raise ValueError("p and y must hold at least one forecast")
     if not ((p >= 0) & (p <= 1)).all():  # NaN fails too
         raise ValueError("p must hold probabilities in [0, 1] (no NaN)")
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("y must be binary (0/1)")
+    check_binary("y", y)
     return p, y
 
 

@@ -235,6 +235,19 @@ def check_finite(name: str, x: torch.Tensor | np.ndarray) -> None:
         raise ValueError(f"{name} must be finite; it has {n_bad} NaN/inf entries")
 
 
+def check_binary(name: str, values) -> np.ndarray:
+    """``values`` as a float NumPy array of 0s and 1s, or a ``ValueError`` naming ``name`` and
+    the first other values found (NaN included; an int cast would have truncated 0.5 to 0 or
+    kept a third group). The array's shape is kept."""
+    v = np.asarray(values, dtype=float)
+    ok = np.isin(v, (0.0, 1.0))
+    if not ok.all():
+        bad = np.unique(v[~ok])
+        shown = ", ".join(f"{x:g}" for x in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise ValueError(f"{name} must be binary (0/1); found the values {shown}")
+    return v
+
+
 def check_positive(name: str, value: float, *, strict: bool = True) -> float:
     """Return ``float(value)`` after checking ``value > 0`` (or ``>= 0`` when not strict)."""
     v = _as_number(name, value)

@@ -393,3 +393,30 @@ def test_a_list_of_names_is_not_one_string():
     ):
         with pytest.raises(TypeError, match=f"^{name} must be a list of names"):
             call()
+
+
+def test_check_binary_names_the_other_values_at_every_site():
+    """One check for 0/1 data (treatment indicators, binary outcomes, group labels): a 0.5
+    or a NaN is refused with the values found, not cast to an integer group."""
+    from probml.inference.metalearners import QLearner
+    from probml.metrics import expected_calibration_error, qini_curve
+    from probml.utils import check_binary
+
+    out = check_binary("w", [[0, 1], [1, 1]])
+    assert out.dtype == np.float64 and out.shape == (2, 2)
+    with pytest.raises(ValueError, match=r"^w must be binary \(0/1\); found the values 0.5, 2$"):
+        check_binary("w", [0, 0.5, 1, 2, 0.5])
+    with pytest.raises(ValueError, match="found the values nan"):
+        check_binary("w", [0, float("nan")])
+    many = np.arange(2, 10)
+    with pytest.raises(ValueError, match=r"found the values 2, 3, 4, 5, 6, \.\.\.$"):
+        check_binary("w", many)
+    x = np.zeros((6, 2))
+    w = np.array([0, 1, 0, 1, 0, 0.5])
+    y = np.ones(6)
+    with pytest.raises(ValueError, match=r"^w must be binary \(0/1\); found the values 0.5$"):
+        QLearner().fit(x, w, y)
+    with pytest.raises(ValueError, match=r"^w must be binary \(0/1\); found the values 0.5$"):
+        qini_curve(np.arange(6.0), w, y)
+    with pytest.raises(ValueError, match=r"^y must be binary \(0/1\); found the values 0.5$"):
+        expected_calibration_error(np.full(6, 0.5), w)

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from probml.utils import check_finite, check_int, check_interval, check_positive, numpy_generator
+from probml.utils import (
+    check_binary,
+    check_finite,
+    check_int,
+    check_interval,
+    check_positive,
+    numpy_generator,
+)
 
 __all__ = ["FairData", "make_gaussian_groups", "load_wage_data", "WAGE_DATASETS"]
 
@@ -125,12 +132,8 @@ def load_wage_data(name: str = "cps78_85", sensitive: str | None = None) -> Fair
         raise ValueError(f"{name} has no column {sens!r}")
     covs = [c for c in covs if c != sens]
     sub = df[[outcome, sens, *covs]].dropna()
-    values = np.unique(sub[sens].to_numpy(float))
-    if not np.isin(values, (0.0, 1.0)).all():  # int64 would truncate, or keep 3+ groups
-        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
-        raise ValueError(
-            f"sensitive must name a binary 0/1 column of {name}; {sens!r} takes the values {shown}"
-        )
+    # before the int64 cast: it would truncate other values, or keep 3+ groups
+    check_binary(f"the sensitive column {sens!r} of {name}", sub[sens].to_numpy(float))
     return FairData(
         sub[covs].to_numpy(float),
         sub[outcome].to_numpy(float),

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from probml.utils import check_finite, check_int, check_interval, numpy_generator
+from probml.utils import check_binary, check_finite, check_int, check_interval, numpy_generator
 
 __all__ = ["RatioData", "make_ratio_data", "make_cell_data", "load_ratio_dataset", "REAL_DATASETS"]
 
@@ -270,8 +270,7 @@ def load_ratio_dataset(name: str) -> RatioData:
     cols = [treat, outcome, *covs]
     sub = df[cols].dropna()
     w, y = sub[treat].to_numpy(dtype=float), sub[outcome].to_numpy(dtype=float)
-    if not np.isin(w, (0.0, 1.0)).all():  # an int64 cast would truncate other values
-        raise ValueError(f"{name}: treatment {treat!r} must be 0/1, got values {np.unique(w)[:6]}")
+    check_binary(f"{name}: treatment {treat!r}", w)  # before the int64 cast below
     if (y < 0).any():  # a ratio of means is an effect only for a non-negative outcome
         raise ValueError(f"{name}: outcome {outcome!r} must be >= 0, got min {y.min():g}")
     return RatioData(

@@ -38,6 +38,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from probml.utils import (
+    check_binary,
     check_data,
     check_int,
     check_interval,
@@ -71,10 +72,7 @@ def check_ratio_inputs(X, w, y=None) -> tuple[np.ndarray, np.ndarray, np.ndarray
     w = check_data("w", w, ndim=1)
     if len(w) != len(X):
         raise ValueError(f"w must have shape ({len(X)},) to match X, got {w.shape}")
-    if not np.isin(w, (0, 1)).all():
-        bad = np.unique(w[~np.isin(w, (0, 1))])[:5]
-        raise ValueError(f"w must be binary (0/1); found values {bad.tolist()}")
-    w = w.astype(np.int64)
+    w = check_binary("w", w).astype(np.int64)
     if w.min() == w.max():
         raise ValueError("w must contain both treated (1) and control (0) units")
     if y is None:

