@@ -182,6 +182,16 @@ def _folds(n_folds: int, w: np.ndarray, random_state) -> list[tuple[np.ndarray, 
     idx = np.arange(len(w))
     if n_folds == 1:
         return [(idx, idx)]
+    # scikit-learn's own messages name its n_splits, or (one unit in an arm) none: a training
+    # fold without that arm failed later, inside a nuisance model's fit
+    if n_folds > len(w):
+        raise ValueError(f"n_folds ({n_folds}) must be <= the number of units ({len(w)})")
+    smaller = int(min((w == 1).sum(), (w == 0).sum()))
+    if smaller < 2:
+        raise ValueError(
+            f"cross-fitting (n_folds = {n_folds}) needs >= 2 units in each arm, got {smaller} "
+            "in one: a training fold would hold none of it (use n_folds=1 where allowed)"
+        )
     splitter = StratifiedKFold(n_folds, shuffle=True, random_state=random_state)
     return list(splitter.split(idx, w))
 

@@ -669,6 +669,29 @@ def test_folds_follow_random_state_and_converters_are_checked_per_fold():
         QLearner(n_folds=2).fit(X, w, y_rare, propensity=0.5)
 
 
+@pytest.mark.parametrize("cls", [QLearner, DRRatioLearner, QDRLearner, LinearisedRatioLearner])
+def test_cross_fitting_names_n_folds_when_an_arm_or_the_data_is_too_small(cls):
+    """One unit in an arm left a training fold without it: a nuisance model then failed on an
+    empty array, naming nothing; more folds than units failed in scikit-learn, naming its
+    ``n_splits``."""
+    X, w, y = _small_counts(1)
+    kw = (
+        {"final_model": LinearRegression()}
+        if cls in (DRRatioLearner, LinearisedRatioLearner)
+        else {}
+    )
+    one = w.copy()
+    one[np.flatnonzero(w == 1)[1:]] = 0  # a single treated unit
+    with pytest.raises(ValueError, match=r"n_folds = 3\) needs >= 2 units in each arm, got 1"):
+        cls(n_folds=3, **kw).fit(X, one, y + 1, propensity=0.5)
+    few = np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"^n_folds \(5\) must be <= the number of units \(4\)$"):
+        cls(n_folds=5, **kw).fit(X[:4], few, y[:4] + 1, propensity=0.5)
+    two = w.copy()
+    two[np.flatnonzero(w == 1)[2:]] = 0  # two treated units: every training fold has one
+    cls(n_folds=2, **kw).fit(X, two, y + 1, propensity=0.5)
+
+
 def test_real_dataset_loader_refuses_a_non_binary_treatment_or_a_negative_outcome(monkeypatch):
     """Before, a treatment of 0.5 was cast to 0 (int64) and a negative outcome went through
     to a ratio of means that is no effect; the bundled tables have neither, so the table is
