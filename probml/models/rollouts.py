@@ -486,7 +486,8 @@ def gp_loo_baseline(
 
     Args:
         rewards: ``B`` binary rewards; p0: ``B`` offline values; features: ``B x F``.
-        fit_steps, lr: Adam steps on the exact marginal likelihood.
+        fit_steps, lr: Adam steps on the exact marginal likelihood, from mean 0, outputscale
+            0.01, lengthscale 1 and noise 0.2 (``fit_steps=0`` keeps these).
         hyperparameters: fixed ``{"mean", "outputscale", "lengthscale", "noise"}`` (skips the fit).
 
     Returns:

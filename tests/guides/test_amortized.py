@@ -447,3 +447,26 @@ def test_posterior_net_floors_its_scales_and_outcome_scaling():
     for low, high in ((0.0, math.inf), (-math.inf, 1.0)):
         with pytest.raises(ValueError, match="finite"):
             random_walk_designs(torch.zeros(2), 0.1, low, high)
+
+
+def test_absolute_candidates_ignore_the_previous_design_and_a_walk_needs_a_box():
+    """``relative=False``: the candidates are the fixed designs wherever the previous design
+    is; ``random_walk_designs`` refuses an empty box (``low == high``)."""
+    fixed = torch.tensor([[0.1, 0.2], [0.7, 0.4], [0.5, 0.9]], dtype=torch.float64)
+    pol = DesignPolicy(fixed, relative=False, horizon=4, hidden=8)
+    prev = torch.tensor([[0.3, 0.3], [0.8, 0.1]], dtype=torch.float64)
+    assert torch.equal(pol.designs_at(prev), fixed.expand(2, 3, 2))
+    rel = DesignPolicy(fixed, relative=True, horizon=4, hidden=8)
+    assert torch.equal(rel.designs_at(prev), prev[:, None] + fixed)
+    with pytest.raises(ValueError, match="low < high"):
+        random_walk_designs(torch.zeros(2), 0.1, 1.0, 1.0)
+
+
+def test_the_step_feature_of_a_tensor_of_counts_is_the_float64_value_cast():
+    """float32's own log1p differs from the float64 value cast to float32 at some counts
+    (428, 1217, 1578): the summary of a tensor of counts must match the int path there too."""
+    pooled = torch.zeros(3, 4)
+    counts = [428, 1217, 1578]
+    summ = PosteriorNet.summary_from_pooled(pooled, torch.tensor(counts))
+    for i, t in enumerate(counts):
+        assert torch.equal(summ[i], PosteriorNet.summary_from_pooled(pooled[i], t))

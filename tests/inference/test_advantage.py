@@ -766,6 +766,12 @@ def test_gp_loo_baseline_is_exact_leave_one_out_and_ignores_r_i():
         gp_loo_baseline(r, p0, x, hyperparameters={**hp, "noise_var": 0.1})
     with pytest.raises(ValueError, match=r"hyperparameters\['noise'\] must be finite and > 0"):
         gp_loo_baseline(r, p0, x, hyperparameters={**hp, "noise": -0.1})
+    with pytest.raises(ValueError, match=r"hyperparameters\['mean'\] must be finite"):
+        gp_loo_baseline(r, p0, x, hyperparameters={**hp, "mean": float("nan")})
+    # no fitting step: the documented starting values (mean 0, outputscale 0.01, ...)
+    _, start = gp_loo_baseline(r, p0, x, fit_steps=0)
+    want = {"mean": 0.0, "outputscale": 0.01, "lengthscale": 1.0, "noise": 0.2}
+    assert start == pytest.approx(want, rel=1e-6)
 
 
 def test_gp_basis_beats_basis_under_feature_correlated_drift():
@@ -977,3 +983,35 @@ def test_filters_at_extreme_offline_values_and_the_models_eta_scale():
     assert torch.equal(eta.loc, torch.zeros(4, dtype=torch.float64)) and bool(
         (eta.scale == 0.3).all()
     )
+
+
+def test_drift_models_refuse_degenerate_priors_and_keep_their_documented_grids():
+    """An all-zero prior over the drift grid, a zero random-walk scale (a 0/0 kernel), an
+    infinite tau (a flat prior over the eta grid, not a scale) and an infinite reference
+    scale (NaN policies) are refused by name; the defaults are the documented grids."""
+    p0 = torch.full((4,), 0.5, dtype=torch.float64)
+    r = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    grid = torch.linspace(0, 2, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="c_probs must be non-negative and not all zero"):
+        bayesian_loo_baseline(r, p0, grid, torch.zeros(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="step_sds must be a non-empty list of positive"):
+        DriftFilter(step_sds=(0.1, 0.0))
+    with pytest.raises(ValueError, match="taus must be a non-empty list of finite values"):
+        PromptDriftFilter(4, taus=(0.5, math.inf))
+    with pytest.raises(ValueError, match="reference_scale must be finite"):
+        LinearBandit(num_prompts=8, reference_scale=math.inf)
+    filt = DriftFilter()  # "0 .. 4 in steps of 0.05", four random-walk scales
+    assert torch.allclose(filt.c_grid, 0.05 * torch.arange(81, dtype=torch.float64))
+    assert filt.step_sds.tolist() == [0.01, 0.03, 0.1, 0.3]
+
+
+def test_bandit_samples_with_replacement_at_the_policy_probabilities():
+    """More answers than candidates are drawn with replacement, at ``pi_theta(a | i)``."""
+    bandit = LinearBandit(num_prompts=3, num_answers=4, dim=3, seed=2)
+    theta = torch.tensor([0.5, -1.0, 0.3], dtype=torch.float64)
+    prompts = torch.arange(3)
+    a, rew = bandit.sample(theta, prompts, 20_000, torch.Generator().manual_seed(0))
+    assert a.shape == rew.shape == (3, 20_000)
+    freq = torch.nn.functional.one_hot(a, 4).double().mean(1)  # 3 x 4
+    assert float((freq - bandit.policy(theta, prompts)).abs().max()) < 0.015
+    assert torch.equal(rew, bandit.correct[prompts].gather(1, a))
