@@ -167,8 +167,9 @@ def supervised_warmup(
     (**[design]**: below 1 the reference policy is good at no-carry sums and poor at carry
     sums, so prompt difficulties spread out as they do for real reasoning prompts; 1 gives a
     uniform warm-up and nearly equal difficulties). The success rate is measured on 256
-    fixed prompts (every prompt of a smaller task). Returns ``(step, success rate)``
-    checkpoints; raises if the target is not reached."""
+    fixed prompts (every prompt of a smaller task); training is AdamW without weight decay.
+    Returns ``(step, success rate)`` checkpoints, with the model in eval mode; raises if the
+    target is not reached."""
     check_interval("target_accuracy", target_accuracy)
     if not carry_weight > 0:  # NaN fails too
         raise ValueError(f"carry_weight must be > 0, got {carry_weight}")

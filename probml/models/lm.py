@@ -50,7 +50,8 @@ class TinyLMConfig:
         tie_embeddings: the LM head shares the token embedding.
         ffn: the FFN as a dict: ``{"kind": name, **kwargs}``, ``name`` in
             :data:`~probml.models.layers.FFN_KINDS` (``"swiglu"``, ``"gelu"``, ``"la"``,
-            ``"moa"``, or one added with :func:`~probml.models.layers.register_ffn`).
+            ``"moa"``, or one added with :func:`~probml.models.layers.register_ffn`); without
+            ``"kind"`` the dict's arguments go to the SwiGLU FFN.
 
     Every field is checked here, by name, before any module is built.
     """

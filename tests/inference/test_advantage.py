@@ -483,6 +483,9 @@ def test_prompt_drift_filter_counts_a_prompt_drawn_twice_in_one_batch_twice():
     assert torch.allclose(q.sum(-1), torch.ones(4, dtype=torch.float64))
     # prompt 0 (two successes) moved further up than prompt 1 (one); 3 was not drawn
     assert mean[0] > mean[1] > 0 > mean[2] and abs(float(mean[3])) < 1e-12
+    # log_q holds normalised log posteriors (renormalised after each update, so they do not
+    # drift towards -inf over a long run)
+    assert torch.allclose(torch.logsumexp(filt.log_q, -1), torch.zeros(4, 1, dtype=torch.float64))
 
 
 def test_prompt_drift_filter_is_the_docstring_formula_by_enumeration():

@@ -266,3 +266,59 @@ def test_paired_comparison_means_over_seeds_with_per_arm_rates(monkeypatch):
     assert len(raw) == 9 and [r["best lr"] for r in rows] == [0.1, 0.1]
     assert rows[0]["val loss"] == pytest.approx(3.2) and rows[1]["val loss"] == pytest.approx(7 / 3)
     assert rows[1]["seconds/run"] == pytest.approx(2.0)
+
+
+def test_synthetic_source_groups_schedule_validation_split_and_sweep_starts(monkeypatch):
+    """The synthetic source gives each context (a, b) at most ``branching`` successors and
+    uses several of them; every matrix is decayed under both rules (at the given weight
+    decay, the rest at 0); a corpus with one symbol more than the model's vocabulary is
+    refused; ``train_lm`` steps the warm-up/cosine schedule once per step and scores the
+    validation split; each rate of a sweep starts from the seed's initial weights."""
+    from probml.inference import pretrain
+
+    c = synthetic_corpus(20_000, vocab=6, branching=3, seed=1)
+    seq = torch.cat([c.train, c.val])
+    ctx = seq[:-2] * 6 + seq[1:-1]
+    succ = [seq[2:][ctx == k].unique().numel() for k in ctx.unique().tolist()]
+    assert max(succ) <= 3 and sum(succ) / len(succ) > 2  # 2.67 at this seed; 1 if fixed
+    m = TinyLM(_cfg(qk_norm=True))
+    for rule in ("role", "ndim"):
+        decay, no_decay = param_groups(m, 0.3, rule)
+        ids = set(map(id, decay["params"]))
+        assert all(id(p) in ids for p in m.parameters() if p.ndim >= 2), rule
+        assert decay["weight_decay"] == 0.3 and no_decay["weight_decay"] == 0.0
+    corpus = synthetic_corpus(5_000, vocab=8, seed=0)
+    small = TinyLM(TinyLMConfig(vocab_size=7, d_model=16, n_layers=1, n_heads=2, context=8))
+    with pytest.raises(ValueError, match="corpus has 8 symbols but the model's vocab_size is 7"):
+        train_lm(small, corpus, steps=1, batch_size=2)
+    lrs, scored = [], []
+    real_step, real_eval = torch.optim.AdamW.step, pretrain._evaluate
+
+    def step(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    def evaluate(model, data, *rest):
+        scored.append(data)
+        return real_eval(model, data, *rest)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    monkeypatch.setattr(pretrain, "_evaluate", evaluate)
+    m = TinyLM(TinyLMConfig(vocab_size=8, d_model=16, n_layers=1, n_heads=2, context=16))
+    train_lm(m, corpus, steps=4, batch_size=2, lr=1e-3, warmup=2, eval_batches=1)
+    assert lrs == pytest.approx([0.5e-3, 1e-3, 1e-3, 0.55e-3])
+    assert len(scored) == 1 and scored[0] is corpus.val
+    # every learning rate of a sweep starts from the seed's initial weights, not from the
+    # weights the previous rate trained
+    starts = {}
+
+    def fake_train(model, corpus, lr, batch_seed, verbose, **kw):
+        starts[lr] = [p.detach().clone() for p in model.parameters()]
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)  # "training" moves every weight
+        return pretrain.TrainResult(1.0)
+
+    monkeypatch.setattr(pretrain, "train_lm", fake_train)
+    paired_comparison({"a": lambda: TinyLM(_cfg())}, corpus, seeds=[0], lrs=[0.1, 0.2])
+    assert all(torch.equal(a, b) for a, b in zip(starts[0.1], starts[0.2]))

@@ -304,3 +304,35 @@ def test_sampling_counts_and_the_loop_by_hand_on_a_known_policy(monkeypatch):
     assert perfect.training and not perfect.modes and torch.equal(perfect.boost, boost)
     with pytest.raises(ValueError, match="batch_size"):
         run_sequence_rl(half, task, "basis", steps=1, batch_size=1, offline=k0, K=8)
+
+
+def test_warmup_stops_at_the_target_and_counts_are_checked(monkeypatch):
+    """The warm-up stops at the first check whose success rate reaches the target (equal
+    counts), returns the model in eval mode, trains by AdamW without weight decay, and
+    refuses a ``check_every`` past ``max_steps``; the loop refuses offline counts above
+    ``K``; ``offline_counts`` covers a task whose last chunk of 512 holds one prompt."""
+    from probml.inference import sequence_rl
+
+    task = AdditionTask(64, seed=0)
+    torch.manual_seed(0)
+    m = addition_policy(d_model=16, n_layers=1)
+    with pytest.raises(ValueError, match=r"check_every \(11\) must be <= max_steps \(10\)"):
+        supervised_warmup(m, task, max_steps=10, check_every=11)
+    decays = []
+    real_adamw = torch.optim.AdamW
+
+    def adamw(params, **kw):
+        decays.append(kw.get("weight_decay", "default"))
+        return real_adamw(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", adamw)
+    monkeypatch.setattr(
+        sequence_rl, "_mean_success", lambda *a: torch.full((4,), 0.25, dtype=torch.float64)
+    )
+    hist = supervised_warmup(m, task, 0.25, max_steps=10, check_every=5, batch_size=4)
+    assert hist == [(5, 0.25)] and not m.training and decays == [0.0]
+    with pytest.raises(ValueError, match=r"offline must hold 64 counts in \[0, K=8\]"):
+        run_sequence_rl(m, task, "basis", steps=1, batch_size=4, offline=torch.full((64,), 9), K=8)
+    big = AdditionTask(513, seed=2)
+    k = offline_counts(_Adder(50.0), big, 2, torch.Generator().manual_seed(0), "cpu")
+    assert k.shape == (513,) and bool((k == 2).all())

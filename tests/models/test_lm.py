@@ -199,3 +199,21 @@ def test_load_is_strict_and_the_factory_applies_its_overrides(tmp_path):
     torch.save(blob, tmp_path / "short.pt")
     with pytest.raises(RuntimeError, match="norm_f.scale.alpha"):
         TinyLM.load(tmp_path / "short.pt")
+
+
+def test_ffn_kind_defaults_to_swiglu_and_load_reads_plain_data_only(tmp_path):
+    """An ``ffn`` dict without ``"kind"`` builds the SwiGLU FFN (its arguments go there);
+    ``load`` uses ``weights_only`` loading, so a file holding an arbitrary pickled object is
+    refused rather than executed."""
+    import argparse
+
+    from probml.models.layers import SwiGLUFFN
+
+    m = TinyLM(TinyLMConfig(vocab_size=7, d_model=16, n_heads=2, n_layers=1, d_ff=32, ffn={}))
+    assert type(m.blocks[0].ffn) is SwiGLUFFN
+    m.save(tmp_path / "m.pt")
+    blob = torch.load(tmp_path / "m.pt", weights_only=True)
+    blob["extra"] = argparse.Namespace(a=1)  # not plain data: needs the full unpickler
+    torch.save(blob, tmp_path / "odd.pt")
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        TinyLM.load(tmp_path / "odd.pt")
