@@ -101,17 +101,10 @@ def _check_known_groups(name: str, s: np.ndarray, groups, seen_in: str) -> None:
         raise ValueError(f"{name} has groups not seen in {seen_in}: {unknown.tolist()}")
 
 
-def _check_strength(lam: float) -> float:
-    lam = float(lam)
-    if not np.isfinite(lam) or lam < 0:
-        raise ValueError(f"strength must be finite and >= 0, got {lam}")
-    return lam
-
-
 def w2_interpolation_weight(lam: float, p: np.ndarray, penalty: str = "pairwise") -> float:
     r""":math:`t` of the aware W2 solution: :math:`\lambda/(\lambda + p_1p_2)` for two groups with
     ``penalty="pairwise"``, :math:`\lambda/(1+\lambda)` with ``penalty="barycentric"``."""
-    lam = _check_strength(lam)
+    lam = check_positive("lam", lam, strict=False)
     if penalty == "barycentric":
         return lam / (1.0 + lam)
     if len(p) != 2:
@@ -230,7 +223,7 @@ def fair_tv_aware(eta, s, lam: float, method: str = "partial", return_plan: bool
         raise ValueError("the aware TV penalty is implemented for two groups")
     if method not in ("partial", "threshold"):
         raise ValueError(f"method must be 'partial' or 'threshold', got {method!r}")
-    lam = _check_strength(lam)
+    lam = check_positive("lam", lam, strict=False)
     g1, g2 = groups
     i1, i2 = np.flatnonzero(s == g1), np.flatnonzero(s == g2)
     p1, p2 = len(i1) / len(s), len(i2) / len(s)
@@ -318,7 +311,7 @@ def fair_dp_unaware(eta, group_probability, p1: float) -> np.ndarray:
 def fair_tv_unaware(eta, group_probability, p1: float, lam: float) -> np.ndarray:
     """Unaware TV: the same coupling, pooling only pairs whose cost is below ``lam``."""
     eta, pi, p1 = _check_unaware(eta, group_probability, p1)
-    lam = _check_strength(lam)
+    lam = check_positive("lam", lam, strict=False)
     pos, neg, wp, wn, cost, ystar = _unaware_pairs(eta, pi, p1)
     if not (len(pos) and len(neg)):
         return eta.copy()
@@ -353,7 +346,7 @@ def fair_w2_unaware(
         ``n`` predictions (and the list of objective values if ``return_history``).
     """
     eta, pi, p1 = _check_unaware(eta, group_probability, p1)
-    lam = _check_strength(lam)
+    lam = check_positive("lam", lam, strict=False)
     check_int("max_iter", max_iter)
     tol = check_positive("tol", tol, strict=False)  # a negative tol never stops
     if not (pi > 0).any() or not (pi < 1).any():
@@ -450,7 +443,7 @@ class FairRegressor(BaseEstimator):
         """
         if self.penalty not in ("w2", "tv"):
             raise ValueError(f"penalty must be 'w2' or 'tv', got {self.penalty!r}")
-        lam = _check_strength(self.strength)
+        lam = check_positive("strength", self.strength, strict=False)
         X = check_data("X", X)
         y, s, groups = _check_eta_s(y, sensitive, "y")
         if len(X) != len(y):
@@ -586,6 +579,7 @@ def posterior_fair_predictions(
 
     check_int("num_samples", num_samples)
     check_int("warmup_steps", warmup_steps, 0)
+    strength = check_positive("strength", strength, strict=False)  # not "lam", the helper's
     seed = check_seed("seed", seed)
     X = check_data("X", X)
     X_new = check_data("X_new", X_new, n_features=X.shape[1])

@@ -75,8 +75,12 @@ def test_aware_w2_barycentric_closed_forms_for_three_groups():
         with pytest.raises(ValueError, match=r"calibration_fraction must be in \(0, 1\) or None"):
             FairRegressor(calibration_fraction=frac).fit(X, eta, s)
     for bad in (float("inf"), -1.0, float("nan")):  # an infinite lambda gave t = nan
-        with pytest.raises(ValueError, match="strength must be finite and >= 0"):
+        with pytest.raises(ValueError, match="^lam must be finite and >= 0"):
             w2_interpolation_weight(bad, p, "barycentric")
+        with pytest.raises(ValueError, match="^strength must be finite and >= 0"):
+            FairRegressor(strength=bad).fit(X[:3000], eta[:3000], s[:3000])
+    with pytest.raises(TypeError, match="^lam must be a number, got str"):
+        w2_interpolation_weight("1", p, "barycentric")  # float() read it
     # data drawn from the split's own seed: group 2 is exactly the rows the split trains on
     s0 = np.random.default_rng(0).choice(3, size=3000, p=[0.2, 0.3, 0.5])
     with pytest.raises(ValueError, match=r"groups \[2\] have no rows in the calibration split"):
@@ -427,6 +431,9 @@ def test_posterior_bands_on_fair_predictions():
     with pytest.raises(ValueError, match=r"sensitive_new has groups not seen in sensitive: \[7\]"):
         posterior_fair_predictions(d.X[:150], d.y[:150], d.sensitive[:150], d.X[150:152],
                                    np.array([7, 7]), num_samples=5, warmup_steps=5)  # fmt: skip
+    with pytest.raises(ValueError, match="^strength must be finite and >= 0, got -1"):
+        posterior_fair_predictions(d.X[:150], d.y[:150], d.sensitive[:150], d.X[150:152],
+                                   d.sensitive[150:152], strength=-1.0)  # fmt: skip
 
 
 def test_gaussian_groups_noise_is_the_residual_of_the_bayes_regressor():
