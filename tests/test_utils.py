@@ -245,6 +245,10 @@ def test_check_data_refuses_an_unknown_ndim_by_name():
 
     with pytest.raises(ValueError, match="ndim must be 1 or 2, got 3"):
         check_data("X", np.zeros((2, 2, 2)), ndim=3)
+    # the fitted width is exact: a wider X is refused as a narrower one is
+    for width in (2, 4):
+        with pytest.raises(ValueError, match=r"X must have 3 columns \(as in fit\)"):
+            check_data("X", np.zeros((2, width)), n_features=3)
 
 
 def test_savable_module_round_trip_is_strict_and_honours_map_location(tmp_path):

@@ -688,6 +688,12 @@ def test_bandit_loop_side_by_side():
     solo = run_bandit_rl(bandit, "basis", **kw)
     alone = run_bandit_rl(bandit, "basis", side_by_side=("offline",), **kw)
     assert alone.value_mse == solo.value_mse and alone.mean_reward == solo.mean_reward
+    # a temperature is logged by the BASIS estimators only, one per step
+    assert len(solo.chosen_beta) == 6 and g8.chosen_beta == []
+    # GP-BASIS beside a driver that is not: the loop builds the prompt features for it
+    gp = run_bandit_rl(bandit, "basis", side_by_side=("gp-basis",), **kw)
+    assert gp.value_mse == solo.value_mse and len(gp.side_value_mse["gp-basis"]) == 6
+    assert np.isfinite(gp.side_value_mse["gp-basis"]).all()
     with pytest.raises(ValueError, match="side_by_side"):
         run_bandit_rl(bandit, "basis", side_by_side="grpo", **kw)
     with pytest.raises(ValueError, match="estimator"):
