@@ -146,11 +146,17 @@ def log_tau_mse(tau_pred, tau_true) -> float:
 
     a, b = np.asarray(tau_pred, float), np.asarray(tau_true, float)
     if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+        raise ValueError(
+            f"tau_pred and tau_true must have the same shape, got {a.shape} and {b.shape}"
+        )
     if a.size == 0:
         raise ValueError("tau_pred and tau_true must hold at least one ratio")
-    if not ((a > 0).all() and (b > 0).all()):  # NaN fails too
-        raise ValueError("ratios must be positive")
+    for name, v in (("tau_pred", a), ("tau_true", b)):
+        if not (v > 0).all():  # NaN fails too
+            n_bad = int((~(v > 0)).sum())
+            raise ValueError(
+                f"{name} must hold positive ratios (no NaN); entries that are not: {n_bad}"
+            )
     return float(np.mean((np.log(a) - np.log(b)) ** 2))
 
 

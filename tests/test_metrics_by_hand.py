@@ -64,3 +64,23 @@ def test_gaussian_kl_against_torch_and_by_hand():
     for P, Q in ((S, H), (H, S)):
         want = float(torch.distributions.kl_divergence(mvn(z, P), mvn(z, Q)))
         assert gaussian_kl(P, Q) == pytest.approx(want, rel=1e-10)
+
+
+def test_log_tau_mse_by_hand_and_its_errors_name_the_argument():
+    """The mean squared log ratio; a shape mismatch and a non-positive ratio name
+    ``tau_pred`` or ``tau_true`` (the message said only "ratios must be positive")."""
+    from probml.metrics import log_tau_mse
+
+    assert log_tau_mse([2.0, 1.0], [1.0, math.e]) == pytest.approx((math.log(2) ** 2 + 1) / 2)
+    with pytest.raises(ValueError, match=r"^tau_pred and tau_true must have the same shape"):
+        log_tau_mse([1.0, 2.0], [1.0])
+    with pytest.raises(
+        ValueError,
+        match=r"^tau_pred must hold positive ratios \(no NaN\); entries that are not: 2$",
+    ):
+        log_tau_mse([0.0, float("nan"), 1.0], [1.0, 1.0, 1.0])
+    with pytest.raises(
+        ValueError,
+        match=r"^tau_true must hold positive ratios \(no NaN\); entries that are not: 1$",
+    ):
+        log_tau_mse([1.0, 1.0], [1.0, -2.0])

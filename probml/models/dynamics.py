@@ -69,7 +69,9 @@ class GaussianObservation:
         self.noise_scale = check_positive("noise_scale", noise_scale)
         if isinstance(h, torch.Tensor):
             if h.dim() != 2:
-                raise ValueError(f"H must be a p x d matrix, got shape {tuple(h.shape)}")
+                raise ValueError(
+                    f"h (a tensor H) must be a p x d matrix, got shape {tuple(h.shape)}"
+                )
             self.H: torch.Tensor | None = h
             self.obs_dim = h.shape[0]
             self._fn = None

@@ -366,7 +366,10 @@ def test_models_name_bad_settings():
     """Shapes, sizes and scales are checked where they are given, naming the argument."""
     H = torch.eye(2)
     cases = [
-        (lambda: GaussianObservation(torch.ones(3), 0.1), "p x d matrix"),
+        (
+            lambda: GaussianObservation(torch.ones(3), 0.1),
+            r"h \(a tensor H\) must be a p x d matrix",
+        ),
         (lambda: GaussianObservation(torch.sin, 0.1, obs_dim=0), "obs_dim"),
         (lambda: LinearGaussianSSM(torch.eye(2), torch.eye(3), H, 0.1), "A and Q must be d x d"),
         (lambda: LinearGaussianSSM.random(dim=2).simulate(0), "num_steps"),
