@@ -73,23 +73,24 @@ def _as_vector(name: str, v) -> np.ndarray:
 
 
 def _eta_and_labels(
-    eta, s, name: str = "predictions", label_name: str = "sensitive"
+    eta, s, name: str = "eta", label_name: str = "s"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(eta, s, groups)``: a vector, its labels (none missing) and their distinct values."""
     eta = _as_vector(name, eta)
     s, groups = group_labels(label_name, s)
     if len(s) != len(eta):
-        raise ValueError(
-            f"{label_name} must have the length of the {name} ({len(eta)}), got {len(s)}"
-        )
+        raise ValueError(f"{label_name} must have the length of {name} ({len(eta)}), got {len(s)}")
     return eta, s, groups
 
 
-def _check_eta_s(eta, s, name: str = "predictions") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(eta, s, groups)``: a vector, its labels, and at least two groups among them."""
-    eta, s, groups = _eta_and_labels(eta, s, name)
+def _check_eta_s(
+    eta, s, name: str = "eta", label_name: str = "s"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(eta, s, groups)``: a vector, its labels, and at least two groups among them (errors
+    name ``name`` and ``label_name``: the caller's arguments)."""
+    eta, s, groups = _eta_and_labels(eta, s, name, label_name)
     if len(groups) < 2:
-        raise ValueError(f"need at least two groups in sensitive, got {groups.tolist()}")
+        raise ValueError(f"need at least two groups in {label_name}, got {groups.tolist()}")
     return eta, s, groups
 
 
@@ -177,8 +178,8 @@ def fair_w2_aware(
         eta, s, groups = _check_eta_s(eta, s)
         ref = (eta, s, groups)
     else:  # the reference needs two groups; the rows mapped may come from one
-        ref = _check_eta_s(*reference, "reference predictions")
-        eta, s, _ = _eta_and_labels(eta, s, label_name="s")
+        ref = _check_eta_s(*reference, "reference[0]", "reference[1]")
+        eta, s, _ = _eta_and_labels(eta, s)
         _check_known_groups("s", s, ref[2], "the reference")
     check_interval("t", t, closed="both")
     return _QuantileMaps(*ref).transport(eta, s, t)
@@ -254,12 +255,10 @@ def _delta(pi: np.ndarray, p1: float) -> np.ndarray:
 
 def _check_unaware(eta, group_probability, p1) -> tuple[np.ndarray, np.ndarray, float]:
     """Validated ``(eta, pi, p1)`` of the unaware estimators."""
-    eta = _as_vector("predictions", eta)
+    eta = _as_vector("eta", eta)
     pi = _as_vector("group_probability", group_probability)
     if pi.shape != eta.shape or (pi < 0).any() or (pi > 1).any():
-        raise ValueError(
-            "group_probability must have the length of the predictions and lie in [0, 1]"
-        )
+        raise ValueError("group_probability must have the length of eta and lie in [0, 1]")
     p1 = check_interval("p1", p1)
     return eta, pi, p1
 
@@ -445,7 +444,7 @@ class FairRegressor(BaseEstimator):
             raise ValueError(f"penalty must be 'w2' or 'tv', got {self.penalty!r}")
         lam = check_positive("strength", self.strength, strict=False)
         X = check_data("X", X)
-        y, s, groups = _check_eta_s(y, sensitive, "y")
+        y, s, groups = _check_eta_s(y, sensitive, "y", "sensitive")
         if len(X) != len(y):
             raise ValueError(f"X must have len(y) = {len(y)} rows, got shape {X.shape}")
         if self.calibration_fraction is not None and not 0 < self.calibration_fraction < 1:
@@ -583,7 +582,7 @@ def posterior_fair_predictions(
     seed = check_seed("seed", seed)
     X = check_data("X", X)
     X_new = check_data("X_new", X_new, n_features=X.shape[1])
-    y, s, groups = _check_eta_s(y, sensitive, "y")
+    y, s, groups = _check_eta_s(y, sensitive, "y", "sensitive")
     if len(X) != len(y):
         raise ValueError(f"X must have len(y) = {len(y)} rows, got shape {X.shape}")
     s_new, _ = group_labels("sensitive_new", sensitive_new)

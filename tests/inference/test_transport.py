@@ -318,7 +318,7 @@ def test_unaware_estimators_reject_bad_input(fn):
         ((eta, nan_pi, 0.5), "group_probability"),
         ((eta, pi[:-1], 0.5), "group_probability"),
         ((eta, pi + 0.5, 0.5), "group_probability"),
-        ((nan_eta, pi, 0.5), "Input predictions contains NaN"),
+        ((nan_eta, pi, 0.5), "Input eta contains NaN"),
         ((eta, pi, 0.0), "p1"),
         ((eta, pi, 1.0), "p1"),
     ):
@@ -602,3 +602,23 @@ def test_wage_data_drop_and_count_rows_with_a_missing_value(monkeypatch):
     d = load_wage_data("cps78_85")
     assert d.info["dropped"] == 2 and d.X.shape[0] == len(d.y) == 1082
     assert np.isfinite(d.X).all() and np.isfinite(d.y).all()
+
+
+def test_aware_maps_name_their_own_arguments():
+    """``fair_w2_aware`` and ``fair_tv_aware`` take ``eta`` and ``s``: their errors said
+    "predictions" and "sensitive" (``FairRegressor``'s words), names the caller never used."""
+    eta, s = np.linspace(-1.0, 1.0, 10), np.arange(10) % 2
+    for fn, extra in ((fair_w2_aware, (0.5,)), (fair_tv_aware, (0.5,))):
+        with pytest.raises(ValueError, match=r"^s must have the length of eta \(10\), got 9$"):
+            fn(eta, s[:-1], *extra)
+        with pytest.raises(ValueError, match=r"^need at least two groups in s, got \[0(\.0)?\]$"):
+            fn(eta, np.zeros(10), *extra)
+        with pytest.raises(ValueError, match="^eta: Found array with 0 sample"):
+            fn(eta[:0], s[:0], *extra)
+    with pytest.raises(ValueError, match=r"need at least two groups in reference\[1\]"):
+        fair_w2_aware(eta, s, 0.5, reference=(eta, np.zeros(10)))
+    X = np.linspace(0.0, 1.0, 40)[:, None]
+    with pytest.raises(
+        ValueError, match=r"^need at least two groups in sensitive, got \[0(\.0)?\]$"
+    ):
+        FairRegressor().fit(X, X[:, 0], np.zeros(40))
