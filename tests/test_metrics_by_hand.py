@@ -84,3 +84,39 @@ def test_log_tau_mse_by_hand_and_its_errors_name_the_argument():
         match=r"^tau_true must hold positive ratios \(no NaN\); entries that are not: 1$",
     ):
         log_tau_mse([1.0, 1.0], [1.0, -2.0])
+
+
+def test_metric_edge_cases_are_refused_or_follow_their_documented_rule():
+    """Bins are left-closed, so predictions tied at an inner edge share the upper bin; a
+    zero truth, a NaN outcome, one group, a NaN unfairness, non-square covariances are
+    refused; forecasts whose classes touch at one value (every y = 1 at or below every
+    y = 0) are a quasi-complete separation: slope -inf."""
+    from probml.metrics import (
+        calibration_slope_intercept,
+        gaussian_kl,
+        pareto_front,
+        qini_curve,
+        unfairness,
+    )
+
+    tau = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 4.0, 4.0, 4.0, 4.0])
+    w = np.array([1, 0] * 6)
+    y = np.array([2.0, 1.0, 2.0, 1.0, 5.0, 1.0, 5.0, 1.0, 3.0, 1.0, 3.0, 1.0])
+    # edges (1, 2, 4): bin 0 holds the 1s (observed ratio 2, predicted 1), bin 1 the 2s and
+    # 4s (treated mean 4, control 1: ratio 4; predicted geometric mean 2 sqrt 2)
+    want = math.exp((math.log(2.0) + abs(math.log(4.0 / (2.0 * math.sqrt(2.0))))) / 2)
+    assert multiplicative_calibration_error(tau, w, y, n_bins=2) == pytest.approx(want)
+    with pytest.raises(ValueError, match="truth must be non-zero"):
+        relative_error(torch.ones(3), torch.zeros(3))
+    with pytest.raises(ValueError, match="score .* and y must be finite"):
+        qini_curve(np.arange(4.0), np.array([0, 1, 0, 1]), np.array([1.0, np.nan, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="need at least two groups"):
+        unfairness(np.arange(4.0), np.zeros(4))
+    with pytest.raises(ValueError, match="risk and unfair must be finite"):
+        pareto_front([1.0, 2.0], [0.5, np.nan])
+    with pytest.raises(ValueError, match="need two d x d matrices"):
+        gaussian_kl(torch.ones(2, 3), torch.ones(2, 3))
+    slope, intercept = calibration_slope_intercept([0.2, 0.3, 0.3, 0.4], [1, 1, 0, 0])
+    assert slope == -math.inf and math.isnan(intercept)
+    slope, intercept = calibration_slope_intercept([0.2, 0.3, 0.3, 0.4], [0, 0, 1, 1])
+    assert slope == math.inf and math.isnan(intercept)

@@ -93,6 +93,13 @@ def test_plate_matvec_is_x_at_w_for_a_plain_draw_and_broadcasts_a_batched_one():
     g = torch.Generator().manual_seed(1)
     X, w = torch.randn(7, 3, generator=g), torch.randn(4, 1, 3, generator=g)
     assert torch.equal(plate_matvec(X, w[0, 0]), X @ w[0, 0])  # to the bit: NUTS runs this
+    # wide enough that a broadcast sum rounds differently from the matrix product
+    Xd, wd = (
+        torch.randn(50, 7, generator=g, dtype=torch.float64),
+        torch.randn(7, generator=g, dtype=torch.float64),
+    )
+    assert not torch.equal((Xd * wd).sum(-1), Xd @ wd)
+    assert torch.equal(plate_matvec(Xd, wd), Xd @ wd)
     out = plate_matvec(X, w)
     assert out.shape == (4, 7)
     torch.testing.assert_close(out, torch.stack([X @ w[s, 0] for s in range(4)]))
