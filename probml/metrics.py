@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from probml.utils import check_binary, check_finite, check_int, cholesky_factor, group_labels
+from probml.utils import (
+    check_binary,
+    check_finite,
+    check_int,
+    check_tensor,
+    cholesky_factor,
+    group_labels,
+)
 
 __all__ = [
     "relative_error",
@@ -23,6 +30,8 @@ __all__ = [
 
 def relative_error(estimate: torch.Tensor, truth: torch.Tensor, ord: str | int = "fro") -> float:
     """``||estimate - truth|| / ||truth||`` (Frobenius by default; ``2`` for spectral)."""
+    check_tensor("estimate", estimate)
+    check_tensor("truth", truth)
     if estimate.shape != truth.shape:
         raise ValueError(
             f"estimate shape {tuple(estimate.shape)} != truth shape {tuple(truth.shape)}"
@@ -163,7 +172,8 @@ def log_tau_mse(tau_pred, tau_true) -> float:
 def gaussian_kl(Sigma: torch.Tensor, Sigma_hat: torch.Tensor) -> float:
     r""":math:`\mathrm{KL}(N(0,\Sigma) \,\|\, N(0,\hat\Sigma)) = \frac12[\mathrm{tr}(\hat\Sigma^{-1}\Sigma)
     - d + \log\det\hat\Sigma - \log\det\Sigma]` (float64; both ``d x d`` positive definite)."""
-    S, H = Sigma.double(), Sigma_hat.double()
+    S = check_tensor("Sigma", Sigma).double()
+    H = check_tensor("Sigma_hat", Sigma_hat).double()
     if S.shape != H.shape or S.dim() != 2 or S.shape[0] != S.shape[1]:
         raise ValueError(f"need two d x d matrices, got {tuple(S.shape)} and {tuple(H.shape)}")
     Lh = cholesky_factor("Sigma_hat", H)
@@ -286,6 +296,10 @@ def crps_ensemble(
     Returns:
         ``... x d`` CRPS values (average them for a summary).
     """
+    check_tensor("particles", particles)
+    check_tensor("truth", truth)
+    if log_weights is not None:
+        check_tensor("log_weights", log_weights)
     if particles.dim() < 2:
         raise ValueError(f"particles must be ... x N x d, got shape {tuple(particles.shape)}")
     if particles.shape[:-2] + particles.shape[-1:] != truth.shape:

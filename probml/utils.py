@@ -38,6 +38,8 @@ __all__ = [
     "check_int",
     "check_interval",
     "check_names",
+    "check_tensor",
+    "check_binary",
     "cholesky_factor",
     "plate_matvec",
     "check_prior",
@@ -233,6 +235,15 @@ def check_finite(name: str, x: torch.Tensor | np.ndarray) -> None:
     if a.dtype.kind in "fc" and not np.isfinite(a).all():
         n_bad = int((~np.isfinite(a)).sum())
         raise ValueError(f"{name} must be finite; it has {n_bad} NaN/inf entries")
+
+
+def check_tensor(name: str, x) -> torch.Tensor:
+    """``x`` itself, after checking that it is a :class:`torch.Tensor` (a ``TypeError`` naming
+    ``name`` otherwise: a NumPy array failed later on a missing tensor method, naming
+    nothing). No copy and no conversion: the caller's dtype and device are kept."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
 
 
 def check_binary(name: str, values) -> np.ndarray:

@@ -424,3 +424,33 @@ def test_check_binary_names_the_other_values_at_every_site():
         qini_curve(np.arange(6.0), w, y)
     with pytest.raises(ValueError, match=r"^y must be binary \(0/1\); found the values 0.5$"):
         expected_calibration_error(np.full(6, 0.5), w)
+
+
+def test_tensor_arguments_refuse_numpy_by_name():
+    """Functions that compute in torch name a NumPy array by its argument (they failed on a
+    missing tensor method: "'numpy.ndarray' object has no attribute 'double'")."""
+    from probml.inference.pace import project_to_pd
+    from probml.metrics import crps_ensemble, gaussian_kl
+    from probml.utils import check_tensor
+
+    t = torch.eye(2)
+    assert check_tensor("x", t) is t
+    a = np.eye(2)
+    for call, name in (
+        (lambda: relative_error(a, t), "estimate"),
+        (lambda: relative_error(t, a), "truth"),
+        (lambda: gaussian_kl(a, t), "Sigma"),
+        (lambda: gaussian_kl(t, a), "Sigma_hat"),
+        (lambda: crps_ensemble(a, t[0]), "particles"),
+        (lambda: crps_ensemble(t, a[0]), "truth"),
+        (lambda: crps_ensemble(t, t[0], log_weights=np.zeros(2)), "log_weights"),
+        (lambda: project_to_pd(a), "M"),
+    ):
+        with pytest.raises(TypeError, match=f"^{name} must be a torch.Tensor, got ndarray$"):
+            call()
+    with pytest.raises(ValueError, match=r"^M must be a square d x d matrix, got shape \(2, 3\)$"):
+        project_to_pd(torch.ones(2, 3))
+    with pytest.raises(ValueError, match="^floor must be finite and > 0"):
+        project_to_pd(torch.eye(2), floor=-1.0)  # kept a negative eigenvalue
+    assert torch.allclose(project_to_pd(torch.diag(torch.tensor([-1.0, 2.0])), floor=0.5),
+                          torch.diag(torch.tensor([0.5, 2.0])))  # fmt: skip

@@ -37,6 +37,7 @@ from probml.utils import (
     check_int,
     check_interval,
     check_positive,
+    check_tensor,
 )
 
 __all__ = [
@@ -76,8 +77,7 @@ DEFAULT_BETA_GRID = (
 def _check_rewards(
     rewards: torch.Tensor, name: str = "rewards", binary: bool = False
 ) -> torch.Tensor:
-    if not isinstance(rewards, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(rewards).__name__}")
+    check_tensor(name, rewards)
     r = rewards if rewards.is_floating_point() else rewards.double()
     if not bool(torch.isfinite(r).all()):
         raise ValueError(f"{name} must be finite")

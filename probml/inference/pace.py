@@ -71,6 +71,7 @@ from probml.utils import (
     check_interval,
     check_positive,
     check_seed,
+    check_tensor,
     keep_global_rng,
     keep_param_store,
     progress,
@@ -106,9 +107,14 @@ def entry_sensitivities(
 def project_to_pd(M: torch.Tensor, floor: float | None = None) -> torch.Tensor:
     """Symmetrise and clip eigenvalues at ``floor`` (default ``1e-6`` x mean diagonal, at
     least ``1e-12``): the nearest positive-definite matrix in Frobenius norm (post-processing)."""
+    check_tensor("M", M)
+    if M.dim() != 2 or M.shape[0] != M.shape[1]:
+        raise ValueError(f"M must be a square d x d matrix, got shape {tuple(M.shape)}")
     M = 0.5 * (M + M.T)
     if floor is None:
         floor = max(1e-6 * float(M.diagonal().abs().mean()), 1e-12)
+    else:  # a negative floor keeps negative eigenvalues: no longer positive definite
+        floor = check_positive("floor", floor)
     evals, evecs = torch.linalg.eigh(M)
     return (evecs * evals.clamp_min(floor)) @ evecs.T
 

@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from probml.utils import check_int, make_generator
+from probml.utils import check_int, check_tensor, make_generator
 
 __all__ = [
     "ParticleDegeneracyError",
@@ -47,8 +47,7 @@ class ParticleDegeneracyError(RuntimeError):
 
 
 def _check_log_weights(log_w: torch.Tensor, name: str = "log_weights") -> None:
-    if not isinstance(log_w, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(log_w).__name__}")
+    check_tensor(name, log_w)
     if log_w.dim() < 1 or log_w.shape[-1] < 1:
         raise ValueError(
             f"{name} must have shape batch_shape x N with N >= 1, got {tuple(log_w.shape)}"
