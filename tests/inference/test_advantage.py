@@ -307,6 +307,19 @@ def test_textbook_estimators_on_hand_computed_cases():
             SPOTracker(bad)
     with pytest.raises(ValueError, match="eps"):
         grpo_advantages(torch.tensor([[1.0, 0.0]]), eps=-1e-6)
+    # a discount of 0 forgets the prior and every reward but the last: refused ((0, 1])
+    with pytest.raises(ValueError, match=r"discount must be in \(0, 1\]"):
+        SPOTracker(torch.tensor([0.5]), discount=0.0)
+    # a NaN reward is named before any estimator uses it (the binary form's range test
+    # lets NaN through: NaN < 0 and NaN > 1 are both false)
+    nan = torch.tensor([1.0, float("nan"), 0.0])
+    for call in (
+        lambda: reinforce_pp_advantages(nan),
+        lambda: basis_advantages(nan, torch.full((3,), 0.5)),
+        lambda: grpo_advantages(nan.reshape(1, 3)),
+    ):
+        with pytest.raises(ValueError, match="^rewards must be finite$"):
+            call()
 
 
 @pytest.mark.parametrize(
