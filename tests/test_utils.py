@@ -454,3 +454,30 @@ def test_tensor_arguments_refuse_numpy_by_name():
         project_to_pd(torch.eye(2), floor=-1.0)  # kept a negative eigenvalue
     assert torch.allclose(project_to_pd(torch.diag(torch.tensor([-1.0, 2.0])), floor=0.5),
                           torch.diag(torch.tensor([0.5, 2.0])))  # fmt: skip
+
+
+def test_device_arguments_go_through_resolve_device():
+    """``LinearBandit(device=...)``, the drift filters' ``to`` and ``train_posterior_net``'s
+    ``device`` take what every other device argument takes ("auto", "cuda:N") and name a
+    bad one (``"cuda"`` without CUDA was torch's "not compiled with CUDA" assertion; "auto"
+    its list of device types); ``train_posterior_net`` refuses before any simulation."""
+    from probml.guides.amortized import train_posterior_net
+    from probml.models.experiments import LocationFinding
+    from probml.models.rollouts import DriftFilter, LinearBandit, PromptDriftFilter
+
+    auto = resolve_device("auto")
+    assert LinearBandit(num_prompts=4, device="auto").features.device.type == auto.type
+    assert DriftFilter().to("auto").posterior.device.type == auto.type
+    assert PromptDriftFilter(3).to("auto").log_q.device.type == auto.type
+    calls = (
+        lambda d: LinearBandit(num_prompts=4, device=d),
+        lambda d: DriftFilter().to(d),
+        lambda d: PromptDriftFilter(3).to(d),
+        lambda d: train_posterior_net(LocationFinding(), horizon=2, num_steps=1, device=d),
+    )
+    for call in calls:
+        with pytest.raises(ValueError, match="^device must be 'cpu', 'cuda', 'cuda:N' or 'auto'"):
+            call("bogus")
+        if not torch.cuda.is_available():
+            with pytest.raises(ValueError, match="CUDA is not available"):
+                call("cuda")

@@ -38,6 +38,7 @@ from probml.utils import (
     check_positive,
     make_generator,
     progress,
+    resolve_device,
 )
 
 __all__ = [
@@ -427,6 +428,9 @@ def train_posterior_net(
     check_int("hidden", hidden)
     check_int("components", components)
     check_positive("lr", lr)
+    # None is the CPU here (not resolve_device's "CUDA when available"); a named device is
+    # checked by name before any work ("cuda" without CUDA failed in torch's lazy init)
+    dev = resolve_device(device) if device is not None else torch.device("cpu")
     gen = make_generator(seed)
     lo, hi = experiment.design_bounds
     D = int(experiment.D)
@@ -448,7 +452,7 @@ def train_posterior_net(
     net.fit_scaling((lo, hi), y0)
     net.theta_mean.copy_(theta0.mean(0))
     net.theta_scale.copy_(theta0.std(0).clamp(min=1e-6))
-    net = net.to(device or "cpu")
+    net = net.to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, num_steps)
     for _ in progress(range(num_steps), verbose=verbose, desc="posterior net"):

@@ -33,6 +33,7 @@ from probml.utils import (
     check_int,
     check_positive,
     make_generator,
+    resolve_device,
 )
 
 __all__ = [
@@ -211,6 +212,7 @@ class DriftFilter:
         self.posterior = torch.full((S, G), 1.0 / (S * G), dtype=torch.float64)
 
     def to(self, device: torch.device | str) -> DriftFilter:
+        device = resolve_device(device)
         self.c_grid, self.step_sds = self.c_grid.to(device), self.step_sds.to(device)
         self.transition, self.posterior = self.transition.to(device), self.posterior.to(device)
         return self
@@ -320,6 +322,7 @@ class PromptDriftFilter(DriftFilter):
         )
 
     def to(self, device: torch.device | str) -> PromptDriftFilter:
+        device = resolve_device(device)
         super().to(device)
         self.taus, self.eta_grid = self.taus.to(device), self.eta_grid.to(device)
         self.log_q = self.log_q.to(device)
@@ -427,6 +430,7 @@ class LinearBandit:
         # drawn last, so the default world (s = 0) is unchanged by the option
         self.reference_theta = reference_scale * torch.randn(dim, generator=g, dtype=torch.float64)
         if device is not None:
+            device = resolve_device(device)  # "cuda" without CUDA failed in torch's lazy init
             self.features, self.correct = self.features.to(device), self.correct.to(device)
             self.reference_theta = self.reference_theta.to(device)
         self.num_prompts, self.num_answers, self.dim = num_prompts, num_answers, dim
