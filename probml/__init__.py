@@ -39,6 +39,8 @@ _EXPORTS = {
     "GRASP": "probml.inference.projection",
     "identify_spurious_directions": "probml.inference.projection",
     "basis_advantages": "probml.inference.advantage",
+    # raised by every estimator used before fit (scikit-learn's, and a RuntimeError)
+    "NotFittedError": "probml.exceptions",
 }
 
 __all__ = ["__version__", *_EXPORTS]

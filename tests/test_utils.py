@@ -481,3 +481,24 @@ def test_device_arguments_go_through_resolve_device():
         if not torch.cuda.is_available():
             with pytest.raises(ValueError, match="CUDA is not available"):
                 call("cuda")
+
+
+def test_estimators_used_before_fit_raise_scikit_learns_not_fitted_error():
+    """Scikit-learn's ``NotFittedError`` (what code written for its estimators catches) that is
+    still the ``RuntimeError`` the library raised before."""
+    from sklearn.exceptions import NotFittedError as SkNotFitted
+
+    from probml import DRUM, PACEGGM, BayesianQLearner, FairRegressor, NotFittedError, QLearner
+    from probml.inference.pace import covariance_posterior
+
+    X = np.zeros((3, 2))
+    for call in (
+        lambda: QLearner().effect(X),
+        lambda: BayesianQLearner().credible_interval(X),
+        lambda: FairRegressor().predict(X, np.zeros(3)),
+        lambda: DRUM().predict(X),
+        lambda: covariance_posterior(PACEGGM(epsilon=1.0)),
+    ):
+        with pytest.raises(NotFittedError, match="not fitted") as info:
+            call()
+        assert isinstance(info.value, SkNotFitted) and isinstance(info.value, RuntimeError)

@@ -37,6 +37,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
+from probml.exceptions import NotFittedError
 from probml.utils import (
     check_binary,
     check_data,
@@ -220,7 +221,7 @@ class _RatioLearner(BaseEstimator):
     def log_effect(self, X) -> np.ndarray:
         """``log tau_hat(x)`` for each row of ``X`` (``n x d``); returns ``n``."""
         if not hasattr(self, "n_features_in_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(X, w, y) first")
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(X, w, y) first")
         return self._log_effect(_check_X(X, self.n_features_in_))
 
     def effect(self, X) -> np.ndarray:
@@ -739,7 +740,7 @@ class BayesianQLearner(_RatioLearner):
         from probml.models.treatment import ratio_q_model
 
         if not hasattr(self, "n_features_in_"):
-            raise RuntimeError("BayesianQLearner is not fitted; call fit(X, w, y) first")
+            raise NotFittedError("BayesianQLearner is not fitted; call fit(X, w, y) first")
         Xn = self._design(_check_X(X, self.n_features_in_))
         pyro.set_rng_seed(derive_seed(self.seed, 1))
         if self.guide_ is None:

@@ -47,6 +47,7 @@ import torch
 from sklearn.base import BaseEstimator
 from torch import nn
 
+from probml.exceptions import NotFittedError
 from probml.guides.generators import (
     ConditionalBernoulli,
     ConditionalFlow,
@@ -301,7 +302,7 @@ class _Validated(BaseEstimator):
 
     def _check_predict(self, X) -> torch.Tensor:
         if not hasattr(self, "x_dim_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit first")
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit first")
         X = _as_tensor("X", X, (2,)).to(self.device_, self.dtype_)
         if X.shape[1] == self.x_dim_ + self.a_dim_:
             raise ValueError(

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
+from probml.exceptions import NotFittedError
 from probml.inference.maxent import CompletionError, exact_completion, relaxed_completion
 from probml.inference.privacy import (
     PrivacyBudget,
@@ -516,7 +517,7 @@ def covariance_posterior(
     from probml.models.gaussian import private_covariance_model
 
     if not hasattr(estimator, "measurements_"):
-        raise RuntimeError("estimator is not fitted")
+        raise NotFittedError("estimator is not fitted; call estimator.fit(X) first")
     if scale_prior is not None and prior is not None:  # prior replaces the scales' prior
         raise ValueError("pass scale_prior or prior, not both: prior replaces LKJ x scales")
     entries, values, scales = estimator.measurements_

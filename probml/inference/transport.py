@@ -39,6 +39,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neighbors import KNeighborsRegressor
 
+from probml.exceptions import NotFittedError
 from probml.utils import (
     check_data,
     check_int,
@@ -523,7 +524,7 @@ class FairRegressor(BaseEstimator):
         """``n`` fair predictions at ``X`` (``n x d``); ``sensitive`` (``n`` labels seen in
         :meth:`fit`) is required for an aware model and refused for an unaware one."""
         if not hasattr(self, "eta_model_"):
-            raise RuntimeError("FairRegressor is not fitted; call fit(X, y, sensitive) first")
+            raise NotFittedError("FairRegressor is not fitted; call fit(X, y, sensitive) first")
         X = check_data("X", X, n_features=self.n_features_in_)
         if self.aware:
             if sensitive is None:
