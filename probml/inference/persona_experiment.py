@@ -87,7 +87,8 @@ def pretrain_persona_model(
     device: str | torch.device | None = None,
 ) -> nn.Module:
     """Pretrain a TinyLM (default 2 layers, d = 64, 4 heads, context 48, GELU FFN, ~84k
-    parameters) on the world's documents; cached on disk by a hash of all settings.
+    parameters) on the world's documents (AdamW with weight decay 0.01, a one-cycle learning
+    rate); cached on disk by a hash of all settings.
 
     ``model_factory`` builds another model instead (called after seeding; it must follow
     TinyLM's calls: ``model(x, y) -> (logits, loss)``, ``model(x) -> logits`` and a
@@ -213,7 +214,9 @@ def run_persona_methods(
     (u_true on the write modules).
 
     ``id_steps`` is the length of the naive identification run and ``k`` the directions kept
-    per module (in development runs k = 2 or 3 did not beat k = 1). ``shift_prefix`` keeps
+    per module; the identification run's adapters start from ``seed`` and every method's from
+    ``seed + 1``, so no method is projected with directions identified from its own
+    initialisation (in development runs k = 2 or 3 did not beat k = 1). ``shift_prefix`` keeps
     only the first tokens of each unlabelled document for the residual shift and its
     pull-back (8: BOS and the first turn); ``None`` keeps them all. ``per_head`` gives every
     GRASP method the per-head write-through rule for the value adapters

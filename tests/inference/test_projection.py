@@ -1190,6 +1190,13 @@ def test_persona_runner_passes_its_settings_through(tmp_path, monkeypatch):
             gens.append(generator)
         return real_docs(n, generator, **kw)
 
+    lora_seeds, real_add = [], pe.add_lora
+
+    def add_lora(model, targets, **kw):
+        lora_seeds.append(kw["seed"])
+        return real_add(model, targets, **kw)
+
+    monkeypatch.setattr(pe, "add_lora", add_lora)
     clock = iter(range(0, 10_000, 10))  # every reading 10 s after the last
     monkeypatch.setattr(pe, "finetune_lora", finetune)
     monkeypatch.setattr(pe, "identify_spurious_directions", identify)
@@ -1202,6 +1209,9 @@ def test_persona_runner_passes_its_settings_through(tmp_path, monkeypatch):
         shift_docs=30, per_head=True,
     )  # fmt: skip
     assert [c[0] for c in calls] == [2, 4, 4, 4, 4] and ks == [2]
+    # the identification run's adapters start from seed, every method's from seed + 1: the
+    # directions are not identified from the very initialisation they are applied to
+    assert lora_seeds == [3, 4, 4, 4, 4]
     assert gens == [0, 1003]  # u_true's documents (seed 0), then the unlabelled ones
     dirs = got["dirs"]
     u_res = dirs.residual_direction(1)[:, 0]
@@ -1226,8 +1236,9 @@ def test_persona_runner_passes_its_settings_through(tmp_path, monkeypatch):
 def test_persona_pretraining_seeds_its_data_caches_on_request_and_returns_eval_mode(
     tmp_path, monkeypatch
 ):
-    """The documents are drawn from a generator seeded by ``seed``; ``cache=False`` neither
-    reads nor writes the cache; the model comes back in eval mode; a one-block model's
+    """The documents are drawn from a generator seeded by ``seed``; AdamW runs with weight
+    decay 0.01; ``cache=False`` neither reads nor writes the cache; the model comes back in
+    eval mode; a one-block model's
     pull-back falls back to the plain residual shift (nothing before the last block)."""
     from probml.inference.persona_experiment import pretrain_persona_model, run_persona_methods
 
@@ -1240,8 +1251,16 @@ def test_persona_pretraining_seeds_its_data_caches_on_request_and_returns_eval_m
         return real(n, generator=generator)
 
     monkeypatch.setattr(w, "sample_documents", docs)
+    decays, real_adamw = [], torch.optim.AdamW
+
+    def adamw(params, **kw):
+        decays.append(kw.get("weight_decay"))
+        return real_adamw(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", adamw)
     m = pretrain_persona_model(w, num_steps=2, d_model=8, seed=5, verbose=False)
-    assert seeds == [5, 5] and not m.training
+    assert seeds == [5, 5] and not m.training and decays == [0.01]
+    monkeypatch.setattr(torch.optim, "AdamW", real_adamw)
     (path,) = tmp_path.glob("persona_*.pt")
     path.write_bytes(b"not a model")  # a cached entry that cannot be read
     fresh = pretrain_persona_model(w, num_steps=2, d_model=8, seed=5, verbose=False, cache=False)
