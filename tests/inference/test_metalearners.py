@@ -441,6 +441,11 @@ def test_synthetic_ratio_data_follow_their_formulas():
         ({"n": 1}, ValueError, "n must be >= 2"),
         ({"n": 10, "d": 0}, ValueError, "d must be >= 1"),
         ({"n": 10, "d": 2.0}, TypeError, "d must be an integer"),
+        (  # an infinite strength made the control logit inf and the outcomes degenerate
+            {"n": 10, "d": 3, "baseline": "nonlinear", "baseline_strength": float("inf")},
+            ValueError,
+            "baseline_strength must be finite and >= 0",
+        ),
     ],
 )
 def test_synthetic_ratio_data_name_bad_sizes(kwargs, exc, match):

@@ -582,8 +582,9 @@ def test_unaware_tv_pools_a_pair_exactly_when_its_cost_is_below_lam():
 
 
 def test_gaussian_groups_refuse_a_beta_of_the_wrong_length():
-    with pytest.raises(ValueError, match="beta must hold 2 coefficients"):
-        make_gaussian_groups(100, dim=2, beta=[1.0, 2.0, 3.0])
+    for beta in ([1.0, 2.0, 3.0], [[1.0], [2.0]]):  # a column made eta n x 1
+        with pytest.raises(ValueError, match="beta must hold 2 coefficients"):
+            make_gaussian_groups(100, dim=2, beta=beta)
 
 
 def test_wage_data_drop_and_count_rows_with_a_missing_value(monkeypatch):
