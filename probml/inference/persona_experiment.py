@@ -214,9 +214,9 @@ def run_persona_methods(
     (u_true on the write modules).
 
     ``id_steps`` is the length of the naive identification run and ``k`` the directions kept
-    per module; the identification run's adapters start from ``seed`` and every method's from
-    ``seed + 1``, so no method is projected with directions identified from its own
-    initialisation (in development runs k = 2 or 3 did not beat k = 1). ``shift_prefix`` keeps
+    per module (in development runs k = 2 or 3 did not beat k = 1); the identification run's
+    adapters start from ``seed`` and every method's from ``seed + 1``, so no method is
+    projected with directions identified from its own initialisation. ``shift_prefix`` keeps
     only the first tokens of each unlabelled document for the residual shift and its
     pull-back (8: BOS and the first turn); ``None`` keeps them all. ``per_head`` gives every
     GRASP method the per-head write-through rule for the value adapters

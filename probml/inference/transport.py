@@ -579,7 +579,8 @@ def posterior_fair_predictions(
 
     check_int("num_samples", num_samples)
     check_int("warmup_steps", warmup_steps, 0)
-    strength = check_positive("strength", strength, strict=False)  # not "lam", the helper's
+    # by its own name: w2_interpolation_weight, which receives it, would say "lam"
+    strength = check_positive("strength", strength, strict=False)
     seed = check_seed("seed", seed)
     X = check_data("X", X)
     X_new = check_data("X_new", X_new, n_features=X.shape[1])
