@@ -489,7 +489,10 @@ def test_estimators_used_before_fit_raise_scikit_learns_not_fitted_error():
     from sklearn.exceptions import NotFittedError as SkNotFitted
 
     from probml import DRUM, PACEGGM, BayesianQLearner, FairRegressor, NotFittedError, QLearner
+    from probml.exceptions import NotFittedError as defined
     from probml.inference.pace import covariance_posterior
+
+    assert NotFittedError is defined  # the top-level name is probml.exceptions' class
 
     X = np.zeros((3, 2))
     for call in (
