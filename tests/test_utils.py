@@ -457,14 +457,17 @@ def test_tensor_arguments_refuse_numpy_by_name():
 
 
 def test_device_arguments_go_through_resolve_device():
-    """``LinearBandit(device=...)``, the drift filters' ``to`` and ``train_posterior_net``'s
-    ``device`` take what every other device argument takes ("auto", "cuda:N") and name a
-    bad one (``"cuda"`` without CUDA was torch's "not compiled with CUDA" assertion; "auto"
-    its list of device types); ``train_posterior_net`` refuses before any simulation."""
+    """``LinearBandit(device=...)``, the drift filters' ``to``, and the ``device`` of
+    ``train_posterior_net`` and ``offline_counts`` take what every entry point's device
+    argument takes ("auto", "cuda:N") and name a bad one (``"cuda"`` without CUDA was
+    torch's "not compiled with CUDA" assertion; "auto" its list of device types);
+    ``train_posterior_net`` refuses before any simulation."""
     from probml.guides.amortized import train_posterior_net
+    from probml.inference.sequence_rl import AdditionTask, addition_policy, offline_counts
     from probml.models.experiments import LocationFinding
     from probml.models.rollouts import DriftFilter, LinearBandit, PromptDriftFilter
 
+    gen = torch.Generator().manual_seed(0)
     auto = resolve_device("auto")
     assert LinearBandit(num_prompts=4, device="auto").features.device.type == auto.type
     assert DriftFilter().to("auto").posterior.device.type == auto.type
@@ -474,6 +477,7 @@ def test_device_arguments_go_through_resolve_device():
         lambda d: DriftFilter().to(d),
         lambda d: PromptDriftFilter(3).to(d),
         lambda d: train_posterior_net(LocationFinding(), horizon=2, num_steps=1, device=d),
+        lambda d: offline_counts(addition_policy(16, 1, 2), AdditionTask(4), 2, gen, d),
     )
     for call in calls:
         with pytest.raises(ValueError, match="^device must be 'cpu', 'cuda', 'cuda:N' or 'auto'"):

@@ -345,6 +345,7 @@ def offline_counts(
 ) -> torch.Tensor:
     """``k_i``: correct answers among ``K`` reference samples, for every prompt (``N``)."""
     K = check_int("K", K)
+    device = resolve_device(device)
     out = []
     for start in range(0, task.num_prompts, 512):
         idx = torch.arange(start, min(start + 512, task.num_prompts))
