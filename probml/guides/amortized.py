@@ -418,7 +418,8 @@ def train_posterior_net(
     r"""Fit a :class:`PosteriorNet` by minimising :math:`-\frac{1}{T+1}\sum_{t=0}^{T}
     \log q(\theta \mid h_{1:t})` on simulated histories: ``theta`` from the prior, designs from
     ``design_sampler(B, T, generator)`` (default uniform in the design box), outcomes from the
-    likelihood; fresh histories every step (no overfitting to a fixed set). The net works in
+    likelihood; fresh histories every step (no overfitting to a fixed set); Adam at ``lr``,
+    annealed by a cosine to 0 over ``num_steps`` (``CosineAnnealingLR``). The net works in
     coordinates fitted to 4096 simulated histories: ``theta`` standardised by their mean and
     standard deviation (its ``theta_mean`` / ``theta_scale``), designs and outcomes by
     :meth:`fit_scaling`. ``seed`` seeds the simulation generator and the initial weights

@@ -470,3 +470,18 @@ def test_the_step_feature_of_a_tensor_of_counts_is_the_float64_value_cast():
     summ = PosteriorNet.summary_from_pooled(pooled, torch.tensor(counts))
     for i, t in enumerate(counts):
         assert torch.equal(summ[i], PosteriorNet.summary_from_pooled(pooled[i], t))
+
+
+def test_posterior_net_training_anneals_its_rate_by_a_cosine(monkeypatch):
+    """Documented: Adam at ``lr``, annealed by a cosine to 0 over ``num_steps``: at step t the
+    rate is ``lr (1 + cos(pi t / T)) / 2``."""
+    rates, real_step = [], torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    train_posterior_net(LocationFinding(), horizon=2, num_steps=4, batch_size=4, hidden=8, lr=2e-3)
+    want = [1e-3 * (1 + math.cos(math.pi * t / 4)) for t in range(4)]
+    assert rates == pytest.approx(want)
