@@ -676,8 +676,7 @@ class BayesianQLearner(_RatioLearner):
             check_int("svi_steps", self.svi_steps, 1)
             check_positive("lr", self.lr)
         X, w, y = check_ratio_inputs(X, w, y)
-        if not np.isin(y, (0.0, 1.0)).all():
-            raise ValueError("BayesianQLearner needs a binary y (0/1)")
+        check_binary("y", y)  # the Q-model's likelihood is a Bernoulli (weighted y: QLearner)
         if propensity is not None:
             # a callable or per-unit array (which the other learners take) has no place in
             # the Bayesian model, which fits e(x) itself when propensity is None

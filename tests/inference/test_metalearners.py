@@ -342,6 +342,15 @@ def test_a_callable_propensity_is_evaluated_at_the_rows():
         QLearner().fit(X, w, y, propensity=lambda Z: np.full(len(Z) - 1, 0.5))
 
 
+def test_bayesian_q_learner_names_a_non_binary_outcome():
+    """Its likelihood is a Bernoulli: a count outcome is refused by name, with the values
+    found (the check had no test)."""
+    X = np.zeros((6, 1))
+    w = np.array([0, 1, 0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"^y must be binary \(0/1\); found the values 2$"):
+        BayesianQLearner().fit(X, w, np.array([0.0, 1.0, 2.0, 1.0, 0.0, 1.0]))
+
+
 def test_bayesian_q_learner_fits_the_propensity_jointly_when_it_is_not_given():
     """``propensity=None`` (e(x) fitted inside the Pyro model) was never run by a test. With
     flat-ish priors and 4000 rows the posterior mean of log tau is the maximum-likelihood
